@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine with only Python 3.11+:
+#   make run    install into .venv, start embedded PostgreSQL + Redis, migrate, serve API + worker + scheduler
+#   make test   the same set-up, then ruff, mypy (strict) and the whole pytest suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest bench openapi clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/notifier dev
+
+test: $(STAMP) lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check notifier tests benchmarks
+	$(BIN)/ruff format --check notifier tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.fanout
+
+openapi: $(STAMP)
+	$(BIN)/notifier openapi > schemas/openapi.json
+
+clean:
+	rm -rf $(VENV) .notifier .mypy_cache .ruff_cache .pytest_cache

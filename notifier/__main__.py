@@ -1,0 +1,151 @@
+"""Command line: ``notifier dev | serve | worker | migrate | openapi``.
+
+``dev`` is the all-in-one used by ``make run``: embedded PostgreSQL and Redis (unless
+NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL are set), migrations, the API, the worker and its
+scheduler (the reconciler cron) in one process. Ctrl-C stops everything, servers included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from notifier.settings import Settings
+
+log = logging.getLogger("notifier")
+
+
+async def _wait_for_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_api(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:
+    from notifier.app import create_app
+
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    try:
+        await (stop if stop is not None else _wait_for_stop())
+    finally:
+        await runner.cleanup()
+
+
+async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:
+    from notifier.workers.settings import create_worker
+
+    worker = create_worker(settings)
+    task = asyncio.ensure_future(worker.async_run())
+    try:
+        waiter = asyncio.ensure_future(stop if stop is not None else _wait_for_stop())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()
+
+
+def _resolve(stop: asyncio.Future[None]) -> None:
+    if not stop.done():
+        stop.set_result(None)
+
+
+async def run_dev(settings: Settings) -> None:
+    from notifier.db.migrations import migrate
+
+    await migrate(settings.database_url)
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, _resolve, stop)
+    await asyncio.gather(run_api(settings, stop), run_worker(settings, stop))
+
+
+def _dev(settings: Settings) -> None:
+    from notifier.embedded import EmbeddedServers
+
+    token = settings.admin_token.get_secret_value() if settings.admin_token else secrets.token_urlsafe(24)
+    updates: dict[str, object] = {"admin_token": SecretStr(token), "allow_private_targets": True}
+    servers = None
+    if not settings.database_url or not settings.redis_url:
+        base = Path(settings.data_dir).resolve()
+        base.mkdir(parents=True, exist_ok=True)
+        servers = EmbeddedServers(base).start()
+        updates.setdefault("database_url", settings.database_url or servers.postgres.url)
+        updates.setdefault("redis_url", settings.redis_url or servers.redis.url)
+    settings = settings.model_copy(update=updates)
+    url = f"http://{settings.host}:{settings.port}"
+    print(
+        f"\nnotifier is serving on {url}\n"
+        f"  admin token: {token}\n"
+        f"  try: curl -H 'Authorization: Bearer {token}' {url}/v1/units\n"
+        f"  OpenAPI: {url}/openapi.json   Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    try:
+        asyncio.run(run_dev(settings))
+    finally:
+        if servers is not None:
+            servers.stop()
+        print("notifier stopped", flush=True)
+
+
+def _require_servers(settings: Settings) -> None:
+    if not settings.database_url or not settings.redis_url:
+        sys.exit("set NOTIFIER_DATABASE_URL and NOTIFIER_REDIS_URL (or use 'notifier dev')")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="notifier", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="embedded servers + migrate + API + worker + scheduler")
+    sub.add_parser("serve", help="the HTTP API")
+    sub.add_parser("worker", help="the arq worker (fan-out, delivery, reconciler cron)")
+    sub.add_parser("migrate", help="apply SQL migrations from schemas/")
+    sub.add_parser("openapi", help="print the OpenAPI document")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("arq").setLevel(logging.WARNING)
+    settings = Settings()
+
+    if args.command == "dev":
+        _dev(settings)
+    elif args.command == "serve":
+        _require_servers(settings)
+        asyncio.run(run_api(settings))
+    elif args.command == "worker":
+        _require_servers(settings)
+        asyncio.run(run_worker(settings))
+    elif args.command == "migrate":
+        _require_servers(settings)
+        from notifier.db.migrations import migrate
+
+        applied = asyncio.run(migrate(settings.database_url))
+        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    elif args.command == "openapi":
+        from notifier.app import build_openapi
+
+        print(json.dumps(build_openapi(), indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

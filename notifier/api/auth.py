@@ -1,0 +1,92 @@
+"""Who is calling, and what they may see.
+
+Principals: the bootstrap admin token (setting), and API keys (hashed in ``api_keys``):
+``admin`` sees everything; ``service`` and ``secretary`` keys are bound to a unit and see that
+unit's subtree only; a ``member`` key sees one member's inbox and receipts. Anything outside a
+principal's reach answers 404, exactly as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from notifier.api.keys import DEPS, PRINCIPAL
+from notifier.api.principal import Principal
+from notifier.api.problems import Problem, not_found
+from notifier.db import api_keys, members, units
+from notifier.db.pool import Connection, Record
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+
+
+def unauthorized(detail: str) -> Problem:
+    return Problem(
+        401,
+        "Unauthorized",
+        detail,
+        type_="unauthorized",
+        headers={"WWW-Authenticate": 'Bearer realm="notifier"'},
+    )
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS or request.path.startswith("/console"):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("send 'Authorization: Bearer <token>'")
+    token = token.strip()
+    deps = request.app[DEPS]
+    admin = deps.settings.admin_token
+    if admin is not None and hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
+        principal = Principal(None, "admin")
+    else:
+        row = await api_keys.by_token(deps.pool, token)
+        if row is None:
+            raise unauthorized("unknown or revoked token")
+        principal = Principal(str(row["id"]), row["role"], row["unit_id"], row["member_id"])
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+async def unit_visible(conn: Connection, p: Principal, unit_id: str) -> bool:
+    if p.is_admin:
+        return await units.get(conn, unit_id) is not None
+    root = p.scope_root
+    return root is not None and await units.is_within(conn, unit_id, root)
+
+
+async def require_unit(conn: Connection, p: Principal, unit_id: str) -> Record:
+    row = await units.get(conn, unit_id)
+    if row is None or not await unit_visible(conn, p, unit_id):
+        raise not_found("unit")
+    return row
+
+
+async def members_visible(conn: Connection, p: Principal, member_ids: list[str]) -> set[str]:
+    if p.is_admin:
+        return await members.existing(conn, member_ids)
+    if p.role == "member":
+        return {m for m in member_ids if m == p.member_id}
+    root = p.scope_root
+    return set() if root is None else await members.visible(conn, member_ids, root)
+
+
+async def require_member(conn: Connection, p: Principal, member_id: str) -> None:
+    if member_id not in await members_visible(conn, p, [member_id]):
+        raise not_found("member")
+
+
+async def notice_visible(conn: Connection, p: Principal, notice: Record) -> bool:
+    if p.is_admin:
+        return True
+    root = p.scope_root
+    scope = notice["scope_unit_id"]
+    return root is not None and scope is not None and await units.is_within(conn, scope, root)

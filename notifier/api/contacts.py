@@ -1,0 +1,112 @@
+"""/v1/members/{member_id}/contacts: where a member is reached; targets validated by the channel."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from notifier.api.auth import require_member
+from notifier.api.keys import DEPS, principal
+from notifier.api.problems import invalid, not_found
+from notifier.api.routing import Call, Router, json_response
+from notifier.api.types import Strict
+from notifier.channels.base import InvalidTarget
+from notifier.db import contacts
+
+routes = Router()
+
+
+class ContactIn(Strict):
+    channel: str = Field(min_length=1, max_length=32)
+    target: str | dict[str, Any]
+
+
+class ContactOut(BaseModel):
+    id: str
+    member_id: str
+    channel: str
+    target: Any
+    created_at: datetime
+    disabled_at: datetime | None
+    disabled_reason: str | None
+
+
+class ContactList(BaseModel):
+    items: list[ContactOut]
+
+
+@routes.route(
+    "POST",
+    "/v1/members/{member_id}/contacts",
+    summary="Add a contact for a channel",
+    tag="contacts",
+    body=ContactIn,
+    response=ContactOut,
+    status=201,
+)
+async def add_contact(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service")
+    body = call.body_as(ContactIn)
+    deps = request.app[DEPS]
+    member_id = request.match_info["member_id"]
+    if body.channel not in deps.channels:
+        raise invalid("channel", f"unknown channel; one of {', '.join(deps.channels.ids())}")
+    try:
+        target = deps.channels.get(body.channel).validate_target(body.target)
+    except InvalidTarget as exc:
+        raise invalid(exc.field, str(exc)) from None
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await require_member(conn, p, member_id)
+        row = await contacts.add(conn, member_id, body.channel, target)
+    return json_response(
+        ContactOut.model_validate(contacts.as_dict(row)).model_dump(mode="json"),
+        status=201 if row["created"] else 200,
+    )
+
+
+@routes.route(
+    "GET",
+    "/v1/members/{member_id}/contacts",
+    summary="List a member's contacts",
+    tag="contacts",
+    response=ContactList,
+)
+async def list_contacts(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service")
+    deps = request.app[DEPS]
+    member_id = request.match_info["member_id"]
+    async with deps.pool.acquire() as conn:
+        await require_member(conn, p, member_id)
+        rows = await contacts.list_for(conn, member_id)
+    return json_response(
+        {"items": [ContactOut.model_validate(contacts.as_dict(r)).model_dump(mode="json") for r in rows]}
+    )
+
+
+@routes.route(
+    "DELETE",
+    "/v1/members/{member_id}/contacts/{contact_id}",
+    summary="Remove a contact",
+    tag="contacts",
+    status=204,
+)
+async def delete_contact(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service")
+    deps = request.app[DEPS]
+    member_id = request.match_info["member_id"]
+    contact_id = request.match_info["contact_id"]
+    async with deps.pool.acquire() as conn:
+        await require_member(conn, p, member_id)
+        try:
+            removed = await contacts.delete(conn, member_id, contact_id)
+        except (ValueError, TypeError):  # not a UUID: cannot exist
+            removed = False
+    if not removed:
+        raise not_found("contact")
+    return web.Response(status=204)

@@ -1,0 +1,176 @@
+"""/v1/members: upsert one or many members (set-based), and read them."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from aiohttp import web
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+
+from notifier.api.auth import require_member
+from notifier.api.keys import DEPS, principal
+from notifier.api.principal import Principal
+from notifier.api.problems import invalid_many
+from notifier.api.routing import Call, Router, json_response
+from notifier.api.types import Id, Name, Strict, check_path_id
+from notifier.db import members, units
+from notifier.db.pool import Connection
+
+routes = Router()
+
+MAX_BATCH = 10_000
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+
+
+def _phone(value: str) -> str:
+    if not E164.match(value):
+        raise ValueError("must be an E.164 number such as +8613800138000")
+    return value
+
+
+def _email(value: str) -> str:
+    if len(value) > 254 or not EMAIL.match(value):
+        raise ValueError("must be an email address")
+    return value
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("must be an IANA time zone such as Asia/Shanghai") from None
+    return value
+
+
+Phone = Annotated[str, AfterValidator(_phone)]
+Email = Annotated[str, AfterValidator(_email)]
+TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_timezone)]
+
+
+class MemberIn(Strict):
+    name: Name
+    units: list[Id] = Field(min_length=1, max_length=100)
+    phone: Phone | None = None
+    email: Email | None = None
+    timezone: TimeZone | None = None
+
+
+class MemberBatchItem(MemberIn):
+    id: Id
+
+
+class MemberBatchIn(Strict):
+    members: list[MemberBatchItem] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class MemberOut(BaseModel):
+    id: str
+    name: str
+    units: list[str]
+    phone: str | None
+    email: str | None
+    timezone: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class MemberBatchOut(BaseModel):
+    created: int
+    updated: int
+
+
+async def _upsert(
+    conn: Connection, p: Principal, rows: list[MemberBatchItem], prefix: str
+) -> dict[str, bool]:
+    """Validate references for every row, then upsert them all in three statements."""
+    errors: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        if row.id in seen:
+            errors.append((f"{prefix}[{i}].id" if prefix else "id", "duplicate member id in this batch"))
+        seen.add(row.id)
+    wanted = sorted({u for r in rows for u in r.units})
+    root = p.scope_root
+    known = await units.existing(conn, wanted) if root is None else await units.all_within(conn, wanted, root)
+    for i, row in enumerate(rows):
+        for j, unit_id in enumerate(row.units):
+            if unit_id not in known:
+                where = f"{prefix}[{i}].units[{j}]" if prefix else f"units[{j}]"
+                errors.append((where, "unknown unit"))
+    if root is not None:
+        ids = [r.id for r in rows]
+        taken = await members.existing(conn, ids) - await members.visible(conn, ids, root)
+        for i, row in enumerate(rows):
+            if row.id in taken:
+                errors.append(
+                    (f"{prefix}[{i}].id" if prefix else "id", "this member id is used outside your units")
+                )
+    if errors:
+        raise invalid_many(errors[:100])
+    reach = None if root is None else await units.subtree_ids(conn, root)
+    return await members.upsert_many(conn, [r.model_dump() for r in rows], reach)
+
+
+@routes.route(
+    "PUT",
+    "/v1/members/{member_id}",
+    summary="Create or update a member",
+    tag="organisation",
+    body=MemberIn,
+    response=MemberOut,
+    status=201,
+)
+async def put_member(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service")
+    member_id = check_path_id(request.match_info["member_id"], "member_id")
+    body = call.body_as(MemberIn)
+    deps = request.app[DEPS]
+    async with deps.pool.acquire() as conn, conn.transaction():
+        created = await _upsert(conn, p, [MemberBatchItem(id=member_id, **body.model_dump())], prefix="")
+        row = await members.get(conn, member_id)
+    assert row is not None
+    return json_response(
+        MemberOut.model_validate(members.as_dict(row)).model_dump(mode="json"),
+        status=201 if created[member_id] else 200,
+    )
+
+
+@routes.route(
+    "POST",
+    "/v1/members:batch",
+    summary="Create or update up to 10,000 members",
+    tag="organisation",
+    body=MemberBatchIn,
+    response=MemberBatchOut,
+)
+async def batch_members(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service")
+    body = call.body_as(MemberBatchIn)
+    deps = request.app[DEPS]
+    async with deps.pool.acquire() as conn, conn.transaction():
+        created = await _upsert(conn, p, body.members, prefix="members")
+    n_created = sum(1 for c in created.values() if c)
+    return json_response({"created": n_created, "updated": len(created) - n_created})
+
+
+@routes.route(
+    "GET", "/v1/members/{member_id}", summary="Get a member", tag="organisation", response=MemberOut
+)
+async def get_member(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service", "secretary", "member")
+    member_id = request.match_info["member_id"]
+    deps = request.app[DEPS]
+    async with deps.pool.acquire() as conn:
+        await require_member(conn, p, member_id)
+        row = await members.get(conn, member_id)
+        assert row is not None
+        root = p.scope_root
+        visible = None if root is None else await units.all_within(conn, list(row["units"]), root)
+    return json_response(MemberOut.model_validate(members.as_dict(row, visible)).model_dump(mode="json"))

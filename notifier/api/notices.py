@@ -1,0 +1,316 @@
+"""/v1/notices: enqueue a notice (idempotently), read its live status and its recipients."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from datetime import datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field, field_validator
+
+from notifier.api.auth import members_visible, notice_visible, require_unit
+from notifier.api.keys import DEPS, AppDeps, principal
+from notifier.api.principal import Principal
+from notifier.api.problems import Problem, invalid, invalid_many, not_found
+from notifier.api.routing import Call, Router, json_response
+from notifier.api.types import Id, Strict
+from notifier.db import notices, recipients, units
+from notifier.db.pool import Connection, Record
+from notifier.workers.queue import enqueue_fanout
+
+log = logging.getLogger(__name__)
+routes = Router()
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+class Audience(Strict):
+    members: list[Id] = Field(default_factory=list, max_length=10_000)
+    units: list[Id] = Field(default_factory=list, max_length=1_000)
+
+
+class NoticeIn(Strict):
+    kind: Literal["ding", "notice", "lesson"]
+    title: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=20_000)
+    audience: Audience
+    channels: list[str] = Field(default_factory=lambda: ["inapp"], min_length=1, max_length=16)
+
+    @field_validator("channels")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("channels must not repeat")
+        return value
+
+
+class Counts(BaseModel):
+    recipients: int
+    queued: int
+    sent: int
+    delivered: int
+    failed: int
+    read: int
+    unread: int
+
+
+class NoticeOut(BaseModel):
+    id: str
+    kind: str
+    title: str
+    body: str
+    audience: Audience
+    channels: list[str]
+    state: Literal["queued", "fanning_out", "active", "failed"]
+    created_at: datetime
+    fanned_out_at: datetime | None
+    counts: Counts
+
+
+class DeliveryOut(BaseModel):
+    channel: str
+    step: int
+    state: str
+    attempts: int
+    error: str | None = None
+    updated_at: datetime
+    next_attempt_at: datetime | None = None
+
+
+class RecipientOut(BaseModel):
+    member_id: str
+    name: str
+    units: list[str]
+    status: Literal["queued", "sent", "delivered", "failed", "read"]
+    delivered_at: datetime | None
+    read_at: datetime | None
+    deliveries: list[DeliveryOut]
+
+
+class RecipientPage(BaseModel):
+    items: list[RecipientOut]
+    next_cursor: str | None
+
+
+class RecipientQuery(Strict):
+    status: Literal["read", "unread", "queued", "sent", "delivered", "failed"] | None = None
+    unit: Id | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(default=None, max_length=400)
+
+
+def encode_cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
+
+
+def decode_cursor(value: str | None, field: str = "query.cursor") -> str | None:
+    if value is None:
+        return None
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid(field, "not a cursor this API returned") from None
+
+
+async def _check_audience(conn: Connection, p: Principal, audience: Audience) -> None:
+    errors: list[tuple[str, str]] = []
+    if not audience.members and not audience.units:
+        errors.append(("audience", "name at least one member or unit"))
+    root = p.scope_root
+    wanted = sorted(set(audience.units))
+    known_units = (
+        await units.existing(conn, wanted) if root is None else await units.all_within(conn, wanted, root)
+    )
+    errors += [
+        (f"audience.units[{i}]", "unknown unit") for i, u in enumerate(audience.units) if u not in known_units
+    ]
+    known_members = await members_visible(conn, p, sorted(set(audience.members)))
+    errors += [
+        (f"audience.members[{i}]", "unknown member")
+        for i, m in enumerate(audience.members)
+        if m not in known_members
+    ]
+    if errors:
+        raise invalid_many(errors[:100])
+
+
+def _request_hash(body: NoticeIn) -> bytes:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).digest()
+
+
+async def _create(conn: Connection, p: Principal, body: NoticeIn) -> dict[str, Any]:
+    await _check_audience(conn, p, body.audience)
+    row = await notices.insert(
+        conn,
+        kind=body.kind,
+        title=body.title,
+        body=body.body,
+        audience=body.audience.model_dump(),
+        channels=body.channels,
+        scope_unit_id=p.scope_root,
+        created_by=p.key_id,
+    )
+    return notices.as_dict(row, {k: 0 for k in Counts.model_fields})
+
+
+@routes.route(
+    "POST",
+    "/v1/notices",
+    summary="Enqueue a notice (fan-out happens in the worker)",
+    tag="notices",
+    body=NoticeIn,
+    response=NoticeOut,
+    status=202,
+    headers={IDEMPOTENCY_HEADER: "Replays the first response for the same key and body (24 h)"},
+)
+async def create_notice(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service", "secretary")
+    body = call.body_as(NoticeIn)
+    deps = request.app[DEPS]
+    for channel in body.channels:
+        if channel not in deps.channels:
+            raise invalid(
+                f"channels[{body.channels.index(channel)}]",
+                f"unknown channel; one of {', '.join(deps.channels.ids())}",
+            )
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not 1 <= len(key) <= 255:
+        raise invalid(IDEMPOTENCY_HEADER, "must be 1..255 characters")
+    async with deps.pool.acquire() as conn, conn.transaction():
+        if key is None:
+            data = await _create(conn, p, body)
+        else:
+            data = await _create_idempotent(conn, deps, p, key, body)
+            if data.get("_replayed"):
+                data.pop("_replayed")
+                return json_response(data, status=202, headers={"Idempotent-Replayed": "true"})
+    try:
+        await enqueue_fanout(deps.queue, data["id"])
+    except Exception:  # the reconciler finds the notice in PostgreSQL; nothing is lost
+        log.warning("could not enqueue fan-out for notice %s; the reconciler will", data["id"], exc_info=True)
+    return json_response(data, status=202, headers={"Location": f"/v1/notices/{data['id']}"})
+
+
+async def _create_idempotent(
+    conn: Connection, deps: AppDeps, p: Principal, key: str, body: NoticeIn
+) -> dict[str, Any]:
+    # The advisory lock is held to the end of this transaction: a concurrent request with the
+    # same key cannot take it and gets 409 instead of a second notice.
+    if not await conn.fetchval(notices.IDEMPOTENCY_LOCK, p.owner, key):
+        raise Problem(
+            409,
+            "Conflict",
+            "a request with this Idempotency-Key is still being processed",
+            type_="idempotency-in-flight",
+        )
+    digest = _request_hash(body)
+    ttl = float(deps.settings.idempotency_ttl_seconds)
+    previous = await conn.fetchrow(notices.IDEMPOTENCY_GET, p.owner, key, ttl)
+    if previous is not None:
+        if bytes(previous["request_hash"]) != digest:
+            raise Problem(
+                422,
+                "Unprocessable Content",
+                "this Idempotency-Key was used with a different request body",
+                type_="idempotency-mismatch",
+                errors=[{"field": IDEMPOTENCY_HEADER, "message": "reused with a different body"}],
+            )
+        replay: dict[str, Any] = dict(previous["response_body"])
+        replay["_replayed"] = True
+        return replay
+    data = await _create(conn, p, body)
+    await conn.execute(notices.IDEMPOTENCY_PUT, p.owner, key, digest, data["id"], 202, data)
+    return data
+
+
+async def load_visible_notice(conn: Connection, p: Principal, notice_id: str) -> Record:
+    try:
+        row = await notices.get(conn, notice_id)
+    except (ValueError, TypeError):  # not a UUID: cannot exist
+        row = None
+    if row is None or not await notice_visible(conn, p, row):
+        raise not_found("notice")
+    return row
+
+
+@routes.route(
+    "GET",
+    "/v1/notices/{notice_id}",
+    summary="A notice with its live counts",
+    tag="notices",
+    response=NoticeOut,
+)
+async def get_notice(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service", "secretary")
+    deps = request.app[DEPS]
+    async with deps.pool.acquire() as conn:
+        row = await load_visible_notice(conn, p, request.match_info["notice_id"])
+        counts = await notices.counts(conn, str(row["id"]))
+    return json_response(NoticeOut.model_validate(notices.as_dict(row, counts)).model_dump(mode="json"))
+
+
+def _recipient(row: Record, deliveries: list[Record]) -> dict[str, Any]:
+    return {
+        "member_id": row["member_id"],
+        "name": row["name"],
+        "units": list(row["units"]),
+        "status": "read" if row["read_at"] else row["dstatus"],
+        "delivered_at": row["delivered_at"],
+        "read_at": row["read_at"],
+        "deliveries": [
+            {
+                "channel": d["channel"],
+                "step": d["step"],
+                "state": d["state"],
+                "attempts": d["attempts"],
+                "error": d["error"],
+                "updated_at": d["updated_at"],
+                "next_attempt_at": d["next_attempt_at"] if d["state"] == "queued" else None,
+            }
+            for d in deliveries
+        ],
+    }
+
+
+@routes.route(
+    "GET",
+    "/v1/notices/{notice_id}/recipients",
+    summary="Who has (not) received and read it",
+    tag="notices",
+    query=RecipientQuery,
+    response=RecipientPage,
+)
+async def list_recipients(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service", "secretary")
+    q = call.query_as(RecipientQuery)
+    after = decode_cursor(q.cursor)
+    deps = request.app[DEPS]
+    async with deps.pool.acquire() as conn:
+        row = await load_visible_notice(conn, p, request.match_info["notice_id"])
+        if q.unit is not None:
+            await require_unit(conn, p, q.unit)
+        notice_id = str(row["id"])
+        rows = await recipients.page(
+            conn, notice_id, after=after, status=q.status or "", limit=q.limit + 1, unit_id=q.unit
+        )
+        more = len(rows) > q.limit
+        rows = rows[: q.limit]
+        by_member: dict[str, list[Record]] = {r["member_id"]: [] for r in rows}
+        for d in await recipients.deliveries_for(conn, notice_id, list(by_member)):
+            by_member[d["member_id"]].append(d)
+    items = [
+        RecipientOut.model_validate(_recipient(r, by_member[r["member_id"]])).model_dump(mode="json")
+        for r in rows
+    ]
+    return json_response(
+        {"items": items, "next_cursor": encode_cursor(rows[-1]["member_id"]) if more else None}
+    )

@@ -1,0 +1,132 @@
+"""RFC 9457 problem details: every error leaves the API as ``application/problem+json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+log = logging.getLogger(__name__)
+
+PROBLEM_TYPE = "application/problem+json"
+PROBLEM_BASE = "https://notifier.dev/problems/"
+
+
+class Problem(Exception):
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str | None = None,
+        *,
+        type_: str | None = None,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.type = type_
+        self.errors = errors
+        self.headers = headers or {}
+
+    def body(self, instance: str) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.type if self.type else "about:blank",
+            "title": self.title,
+            "status": self.status,
+            "instance": instance,
+        }
+        if self.detail:
+            data["detail"] = self.detail
+        if self.errors:
+            data["errors"] = self.errors
+        return data
+
+
+def not_found(what: str = "resource") -> Problem:
+    return Problem(404, "Not Found", f"{what} not found", type_="not-found")
+
+
+def forbidden(detail: str) -> Problem:
+    return Problem(403, "Forbidden", detail, type_="forbidden")
+
+
+def invalid(field: str, message: str) -> Problem:
+    return invalid_many([(field, message)])
+
+
+def invalid_many(errors: list[tuple[str, str]]) -> Problem:
+    detail = "; ".join(f"{f}: {m}" for f, m in errors[:5])
+    return Problem(
+        422,
+        "Unprocessable Content",
+        detail,
+        type_="validation",
+        errors=[{"field": f, "message": m} for f, m in errors],
+    )
+
+
+def field_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def from_validation_error(exc: ValidationError, prefix: str = "") -> Problem:
+    errors: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        errors.append((field_path(loc, prefix), msg))
+    return invalid_many(errors)
+
+
+def response(problem: Problem, instance: str) -> web.Response:
+    return web.Response(
+        status=problem.status,
+        body=json.dumps(problem.body(instance), ensure_ascii=False).encode(),
+        content_type=PROBLEM_TYPE,
+        headers=problem.headers,
+    )
+
+
+_HTTP_TITLES = {404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return response(problem, request.path)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        title = _HTTP_TITLES.get(exc.status, exc.reason)
+        detail = "request body too large" if exc.status == 413 else None
+        return response(
+            Problem(
+                exc.status,
+                title,
+                detail,
+                headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
+            ),
+            request.path,
+        )
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return response(Problem(500, "Internal Server Error", "an unexpected error occurred"), request.path)

@@ -1,0 +1,157 @@
+"""Read receipts and the member's in-app inbox."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, Field
+
+from notifier.api.auth import members_visible, require_member
+from notifier.api.keys import DEPS, principal
+from notifier.api.notices import decode_cursor, encode_cursor, load_visible_notice
+from notifier.api.problems import Problem, invalid, not_found
+from notifier.api.routing import Call, Router, json_response
+from notifier.api.types import Id, Strict
+from notifier.db import notices, recipients
+
+routes = Router()
+
+
+class ReceiptIn(Strict):
+    member_id: Id | None = None
+    type: Literal["read"]
+
+
+class ReceiptOut(BaseModel):
+    notice_id: str
+    member_id: str
+    type: str
+    read_at: datetime
+    recorded: bool = Field(description="true when this request recorded the first read")
+
+
+class InboxQuery(Strict):
+    unread: bool = False
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=400)
+
+
+class InboxItem(BaseModel):
+    notice_id: str
+    kind: str
+    title: str
+    body: str
+    state: str
+    created_at: datetime
+    read: bool
+    read_at: datetime | None
+
+
+class InboxPage(BaseModel):
+    items: list[InboxItem]
+    next_cursor: str | None
+
+
+@routes.route(
+    "POST",
+    "/v1/notices/{notice_id}/receipts",
+    summary="Record a read receipt (idempotent)",
+    tag="receipts",
+    body=ReceiptIn,
+    response=ReceiptOut,
+)
+async def post_receipt(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service", "member")
+    body = call.body_as(ReceiptIn)
+    deps = request.app[DEPS]
+    if p.role == "member":
+        if body.member_id is not None and body.member_id != p.member_id:
+            raise not_found("recipient")
+        member_id = p.member_id
+    elif body.member_id is None:
+        raise invalid("member_id", "required when acting on behalf of a member")
+    else:
+        member_id = body.member_id
+    assert member_id is not None
+    async with deps.pool.acquire() as conn, conn.transaction():
+        if p.role == "member":
+            try:
+                notice = await notices.get(conn, request.match_info["notice_id"])
+            except (ValueError, TypeError):
+                notice = None
+            if notice is None:
+                raise not_found("notice")
+        else:
+            notice = await load_visible_notice(conn, p, request.match_info["notice_id"])
+            if member_id not in await members_visible(conn, p, [member_id]):
+                raise not_found("recipient")
+        notice_id = str(notice["id"])
+        recorded = await recipients.mark_read(conn, notice_id, member_id, via="api")
+        if recorded:
+            await notices.add_read(conn, notice_id)
+        row = await recipients.get(conn, notice_id, member_id)
+        if row is None:
+            if notice["state"] in ("queued", "fanning_out"):
+                raise Problem(
+                    409,
+                    "Conflict",
+                    "the notice is still being fanned out; retry shortly",
+                    type_="not-fanned-out",
+                    headers={"Retry-After": "1"},
+                )
+            raise not_found("recipient")
+    return json_response(
+        ReceiptOut(
+            notice_id=notice_id, member_id=member_id, type="read", read_at=row["read_at"], recorded=recorded
+        ).model_dump(mode="json")
+    )
+
+
+@routes.route(
+    "GET",
+    "/v1/members/{member_id}/inbox",
+    summary="A member's in-app notices, newest first",
+    tag="receipts",
+    query=InboxQuery,
+    response=InboxPage,
+)
+async def inbox(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    q = call.query_as(InboxQuery)
+    member_id = request.match_info["member_id"]
+    after_ts: datetime | None = None
+    after_id: str | None = None
+    raw = decode_cursor(q.cursor)
+    if raw is not None:
+        ts, _, nid = raw.partition("|")
+        try:
+            after_ts, after_id = datetime.fromisoformat(ts), nid
+        except ValueError:
+            raise invalid("query.cursor", "not a cursor this API returned") from None
+    deps = request.app[DEPS]
+    async with deps.pool.acquire() as conn:
+        await require_member(conn, p, member_id)
+        try:
+            rows = await conn.fetch(recipients.INBOX, member_id, q.unread, after_ts, after_id, q.limit + 1)
+        except (ValueError, TypeError):
+            raise invalid("query.cursor", "not a cursor this API returned") from None
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
+    items = [
+        InboxItem(
+            notice_id=str(r["id"]),
+            kind=r["kind"],
+            title=r["title"],
+            body=r["body"],
+            state=r["state"],
+            created_at=r["created_at"],
+            read=r["read_at"] is not None,
+            read_at=r["read_at"],
+        ).model_dump(mode="json")
+        for r in rows
+    ]
+    cursor = encode_cursor(f"{rows[-1]['delivered_at'].isoformat()}|{rows[-1]['id']}") if more else None
+    return json_response({"items": items, "next_cursor": cursor})

@@ -1,0 +1,118 @@
+"""The ``Channel`` contract every delivery channel implements.
+
+A channel knows how to validate a contact target, how to build a provider payload (pure) and
+how to send a batch of deliveries (I/O). It knows nothing about the database or the queue: the
+dispatcher in ``notifier.workers.deliver`` hands it ``Outgoing`` items and records the
+``Result`` it returns for each.
+
+Errors, as a tree (the dispatcher maps them to delivery states)::
+
+    ChannelError
+    ├── TransientError        retry with backoff (timeouts, 5xx, 429, connection refused)
+    │                         retry_after: seconds the provider asked us to wait, if any
+    └── PermanentError        record as failed, never retry (4xx, bad token, invalid number)
+        └── InvalidTarget     the contact itself is unusable (validation, or provider says so)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+
+class ChannelError(Exception):
+    """Base of every channel error."""
+
+
+class TransientError(ChannelError):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(ChannelError):
+    pass
+
+
+class InvalidTarget(PermanentError):
+    """A contact target is malformed or was rejected for good; ``field`` names the bad part."""
+
+    def __init__(self, message: str, field: str = "target") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Outcome(enum.StrEnum):
+    SENT = "sent"  # the provider accepted it; a delivery report may follow
+    DELIVERED = "delivered"  # the provider (or we) know it reached the member
+    RETRY = "retry"  # transient failure: try again later
+    FAILED = "failed"  # permanent failure
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    max_batch: int = 500
+    needs_contact: bool = True  # False: the channel reaches every member without a contact row
+    delivers_on_insert: bool = False  # True: creating the delivery row *is* the delivery (in-app)
+    supports_delivery_reports: bool = False
+    supports_read_confirmation: bool = False
+    supports_recall: bool = False
+    max_attempts: int = 6
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeContent:
+    notice_id: str
+    kind: str
+    title: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One delivery handed to a channel: who, where, what, and which attempt this is."""
+
+    delivery_id: int
+    member_id: str
+    target: Any
+    notice: NoticeContent
+    attempt: int
+
+
+@dataclass(slots=True)
+class Result:
+    delivery_id: int
+    outcome: Outcome
+    error: str | None = None
+    retry_after: float | None = None
+    provider_ref: str | None = None
+    disable_contact: bool = False  # the target is gone for good (404/410 token, invalid number)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_error(cls, delivery_id: int, exc: ChannelError) -> Result:
+        if isinstance(exc, TransientError):
+            return cls(delivery_id, Outcome.RETRY, error=str(exc), retry_after=exc.retry_after)
+        return cls(
+            delivery_id, Outcome.FAILED, error=str(exc), disable_contact=isinstance(exc, InvalidTarget)
+        )
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """What every channel provides. Extra abilities (status callbacks, recall) are opt-in protocols."""
+
+    id: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def validate_target(self, target: Any) -> Any:
+        """Return the normalised target, or raise ``InvalidTarget``."""
+        ...
+
+    async def send(self, batch: list[Outgoing]) -> list[Result]:
+        """Send a batch; return exactly one ``Result`` per item, in any order. Never raises
+        for a single item's failure: that item's ``Result`` carries it."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,61 @@
+"""The explicit channel registry: every channel is registered here by hand, once.
+
+No folder scanning: ``build_registry(settings)`` names each channel it creates, and registering
+the same id twice is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from notifier.channels.base import Channel
+from notifier.settings import Settings
+
+
+class DuplicateChannel(ValueError):
+    pass
+
+
+class UnknownChannel(KeyError):
+    pass
+
+
+class ChannelRegistry:
+    def __init__(self) -> None:
+        self._channels: dict[str, Channel] = {}
+
+    def register(self, channel: Channel) -> None:
+        if not isinstance(channel, Channel):
+            raise TypeError(f"{channel!r} does not implement the Channel contract")
+        if channel.id in self._channels:
+            raise DuplicateChannel(f"channel id {channel.id!r} is already registered")
+        self._channels[channel.id] = channel
+
+    def get(self, channel_id: str) -> Channel:
+        try:
+            return self._channels[channel_id]
+        except KeyError:
+            raise UnknownChannel(channel_id) from None
+
+    def __contains__(self, channel_id: object) -> bool:
+        return channel_id in self._channels
+
+    def __iter__(self) -> Iterator[Channel]:
+        return iter(self._channels.values())
+
+    def ids(self) -> list[str]:
+        return list(self._channels)
+
+    async def close(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+
+
+def build_registry(settings: Settings) -> ChannelRegistry:
+    from notifier.channels.inapp import InAppChannel
+    from notifier.channels.webhook import WebhookChannel
+
+    registry = ChannelRegistry()
+    registry.register(InAppChannel())
+    registry.register(WebhookChannel(settings))
+    return registry

@@ -1,0 +1,176 @@
+"""Signed webhooks (Standard Webhooks): POST JSON to the member's URL.
+
+Headers ``webhook-id`` (stable across retries, so receivers can dedupe), ``webhook-timestamp``
+and ``webhook-signature`` = ``v1,`` + base64(HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")).
+2xx is delivered; 408/429/5xx, timeouts and connection errors are retried; other statuses fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from notifier.channels.base import (
+    Capabilities,
+    ChannelError,
+    InvalidTarget,
+    Outcome,
+    Outgoing,
+    PermanentError,
+    Result,
+    TransientError,
+)
+from notifier.channels.netguard import BlockedAddress, GuardedResolver, check_literal
+from notifier.settings import Settings
+
+MAX_URL_LENGTH = 2048
+
+
+def decode_secret(secret: str) -> bytes:
+    raw = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidTarget("secret must be 'whsec_' followed by base64", field="target.secret") from None
+    if not 16 <= len(key) <= 64:
+        raise InvalidTarget("secret must decode to 16..64 bytes", field="target.secret")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def build_request(item: Outgoing, default_key: bytes, now: int) -> tuple[str, dict[str, str], bytes]:
+    """The URL, headers and body for one delivery (pure: no I/O)."""
+    target = item.target
+    key = decode_secret(target["secret"]) if target.get("secret") else default_key
+    body = json.dumps(
+        {
+            "notice_id": item.notice.notice_id,
+            "member_id": item.member_id,
+            "kind": item.notice.kind,
+            "title": item.notice.title,
+            "body": item.notice.body,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+    msg_id = f"msg_{item.delivery_id}"
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "notifier-webhook/1",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(now),
+        "webhook-signature": sign(key, msg_id, now, body),
+    }
+    return target["url"], headers, body
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class WebhookChannel:
+    id: ClassVar[str] = "webhook"
+    capabilities: ClassVar[Capabilities] = Capabilities(max_batch=500, max_attempts=6)
+
+    def __init__(self, settings: Settings) -> None:
+        self._allow_private = settings.allow_private_targets
+        self._timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)
+        self._concurrency = settings.delivery_concurrency
+        self._default_key = decode_secret(settings.webhook_secret.get_secret_value())
+        self._session: aiohttp.ClientSession | None = None
+        self._limit: asyncio.Semaphore | None = None
+
+    def validate_target(self, target: Any) -> Any:
+        if isinstance(target, str):
+            target = {"url": target}
+        if not isinstance(target, dict):
+            raise InvalidTarget("target must be a URL string or an object with 'url' (and optional 'secret')")
+        unknown = set(target) - {"url", "secret"}
+        if unknown:
+            raise InvalidTarget(f"unknown field {sorted(unknown)[0]!r}", field=f"target.{sorted(unknown)[0]}")
+        url = target.get("url")
+        if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
+            raise InvalidTarget("url must be a string of at most 2048 characters", field="target.url")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InvalidTarget("url must be an absolute http(s) URL", field="target.url")
+        if parts.username or parts.password:
+            raise InvalidTarget("url must not carry credentials", field="target.url")
+        try:
+            check_literal(parts.hostname, self._allow_private)
+        except BlockedAddress as exc:
+            raise InvalidTarget(str(exc), field="target.url") from None
+        normalised: dict[str, str] = {"url": url}
+        secret = target.get("secret")
+        if secret is not None:
+            if not isinstance(secret, str):
+                raise InvalidTarget("secret must be a string", field="target.secret")
+            decode_secret(secret)
+            normalised["secret"] = secret
+        return normalised
+
+    def _ensure_session(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
+        if self._session is None or self._limit is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._concurrency, resolver=GuardedResolver(self._allow_private), ttl_dns_cache=60
+            )
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._limit = asyncio.Semaphore(self._concurrency)
+        return self._session, self._limit
+
+    async def _send_one(self, item: Outgoing, now: int) -> Result:
+        session, limit = self._ensure_session()
+        try:
+            url, headers, body = build_request(item, self._default_key, now)
+            check_literal(urlsplit(url).hostname or "", self._allow_private)
+        except BlockedAddress as exc:
+            return Result(item.delivery_id, Outcome.FAILED, error=str(exc))
+        except ChannelError as exc:
+            return Result.from_error(item.delivery_id, exc)
+        async with limit:
+            try:
+                async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                    await resp.read()
+                    status = resp.status
+                    retry_after = _retry_after(resp.headers.get("retry-after"))
+            except BlockedAddress as exc:
+                return Result(item.delivery_id, Outcome.FAILED, error=str(exc))
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, BlockedAddress):
+                    return Result(item.delivery_id, Outcome.FAILED, error=str(exc.os_error))
+                return Result.from_error(item.delivery_id, TransientError(f"connect failed: {exc.strerror}"))
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                return Result.from_error(item.delivery_id, TransientError(f"{type(exc).__name__}"))
+        if 200 <= status < 300:
+            return Result(item.delivery_id, Outcome.DELIVERED)
+        if status in (408, 425, 429) or status >= 500:
+            return Result.from_error(item.delivery_id, TransientError(f"HTTP {status}", retry_after))
+        return Result.from_error(item.delivery_id, PermanentError(f"HTTP {status}"))
+
+    async def send(self, batch: list[Outgoing]) -> list[Result]:
+        now = int(time.time())
+        return list(await asyncio.gather(*(self._send_one(item, now) for item in batch)))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,59 @@
+"""contacts: where a member is reached on a channel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from notifier.db.pool import Connection, Record
+
+ADD = """
+INSERT INTO contacts (member_id, channel, target) VALUES ($1, $2, $3)
+ON CONFLICT (member_id, channel, target) DO UPDATE
+    SET disabled_at = NULL, disabled_reason = NULL, created_at = now()
+RETURNING id, member_id, channel, target, created_at, disabled_at, disabled_reason, (xmax = 0) AS created"""
+LIST = """
+SELECT id, member_id, channel, target, created_at, disabled_at, disabled_reason
+FROM contacts WHERE member_id = $1 ORDER BY created_at, id"""
+DELETE = "DELETE FROM contacts WHERE member_id = $1 AND id = $2 RETURNING id"
+DISABLE_MANY = """
+UPDATE contacts SET disabled_at = now(), disabled_reason = r.reason
+FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
+WHERE contacts.id = r.id AND contacts.disabled_at IS NULL"""
+
+
+async def add(conn: Connection, member_id: str, channel: str, target: Any) -> Record:
+    row = await conn.fetchrow(ADD, member_id, channel, target)
+    assert row is not None
+    return row
+
+
+async def list_for(conn: Connection, member_id: str) -> list[Record]:
+    return list(await conn.fetch(LIST, member_id))
+
+
+async def delete(conn: Connection, member_id: str, contact_id: str) -> bool:
+    return await conn.fetchval(DELETE, member_id, contact_id) is not None
+
+
+async def disable_many(conn: Connection, ids: list[str], reasons: list[str]) -> None:
+    if ids:
+        await conn.execute(DISABLE_MANY, ids, reasons)
+
+
+def redact(target: Any) -> Any:
+    """Targets may embed secrets (webhook signing keys): never echo them back."""
+    if isinstance(target, dict):
+        return {k: ("***" if k in {"secret", "auth", "p256dh"} else v) for k, v in target.items()}
+    return target
+
+
+def as_dict(row: Record) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "member_id": row["member_id"],
+        "channel": row["channel"],
+        "target": redact(row["target"]),
+        "created_at": row["created_at"].isoformat(),
+        "disabled_at": row["disabled_at"].isoformat() if row["disabled_at"] else None,
+        "disabled_reason": row["disabled_reason"],
+    }

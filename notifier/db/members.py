@@ -1,0 +1,94 @@
+"""members and member_units. Batch upserts are set-based (unnest), never a loop of inserts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from notifier.db.pool import Connection, Record
+from notifier.db.units import SUBTREE_CTE
+
+UPSERT_MANY = """
+INSERT INTO members (id, name, phone, email, timezone)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, phone = excluded.phone, email = excluded.email,
+    timezone = excluded.timezone, updated_at = now()
+RETURNING id, (xmax = 0) AS created"""
+
+# Replace each listed member's memberships, but only among units in $4 (the caller's reach):
+# memberships elsewhere belong to someone else and stay.
+DROP_OLD_MEMBERSHIPS = """
+DELETE FROM member_units mu
+WHERE mu.member_id = ANY($1::text[])
+  AND ($4::text[] IS NULL OR mu.unit_id = ANY($4::text[]))
+  AND NOT EXISTS (
+      SELECT 1 FROM unnest($2::text[], $3::text[]) AS n(member_id, unit_id)
+      WHERE n.member_id = mu.member_id AND n.unit_id = mu.unit_id)"""
+ADD_MEMBERSHIPS = """
+INSERT INTO member_units (member_id, unit_id)
+SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING"""
+
+GET = """
+SELECT m.id, m.name, m.phone, m.email, m.timezone, m.created_at, m.updated_at,
+       coalesce(array_agg(mu.unit_id ORDER BY mu.unit_id) FILTER (WHERE mu.unit_id IS NOT NULL), '{}') AS units
+FROM members m LEFT JOIN member_units mu ON mu.member_id = m.id
+WHERE m.id = $1 GROUP BY m.id"""
+
+EXISTING = "SELECT id FROM members WHERE id = ANY($1::text[])"
+
+# Members among $1 that have at least one membership inside the subtree of $2.
+VISIBLE = (
+    SUBTREE_CTE.replace("$1", "$2")
+    + """
+SELECT DISTINCT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id
+WHERE mu.member_id = ANY($1::text[])"""
+)
+
+
+async def upsert_many(
+    conn: Connection,
+    rows: list[dict[str, Any]],
+    reach: list[str] | None,
+) -> dict[str, bool]:
+    """Upsert members and replace their memberships (within ``reach``, or all when None).
+
+    Returns {member_id: created}.
+    """
+    result = await conn.fetch(
+        UPSERT_MANY,
+        [r["id"] for r in rows],
+        [r["name"] for r in rows],
+        [r.get("phone") for r in rows],
+        [r.get("email") for r in rows],
+        [r.get("timezone") for r in rows],
+    )
+    pair_members = [r["id"] for r in rows for _ in r["units"]]
+    pair_units = [u for r in rows for u in r["units"]]
+    await conn.execute(DROP_OLD_MEMBERSHIPS, [r["id"] for r in rows], pair_members, pair_units, reach)
+    await conn.execute(ADD_MEMBERSHIPS, pair_members, pair_units)
+    return {r["id"]: r["created"] for r in result}
+
+
+async def get(conn: Connection, member_id: str) -> Record | None:
+    return await conn.fetchrow(GET, member_id)
+
+
+async def existing(conn: Connection, member_ids: list[str]) -> set[str]:
+    return {r["id"] for r in await conn.fetch(EXISTING, member_ids)}
+
+
+async def visible(conn: Connection, member_ids: list[str], root_id: str) -> set[str]:
+    return {r["member_id"] for r in await conn.fetch(VISIBLE, member_ids, [root_id])}
+
+
+def as_dict(row: Record, visible_units: set[str] | None = None) -> dict[str, Any]:
+    units = [u for u in row["units"] if visible_units is None or u in visible_units]
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "units": units,
+        "phone": row["phone"],
+        "email": row["email"],
+        "timezone": row["timezone"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }

@@ -1,0 +1,112 @@
+"""notices, notice_counts and idempotency_keys."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from notifier.db.pool import Connection, Pool, Record
+
+COUNT_SHARDS = 16
+
+INSERT = """
+INSERT INTO notices (kind, title, body, audience, channels, scope_unit_id, created_by)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+RETURNING id, kind, title, body, audience, channels, scope_unit_id, state, created_at, updated_at, fanned_out_at"""
+
+GET = """
+SELECT id, kind, title, body, audience, channels, scope_unit_id, state, created_at, updated_at, fanned_out_at
+FROM notices WHERE id = $1"""
+
+COUNTS = """
+SELECT coalesce(sum(recipients), 0)::bigint AS recipients, coalesce(sum(queued), 0)::bigint AS queued,
+       coalesce(sum(sent), 0)::bigint AS sent, coalesce(sum(delivered), 0)::bigint AS delivered,
+       coalesce(sum(failed), 0)::bigint AS failed, coalesce(sum(read), 0)::bigint AS read
+FROM notice_counts WHERE notice_id = $1"""
+
+ADD_READ = """
+INSERT INTO notice_counts (notice_id, shard, read) VALUES ($1, $2, 1)
+ON CONFLICT (notice_id, shard) DO UPDATE SET read = notice_counts.read + 1"""
+
+# Claim a notice for one fan-out chunk; a second worker skips it instead of waiting.
+CLAIM_FANOUT = """
+SELECT id, audience, channels, fanout_cursor, state FROM notices
+WHERE id = $1 AND state IN ('queued', 'fanning_out') FOR UPDATE SKIP LOCKED"""
+
+ADVANCE_FANOUT = """
+UPDATE notices SET fanout_cursor = $2, state = $3, updated_at = now(),
+    fanned_out_at = CASE WHEN $3 = 'active' THEN now() END
+WHERE id = $1"""
+
+STALLED_FANOUTS = """
+SELECT id FROM notices WHERE state IN ('queued', 'fanning_out')
+  AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT $2"""
+
+IDEMPOTENCY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || chr(0) || $2, 727003))"
+IDEMPOTENCY_GET = """
+SELECT request_hash, response_status, response_body FROM idempotency_keys
+WHERE key_owner = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)"""
+IDEMPOTENCY_PUT = """
+INSERT INTO idempotency_keys (key_owner, key, request_hash, notice_id, response_status, response_body)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (key_owner, key) DO UPDATE SET request_hash = excluded.request_hash,
+    notice_id = excluded.notice_id, response_status = excluded.response_status,
+    response_body = excluded.response_body, created_at = now()"""
+IDEMPOTENCY_PURGE = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"
+
+
+def shard() -> int:
+    return random.randrange(COUNT_SHARDS)
+
+
+async def insert(
+    conn: Connection,
+    *,
+    kind: str,
+    title: str,
+    body: str,
+    audience: dict[str, Any],
+    channels: list[str],
+    scope_unit_id: str | None,
+    created_by: str | None,
+) -> Record:
+    row = await conn.fetchrow(INSERT, kind, title, body, audience, channels, scope_unit_id, created_by)
+    assert row is not None
+    return row
+
+
+async def get(conn: Connection | Pool, notice_id: str) -> Record | None:
+    return await conn.fetchrow(GET, notice_id)
+
+
+async def counts(conn: Connection | Pool, notice_id: str) -> dict[str, int]:
+    row = await conn.fetchrow(COUNTS, notice_id)
+    assert row is not None
+    result = {k: int(v) for k, v in row.items()}
+    result["unread"] = result["recipients"] - result["read"]
+    return result
+
+
+async def add_read(conn: Connection, notice_id: str) -> None:
+    await conn.execute(ADD_READ, notice_id, shard())
+
+
+async def stalled_fanouts(conn: Connection | Pool, older_than: float, limit: int = 100) -> list[str]:
+    return [str(r["id"]) for r in await conn.fetch(STALLED_FANOUTS, older_than, limit)]
+
+
+def as_dict(row: Record, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": str(row["id"]),
+        "kind": row["kind"],
+        "title": row["title"],
+        "body": row["body"],
+        "audience": row["audience"],
+        "channels": list(row["channels"]),
+        "state": row["state"],
+        "created_at": row["created_at"].isoformat(),
+        "fanned_out_at": row["fanned_out_at"].isoformat() if row["fanned_out_at"] else None,
+    }
+    if counts is not None:
+        data["counts"] = counts
+    return data

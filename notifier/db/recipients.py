@@ -1,0 +1,213 @@
+"""recipients: fan-out (audience -> recipients + deliveries, in SQL), the per-recipient roll-up,
+read receipts and the status listing."""
+
+from __future__ import annotations
+
+from notifier.db.pool import Connection, Record
+from notifier.db.units import SUBTREE_CTE
+
+# One fan-out chunk, entirely inside PostgreSQL: resolve the audience (unit subtrees + named
+# members, deduplicated, next `limit` member ids after the cursor), plan one delivery per
+# (member, channel) with the member's newest working contact, insert deliveries and recipients
+# (ON CONFLICT DO NOTHING makes a re-run harmless) and add the new recipients to the counters.
+#   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 limit
+#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 counter shard
+FANOUT_CHUNK = (
+    SUBTREE_CTE.replace("$1", "$2")
+    + """,
+aud AS (
+    SELECT member_id FROM (
+        SELECT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id
+        UNION
+        SELECT m.id FROM members m WHERE m.id = ANY($3::text[])
+    ) a
+    WHERE $4::text IS NULL OR member_id > $4
+    ORDER BY member_id LIMIT $5
+),
+ch AS (SELECT * FROM unnest($6::text[], $7::bool[], $8::bool[]) AS c(channel, needs_contact, on_insert)),
+plan AS (
+    SELECT a.member_id, ch.channel, k.id AS contact_id,
+           CASE WHEN ch.on_insert THEN 'delivered'
+                WHEN ch.needs_contact AND k.id IS NULL THEN 'failed'
+                ELSE 'queued' END AS state
+    FROM aud a CROSS JOIN ch
+    LEFT JOIN LATERAL (
+        SELECT id FROM contacts
+        WHERE ch.needs_contact AND contacts.member_id = a.member_id AND contacts.channel = ch.channel
+          AND contacts.disabled_at IS NULL
+        ORDER BY created_at DESC LIMIT 1
+    ) k ON true
+),
+ins_d AS (
+    INSERT INTO deliveries (notice_id, member_id, channel, contact_id, state, attempts, error)
+    SELECT $1, member_id, channel, contact_id, state, (state = 'delivered')::int,
+           CASE WHEN state = 'failed' THEN 'no working contact for this channel' END
+    FROM plan
+    ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
+),
+roll AS (
+    SELECT member_id,
+           CASE WHEN bool_or(state = 'delivered') THEN 'delivered'
+                WHEN bool_or(state = 'queued') THEN 'queued' ELSE 'failed' END AS dstatus
+    FROM plan GROUP BY member_id
+),
+ins_r AS (
+    INSERT INTO recipients (notice_id, member_id, dstatus, delivered_at)
+    SELECT $1, member_id, dstatus, CASE WHEN dstatus = 'delivered' THEN now() END FROM roll
+    ON CONFLICT DO NOTHING
+    RETURNING dstatus
+),
+cnt AS (
+    INSERT INTO notice_counts (notice_id, shard, recipients, queued, delivered, failed)
+    SELECT $1, $9, count(*), count(*) FILTER (WHERE dstatus = 'queued'),
+           count(*) FILTER (WHERE dstatus = 'delivered'), count(*) FILTER (WHERE dstatus = 'failed')
+    FROM ins_r
+    ON CONFLICT (notice_id, shard) DO UPDATE SET
+        recipients = notice_counts.recipients + excluded.recipients,
+        queued = notice_counts.queued + excluded.queued,
+        delivered = notice_counts.delivered + excluded.delivered,
+        failed = notice_counts.failed + excluded.failed
+)
+SELECT (SELECT count(*) FROM aud) AS n, (SELECT max(member_id) FROM aud) AS last_member,
+       coalesce((SELECT array_agg(DISTINCT channel) FROM plan WHERE state = 'queued'), '{}') AS queued_channels
+"""
+)
+
+# Serialise roll-ups of the same recipients (sorted, so batches never deadlock).
+LOCK_RECIPIENTS = """
+SELECT 1 FROM recipients r JOIN unnest($1::uuid[], $2::text[]) AS p(notice_id, member_id)
+  ON r.notice_id = p.notice_id AND r.member_id = p.member_id
+ORDER BY r.notice_id, r.member_id FOR UPDATE OF r"""
+
+# Recompute each recipient's best delivery state from its deliveries and move the counters by
+# the difference. Runs after LOCK_RECIPIENTS in the same transaction, so it sees every
+# delivery committed before the lock was granted.
+ROLL_UP = """
+WITH pairs AS (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[]) AS p(notice_id, member_id)),
+best AS (
+    SELECT d.notice_id, d.member_id,
+           CASE WHEN bool_or(d.state = 'delivered') THEN 'delivered'
+                WHEN bool_or(d.state = 'sent') THEN 'sent'
+                WHEN bool_or(d.state IN ('queued', 'sending')) THEN 'queued' ELSE 'failed' END AS dstatus
+    FROM deliveries d JOIN pairs p ON p.notice_id = d.notice_id AND p.member_id = d.member_id
+    GROUP BY d.notice_id, d.member_id
+),
+old AS (
+    SELECT r.notice_id, r.member_id, r.dstatus AS old_status, b.dstatus AS new_status
+    FROM recipients r JOIN best b ON b.notice_id = r.notice_id AND b.member_id = r.member_id
+    WHERE r.dstatus <> b.dstatus
+),
+upd AS (
+    UPDATE recipients r SET dstatus = o.new_status,
+        delivered_at = CASE WHEN o.new_status = 'delivered' THEN coalesce(r.delivered_at, now())
+                            ELSE r.delivered_at END
+    FROM old o WHERE r.notice_id = o.notice_id AND r.member_id = o.member_id
+    RETURNING r.notice_id, o.old_status, o.new_status
+)
+INSERT INTO notice_counts AS c (notice_id, shard, queued, sent, delivered, failed)
+SELECT notice_id, $3,
+       sum((new_status = 'queued')::int - (old_status = 'queued')::int),
+       sum((new_status = 'sent')::int - (old_status = 'sent')::int),
+       sum((new_status = 'delivered')::int - (old_status = 'delivered')::int),
+       sum((new_status = 'failed')::int - (old_status = 'failed')::int)
+FROM upd GROUP BY notice_id
+ON CONFLICT (notice_id, shard) DO UPDATE SET
+    queued = c.queued + excluded.queued, sent = c.sent + excluded.sent,
+    delivered = c.delivered + excluded.delivered, failed = c.failed + excluded.failed"""
+
+MARK_READ = """
+UPDATE recipients SET read_at = now(), read_via = $3
+WHERE notice_id = $1 AND member_id = $2 AND read_at IS NULL
+RETURNING read_at"""
+GET = (
+    "SELECT notice_id, member_id, dstatus, delivered_at, read_at, read_via FROM recipients "
+    "WHERE notice_id = $1 AND member_id = $2"
+)
+
+# Keyset page of recipients; status: read | unread | queued | sent | delivered | failed.
+PAGE = (
+    SUBTREE_CTE.replace("$1", "$5")
+    + """
+SELECT r.member_id, m.name, r.dstatus, r.delivered_at, r.read_at,
+       coalesce((SELECT array_agg(unit_id ORDER BY unit_id) FROM member_units WHERE member_id = r.member_id),
+                '{}') AS units
+FROM recipients r JOIN members m ON m.id = r.member_id
+WHERE r.notice_id = $1
+  AND ($2::text IS NULL OR r.member_id > $2)
+  AND CASE $3::text
+        WHEN 'read' THEN r.read_at IS NOT NULL
+        WHEN 'unread' THEN r.read_at IS NULL
+        WHEN '' THEN true
+        ELSE r.read_at IS NULL AND r.dstatus = $3 END
+  AND (cardinality($5::text[]) = 0 OR EXISTS (
+        SELECT 1 FROM member_units mu JOIN sub ON sub.id = mu.unit_id WHERE mu.member_id = r.member_id))
+ORDER BY r.member_id
+LIMIT $4"""
+)
+
+DELIVERIES_FOR = """
+SELECT member_id, channel, step, state, attempts, error, updated_at, next_attempt_at
+FROM deliveries WHERE notice_id = $1 AND member_id = ANY($2::text[])
+ORDER BY member_id, step, channel"""
+
+INBOX = """
+SELECT n.id, n.kind, n.title, n.body, n.created_at, n.state, r.read_at, d.created_at AS delivered_at
+FROM deliveries d
+JOIN notices n ON n.id = d.notice_id
+JOIN recipients r ON r.notice_id = d.notice_id AND r.member_id = d.member_id
+WHERE d.member_id = $1 AND d.channel = 'inapp' AND d.step = 0
+  AND (NOT $2::bool OR r.read_at IS NULL)
+  AND ($3::timestamptz IS NULL OR (d.created_at, d.notice_id) < ($3, $4::uuid))
+ORDER BY d.created_at DESC, d.notice_id DESC
+LIMIT $5"""
+
+
+async def fanout_chunk(
+    conn: Connection,
+    notice_id: str,
+    units: list[str],
+    members: list[str],
+    cursor: str | None,
+    limit: int,
+    channels: list[str],
+    needs_contact: list[bool],
+    on_insert: list[bool],
+    shard: int,
+) -> Record:
+    row = await conn.fetchrow(
+        FANOUT_CHUNK, notice_id, units, members, cursor, limit, channels, needs_contact, on_insert, shard
+    )
+    assert row is not None
+    return row
+
+
+async def roll_up(conn: Connection, notice_ids: list[str], member_ids: list[str], shard: int) -> None:
+    if not notice_ids:
+        return
+    await conn.execute(LOCK_RECIPIENTS, notice_ids, member_ids)
+    await conn.execute(ROLL_UP, notice_ids, member_ids, shard)
+
+
+async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str) -> bool:
+    """Record the first read; True when this call recorded it."""
+    return await conn.fetchval(MARK_READ, notice_id, member_id, via) is not None
+
+
+async def get(conn: Connection, notice_id: str, member_id: str) -> Record | None:
+    return await conn.fetchrow(GET, notice_id, member_id)
+
+
+async def page(
+    conn: Connection,
+    notice_id: str,
+    *,
+    after: str | None,
+    status: str,
+    limit: int,
+    unit_id: str | None,
+) -> list[Record]:
+    return list(await conn.fetch(PAGE, notice_id, after, status, limit, [unit_id] if unit_id else []))
+
+
+async def deliveries_for(conn: Connection, notice_id: str, member_ids: list[str]) -> list[Record]:
+    return list(await conn.fetch(DELIVERIES_FOR, notice_id, member_ids))

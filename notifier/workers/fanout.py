@@ -1,0 +1,61 @@
+"""Fan-out: turn a notice's audience into recipients and deliveries, chunk by chunk, in SQL.
+
+Each chunk commits on its own (cursor on the notice row), so a killed worker resumes where the
+last commit left off, and delivery of the first chunk starts while later chunks are planned.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from notifier.db import notices, recipients
+from notifier.workers.context import WorkerDeps
+from notifier.workers.queue import enqueue_deliveries
+
+log = logging.getLogger(__name__)
+
+
+async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
+    """Fan the notice out completely; returns the number of recipients this call added."""
+    chunk_size = deps.settings.fanout_chunk_size
+    total = 0
+    chunk_no = 0
+    while True:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(notices.CLAIM_FANOUT, notice_id)
+            if row is None:
+                return total  # finished already, or another worker holds this notice right now
+            channels = [deps.channels.get(c) for c in row["channels"]]
+            result = await recipients.fanout_chunk(
+                conn,
+                notice_id,
+                units=list(row["audience"].get("units", [])),
+                members=list(row["audience"].get("members", [])),
+                cursor=row["fanout_cursor"],
+                limit=chunk_size,
+                channels=[c.id for c in channels],
+                needs_contact=[c.capabilities.needs_contact for c in channels],
+                on_insert=[c.capabilities.delivers_on_insert for c in channels],
+                shard=notices.shard(),
+            )
+            n: int = result["n"]
+            done = n < chunk_size
+            await conn.execute(
+                notices.ADVANCE_FANOUT,
+                notice_id,
+                result["last_member"] or row["fanout_cursor"],
+                "active" if done else "fanning_out",
+            )
+        total += n
+        for channel in result["queued_channels"]:
+            await enqueue_deliveries(deps.queue, deps.settings, notice_id, channel, n, tag=f"f{chunk_no}")
+        chunk_no += 1
+        if done:
+            log.info("notice %s fanned out", notice_id)
+            return total
+
+
+async def fanout(ctx: dict[str, Any], notice_id: str) -> int:
+    """arq job."""
+    return await fanout_notice(ctx["deps"], notice_id)

@@ -1,0 +1,40 @@
+"""The reconciler (arq cron): PostgreSQL says what is pending; wake workers for anything that
+nobody is working on. A lost Redis job, a wiped Redis or a killed worker delays work by at most
+a few cycles; it never loses it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from notifier.db import deliveries, notices
+from notifier.workers.context import WorkerDeps
+from notifier.workers.queue import enqueue_deliveries, enqueue_fanout
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile_once(deps: WorkerDeps) -> dict[str, int]:
+    settings = deps.settings
+    stall = settings.reconcile_stall_seconds
+    # Tag job ids with a time bucket: within one bucket a duplicate wake-up is a no-op, and a job
+    # id left behind by a killed worker blocks nothing for longer than one bucket.
+    tag = f"r{int(time.time() // max(stall, 1.0))}"
+    expired = await deliveries.requeue_expired(deps.pool)
+    if expired:
+        log.warning("requeued %d deliveries whose lease expired", len(expired))
+    stalled = await notices.stalled_fanouts(deps.pool, stall)
+    for notice_id in stalled:
+        await enqueue_fanout(deps.queue, notice_id, tag=tag)
+    groups = await deliveries.due_groups(deps.pool, stall)
+    for g in groups:
+        await enqueue_deliveries(deps.queue, settings, str(g["notice_id"]), g["channel"], g["n"], tag=tag)
+    async with deps.pool.acquire() as conn:
+        await conn.execute(notices.IDEMPOTENCY_PURGE, float(settings.idempotency_ttl_seconds))
+    return {"expired_leases": len(expired), "fanouts": len(stalled), "delivery_groups": len(groups)}
+
+
+async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:
+    """arq cron job."""
+    return await reconcile_once(ctx["deps"])

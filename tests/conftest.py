@@ -1,0 +1,131 @@
+"""Test fixtures: one real PostgreSQL and one real Redis per session (embedded, unless
+NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL point at servers), a clean state per test, the app
+behind a real HTTP server, an in-process arq worker and a fake webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+from redis.asyncio import Redis
+
+from notifier.app import create_app
+from notifier.db.migrations import migrate
+from notifier.embedded import EmbeddedServers
+from notifier.settings import Settings
+from notifier.workers.settings import create_worker
+from tests.fakes.webhook_receiver import WebhookReceiver
+
+ADMIN_TOKEN = "test-admin-token"
+WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNpZ25pbmcta2V5LTAx"
+TABLES = ", ".join(
+    ["idempotency_keys", "notice_counts", "deliveries", "recipients", "notices", "contacts", "api_keys"]
+    + ["member_units", "members", "units"]
+)
+
+
+@pytest.fixture(scope="session")
+def server_urls() -> Iterator[tuple[str, str]]:
+    db, redis = os.environ.get("NOTIFIER_DATABASE_URL"), os.environ.get("NOTIFIER_REDIS_URL")
+    if db and redis:
+        yield db, redis
+        return
+    with tempfile.TemporaryDirectory(prefix="notifier-test-") as tmp:
+        servers = EmbeddedServers(Path(tmp), fast=True).start()
+        try:
+            yield db or servers.postgres.url, redis or servers.redis.url
+        finally:
+            servers.stop()
+
+
+def make_settings(urls: tuple[str, str], **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": urls[0],
+        "redis_url": urls[1],
+        "admin_token": SecretStr(ADMIN_TOKEN),
+        "webhook_secret": SecretStr(WEBHOOK_SECRET),
+        "allow_private_targets": True,
+        "reconcile_interval_seconds": 1,
+        "reconcile_stall_seconds": 1.0,
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 0.5,
+        "delivery_lease_seconds": 5.0,
+        "queue_name": "notifier:test",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def settings(server_urls: tuple[str, str]) -> Settings:
+    return make_settings(server_urls)
+
+
+@pytest.fixture(scope="session")
+async def migrated(settings: Settings) -> None:
+    await migrate(settings.database_url)
+
+
+@pytest.fixture
+async def db(settings: Settings, migrated: None) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, and a clean database and Redis for every test."""
+    conn = await asyncpg.connect(settings.database_url)
+    await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    redis = Redis.from_url(settings.redis_url)
+    await redis.flushdb()
+    await redis.aclose()
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[TestClient[Any, Any]]:
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    async with TestClient(server) as c:
+        yield c
+
+
+@pytest.fixture
+async def worker(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[None]:
+    w = create_worker(settings)
+    task = asyncio.ensure_future(w.async_run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await w.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    r = await WebhookReceiver(secret=WEBHOOK_SECRET).start()
+    yield r
+    await r.stop()
+
+
+def auth(token: str = ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], within: float = 30.0, every: float = 0.05
+) -> None:
+    """Poll until ``predicate`` holds (a bound, not a performance assertion)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        if await predicate():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(every)

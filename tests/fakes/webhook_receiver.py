@@ -1,0 +1,106 @@
+"""A webhook receiver that verifies Standard Webhooks signatures and counts deliveries.
+
+``responses`` lets a test script the status codes returned per member (e.g. 503 twice, then 200).
+Unsigned or badly signed requests are counted in ``rejected`` and answered 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Received:
+    webhook_id: str
+    timestamp: int
+    body: dict[str, Any]
+    path: str
+
+
+@dataclass
+class WebhookReceiver:
+    secret: str
+    tolerance_seconds: int = 300
+    messages: list[Received] = field(default_factory=list)
+    rejected: int = 0
+    # member_id -> list of statuses to answer in turn (then 200)
+    responses: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    headers_for: dict[int, dict[str, str]] = field(default_factory=dict)
+    _runner: web.AppRunner | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def key(self) -> bytes:
+        return base64.b64decode(self.secret.removeprefix("whsec_"))
+
+    def verify(self, msg_id: str, timestamp: str, signature: str, body: bytes) -> bool:
+        try:
+            ts = int(timestamp)
+        except ValueError:
+            return False
+        if abs(time.time() - ts) > self.tolerance_seconds:
+            return False
+        expected = base64.b64encode(
+            hmac.new(self.key(), f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+        ).decode()
+        return any(
+            part.startswith("v1,") and hmac.compare_digest(part[3:], expected)
+            for part in signature.split(" ")
+        )
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        msg_id = request.headers.get("webhook-id", "")
+        ok = self.verify(
+            msg_id,
+            request.headers.get("webhook-timestamp", ""),
+            request.headers.get("webhook-signature", ""),
+            body,
+        )
+        if not ok:
+            self.rejected += 1
+            return web.Response(status=401)
+        payload = json.loads(body)
+        script = self.responses.get(payload["member_id"])
+        if script:
+            status = script.pop(0)
+            if status != 200:
+                return web.Response(status=status, headers=self.headers_for.get(status, {}))
+        self.messages.append(
+            Received(msg_id, int(request.headers["webhook-timestamp"]), payload, request.path)
+        )
+        return web.Response(status=204)
+
+    def per_member(self) -> Counter[str]:
+        return Counter(m.body["member_id"] for m in self.messages)
+
+    def distinct_ids(self) -> set[str]:
+        return {m.webhook_id for m in self.messages}
+
+    async def start(self) -> WebhookReceiver:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
