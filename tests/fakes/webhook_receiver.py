@@ -6,6 +6,7 @@ Unsigned or badly signed requests are counted in ``rejected`` and answered 401.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -35,6 +36,7 @@ class WebhookReceiver:
     # member_id -> list of statuses to answer in turn (then 200)
     responses: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     headers_for: dict[int, dict[str, str]] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to hold each request, to make in-flight work observable
     _runner: web.AppRunner | None = None
     port: int = 0
 
@@ -62,6 +64,8 @@ class WebhookReceiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.delay:
+            await asyncio.sleep(self.delay)
         msg_id = request.headers.get("webhook-id", "")
         ok = self.verify(
             msg_id,
