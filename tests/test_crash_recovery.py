@@ -127,7 +127,8 @@ async def test_sigkilled_worker_loses_and_duplicates_nothing(
     recipients = await db.fetchval("SELECT count(*) FROM recipients WHERE notice_id = $1", nid)
     assert recipients == 1000
     counts = await db.fetchrow(
-        "SELECT sum(recipients) AS r, sum(delivered) AS d, sum(queued) AS q FROM notice_counts WHERE notice_id = $1",
+        "SELECT sum(recipients) AS r, sum(delivered) AS d, sum(queued) AS q "
+        "FROM notice_counts WHERE notice_id = $1",
         nid,
     )
     assert counts is not None and (counts["r"], counts["d"], counts["q"]) == (1000, 1000, 0)

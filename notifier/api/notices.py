@@ -112,9 +112,12 @@ def decode_cursor(value: str | None, field: str = "query.cursor") -> str | None:
     if value is None:
         return None
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        text = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise invalid(field, "not a cursor this API returned") from None
+    if not text or "\x00" in text:  # our cursors are never empty, and PostgreSQL text cannot hold NUL
+        raise invalid(field, "not a cursor this API returned")
+    return text
 
 
 async def _check_audience(conn: Connection, p: Principal, audience: Audience) -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from notifier.api.problems import Problem, from_validation_error
+from notifier.api.problems import Problem, from_validation_error, invalid
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -87,19 +87,47 @@ class Router:
             app.router.add_route(op.method, op.path, _wrap(op))
 
 
+def _nul_field(data: Any, prefix: str = "") -> str | None:
+    """The path of the first string (key or value) holding NUL, which PostgreSQL text cannot store.
+
+    Iterative, so a deeply nested contact target cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [(prefix, data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and "\x00" in value:
+            return path or "body"
+        if isinstance(value, dict):
+            for k in reversed(list(value)):
+                sub = f"{path}.{k}" if path else str(k)
+                if "\x00" in k:
+                    return sub
+                stack.append((sub, value[k]))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _reject_nul(data: Any, prefix: str = "") -> None:
+    where = _nul_field(data, prefix)
+    if where is not None:
+        raise invalid(where, "must not contain NUL characters")
+
+
 def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
+        _reject_nul(dict(request.match_info))
         body = None
         if op.body is not None:
             raw = await request.read()
             try:
                 data = json.loads(raw) if raw else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
                 raise Problem(
                     400, "Bad Request", "request body is not valid JSON", type_="malformed"
                 ) from None
             if not isinstance(data, dict):
                 raise Problem(400, "Bad Request", "request body must be a JSON object", type_="malformed")
+            _reject_nul(data)
             try:
                 body = op.body.model_validate(data)
             except ValidationError as exc:
@@ -110,6 +138,7 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
             for key in request.query:
                 values = request.query.getall(key)
                 params[key] = values[0] if len(values) == 1 else values
+            _reject_nul(params, "query")
             try:
                 query = op.query.model_validate(params)
             except ValidationError as exc:

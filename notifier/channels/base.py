@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class ChannelError(Exception):
@@ -103,8 +103,8 @@ class Result:
 class Channel(Protocol):
     """What every channel provides. Extra abilities (status callbacks, recall) are opt-in protocols."""
 
-    id: ClassVar[str]
-    capabilities: ClassVar[Capabilities]
+    id: str
+    capabilities: Capabilities
 
     def validate_target(self, target: Any) -> Any:
         """Return the normalised target, or raise ``InvalidTarget``."""

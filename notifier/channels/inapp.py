@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from notifier.channels.base import Capabilities, InvalidTarget, Outcome, Outgoing, Result
 
 
 class InAppChannel:
-    id: ClassVar[str] = "inapp"
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    id = "inapp"
+    capabilities = Capabilities(
         max_batch=10_000, needs_contact=False, delivers_on_insert=True, supports_recall=True, max_attempts=1
     )
 

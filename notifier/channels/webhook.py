@@ -13,8 +13,7 @@ import binascii
 import hashlib
 import hmac
 import json
-import time
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -30,6 +29,7 @@ from notifier.channels.base import (
     TransientError,
 )
 from notifier.channels.netguard import BlockedAddress, GuardedResolver, check_literal
+from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
 
 MAX_URL_LENGTH = 2048
@@ -88,10 +88,11 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class WebhookChannel:
-    id: ClassVar[str] = "webhook"
-    capabilities: ClassVar[Capabilities] = Capabilities(max_batch=500, max_attempts=6)
+    id = "webhook"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self.capabilities = Capabilities(max_batch=500, max_attempts=settings.webhook_max_attempts)
         self._allow_private = settings.allow_private_targets
         self._timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)
         self._concurrency = settings.delivery_concurrency
@@ -167,7 +168,7 @@ class WebhookChannel:
         return Result.from_error(item.delivery_id, PermanentError(f"HTTP {status}"))
 
     async def send(self, batch: list[Outgoing]) -> list[Result]:
-        now = int(time.time())
+        now = int(self._clock.time())
         return list(await asyncio.gather(*(self._send_one(item, now) for item in batch)))
 
     async def close(self) -> None:
