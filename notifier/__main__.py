@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("worker", help="the arq worker (fan-out, delivery, reconciler cron)")
     sub.add_parser("migrate", help="apply SQL migrations from schemas/")
     sub.add_parser("openapi", help="print the OpenAPI document")
+    echo = sub.add_parser("echo-webhooks", help="a local receiver that verifies and prints webhooks")
+    echo.add_argument("--port", type=int, default=9000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("arq").setLevel(logging.WARNING)
@@ -141,6 +143,11 @@ def main(argv: list[str] | None = None) -> None:
 
         applied = asyncio.run(migrate(settings.database_url))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    elif args.command == "echo-webhooks":
+        from notifier.echo import serve
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings.webhook_secret.get_secret_value(), "127.0.0.1", args.port))
     elif args.command == "openapi":
         from notifier.app import build_openapi
 

@@ -13,7 +13,7 @@ from notifier.api.auth import members_visible, unit_visible
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import forbidden, invalid, not_found
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Name, Strict
+from notifier.api.types import Id, Name, Strict, parse_uuid
 from notifier.db import api_keys
 
 routes = Router()
@@ -92,13 +92,12 @@ async def revoke_api_key(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service")
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
-        try:
+        key_id = parse_uuid(request.match_info["key_id"])
+        row = None
+        if key_id is not None:
             row = await conn.fetchrow(
-                "SELECT id, unit_id, member_id, role FROM api_keys WHERE id = $1",
-                request.match_info["key_id"],
+                "SELECT id, unit_id, member_id, role FROM api_keys WHERE id = $1", key_id
             )
-        except (ValueError, TypeError):
-            row = None
         if row is None:
             raise not_found("api key")
         if not p.is_admin:

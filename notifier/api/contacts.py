@@ -12,7 +12,7 @@ from notifier.api.auth import require_member
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import invalid, not_found
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Strict
+from notifier.api.types import Strict, parse_uuid
 from notifier.channels.base import InvalidTarget
 from notifier.db import contacts
 
@@ -100,13 +100,10 @@ async def delete_contact(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service")
     deps = request.app[DEPS]
     member_id = request.match_info["member_id"]
-    contact_id = request.match_info["contact_id"]
+    contact_id = parse_uuid(request.match_info["contact_id"])
     async with deps.pool.acquire() as conn:
         await require_member(conn, p, member_id)
-        try:
-            removed = await contacts.delete(conn, member_id, contact_id)
-        except (ValueError, TypeError):  # not a UUID: cannot exist
-            removed = False
+        removed = contact_id is not None and await contacts.delete(conn, member_id, contact_id)
     if not removed:
         raise not_found("contact")
     return web.Response(status=204)

@@ -18,7 +18,7 @@ from notifier.api.keys import DEPS, AppDeps, principal
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Strict
+from notifier.api.types import Id, Strict, parse_uuid
 from notifier.db import notices, recipients, units
 from notifier.db.pool import Connection, Record
 from notifier.workers.queue import enqueue_fanout
@@ -159,7 +159,8 @@ async def _create(conn: Connection, p: Principal, body: NoticeIn) -> dict[str, A
         scope_unit_id=p.scope_root,
         created_by=p.key_id,
     )
-    return notices.as_dict(row, {k: 0 for k in Counts.model_fields})
+    zero = {k: 0 for k in Counts.model_fields}
+    return NoticeOut.model_validate(notices.as_dict(row, zero)).model_dump(mode="json")
 
 
 @routes.route(
@@ -234,10 +235,8 @@ async def _create_idempotent(
 
 
 async def load_visible_notice(conn: Connection, p: Principal, notice_id: str) -> Record:
-    try:
-        row = await notices.get(conn, notice_id)
-    except (ValueError, TypeError):  # not a UUID: cannot exist
-        row = None
+    nid = parse_uuid(notice_id)
+    row = None if nid is None else await notices.get(conn, nid)
     if row is None or not await notice_visible(conn, p, row):
         raise not_found("notice")
     return row

@@ -13,7 +13,7 @@ from notifier.api.keys import DEPS, principal
 from notifier.api.notices import decode_cursor, encode_cursor, load_visible_notice
 from notifier.api.problems import Problem, invalid, not_found
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Strict
+from notifier.api.types import Id, Strict, parse_uuid
 from notifier.db import notices, recipients
 
 routes = Router()
@@ -78,10 +78,8 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
     assert member_id is not None
     async with deps.pool.acquire() as conn, conn.transaction():
         if p.role == "member":
-            try:
-                notice = await notices.get(conn, request.match_info["notice_id"])
-            except (ValueError, TypeError):
-                notice = None
+            nid = parse_uuid(request.match_info["notice_id"])
+            notice = None if nid is None else await notices.get(conn, nid)
             if notice is None:
                 raise not_found("notice")
         else:
@@ -128,16 +126,16 @@ async def inbox(request: web.Request, call: Call) -> web.Response:
     if raw is not None:
         ts, _, nid = raw.partition("|")
         try:
-            after_ts, after_id = datetime.fromisoformat(ts), nid
+            after_ts = datetime.fromisoformat(ts)
         except ValueError:
-            raise invalid("query.cursor", "not a cursor this API returned") from None
+            after_ts = None
+        after_id = parse_uuid(nid)
+        if after_ts is None or after_id is None:
+            raise invalid("query.cursor", "not a cursor this API returned")
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         await require_member(conn, p, member_id)
-        try:
-            rows = await conn.fetch(recipients.INBOX, member_id, q.unread, after_ts, after_id, q.limit + 1)
-        except (ValueError, TypeError):
-            raise invalid("query.cursor", "not a cursor this API returned") from None
+        rows = await conn.fetch(recipients.INBOX, member_id, q.unread, after_ts, after_id, q.limit + 1)
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     items = [

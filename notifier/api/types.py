@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
@@ -20,6 +21,15 @@ class Strict(BaseModel):
     """Request bodies: unknown fields are an error."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def parse_uuid(value: str) -> str | None:
+    """The canonical form of a UUID, or None: a malformed id cannot name a row (and the driver
+    would fail on it before PostgreSQL could say so)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
 
 
 def check_path_id(value: str, field: str) -> str:

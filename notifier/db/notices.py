@@ -42,7 +42,7 @@ STALLED_FANOUTS = """
 SELECT id FROM notices WHERE state IN ('queued', 'fanning_out')
   AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT $2"""
 
-IDEMPOTENCY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || chr(0) || $2, 727003))"
+IDEMPOTENCY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ':' || $2, 727003))"
 IDEMPOTENCY_GET = """
 SELECT request_hash, response_status, response_body FROM idempotency_keys
 WHERE key_owner = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)"""
