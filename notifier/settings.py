@@ -6,12 +6,62 @@ nothing reads the environment at import time.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class WebPushSettings(BaseModel):
+    """VAPID key pair (``notifier vapid-keys`` makes one) and the subject push services may contact."""
+
+    vapid_private_key: SecretStr | None = None  # PEM (P-256)
+    vapid_subject: str = "mailto:ops@example.org"
+    ttl_seconds: int = 24 * 3600
+    ding_ttl_seconds: int = 600
+
+
+class FcmSettings(BaseModel):
+    service_account_json: SecretStr | None = None  # the JSON itself, or a path to it
+    base_url: str = "https://fcm.googleapis.com"
+    token_url: str = "https://oauth2.googleapis.com/token"
+    ding_ttl_seconds: int = 600
+
+
+class ApnsSettings(BaseModel):
+    key_p8: SecretStr | None = None  # the .p8 PEM itself, or a path to it
+    key_id: str = ""
+    team_id: str = ""
+    topic: str = ""  # the app's bundle id
+    base_url: str = "https://api.push.apple.com"
+    ca_file: str | None = None  # extra trust anchor (tests use their own CA)
+
+
+class JPushSettings(BaseModel):
+    app_key: str = ""
+    master_secret: SecretStr | None = None
+    base_url: str = "https://api.jpush.cn"
+
+
+class TwilioSettings(BaseModel):
+    account_sid: str = ""
+    auth_token: SecretStr | None = None
+    sms_from: str = ""
+    voice_from: str = ""
+    base_url: str = "https://api.twilio.com"
+
+
+class AliyunSettings(BaseModel):
+    access_key_id: str = ""
+    access_key_secret: SecretStr | None = None
+    sms_sign_name: str = ""
+    sms_template_code: str = ""
+    sms_base_url: str = "https://dysmsapi.aliyuncs.com"
+    voice_show_number: str = ""
+    voice_tts_code: str = ""
+    voice_base_url: str = "https://dyvmsapi.aliyuncs.com"
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NOTIFIER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="NOTIFIER_", env_nested_delimiter="__", extra="ignore")
 
     # Servers. Empty URLs mean "start the embedded servers" (dev / tests only).
     database_url: str = ""
@@ -46,6 +96,18 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 6
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
+
+    # Phone channels: a channel is registered when its provider is configured.
+    webpush: WebPushSettings = Field(default_factory=WebPushSettings)
+    fcm: FcmSettings = Field(default_factory=FcmSettings)
+    apns: ApnsSettings = Field(default_factory=ApnsSettings)
+    jpush: JPushSettings = Field(default_factory=JPushSettings)
+    twilio: TwilioSettings = Field(default_factory=TwilioSettings)
+    aliyun: AliyunSettings = Field(default_factory=AliyunSettings)
+    sms_provider: str = ""  # "aliyun" | "twilio" | "" (no sms channel)
+    voice_provider: str = ""  # "aliyun" | "twilio" | "" (no voice channel)
+    link_secret: SecretStr = SecretStr("notifier-dev-link-secret-change-me")  # signs read links
+    link_ttl_seconds: int = 7 * 24 * 3600
 
     @property
     def effective_public_url(self) -> str:

@@ -259,11 +259,11 @@ async def get_notice(request: web.Request, call: Call) -> web.Response:
     return json_response(NoticeOut.model_validate(notices.as_dict(row, counts)).model_dump(mode="json"))
 
 
-def _recipient(row: Record, deliveries: list[Record]) -> dict[str, Any]:
+def _recipient(row: Record, deliveries: list[Record], visible_units: set[str] | None) -> dict[str, Any]:
     return {
         "member_id": row["member_id"],
         "name": row["name"],
-        "units": list(row["units"]),
+        "units": [u for u in row["units"] if visible_units is None or u in visible_units],
         "status": "read" if row["read_at"] else row["dstatus"],
         "delivered_at": row["delivered_at"],
         "read_at": row["read_at"],
@@ -309,8 +309,11 @@ async def list_recipients(request: web.Request, call: Call) -> web.Response:
         by_member: dict[str, list[Record]] = {r["member_id"]: [] for r in rows}
         for d in await recipients.deliveries_for(conn, notice_id, list(by_member)):
             by_member[d["member_id"]].append(d)
+        root = p.scope_root  # like GET /v1/members/{id}: units outside the caller's reach stay hidden
+        listed = sorted({u for r in rows for u in r["units"]})
+        visible = None if root is None else await units.all_within(conn, listed, root)
     items = [
-        RecipientOut.model_validate(_recipient(r, by_member[r["member_id"]])).model_dump(mode="json")
+        RecipientOut.model_validate(_recipient(r, by_member[r["member_id"]], visible)).model_dump(mode="json")
         for r in rows
     ]
     return json_response(

@@ -60,7 +60,9 @@ async def put_unit(request: web.Request, call: Call) -> web.Response:
         current = await units.get(conn, unit_id)
         if current is not None and not await unit_visible(conn, p, unit_id):
             raise not_found("unit")
-        if body.parent_id is not None:
+        # An unchanged parent is no move: a key's own unit keeps a parent outside the key's reach.
+        moves = current is None or body.parent_id != current["parent_id"]
+        if body.parent_id is not None and moves:
             if body.parent_id == unit_id:
                 raise invalid("parent_id", "a unit cannot be its own parent")
             if await units.get(conn, body.parent_id) is None or not await unit_visible(

@@ -9,9 +9,15 @@ Errors, as a tree (the dispatcher maps them to delivery states)::
 
     ChannelError
     ├── TransientError        retry with backoff (timeouts, 5xx, 429, connection refused)
-    │                         retry_after: seconds the provider asked us to wait, if any
-    └── PermanentError        record as failed, never retry (4xx, bad token, invalid number)
-        └── InvalidTarget     the contact itself is unusable (validation, or provider says so)
+    │   │                     retry_after: seconds the provider asked us to wait, if any
+    │   └── AmbiguousError    the request may have reached the provider (connection dropped
+    │                         after sending): retried only by channels whose capabilities say
+    │                         a resend is harmless (push with a collapse id); SMS and voice
+    │                         record the delivery as ``unknown`` instead
+    ├── PermanentError        record as failed, never retry (4xx, bad token, invalid number)
+    │   └── InvalidTarget     the contact itself is unusable (validation, or provider says so):
+    │                         the contact is disabled and not used again
+    └── InvalidSignature      a provider callback failed verification (answered 403)
 """
 
 from __future__ import annotations
@@ -31,7 +37,15 @@ class TransientError(ChannelError):
         self.retry_after = retry_after
 
 
+class AmbiguousError(TransientError):
+    pass
+
+
 class PermanentError(ChannelError):
+    pass
+
+
+class InvalidSignature(ChannelError):
     pass
 
 
@@ -47,6 +61,7 @@ class Outcome(enum.StrEnum):
     SENT = "sent"  # the provider accepted it; a delivery report may follow
     DELIVERED = "delivered"  # the provider (or we) know it reached the member
     RETRY = "retry"  # transient failure: try again later
+    UNKNOWN = "unknown"  # maybe sent; not safe to resend (SMS, voice): a report or escalation settles it
     FAILED = "failed"  # permanent failure
 
 
@@ -59,6 +74,9 @@ class Capabilities:
     supports_read_confirmation: bool = False
     supports_recall: bool = False
     max_attempts: int = 6
+    resend_when_ambiguous: bool = True  # False for SMS / voice: an ambiguous send becomes 'unknown'
+    rate_per_second: float | None = None  # per provider account, shared by every worker
+    per_target_limit: tuple[int, float] | None = None  # (count, window seconds) per contact
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,10 @@ class NoticeContent:
     kind: str
     title: str
     body: str
+
+    @property
+    def urgent(self) -> bool:
+        return self.kind == "ding"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +100,7 @@ class Outgoing:
     target: Any
     notice: NoticeContent
     attempt: int
+    read_link: str | None = None  # signed URL that records the read when opened (for SMS text)
 
 
 @dataclass(slots=True)
@@ -92,11 +115,31 @@ class Result:
 
     @classmethod
     def from_error(cls, delivery_id: int, exc: ChannelError) -> Result:
+        if isinstance(exc, AmbiguousError):
+            return cls(delivery_id, Outcome.UNKNOWN, error=str(exc), retry_after=exc.retry_after)
         if isinstance(exc, TransientError):
             return cls(delivery_id, Outcome.RETRY, error=str(exc), retry_after=exc.retry_after)
         return cls(
             delivery_id, Outcome.FAILED, error=str(exc), disable_contact=isinstance(exc, InvalidTarget)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """One provider report about one message, found by the id the provider gave us."""
+
+    provider_ref: str
+    state: str | None  # "sent" | "delivered" | "failed" | None (no delivery state change)
+    error: str | None = None
+    read: bool = False  # the member confirmed it (e.g. pressed 1 on a voice call)
+
+
+@dataclass(slots=True)
+class CallbackReply:
+    updates: list[StatusUpdate]
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain"
 
 
 @runtime_checkable
@@ -116,3 +159,13 @@ class Channel(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReceivesCallbacks(Protocol):
+    """Opt-in: the channel accepts provider callbacks at ``POST /v1/providers/{id}/callbacks``."""
+
+    def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
+        """Verify the provider's signature (raise ``InvalidSignature``) and parse the reports.
+        ``url`` is the full public URL the provider called, query string included."""
+        ...
