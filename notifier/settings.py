@@ -22,7 +22,7 @@ class WebPushSettings(BaseModel):
 class FcmSettings(BaseModel):
     service_account_json: SecretStr | None = None  # the JSON itself, or a path to it
     base_url: str = "https://fcm.googleapis.com"
-    token_url: str = "https://oauth2.googleapis.com/token"
+    token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     ding_ttl_seconds: int = 600
 
 
