@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     aliyun: AliyunSettings = Field(default_factory=AliyunSettings)
     sms_provider: str = ""  # "aliyun" | "twilio" | "" (no sms channel)
     voice_provider: str = ""  # "aliyun" | "twilio" | "" (no voice channel)
+    sms_rate_per_second: float = 100.0  # per provider account, shared by all workers
+    voice_rate_per_second: float = 10.0
+    sms_per_phone_limit: int = 5  # at most this many SMS to one number ...
+    sms_per_phone_window_seconds: float = 900.0  # ... per this window (GoAlert-style)
+    push_max_attempts: int = 8
     link_secret: SecretStr = SecretStr("notifier-dev-link-secret-change-me")  # signs read links
     link_ttl_seconds: int = 7 * 24 * 3600
 
