@@ -31,7 +31,9 @@ async def test_ding_reaches_everyone(
 
     async def done() -> bool:
         n = await get(client, f"/v1/notices/{notice['id']}")
-        return bool(n["counts"]["delivered"] == 50 and n["state"] == "active")
+        return bool(
+            n["counts"]["delivered"] == 50 and n["state"] == "active" and len(receiver.messages) == 50
+        )
 
     await wait_until(done)
     assert receiver.per_member() == {m: 1 for m in org["members"]}

@@ -11,13 +11,13 @@ from notifier.db.pool import Connection, Pool, Record
 CLAIM = """
 WITH c AS (
     SELECT id FROM deliveries
-    WHERE notice_id = $1 AND channel = $2 AND state = 'queued' AND next_attempt_at <= now()
+    WHERE notice_id = $1 AND channel = $2 AND state = 'queued' AND next_attempt_at <= notifier_now()
     ORDER BY id LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
 UPDATE deliveries d
-SET state = 'sending', attempts = d.attempts + 1, lease_until = now() + make_interval(secs => $4),
-    updated_at = now()
+SET state = 'sending', attempts = d.attempts + 1, lease_until = notifier_now() + make_interval(secs => $4),
+    updated_at = notifier_now()
 FROM c WHERE d.id = c.id
 RETURNING d.id, d.member_id, d.attempts, d.contact_id,
     (SELECT CASE WHEN k.disabled_at IS NULL THEN k.target END FROM contacts k WHERE k.id = d.contact_id) AS target"""
@@ -31,29 +31,29 @@ WITH r AS (
 )
 UPDATE deliveries d SET
     state = r.state,
-    next_attempt_at = CASE WHEN r.state = 'queued' THEN now() + make_interval(secs => r.retry_in)
+    next_attempt_at = CASE WHEN r.state = 'queued' THEN notifier_now() + make_interval(secs => r.retry_in)
                            ELSE d.next_attempt_at END,
     error = r.error,
     provider_ref = coalesce(r.provider_ref, d.provider_ref),
     lease_until = NULL,
-    updated_at = now()
+    updated_at = notifier_now()
 FROM r
 WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'
 RETURNING d.notice_id, d.member_id"""
 
 # Leases that ran out (the worker died or hung): hand the rows back to the queue.
 REQUEUE_EXPIRED = """
-UPDATE deliveries SET state = 'queued', lease_until = NULL, updated_at = now(),
+UPDATE deliveries SET state = 'queued', lease_until = NULL, updated_at = notifier_now(),
     error = 'lease expired (worker lost)'
 WHERE id IN (
-    SELECT id FROM deliveries WHERE state = 'sending' AND lease_until < now()
+    SELECT id FROM deliveries WHERE state = 'sending' AND lease_until < notifier_now()
     ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED)
 RETURNING notice_id, channel"""
 
 # (notice, channel) groups with due work nobody has claimed, and how much.
 DUE_GROUPS = """
 SELECT notice_id, channel, count(*) AS n FROM deliveries
-WHERE state = 'queued' AND next_attempt_at <= now() - make_interval(secs => $2)
+WHERE state = 'queued' AND next_attempt_at <= notifier_now() - make_interval(secs => $2)
 GROUP BY notice_id, channel ORDER BY min(next_attempt_at) LIMIT $1"""
 
 

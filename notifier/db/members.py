@@ -11,7 +11,7 @@ UPSERT_MANY = """
 INSERT INTO members (id, name, phone, email, timezone)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
 ON CONFLICT (id) DO UPDATE SET name = excluded.name, phone = excluded.phone, email = excluded.email,
-    timezone = excluded.timezone, updated_at = now()
+    timezone = excluded.timezone, updated_at = notifier_now()
 RETURNING id, (xmax = 0) AS created"""
 
 # Replace each listed member's memberships, but only among units in $4 (the caller's reach):

@@ -34,25 +34,27 @@ SELECT id, audience, channels, fanout_cursor, state FROM notices
 WHERE id = $1 AND state IN ('queued', 'fanning_out') FOR UPDATE SKIP LOCKED"""
 
 ADVANCE_FANOUT = """
-UPDATE notices SET fanout_cursor = $2, state = $3, updated_at = now(),
-    fanned_out_at = CASE WHEN $3 = 'active' THEN now() END
+UPDATE notices SET fanout_cursor = $2, state = $3, updated_at = notifier_now(),
+    fanned_out_at = CASE WHEN $3 = 'active' THEN notifier_now() END
 WHERE id = $1"""
 
 STALLED_FANOUTS = """
 SELECT id FROM notices WHERE state IN ('queued', 'fanning_out')
-  AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT $2"""
+  AND updated_at < notifier_now() - make_interval(secs => $1) ORDER BY updated_at LIMIT $2"""
 
 IDEMPOTENCY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ':' || $2, 727003))"
 IDEMPOTENCY_GET = """
 SELECT request_hash, response_status, response_body FROM idempotency_keys
-WHERE key_owner = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)"""
+WHERE key_owner = $1 AND key = $2 AND created_at > notifier_now() - make_interval(secs => $3)"""
 IDEMPOTENCY_PUT = """
 INSERT INTO idempotency_keys (key_owner, key, request_hash, notice_id, response_status, response_body)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (key_owner, key) DO UPDATE SET request_hash = excluded.request_hash,
     notice_id = excluded.notice_id, response_status = excluded.response_status,
-    response_body = excluded.response_body, created_at = now()"""
-IDEMPOTENCY_PURGE = "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)"
+    response_body = excluded.response_body, created_at = notifier_now()"""
+IDEMPOTENCY_PURGE = (
+    "DELETE FROM idempotency_keys WHERE created_at < notifier_now() - make_interval(secs => $1)"
+)
 
 
 def shard() -> int:

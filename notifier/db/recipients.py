@@ -53,7 +53,7 @@ roll AS (
 ),
 ins_r AS (
     INSERT INTO recipients (notice_id, member_id, dstatus, delivered_at)
-    SELECT $1, member_id, dstatus, CASE WHEN dstatus = 'delivered' THEN now() END FROM roll
+    SELECT $1, member_id, dstatus, CASE WHEN dstatus = 'delivered' THEN notifier_now() END FROM roll
     ON CONFLICT DO NOTHING
     RETURNING dstatus
 ),
@@ -99,7 +99,7 @@ old AS (
 ),
 upd AS (
     UPDATE recipients r SET dstatus = o.new_status,
-        delivered_at = CASE WHEN o.new_status = 'delivered' THEN coalesce(r.delivered_at, now())
+        delivered_at = CASE WHEN o.new_status = 'delivered' THEN coalesce(r.delivered_at, notifier_now())
                             ELSE r.delivered_at END
     FROM old o WHERE r.notice_id = o.notice_id AND r.member_id = o.member_id
     RETURNING r.notice_id, o.old_status, o.new_status
@@ -116,7 +116,7 @@ ON CONFLICT (notice_id, shard) DO UPDATE SET
     delivered = c.delivered + excluded.delivered, failed = c.failed + excluded.failed"""
 
 MARK_READ = """
-UPDATE recipients SET read_at = now(), read_via = $3
+UPDATE recipients SET read_at = notifier_now(), read_via = $3
 WHERE notice_id = $1 AND member_id = $2 AND read_at IS NULL
 RETURNING read_at"""
 GET = (

@@ -28,7 +28,7 @@ GET = "SELECT id, name, parent_id, created_at, updated_at FROM units WHERE id = 
 EXISTING = "SELECT id FROM units WHERE id = ANY($1::text[])"
 UPSERT = """
 INSERT INTO units (id, name, parent_id) VALUES ($1, $2, $3)
-ON CONFLICT (id) DO UPDATE SET name = excluded.name, parent_id = excluded.parent_id, updated_at = now()
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, parent_id = excluded.parent_id, updated_at = notifier_now()
 RETURNING id, name, parent_id, created_at, updated_at, (xmax = 0) AS created"""
 CHILDREN = "SELECT id, name, parent_id, created_at, updated_at FROM units WHERE parent_id = $1 ORDER BY id"
 LIST_SUBTREE = (

@@ -1,0 +1,97 @@
+"""rate_buckets, circuit_breakers and per-contact send counts: the limits every worker shares.
+
+All times are the engine clock (``notifier_now()``), so tests move them forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from notifier.db.pool import Connection, Record
+
+BUCKET_ENSURE = """
+INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, notifier_now())
+ON CONFLICT (key) DO NOTHING"""
+BUCKET_LOCK = "SELECT tokens, extract(epoch FROM notifier_now() - updated_at) AS elapsed FROM rate_buckets WHERE key = $1 FOR UPDATE"
+BUCKET_SET = "UPDATE rate_buckets SET tokens = $2, updated_at = notifier_now() WHERE key = $1"
+
+# Sends to each contact inside the window, and when the oldest of them leaves it.
+RECENT_PER_CONTACT = """
+SELECT contact_id, count(*) AS n, min(sent_at) + make_interval(secs => $3) AS frees_at
+FROM deliveries
+WHERE contact_id = ANY($1::uuid[]) AND channel = $2 AND sent_at > notifier_now() - make_interval(secs => $3)
+  AND state IN ('sending', 'sent', 'delivered', 'unknown')
+GROUP BY contact_id"""
+
+BREAKER_GET = """
+SELECT failures, opened_count, open_until, open_until > notifier_now() AS is_open, notifier_now() AS now
+FROM circuit_breakers WHERE key = $1"""
+BREAKER_SUCCESS = """
+UPDATE circuit_breakers SET failures = 0, opened_count = 0, open_until = NULL, updated_at = notifier_now()
+WHERE key = $1 AND (failures > 0 OR open_until IS NOT NULL)"""
+# A failed batch: count it; at the threshold open (again) for an exponentially longer cool-down.
+BREAKER_FAILURE = """
+INSERT INTO circuit_breakers AS b (key, failures) VALUES ($1, 1)
+ON CONFLICT (key) DO UPDATE SET failures = b.failures + 1, updated_at = notifier_now()
+RETURNING failures, opened_count"""
+BREAKER_OPEN = """
+UPDATE circuit_breakers SET open_until = notifier_now() + make_interval(secs => $2), opened_count = opened_count + 1,
+    updated_at = notifier_now()
+WHERE key = $1 RETURNING open_until"""
+
+
+async def take_tokens(
+    conn: Connection, key: str, wanted: int, rate: float, burst: float
+) -> tuple[int, float]:
+    """Take up to ``wanted`` tokens; returns (granted, tokens left). Call inside a transaction."""
+    await conn.execute(BUCKET_ENSURE, key, burst)
+    row = await conn.fetchrow(BUCKET_LOCK, key)
+    assert row is not None
+    tokens = min(burst, float(row["tokens"]) + max(0.0, float(row["elapsed"])) * rate)
+    granted = max(0, min(wanted, int(tokens)))
+    left = tokens - granted
+    await conn.execute(BUCKET_SET, key, left)
+    return granted, left
+
+
+async def recent_per_contact(
+    conn: Connection, contact_ids: list[str], channel: str, window: float
+) -> dict[str, Record]:
+    rows = await conn.fetch(RECENT_PER_CONTACT, contact_ids, channel, window)
+    return {str(r["contact_id"]): r for r in rows}
+
+
+@dataclass(slots=True)
+class BreakerState:
+    failures: int
+    is_open: bool
+    open_until: datetime | None
+    half_open: bool  # the cool-down passed after an opening: let one probe through
+
+
+async def breaker_state(conn: Connection, key: str, threshold: int) -> BreakerState:
+    row = await conn.fetchrow(BREAKER_GET, key)
+    if row is None:
+        return BreakerState(0, False, None, False)
+    tripped = row["failures"] >= threshold
+    return BreakerState(
+        row["failures"], bool(row["is_open"]), row["open_until"], tripped and not row["is_open"]
+    )
+
+
+async def breaker_success(conn: Connection, key: str) -> None:
+    await conn.execute(BREAKER_SUCCESS, key)
+
+
+async def breaker_failure(
+    conn: Connection, key: str, threshold: int, base: float, cap: float
+) -> datetime | None:
+    """Record a failed batch; returns when the breaker reopens if this failure opened it."""
+    row = await conn.fetchrow(BREAKER_FAILURE, key)
+    assert row is not None
+    if row["failures"] < threshold:
+        return None
+    cool_down = min(cap, base * (2 ** row["opened_count"]))
+    until: datetime | None = await conn.fetchval(BREAKER_OPEN, key, cool_down)
+    return until
