@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = 6
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
+    breaker_threshold: int = 5  # consecutive failed batches that open a provider's circuit
+    breaker_base_seconds: float = 5.0  # first cool-down; doubles on each reopening
+    breaker_max_seconds: float = 300.0
 
     # Phone channels: a channel is registered when its provider is configured.
     webpush: WebPushSettings = Field(default_factory=WebPushSettings)

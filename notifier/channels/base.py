@@ -77,6 +77,7 @@ class Capabilities:
     resend_when_ambiguous: bool = True  # False for SMS / voice: an ambiguous send becomes 'unknown'
     rate_per_second: float | None = None  # per provider account, shared by every worker
     per_target_limit: tuple[int, float] | None = None  # (count, window seconds) per contact
+    circuit_breaker: bool = False  # one provider account: stop hammering it when it keeps failing
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ WITH c AS (
 )
 UPDATE deliveries d
 SET state = 'sending', attempts = d.attempts + 1, lease_until = notifier_now() + make_interval(secs => $4),
-    updated_at = notifier_now()
+    wait_reason = NULL, updated_at = notifier_now()
 FROM c WHERE d.id = c.id
 RETURNING d.id, d.member_id, d.attempts, d.contact_id,
     (SELECT CASE WHEN k.disabled_at IS NULL THEN k.target END FROM contacts k WHERE k.id = d.contact_id) AS target"""
@@ -33,13 +33,52 @@ UPDATE deliveries d SET
     state = r.state,
     next_attempt_at = CASE WHEN r.state = 'queued' THEN notifier_now() + make_interval(secs => r.retry_in)
                            ELSE d.next_attempt_at END,
+    wait_reason = CASE WHEN r.state = 'queued' THEN 'retry' END,
+    sent_at = CASE WHEN r.state IN ('sent', 'delivered', 'unknown') THEN notifier_now() ELSE d.sent_at END,
     error = r.error,
     provider_ref = coalesce(r.provider_ref, d.provider_ref),
     lease_until = NULL,
     updated_at = notifier_now()
 FROM r
 WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'
-RETURNING d.notice_id, d.member_id"""
+RETURNING d.id, d.notice_id, d.member_id, d.state, d.provider_ref"""
+
+# Put claimed rows back without spending an attempt: a limit or an open breaker said "not yet".
+RELEASE = """
+UPDATE deliveries d SET state = 'queued', attempts = d.attempts - 1, lease_until = NULL, wait_reason = r.reason,
+    next_attempt_at = notifier_now() + make_interval(secs => r.wait), updated_at = notifier_now()
+FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[]) AS r(id, attempt, reason, wait)
+WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'"""
+
+# How long until the next row of this (notice, channel) comes due, if any is waiting.
+NEXT_DUE_IN = """
+SELECT extract(epoch FROM min(next_attempt_at) - notifier_now()) FROM deliveries
+WHERE notice_id = $1 AND channel = $2 AND state = 'queued'"""
+
+# With fallback, a delivery that failed for good hands over to the next channel in the notice's
+# order on which the member has a working contact (or that needs none).
+#   $1 failed delivery ids  $2 channels needing no contact  $3 channels delivered on insert
+FALLBACK_NEXT = """
+INSERT INTO deliveries (notice_id, member_id, channel, step, contact_id, state, attempts)
+SELECT d.notice_id, d.member_id, nxt.channel, d.step, nxt.contact_id,
+       CASE WHEN nxt.channel = ANY($3::text[]) THEN 'delivered' ELSE 'queued' END,
+       (nxt.channel = ANY($3::text[]))::int
+FROM deliveries d
+JOIN notices n ON n.id = d.notice_id AND n.fallback
+CROSS JOIN LATERAL (
+    SELECT c.channel, k.id AS contact_id
+    FROM unnest(n.channels) WITH ORDINALITY AS c(channel, ord)
+    LEFT JOIN LATERAL (
+        SELECT id FROM contacts
+        WHERE contacts.member_id = d.member_id AND contacts.channel = c.channel AND contacts.disabled_at IS NULL
+        ORDER BY created_at DESC LIMIT 1
+    ) k ON true
+    WHERE c.ord > array_position(n.channels, d.channel) AND (k.id IS NOT NULL OR c.channel = ANY($2::text[]))
+    ORDER BY c.ord LIMIT 1
+) nxt
+WHERE d.id = ANY($1::bigint[]) AND d.state = 'failed'
+ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
+RETURNING notice_id, member_id, channel, state"""
 
 # Leases that ran out (the worker died or hung): hand the rows back to the queue.
 REQUEUE_EXPIRED = """
@@ -53,7 +92,8 @@ RETURNING notice_id, channel"""
 # (notice, channel) groups with due work nobody has claimed, and how much.
 DUE_GROUPS = """
 SELECT notice_id, channel, count(*) AS n FROM deliveries
-WHERE state = 'queued' AND next_attempt_at <= notifier_now() - make_interval(secs => $2)
+WHERE state = 'queued'
+  AND next_attempt_at <= notifier_now() - CASE WHEN wait_reason IS NULL THEN make_interval(secs => $2) ELSE interval '0' END
 GROUP BY notice_id, channel ORDER BY min(next_attempt_at) LIMIT $1"""
 
 
@@ -67,10 +107,18 @@ class Claimed:
 
 
 @dataclass(slots=True)
+class Released:
+    id: int
+    attempt: int
+    reason: str  # throttled | circuit_open
+    wait: float  # seconds
+
+
+@dataclass(slots=True)
 class Written:
     id: int
     attempt: int
-    state: str  # queued (retry) | sent | delivered | failed
+    state: str  # queued (retry) | sent | delivered | failed | unknown
     error: str | None
     retry_in: float
     provider_ref: str | None
@@ -93,6 +141,30 @@ async def record(conn: Connection, results: list[Written]) -> list[Record]:
             [w.provider_ref for w in results],
         )
     )
+
+
+async def release(conn: Connection | Pool, rows: list[Released]) -> None:
+    if rows:
+        await conn.execute(
+            RELEASE,
+            [r.id for r in rows],
+            [r.attempt for r in rows],
+            [r.reason for r in rows],
+            [r.wait for r in rows],
+        )
+
+
+async def next_due_in(conn: Connection | Pool, notice_id: str, channel: str) -> float | None:
+    value = await conn.fetchval(NEXT_DUE_IN, notice_id, channel)
+    return None if value is None else float(value)
+
+
+async def fallback_next(
+    conn: Connection, failed_ids: list[int], contactless: list[str], on_insert: list[str]
+) -> list[Record]:
+    if not failed_ids:
+        return []
+    return list(await conn.fetch(FALLBACK_NEXT, failed_ids, contactless, on_insert))
 
 
 async def requeue_expired(conn: Connection | Pool, limit: int = 10_000) -> list[Record]:

@@ -87,7 +87,7 @@ WITH pairs AS (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[]) AS p(notice
 best AS (
     SELECT d.notice_id, d.member_id,
            CASE WHEN bool_or(d.state = 'delivered') THEN 'delivered'
-                WHEN bool_or(d.state = 'sent') THEN 'sent'
+                WHEN bool_or(d.state IN ('sent', 'unknown')) THEN 'sent'
                 WHEN bool_or(d.state IN ('queued', 'sending')) THEN 'queued' ELSE 'failed' END AS dstatus
     FROM deliveries d JOIN pairs p ON p.notice_id = d.notice_id AND p.member_id = d.member_id
     GROUP BY d.notice_id, d.member_id

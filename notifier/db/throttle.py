@@ -18,14 +18,16 @@ BUCKET_SET = "UPDATE rate_buckets SET tokens = $2, updated_at = notifier_now() W
 
 # Sends to each contact inside the window, and when the oldest of them leaves it.
 RECENT_PER_CONTACT = """
-SELECT contact_id, count(*) AS n, min(sent_at) + make_interval(secs => $3) AS frees_at
+SELECT contact_id, count(*) AS n,
+       extract(epoch FROM min(sent_at) + make_interval(secs => $3) - notifier_now()) AS frees_in
 FROM deliveries
 WHERE contact_id = ANY($1::uuid[]) AND channel = $2 AND sent_at > notifier_now() - make_interval(secs => $3)
   AND state IN ('sending', 'sent', 'delivered', 'unknown')
 GROUP BY contact_id"""
 
 BREAKER_GET = """
-SELECT failures, opened_count, open_until, open_until > notifier_now() AS is_open, notifier_now() AS now
+SELECT failures, opened_count, open_until, open_until > notifier_now() AS is_open,
+       extract(epoch FROM open_until - notifier_now()) AS open_for
 FROM circuit_breakers WHERE key = $1"""
 BREAKER_SUCCESS = """
 UPDATE circuit_breakers SET failures = 0, opened_count = 0, open_until = NULL, updated_at = notifier_now()
@@ -66,18 +68,18 @@ async def recent_per_contact(
 class BreakerState:
     failures: int
     is_open: bool
-    open_until: datetime | None
+    open_for: float  # seconds until the cool-down ends (when open)
     half_open: bool  # the cool-down passed after an opening: let one probe through
 
 
 async def breaker_state(conn: Connection, key: str, threshold: int) -> BreakerState:
     row = await conn.fetchrow(BREAKER_GET, key)
     if row is None:
-        return BreakerState(0, False, None, False)
+        return BreakerState(0, False, 0.0, False)
     tripped = row["failures"] >= threshold
-    return BreakerState(
-        row["failures"], bool(row["is_open"]), row["open_until"], tripped and not row["is_open"]
-    )
+    is_open = bool(row["is_open"])
+    open_for = float(row["open_for"]) if is_open else 0.0
+    return BreakerState(row["failures"], is_open, open_for, tripped and not is_open)
 
 
 async def breaker_success(conn: Connection, key: str) -> None:

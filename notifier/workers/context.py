@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 
 from notifier.channels.registry import ChannelRegistry
+from notifier.clock import Clock, SystemClock
 from notifier.db.pool import Pool
 from notifier.settings import Settings
 
@@ -17,3 +18,4 @@ class WorkerDeps:
     pool: Pool
     queue: ArqRedis
     channels: ChannelRegistry
+    clock: Clock = field(default_factory=SystemClock)

@@ -1,37 +1,43 @@
-"""Delivery: claim a batch of due deliveries, hand it to the channel, write the outcomes back.
+"""Delivery: claim a batch of due deliveries, let the shared limits decide what may go now, hand
+the rest back with a visible reason and time, send, and write every outcome back.
 
-The channel never sees the database; this module maps its ``Result``s to delivery states:
-delivered / sent / failed, or back to queued with a backoff when the error is transient and the
-channel's attempt budget is not spent.
+The channel never sees the database. This module maps its ``Result``s to delivery states:
+delivered / sent / failed / unknown, or back to queued with a backoff when the error is
+transient and the channel's attempt budget is not spent. Everything here is driven by the
+channel's declared capabilities, never by its name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result
-from notifier.db import contacts, deliveries, notices, recipients
-from notifier.db.deliveries import Claimed, Written
+from notifier.db import contacts, deliveries, notices, recipients, reports, throttle
+from notifier.db.deliveries import Claimed, Released, Written
+from notifier.db.pool import Connection
 from notifier.domain.retry import backoff_seconds
+from notifier.links import read_link
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
+from notifier.workers.queue import enqueue_deliveries
+from notifier.workers.reports import apply_reports
 
 log = logging.getLogger(__name__)
 
+IDLE_WAIT_LIMIT = 2.0  # a job waits this long at most for throttled rows to come due, then leaves
+
 
 def to_written(claimed: Claimed, result: Result, channel: Channel, settings: Settings) -> Written:
-    max_attempts = channel.capabilities.max_attempts
-    if result.outcome is Outcome.RETRY:
-        if claimed.attempt >= max_attempts:
-            return Written(
-                claimed.id,
-                claimed.attempt,
-                "failed",
-                f"{result.error} (gave up after {claimed.attempt} attempts)",
-                0.0,
-                None,
-            )
+    caps = channel.capabilities
+    outcome = result.outcome
+    if outcome is Outcome.UNKNOWN and caps.resend_when_ambiguous:
+        outcome = Outcome.RETRY  # push: a resend carries the same collapse id, the phone shows one
+    if outcome is Outcome.RETRY:
+        if claimed.attempt >= caps.max_attempts:
+            error = f"{result.error} (gave up after {claimed.attempt} attempts)"
+            return Written(claimed.id, claimed.attempt, "failed", error, 0.0, None)
         delay = backoff_seconds(
             claimed.attempt,
             base=settings.retry_base_seconds,
@@ -39,7 +45,12 @@ def to_written(claimed: Claimed, result: Result, channel: Channel, settings: Set
             retry_after=result.retry_after,
         )
         return Written(claimed.id, claimed.attempt, "queued", result.error, delay, None)
-    state = {Outcome.DELIVERED: "delivered", Outcome.SENT: "sent", Outcome.FAILED: "failed"}[result.outcome]
+    state = {
+        Outcome.DELIVERED: "delivered",
+        Outcome.SENT: "sent",
+        Outcome.FAILED: "failed",
+        Outcome.UNKNOWN: "unknown",
+    }[outcome]
     return Written(claimed.id, claimed.attempt, state, result.error, 0.0, result.provider_ref)
 
 
@@ -50,9 +61,8 @@ async def _send(channel: Channel, batch: list[Outgoing]) -> dict[int, Result]:
         results = await channel.send(batch)
     except Exception as exc:  # a channel bug must not lose the batch: retry it
         log.exception("channel %s raised while sending a batch", channel.id)
-        results = [
-            Result(o.delivery_id, Outcome.RETRY, error=f"channel error: {type(exc).__name__}") for o in batch
-        ]
+        error = f"channel error: {type(exc).__name__}"
+        results = [Result(o.delivery_id, Outcome.RETRY, error=error) for o in batch]
     by_id = {r.delivery_id: r for r in results}
     for item in batch:
         by_id.setdefault(
@@ -61,38 +71,149 @@ async def _send(channel: Channel, batch: list[Outgoing]) -> dict[int, Result]:
     return by_id
 
 
+async def gate(
+    conn: Connection, settings: Settings, channel: Channel, claimed: list[Claimed]
+) -> list[Claimed]:
+    """Apply the provider's circuit breaker, per-contact cap and account rate to a claimed batch.
+
+    Returns what may be sent now; the rest goes back to the queue (without spending an attempt)
+    with the reason and the time it is expected to go.
+    """
+    caps = channel.capabilities
+    go = list(claimed)
+    held: list[Released] = []
+    if caps.circuit_breaker:
+        state = await throttle.breaker_state(conn, channel.id, settings.breaker_threshold)
+        if state.is_open:
+            held += [Released(c.id, c.attempt, "circuit_open", state.open_for) for c in go]
+            go = []
+        elif state.half_open and len(go) > 1:
+            held += [Released(c.id, c.attempt, "circuit_open", 1.0) for c in go[1:]]
+            go = go[:1]  # one probe
+    if caps.per_target_limit is not None and go:
+        limit, window = caps.per_target_limit
+        ids = sorted({str(c.contact_id) for c in go if c.contact_id is not None})
+        recent = await throttle.recent_per_contact(conn, ids, channel.id, window)
+        used = {cid: int(r["n"]) for cid, r in recent.items()}
+        keep = []
+        for c in go:
+            cid = str(c.contact_id)
+            if used.get(cid, 0) >= limit:
+                frees_in = float(recent[cid]["frees_in"]) if cid in recent else window
+                held.append(Released(c.id, c.attempt, "throttled", max(frees_in, 0.05)))
+            else:
+                used[cid] = used.get(cid, 0) + 1
+                keep.append(c)
+        go = keep
+    if caps.rate_per_second and go:
+        rate = caps.rate_per_second
+        granted, left = await throttle.take_tokens(
+            conn, f"rate:{channel.id}", len(go), rate, burst=max(rate, 1.0)
+        )
+        # Spread the waiting rows over the time the bucket needs, so each shows a real ETA.
+        held += [
+            Released(c.id, c.attempt, "throttled", max(0.01, (i + 1 - left) / rate))
+            for i, c in enumerate(go[granted:])
+        ]
+        go = go[:granted]
+    await deliveries.release(conn, held)
+    return go
+
+
 async def deliver_batch(
     deps: WorkerDeps, channel: Channel, content: NoticeContent, claimed: list[Claimed]
 ) -> None:
-    outgoing: list[Outgoing] = []
+    settings = deps.settings
+    caps = channel.capabilities
     written: list[Written] = []
+    ready: list[Claimed] = []
     for c in claimed:
-        if channel.capabilities.needs_contact and c.target is None:
+        if caps.needs_contact and c.target is None:
             written.append(Written(c.id, c.attempt, "failed", "contact removed or disabled", 0.0, None))
-        elif c.attempt > channel.capabilities.max_attempts:
+        elif c.attempt > caps.max_attempts:
             written.append(Written(c.id, c.attempt, "failed", "attempts exhausted", 0.0, None))
         else:
-            outgoing.append(Outgoing(c.id, c.member_id, c.target, content, c.attempt))
+            ready.append(c)
+    if ready and (caps.circuit_breaker or caps.per_target_limit or caps.rate_per_second):
+        async with deps.pool.acquire() as conn, conn.transaction():
+            ready = await gate(conn, settings, channel, ready)
+    secret = settings.link_secret.get_secret_value().encode()
+    expires = int(deps.clock.time() + settings.link_ttl_seconds)
+    outgoing = [
+        Outgoing(
+            c.id,
+            c.member_id,
+            c.target,
+            content,
+            c.attempt,
+            read_link=read_link(
+                settings.effective_public_url, secret, content.notice_id, c.member_id, expires
+            ),
+        )
+        for c in ready
+    ]
     results = await _send(channel, outgoing)
-    by_id = {c.id: c for c in claimed}
+    by_id = {c.id: c for c in ready}
     disable: list[str] = []
     reasons: list[str] = []
     for delivery_id, result in results.items():
         claim = by_id[delivery_id]
-        written.append(to_written(claim, result, channel, deps.settings))
+        written.append(to_written(claim, result, channel, settings))
         if result.disable_contact and claim.contact_id is not None:
             disable.append(str(claim.contact_id))
             reasons.append(result.error or "rejected by provider")
     async with deps.pool.acquire() as conn, conn.transaction():
         changed = await deliveries.record(conn, written)
-        await recipients.roll_up(
-            conn, [str(r["notice_id"]) for r in changed], [r["member_id"] for r in changed], notices.shard()
-        )
         await contacts.disable_many(conn, disable, reasons)
+        failed = [int(r["id"]) for r in changed if r["state"] == "failed"]
+        handed_over = await deliveries.fallback_next(
+            conn,
+            failed,
+            [c.id for c in deps.channels if not c.capabilities.needs_contact],
+            [c.id for c in deps.channels if c.capabilities.delivers_on_insert],
+        )
+        await apply_reports(
+            conn,
+            channel.id,
+            await reports.take_pending(
+                conn, channel.id, [r["provider_ref"] for r in changed if r["provider_ref"]]
+            ),
+        )
+        pairs = [(str(r["notice_id"]), r["member_id"]) for r in [*changed, *handed_over]]
+        await recipients.roll_up(conn, [p[0] for p in pairs], [p[1] for p in pairs], notices.shard())
+        if caps.circuit_breaker and results:
+            await _update_breaker(conn, settings, channel, list(results.values()))
+    for r in handed_over:
+        if r["state"] == "queued":
+            await enqueue_deliveries(
+                deps.queue, settings, str(r["notice_id"]), r["channel"], 1, tag="fallback"
+            )
+
+
+async def _update_breaker(
+    conn: Connection, settings: Settings, channel: Channel, results: list[Result]
+) -> None:
+    transient = sum(1 for r in results if r.outcome in (Outcome.RETRY, Outcome.UNKNOWN))
+    if transient * 5 >= len(results) * 4:  # at least 80% of the batch failed transiently
+        until = await throttle.breaker_failure(
+            conn,
+            channel.id,
+            settings.breaker_threshold,
+            settings.breaker_base_seconds,
+            settings.breaker_max_seconds,
+        )
+        if until is not None:
+            log.warning("circuit for %s open until %s", channel.id, until.isoformat())
+    elif transient < len(results):
+        await throttle.breaker_success(conn, channel.id)
 
 
 async def deliver_notice_channel(deps: WorkerDeps, notice_id: str, channel_id: str) -> int:
-    """Drain every due delivery of one notice on one channel; returns how many were handled."""
+    """Drain every due delivery of one notice on one channel; returns how many were handled.
+
+    Rows held back by a limit come due soon: the job waits for them (briefly) rather than
+    leaving them to the reconciler.
+    """
     channel = deps.channels.get(channel_id)
     row = await notices.get(deps.pool, notice_id)
     if row is None:
@@ -100,12 +221,20 @@ async def deliver_notice_channel(deps: WorkerDeps, notice_id: str, channel_id: s
     content = NoticeContent(str(row["id"]), row["kind"], row["title"], row["body"])
     batch_size = min(deps.settings.delivery_batch_size, channel.capabilities.max_batch)
     handled = 0
+    idle = 0.0
     while True:
         claimed = await deliveries.claim(
             deps.pool, notice_id, channel_id, batch_size, deps.settings.delivery_lease_seconds
         )
         if not claimed:
-            return handled
+            due_in = await deliveries.next_due_in(deps.pool, notice_id, channel_id)
+            if due_in is None or due_in > IDLE_WAIT_LIMIT or idle > IDLE_WAIT_LIMIT:
+                return handled
+            pause = min(max(0.01, due_in), IDLE_WAIT_LIMIT)
+            idle += pause
+            await asyncio.sleep(pause)
+            continue
+        idle = 0.0
         await deliver_batch(deps, channel, content, claimed)
         handled += len(claimed)
 

@@ -1,0 +1,64 @@
+"""Signed read links: ``{public_url}/r/{token}`` records the read when a member opens it.
+
+token = base64url(notice uuid bytes | member id | expiry) + "." + base64url(HMAC-SHA256)[:16 bytes].
+Bound to one notice and one member, expiring; any change to either breaks the signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+import uuid
+from dataclasses import dataclass
+
+
+class BadLink(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LinkClaims:
+    notice_id: str
+    member_id: str
+    expires_at: int
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(data: str) -> bytes:
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+
+
+def make_token(secret: bytes, notice_id: str, member_id: str, expires_at: int) -> str:
+    payload = uuid.UUID(notice_id).bytes + struct.pack(">Q", expires_at) + member_id.encode()
+    mac = hmac.new(secret, payload, hashlib.sha256).digest()[:16]
+    return f"{_b64(payload)}.{_b64(mac)}"
+
+
+def read_token(secret: bytes, token: str, now: float) -> LinkClaims:
+    """Verify and decode; raises ``BadLink`` for anything forged, malformed or expired."""
+    try:
+        body, _, mac = token.partition(".")
+        payload, given = _unb64(body), _unb64(mac)
+    except (ValueError, TypeError):
+        raise BadLink("malformed link") from None
+    if len(payload) < 25 or not hmac.compare_digest(
+        hmac.new(secret, payload, hashlib.sha256).digest()[:16], given
+    ):
+        raise BadLink("invalid link")
+    expires_at = struct.unpack(">Q", payload[16:24])[0]
+    if now > expires_at:
+        raise BadLink("expired link")
+    try:
+        member_id = payload[24:].decode()
+    except UnicodeDecodeError:
+        raise BadLink("malformed link") from None
+    return LinkClaims(str(uuid.UUID(bytes=payload[:16])), member_id, expires_at)
+
+
+def read_link(public_url: str, secret: bytes, notice_id: str, member_id: str, expires_at: int) -> str:
+    return f"{public_url.rstrip('/')}/r/{make_token(secret, notice_id, member_id, expires_at)}"
