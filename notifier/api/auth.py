@@ -20,6 +20,8 @@ from notifier.db import api_keys, members, units
 from notifier.db.pool import Connection, Record
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+# Authenticated by other means: provider signatures (callbacks) and HMAC-signed read links.
+PUBLIC_PREFIXES = ("/v1/providers/", "/r/")
 
 
 def unauthorized(detail: str) -> Problem:
@@ -36,7 +38,7 @@ def unauthorized(detail: str) -> Problem:
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or request.path.startswith("/console"):
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")

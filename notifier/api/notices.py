@@ -40,6 +40,10 @@ class NoticeIn(Strict):
     body: str = Field(min_length=1, max_length=20_000)
     audience: Audience
     channels: list[str] = Field(default_factory=lambda: ["inapp"], min_length=1, max_length=16)
+    fallback: bool = Field(
+        default=False,
+        description="channels in order of preference: each member gets the first one they can be reached on",
+    )
 
     @field_validator("channels")
     @classmethod
@@ -66,6 +70,7 @@ class NoticeOut(BaseModel):
     body: str
     audience: Audience
     channels: list[str]
+    fallback: bool
     state: Literal["queued", "fanning_out", "active", "failed"]
     created_at: datetime
     fanned_out_at: datetime | None
@@ -156,6 +161,7 @@ async def _create(conn: Connection, p: Principal, body: NoticeIn) -> dict[str, A
         body=body.body,
         audience=body.audience.model_dump(),
         channels=body.channels,
+        fallback=body.fallback,
         scope_unit_id=p.scope_root,
         created_by=p.key_id,
     )

@@ -23,6 +23,7 @@ import json
 import logging
 import ssl
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,7 @@ def _encode(notice: NoticeContent, title: str, body: str) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _shorten(text: str, fits: Any) -> str | None:
+def _shorten(text: str, fits: Callable[[str], bool]) -> str | None:
     """The longest prefix of ``text`` (cut at a space when one is near the end) plus an ellipsis
     for which ``fits(candidate)`` holds; None if not even the ellipsis alone fits."""
 
@@ -286,7 +287,7 @@ class ApnsChannel:
     def _ensure_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         if self._client is None or self._limit is None:
             self._client = httpx.AsyncClient(
-                http1=False,  # APNs speaks HTTP/2 only: offer just "h2" in ALPN
+                http1=False,  # APNs speaks HTTP/2 only: never fall back to HTTP/1.1
                 http2=True,
                 verify=tls_context(self._ca_file),
                 timeout=REQUEST_TIMEOUT_SECONDS,

@@ -65,11 +65,13 @@ class ServiceAccount:
     client_email: str
     private_key: rsa.RSAPrivateKey
     private_key_id: str | None
-    token_uri: str
 
 
 def load_service_account(value: str) -> ServiceAccount:
-    """Parse a service-account key: the JSON itself, or a path to the JSON file."""
+    """Parse a service-account key: the JSON itself, or a path to the JSON file.
+
+    Its ``token_uri`` is not used: ``settings.fcm.token_url`` names the token endpoint (and is
+    the assertion's audience), so a deployment can point it at a proxy."""
     text = value if value.lstrip().startswith("{") else Path(value).read_text(encoding="utf-8")
     try:
         info = json.loads(text)
@@ -88,7 +90,6 @@ def load_service_account(value: str) -> ServiceAccount:
         client_email=info["client_email"],
         private_key=key,
         private_key_id=info.get("private_key_id") or None,
-        token_uri=info.get("token_uri") or "",
     )
 
 
@@ -336,7 +337,11 @@ class FcmChannel:
         try:
             async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                 payload = _json(await resp.read())
-                return resp.status, payload, parse_retry_after(resp.headers.get("retry-after"), self._clock.time())
+                return (
+                    resp.status,
+                    payload,
+                    parse_retry_after(resp.headers.get("retry-after"), self._clock.time()),
+                )
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc) from None
 
@@ -353,7 +358,9 @@ class FcmChannel:
             return name if isinstance(name, str) else None
         raise fcm_error(status, payload, retry_after)
 
-    async def _send_one(self, session: aiohttp.ClientSession, limit: asyncio.Semaphore, item: Outgoing) -> Result:
+    async def _send_one(
+        self, session: aiohttp.ClientSession, limit: asyncio.Semaphore, item: Outgoing
+    ) -> Result:
         async with limit:
             try:
                 name = await self._deliver(session, item)

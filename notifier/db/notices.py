@@ -10,12 +10,14 @@ from notifier.db.pool import Connection, Pool, Record
 COUNT_SHARDS = 16
 
 INSERT = """
-INSERT INTO notices (kind, title, body, audience, channels, scope_unit_id, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-RETURNING id, kind, title, body, audience, channels, scope_unit_id, state, created_at, updated_at, fanned_out_at"""
+INSERT INTO notices (kind, title, body, audience, channels, scope_unit_id, created_by, fallback)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING id, kind, title, body, audience, channels, fallback, scope_unit_id, state, created_at, updated_at,
+    fanned_out_at"""
 
 GET = """
-SELECT id, kind, title, body, audience, channels, scope_unit_id, state, created_at, updated_at, fanned_out_at
+SELECT id, kind, title, body, audience, channels, fallback, scope_unit_id, state, created_at, updated_at,
+    fanned_out_at
 FROM notices WHERE id = $1"""
 
 COUNTS = """
@@ -30,7 +32,7 @@ ON CONFLICT (notice_id, shard) DO UPDATE SET read = notice_counts.read + 1"""
 
 # Claim a notice for one fan-out chunk; a second worker skips it instead of waiting.
 CLAIM_FANOUT = """
-SELECT id, audience, channels, fanout_cursor, state FROM notices
+SELECT id, audience, channels, fallback, fanout_cursor, state FROM notices
 WHERE id = $1 AND state IN ('queued', 'fanning_out') FOR UPDATE SKIP LOCKED"""
 
 ADVANCE_FANOUT = """
@@ -71,8 +73,11 @@ async def insert(
     channels: list[str],
     scope_unit_id: str | None,
     created_by: str | None,
+    fallback: bool = False,
 ) -> Record:
-    row = await conn.fetchrow(INSERT, kind, title, body, audience, channels, scope_unit_id, created_by)
+    row = await conn.fetchrow(
+        INSERT, kind, title, body, audience, channels, scope_unit_id, created_by, fallback
+    )
     assert row is not None
     return row
 
@@ -105,6 +110,7 @@ def as_dict(row: Record, counts: dict[str, int] | None = None) -> dict[str, Any]
         "body": row["body"],
         "audience": row["audience"],
         "channels": list(row["channels"]),
+        "fallback": row["fallback"],
         "state": row["state"],
         "created_at": row["created_at"].isoformat(),
         "fanned_out_at": row["fanned_out_at"].isoformat() if row["fanned_out_at"] else None,

@@ -11,7 +11,7 @@ from notifier.db.units import SUBTREE_CTE
 # (member, channel) with the member's newest working contact, insert deliveries and recipients
 # (ON CONFLICT DO NOTHING makes a re-run harmless) and add the new recipients to the counters.
 #   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 limit
-#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 counter shard
+#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 counter shard  $10 fallback
 FANOUT_CHUNK = (
     SUBTREE_CTE.replace("$1", "$2")
     + """,
@@ -24,9 +24,11 @@ aud AS (
     WHERE $4::text IS NULL OR member_id > $4
     ORDER BY member_id LIMIT $5
 ),
-ch AS (SELECT * FROM unnest($6::text[], $7::bool[], $8::bool[]) AS c(channel, needs_contact, on_insert)),
-plan AS (
-    SELECT a.member_id, ch.channel, k.id AS contact_id,
+ch AS (
+    SELECT * FROM unnest($6::text[], $7::bool[], $8::bool[]) WITH ORDINALITY AS c(channel, needs_contact, on_insert, ord)
+),
+plan_all AS (
+    SELECT a.member_id, ch.channel, ch.ord, k.id AS contact_id,
            CASE WHEN ch.on_insert THEN 'delivered'
                 WHEN ch.needs_contact AND k.id IS NULL THEN 'failed'
                 ELSE 'queued' END AS state
@@ -37,6 +39,14 @@ plan AS (
           AND contacts.disabled_at IS NULL
         ORDER BY created_at DESC LIMIT 1
     ) k ON true
+),
+-- Without fallback every listed channel is used; with it, each member gets the first channel
+-- (in the notice's order) they can be reached on, or a failed first channel when none works.
+plan AS (
+    SELECT member_id, channel, contact_id, state FROM plan_all WHERE NOT $10::bool
+    UNION ALL
+    (SELECT DISTINCT ON (member_id) member_id, channel, contact_id, state FROM plan_all WHERE $10::bool
+     ORDER BY member_id, state = 'failed', ord)
 ),
 ins_d AS (
     INSERT INTO deliveries (notice_id, member_id, channel, contact_id, state, attempts, error)
@@ -173,9 +183,20 @@ async def fanout_chunk(
     needs_contact: list[bool],
     on_insert: list[bool],
     shard: int,
+    fallback: bool = False,
 ) -> Record:
     row = await conn.fetchrow(
-        FANOUT_CHUNK, notice_id, units, members, cursor, limit, channels, needs_contact, on_insert, shard
+        FANOUT_CHUNK,
+        notice_id,
+        units,
+        members,
+        cursor,
+        limit,
+        channels,
+        needs_contact,
+        on_insert,
+        shard,
+        fallback,
     )
     assert row is not None
     return row

@@ -38,6 +38,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 needs_contact=[c.capabilities.needs_contact for c in channels],
                 on_insert=[c.capabilities.delivers_on_insert for c in channels],
                 shard=notices.shard(),
+                fallback=row["fallback"],
             )
             n: int = result["n"]
             done = n < chunk_size

@@ -1,0 +1,87 @@
+"""Provider callbacks (delivery reports, call results, key presses) and signed read links.
+
+Neither uses bearer tokens: a callback is authenticated by the provider's own signature (the
+channel verifies it), a read link by its HMAC. Both are idempotent and order-tolerant.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+
+from aiohttp import web
+
+from notifier.api.keys import DEPS
+from notifier.api.problems import Problem, not_found
+from notifier.api.routing import Call, Router
+from notifier.channels.base import InvalidSignature, ReceivesCallbacks
+from notifier.db import notices, recipients
+from notifier.links import BadLink, read_token
+from notifier.workers.reports import apply_reports
+
+routes = Router()
+
+
+@routes.route(
+    "POST",
+    "/v1/providers/{channel}/callbacks",
+    summary="Provider status callbacks (signed by the provider)",
+    tag="providers",
+    auth=False,
+)
+async def provider_callback(request: web.Request, call: Call) -> web.Response:
+    deps = request.app[DEPS]
+    channel_id = request.match_info["channel"]
+    channel = deps.channels.get(channel_id) if channel_id in deps.channels else None
+    if channel is None or not isinstance(channel, ReceivesCallbacks):
+        raise not_found("channel")
+    body = await request.read()
+    url = deps.settings.effective_public_url.rstrip("/") + request.path_qs
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    try:
+        reply = channel.handle_callback(url, headers, body)
+    except InvalidSignature:
+        raise Problem(403, "Forbidden", "callback signature did not verify", type_="bad-signature") from None
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await apply_reports(conn, channel.id, reply.updates)
+    return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
+
+
+PAGE = """<!doctype html>
+<html lang="zh-CN"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>{title}</title>
+<style>body{{font:16px/1.6 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}
+.note{{color:#555}}</style></head><body><h1>{title}</h1>{body}</body></html>"""
+
+
+def _page(status: int, title: str, body_html: str) -> web.Response:
+    text = PAGE.format(title=html.escape(title), body=body_html)
+    return web.Response(status=status, text=text, content_type="text/html")
+
+
+@routes.route(
+    "GET",
+    "/r/{token}",
+    summary="Open a signed read link: records the read, shows the notice",
+    tag="providers",
+    auth=False,
+)
+async def open_read_link(request: web.Request, call: Call) -> web.Response:
+    deps = request.app[DEPS]
+    secret = deps.settings.link_secret.get_secret_value().encode()
+    try:
+        claims = read_token(secret, request.match_info["token"], time.time())
+    except BadLink as exc:
+        status = 410 if "expired" in str(exc) else 403
+        return _page(
+            status, "Link not valid", f"<p class=note>{html.escape(str(exc))}. Nothing was recorded.</p>"
+        )
+    async with deps.pool.acquire() as conn, conn.transaction():
+        notice = await notices.get(conn, claims.notice_id)
+        row = await recipients.get(conn, claims.notice_id, claims.member_id)
+        if notice is None or row is None:
+            return _page(404, "Not found", "<p class=note>This notice is not addressed to you.</p>")
+        if await recipients.mark_read(conn, claims.notice_id, claims.member_id, via="link"):
+            await notices.add_read(conn, claims.notice_id)
+    paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in str(notice["body"]).split("\n") if p.strip())
+    return _page(200, str(notice["title"]), paragraphs + "<p class=note>✓ 已读 — read receipt recorded.</p>")
