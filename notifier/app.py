@@ -13,7 +13,7 @@ from notifier.api.auth import auth_middleware
 from notifier.api.keys import DEPS, SETTINGS, AppDeps
 from notifier.api.problems import problem_middleware
 from notifier.api.routing import Operation, openapi_document
-from notifier.channels.registry import build_registry
+from notifier.channels.registry import ChannelRegistry, build_registry
 from notifier.db.pool import create_pool
 from notifier.settings import Settings
 from notifier.workers.queue import create_queue
@@ -31,11 +31,14 @@ def build_openapi() -> dict[str, Any]:
     return openapi_document(all_operations(), __version__)
 
 
+CHANNELS = web.AppKey("channels", ChannelRegistry)
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(settings)
     queue = await create_queue(settings)
-    channels = build_registry(settings)
+    channels = app[CHANNELS]
     app[DEPS] = AppDeps(settings, pool, queue, channels)
     try:
         yield
@@ -45,9 +48,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> web.Application:
+    """The API. ``channels`` defaults to the registry the settings configure (tests pass their own)."""
     app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
+    app[CHANNELS] = channels if channels is not None else build_registry(settings)
     app[health.OPENAPI] = build_openapi()
     app.cleanup_ctx.append(_resources)
     for module in RESOURCE_MODULES:

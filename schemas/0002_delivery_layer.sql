@@ -32,7 +32,9 @@ ALTER TABLE deliveries DROP CONSTRAINT deliveries_state_check;
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_state_check
     CHECK (state IN ('queued', 'sending', 'sent', 'delivered', 'failed', 'unknown'));
 ALTER TABLE deliveries ADD COLUMN wait_reason text
-    CHECK (wait_reason IN ('retry', 'throttled', 'circuit_open'));
+    CHECK (wait_reason IN ('retry', 'throttled', 'capped', 'circuit_open'));
+-- throttled: the account's rate limit reserved a later slot for it (it will not queue again);
+-- capped: the per-contact cap (e.g. 5 SMS per 15 minutes to one number) holds it back.
 ALTER TABLE deliveries ADD COLUMN sent_at timestamptz;  -- when the current attempt went out
 CREATE INDEX deliveries_provider_ref_idx ON deliveries (channel, provider_ref) WHERE provider_ref IS NOT NULL;
 CREATE INDEX deliveries_contact_sent_idx ON deliveries (contact_id, sent_at) WHERE sent_at IS NOT NULL;

@@ -29,7 +29,7 @@ ADMIN_TOKEN = "test-admin-token"
 WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNpZ25pbmcta2V5LTAx"
 TABLES = ", ".join(
     ["idempotency_keys", "notice_counts", "deliveries", "recipients", "notices", "contacts", "api_keys"]
-    + ["member_units", "members", "units"]
+    + ["member_units", "members", "units", "engine_clock", "rate_buckets", "circuit_breakers", "provider_events"]
 )
 
 
@@ -112,6 +112,15 @@ async def receiver() -> AsyncIterator[WebhookReceiver]:
     r = await WebhookReceiver(secret=WEBHOOK_SECRET).start()
     yield r
     await r.stop()
+
+
+async def advance_clock(db: asyncpg.Connection, seconds: float) -> None:
+    """Move the engine's clock (notifier_now()) forward: GoAlert's FastForward, no sleeping."""
+    await db.execute(
+        "INSERT INTO engine_clock (id, offset_interval) VALUES (true, make_interval(secs => $1)) "
+        "ON CONFLICT (id) DO UPDATE SET offset_interval = engine_clock.offset_interval + excluded.offset_interval",
+        float(seconds),
+    )
 
 
 def auth(token: str = ADMIN_TOKEN) -> dict[str, str]:

@@ -165,6 +165,8 @@ class WebhookChannel:
             return Result(item.delivery_id, Outcome.DELIVERED)
         if status in (408, 425, 429) or status >= 500:
             return Result.from_error(item.delivery_id, TransientError(f"HTTP {status}", retry_after))
+        if status == 410:  # the receiver says this endpoint is gone for good: stop using it
+            return Result.from_error(item.delivery_id, InvalidTarget("HTTP 410: endpoint gone"))
         return Result.from_error(item.delivery_id, PermanentError(f"HTTP {status}"))
 
     async def send(self, batch: list[Outgoing]) -> list[Result]:

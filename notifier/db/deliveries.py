@@ -10,7 +10,7 @@ from notifier.db.pool import Connection, Pool, Record
 # workers share a notice; the lease says how long the claim holds; attempts is the fencing token.
 CLAIM = """
 WITH c AS (
-    SELECT id FROM deliveries
+    SELECT id, wait_reason FROM deliveries
     WHERE notice_id = $1 AND channel = $2 AND state = 'queued' AND next_attempt_at <= notifier_now()
     ORDER BY id LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -19,7 +19,7 @@ UPDATE deliveries d
 SET state = 'sending', attempts = d.attempts + 1, lease_until = notifier_now() + make_interval(secs => $4),
     wait_reason = NULL, updated_at = notifier_now()
 FROM c WHERE d.id = c.id
-RETURNING d.id, d.member_id, d.attempts, d.contact_id,
+RETURNING d.id, d.member_id, d.attempts, d.contact_id, c.wait_reason AS prior_wait,
     (SELECT CASE WHEN k.disabled_at IS NULL THEN k.target END FROM contacts k WHERE k.id = d.contact_id) AS target"""
 
 # Write a batch of outcomes. A row is only written by the attempt that claimed it and only while
@@ -104,13 +104,14 @@ class Claimed:
     attempt: int
     contact_id: object | None
     target: object | None
+    prior_wait: str | None = None  # why it waited before this claim ('throttled': its slot is paid for)
 
 
 @dataclass(slots=True)
 class Released:
     id: int
     attempt: int
-    reason: str  # throttled | circuit_open
+    reason: str  # throttled | capped | circuit_open
     wait: float  # seconds
 
 
@@ -126,7 +127,10 @@ class Written:
 
 async def claim(pool: Pool, notice_id: str, channel: str, limit: int, lease_seconds: float) -> list[Claimed]:
     rows = await pool.fetch(CLAIM, notice_id, channel, limit, lease_seconds)
-    return [Claimed(r["id"], r["member_id"], r["attempts"], r["contact_id"], r["target"]) for r in rows]
+    return [
+        Claimed(r["id"], r["member_id"], r["attempts"], r["contact_id"], r["target"], r["prior_wait"])
+        for r in rows
+    ]
 
 
 async def record(conn: Connection, results: list[Written]) -> list[Record]:

@@ -43,18 +43,20 @@ UPDATE circuit_breakers SET open_until = notifier_now() + make_interval(secs => 
 WHERE key = $1 RETURNING open_until"""
 
 
-async def take_tokens(
-    conn: Connection, key: str, wanted: int, rate: float, burst: float
-) -> tuple[int, float]:
-    """Take up to ``wanted`` tokens; returns (granted, tokens left). Call inside a transaction."""
+async def reserve(conn: Connection, key: str, n: int, rate: float, burst: float) -> list[float]:
+    """Reserve ``n`` send slots from a token bucket that may go into debt (GCRA-style).
+
+    Returns, per item, the seconds until its slot (0: now). Later callers queue behind earlier
+    reservations, so every held row gets a truthful ETA and is never charged twice.
+    Call inside a transaction: the bucket row stays locked until commit.
+    """
     await conn.execute(BUCKET_ENSURE, key, burst)
     row = await conn.fetchrow(BUCKET_LOCK, key)
     assert row is not None
     tokens = min(burst, float(row["tokens"]) + max(0.0, float(row["elapsed"])) * rate)
-    granted = max(0, min(wanted, int(tokens)))
-    left = tokens - granted
-    await conn.execute(BUCKET_SET, key, left)
-    return granted, left
+    waits = [max(0.0, (i + 1 - tokens) / rate) for i in range(n)]
+    await conn.execute(BUCKET_SET, key, tokens - n)
+    return waits
 
 
 async def recent_per_contact(

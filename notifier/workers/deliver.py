@@ -26,8 +26,6 @@ from notifier.workers.reports import apply_reports
 
 log = logging.getLogger(__name__)
 
-IDLE_WAIT_LIMIT = 2.0  # a job waits this long at most for throttled rows to come due, then leaves
-
 
 def to_written(claimed: Claimed, result: Result, channel: Channel, settings: Settings) -> Written:
     caps = channel.capabilities
@@ -100,22 +98,21 @@ async def gate(
             cid = str(c.contact_id)
             if used.get(cid, 0) >= limit:
                 frees_in = float(recent[cid]["frees_in"]) if cid in recent else window
-                held.append(Released(c.id, c.attempt, "throttled", max(frees_in, 0.05)))
+                held.append(Released(c.id, c.attempt, "capped", max(frees_in, 0.05)))
             else:
                 used[cid] = used.get(cid, 0) + 1
                 keep.append(c)
         go = keep
     if caps.rate_per_second and go:
+        # Rows that waited for their slot have paid for it; new rows reserve one.
+        paid = [c for c in go if c.prior_wait == "throttled"]
+        fresh = [c for c in go if c.prior_wait != "throttled"]
         rate = caps.rate_per_second
-        granted, left = await throttle.take_tokens(
-            conn, f"rate:{channel.id}", len(go), rate, burst=max(rate, 1.0)
-        )
-        # Spread the waiting rows over the time the bucket needs, so each shows a real ETA.
+        waits = await throttle.reserve(conn, f"rate:{channel.id}", len(fresh), rate, burst=max(rate, 1.0))
         held += [
-            Released(c.id, c.attempt, "throttled", max(0.01, (i + 1 - left) / rate))
-            for i, c in enumerate(go[granted:])
+            Released(c.id, c.attempt, "throttled", w) for c, w in zip(fresh, waits, strict=True) if w > 0
         ]
-        go = go[:granted]
+        go = paid + [c for c, w in zip(fresh, waits, strict=True) if w <= 0]
     await deliveries.release(conn, held)
     return go
 
@@ -222,15 +219,16 @@ async def deliver_notice_channel(deps: WorkerDeps, notice_id: str, channel_id: s
     batch_size = min(deps.settings.delivery_batch_size, channel.capabilities.max_batch)
     handled = 0
     idle = 0.0
+    idle_limit = deps.settings.delivery_idle_wait_seconds
     while True:
         claimed = await deliveries.claim(
             deps.pool, notice_id, channel_id, batch_size, deps.settings.delivery_lease_seconds
         )
         if not claimed:
             due_in = await deliveries.next_due_in(deps.pool, notice_id, channel_id)
-            if due_in is None or due_in > IDLE_WAIT_LIMIT or idle > IDLE_WAIT_LIMIT:
+            if due_in is None or due_in > idle_limit or idle >= idle_limit:
                 return handled
-            pause = min(max(0.01, due_in), IDLE_WAIT_LIMIT)
+            pause = min(max(0.01, due_in), idle_limit)
             idle += pause
             await asyncio.sleep(pause)
             continue
