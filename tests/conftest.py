@@ -29,7 +29,8 @@ ADMIN_TOKEN = "test-admin-token"
 WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNpZ25pbmcta2V5LTAx"
 TABLES = ", ".join(
     ["idempotency_keys", "notice_counts", "deliveries", "recipients", "notices", "contacts", "api_keys"]
-    + ["member_units", "members", "units", "engine_clock", "rate_buckets", "circuit_breakers", "provider_events"]
+    + ["member_units", "members", "units"]
+    + ["engine_clock", "rate_buckets", "circuit_breakers", "provider_events"]
 )
 
 
@@ -118,7 +119,8 @@ async def advance_clock(db: asyncpg.Connection, seconds: float) -> None:
     """Move the engine's clock (notifier_now()) forward: GoAlert's FastForward, no sleeping."""
     await db.execute(
         "INSERT INTO engine_clock (id, offset_interval) VALUES (true, make_interval(secs => $1)) "
-        "ON CONFLICT (id) DO UPDATE SET offset_interval = engine_clock.offset_interval + excluded.offset_interval",
+        "ON CONFLICT (id) DO UPDATE "
+        "SET offset_interval = engine_clock.offset_interval + excluded.offset_interval",
         float(seconds),
     )
 

@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
 from notifier.channels.base import (
-    Capabilities,
     CallbackReply,
+    Capabilities,
     InvalidSignature,
     InvalidTarget,
     Outcome,
@@ -272,7 +272,8 @@ async def test_fallback_picks_the_first_reachable_channel_and_hands_over_when_a_
         ("m00002", "inapp", "delivered"),
     ]
     counts = await db.fetchrow(
-        "SELECT sum(recipients) r, sum(sent) s, sum(delivered) d, sum(failed) f FROM notice_counts WHERE notice_id = $1",
+        "SELECT sum(recipients) r, sum(sent) s, sum(delivered) d, sum(failed) f "
+        "FROM notice_counts WHERE notice_id = $1",
         nid,
     )
     assert counts is not None and tuple(counts) == (3, 1, 2, 0)
