@@ -97,7 +97,8 @@ async def env(
 
 async def make_members(db: asyncpg.Connection, n: int, phone: str | None = None) -> None:
     await db.execute(
-        "INSERT INTO members (id, name) SELECT 'm' || lpad(i::text, 5, '0'), 'M' FROM generate_series(0, $1 - 1) i",
+        "INSERT INTO members (id, name) "
+        "SELECT 'm' || lpad(i::text, 5, '0'), 'M' FROM generate_series(0, $1 - 1) i",
         n,
     )
     await db.execute("INSERT INTO member_units SELECT id, 'u' FROM members")
