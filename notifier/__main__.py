@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("worker", help="the arq worker (fan-out, delivery, reconciler cron)")
     sub.add_parser("migrate", help="apply SQL migrations from schemas/")
     sub.add_parser("openapi", help="print the OpenAPI document")
+    sub.add_parser("vapid-keys", help="print a new VAPID key pair for web push")
     echo = sub.add_parser("echo-webhooks", help="a local receiver that verifies and prints webhooks")
     echo.add_argument("--port", type=int, default=9000)
     args = parser.parse_args(argv)
@@ -143,6 +144,13 @@ def main(argv: list[str] | None = None) -> None:
 
         applied = asyncio.run(migrate(settings.database_url))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    elif args.command == "vapid-keys":
+        from notifier.channels.webpush import generate_vapid_keys
+
+        private_pem, public = generate_vapid_keys()
+        print(private_pem.strip())
+        print("# set NOTIFIER_WEBPUSH__VAPID_PRIVATE_KEY to the PEM above; browsers use the public key:")
+        print(public)
     elif args.command == "echo-webhooks":
         from notifier.echo import serve
 

@@ -80,11 +80,30 @@ class NoticeOut(BaseModel):
 class DeliveryOut(BaseModel):
     channel: str
     step: int
-    state: str
+    state: Literal[
+        "queued", "sending", "sent", "delivered", "failed", "unknown", "retrying", "throttled", "circuit_open"
+    ] = Field(
+        description="queued work that waits shows why: retrying, throttled (a rate or per-contact limit) "
+        "or circuit_open (the provider is failing); next_attempt_at says when it goes"
+    )
     attempts: int
     error: str | None = None
     updated_at: datetime
     next_attempt_at: datetime | None = None
+
+
+WAIT_STATES = {
+    "retry": "retrying",
+    "throttled": "throttled",
+    "capped": "throttled",
+    "circuit_open": "circuit_open",
+}
+
+
+def delivery_state(state: str, wait_reason: str | None) -> str:
+    if state == "queued" and wait_reason is not None:
+        return WAIT_STATES[wait_reason]
+    return state
 
 
 class RecipientOut(BaseModel):
@@ -277,7 +296,7 @@ def _recipient(row: Record, deliveries: list[Record], visible_units: set[str] | 
             {
                 "channel": d["channel"],
                 "step": d["step"],
-                "state": d["state"],
+                "state": delivery_state(d["state"], d["wait_reason"]),
                 "attempts": d["attempts"],
                 "error": d["error"],
                 "updated_at": d["updated_at"],

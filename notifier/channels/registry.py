@@ -54,8 +54,12 @@ class ChannelRegistry:
 def build_registry(settings: Settings) -> ChannelRegistry:
     from notifier.channels.inapp import InAppChannel
     from notifier.channels.webhook import WebhookChannel
+    from notifier.channels.webpush import WebPushChannel
 
     registry = ChannelRegistry()
     registry.register(InAppChannel())
     registry.register(WebhookChannel(settings))
+    # Phone channels: registered when their provider account is configured.
+    if settings.webpush.vapid_private_key is not None:
+        registry.register(WebPushChannel(settings))
     return registry

@@ -156,7 +156,7 @@ LIMIT $4"""
 )
 
 DELIVERIES_FOR = """
-SELECT member_id, channel, step, state, attempts, error, updated_at, next_attempt_at
+SELECT member_id, channel, step, state, attempts, error, updated_at, next_attempt_at, wait_reason
 FROM deliveries WHERE notice_id = $1 AND member_id = ANY($2::text[])
 ORDER BY member_id, step, channel"""
 
