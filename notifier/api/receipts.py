@@ -14,7 +14,7 @@ from notifier.api.notices import decode_cursor, encode_cursor, load_visible_noti
 from notifier.api.problems import Problem, invalid, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Strict, parse_uuid
-from notifier.db import notices, recipients
+from notifier.db import notices, recipients, units
 
 routes = Router()
 
@@ -135,7 +135,9 @@ async def inbox(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         await require_member(conn, p, member_id)
-        rows = await conn.fetch(recipients.INBOX, member_id, q.unread, after_ts, after_id, q.limit + 1)
+        root = p.scope_root
+        reach = None if root is None else await units.subtree_ids(conn, root)
+        rows = await conn.fetch(recipients.INBOX, member_id, q.unread, after_ts, after_id, q.limit + 1, reach)
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     items = [

@@ -122,11 +122,9 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
             try:
                 data = json.loads(raw) if raw else None
             except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
-                raise Problem(
-                    400, "Bad Request", "request body is not valid JSON", type_="malformed"
-                ) from None
+                raise _malformed("request body is not valid JSON") from None
             if not isinstance(data, dict):
-                raise Problem(400, "Bad Request", "request body must be a JSON object", type_="malformed")
+                raise _malformed("request body must be a JSON object")
             _reject_nul(data)
             try:
                 body = op.body.model_validate(data)
@@ -146,6 +144,12 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
         return await op.handler(request, Call(body, query))
 
     return handler
+
+
+def _malformed(detail: str) -> Problem:
+    return Problem(
+        400, "Bad Request", detail, type_="malformed", errors=[{"field": "body", "message": detail}]
+    )
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

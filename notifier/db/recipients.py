@@ -168,6 +168,7 @@ JOIN recipients r ON r.notice_id = d.notice_id AND r.member_id = d.member_id
 WHERE d.member_id = $1 AND d.channel = 'inapp' AND d.step = 0
   AND (NOT $2::bool OR r.read_at IS NULL)
   AND ($3::timestamptz IS NULL OR (d.created_at, d.notice_id) < ($3, $4::uuid))
+  AND ($6::text[] IS NULL OR n.scope_unit_id = ANY($6::text[]))  -- a unit-bound key sees its units' notices
 ORDER BY d.created_at DESC, d.notice_id DESC
 LIMIT $5"""
 

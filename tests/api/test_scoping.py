@@ -429,3 +429,20 @@ async def test_receipt_for_a_non_recipient_is_404(
         assert receipt["recorded"] is recorded
     counts = (await get(client, f"/v1/notices/{nid}", token=org.b1_service))["counts"]
     assert (counts["recipients"], counts["read"], counts["unread"]) == (1, 1, 0)
+
+
+async def test_inbox_of_a_shared_member_shows_each_branch_only_its_own_notices(
+    client: TestClient[Any, Any], worker: None, org: Org
+) -> None:
+    await put(client, "/v1/members/mx", {"name": "Shared", "units": ["g1a", "g2a"]})
+    from_b1 = await _notice_by(client, org.b1_service, {"members": ["mx"]})
+    from_b2 = await _notice_by(client, org.b2_service, {"members": ["mx"]})
+    for nid in (from_b1, from_b2):
+        await _active(client, nid)
+
+    async def inbox(token: str | None) -> list[str]:
+        return [i["notice_id"] for i in (await get(client, "/v1/members/mx/inbox", token=token))["items"]]
+
+    assert await inbox(org.b1_service) == [from_b1]
+    assert await inbox(org.b2_service) == [from_b2]
+    assert await inbox(None) == [from_b2, from_b1]  # the admin sees both, newest first
