@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 4096  # Apple's limit for a regular (non-VoIP) remote notification
 MAX_COLLAPSE_ID_BYTES = 64
+MAX_TITLE_BYTES = 256  # when a payload must be shortened, the title keeps at most this much
 DING_TTL_SECONDS = 600  # an unanswered DING escalates; a stale one is noise
 NOTICE_TTL_SECONDS = 24 * 3600
 TOKEN_REFRESH_AFTER = 50 * 60  # Apple: tokens older than 1 h are rejected ...
@@ -154,6 +155,10 @@ def _encode(notice: NoticeContent, title: str, body: str) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def _json_size(text: str) -> int:
+    return len(json.dumps(text, ensure_ascii=False).encode())
+
+
 def _shorten(text: str, fits: Callable[[str], bool]) -> str | None:
     """The longest prefix of ``text`` (cut at a space when one is near the end) plus an ellipsis
     for which ``fits(candidate)`` holds; None if not even the ellipsis alone fits."""
@@ -181,11 +186,16 @@ def build_payload(notice: NoticeContent, limit: int = MAX_PAYLOAD_BYTES) -> byte
     if len(payload) <= limit:
         return payload
     title = notice.title
+    if _json_size(title) > MAX_TITLE_BYTES:  # a title shows on one line: leave the room to the body
+        title = _shorten(title, lambda t: _json_size(t) <= MAX_TITLE_BYTES) or ""
     if len(_encode(notice, title, ELLIPSIS)) > limit:
         shorter = _shorten(title, lambda t: len(_encode(notice, t, ELLIPSIS)) <= limit)
         if shorter is None:
             raise PermanentError("notice does not fit an APNs payload")
         title = shorter
+    payload = _encode(notice, title, notice.body)
+    if len(payload) <= limit:
+        return payload
     body = _shorten(notice.body, lambda b: len(_encode(notice, title, b)) <= limit)
     assert body is not None  # the title was shortened so that the ellipsis alone fits
     return _encode(notice, title, body)
@@ -270,7 +280,11 @@ class ApnsChannel:
             raise ValueError("APNs needs settings.apns.key_p8, key_id, team_id and topic")
         self._clock = clock or SystemClock()
         self.capabilities = Capabilities(
-            max_batch=500, max_attempts=settings.push_max_attempts, resend_when_ambiguous=True
+            max_batch=500,
+            needs_contact=True,
+            max_attempts=settings.push_max_attempts,
+            resend_when_ambiguous=True,  # same apns-collapse-id: a duplicate replaces the first
+            circuit_breaker=True,  # one team key, one provider: back off when APNs keeps failing
         )
         self._base_url = apns.base_url.rstrip("/")
         self._topic = apns.topic
@@ -307,6 +321,8 @@ class ApnsChannel:
                 )
             except httpx.TransportError as exc:
                 return Result.from_error(item.delivery_id, map_transport_error(exc))
+            except httpx.RequestError as exc:  # e.g. an undecodable answer: the request was sent
+                return Result.from_error(item.delivery_id, AmbiguousError(f"APNs: {type(exc).__name__}"))
             if response.status_code == 200:
                 ref = response.headers.get("apns-id") or request.headers["apns-id"]
                 return Result(item.delivery_id, Outcome.SENT, provider_ref=ref)

@@ -248,26 +248,27 @@ class AccessTokens:
         self._lock = asyncio.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
-        self._attempts = 0
+        self._refreshes = 0  # completed refreshes, successful or not
         self._last_error: ChannelError | None = None
 
     async def get(self, session: aiohttp.ClientSession, stale: str | None = None) -> str:
         """A valid token; ``stale`` is one FCM just refused, dropped unless already replaced."""
-        seen = self._attempts
+        seen = self._refreshes
         async with self._lock:
             if stale is not None and self._token == stale:
                 self._token = None
             if self._token is not None and self._clock.time() < self._refresh_at:
                 return self._token
-            if self._attempts != seen and self._last_error is not None:
+            if self._refreshes != seen and self._last_error is not None:
                 raise copy.copy(self._last_error)  # the refresh we waited for failed
-            self._attempts += 1
             try:
                 self._token, self._refresh_at = await self._fetch(session)
+                self._last_error = None
             except ChannelError as exc:
                 self._token, self._last_error = None, exc
                 raise
-            self._last_error = None
+            finally:
+                self._refreshes += 1
             return self._token
 
     async def _fetch(self, session: aiohttp.ClientSession) -> tuple[str, float]:
@@ -308,6 +309,7 @@ class FcmChannel:
             needs_contact=True,
             max_attempts=settings.push_max_attempts,
             resend_when_ambiguous=True,  # collapse key + notification tag: a duplicate replaces
+            circuit_breaker=True,  # one Firebase project behind every send
         )
         self._session: aiohttp.ClientSession | None = None
         self._limit: asyncio.Semaphore | None = None

@@ -160,6 +160,7 @@ class JPushChannel:
             needs_contact=True,
             max_attempts=settings.push_max_attempts,
             resend_when_ambiguous=True,
+            circuit_breaker=True,  # one JPush app behind every call
         )
         self._session: aiohttp.ClientSession | None = None
         self._limit: asyncio.Semaphore | None = None

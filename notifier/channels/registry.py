@@ -52,7 +52,11 @@ class ChannelRegistry:
 
 
 def build_registry(settings: Settings) -> ChannelRegistry:
+    from notifier.channels.apns import ApnsChannel
+    from notifier.channels.apns import configured as apns_configured
+    from notifier.channels.fcm import FcmChannel
     from notifier.channels.inapp import InAppChannel
+    from notifier.channels.jpush import JPushChannel
     from notifier.channels.webhook import WebhookChannel
     from notifier.channels.webpush import WebPushChannel
 
@@ -62,4 +66,10 @@ def build_registry(settings: Settings) -> ChannelRegistry:
     # Phone channels: registered when their provider account is configured.
     if settings.webpush.vapid_private_key is not None:
         registry.register(WebPushChannel(settings))
+    if settings.fcm.service_account_json is not None:
+        registry.register(FcmChannel(settings))
+    if apns_configured(settings):
+        registry.register(ApnsChannel(settings))
+    if settings.jpush.app_key and settings.jpush.master_secret is not None:
+        registry.register(JPushChannel(settings))
     return registry
