@@ -286,7 +286,11 @@ def voice_report_updates(items: list[dict[str, Any]]) -> list[StatusUpdate]:
 
 
 def handle_report(
-    url: str, body: bytes, link_secret: str, channel_id: str, parse: Callable[[list[dict[str, Any]]], list[StatusUpdate]]
+    url: str,
+    body: bytes,
+    link_secret: str,
+    channel_id: str,
+    parse: Callable[[list[dict[str, Any]]], list[StatusUpdate]],
 ) -> CallbackReply:
     verify_token(url, link_secret, channel_id)
     items = _reports(body)
@@ -314,7 +318,13 @@ class AliyunClient:
 
     async def call(self, base_url: str, action: str, params: Mapping[str, str]) -> dict[str, Any]:
         url, headers, body = build_rpc_request(
-            base_url, self._settings.access_key_id, self._secret, action, params, self._clock.time(), self._nonce()
+            base_url,
+            self._settings.access_key_id,
+            self._secret,
+            action,
+            params,
+            self._clock.time(),
+            self._nonce(),
         )
         reply = await self._poster.post(url, headers, body)
         return parse_reply(reply.status, reply.body)

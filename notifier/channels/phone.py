@@ -142,17 +142,13 @@ class FormPoster:
             self._limit = asyncio.Semaphore(self._concurrency)
         return self._session, self._limit
 
-    async def post(
-        self, url: str, headers: dict[str, str], body: bytes, auth: aiohttp.BasicAuth | None = None
-    ) -> Reply:
+    async def post(self, url: str, headers: dict[str, str], body: bytes) -> Reply:
         """POST and read the whole reply. Raises ``TransientError`` when nothing left this process,
         ``AmbiguousError`` when the request may have reached the provider."""
         session, limit = self._ensure()
         async with limit:
             try:
-                async with session.post(
-                    url, data=body, headers=headers, auth=auth, allow_redirects=False
-                ) as resp:
+                async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                     return Reply(resp.status, resp.headers, await resp.read())
             except aiohttp.ClientConnectorError as exc:
                 raise TransientError(f"connect failed: {exc.strerror or type(exc).__name__}") from None

@@ -57,6 +57,8 @@ def build_registry(settings: Settings) -> ChannelRegistry:
     from notifier.channels.fcm import FcmChannel
     from notifier.channels.inapp import InAppChannel
     from notifier.channels.jpush import JPushChannel
+    from notifier.channels.sms import SmsChannel
+    from notifier.channels.voice import VoiceChannel
     from notifier.channels.webhook import WebhookChannel
     from notifier.channels.webpush import WebPushChannel
 
@@ -72,4 +74,8 @@ def build_registry(settings: Settings) -> ChannelRegistry:
         registry.register(ApnsChannel(settings))
     if settings.jpush.app_key and settings.jpush.master_secret is not None:
         registry.register(JPushChannel(settings))
+    if settings.sms_provider:
+        registry.register(SmsChannel(settings))
+    if settings.voice_provider:
+        registry.register(VoiceChannel(settings))
     return registry

@@ -12,15 +12,17 @@ from notifier.channels.base import Capabilities, Channel, InvalidTarget, NoticeC
 from notifier.channels.registry import ChannelRegistry, DuplicateChannel, UnknownChannel, build_registry
 from notifier.settings import Settings
 from tests.conftest import WEBHOOK_SECRET, make_settings
+from tests.fakes.aliyun import FakeAliyun
 from tests.fakes.apns import ApnsFake
 from tests.fakes.fcm import FakeFcm
 from tests.fakes.jpush import FakeJPush
+from tests.fakes.twilio import FakeTwilio
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.fakes.webpush import FakePushService
 
 # Every channel the registry can build. A channel added to the registry but not here (and so
 # without a fake provider and a good target) fails test_every_channel_is_covered.
-ALL_CHANNELS = ["inapp", "webhook", "webpush", "fcm", "apns", "jpush"]
+ALL_CHANNELS = ["inapp", "webhook", "webpush", "fcm", "apns", "jpush", "sms", "voice"]
 BAD_TARGETS: list[Any] = [None, 12345, [], {"nonsense": True}, "", "x" * 5000]
 
 
@@ -38,10 +40,15 @@ async def providers(server_urls: tuple[str, str]) -> AsyncIterator[Providers]:
     fcm = await FakeFcm().start()
     apns = await ApnsFake().start()
     jpush = await FakeJPush().start()
-    fakes: list[Any] = [push, fcm, apns, jpush]
+    twilio = await FakeTwilio().start()
+    aliyun = await FakeAliyun().start()
+    fakes: list[Any] = [push, fcm, apns, jpush, twilio, aliyun]
     overrides: dict[str, Any] = {}
     for fake in fakes:
         overrides.update(fake.settings_overrides())
+    # One provider per phone channel: Aliyun for SMS, Twilio for voice (each fake is also
+    # exercised on the other in its own test file).
+    overrides.update(sms_provider="aliyun", voice_provider="twilio")
     try:
         yield Providers(
             make_settings(server_urls, **overrides),
@@ -51,6 +58,8 @@ async def providers(server_urls: tuple[str, str]) -> AsyncIterator[Providers]:
                 "fcm": fcm.good_target(),
                 "apns": apns.good_target(),
                 "jpush": jpush.good_target(),
+                "sms": aliyun.good_target(),
+                "voice": twilio.good_target(),
             },
         )
     finally:

@@ -287,7 +287,10 @@ async def test_provider_reports_are_verified_idempotent_and_order_tolerant(
     await make_members(db, 2)
     nid = await make_notice(deps, db, ["scripted"])
     await deliver_notice_channel(deps, nid, "scripted")
-    refs = dict(await db.fetch("SELECT member_id, provider_ref FROM deliveries WHERE notice_id = $1", nid))
+    refs = {
+        r["member_id"]: r["provider_ref"]
+        for r in await db.fetch("SELECT member_id, provider_ref FROM deliveries WHERE notice_id = $1", nid)
+    }
     async with TestClient(TestServer(create_app(settings, deps.channels), host="127.0.0.1")) as client:
 
         async def report(body: dict[str, Any], key: bytes = CALLBACK_KEY) -> int:
@@ -309,7 +312,10 @@ async def test_provider_reports_are_verified_idempotent_and_order_tolerant(
         assert (await client.post("/v1/providers/webhook/callbacks", data=b"{}")).status == 404
         resp = await client.get(f"/v1/notices/{nid}", headers=auth())
         counts = (await resp.json())["counts"]
-    rows = dict(await db.fetch("SELECT member_id, state FROM deliveries WHERE notice_id = $1", nid))
+    rows = {
+        r["member_id"]: r["state"]
+        for r in await db.fetch("SELECT member_id, state FROM deliveries WHERE notice_id = $1", nid)
+    }
     assert rows == {"m00000": "delivered", "m00001": "failed"}
     assert (counts["delivered"], counts["failed"], counts["sent"]) == (1, 1, 0)
     parked = await db.fetchval("SELECT count(*) FROM provider_events WHERE provider_ref = 'ref-early'")
