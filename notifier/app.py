@@ -8,7 +8,20 @@ from typing import Any
 from aiohttp import web
 
 from notifier import __version__
-from notifier.api import api_keys, contacts, health, members, notices, providers, receipts, units, webpush
+from notifier.api import (
+    api_keys,
+    contacts,
+    health,
+    members,
+    notices,
+    policies,
+    providers,
+    recall,
+    receipts,
+    timeline,
+    units,
+    webpush,
+)
 from notifier.api.auth import auth_middleware
 from notifier.api.keys import DEPS, SETTINGS, AppDeps
 from notifier.api.problems import problem_middleware
@@ -20,7 +33,20 @@ from notifier.workers.queue import create_queue
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10,000-member batch fits comfortably
 
-RESOURCE_MODULES = (health, api_keys, units, members, contacts, notices, receipts, providers, webpush)
+RESOURCE_MODULES = (
+    health,
+    api_keys,
+    units,
+    members,
+    contacts,
+    policies,
+    notices,
+    recall,
+    timeline,
+    receipts,
+    providers,
+    webpush,
+)
 
 
 def all_operations() -> list[Operation]:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field
 
 from notifier.api.auth import require_member
 from notifier.api.keys import DEPS, principal
 from notifier.api.principal import Principal
 from notifier.api.problems import invalid_many
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Name, Strict, check_path_id
+from notifier.api.types import Id, Name, QuietHours, Strict, TimeZone, check_path_id
 from notifier.db import members, units
 from notifier.db.pool import Connection
 
@@ -38,17 +37,8 @@ def _email(value: str) -> str:
     return value
 
 
-def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError("must be an IANA time zone such as Asia/Shanghai") from None
-    return value
-
-
 Phone = Annotated[str, AfterValidator(_phone)]
 Email = Annotated[str, AfterValidator(_email)]
-TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_timezone)]
 
 
 class MemberIn(Strict):
@@ -57,6 +47,7 @@ class MemberIn(Strict):
     phone: Phone | None = None
     email: Email | None = None
     timezone: TimeZone | None = None
+    quiet_hours: QuietHours | None = None
 
 
 class MemberBatchItem(MemberIn):
@@ -74,6 +65,7 @@ class MemberOut(BaseModel):
     phone: str | None
     email: str | None
     timezone: str | None
+    quiet_hours: QuietHours | None
     created_at: datetime
     updated_at: datetime
 

@@ -11,16 +11,18 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
 
 from notifier.api.auth import members_visible, notice_visible, require_unit
 from notifier.api.keys import DEPS, AppDeps, principal
+from notifier.api.policies import check_channels
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Strict, parse_uuid
-from notifier.db import notices, recipients, units
+from notifier.api.types import Id, Name, Strict, parse_uuid
+from notifier.db import escalations, notices, recipients, units
 from notifier.db.pool import Connection, Record
+from notifier.domain.escalation import PolicyRules
 from notifier.workers.queue import enqueue_fanout
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,21 @@ class NoticeIn(Strict):
         default=False,
         description="channels in order of preference: each member gets the first one they can be reached on",
     )
+    escalation: Name | PolicyRules | None = Field(
+        default=None,
+        description="a policy name, or steps given inline; a DING without one uses its unit's default "
+        "policy. Snapshotted: later edits of the policy do not change this notice",
+    )
+    send_at: AwareDatetime | None = Field(default=None, description="nothing goes out before this time")
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="after this, no reminders or escalation"
+    )
+
+    @model_validator(mode="after")
+    def _times(self) -> NoticeIn:
+        if self.expires_at is not None and self.send_at is not None and self.expires_at <= self.send_at:
+            raise ValueError("expires_at must be after send_at")
+        return self
 
     @field_validator("channels")
     @classmethod
@@ -71,7 +88,13 @@ class NoticeOut(BaseModel):
     audience: Audience
     channels: list[str]
     fallback: bool
-    state: Literal["queued", "fanning_out", "active", "failed"]
+    state: Literal["scheduled", "queued", "fanning_out", "active", "recalled", "failed"]
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
+    recalled_at: datetime | None = None
+    escalation: dict[str, Any] | None = Field(
+        default=None, description="the policy snapshot this notice runs"
+    )
     created_at: datetime
     fanned_out_at: datetime | None
     counts: Counts
@@ -171,7 +194,30 @@ def _request_hash(body: NoticeIn) -> bytes:
     return hashlib.sha256(canonical.encode()).digest()
 
 
-async def _create(conn: Connection, p: Principal, body: NoticeIn) -> dict[str, Any]:
+async def _escalation(conn: Connection, deps: AppDeps, p: Principal, body: NoticeIn) -> dict[str, Any] | None:
+    """Resolve and snapshot the notice's escalation policy."""
+    chosen = body.escalation
+    if chosen is None and body.kind == "ding" and p.scope_root is not None:
+        chosen = await conn.fetchval(escalations.UNIT_DEFAULT_POLICY, p.scope_root)
+        if chosen is None:
+            return None
+    if chosen is None:
+        return None
+    if isinstance(chosen, PolicyRules):
+        try:
+            check_channels(chosen, deps.channels)
+        except Problem as problem:
+            for err in problem.errors or []:
+                err["field"] = "escalation." + err["field"]
+            raise
+        return chosen.snapshot(None)
+    row = await conn.fetchrow(escalations.POLICY_BY_NAME, chosen, p.scope_root)
+    if row is None:
+        raise invalid("escalation", "unknown escalation policy")
+    return PolicyRules.model_validate({"steps": row["steps"], "repeat": row["repeat"]}).snapshot(row["name"])
+
+
+async def _create(conn: Connection, deps: AppDeps, p: Principal, body: NoticeIn) -> dict[str, Any]:
     await _check_audience(conn, p, body.audience)
     row = await notices.insert(
         conn,
@@ -183,6 +229,9 @@ async def _create(conn: Connection, p: Principal, body: NoticeIn) -> dict[str, A
         fallback=body.fallback,
         scope_unit_id=p.scope_root,
         created_by=p.key_id,
+        escalation=await _escalation(conn, deps, p, body),
+        send_at=body.send_at,
+        expires_at=body.expires_at,
     )
     zero = {k: 0 for k in Counts.model_fields}
     return NoticeOut.model_validate(notices.as_dict(row, zero)).model_dump(mode="json")
@@ -214,14 +263,15 @@ async def create_notice(request: web.Request, call: Call) -> web.Response:
         raise invalid(IDEMPOTENCY_HEADER, "must be 1..255 characters")
     async with deps.pool.acquire() as conn, conn.transaction():
         if key is None:
-            data = await _create(conn, p, body)
+            data = await _create(conn, deps, p, body)
         else:
             data = await _create_idempotent(conn, deps, p, key, body)
             if data.get("_replayed"):
                 data.pop("_replayed")
                 return json_response(data, status=202, headers={"Idempotent-Replayed": "true"})
     try:
-        await enqueue_fanout(deps.queue, data["id"])
+        if data["state"] == "queued":  # a scheduled notice is released by the tick at send_at
+            await enqueue_fanout(deps.queue, data["id"])
     except Exception:  # the reconciler finds the notice in PostgreSQL; nothing is lost
         log.warning("could not enqueue fan-out for notice %s; the reconciler will", data["id"], exc_info=True)
     return json_response(data, status=202, headers={"Location": f"/v1/notices/{data['id']}"})
@@ -254,7 +304,7 @@ async def _create_idempotent(
         replay: dict[str, Any] = dict(previous["response_body"])
         replay["_replayed"] = True
         return replay
-    data = await _create(conn, p, body)
+    data = await _create(conn, deps, p, body)
     await conn.execute(notices.IDEMPOTENCY_PUT, p.owner, key, digest, data["id"], 202, data)
     return data
 

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated
+from datetime import time
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
 
 from notifier.api.problems import invalid
 
@@ -15,12 +26,54 @@ Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_P
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 
 _ID_RE = re.compile(ID_PATTERN)
+CLOCK_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
+_CLOCK_RE = re.compile(CLOCK_PATTERN)
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("must be an IANA time zone such as Asia/Shanghai") from None
+    return value
+
+
+def _clock(value: Any) -> time:
+    """A local wall-clock time given as "HH:MM" (a ``time`` passes through: rows read back)."""
+    if isinstance(value, time):
+        return value
+    if isinstance(value, str) and _CLOCK_RE.match(value):
+        return time(int(value[:2]), int(value[3:]))
+    raise ValueError("must be a local time HH:MM such as 08:00")
+
+
+TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_timezone)]
+# A wall-clock time of day: "HH:MM" on the wire, ``datetime.time`` in Python and PostgreSQL.
+ClockTime = Annotated[
+    time,
+    BeforeValidator(_clock),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": CLOCK_PATTERN, "examples": ["08:00"]}),
+]
 
 
 class Strict(BaseModel):
     """Request bodies: unknown fields are an error."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class QuietHours(Strict):
+    """Local hours in which nothing but urgent notices goes out; may wrap midnight (22:00-07:00)."""
+
+    start: ClockTime
+    end: ClockTime
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> QuietHours:
+        if self.start == self.end:
+            raise ValueError("start and end must differ")
+        return self
 
 
 def parse_uuid(value: str) -> str | None:

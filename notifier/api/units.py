@@ -1,4 +1,8 @@
-"""/v1/units: the organisation tree (caller-chosen ids, upsert, cycles rejected)."""
+"""/v1/units: the organisation tree (caller-chosen ids, upsert, cycles rejected) and each unit's
+settings: secretaries, local time zone, lesson times, default quiet hours, default escalation policy.
+
+PUT replaces the whole unit: a setting left out is cleared (null, or no secretaries), so a caller
+that sends only ``name`` and ``parent_id`` keeps working but resets the settings."""
 
 from __future__ import annotations
 
@@ -9,23 +13,47 @@ from pydantic import BaseModel, Field
 
 from notifier.api.auth import require_unit, unit_visible
 from notifier.api.keys import DEPS, principal
-from notifier.api.problems import forbidden, invalid, not_found
+from notifier.api.problems import forbidden, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Name, Strict, check_path_id
+from notifier.api.types import ClockTime, Id, Name, QuietHours, Strict, TimeZone, check_path_id
 from notifier.db import units
+from notifier.db.pool import Connection
 
 routes = Router()
 
 
+MAX_SECRETARIES = 100
+
+
 class UnitIn(Strict):
+    """The whole unit: PUT replaces it, and a setting left out is cleared (null / no secretaries)."""
+
     name: Name
     parent_id: Id | None = None
+    secretaries: list[Id] = Field(
+        default_factory=list,
+        max_length=MAX_SECRETARIES,
+        description="member ids; each must be a member of this unit itself",
+    )
+    timezone: TimeZone | None = Field(default=None, description="IANA time zone; null: inherit")
+    lesson_time: ClockTime | None = Field(default=None, description="local HH:MM of the daily lesson")
+    lesson_reminder_time: ClockTime | None = Field(
+        default=None, description="local HH:MM of the evening reminder to read it"
+    )
+    quiet_hours: QuietHours | None = Field(default=None, description="default for members below")
+    default_policy: Name | None = Field(default=None, description="escalation policy name for DINGs")
 
 
 class UnitOut(BaseModel):
     id: str
     name: str
     parent_id: str | None
+    secretaries: list[str]
+    timezone: str | None
+    lesson_time: ClockTime | None
+    lesson_reminder_time: ClockTime | None
+    quiet_hours: QuietHours | None
+    default_policy: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -77,9 +105,43 @@ async def put_unit(request: web.Request, call: Call) -> web.Response:
                     raise forbidden("a key cannot move the unit it is bound to")
             elif body.parent_id is None:
                 raise invalid("parent_id", "units you create must lie below your own unit")
-        row = await units.upsert(conn, unit_id, body.name, body.parent_id)
-    status = 201 if row["created"] else 200
-    return json_response(UnitOut.model_validate(units.as_dict(row)).model_dump(mode="json"), status=status)
+        await _check_secretaries(conn, unit_id, body.secretaries)
+        created = await units.upsert(conn, unit_id, body.name, body.parent_id, _settings(body))
+        await units.replace_secretaries(conn, unit_id, body.secretaries)
+        row = await units.get(conn, unit_id)
+    assert row is not None
+    return json_response(
+        UnitOut.model_validate(units.as_dict(row)).model_dump(mode="json"), status=201 if created else 200
+    )
+
+
+def _settings(body: UnitIn) -> units.UnitSettings:
+    quiet = body.quiet_hours
+    return units.UnitSettings(
+        timezone=body.timezone,
+        lesson_time=body.lesson_time,
+        lesson_reminder_time=body.lesson_reminder_time,
+        quiet_start=quiet.start if quiet else None,
+        quiet_end=quiet.end if quiet else None,
+        default_policy=body.default_policy,
+    )
+
+
+async def _check_secretaries(conn: Connection, unit_id: str, secretaries: list[str]) -> None:
+    """Every secretary is a direct member of the unit (an unknown id reads the same: no leak)."""
+    if not secretaries:
+        return
+    members = await units.direct_members(conn, unit_id, secretaries)
+    errors: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for i, member_id in enumerate(secretaries):
+        if member_id in seen:
+            errors.append((f"secretaries[{i}]", "duplicate member id"))
+        elif member_id not in members:
+            errors.append((f"secretaries[{i}]", "must be a member of this unit"))
+        seen.add(member_id)
+    if errors:
+        raise invalid_many(errors)
 
 
 @routes.route("GET", "/v1/units/{unit_id}", summary="Get a unit", tag="organisation", response=UnitOut)

@@ -12,6 +12,11 @@ CLAIM = """
 WITH c AS (
     SELECT id, wait_reason FROM deliveries
     WHERE notice_id = $1 AND channel = $2 AND state = 'queued' AND next_attempt_at <= notifier_now()
+      -- a reminder (step > 0) never goes to someone whose read has committed
+      AND (step = 0 OR NOT EXISTS (
+          SELECT 1 FROM recipients r
+          WHERE r.notice_id = deliveries.notice_id AND r.member_id = deliveries.member_id AND r.read_at IS NOT NULL))
+      AND NOT EXISTS (SELECT 1 FROM notices n WHERE n.id = $1 AND n.state = 'recalled')
     ORDER BY id LIMIT $3
     FOR UPDATE SKIP LOCKED
 )

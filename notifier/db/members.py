@@ -5,30 +5,36 @@ from __future__ import annotations
 from typing import Any
 
 from notifier.db.pool import Connection, Record
-from notifier.db.units import SUBTREE_CTE
+from notifier.db.units import SUBTREE_CTE, quiet_hours
 
 UPSERT_MANY = """
-INSERT INTO members (id, name, phone, email, timezone)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+INSERT INTO members (id, name, phone, email, timezone, quiet_start, quiet_end)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::time[], $7::time[])
 ON CONFLICT (id) DO UPDATE SET name = excluded.name, phone = excluded.phone, email = excluded.email,
-    timezone = excluded.timezone, updated_at = notifier_now()
+    timezone = excluded.timezone, quiet_start = excluded.quiet_start, quiet_end = excluded.quiet_end,
+    updated_at = notifier_now()
 RETURNING id, (xmax = 0) AS created"""
 
 # Replace each listed member's memberships, but only among units in $4 (the caller's reach):
-# memberships elsewhere belong to someone else and stay.
+# memberships elsewhere belong to someone else and stay. A secretary must be a member of the unit, so
+# leaving a unit also ends being its secretary.
 DROP_OLD_MEMBERSHIPS = """
-DELETE FROM member_units mu
-WHERE mu.member_id = ANY($1::text[])
-  AND ($4::text[] IS NULL OR mu.unit_id = ANY($4::text[]))
-  AND NOT EXISTS (
-      SELECT 1 FROM unnest($2::text[], $3::text[]) AS n(member_id, unit_id)
-      WHERE n.member_id = mu.member_id AND n.unit_id = mu.unit_id)"""
+WITH dropped AS (
+    DELETE FROM member_units mu
+    WHERE mu.member_id = ANY($1::text[])
+      AND ($4::text[] IS NULL OR mu.unit_id = ANY($4::text[]))
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($2::text[], $3::text[]) AS n(member_id, unit_id)
+          WHERE n.member_id = mu.member_id AND n.unit_id = mu.unit_id)
+    RETURNING mu.member_id, mu.unit_id
+)
+DELETE FROM unit_secretaries s USING dropped d WHERE s.member_id = d.member_id AND s.unit_id = d.unit_id"""
 ADD_MEMBERSHIPS = """
 INSERT INTO member_units (member_id, unit_id)
 SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING"""
 
 GET = """
-SELECT m.id, m.name, m.phone, m.email, m.timezone, m.created_at, m.updated_at,
+SELECT m.id, m.name, m.phone, m.email, m.timezone, m.quiet_start, m.quiet_end, m.created_at, m.updated_at,
        coalesce(array_agg(mu.unit_id ORDER BY mu.unit_id) FILTER (WHERE mu.unit_id IS NOT NULL), '{}') AS units
 FROM members m LEFT JOIN member_units mu ON mu.member_id = m.id
 WHERE m.id = $1 GROUP BY m.id"""
@@ -60,6 +66,8 @@ async def upsert_many(
         [r.get("phone") for r in rows],
         [r.get("email") for r in rows],
         [r.get("timezone") for r in rows],
+        [(r.get("quiet_hours") or {}).get("start") for r in rows],
+        [(r.get("quiet_hours") or {}).get("end") for r in rows],
     )
     pair_members = [r["id"] for r in rows for _ in r["units"]]
     pair_units = [u for r in rows for u in r["units"]]
@@ -89,6 +97,7 @@ def as_dict(row: Record, visible_units: set[str] | None = None) -> dict[str, Any
         "phone": row["phone"],
         "email": row["email"],
         "timezone": row["timezone"],
+        "quiet_hours": quiet_hours(row["quiet_start"], row["quiet_end"]),
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
     }

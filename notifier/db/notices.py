@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import random
+from datetime import datetime
 from typing import Any
 
 from notifier.db.pool import Connection, Pool, Record
 
 COUNT_SHARDS = 16
 
-INSERT = """
-INSERT INTO notices (kind, title, body, audience, channels, scope_unit_id, created_by, fallback)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-RETURNING id, kind, title, body, audience, channels, fallback, scope_unit_id, state, created_at, updated_at,
-    fanned_out_at"""
+NOTICE_COLUMNS = """id, kind, title, body, audience, channels, fallback, scope_unit_id, state, created_at,
+    updated_at, fanned_out_at, send_at, expires_at, recalled_at, escalation"""
 
-GET = """
-SELECT id, kind, title, body, audience, channels, fallback, scope_unit_id, state, created_at, updated_at,
-    fanned_out_at
-FROM notices WHERE id = $1"""
+# A notice whose send_at lies ahead waits as 'scheduled' (the row is the timer); else it is
+# queued for fan-out at once.
+INSERT = f"""
+INSERT INTO notices (kind, title, body, audience, channels, scope_unit_id, created_by, fallback, escalation,
+                     send_at, expires_at, state)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+        CASE WHEN $10::timestamptz > notifier_now() THEN 'scheduled' ELSE 'queued' END)
+RETURNING {NOTICE_COLUMNS}"""
+
+GET = f"SELECT {NOTICE_COLUMNS} FROM notices WHERE id = $1"
 
 COUNTS = """
 SELECT coalesce(sum(recipients), 0)::bigint AS recipients, coalesce(sum(queued), 0)::bigint AS queued,
@@ -32,7 +36,9 @@ ON CONFLICT (notice_id, shard) DO UPDATE SET read = notice_counts.read + 1"""
 
 # Claim a notice for one fan-out chunk; a second worker skips it instead of waiting.
 CLAIM_FANOUT = """
-SELECT id, audience, channels, fallback, fanout_cursor, state FROM notices
+SELECT id, audience, channels, fallback, fanout_cursor, state, escalation,
+       coalesce(send_at, created_at) AS went_out_at
+FROM notices
 WHERE id = $1 AND state IN ('queued', 'fanning_out') FOR UPDATE SKIP LOCKED"""
 
 ADVANCE_FANOUT = """
@@ -74,9 +80,23 @@ async def insert(
     scope_unit_id: str | None,
     created_by: str | None,
     fallback: bool = False,
+    escalation: dict[str, Any] | None = None,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
 ) -> Record:
     row = await conn.fetchrow(
-        INSERT, kind, title, body, audience, channels, scope_unit_id, created_by, fallback
+        INSERT,
+        kind,
+        title,
+        body,
+        audience,
+        channels,
+        scope_unit_id,
+        created_by,
+        fallback,
+        escalation,
+        send_at,
+        expires_at,
     )
     assert row is not None
     return row
@@ -114,6 +134,10 @@ def as_dict(row: Record, counts: dict[str, int] | None = None) -> dict[str, Any]
         "state": row["state"],
         "created_at": row["created_at"].isoformat(),
         "fanned_out_at": row["fanned_out_at"].isoformat() if row["fanned_out_at"] else None,
+        "send_at": row["send_at"].isoformat() if row["send_at"] else None,
+        "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None,
+        "recalled_at": row["recalled_at"].isoformat() if row["recalled_at"] else None,
+        "escalation": row["escalation"],
     }
     if counts is not None:
         data["counts"] = counts

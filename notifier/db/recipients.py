@@ -125,10 +125,19 @@ ON CONFLICT (notice_id, shard) DO UPDATE SET
     queued = c.queued + excluded.queued, sent = c.sent + excluded.sent,
     delivered = c.delivered + excluded.delivered, failed = c.failed + excluded.failed"""
 
+# The first read wins; reminders still waiting for that member are cancelled with it.
 MARK_READ = """
-UPDATE recipients SET read_at = notifier_now(), read_via = $3
-WHERE notice_id = $1 AND member_id = $2 AND read_at IS NULL
-RETURNING read_at"""
+WITH r AS (
+    UPDATE recipients SET read_at = notifier_now(), read_via = $3
+    WHERE notice_id = $1 AND member_id = $2 AND read_at IS NULL
+    RETURNING read_at
+),
+c AS (
+    UPDATE deliveries SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,
+        updated_at = notifier_now()
+    WHERE notice_id = $1 AND member_id = $2 AND step > 0 AND state = 'queued' AND EXISTS (SELECT 1 FROM r)
+)
+SELECT read_at FROM r"""
 GET = (
     "SELECT notice_id, member_id, dstatus, delivered_at, read_at, read_via FROM recipients "
     "WHERE notice_id = $1 AND member_id = $2"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import time
 from typing import Any
 
 from notifier.db.pool import Connection, Record
@@ -24,22 +26,49 @@ WITH RECURSIVE sub AS (
 )"""
 
 IS_ANCESTOR_OR_SELF = ANCESTORS_CTE + " SELECT EXISTS (SELECT 1 FROM up WHERE id = $2)"
-GET = "SELECT id, name, parent_id, created_at, updated_at FROM units WHERE id = $1"
+# Every column a unit is shown with; the secretaries ride along as a sorted array.
+UNIT = """
+SELECT u.id, u.name, u.parent_id, u.timezone, u.lesson_time, u.lesson_reminder_time,
+       u.quiet_start, u.quiet_end, u.default_policy, u.created_at, u.updated_at,
+       ARRAY(SELECT s.member_id FROM unit_secretaries s WHERE s.unit_id = u.id ORDER BY s.member_id) AS secretaries
+FROM units u"""
+GET = UNIT + " WHERE u.id = $1"
 EXISTING = "SELECT id FROM units WHERE id = ANY($1::text[])"
+# PUT replaces the whole unit: settings not given are cleared.
 UPSERT = """
-INSERT INTO units (id, name, parent_id) VALUES ($1, $2, $3)
-ON CONFLICT (id) DO UPDATE SET name = excluded.name, parent_id = excluded.parent_id, updated_at = notifier_now()
-RETURNING id, name, parent_id, created_at, updated_at, (xmax = 0) AS created"""
-CHILDREN = "SELECT id, name, parent_id, created_at, updated_at FROM units WHERE parent_id = $1 ORDER BY id"
+INSERT INTO units (id, name, parent_id, timezone, lesson_time, lesson_reminder_time, quiet_start, quiet_end, default_policy)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (id) DO UPDATE SET name = excluded.name, parent_id = excluded.parent_id,
+    timezone = excluded.timezone, lesson_time = excluded.lesson_time,
+    lesson_reminder_time = excluded.lesson_reminder_time, quiet_start = excluded.quiet_start,
+    quiet_end = excluded.quiet_end, default_policy = excluded.default_policy, updated_at = notifier_now()
+RETURNING (xmax = 0) AS created"""
+# Secretaries must be direct members of the unit; FOR SHARE holds those memberships until commit.
+DIRECT_MEMBERS = """
+SELECT member_id FROM member_units WHERE unit_id = $1 AND member_id = ANY($2::text[]) FOR SHARE"""
+DROP_OTHER_SECRETARIES = "DELETE FROM unit_secretaries WHERE unit_id = $1 AND member_id <> ALL($2::text[])"
+ADD_SECRETARIES = """
+INSERT INTO unit_secretaries (unit_id, member_id) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING"""
+CHILDREN = UNIT + " WHERE u.parent_id = $1 ORDER BY u.id"
 LIST_SUBTREE = (
     SUBTREE_CTE
-    + """
-SELECT u.id, u.name, u.parent_id, u.created_at, u.updated_at FROM units u JOIN sub ON sub.id = u.id
+    + UNIT
+    + """ JOIN sub ON sub.id = u.id
 WHERE ($2::text IS NULL OR u.id > $2) ORDER BY u.id LIMIT $3"""
 )
-LIST_ALL = """
-SELECT id, name, parent_id, created_at, updated_at FROM units
-WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2"""
+LIST_ALL = UNIT + " WHERE ($1::text IS NULL OR u.id > $1) ORDER BY u.id LIMIT $2"
+
+
+@dataclass(frozen=True, slots=True)
+class UnitSettings:
+    """What a unit sets for the units and members below it (None: inherit)."""
+
+    timezone: str | None = None
+    lesson_time: time | None = None
+    lesson_reminder_time: time | None = None
+    quiet_start: time | None = None
+    quiet_end: time | None = None
+    default_policy: str | None = None
 
 
 async def get(conn: Connection, unit_id: str) -> Record | None:
@@ -67,10 +96,34 @@ async def subtree_ids(conn: Connection, root_id: str) -> list[str]:
     return [r["id"] for r in await conn.fetch(SUBTREE_CTE + " SELECT id FROM sub", [root_id])]
 
 
-async def upsert(conn: Connection, unit_id: str, name: str, parent_id: str | None) -> Record:
-    row = await conn.fetchrow(UPSERT, unit_id, name, parent_id)
-    assert row is not None
-    return row
+async def upsert(
+    conn: Connection, unit_id: str, name: str, parent_id: str | None, settings: UnitSettings | None = None
+) -> bool:
+    """Create or replace a unit; True when it was created."""
+    s = settings or UnitSettings()
+    created = await conn.fetchval(
+        UPSERT,
+        unit_id,
+        name,
+        parent_id,
+        s.timezone,
+        s.lesson_time,
+        s.lesson_reminder_time,
+        s.quiet_start,
+        s.quiet_end,
+        s.default_policy,
+    )
+    return bool(created)
+
+
+async def direct_members(conn: Connection, unit_id: str, member_ids: list[str]) -> set[str]:
+    """The subset of ``member_ids`` that are members of ``unit_id`` itself (not of units below)."""
+    return {r["member_id"] for r in await conn.fetch(DIRECT_MEMBERS, unit_id, member_ids)}
+
+
+async def replace_secretaries(conn: Connection, unit_id: str, member_ids: list[str]) -> None:
+    await conn.execute(DROP_OTHER_SECRETARIES, unit_id, member_ids)
+    await conn.execute(ADD_SECRETARIES, unit_id, member_ids)
 
 
 async def lock_tree(conn: Connection) -> None:
@@ -88,6 +141,16 @@ def as_dict(row: Record) -> dict[str, Any]:
         "id": row["id"],
         "name": row["name"],
         "parent_id": row["parent_id"],
+        "secretaries": list(row["secretaries"]),
+        "timezone": row["timezone"],
+        "lesson_time": row["lesson_time"],
+        "lesson_reminder_time": row["lesson_reminder_time"],
+        "quiet_hours": quiet_hours(row["quiet_start"], row["quiet_end"]),
+        "default_policy": row["default_policy"],
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
     }
+
+
+def quiet_hours(start: time | None, end: time | None) -> dict[str, time] | None:
+    return None if start is None or end is None else {"start": start, "end": end}

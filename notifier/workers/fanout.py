@@ -11,6 +11,7 @@ from typing import Any
 
 from notifier.db import notices, recipients
 from notifier.workers.context import WorkerDeps
+from notifier.workers.escalate import start_escalation
 from notifier.workers.queue import enqueue_deliveries
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
             )
             n: int = result["n"]
             done = n < chunk_size
+            if done and row["escalation"] is not None:
+                await start_escalation(conn, notice_id, row["went_out_at"], row["escalation"])
             await conn.execute(
                 notices.ADVANCE_FANOUT,
                 notice_id,

@@ -15,6 +15,7 @@ from notifier.workers.deliver import deliver
 from notifier.workers.fanout import fanout
 from notifier.workers.queue import DELIVER, FANOUT, create_queue, deserialize, redis_settings, serialize
 from notifier.workers.reconcile import reconcile
+from notifier.workers.tick import TICK, tick
 
 
 def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, Any]:
@@ -43,6 +44,17 @@ def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, 
                 keep_result=0,
             )
         ]
+        + [
+            cron(
+                tick,
+                name=TICK,
+                second=set(range(60)),
+                unique=True,
+                run_at_startup=True,
+                timeout=60,
+                keep_result=0,
+            )
+        ]
         if with_cron
         else []
     )
@@ -50,6 +62,7 @@ def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, 
         "functions": [
             func(fanout, name=FANOUT, timeout=3600, keep_result=0, max_tries=1000),
             func(deliver, name=DELIVER, timeout=3600, keep_result=0, max_tries=1000),
+            func(tick, name="tick_now", timeout=60, keep_result=0, max_tries=3),
         ],
         "cron_jobs": cron_jobs,
         "on_startup": on_startup,

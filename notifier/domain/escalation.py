@@ -1,0 +1,128 @@
+"""Escalation policies: ordered steps, each "after" a delay, that remind the unread on stronger
+channels or notify roles (secretaries, the on-duty officer); repeated N rounds.
+
+Pure rules: parsing ISO 8601 durations, validating a policy, and the timetable of a snapshot.
+A round lasts as long as its last step's delay; round r, step i is due at
+``start + r * cycle + steps[i].after``. Deliveries made by a step carry
+``step_code(r, i) = r * 100 + i + 1`` (0 is the first send), so each (round, step) sends at most
+once per member and channel.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+
+MAX_STEPS = 10
+MAX_ROUNDS = 20
+MIN_CYCLE_SECONDS = 1.0
+
+_DURATION = re.compile(r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
+
+
+def parse_duration(value: object) -> float:
+    """ISO 8601 duration (``PT5M``, ``PT30S``, ``P1DT2H``) or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration such as PT5M")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if not match or value.strip() in ("P", "PT") or value.strip().endswith("T"):
+            raise ValueError("an ISO 8601 duration such as PT5M or PT30S")
+        parts = {k: float(v) if v else 0.0 for k, v in match.groupdict().items()}
+        seconds = parts["d"] * 86400 + parts["h"] * 3600 + parts["m"] * 60 + parts["s"]
+    else:
+        raise ValueError("a duration such as PT5M")
+    if not 0 <= seconds <= 30 * 86400:
+        raise ValueError("between 0 seconds and 30 days")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    whole = int(seconds)
+    h, rem = divmod(whole, 3600)
+    m, s = divmod(rem, 60)
+    frac = seconds - whole
+    out = "PT" + (f"{h}H" if h else "") + (f"{m}M" if m else "")
+    if s or frac or out == "PT":
+        out += f"{s + frac:g}S"
+    return out
+
+
+Seconds = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"anyOf": [{"type": "string", "examples": ["PT5M", "PT30S"]}, {"type": "number"}]}),
+]
+Role = Literal["secretary", "on_duty"]
+
+
+class Step(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after: Seconds = Field(description="ISO 8601 duration after the notice went out, e.g. PT5M")
+    remind: list[str] = Field(
+        default_factory=list, max_length=8, description="channels to remind the unread on"
+    )
+    notify: list[Role] = Field(default_factory=list, max_length=2, description="roles told about the unread")
+    channels: list[str] = Field(
+        default_factory=list, max_length=8, description="channels for the notify summary"
+    )
+
+    @model_validator(mode="after")
+    def _has_action(self) -> Step:
+        if not self.remind and not self.notify:
+            raise ValueError("a step must remind the unread or notify someone")
+        if self.notify and not self.channels:
+            raise ValueError("a notify step needs channels for the summary")
+        if len(set(self.remind)) != len(self.remind) or len(set(self.notify)) != len(self.notify):
+            raise ValueError("channels and roles must not repeat")
+        return self
+
+
+class PolicyRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[Step] = Field(min_length=1, max_length=MAX_STEPS)
+    repeat: int = Field(default=0, ge=0, le=MAX_ROUNDS, description="extra rounds after the first")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PolicyRules:
+        afters = [s.after for s in self.steps]
+        if afters != sorted(afters):
+            raise ValueError("steps must be in order of their 'after' delay")
+        if self.repeat and afters[-1] < MIN_CYCLE_SECONDS:
+            raise ValueError("a repeating policy needs a last step after at least 1 second")
+        return self
+
+    def channels(self) -> set[str]:
+        return {c for s in self.steps for c in (*s.remind, *s.channels)}
+
+    def snapshot(self, name: str | None) -> dict[str, object]:
+        """What a notice keeps: later edits of the policy do not change running notices."""
+        return {"policy": name, **self.model_dump(mode="json")}
+
+
+def step_code(round_: int, index: int) -> int:
+    return round_ * 100 + index + 1
+
+
+def cycle_seconds(rules: PolicyRules) -> float:
+    return max(rules.steps[-1].after, MIN_CYCLE_SECONDS)
+
+
+def due_offset(rules: PolicyRules, round_: int, index: int) -> float:
+    """Seconds after the start at which (round, step) is due."""
+    return round_ * cycle_seconds(rules) + rules.steps[index].after
+
+
+def next_position(rules: PolicyRules, round_: int, index: int) -> tuple[int, int] | None:
+    """The step after (round, index), or None when the policy is exhausted."""
+    if index + 1 < len(rules.steps):
+        return round_, index + 1
+    if round_ < rules.repeat:
+        return round_ + 1, 0
+    return None
