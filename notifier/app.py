@@ -11,6 +11,7 @@ from notifier import __version__
 from notifier.api import (
     api_keys,
     contacts,
+    duty,
     health,
     members,
     notices,
@@ -37,6 +38,7 @@ RESOURCE_MODULES = (
     health,
     api_keys,
     units,
+    duty,
     members,
     contacts,
     policies,

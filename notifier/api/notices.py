@@ -104,10 +104,20 @@ class DeliveryOut(BaseModel):
     channel: str
     step: int
     state: Literal[
-        "queued", "sending", "sent", "delivered", "failed", "unknown", "retrying", "throttled", "circuit_open"
+        "queued",
+        "sending",
+        "sent",
+        "delivered",
+        "failed",
+        "unknown",
+        "cancelled",
+        "retrying",
+        "throttled",
+        "circuit_open",
+        "held",
     ] = Field(
-        description="queued work that waits shows why: retrying, throttled (a rate or per-contact limit) "
-        "or circuit_open (the provider is failing); next_attempt_at says when it goes"
+        description="queued work that waits shows why: retrying, throttled (a rate or per-contact limit), "
+        "circuit_open (the provider is failing) or held (quiet hours); next_attempt_at says when it goes"
     )
     attempts: int
     error: str | None = None
@@ -120,6 +130,7 @@ WAIT_STATES = {
     "throttled": "throttled",
     "capped": "throttled",
     "circuit_open": "circuit_open",
+    "quiet_hours": "held",
 }
 
 

@@ -17,6 +17,7 @@ from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Re
 from notifier.db import contacts, deliveries, notices, recipients, reports, throttle
 from notifier.db.deliveries import Claimed, Released, Written
 from notifier.db.pool import Connection
+from notifier.db.quiet import quiet_now
 from notifier.domain.retry import backoff_seconds
 from notifier.links import read_link
 from notifier.settings import Settings
@@ -70,9 +71,10 @@ async def _send(channel: Channel, batch: list[Outgoing]) -> dict[int, Result]:
 
 
 async def gate(
-    conn: Connection, settings: Settings, channel: Channel, claimed: list[Claimed]
+    conn: Connection, settings: Settings, channel: Channel, content: NoticeContent, claimed: list[Claimed]
 ) -> list[Claimed]:
-    """Apply the provider's circuit breaker, per-contact cap and account rate to a claimed batch.
+    """Apply quiet hours, the provider's circuit breaker, per-contact cap and account rate to a
+    claimed batch.
 
     Returns what may be sent now; the rest goes back to the queue (without spending an attempt)
     with the reason and the time it is expected to go.
@@ -80,6 +82,14 @@ async def gate(
     caps = channel.capabilities
     go = list(claimed)
     held: list[Released] = []
+    if not content.urgent:  # a DING ignores quiet hours; lessons and notices wait for the morning
+        quiet = await quiet_now(conn, sorted({c.member_id for c in go}))
+        held += [
+            Released(c.id, c.attempt, "quiet_hours", max(quiet[c.member_id], 1.0))
+            for c in go
+            if c.member_id in quiet
+        ]
+        go = [c for c in go if c.member_id not in quiet]
     if caps.circuit_breaker:
         state = await throttle.breaker_state(conn, channel.id, settings.breaker_threshold)
         if state.is_open:
@@ -131,9 +141,9 @@ async def deliver_batch(
             written.append(Written(c.id, c.attempt, "failed", "attempts exhausted", 0.0, None))
         else:
             ready.append(c)
-    if ready and (caps.circuit_breaker or caps.per_target_limit or caps.rate_per_second):
+    if ready:
         async with deps.pool.acquire() as conn, conn.transaction():
-            ready = await gate(conn, settings, channel, ready)
+            ready = await gate(conn, settings, channel, content, ready)
     secret = settings.link_secret.get_secret_value().encode()
     expires = int(deps.clock.time() + settings.link_ttl_seconds)
     outgoing = [

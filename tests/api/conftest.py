@@ -42,6 +42,8 @@ TABLES = (
     "recipients",
     "deliveries",
     "notice_counts",
+    "unit_secretaries",
+    "duty_shifts",
 )
 
 

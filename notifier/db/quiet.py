@@ -1,0 +1,54 @@
+"""Quiet hours: whether a member is inside theirs now (engine clock, member's local time), and
+when they end. The member's own hours win, else the nearest unit up the tree that sets them;
+the time zone likewise, finally Asia/Shanghai."""
+
+from __future__ import annotations
+
+from notifier.db.pool import Connection
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+
+QUIET_UNTIL = f"""
+WITH RECURSIVE m AS (
+    SELECT mem.id AS member_id, mem.timezone, mem.quiet_start, mem.quiet_end,
+           (SELECT min(unit_id) FROM member_units WHERE member_id = mem.id) AS unit_id
+    FROM members mem WHERE mem.id = ANY($1::text[])
+),
+up AS (
+    SELECT m.member_id, u.parent_id, u.timezone, u.quiet_start, u.quiet_end, 0 AS depth
+    FROM m JOIN units u ON u.id = m.unit_id
+    UNION ALL
+    SELECT up.member_id, u.parent_id, u.timezone, u.quiet_start, u.quiet_end, up.depth + 1
+    FROM up JOIN units u ON u.id = up.parent_id WHERE up.depth < 50
+),
+inherited AS (
+    SELECT member_id,
+           (array_agg(timezone ORDER BY depth) FILTER (WHERE timezone IS NOT NULL))[1] AS tz,
+           (array_agg(quiet_start ORDER BY depth) FILTER (WHERE quiet_start IS NOT NULL))[1] AS qs,
+           (array_agg(quiet_end ORDER BY depth) FILTER (WHERE quiet_start IS NOT NULL))[1] AS qe
+    FROM up GROUP BY member_id
+),
+eff AS (
+    SELECT m.member_id, coalesce(m.timezone, i.tz, '{DEFAULT_TIMEZONE}') AS tz,
+           CASE WHEN m.quiet_start IS NOT NULL THEN m.quiet_start ELSE i.qs END AS qs,
+           CASE WHEN m.quiet_start IS NOT NULL THEN m.quiet_end ELSE i.qe END AS qe
+    FROM m LEFT JOIN inherited i USING (member_id)
+),
+loc AS (
+    SELECT member_id, tz, qs, qe, notifier_now() AT TIME ZONE tz AS local FROM eff WHERE qs IS NOT NULL
+)
+SELECT member_id,
+       extract(epoch FROM ((local::date + qe
+           + CASE WHEN local::time < qe THEN interval '0' ELSE interval '1 day' END) AT TIME ZONE tz)
+           - notifier_now()) AS ends_in
+FROM loc
+WHERE CASE WHEN qs < qe THEN local::time >= qs AND local::time < qe
+           ELSE local::time >= qs OR local::time < qe END"""
+
+
+async def quiet_now(conn: Connection, member_ids: list[str]) -> dict[str, float]:
+    """{member_id: seconds until their quiet hours end} for the members inside them now."""
+    if not member_ids:
+        return {}
+    rows = await conn.fetch(QUIET_UNTIL, member_ids)
+    return {r["member_id"]: float(r["ends_in"]) for r in rows}
