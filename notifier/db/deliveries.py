@@ -86,13 +86,19 @@ ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
 RETURNING notice_id, member_id, channel, state"""
 
 # Leases that ran out (the worker died or hung): hand the rows back to the queue.
+# A lost worker may or may not have handed the message over: channels that may resend (push,
+# webhooks: collapse ids, webhook-id) go back to the queue; the others ($2: SMS, voice) become
+# 'unknown' -- a provider report or the next escalation step settles them, never a blind resend.
 REQUEUE_EXPIRED = """
-UPDATE deliveries SET state = 'queued', lease_until = NULL, updated_at = notifier_now(),
-    error = 'lease expired (worker lost)'
+UPDATE deliveries SET
+    state = CASE WHEN channel = ANY($2::text[]) THEN 'unknown' ELSE 'queued' END,
+    lease_until = NULL, updated_at = notifier_now(),
+    error = CASE WHEN channel = ANY($2::text[]) THEN 'worker lost while sending; not resent'
+                 ELSE 'lease expired (worker lost)' END
 WHERE id IN (
     SELECT id FROM deliveries WHERE state = 'sending' AND lease_until < notifier_now()
     ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING notice_id, channel"""
+RETURNING notice_id, member_id, channel, state"""
 
 # (notice, channel) groups with due work nobody has claimed, and how much.
 DUE_GROUPS = """
@@ -176,8 +182,8 @@ async def fallback_next(
     return list(await conn.fetch(FALLBACK_NEXT, failed_ids, contactless, on_insert))
 
 
-async def requeue_expired(conn: Connection | Pool, limit: int = 10_000) -> list[Record]:
-    return list(await conn.fetch(REQUEUE_EXPIRED, limit))
+async def requeue_expired(conn: Connection, no_resend: list[str], limit: int = 10_000) -> list[Record]:
+    return list(await conn.fetch(REQUEUE_EXPIRED, limit, no_resend))
 
 
 async def due_groups(conn: Connection | Pool, stalled_for: float, limit: int = 200) -> list[Record]:

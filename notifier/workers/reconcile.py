@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from notifier.db import deliveries, notices
+from notifier.db import deliveries, notices, recipients
 from notifier.workers.context import WorkerDeps
 from notifier.workers.queue import enqueue_deliveries, enqueue_fanout
 
@@ -21,9 +21,15 @@ async def reconcile_once(deps: WorkerDeps) -> dict[str, int]:
     # Tag job ids with a time bucket: within one bucket a duplicate wake-up is a no-op, and a job
     # id left behind by a killed worker blocks nothing for longer than one bucket.
     tag = f"r{int(time.time() // max(stall, 1.0))}"
-    expired = await deliveries.requeue_expired(deps.pool)
+    no_resend = [c.id for c in deps.channels if not c.capabilities.resend_when_ambiguous]
+    async with deps.pool.acquire() as conn, conn.transaction():
+        expired = await deliveries.requeue_expired(conn, no_resend)
+        unknown = [r for r in expired if r["state"] == "unknown"]
+        await recipients.roll_up(
+            conn, [str(r["notice_id"]) for r in unknown], [r["member_id"] for r in unknown], notices.shard()
+        )
     if expired:
-        log.warning("requeued %d deliveries whose lease expired", len(expired))
+        log.warning("%d deliveries' leases expired (%d now unknown)", len(expired), len(unknown))
     stalled = await notices.stalled_fanouts(deps.pool, stall)
     for notice_id in stalled:
         await enqueue_fanout(deps.queue, notice_id, tag=tag)
