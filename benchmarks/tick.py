@@ -123,7 +123,8 @@ async def run(settings: Settings, timers: int, due: int) -> None:
     busy_x = statistics.median(busy_ticks) / base
     print(f"  busy ({due:,} due)              {summary(busy_ticks)}   x{busy_x:5.2f} of baseline")
     print(
-        f"  {fired:,} steps fired in {drained:.2f} s over {len(busy)} ticks = {fired / drained:,.0f} steps/s; "
+        f"  {fired:,} steps fired in {drained:.2f} s over {len(busy)} ticks "
+        f"= {fired / drained:,.0f} steps/s; "
         f"{pending:,} timers still pending"
     )
 
