@@ -78,6 +78,7 @@ class Capabilities:
     rate_per_second: float | None = None  # per provider account, shared by every worker
     per_target_limit: tuple[int, float] | None = None  # (count, window seconds) per contact
     circuit_breaker: bool = False  # one provider account: stop hammering it when it keeps failing
+    read_link: bool = False  # the message carries a signed link that records the read when opened
 
 
 @dataclass(frozen=True, slots=True)

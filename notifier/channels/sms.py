@@ -125,6 +125,7 @@ class SmsChannel:
             rate_per_second=settings.sms_rate_per_second,
             circuit_breaker=True,  # one provider account behind every send
             per_target_limit=(settings.sms_per_phone_limit, settings.sms_per_phone_window_seconds),
+            read_link=True,
         )
         self._poster = FormPoster(READ_TIMEOUT_SECONDS, min(settings.delivery_concurrency, MAX_CONCURRENCY))
         self._provider = make_provider(settings, self._poster, self._clock)

@@ -362,6 +362,7 @@ class WebPushChannel:
             needs_contact=True,
             max_attempts=settings.push_max_attempts,
             resend_when_ambiguous=True,
+            read_link=True,
         )
         self._allow_private = settings.allow_private_targets
         self._concurrency = settings.delivery_concurrency

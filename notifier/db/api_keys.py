@@ -11,7 +11,7 @@ INSERT INTO api_keys (name, role, unit_id, member_id, token_hash, created_by)
 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, name, role, unit_id, member_id, created_at"""
 BY_HASH = """
 SELECT id, name, role, unit_id, member_id FROM api_keys WHERE token_hash = $1 AND revoked_at IS NULL"""
-REVOKE = "UPDATE api_keys SET revoked_at = notifier_now() WHERE id = $1 AND revoked_at IS NULL RETURNING id"
+REVOKE = "UPDATE api_keys SET revoked_at = (SELECT notifier_now()) WHERE id = $1 AND revoked_at IS NULL RETURNING id"
 
 
 def hash_token(token: str) -> bytes:

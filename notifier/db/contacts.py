@@ -9,14 +9,14 @@ from notifier.db.pool import Connection, Record
 ADD = """
 INSERT INTO contacts (member_id, channel, target) VALUES ($1, $2, $3)
 ON CONFLICT (member_id, channel, target) DO UPDATE
-    SET disabled_at = NULL, disabled_reason = NULL, created_at = notifier_now()
+    SET disabled_at = NULL, disabled_reason = NULL, created_at = (SELECT notifier_now())
 RETURNING id, member_id, channel, target, created_at, disabled_at, disabled_reason, (xmax = 0) AS created"""
 LIST = """
 SELECT id, member_id, channel, target, created_at, disabled_at, disabled_reason
 FROM contacts WHERE member_id = $1 ORDER BY created_at, id"""
 DELETE = "DELETE FROM contacts WHERE member_id = $1 AND id = $2 RETURNING id"
 DISABLE_MANY = """
-UPDATE contacts SET disabled_at = notifier_now(), disabled_reason = r.reason
+UPDATE contacts SET disabled_at = (SELECT notifier_now()), disabled_reason = r.reason
 FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
 WHERE contacts.id = r.id AND contacts.disabled_at IS NULL"""
 

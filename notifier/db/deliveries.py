@@ -11,7 +11,7 @@ from notifier.db.pool import Connection, Pool, Record
 CLAIM = """
 WITH c AS (
     SELECT id, wait_reason FROM deliveries
-    WHERE notice_id = $1 AND channel = $2 AND state = 'queued' AND next_attempt_at <= notifier_now()
+    WHERE notice_id = $1 AND channel = $2 AND state = 'queued' AND next_attempt_at <= (SELECT notifier_now())
       -- a reminder (step > 0) never goes to someone whose read has committed
       AND (step = 0 OR NOT EXISTS (
           SELECT 1 FROM recipients r
@@ -21,8 +21,8 @@ WITH c AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE deliveries d
-SET state = 'sending', attempts = d.attempts + 1, lease_until = notifier_now() + make_interval(secs => $4),
-    wait_reason = NULL, updated_at = notifier_now()
+SET state = 'sending', attempts = d.attempts + 1, lease_until = (SELECT notifier_now()) + make_interval(secs => $4),
+    wait_reason = NULL, updated_at = (SELECT notifier_now())
 FROM c WHERE d.id = c.id
 RETURNING d.id, d.member_id, d.attempts, d.contact_id, c.wait_reason AS prior_wait,
     (SELECT CASE WHEN k.disabled_at IS NULL THEN k.target END FROM contacts k WHERE k.id = d.contact_id) AS target"""
@@ -36,14 +36,14 @@ WITH r AS (
 )
 UPDATE deliveries d SET
     state = r.state,
-    next_attempt_at = CASE WHEN r.state = 'queued' THEN notifier_now() + make_interval(secs => r.retry_in)
+    next_attempt_at = CASE WHEN r.state = 'queued' THEN (SELECT notifier_now()) + make_interval(secs => r.retry_in)
                            ELSE d.next_attempt_at END,
     wait_reason = CASE WHEN r.state = 'queued' THEN 'retry' END,
-    sent_at = CASE WHEN r.state IN ('sent', 'delivered', 'unknown') THEN notifier_now() ELSE d.sent_at END,
+    sent_at = CASE WHEN r.state IN ('sent', 'delivered', 'unknown') THEN (SELECT notifier_now()) ELSE d.sent_at END,
     error = r.error,
     provider_ref = coalesce(r.provider_ref, d.provider_ref),
     lease_until = NULL,
-    updated_at = notifier_now()
+    updated_at = (SELECT notifier_now())
 FROM r
 WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'
 RETURNING d.id, d.notice_id, d.member_id, d.state, d.provider_ref"""
@@ -51,13 +51,13 @@ RETURNING d.id, d.notice_id, d.member_id, d.state, d.provider_ref"""
 # Put claimed rows back without spending an attempt: a limit or an open breaker said "not yet".
 RELEASE = """
 UPDATE deliveries d SET state = 'queued', attempts = d.attempts - 1, lease_until = NULL, wait_reason = r.reason,
-    next_attempt_at = notifier_now() + make_interval(secs => r.wait), updated_at = notifier_now()
+    next_attempt_at = (SELECT notifier_now()) + make_interval(secs => r.wait), updated_at = (SELECT notifier_now())
 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[]) AS r(id, attempt, reason, wait)
 WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'"""
 
 # How long until the next row of this (notice, channel) comes due, if any is waiting.
 NEXT_DUE_IN = """
-SELECT extract(epoch FROM min(next_attempt_at) - notifier_now()) FROM deliveries
+SELECT extract(epoch FROM min(next_attempt_at) - (SELECT notifier_now())) FROM deliveries
 WHERE notice_id = $1 AND channel = $2 AND state = 'queued'"""
 
 # With fallback, a delivery that failed for good hands over to the next channel in the notice's
@@ -92,11 +92,11 @@ RETURNING notice_id, member_id, channel, state"""
 REQUEUE_EXPIRED = """
 UPDATE deliveries SET
     state = CASE WHEN channel = ANY($2::text[]) THEN 'unknown' ELSE 'queued' END,
-    lease_until = NULL, updated_at = notifier_now(),
+    lease_until = NULL, updated_at = (SELECT notifier_now()),
     error = CASE WHEN channel = ANY($2::text[]) THEN 'worker lost while sending; not resent'
                  ELSE 'lease expired (worker lost)' END
 WHERE id IN (
-    SELECT id FROM deliveries WHERE state = 'sending' AND lease_until < notifier_now()
+    SELECT id FROM deliveries WHERE state = 'sending' AND lease_until < (SELECT notifier_now())
     ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED)
 RETURNING notice_id, member_id, channel, state"""
 
@@ -104,7 +104,7 @@ RETURNING notice_id, member_id, channel, state"""
 DUE_GROUPS = """
 SELECT notice_id, channel, count(*) AS n FROM deliveries
 WHERE state = 'queued'
-  AND next_attempt_at <= notifier_now() - CASE WHEN wait_reason IS NULL THEN make_interval(secs => $2) ELSE interval '0' END
+  AND next_attempt_at <= (SELECT notifier_now()) - CASE WHEN wait_reason IS NULL THEN make_interval(secs => $2) ELSE interval '0' END
 GROUP BY notice_id, channel ORDER BY min(next_attempt_at) LIMIT $1"""
 
 

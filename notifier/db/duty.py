@@ -60,13 +60,13 @@ WITH RECURSIVE up AS (
     WHERE up.depth < 1000 AND up.id IS DISTINCT FROM $2::text
 )"""
 
-# For every requested unit, one row per member on duty at $3 (NULL: notifier_now()) in the nearest
+# For every requested unit, one row per member on duty at $3 (NULL: (SELECT notifier_now())) in the nearest
 # ancestor-or-self unit with anyone on duty then; a unit with nobody up the tree gets one row with
 # NULLs. ``at`` is the moment used.
 ON_DUTY = (
     _UP
     + """,
-at AS (SELECT coalesce($3::timestamptz, notifier_now()) AS t),
+at AS (SELECT coalesce($3::timestamptz, (SELECT notifier_now())) AS t),
 answering AS (
     SELECT DISTINCT ON (up.requested) up.requested, up.id AS unit_id
     FROM up, at
@@ -173,7 +173,7 @@ async def on_duty(
 async def on_duty_for_units(
     conn: Connection, unit_ids: list[str], at: datetime | None = None
 ) -> dict[str, list[str]]:
-    """For each unit: the member ids on duty at ``at`` (an aware datetime; None: notifier_now()) in
+    """For each unit: the member ids on duty at ``at`` (an aware datetime; None: (SELECT notifier_now())) in
     the nearest ancestor-or-self unit that has anyone on duty then; [] when nobody up the tree."""
     found = await on_duty(conn, unit_ids, at)
     return {u: [r["member_id"] for r in found[u].shifts] if u in found else [] for u in unit_ids}

@@ -13,7 +13,7 @@ POLICY_INSERT = f"""
 INSERT INTO escalation_policies (unit_id, name, steps, repeat) VALUES ($1, $2, $3, $4)
 RETURNING {POLICY_COLUMNS}"""
 POLICY_UPDATE = f"""
-UPDATE escalation_policies SET name = $2, steps = $3, repeat = $4, updated_at = notifier_now()
+UPDATE escalation_policies SET name = $2, steps = $3, repeat = $4, updated_at = (SELECT notifier_now())
 WHERE id = $1 RETURNING {POLICY_COLUMNS}"""
 POLICY_GET = f"SELECT {POLICY_COLUMNS} FROM escalation_policies WHERE id = $1"
 POLICY_DELETE = "DELETE FROM escalation_policies WHERE id = $1 RETURNING id"
@@ -39,21 +39,19 @@ ON CONFLICT (notice_id) DO NOTHING"""
 CLAIM_DUE = """
 SELECT e.notice_id, e.started_at, e.round, e.next_step, e.due_at,
        n.state AS notice_state, n.escalation, n.expires_at, n.title, n.kind, n.scope_unit_id,
-       n.expires_at IS NOT NULL AND n.expires_at <= notifier_now() AS expired,
-       extract(epoch FROM notifier_now() - e.started_at) AS elapsed
+       n.expires_at IS NOT NULL AND n.expires_at <= (SELECT notifier_now()) AS expired,
+       extract(epoch FROM (SELECT notifier_now()) - e.started_at) AS elapsed
 FROM escalations e JOIN notices n ON n.id = e.notice_id
-WHERE e.state = 'active' AND e.due_at <= notifier_now()
+WHERE e.state = 'active' AND e.due_at <= (SELECT notifier_now())
 ORDER BY e.due_at
 LIMIT 1
 FOR UPDATE OF e SKIP LOCKED"""
 
 ADVANCE = """
 UPDATE escalations SET round = $2, next_step = $3, due_at = started_at + make_interval(secs => $4),
-    updated_at = notifier_now()
+    updated_at = (SELECT notifier_now())
 WHERE notice_id = $1"""
-FINISH = (
-    "UPDATE escalations SET state = $2, updated_at = notifier_now() WHERE notice_id = $1 AND state = 'active'"
-)
+FINISH = "UPDATE escalations SET state = $2, updated_at = (SELECT notifier_now()) WHERE notice_id = $1 AND state = 'active'"
 NEXT_DUE = "SELECT min(due_at) FROM escalations WHERE state = 'active'"
 
 # Unread recipients, locked against a read committing while this step decides (the read waits
@@ -81,9 +79,12 @@ plan AS (
     ) k ON true
 ),
 ins AS (
-    INSERT INTO deliveries (notice_id, member_id, channel, step, contact_id, state, attempts)
-    SELECT $1, member_id, $2, $3, contact_id, CASE WHEN $5 THEN 'delivered' ELSE 'queued' END, $5::int
-    FROM plan WHERE contact_id IS NOT NULL OR NOT $4
+    INSERT INTO deliveries (notice_id, member_id, channel, step, contact_id, state, attempts,
+                            next_attempt_at, created_at, updated_at)
+    SELECT $1, member_id, $2, $3, contact_id, CASE WHEN $5 THEN 'delivered' ELSE 'queued' END, $5::int,
+           clock.now, clock.now, clock.now
+    FROM plan CROSS JOIN (SELECT notifier_now() AS now) AS clock
+    WHERE contact_id IS NOT NULL OR NOT $4
     ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
     RETURNING member_id
 )
@@ -121,20 +122,20 @@ SELECT id, member_id, kind, detail, at FROM notice_events WHERE notice_id = $1
 # --- scheduled sends and recall ------------------------------------------------------------
 
 RELEASE_SCHEDULED = """
-UPDATE notices SET state = 'queued', updated_at = notifier_now()
-WHERE id IN (SELECT id FROM notices WHERE state = 'scheduled' AND send_at <= notifier_now()
+UPDATE notices SET state = 'queued', updated_at = (SELECT notifier_now())
+WHERE id IN (SELECT id FROM notices WHERE state = 'scheduled' AND send_at <= (SELECT notifier_now())
              ORDER BY send_at LIMIT $1 FOR UPDATE SKIP LOCKED)
 RETURNING id"""
 
 RECALL = """
-UPDATE notices SET state = 'recalled', recalled_at = notifier_now(), updated_at = notifier_now()
+UPDATE notices SET state = 'recalled', recalled_at = (SELECT notifier_now()), updated_at = (SELECT notifier_now())
 WHERE (id = $1 OR parent_notice_id = $1) AND state <> 'recalled'
 RETURNING id"""
 CANCEL_PENDING = """
 UPDATE deliveries SET state = 'cancelled', error = 'recalled', lease_until = NULL, wait_reason = NULL,
-    updated_at = notifier_now()
+    updated_at = (SELECT notifier_now())
 WHERE notice_id = ANY($1::uuid[]) AND state = 'queued'"""
-STOP_TIMERS = "UPDATE escalations SET state = 'stopped', updated_at = notifier_now() WHERE notice_id = ANY($1::uuid[]) AND state = 'active'"
+STOP_TIMERS = "UPDATE escalations SET state = 'stopped', updated_at = (SELECT notifier_now()) WHERE notice_id = ANY($1::uuid[]) AND state = 'active'"
 
 
 async def event(

@@ -12,7 +12,7 @@ INSERT INTO members (id, name, phone, email, timezone, quiet_start, quiet_end)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::time[], $7::time[])
 ON CONFLICT (id) DO UPDATE SET name = excluded.name, phone = excluded.phone, email = excluded.email,
     timezone = excluded.timezone, quiet_start = excluded.quiet_start, quiet_end = excluded.quiet_end,
-    updated_at = notifier_now()
+    updated_at = (SELECT notifier_now())
 RETURNING id, (xmax = 0) AS created"""
 
 # Replace each listed member's memberships, but only among units in $4 (the caller's reach):

@@ -19,7 +19,7 @@ INSERT = f"""
 INSERT INTO notices (kind, title, body, audience, channels, scope_unit_id, created_by, fallback, escalation,
                      send_at, expires_at, state)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-        CASE WHEN $10::timestamptz > notifier_now() THEN 'scheduled' ELSE 'queued' END)
+        CASE WHEN $10::timestamptz > (SELECT notifier_now()) THEN 'scheduled' ELSE 'queued' END)
 RETURNING {NOTICE_COLUMNS}"""
 
 GET = f"SELECT {NOTICE_COLUMNS} FROM notices WHERE id = $1"
@@ -42,26 +42,26 @@ FROM notices
 WHERE id = $1 AND state IN ('queued', 'fanning_out') FOR UPDATE SKIP LOCKED"""
 
 ADVANCE_FANOUT = """
-UPDATE notices SET fanout_cursor = $2, state = $3, updated_at = notifier_now(),
-    fanned_out_at = CASE WHEN $3 = 'active' THEN notifier_now() END
+UPDATE notices SET fanout_cursor = $2, state = $3, updated_at = (SELECT notifier_now()),
+    fanned_out_at = CASE WHEN $3 = 'active' THEN (SELECT notifier_now()) END
 WHERE id = $1"""
 
 STALLED_FANOUTS = """
 SELECT id FROM notices WHERE state IN ('queued', 'fanning_out')
-  AND updated_at < notifier_now() - make_interval(secs => $1) ORDER BY updated_at LIMIT $2"""
+  AND updated_at < (SELECT notifier_now()) - make_interval(secs => $1) ORDER BY updated_at LIMIT $2"""
 
 IDEMPOTENCY_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended($1 || ':' || $2, 727003))"
 IDEMPOTENCY_GET = """
 SELECT request_hash, response_status, response_body FROM idempotency_keys
-WHERE key_owner = $1 AND key = $2 AND created_at > notifier_now() - make_interval(secs => $3)"""
+WHERE key_owner = $1 AND key = $2 AND created_at > (SELECT notifier_now()) - make_interval(secs => $3)"""
 IDEMPOTENCY_PUT = """
 INSERT INTO idempotency_keys (key_owner, key, request_hash, notice_id, response_status, response_body)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (key_owner, key) DO UPDATE SET request_hash = excluded.request_hash,
     notice_id = excluded.notice_id, response_status = excluded.response_status,
-    response_body = excluded.response_body, created_at = notifier_now()"""
+    response_body = excluded.response_body, created_at = (SELECT notifier_now())"""
 IDEMPOTENCY_PURGE = (
-    "DELETE FROM idempotency_keys WHERE created_at < notifier_now() - make_interval(secs => $1)"
+    "DELETE FROM idempotency_keys WHERE created_at < (SELECT notifier_now()) - make_interval(secs => $1)"
 )
 
 

@@ -35,12 +35,12 @@ eff AS (
     FROM m LEFT JOIN inherited i USING (member_id)
 ),
 loc AS (
-    SELECT member_id, tz, qs, qe, notifier_now() AT TIME ZONE tz AS local FROM eff WHERE qs IS NOT NULL
+    SELECT member_id, tz, qs, qe, (SELECT notifier_now()) AT TIME ZONE tz AS local FROM eff WHERE qs IS NOT NULL
 )
 SELECT member_id,
        extract(epoch FROM ((local::date + qe
            + CASE WHEN local::time < qe THEN interval '0' ELSE interval '1 day' END) AT TIME ZONE tz)
-           - notifier_now()) AS ends_in
+           - (SELECT notifier_now())) AS ends_in
 FROM loc
 WHERE CASE WHEN qs < qe THEN local::time >= qs AND local::time < qe
            ELSE local::time >= qs OR local::time < qe END"""

@@ -15,6 +15,7 @@ from notifier.db.units import SUBTREE_CTE
 FANOUT_CHUNK = (
     SUBTREE_CTE.replace("$1", "$2")
     + """,
+clock AS (SELECT notifier_now() AS now),
 aud AS (
     SELECT member_id FROM (
         SELECT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id
@@ -49,10 +50,14 @@ plan AS (
      ORDER BY member_id, state = 'failed', ord)
 ),
 ins_d AS (
-    INSERT INTO deliveries (notice_id, member_id, channel, contact_id, state, attempts, error)
+    -- Timestamps set explicitly from one reading of the engine clock: column defaults would call
+    -- notifier_now() once per row.
+    INSERT INTO deliveries (notice_id, member_id, channel, contact_id, state, attempts, error,
+                            next_attempt_at, created_at, updated_at)
     SELECT $1, member_id, channel, contact_id, state, (state = 'delivered')::int,
-           CASE WHEN state = 'failed' THEN 'no working contact for this channel' END
-    FROM plan
+           CASE WHEN state = 'failed' THEN 'no working contact for this channel' END,
+           clock.now, clock.now, clock.now
+    FROM plan CROSS JOIN clock
     ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
 ),
 roll AS (
@@ -62,8 +67,9 @@ roll AS (
     FROM plan GROUP BY member_id
 ),
 ins_r AS (
-    INSERT INTO recipients (notice_id, member_id, dstatus, delivered_at)
-    SELECT $1, member_id, dstatus, CASE WHEN dstatus = 'delivered' THEN notifier_now() END FROM roll
+    INSERT INTO recipients (notice_id, member_id, dstatus, delivered_at, created_at)
+    SELECT $1, member_id, dstatus, CASE WHEN dstatus = 'delivered' THEN clock.now END, clock.now
+    FROM roll CROSS JOIN clock
     ON CONFLICT DO NOTHING
     RETURNING dstatus
 ),
@@ -109,7 +115,7 @@ old AS (
 ),
 upd AS (
     UPDATE recipients r SET dstatus = o.new_status,
-        delivered_at = CASE WHEN o.new_status = 'delivered' THEN coalesce(r.delivered_at, notifier_now())
+        delivered_at = CASE WHEN o.new_status = 'delivered' THEN coalesce(r.delivered_at, (SELECT notifier_now()))
                             ELSE r.delivered_at END
     FROM old o WHERE r.notice_id = o.notice_id AND r.member_id = o.member_id
     RETURNING r.notice_id, o.old_status, o.new_status
@@ -128,13 +134,13 @@ ON CONFLICT (notice_id, shard) DO UPDATE SET
 # The first read wins; reminders still waiting for that member are cancelled with it.
 MARK_READ = """
 WITH r AS (
-    UPDATE recipients SET read_at = notifier_now(), read_via = $3
+    UPDATE recipients SET read_at = (SELECT notifier_now()), read_via = $3
     WHERE notice_id = $1 AND member_id = $2 AND read_at IS NULL
     RETURNING read_at
 ),
 c AS (
     UPDATE deliveries SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,
-        updated_at = notifier_now()
+        updated_at = (SELECT notifier_now())
     WHERE notice_id = $1 AND member_id = $2 AND step > 0 AND state = 'queued' AND EXISTS (SELECT 1 FROM r)
 )
 SELECT read_at FROM r"""

@@ -14,7 +14,7 @@ RANK = "CASE {col} WHEN 'queued' THEN 0 WHEN 'sending' THEN 1 WHEN 'unknown' THE
 
 APPLY = f"""
 UPDATE deliveries d SET state = $3, error = coalesce($4, d.error), lease_until = NULL, wait_reason = NULL,
-    updated_at = notifier_now()
+    updated_at = (SELECT notifier_now())
 WHERE d.channel = $1 AND d.provider_ref = $2 AND $3::text IS NOT NULL
   AND {RANK.format(col="$3::text")} > {RANK.format(col="d.state")}
 RETURNING d.id, d.notice_id, d.member_id"""
@@ -25,7 +25,7 @@ PARK = """
 INSERT INTO provider_events (channel, provider_ref, state, error, read) VALUES ($1, $2, $3, $4, $5)"""
 
 PENDING = """
-UPDATE provider_events SET applied_at = notifier_now()
+UPDATE provider_events SET applied_at = (SELECT notifier_now())
 WHERE channel = $1 AND provider_ref = ANY($2::text[]) AND applied_at IS NULL
 RETURNING provider_ref, state, error, read"""
 

@@ -1,6 +1,6 @@
 """rate_buckets, circuit_breakers and per-contact send counts: the limits every worker shares.
 
-All times are the engine clock (``notifier_now()``), so tests move them forward.
+All times are the engine clock (``(SELECT notifier_now())``), so tests move them forward.
 """
 
 from __future__ import annotations
@@ -11,35 +11,35 @@ from datetime import datetime
 from notifier.db.pool import Connection, Record
 
 BUCKET_ENSURE = """
-INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, notifier_now())
+INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, (SELECT notifier_now()))
 ON CONFLICT (key) DO NOTHING"""
-BUCKET_LOCK = "SELECT tokens, extract(epoch FROM notifier_now() - updated_at) AS elapsed FROM rate_buckets WHERE key = $1 FOR UPDATE"
-BUCKET_SET = "UPDATE rate_buckets SET tokens = $2, updated_at = notifier_now() WHERE key = $1"
+BUCKET_LOCK = "SELECT tokens, extract(epoch FROM (SELECT notifier_now()) - updated_at) AS elapsed FROM rate_buckets WHERE key = $1 FOR UPDATE"
+BUCKET_SET = "UPDATE rate_buckets SET tokens = $2, updated_at = (SELECT notifier_now()) WHERE key = $1"
 
 # Sends to each contact inside the window, and when the oldest of them leaves it.
 RECENT_PER_CONTACT = """
 SELECT contact_id, count(*) AS n,
-       extract(epoch FROM min(sent_at) + make_interval(secs => $3) - notifier_now()) AS frees_in
+       extract(epoch FROM min(sent_at) + make_interval(secs => $3) - (SELECT notifier_now())) AS frees_in
 FROM deliveries
-WHERE contact_id = ANY($1::uuid[]) AND channel = $2 AND sent_at > notifier_now() - make_interval(secs => $3)
+WHERE contact_id = ANY($1::uuid[]) AND channel = $2 AND sent_at > (SELECT notifier_now()) - make_interval(secs => $3)
   AND state IN ('sending', 'sent', 'delivered', 'unknown')
 GROUP BY contact_id"""
 
 BREAKER_GET = """
-SELECT failures, opened_count, open_until, open_until > notifier_now() AS is_open,
-       extract(epoch FROM open_until - notifier_now()) AS open_for
+SELECT failures, opened_count, open_until, open_until > (SELECT notifier_now()) AS is_open,
+       extract(epoch FROM open_until - (SELECT notifier_now())) AS open_for
 FROM circuit_breakers WHERE key = $1"""
 BREAKER_SUCCESS = """
-UPDATE circuit_breakers SET failures = 0, opened_count = 0, open_until = NULL, updated_at = notifier_now()
+UPDATE circuit_breakers SET failures = 0, opened_count = 0, open_until = NULL, updated_at = (SELECT notifier_now())
 WHERE key = $1 AND (failures > 0 OR open_until IS NOT NULL)"""
 # A failed batch: count it; at the threshold open (again) for an exponentially longer cool-down.
 BREAKER_FAILURE = """
 INSERT INTO circuit_breakers AS b (key, failures) VALUES ($1, 1)
-ON CONFLICT (key) DO UPDATE SET failures = b.failures + 1, updated_at = notifier_now()
+ON CONFLICT (key) DO UPDATE SET failures = b.failures + 1, updated_at = (SELECT notifier_now())
 RETURNING failures, opened_count"""
 BREAKER_OPEN = """
-UPDATE circuit_breakers SET open_until = notifier_now() + make_interval(secs => $2), opened_count = opened_count + 1,
-    updated_at = notifier_now()
+UPDATE circuit_breakers SET open_until = (SELECT notifier_now()) + make_interval(secs => $2), opened_count = opened_count + 1,
+    updated_at = (SELECT notifier_now())
 WHERE key = $1 RETURNING open_until"""
 
 

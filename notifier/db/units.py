@@ -41,7 +41,7 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (id) DO UPDATE SET name = excluded.name, parent_id = excluded.parent_id,
     timezone = excluded.timezone, lesson_time = excluded.lesson_time,
     lesson_reminder_time = excluded.lesson_reminder_time, quiet_start = excluded.quiet_start,
-    quiet_end = excluded.quiet_end, default_policy = excluded.default_policy, updated_at = notifier_now()
+    quiet_end = excluded.quiet_end, default_policy = excluded.default_policy, updated_at = (SELECT notifier_now())
 RETURNING (xmax = 0) AS created"""
 # Secretaries must be direct members of the unit; FOR SHARE holds those memberships until commit.
 DIRECT_MEMBERS = """

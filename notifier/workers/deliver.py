@@ -146,18 +146,13 @@ async def deliver_batch(
             ready = await gate(conn, settings, channel, content, ready)
     secret = settings.link_secret.get_secret_value().encode()
     expires = int(deps.clock.time() + settings.link_ttl_seconds)
+    base = settings.effective_public_url
+
+    def link(member_id: str) -> str | None:
+        return read_link(base, secret, content.notice_id, member_id, expires) if caps.read_link else None
+
     outgoing = [
-        Outgoing(
-            c.id,
-            c.member_id,
-            c.target,
-            content,
-            c.attempt,
-            read_link=read_link(
-                settings.effective_public_url, secret, content.notice_id, c.member_id, expires
-            ),
-        )
-        for c in ready
+        Outgoing(c.id, c.member_id, c.target, content, c.attempt, read_link=link(c.member_id)) for c in ready
     ]
     results = await _send(channel, outgoing)
     by_id = {c.id: c for c in ready}
