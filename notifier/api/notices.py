@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import json
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import web
@@ -23,7 +23,7 @@ from notifier.api.types import Id, Name, Strict, parse_uuid
 from notifier.db import escalations, notices, recipients, units
 from notifier.db.pool import Connection, Record
 from notifier.domain.escalation import PolicyRules
-from notifier.workers.queue import enqueue_fanout
+from notifier.workers.queue import enqueue_fanout, wake_tick_in
 
 log = logging.getLogger(__name__)
 routes = Router()
@@ -281,8 +281,12 @@ async def create_notice(request: web.Request, call: Call) -> web.Response:
                 data.pop("_replayed")
                 return json_response(data, status=202, headers={"Idempotent-Replayed": "true"})
     try:
-        if data["state"] == "queued":  # a scheduled notice is released by the tick at send_at
+        if data["state"] == "queued":
             await enqueue_fanout(deps.queue, data["id"])
+        elif data["state"] == "scheduled":  # the tick releases it at send_at; wake it then
+            await wake_tick_in(
+                deps.queue, (body.send_at - datetime.now(UTC)).total_seconds() if body.send_at else 0
+            )
     except Exception:  # the reconciler finds the notice in PostgreSQL; nothing is lost
         log.warning("could not enqueue fan-out for notice %s; the reconciler will", data["id"], exc_info=True)
     return json_response(data, status=202, headers={"Location": f"/v1/notices/{data['id']}"})

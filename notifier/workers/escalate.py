@@ -204,7 +204,14 @@ def summary_text(
 
 async def start_escalation(
     conn: Connection, notice_id: str, started_at: Any, snapshot: dict[str, Any]
-) -> None:
-    """Create the timer for a notice that carries a policy snapshot (called when it goes out)."""
+) -> float:
+    """Create the timer for a notice that carries a policy snapshot (called when it goes out).
+
+    Returns the seconds until its first step, for an early wake-up."""
     rules = PolicyRules.model_validate({k: v for k, v in snapshot.items() if k != "policy"})
-    await conn.execute(escalations.START, notice_id, started_at, due_offset(rules, 0, 0))
+    offset = due_offset(rules, 0, 0)
+    await conn.execute(escalations.START, notice_id, started_at, offset)
+    elapsed = await conn.fetchval(
+        "SELECT extract(epoch FROM (SELECT notifier_now()) - $1::timestamptz)", started_at
+    )
+    return max(0.0, offset - float(elapsed))

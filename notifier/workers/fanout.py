@@ -12,7 +12,7 @@ from typing import Any
 from notifier.db import notices, recipients
 from notifier.workers.context import WorkerDeps
 from notifier.workers.escalate import start_escalation
-from notifier.workers.queue import enqueue_deliveries
+from notifier.workers.queue import enqueue_deliveries, wake_tick_in
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
     total = 0
     chunk_no = 0
     while True:
+        first_step_in: float | None = None
         async with deps.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(notices.CLAIM_FANOUT, notice_id)
             if row is None:
@@ -44,7 +45,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
             n: int = result["n"]
             done = n < chunk_size
             if done and row["escalation"] is not None:
-                await start_escalation(conn, notice_id, row["went_out_at"], row["escalation"])
+                first_step_in = await start_escalation(conn, notice_id, row["went_out_at"], row["escalation"])
             await conn.execute(
                 notices.ADVANCE_FANOUT,
                 notice_id,
@@ -55,6 +56,8 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
         for channel in result["queued_channels"]:
             await enqueue_deliveries(deps.queue, deps.settings, notice_id, channel, n, tag=f"f{chunk_no}")
         chunk_no += 1
+        if done and first_step_in is not None:
+            await wake_tick_in(deps.queue, first_step_in)
         if done:
             log.info("notice %s fanned out", notice_id)
             return total

@@ -12,6 +12,7 @@ from notifier.settings import Settings
 
 FANOUT = "fanout"
 DELIVER = "deliver"
+TICK_NOW = "tick_now"
 
 
 def serialize(obj: dict[str, Any]) -> bytes:
@@ -52,3 +53,8 @@ async def enqueue_deliveries(
             DELIVER, notice_id, channel, _job_id=f"{DELIVER}:{notice_id}:{channel}:{slot}:{tag}"
         )
     return slots
+
+
+async def wake_tick_in(queue: ArqRedis, seconds: float) -> None:
+    """An early wake-up for the time engine (the one-second cron tick is the guarantee)."""
+    await queue.enqueue_job(TICK_NOW, _defer_by=max(0.0, seconds))

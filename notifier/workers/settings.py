@@ -13,7 +13,15 @@ from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver
 from notifier.workers.fanout import fanout
-from notifier.workers.queue import DELIVER, FANOUT, create_queue, deserialize, redis_settings, serialize
+from notifier.workers.queue import (
+    DELIVER,
+    FANOUT,
+    TICK_NOW,
+    create_queue,
+    deserialize,
+    redis_settings,
+    serialize,
+)
 from notifier.workers.reconcile import reconcile
 from notifier.workers.tick import TICK, tick
 
@@ -62,7 +70,7 @@ def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, 
         "functions": [
             func(fanout, name=FANOUT, timeout=3600, keep_result=0, max_tries=1000),
             func(deliver, name=DELIVER, timeout=3600, keep_result=0, max_tries=1000),
-            func(tick, name="tick_now", timeout=60, keep_result=0, max_tries=3),
+            func(tick, name=TICK_NOW, timeout=60, keep_result=0, max_tries=3),
         ],
         "cron_jobs": cron_jobs,
         "on_startup": on_startup,
