@@ -9,7 +9,9 @@ refused or timed out) raise a plain ``TransientError``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -17,7 +19,15 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from notifier.channels.base import AmbiguousError, InvalidTarget, TransientError
+from notifier.channels.base import (
+    AmbiguousError,
+    ChannelError,
+    InvalidTarget,
+    Outcome,
+    Outgoing,
+    Result,
+    TransientError,
+)
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -162,3 +172,32 @@ class FormPoster:
             await self._session.close()
             self._session = None
             self._limit = None
+
+
+log = logging.getLogger(__name__)
+
+
+async def send_each(
+    batch: list[Outgoing],
+    validate: Callable[[Any], str],
+    send: Callable[[Outgoing, str], Awaitable[str | None]],
+    what: str,
+) -> list[Result]:
+    """Send every item concurrently, one provider request each, mapping errors per item.
+
+    An unexpected error after a request may have left is ``unknown``: SMS and calls are never
+    resent blindly. Numbers are masked in logs."""
+
+    async def one(item: Outgoing) -> Result:
+        try:
+            ref = await send(item, validate(item.target))
+        except ChannelError as exc:
+            if isinstance(exc, AmbiguousError | InvalidTarget):
+                log.warning("%s to %s: %s", what, mask(str(item.target)), exc)
+            return Result.from_error(item.delivery_id, exc)
+        except Exception:
+            log.exception("%s to %s: unexpected error", what, mask(str(item.target)))
+            return Result(item.delivery_id, Outcome.UNKNOWN, error=f"internal error while sending the {what}")
+        return Result(item.delivery_id, Outcome.SENT, provider_ref=ref or None)
+
+    return list(await asyncio.gather(*(one(item) for item in batch)))

@@ -12,22 +12,26 @@ number would fail the whole batch and reports could not be told apart by deliver
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Protocol
 
 from notifier.channels import aliyun, twilio
 from notifier.channels.base import (
-    AmbiguousError,
     CallbackReply,
     Capabilities,
-    ChannelError,
-    InvalidTarget,
-    Outcome,
     Outgoing,
     Result,
 )
-from notifier.channels.phone import FormPoster, capacity, clip, is_gsm7, mask, one_line, units, validate_e164
+from notifier.channels.phone import (
+    FormPoster,
+    capacity,
+    clip,
+    is_gsm7,
+    one_line,
+    send_each,
+    units,
+    validate_e164,
+)
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
 
@@ -133,22 +137,8 @@ class SmsChannel:
     def validate_target(self, target: Any) -> Any:
         return validate_e164(target)
 
-    async def _send_one(self, item: Outgoing) -> Result:
-        try:
-            phone = self.validate_target(item.target)
-            ref = await self._provider.send(item, phone)
-        except ChannelError as exc:
-            if isinstance(exc, AmbiguousError | InvalidTarget):
-                log.warning("sms to %s: %s", mask(str(item.target)), exc)
-            return Result.from_error(item.delivery_id, exc)
-        except Exception:
-            # A bug after the request may have left: never resend blindly.
-            log.exception("sms to %s: unexpected error", mask(str(item.target)))
-            return Result(item.delivery_id, Outcome.UNKNOWN, error="internal error while sending")
-        return Result(item.delivery_id, Outcome.SENT, provider_ref=ref or None)
-
     async def send(self, batch: list[Outgoing]) -> list[Result]:
-        return list(await asyncio.gather(*(self._send_one(item) for item in batch)))
+        return await send_each(batch, self.validate_target, self._provider.send, "sms")
 
     def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
         return self._provider.handle_callback(url, headers, body)

@@ -13,23 +13,19 @@ is worse than letting the escalation policy decide.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from notifier.channels import aliyun, twilio
 from notifier.channels.base import (
-    AmbiguousError,
     CallbackReply,
     Capabilities,
-    ChannelError,
     InvalidTarget,
-    Outcome,
     Outgoing,
     Result,
 )
-from notifier.channels.phone import FormPoster, mask, validate_e164
+from notifier.channels.phone import FormPoster, send_each, validate_e164
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
 
@@ -130,21 +126,8 @@ class VoiceChannel:
     def validate_target(self, target: Any) -> Any:
         return self._provider.validate(validate_e164(target))
 
-    async def _send_one(self, item: Outgoing) -> Result:
-        try:
-            phone = self.validate_target(item.target)
-            ref = await self._provider.send(item, phone)
-        except ChannelError as exc:
-            if isinstance(exc, AmbiguousError | InvalidTarget):
-                log.warning("call to %s: %s", mask(str(item.target)), exc)
-            return Result.from_error(item.delivery_id, exc)
-        except Exception:
-            log.exception("call to %s: unexpected error", mask(str(item.target)))
-            return Result(item.delivery_id, Outcome.UNKNOWN, error="internal error while calling")
-        return Result(item.delivery_id, Outcome.SENT, provider_ref=ref or None)
-
     async def send(self, batch: list[Outgoing]) -> list[Result]:
-        return list(await asyncio.gather(*(self._send_one(item) for item in batch)))
+        return await send_each(batch, self.validate_target, self._provider.send, "call")
 
     def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
         return self._provider.handle_callback(url, headers, body)

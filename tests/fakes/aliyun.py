@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, quote_plus
 from aiohttp import web
 
 from notifier.clock import Clock, SystemClock
+from tests.fakes.server import serve_local
 
 ACCESS_KEY_ID = "LTAI5tFakeAccessKeyId01"
 ACCESS_KEY_SECRET = "fake-aliyun-access-key-secret-01"
@@ -286,13 +287,7 @@ class FakeAliyun:
         app = web.Application()
         app.router.add_post("/dysmsapi/", self._sms)
         app.router.add_post("/dyvmsapi/", self._voice)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_local(app)
         return self
 
     async def stop(self) -> None:

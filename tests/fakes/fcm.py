@@ -30,6 +30,7 @@ from pydantic import SecretStr
 from notifier.channels.jwt import b64url_decode
 from notifier.clock import Clock, SystemClock
 from notifier.settings import FcmSettings
+from tests.fakes.server import serve_local
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -328,13 +329,7 @@ class FakeFcm:
         app = web.Application()
         app.router.add_post("/token", self.handle_token)
         app.router.add_post("/v1/projects/{project}/messages:send", self.handle_send)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_local(app)
         return self
 
     async def stop(self) -> None:

@@ -26,6 +26,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from notifier.settings import JPushSettings
+from tests.fakes.server import serve_local
 
 CODES: dict[int, tuple[int, str]] = {
     1000: (500, "Server Internal error"),
@@ -181,13 +182,7 @@ class FakeJPush:
     async def start(self) -> FakeJPush:
         app = web.Application()
         app.router.add_post("/v3/push", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_local(app)
         return self
 
     async def stop(self) -> None:

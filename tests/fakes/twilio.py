@@ -27,6 +27,8 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
+from tests.fakes.server import serve_local
+
 ACCOUNT_SID = "AC5ef8732a3c49700934481addd5ce1659"
 AUTH_TOKEN = "fake-twilio-auth-token-0123456789"
 SMS_FROM = "+15005550006"
@@ -179,13 +181,7 @@ class FakeTwilio:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{sid}/Messages.json", self._messages)
         app.router.add_post("/2010-04-01/Accounts/{sid}/Calls.json", self._calls)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_local(app)
         return self
 
     async def stop(self) -> None:

@@ -44,6 +44,7 @@ from pydantic import SecretStr
 
 from notifier.clock import Clock, SystemClock
 from notifier.settings import WebPushSettings
+from tests.fakes.server import serve_local
 
 Script = int | Literal["drop", "drop-after-accept"]
 SUBJECT = "mailto:push-tests@example.org"
@@ -275,13 +276,7 @@ class FakePushService:
     async def start(self) -> FakePushService:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_local(app)
         return self
 
     async def stop(self) -> None:
