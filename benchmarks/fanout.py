@@ -350,6 +350,8 @@ def start_workers(
                 "NOTIFIER_QUEUE_NAME": settings.queue_name,
                 "NOTIFIER_WEBHOOK_SECRET": settings.webhook_secret.get_secret_value(),
                 "NOTIFIER_ALLOW_PRIVATE_TARGETS": "true",
+                "NOTIFIER_LINK_SECRET": os.environ.get("NOTIFIER_LINK_SECRET") or secrets.token_urlsafe(24),
+                "NOTIFIER_PUBLIC_URL": os.environ.get("NOTIFIER_PUBLIC_URL") or "http://127.0.0.1:8080",
             }
             group.spawn(argv, env, log_dir / f"{name.replace(' ', '-')}-{i}.log")
     except BaseException:

@@ -112,6 +112,14 @@ def _require_servers(settings: Settings) -> None:
         sys.exit("set NOTIFIER_DATABASE_URL and NOTIFIER_REDIS_URL (or use 'notifier dev')")
 
 
+def _require_production(settings: Settings) -> None:
+    """`serve` and `worker` run for real: no public development secrets, a public URL."""
+    _require_servers(settings)
+    problems = settings.production_problems()
+    if problems:
+        sys.exit("refusing to start: " + "; ".join(problems) + " (use 'notifier dev' for development)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="notifier", description=__doc__.splitlines()[0] if __doc__ else None
@@ -133,10 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "dev":
         _dev(settings)
     elif args.command == "serve":
-        _require_servers(settings)
+        _require_production(settings)
         asyncio.run(run_api(settings))
     elif args.command == "worker":
-        _require_servers(settings)
+        _require_production(settings)
         asyncio.run(run_worker(settings))
     elif args.command == "migrate":
         _require_servers(settings)

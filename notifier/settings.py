@@ -9,6 +9,10 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Development defaults, public in this source: `serve` and `worker` refuse to start with them.
+DEV_WEBHOOK_SECRET = "whsec_" + "bm90aWZpZXItZGV2LXdlYmhvb2stc2VjcmV0"
+DEV_LINK_SECRET = "notifier-dev-link-secret-change-me"  # noqa: S105 - public by design, refused in production
+
 
 class WebPushSettings(BaseModel):
     """VAPID key pair (``notifier vapid-keys`` makes one) and the subject push services may contact."""
@@ -75,7 +79,7 @@ class Settings(BaseSettings):
 
     # Security.
     admin_token: SecretStr | None = None
-    webhook_secret: SecretStr = SecretStr("whsec_" + "bm90aWZpZXItZGV2LXdlYmhvb2stc2VjcmV0")
+    webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
     allow_private_targets: bool = False  # webhook URLs on loopback / private networks
     idempotency_ttl_seconds: int = 24 * 3600
 
@@ -115,8 +119,21 @@ class Settings(BaseSettings):
     sms_per_phone_limit: int = 5  # at most this many SMS to one number ...
     sms_per_phone_window_seconds: float = 900.0  # ... per this window (GoAlert-style)
     push_max_attempts: int = 8
-    link_secret: SecretStr = SecretStr("notifier-dev-link-secret-change-me")  # signs read links
+    link_secret: SecretStr = SecretStr(DEV_LINK_SECRET)  # signs read links and provider report URLs
     link_ttl_seconds: int = 7 * 24 * 3600
+
+    def production_problems(self) -> list[str]:
+        """What makes these settings unsafe outside development (empty when fine)."""
+        problems = []
+        if self.webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET:
+            problems.append("NOTIFIER_WEBHOOK_SECRET is the public development value")
+        if self.link_secret.get_secret_value() == DEV_LINK_SECRET:
+            problems.append("NOTIFIER_LINK_SECRET is the public development value")
+        if len(self.link_secret.get_secret_value()) < 16:
+            problems.append("NOTIFIER_LINK_SECRET must be at least 16 characters")
+        if not self.public_url:
+            problems.append("NOTIFIER_PUBLIC_URL is not set (read links and provider callbacks need it)")
+        return problems
 
     @property
     def effective_public_url(self) -> str:

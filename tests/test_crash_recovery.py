@@ -24,6 +24,8 @@ def start_worker(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "NOTIFIER_DATABASE_URL": settings.database_url,
+        "NOTIFIER_LINK_SECRET": "test-link-secret-0123456789",
+        "NOTIFIER_PUBLIC_URL": "https://notifier.example.org",
         "NOTIFIER_REDIS_URL": settings.redis_url,
         "NOTIFIER_QUEUE_NAME": settings.queue_name,
         "NOTIFIER_WEBHOOK_SECRET": WEBHOOK_SECRET,

@@ -14,7 +14,7 @@ from notifier.api.keys import DEPS, principal
 from notifier.api.problems import forbidden, invalid, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Name, Strict, parse_uuid
-from notifier.db import api_keys
+from notifier.db import api_keys, members
 
 routes = Router()
 
@@ -71,6 +71,9 @@ async def create_api_key(request: web.Request, call: Call) -> web.Response:
         if body.member_id is not None:
             if body.member_id not in await members_visible(conn, p, [body.member_id]):
                 raise invalid("member_id", "unknown member")
+            root = p.scope_root
+            if root is not None and await members.not_owned(conn, [body.member_id], root):
+                raise invalid("member_id", "this member also belongs to units outside your reach")
         row = await api_keys.insert(conn, body.name, body.role, body.unit_id, body.member_id, token, p.key_id)
     return json_response(
         ApiKeyOut(
@@ -108,6 +111,7 @@ async def revoke_api_key(request: web.Request, call: Call) -> web.Response:
                     row["member_id"] is not None
                     and row["role"] == "member"
                     and row["member_id"] in await members_visible(conn, p, [row["member_id"]])
+                    and not await members.not_owned(conn, [row["member_id"]], root)
                 )
             )
             if not allowed or row["role"] == "admin":

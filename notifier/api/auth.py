@@ -15,7 +15,7 @@ from aiohttp import web
 
 from notifier.api.keys import DEPS, PRINCIPAL
 from notifier.api.principal import Principal
-from notifier.api.problems import Problem, not_found
+from notifier.api.problems import Problem, forbidden, not_found
 from notifier.db import api_keys, members, units
 from notifier.db.pool import Connection, Record
 
@@ -92,3 +92,12 @@ async def notice_visible(conn: Connection, p: Principal, notice: Record) -> bool
     root = p.scope_root
     scope = notice["scope_unit_id"]
     return root is not None and scope is not None and await units.is_within(conn, scope, root)
+
+
+async def require_member_owned(conn: Connection, p: Principal, member_id: str) -> None:
+    """Changing a member (profile, contacts, member keys) needs every one of its units in reach:
+    a member shared with another branch is that branch's too."""
+    await require_member(conn, p, member_id)
+    root = p.scope_root
+    if root is not None and await members.not_owned(conn, [member_id], root):
+        raise forbidden("this member also belongs to units outside your reach; only an admin may change it")

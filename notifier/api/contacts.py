@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from notifier.api.auth import require_member
+from notifier.api.auth import require_member, require_member_owned
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import invalid, not_found
 from notifier.api.routing import Call, Router, json_response
@@ -60,7 +60,7 @@ async def add_contact(request: web.Request, call: Call) -> web.Response:
     except InvalidTarget as exc:
         raise invalid(exc.field, str(exc)) from None
     async with deps.pool.acquire() as conn, conn.transaction():
-        await require_member(conn, p, member_id)
+        await require_member_owned(conn, p, member_id)
         row = await contacts.add(conn, member_id, body.channel, target)
     return json_response(
         ContactOut.model_validate(contacts.as_dict(row)).model_dump(mode="json"),
@@ -102,7 +102,7 @@ async def delete_contact(request: web.Request, call: Call) -> web.Response:
     member_id = request.match_info["member_id"]
     contact_id = parse_uuid(request.match_info["contact_id"])
     async with deps.pool.acquire() as conn:
-        await require_member(conn, p, member_id)
+        await require_member_owned(conn, p, member_id)
         removed = contact_id is not None and await contacts.delete(conn, member_id, contact_id)
     if not removed:
         raise not_found("contact")

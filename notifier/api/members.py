@@ -96,10 +96,17 @@ async def _upsert(
     if root is not None:
         ids = [r.id for r in rows]
         taken = await members.existing(conn, ids) - await members.visible(conn, ids, root)
+        shared = await members.not_owned(conn, ids, root)
         for i, row in enumerate(rows):
+            where = f"{prefix}[{i}].id" if prefix else "id"
             if row.id in taken:
+                errors.append((where, "this member id is used outside your units"))
+            elif row.id in shared:
                 errors.append(
-                    (f"{prefix}[{i}].id" if prefix else "id", "this member id is used outside your units")
+                    (
+                        where,
+                        "this member also belongs to units outside your reach; only an admin may change it",
+                    )
                 )
     if errors:
         raise invalid_many(errors[:100])
@@ -125,9 +132,11 @@ async def put_member(request: web.Request, call: Call) -> web.Response:
     async with deps.pool.acquire() as conn, conn.transaction():
         created = await _upsert(conn, p, [MemberBatchItem(id=member_id, **body.model_dump())], prefix="")
         row = await members.get(conn, member_id)
-    assert row is not None
+        assert row is not None
+        root = p.scope_root
+        visible = None if root is None else await units.all_within(conn, list(row["units"]), root)
     return json_response(
-        MemberOut.model_validate(members.as_dict(row)).model_dump(mode="json"),
+        MemberOut.model_validate(members.as_dict(row, visible)).model_dump(mode="json"),
         status=201 if created[member_id] else 200,
     )
 

@@ -101,3 +101,17 @@ def as_dict(row: Record, visible_units: set[str] | None = None) -> dict[str, Any
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
     }
+
+
+# Members among $1 with a membership outside the subtree of $2: a unit-bound key may read them
+# but not change them (their profile, contacts and keys are shared with someone else).
+NOT_OWNED = (
+    SUBTREE_CTE.replace("$1", "$2")
+    + """
+SELECT DISTINCT mu.member_id FROM member_units mu
+WHERE mu.member_id = ANY($1::text[]) AND mu.unit_id NOT IN (SELECT id FROM sub)"""
+)
+
+
+async def not_owned(conn: Connection, member_ids: list[str], root_id: str) -> set[str]:
+    return {r["member_id"] for r in await conn.fetch(NOT_OWNED, member_ids, [root_id])}

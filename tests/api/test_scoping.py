@@ -166,13 +166,42 @@ async def test_branch_key_cannot_see_or_touch_other_members(
 async def test_shared_member_shows_only_units_in_reach(
     client: TestClient[Any, Any], db: asyncpg.Connection, org: Org
 ) -> None:
-    """A member of both branches: each branch key sees the member, with its own units only, and
-    re-saving the member from b1 keeps the b2 membership it cannot see."""
-    await put(client, "/v1/members/mx", {"name": "Shared", "units": ["g1a", "g2a"]})
+    """A member of both branches: each branch key sees the member, with its own units only, but
+    neither may change what they share (profile, contacts, keys): only an admin can."""
+    await put(
+        client, "/v1/members/mx", {"name": "Shared", "units": ["g1a", "g2a"], "phone": "+8613800000001"}
+    )
     assert (await get(client, "/v1/members/mx", token=org.b1_service))["units"] == ["g1a"]
     assert (await get(client, "/v1/members/mx", token=org.b2_service))["units"] == ["g2a"]
-    await put(client, "/v1/members/mx", {"name": "Shared", "units": ["g1b"]}, token=org.b1_service)
-    assert (await get(client, "/v1/members/mx"))["units"] == ["g1b", "g2a"]
+    b2_key = await post(client, "/v1/api-keys", {"name": "mx phone", "role": "member", "member_id": "mx"})
+    before = await snapshot(db)
+    b1 = auth(org.b1_service)
+    resp = await client.put(
+        "/v1/members/mx", json={"name": "Hijacked", "units": ["g1b"], "phone": "+8613800000002"}, headers=b1
+    )
+    await problem(
+        resp,
+        422,
+        [
+            {
+                "field": "id",
+                "message": "this member also belongs to units outside your reach; "
+                "only an admin may change it",
+            }
+        ],
+    )
+    resp = await client.post(
+        "/v1/members/mx/contacts", json={"channel": "webhook", "target": "http://127.0.0.1:1/x"}, headers=b1
+    )
+    await problem(resp, 403)
+    resp = await client.post(
+        "/v1/api-keys", json={"name": "steal", "role": "member", "member_id": "mx"}, headers=b1
+    )
+    await problem(resp, 422)
+    resp = await client.delete(f"/v1/api-keys/{b2_key['id']}", headers=b1)
+    await problem(resp, 404)
+    assert await snapshot(db) == before
+    assert (await get(client, "/v1/members/mx"))["units"] == ["g1a", "g2a"]
 
 
 # --- notices --------------------------------------------------------------------------------------

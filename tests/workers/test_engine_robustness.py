@@ -29,7 +29,7 @@ from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.fanout import fanout_notice
 from notifier.workers.queue import create_queue
 from notifier.workers.tick import tick_once
-from tests.conftest import advance_clock, make_settings, wait_until
+from tests.conftest import WEBHOOK_SECRET, advance_clock, make_settings, wait_until
 from tests.fakes.twilio import FakeTwilio
 
 
@@ -172,6 +172,8 @@ def worker_env(settings: Settings, twilio: FakeTwilio) -> dict[str, str]:
     return {
         **os.environ,
         "NOTIFIER_DATABASE_URL": settings.database_url,
+        "NOTIFIER_LINK_SECRET": "test-link-secret-0123456789",
+        "NOTIFIER_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "NOTIFIER_REDIS_URL": settings.redis_url,
         "NOTIFIER_QUEUE_NAME": settings.queue_name,
         "NOTIFIER_RECONCILE_INTERVAL_SECONDS": "1",
