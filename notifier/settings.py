@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     delivery_batch_size: int = Field(default=500, ge=1)
     delivery_parallel_jobs: int = Field(default=8, ge=1)
     delivery_concurrency: int = Field(default=256, ge=1)  # in-flight sends per worker process
-    delivery_lease_seconds: float = 60.0
+    # Covers a whole batch waiting for send slots (batch x timeout / concurrency) with room to spare;
+    # a crashed worker's batch is handed back after this long.
+    delivery_lease_seconds: float = 180.0
     delivery_idle_wait_seconds: float = Field(default=2.0, ge=0)  # a job waits this long for held rows
     reconcile_interval_seconds: int = Field(default=2, ge=1, le=30)
     reconcile_stall_seconds: float = 3.0

@@ -26,6 +26,9 @@ async def recall_notice(request: web.Request, call: Call) -> web.Response:
     async with deps.pool.acquire() as conn, conn.transaction():
         row = await load_visible_notice(conn, p, request.match_info["notice_id"])
         notice_id = str(row["id"])
+        # Wait for an escalation step that is running right now, so the statements below see the
+        # reminders and summary it made.
+        await conn.execute("SELECT 1 FROM escalations WHERE notice_id = $1 FOR UPDATE", notice_id)
         # The notice and the summaries its escalation produced; pending work is cancelled, work
         # already handed to a provider finishes, late read receipts are still recorded.
         recalled = [str(r["id"]) for r in await conn.fetch(escalations.RECALL, notice_id)]

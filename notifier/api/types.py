@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from datetime import time
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -30,11 +31,20 @@ CLOCK_PATTERN = r"^([01]\d|2[0-3]):[0-5]\d$"
 _CLOCK_RE = re.compile(CLOCK_PATTERN)
 
 
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    # The canonical IANA names: unlike ZoneInfo(), this refuses "localtime", "posixrules" and
+    # file paths, which PostgreSQL does not know and would fail on at send time.
+    return frozenset(
+        z
+        for z in available_timezones()
+        if z not in ("localtime", "posixrules", "Factory") and not z.startswith(("posix/", "right/"))
+    )
+
+
 def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError("must be an IANA time zone such as Asia/Shanghai") from None
+    if value not in _zone_names():
+        raise ValueError("must be an IANA time zone such as Asia/Shanghai")
     return value
 
 

@@ -24,7 +24,7 @@ UPDATE deliveries d
 SET state = 'sending', attempts = d.attempts + 1, lease_until = (SELECT notifier_now()) + make_interval(secs => $4),
     wait_reason = NULL, updated_at = (SELECT notifier_now())
 FROM c WHERE d.id = c.id
-RETURNING d.id, d.member_id, d.attempts, d.contact_id, c.wait_reason AS prior_wait,
+RETURNING d.id, d.member_id, d.attempts, d.contact_id, c.wait_reason AS prior_wait, d.step,
     (SELECT CASE WHEN k.disabled_at IS NULL THEN k.target END FROM contacts k WHERE k.id = d.contact_id) AS target"""
 
 # Write a batch of outcomes. A row is only written by the attempt that claimed it and only while
@@ -54,6 +54,20 @@ UPDATE deliveries d SET state = 'queued', attempts = d.attempts - 1, lease_until
     next_attempt_at = (SELECT notifier_now()) + make_interval(secs => r.wait), updated_at = (SELECT notifier_now())
 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[]) AS r(id, attempt, reason, wait)
 WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'"""
+
+# Work that must not go out any more: the notice was recalled, or the member read it before a
+# reminder (step > 0) left. The sweep catches rows put back in the queue after the recall or the
+# read (a retry, a released hold, a fallback); the claimed variant is the last check before sending.
+_MOOT = """
+UPDATE deliveries d SET state = 'cancelled', wait_reason = NULL, lease_until = NULL, updated_at = (SELECT notifier_now()),
+    error = CASE WHEN n.state = 'recalled' THEN 'recalled' ELSE 'read before it went out' END
+FROM notices n
+WHERE n.id = d.notice_id AND {which}
+  AND (n.state = 'recalled' OR (d.step > 0 AND EXISTS (
+      SELECT 1 FROM recipients r WHERE r.notice_id = d.notice_id AND r.member_id = d.member_id AND r.read_at IS NOT NULL)))
+RETURNING d.id, d.notice_id, d.member_id"""
+CANCEL_MOOT_QUEUED = _MOOT.format(which="d.state = 'queued'")
+CANCEL_MOOT_CLAIMED = _MOOT.format(which="d.id = ANY($1::bigint[]) AND d.state = 'sending'")
 
 # How long until the next row of this (notice, channel) comes due, if any is waiting.
 NEXT_DUE_IN = """
@@ -103,7 +117,7 @@ RETURNING notice_id, member_id, channel, state"""
 # (notice, channel) groups with due work nobody has claimed, and how much.
 DUE_GROUPS = """
 SELECT notice_id, channel, count(*) AS n FROM deliveries
-WHERE state = 'queued'
+WHERE state = 'queued' AND channel = ANY($3::text[])
   AND next_attempt_at <= (SELECT notifier_now()) - CASE WHEN wait_reason IS NULL THEN make_interval(secs => $2) ELSE interval '0' END
 GROUP BY notice_id, channel ORDER BY min(next_attempt_at) LIMIT $1"""
 
@@ -116,6 +130,7 @@ class Claimed:
     contact_id: object | None
     target: object | None
     prior_wait: str | None = None  # why it waited before this claim ('throttled': its slot is paid for)
+    step: int = 0
 
 
 @dataclass(slots=True)
@@ -139,7 +154,9 @@ class Written:
 async def claim(pool: Pool, notice_id: str, channel: str, limit: int, lease_seconds: float) -> list[Claimed]:
     rows = await pool.fetch(CLAIM, notice_id, channel, limit, lease_seconds)
     return [
-        Claimed(r["id"], r["member_id"], r["attempts"], r["contact_id"], r["target"], r["prior_wait"])
+        Claimed(
+            r["id"], r["member_id"], r["attempts"], r["contact_id"], r["target"], r["prior_wait"], r["step"]
+        )
         for r in rows
     ]
 
@@ -186,5 +203,14 @@ async def requeue_expired(conn: Connection, no_resend: list[str], limit: int = 1
     return list(await conn.fetch(REQUEUE_EXPIRED, limit, no_resend))
 
 
-async def due_groups(conn: Connection | Pool, stalled_for: float, limit: int = 200) -> list[Record]:
-    return list(await conn.fetch(DUE_GROUPS, limit, stalled_for))
+async def due_groups(
+    conn: Connection | Pool, stalled_for: float, channels: list[str], limit: int = 200
+) -> list[Record]:
+    return list(await conn.fetch(DUE_GROUPS, limit, stalled_for, channels))
+
+
+async def cancel_moot(conn: Connection, ids: list[int] | None = None) -> list[Record]:
+    """Cancel queued (or, given ids, just-claimed) deliveries that must not go out any more."""
+    if ids is None:
+        return list(await conn.fetch(CANCEL_MOOT_QUEUED))
+    return list(await conn.fetch(CANCEL_MOOT_CLAIMED, ids))

@@ -51,6 +51,9 @@ ADVANCE = """
 UPDATE escalations SET round = $2, next_step = $3, due_at = started_at + make_interval(secs => $4),
     updated_at = (SELECT notifier_now())
 WHERE notice_id = $1"""
+POSTPONE = """
+UPDATE escalations SET due_at = (SELECT notifier_now()) + make_interval(secs => $2), updated_at = (SELECT notifier_now())
+WHERE notice_id = $1"""
 FINISH = "UPDATE escalations SET state = $2, updated_at = (SELECT notifier_now()) WHERE notice_id = $1 AND state = 'active'"
 NEXT_DUE = "SELECT min(due_at) FROM escalations WHERE state = 'active'"
 

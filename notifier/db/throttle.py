@@ -40,7 +40,8 @@ RETURNING failures, opened_count"""
 BREAKER_OPEN = """
 UPDATE circuit_breakers SET open_until = (SELECT notifier_now()) + make_interval(secs => $2), opened_count = opened_count + 1,
     updated_at = (SELECT notifier_now())
-WHERE key = $1 RETURNING open_until"""
+WHERE key = $1 AND (open_until IS NULL OR open_until <= (SELECT notifier_now()))
+RETURNING open_until"""
 
 
 async def reserve(conn: Connection, key: str, n: int, rate: float, burst: float) -> list[float]:
@@ -97,5 +98,7 @@ async def breaker_failure(
     if row["failures"] < threshold:
         return None
     cool_down = min(cap, base * (2 ** row["opened_count"]))
+    # Batches already in flight when it opened fail too: they must not reopen it (or double the
+    # cool-down) while it is open.
     until: datetime | None = await conn.fetchval(BREAKER_OPEN, key, cool_down)
     return until

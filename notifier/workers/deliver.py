@@ -13,10 +13,12 @@ import asyncio
 import logging
 from typing import Any
 
+import asyncpg
+
 from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result
 from notifier.db import contacts, deliveries, notices, recipients, reports, throttle
 from notifier.db.deliveries import Claimed, Released, Written
-from notifier.db.pool import Connection
+from notifier.db.pool import Connection, Record
 from notifier.db.quiet import quiet_now
 from notifier.domain.retry import backoff_seconds
 from notifier.links import read_link
@@ -26,6 +28,14 @@ from notifier.workers.queue import enqueue_deliveries
 from notifier.workers.reports import apply_reports
 
 log = logging.getLogger(__name__)
+
+WRITE_BACK_TRIES = 3
+RETRYABLE_DB_ERRORS = (
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.PostgresConnectionError,
+    ConnectionError,
+)
 
 
 def to_written(claimed: Claimed, result: Result, channel: Channel, settings: Settings) -> Written:
@@ -80,7 +90,9 @@ async def gate(
     with the reason and the time it is expected to go.
     """
     caps = channel.capabilities
-    go = list(claimed)
+    # Last check before sending: a read or a recall that committed since the claim wins.
+    moot = {int(r["id"]) for r in await deliveries.cancel_moot(conn, [c.id for c in claimed])}
+    go = [c for c in claimed if c.id not in moot]
     held: list[Released] = []
     if not content.urgent:  # a DING ignores quiet hours; lessons and notices wait for the morning
         quiet = await quiet_now(conn, sorted({c.member_id for c in go}))
@@ -142,8 +154,15 @@ async def deliver_batch(
         else:
             ready.append(c)
     if ready:
-        async with deps.pool.acquire() as conn, conn.transaction():
-            ready = await gate(conn, settings, channel, content, ready)
+        try:
+            async with deps.pool.acquire() as conn, conn.transaction():
+                ready = await gate(conn, settings, channel, content, ready)
+        except Exception:
+            # Nothing has left yet: hand the batch back (no attempt spent) rather than let the
+            # lease run out and make SMS look "maybe sent".
+            log.exception("delivery gate failed for %s; batch handed back", channel.id)
+            await deliveries.release(deps.pool, [Released(c.id, c.attempt, "retry", 5.0) for c in ready])
+            ready = []
     secret = settings.link_secret.get_secret_value().encode()
     expires = int(deps.clock.time() + settings.link_ttl_seconds)
     base = settings.effective_public_url
@@ -164,6 +183,45 @@ async def deliver_batch(
         if result.disable_contact and claim.contact_id is not None:
             disable.append(str(claim.contact_id))
             reasons.append(result.error or "rejected by provider")
+    handed_over = await _write_back(deps, channel, written, disable, reasons, list(results.values()))
+    for r in handed_over:
+        if r["state"] == "queued":
+            await enqueue_deliveries(
+                deps.queue, settings, str(r["notice_id"]), r["channel"], 1, tag="fallback"
+            )
+
+
+async def _write_back(
+    deps: WorkerDeps,
+    channel: Channel,
+    written: list[Written],
+    disable: list[str],
+    reasons: list[str],
+    results: list[Result],
+) -> list[Record]:
+    """Record a batch's outcomes in one transaction, retried on deadlocks and dropped
+    connections: the attempt number fences every row, so a repeat changes nothing twice."""
+    for attempt in range(WRITE_BACK_TRIES):
+        try:
+            return await _write_back_once(deps, channel, written, disable, reasons, results)
+        except RETRYABLE_DB_ERRORS:
+            if attempt + 1 == WRITE_BACK_TRIES:
+                raise
+            log.warning("write-back for %s failed; retrying", channel.id, exc_info=True)
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+async def _write_back_once(
+    deps: WorkerDeps,
+    channel: Channel,
+    written: list[Written],
+    disable: list[str],
+    reasons: list[str],
+    results: list[Result],
+) -> list[Record]:
+    caps = channel.capabilities
+    settings = deps.settings
     async with deps.pool.acquire() as conn, conn.transaction():
         changed = await deliveries.record(conn, written)
         await contacts.disable_many(conn, disable, reasons)
@@ -184,12 +242,8 @@ async def deliver_batch(
         pairs = [(str(r["notice_id"]), r["member_id"]) for r in [*changed, *handed_over]]
         await recipients.roll_up(conn, [p[0] for p in pairs], [p[1] for p in pairs], notices.shard())
         if caps.circuit_breaker and results:
-            await _update_breaker(conn, settings, channel, list(results.values()))
-    for r in handed_over:
-        if r["state"] == "queued":
-            await enqueue_deliveries(
-                deps.queue, settings, str(r["notice_id"]), r["channel"], 1, tag="fallback"
-            )
+            await _update_breaker(conn, settings, channel, results)
+    return handed_over
 
 
 async def _update_breaker(

@@ -55,7 +55,14 @@ async def advance_escalations(deps: WorkerDeps) -> int:
             row = await conn.fetchrow(escalations.CLAIM_DUE)
             if row is None:
                 break
-            await _advance_one(deps, conn, row, wake)
+            try:
+                async with conn.transaction():  # a savepoint: one bad row must not stall the engine
+                    await _advance_one(deps, conn, row, wake)
+            except Exception:
+                log.exception("escalation of notice %s failed; retrying it in a minute", row["notice_id"])
+                wake = Wakeups()
+                await conn.execute(escalations.POSTPONE, row["notice_id"], 60.0)
+                await escalations.event(conn, str(row["notice_id"]), "step_error", {"retry_in": 60})
         done += 1
         for notice_id, channel, n in wake.deliveries:
             await enqueue_deliveries(
@@ -84,6 +91,16 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
         await conn.execute(escalations.FINISH, notice_id, "done")
         await escalations.event(conn, notice_id, "everyone_read", {"round": round_, "step": index})
         return
+    following = next_position(rules, round_, index)
+    if following is not None and due_offset(rules, *following) <= float(row["elapsed"]):
+        # The engine was down past this step's successor too: catching up must not fire every
+        # missed step at once (six calls to one phone in a second). Skip it, on the record.
+        await escalations.event(
+            conn, notice_id, "step_skipped", {"round": round_, "step": index, "reason": "late"}
+        )
+        r, i = following
+        await conn.execute(escalations.ADVANCE, notice_id, r, i, due_offset(rules, r, i))
+        return
     step = rules.steps[index]
     code = step_code(round_, index)
     detail: dict[str, Any] = {"round": round_, "step": index, "unread": len(unread)}
@@ -92,7 +109,6 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
     if step.notify:
         detail["notified"] = await _notify(deps, conn, row, step, code, index, unread, wake)
     await escalations.event(conn, notice_id, "step_fired", detail)
-    following = next_position(rules, round_, index)
     if following is None:
         await conn.execute(escalations.FINISH, notice_id, "done")
         await escalations.event(conn, notice_id, "escalation_exhausted", {"rounds": rules.repeat + 1})

@@ -33,12 +33,22 @@ async def reconcile_once(deps: WorkerDeps) -> dict[str, int]:
     stalled = await notices.stalled_fanouts(deps.pool, stall)
     for notice_id in stalled:
         await enqueue_fanout(deps.queue, notice_id, tag=tag)
-    groups = await deliveries.due_groups(deps.pool, stall)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        moot = await deliveries.cancel_moot(conn)
+        await recipients.roll_up(
+            conn, [str(r["notice_id"]) for r in moot], [r["member_id"] for r in moot], notices.shard()
+        )
+    groups = await deliveries.due_groups(deps.pool, stall, deps.channels.ids())
     for g in groups:
         await enqueue_deliveries(deps.queue, settings, str(g["notice_id"]), g["channel"], g["n"], tag=tag)
     async with deps.pool.acquire() as conn:
         await conn.execute(notices.IDEMPOTENCY_PURGE, float(settings.idempotency_ttl_seconds))
-    return {"expired_leases": len(expired), "fanouts": len(stalled), "delivery_groups": len(groups)}
+    return {
+        "expired_leases": len(expired),
+        "cancelled": len(moot),
+        "fanouts": len(stalled),
+        "delivery_groups": len(groups),
+    }
 
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:

@@ -8,6 +8,7 @@ never act twice, and a crash leaves the row due for the next tick.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from notifier.workers.context import WorkerDeps
@@ -19,12 +20,23 @@ log = logging.getLogger(__name__)
 TICK = "tick"
 
 
+PARTS: dict[str, Callable[[WorkerDeps], Awaitable[int]]] = {
+    "scheduled": release_scheduled,
+    "escalations": advance_escalations,
+    "lessons": send_due_lessons,
+}
+
+
 async def tick_once(deps: WorkerDeps) -> dict[str, int]:
-    return {
-        "scheduled": await release_scheduled(deps),
-        "escalations": await advance_escalations(deps),
-        "lessons": await send_due_lessons(deps),
-    }
+    """Run every part; one failing part does not hold up the others (its rows stay due)."""
+    done: dict[str, int] = {}
+    for name, part in PARTS.items():
+        try:
+            done[name] = await part(deps)
+        except Exception:
+            log.exception("tick part %s failed; its timers stay due for the next tick", name)
+            done[name] = 0
+    return done
 
 
 async def tick(ctx: dict[str, Any]) -> dict[str, int]:

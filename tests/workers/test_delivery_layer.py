@@ -31,6 +31,7 @@ from notifier.channels.base import (
 from notifier.channels.inapp import InAppChannel
 from notifier.channels.registry import ChannelRegistry
 from notifier.db.pool import create_pool
+from notifier.domain.escalation import PolicyRules
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_notice_channel
@@ -110,15 +111,24 @@ async def make_members(db: asyncpg.Connection, n: int, phone: str | None = None)
 
 
 async def make_notice(
-    deps: WorkerDeps, db: asyncpg.Connection, channels: list[str], fallback: bool = False, kind: str = "ding"
+    deps: WorkerDeps,
+    db: asyncpg.Connection,
+    channels: list[str],
+    fallback: bool = False,
+    kind: str = "ding",
+    escalation: dict[str, Any] | None = None,
 ) -> str:
+    snapshot = (
+        None if escalation is None else json.dumps(PolicyRules.model_validate(escalation).snapshot(None))
+    )
     nid = str(
         await db.fetchval(
-            "INSERT INTO notices (kind, title, body, audience, channels, fallback) "
-            "VALUES ($1, 't', 'b', '{\"units\": [\"u\"]}', $2, $3) RETURNING id",
+            "INSERT INTO notices (kind, title, body, audience, channels, fallback, escalation) "
+            "VALUES ($1, 't', 'b', '{\"units\": [\"u\"]}', $2, $3, $4::jsonb) RETURNING id",
             kind,
             channels,
             fallback,
+            snapshot,
         )
     )
     await fanout_notice(deps, nid)

@@ -1,0 +1,96 @@
+"""Edge cases found in review: work that may no longer go out, catching up after downtime, a read
+landing between claim and send, and a breaker hit by batches already in flight."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from notifier.channels.base import Capabilities, NoticeContent, Outcome
+from notifier.db import deliveries, recipients, throttle
+from notifier.workers.context import WorkerDeps
+from notifier.workers.deliver import deliver_batch, deliver_notice_channel
+from notifier.workers.reconcile import reconcile_once
+from notifier.workers.tick import tick_once
+from tests.conftest import advance_clock
+from tests.workers.test_delivery_layer import (
+    ScriptedChannel,
+    make_members,
+    make_notice,
+    states,
+)
+
+Env = tuple[WorkerDeps, ScriptedChannel]
+
+
+async def test_a_retry_after_recall_is_cancelled_not_left_queued_forever(
+    env: Env, db: asyncpg.Connection
+) -> None:
+    deps, channel = env
+    channel.capabilities = Capabilities(max_attempts=10)
+    await make_members(db, 3)
+    nid = await make_notice(deps, db, ["scripted"])
+    claimed = await deliveries.claim(deps.pool, nid, "scripted", 10, 60)
+    await db.execute("UPDATE notices SET state = 'recalled' WHERE id = $1", nid)  # recalled mid-send
+    channel.script = [Outcome.RETRY] * 3
+    await deliver_batch(deps, channel, NoticeContent(nid, "ding", "t", "b"), claimed)
+    assert len(channel.sent) == 0  # the last check before sending saw the recall
+    assert await states(db, nid) == {"cancelled": 3}
+    # And rows put back in the queue after a recall are swept, so nothing waits forever.
+    nid2 = await make_notice(deps, db, ["scripted"])
+    await db.execute("UPDATE notices SET state = 'recalled' WHERE id = $1", nid2)
+    result = await reconcile_once(deps)
+    assert result["cancelled"] == 3
+    assert await deliveries.due_groups(deps.pool, 0.0, deps.channels.ids()) == []
+
+
+async def test_a_read_between_claim_and_send_stops_the_reminder(env: Env, db: asyncpg.Connection) -> None:
+    deps, channel = env
+    await make_members(db, 2)
+    nid = await make_notice(
+        deps, db, ["inapp"], escalation={"steps": [{"after": 60, "remind": ["scripted"]}], "repeat": 0}
+    )
+    await advance_clock(db, 61)
+    await tick_once(deps)
+    claimed = await deliveries.claim(deps.pool, nid, "scripted", 10, 60)
+    assert len(claimed) == 2
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await recipients.mark_read(conn, nid, "m00000", via="api")
+    await deliver_batch(deps, channel, NoticeContent(nid, "ding", "t", "b"), claimed)
+    assert [o.member_id for o in channel.sent] == ["m00001"]
+
+
+async def test_catching_up_after_downtime_fires_only_the_latest_missed_step(
+    env: Env, db: asyncpg.Connection
+) -> None:
+    deps, channel = env
+    await make_members(db, 1)
+    policy = {
+        "steps": [{"after": 60, "remind": ["scripted"]}, {"after": 120, "remind": ["scripted"]}],
+        "repeat": 5,
+    }
+    nid = await make_notice(deps, db, ["inapp"], escalation=policy)
+    await advance_clock(db, 3600)  # the engine was down for an hour: 12 steps are overdue
+    for _ in range(3):
+        await tick_once(deps)
+    await deliver_notice_channel(deps, nid, "scripted")
+    assert len(channel.sent) == 1  # one reminder, not twelve at once
+    kinds = [
+        r["kind"]
+        for r in await db.fetch("SELECT kind FROM notice_events WHERE notice_id = $1 ORDER BY id", nid)
+    ]
+    assert kinds.count("step_skipped") == 11 and kinds.count("step_fired") == 1
+
+
+async def test_batches_failing_while_the_breaker_is_open_do_not_extend_it(
+    env: Env, db: asyncpg.Connection
+) -> None:
+    deps, _ = env
+    async with deps.pool.acquire() as conn:
+        for _ in range(deps.settings.breaker_threshold - 1):
+            assert await throttle.breaker_failure(conn, "p", 5, 5.0, 300.0) is None
+        first = await throttle.breaker_failure(conn, "p", 5, 5.0, 300.0)
+        assert first is not None
+        for _ in range(7):  # the other jobs' batches, already in flight, fail too
+            assert await throttle.breaker_failure(conn, "p", 5, 5.0, 300.0) is None
+        opened = await conn.fetchval("SELECT opened_count FROM circuit_breakers WHERE key = 'p'")
+    assert opened == 1
