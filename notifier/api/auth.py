@@ -45,6 +45,8 @@ async def auth_middleware(
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("send 'Authorization: Bearer <token>'")
     token = token.strip()
+    if not token.isascii() or not token.isprintable() or len(token) > 512:
+        raise unauthorized("unknown or revoked token")
     deps = request.app[DEPS]
     admin = deps.settings.admin_token
     if admin is not None and hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):

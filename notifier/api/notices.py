@@ -270,8 +270,8 @@ async def create_notice(request: web.Request, call: Call) -> web.Response:
                 f"unknown channel; one of {', '.join(deps.channels.ids())}",
             )
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not 1 <= len(key) <= 255:
-        raise invalid(IDEMPOTENCY_HEADER, "must be 1..255 characters")
+    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
+        raise invalid(IDEMPOTENCY_HEADER, "must be 1..255 printable ASCII characters")
     async with deps.pool.acquire() as conn, conn.transaction():
         if key is None:
             data = await _create(conn, deps, p, body)

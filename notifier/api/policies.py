@@ -106,7 +106,7 @@ def _conflict() -> Problem:
 )
 async def create_policy(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
-    p.require("admin", "service", "secretary")
+    p.require("admin", "service")
     body = call.body_as(PolicyIn)
     deps = request.app[DEPS]
     check_channels(body, deps.channels)
@@ -160,7 +160,7 @@ async def get_policy(request: web.Request, call: Call) -> web.Response:
 )
 async def put_policy(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
-    p.require("admin", "service", "secretary")
+    p.require("admin", "service")
     body = call.body_as(PolicyIn)
     deps = request.app[DEPS]
     check_channels(body, deps.channels)
@@ -184,7 +184,7 @@ async def put_policy(request: web.Request, call: Call) -> web.Response:
 )
 async def delete_policy(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
-    p.require("admin", "service", "secretary")
+    p.require("admin", "service")
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn, conn.transaction():
         current = await _owned(conn, p, request.match_info["policy_id"])

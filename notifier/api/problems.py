@@ -7,6 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -105,6 +106,12 @@ def response(problem: Problem, instance: str) -> web.Response:
 _HTTP_TITLES = {404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}
 
 
+def _safe_path(request: web.Request) -> str:
+    """The request path for logs, with read-link tokens (they work like passwords) removed."""
+    path = request.path
+    return "/r/<token>" if path.startswith("/r/") else path
+
+
 @web.middleware
 async def problem_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -127,6 +134,24 @@ async def problem_middleware(
             ),
             request.path,
         )
+    except (OverflowError, asyncpg.DataError) as exc:
+        # A value the database cannot hold (a year 9999 datetime, an out-of-range number): the
+        # request was wrong, not the server. The value itself is not logged.
+        log.info(
+            "rejected out-of-range input on %s %s: %s",
+            request.method,
+            _safe_path(request),
+            type(exc).__name__,
+        )
+        return response(
+            Problem(
+                422,
+                "Unprocessable Content",
+                "a value is out of the range this service can store",
+                type_="out-of-range",
+            ),
+            request.path,
+        )
     except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s", request.method, _safe_path(request))
         return response(Problem(500, "Internal Server Error", "an unexpected error occurred"), request.path)

@@ -59,6 +59,33 @@ def _page(status: int, title: str, body_html: str) -> web.Response:
     return web.Response(status=status, text=text, content_type="text/html")
 
 
+PREVIEW_AGENTS = (
+    "bot",
+    "crawler",
+    "spider",
+    "preview",
+    "facebookexternalhit",
+    "whatsapp",
+    "telegram",
+    "slack",
+    "discord",
+    "skypeuri",
+    "linkedin",
+    "embedly",
+    "curl/",
+    "wget/",
+    "python-requests",
+    "go-http-client",
+)
+
+
+def is_preview_fetch(request: web.Request) -> bool:
+    if request.method == "HEAD" or request.headers.get("Purpose", "").lower() in ("prefetch", "preview"):
+        return True
+    agent = request.headers.get("User-Agent", "").lower()
+    return not agent or any(marker in agent for marker in PREVIEW_AGENTS)
+
+
 @routes.route(
     "GET",
     "/r/{token}",
@@ -81,7 +108,11 @@ async def open_read_link(request: web.Request, call: Call) -> web.Response:
         row = await recipients.get(conn, claims.notice_id, claims.member_id)
         if notice is None or row is None:
             return _page(404, "Not found", "<p class=note>This notice is not addressed to you.</p>")
-        if await recipients.mark_read(conn, claims.notice_id, claims.member_id, via="link"):
+        # Link-preview bots and URL scanners fetch links too; they must not stop a DING's
+        # escalation for someone who never saw it.
+        if not is_preview_fetch(request) and await recipients.mark_read(
+            conn, claims.notice_id, claims.member_id, via="link"
+        ):
             await notices.add_read(conn, claims.notice_id)
     paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in str(notice["body"]).split("\n") if p.strip())
     return _page(200, str(notice["title"]), paragraphs + "<p class=note>✓ 已读 — read receipt recorded.</p>")

@@ -107,6 +107,38 @@ def _nul_field(data: Any, prefix: str = "") -> str | None:
     return None
 
 
+MAX_JSON_DEPTH = 32
+
+
+def _too_deep(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    stack: list[tuple[int, Any]] = [(1, data)]
+    while stack:
+        depth, value = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((depth + 1, v) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((depth + 1, v) for v in value)
+    return False
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no numbers that overflow to infinity."""
+    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+
+
 def _reject_nul(data: Any, prefix: str = "") -> None:
     where = _nul_field(data, prefix)
     if where is not None:
@@ -120,11 +152,13 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
         if op.body is not None:
             raw = await request.read()
             try:
-                data = json.loads(raw) if raw else None
+                data = parse_json(raw) if raw else None
             except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
                 raise _malformed("request body is not valid JSON") from None
             if not isinstance(data, dict):
                 raise _malformed("request body must be a JSON object")
+            if _too_deep(data):
+                raise _malformed(f"request body nests deeper than {MAX_JSON_DEPTH} levels")
             _reject_nul(data)
             try:
                 body = op.body.model_validate(data)

@@ -33,6 +33,7 @@ from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
 
 MAX_URL_LENGTH = 2048
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 def decode_secret(secret: str) -> bytes:
@@ -150,7 +151,7 @@ class WebhookChannel:
         async with limit:
             try:
                 async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                    await resp.read()
+                    await resp.content.read(MAX_RESPONSE_BYTES)  # the status is the answer; cap the rest
                     status = resp.status
                     retry_after = _retry_after(resp.headers.get("retry-after"))
             except BlockedAddress as exc:

@@ -22,7 +22,7 @@ WITH c AS (
 )
 UPDATE deliveries d
 SET state = 'sending', attempts = d.attempts + 1, lease_until = (SELECT notifier_now()) + make_interval(secs => $4),
-    wait_reason = NULL, updated_at = (SELECT notifier_now())
+    wait_reason = NULL, sent_at = NULL, updated_at = (SELECT notifier_now())
 FROM c WHERE d.id = c.id
 RETURNING d.id, d.member_id, d.attempts, d.contact_id, c.wait_reason AS prior_wait, d.step,
     (SELECT CASE WHEN k.disabled_at IS NULL THEN k.target END FROM contacts k WHERE k.id = d.contact_id) AS target"""
@@ -39,7 +39,8 @@ UPDATE deliveries d SET
     next_attempt_at = CASE WHEN r.state = 'queued' THEN (SELECT notifier_now()) + make_interval(secs => r.retry_in)
                            ELSE d.next_attempt_at END,
     wait_reason = CASE WHEN r.state = 'queued' THEN 'retry' END,
-    sent_at = CASE WHEN r.state IN ('sent', 'delivered', 'unknown') THEN (SELECT notifier_now()) ELSE d.sent_at END,
+    sent_at = CASE WHEN r.state IN ('sent', 'delivered', 'unknown') THEN coalesce(d.sent_at, (SELECT notifier_now()))
+                   ELSE d.sent_at END,
     error = r.error,
     provider_ref = coalesce(r.provider_ref, d.provider_ref),
     lease_until = NULL,
@@ -68,6 +69,11 @@ WHERE n.id = d.notice_id AND {which}
 RETURNING d.id, d.notice_id, d.member_id"""
 CANCEL_MOOT_QUEUED = _MOOT.format(which="d.state = 'queued'")
 CANCEL_MOOT_CLAIMED = _MOOT.format(which="d.id = ANY($1::bigint[]) AND d.state = 'sending'")
+
+# Passing the gate is handing over: from here a lost worker means "maybe sent" (SMS, voice),
+# and the per-contact cap counts the message.
+HANDED_OVER = "UPDATE deliveries SET sent_at = (SELECT notifier_now()) WHERE id = ANY($1::bigint[]) AND state = 'sending'"
+LOCK_CONTACTS = "SELECT 1 FROM contacts WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
 
 # How long until the next row of this (notice, channel) comes due, if any is waiting.
 NEXT_DUE_IN = """
@@ -105,9 +111,9 @@ RETURNING notice_id, member_id, channel, state"""
 # 'unknown' -- a provider report or the next escalation step settles them, never a blind resend.
 REQUEUE_EXPIRED = """
 UPDATE deliveries SET
-    state = CASE WHEN channel = ANY($2::text[]) THEN 'unknown' ELSE 'queued' END,
+    state = CASE WHEN channel = ANY($2::text[]) AND sent_at IS NOT NULL THEN 'unknown' ELSE 'queued' END,
     lease_until = NULL, updated_at = (SELECT notifier_now()),
-    error = CASE WHEN channel = ANY($2::text[]) THEN 'worker lost while sending; not resent'
+    error = CASE WHEN channel = ANY($2::text[]) AND sent_at IS NOT NULL THEN 'worker lost while sending; not resent'
                  ELSE 'lease expired (worker lost)' END
 WHERE id IN (
     SELECT id FROM deliveries WHERE state = 'sending' AND lease_until < (SELECT notifier_now())

@@ -113,6 +113,7 @@ async def gate(
     if caps.per_target_limit is not None and go:
         limit, window = caps.per_target_limit
         ids = sorted({str(c.contact_id) for c in go if c.contact_id is not None})
+        await conn.execute(deliveries.LOCK_CONTACTS, ids)  # concurrent batches count one after another
         recent = await throttle.recent_per_contact(conn, ids, channel.id, window)
         used = {cid: int(r["n"]) for cid, r in recent.items()}
         keep = []
@@ -136,6 +137,7 @@ async def gate(
         ]
         go = paid + [c for c, w in zip(fresh, waits, strict=True) if w <= 0]
     await deliveries.release(conn, held)
+    await conn.execute(deliveries.HANDED_OVER, [c.id for c in go])
     return go
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from notifier.db import duty, escalations
+from notifier.db import members as members_db
 from notifier.db.pool import Connection, Record
 from notifier.domain.escalation import (
     PolicyRules,
@@ -188,19 +189,30 @@ async def _notify(
     counts = await conn.fetchrow(escalations.COUNTS, notice_id)
     assert counts is not None
     title, body = summary_text(deps, row, int(counts["unread"]), int(counts["recipients"]), units)
+    # Escalating up the tree may reach people outside the sender's units (the committee's duty
+    # officer). The sender then must not see who they are: the summary is visible to admins only
+    # and the event names only the people inside the sender's units.
+    scope = row["scope_unit_id"]
+    inside = set(audience) if scope is None else await members_db.visible(conn, audience, scope)
     summary = await conn.fetchval(
         escalations.SUMMARY_INSERT,
         title,
         body,
         {"members": audience, "units": []},
         channels,
-        row["scope_unit_id"],
+        scope if inside == set(audience) else None,
         notice_id,
         code,
     )
     if summary is not None:
         wake.fanouts.append(str(summary))
-    return {**roles, "summary": str(summary) if summary else None}
+    shown = {role: [m for m in ms if m in inside] for role, ms in roles.items()}
+    outside = len(set(audience) - inside)
+    return {
+        **shown,
+        **({"outside_your_units": outside} if outside else {}),
+        "summary": str(summary) if summary else None,
+    }
 
 
 def summary_text(

@@ -166,7 +166,9 @@ async def test_bad_idempotency_key_and_failed_request_store_nothing(
     before = await snapshot(db)
     for key in ("", "k" * 256):
         resp = await _send(client, NOTICE, key)
-        await problem(resp, 422, [{"field": "Idempotency-Key", "message": "must be 1..255 characters"}])
+        await problem(
+            resp, 422, [{"field": "Idempotency-Key", "message": "must be 1..255 printable ASCII characters"}]
+        )
     # A request refused for its audience does not claim the key ...
     resp = await _send(client, {**NOTICE, "audience": {"units": ["nope"]}}, "k-3")
     await problem(resp, 422, [{"field": "audience.units[0]", "message": "unknown unit"}])

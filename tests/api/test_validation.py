@@ -675,3 +675,64 @@ async def test_cursors_the_api_returns_are_accepted(
         path = f"/v1/members/m2/inbox?limit=1&cursor={page['next_cursor']}"
     assert sorted(inbox) == sorted(ids)
     assert len(inbox) == 2
+
+
+# --- hardening found in review ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"kind": "notice", "title": NaN}',
+        b'{"kind": "notice", "title": "t", "x": Infinity}',
+        b'{"kind": "notice", "title": "t", "x": 1e999}',
+        b'{"quiz": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}",
+    ],
+)
+async def test_non_finite_numbers_and_deep_nesting_are_400(
+    client: TestClient[Any, Any], db: asyncpg.Connection, raw: bytes
+) -> None:
+    await _tree(client)
+    before = await snapshot(db)
+    resp = await client.post("/v1/notices", data=raw, headers={**auth(), "Content-Type": "application/json"})
+    body = await problem(resp, 400)
+    assert body["errors"][0]["field"] == "body"
+    assert await snapshot(db) == before
+
+
+async def test_out_of_range_times_are_422_not_500(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    await _tree(client)
+    before = await snapshot(db)
+    for when in ("9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+05:00"):
+        resp = await client.post("/v1/notices", json={**NOTICE, "send_at": when}, headers=auth())
+        await problem(resp, 422)
+    assert await snapshot(db) == before
+
+
+async def test_odd_tokens_and_keys_are_refused_cleanly(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    await _tree(client)
+    resp = await client.get("/v1/units", headers={"Authorization": "Bearer t\u00e9st\u2028x"})
+    await problem(resp, 401)
+    resp = await client.post(
+        "/v1/notices", json=NOTICE, headers={**auth(), "Idempotency-Key": "caf\u00e9-\u00e9t\u00e9"}
+    )
+    await problem(resp, 422)
+
+
+async def test_secretaries_read_policies_but_do_not_change_them(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    await _tree(client)
+    secretary = await issue_key(client, {"name": "desk", "role": "secretary", "unit_id": "c"})
+    policy = {"name": "p", "steps": [{"after": "PT5M", "remind": ["inapp"]}]}
+    resp = await client.post("/v1/escalation-policies", json=policy, headers=auth(secretary))
+    await problem(resp, 403)
+    service = await issue_key(client, {"name": "svc", "role": "service", "unit_id": "c"})
+    created = await post(client, "/v1/escalation-policies", policy, token=service)
+    assert (await get(client, f"/v1/escalation-policies/{created['id']}", token=secretary))["name"] == "p"
+    resp = await client.delete(f"/v1/escalation-policies/{created['id']}", headers=auth(secretary))
+    await problem(resp, 403)

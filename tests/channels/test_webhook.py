@@ -55,6 +55,10 @@ def test_build_request_is_pure_and_uses_per_contact_secret() -> None:
         ("http://127.0.0.1/hook", "target.url"),
         ("http://[::1]/hook", "target.url"),
         ("http://169.254.169.254/latest/meta-data", "target.url"),
+        ("http://[64:ff9b::a00:5]/hook", "target.url"),  # NAT64 to 10.0.0.5
+        ("http://[2002:7f00:1::]/hook", "target.url"),  # 6to4 of 127.0.0.1
+        ("http://[fec0::1]/hook", "target.url"),  # site-local
+        ("http://[::7f00:1]/hook", "target.url"),  # IPv4-compatible loopback
     ],
 )
 def test_invalid_or_private_targets_are_refused(target: Any, field: str) -> None:

@@ -216,7 +216,9 @@ async def test_sigkill_mid_step_and_wiped_redis_complete_the_step_exactly_once(
         first.wait(10)
         sent_at_kill = len(twilio.sms)
         assert 0 < sent_at_kill < 600
-        in_flight = await db.fetchval("SELECT count(*) FROM deliveries WHERE step > 0 AND state = 'sending'")
+        in_flight = await db.fetchval(
+            "SELECT count(*) FROM deliveries WHERE step > 0 AND state = 'sending' AND sent_at IS NOT NULL"
+        )
         redis = Redis.from_url(settings_sms.redis_url)
         await redis.flushdb()
         await redis.aclose()

@@ -303,3 +303,34 @@ async def test_recall_in_the_middle_of_an_escalation_stops_everything(env: Env) 
     assert [(i["notice_id"], i["state"]) for i in inbox["items"]] == [(nid, "recalled")]
     again = await env.post(f"/v1/notices/{nid}/recall", {}, 200)  # idempotent
     assert again["recalled_at"] == recalled["recalled_at"]
+
+
+async def test_escalating_above_the_senders_units_does_not_reveal_who_was_told(env: Env) -> None:
+    await build(env, 2, secretary=False, duty_unit="c")  # the only duty officer sits in c, above b1
+    key = (await env.post("/v1/api-keys", {"name": "b1", "role": "service", "unit_id": "b1"}, 201))["token"]
+    body = {
+        "kind": "ding",
+        "title": "Muster",
+        "body": "Now.",
+        "audience": {"units": ["g1"]},
+        "channels": ["inapp"],
+        "escalation": {"steps": [{"after": "PT1M", "notify": ["on_duty"], "channels": ["sms"]}]},
+    }
+    resp = await env.client.post("/v1/notices", json=body, headers=auth(key))
+    nid = (await resp.json())["id"]
+    await settle(lambda: _state(env, nid, "active"))
+    await advance_clock(env.db, 61)
+    await settle(lambda: env.sms_to()[phone_of("duty")] == 1)  # the officer above is told
+    resp = await env.client.get(f"/v1/notices/{nid}/events", headers=auth(key))
+    fired = [e for e in (await resp.json())["items"] if e["kind"] == "step_fired"]
+    assert (
+        fired[0]["detail"]["notified"]["on_duty"] == []
+        and fired[0]["detail"]["notified"]["outside_your_units"] == 1
+    )
+    summary = fired[0]["detail"]["notified"]["summary"]
+    assert (await env.client.get(f"/v1/notices/{summary}", headers=auth(key))).status == 404
+    assert (await env.client.get(f"/v1/notices/{summary}", headers=auth())).status == 200
+
+
+async def _state(env: Env, nid: str, state: str) -> bool:
+    return bool(await env.db.fetchval("SELECT state FROM notices WHERE id = $1", nid) == state)

@@ -27,6 +27,8 @@ from tests.conftest import advance_clock, auth, make_settings
 from tests.fakes.twilio import FakeTwilio
 from tests.fakes.webhook_receiver import WebhookReceiver
 
+PHONE_BROWSER = "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126 Mobile"
+
 
 @pytest.fixture
 async def twilio() -> AsyncIterator[FakeTwilio]:
@@ -150,8 +152,8 @@ async def test_signed_read_link(deps: WorkerDeps, db: asyncpg.Connection, twilio
     token = path.rsplit("/", 1)[1]
     async with TestClient(TestServer(create_app(deps.settings, deps.channels), host="127.0.0.1")) as client:
 
-        async def open_(p: str) -> tuple[int, str]:
-            resp = await client.get(p)
+        async def open_(p: str, agent: str = PHONE_BROWSER) -> tuple[int, str]:
+            resp = await client.get(p, headers={"User-Agent": agent})
             return resp.status, await resp.text()
 
         async def reads() -> int:
@@ -165,6 +167,9 @@ async def test_signed_read_link(deps: WorkerDeps, db: asyncpg.Connection, twilio
         assert (await open_(f"/r/{outsider}"))[0] == 404
         forged = make_token(b"not-our-secret", nid, "m00001", int(time.time()) + 600)
         assert (await open_(f"/r/{forged}"))[0] == 403
+        assert await reads() == 0
+        # A chat app's link preview shows the page but is not the member reading it.
+        assert (await open_(path, agent="WhatsApp/2.23.20.0 A"))[0] == 200
         assert await reads() == 0
         status, page = await open_(path)
         assert status == 200 and "Lesson &lt;1&gt;" in page and "Report to the east gate." in page
