@@ -59,7 +59,8 @@ async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = Non
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await worker.close()
+        with contextlib.suppress(asyncio.CancelledError):  # a job cancelled mid-flight
+            await worker.close()
 
 
 def _resolve(stop: asyncio.Future[None]) -> None:

@@ -67,7 +67,11 @@ WHERE n.id = d.notice_id AND {which}
   AND (n.state = 'recalled' OR (d.step > 0 AND EXISTS (
       SELECT 1 FROM recipients r WHERE r.notice_id = d.notice_id AND r.member_id = d.member_id AND r.read_at IS NOT NULL)))
 RETURNING d.id, d.notice_id, d.member_id"""
-CANCEL_MOOT_QUEUED = _MOOT.format(which="d.state = 'queued'")
+# The sweep looks only where such rows can be: queued rows of recalled notices, queued reminders
+# (both found through partial indexes, so a large first send costs it nothing).
+CANCEL_MOOT_QUEUED = _MOOT.format(
+    which="d.state = 'queued' AND (d.step > 0 OR d.notice_id IN (SELECT id FROM notices WHERE state = 'recalled'))"
+)
 CANCEL_MOOT_CLAIMED = _MOOT.format(which="d.id = ANY($1::bigint[]) AND d.state = 'sending'")
 
 # Passing the gate is handing over: from here a lost worker means "maybe sent" (SMS, voice),

@@ -46,9 +46,15 @@ WHERE CASE WHEN qs < qe THEN local::time >= qs AND local::time < qe
            ELSE local::time >= qs OR local::time < qe END"""
 
 
+# Cheap (partial indexes): does anyone have quiet hours at all?
+ANY_QUIET_HOURS = """
+SELECT EXISTS (SELECT 1 FROM units WHERE quiet_start IS NOT NULL)
+    OR EXISTS (SELECT 1 FROM members WHERE quiet_start IS NOT NULL)"""
+
+
 async def quiet_now(conn: Connection, member_ids: list[str]) -> dict[str, float]:
     """{member_id: seconds until their quiet hours end} for the members inside them now."""
-    if not member_ids:
+    if not member_ids or not await conn.fetchval(ANY_QUIET_HOURS):
         return {}
     rows = await conn.fetch(QUIET_UNTIL, member_ids)
     return {r["member_id"]: float(r["ends_in"]) for r in rows}

@@ -90,8 +90,9 @@ async def gate(
     with the reason and the time it is expected to go.
     """
     caps = channel.capabilities
-    # Last check before sending: a read or a recall that committed since the claim wins.
-    moot = {int(r["id"]) for r in await deliveries.cancel_moot(conn, [c.id for c in claimed])}
+    # Last check before a reminder leaves: a read (or a recall) that committed since the claim wins.
+    reminders = [c.id for c in claimed if c.step > 0]
+    moot = {int(r["id"]) for r in await deliveries.cancel_moot(conn, reminders)} if reminders else set()
     go = [c for c in claimed if c.id not in moot]
     held: list[Released] = []
     if not content.urgent:  # a DING ignores quiet hours; lessons and notices wait for the morning
@@ -137,8 +138,22 @@ async def gate(
         ]
         go = paid + [c for c, w in zip(fresh, waits, strict=True) if w <= 0]
     await deliveries.release(conn, held)
-    await conn.execute(deliveries.HANDED_OVER, [c.id for c in go])
+    if caps.per_target_limit is not None or not caps.resend_when_ambiguous:
+        await conn.execute(deliveries.HANDED_OVER, [c.id for c in go])
     return go
+
+
+def needs_gate(channel: Channel, content: NoticeContent, claimed: list[Claimed]) -> bool:
+    """Whether anything in ``gate`` applies to this batch (most DING batches: no)."""
+    caps = channel.capabilities
+    return bool(
+        not content.urgent
+        or caps.circuit_breaker
+        or caps.per_target_limit
+        or caps.rate_per_second
+        or not caps.resend_when_ambiguous
+        or any(c.step > 0 for c in claimed)
+    )
 
 
 async def deliver_batch(
@@ -155,7 +170,7 @@ async def deliver_batch(
             written.append(Written(c.id, c.attempt, "failed", "attempts exhausted", 0.0, None))
         else:
             ready.append(c)
-    if ready:
+    if ready and needs_gate(channel, content, ready):
         try:
             async with deps.pool.acquire() as conn, conn.transaction():
                 ready = await gate(conn, settings, channel, content, ready)
