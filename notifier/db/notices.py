@@ -46,6 +46,8 @@ UPDATE notices SET fanout_cursor = $2, state = $3, updated_at = (SELECT notifier
     fanned_out_at = CASE WHEN $3 = 'active' THEN (SELECT notifier_now()) END
 WHERE id = $1"""
 
+MARK_FAILED = "UPDATE notices SET state = 'failed', updated_at = (SELECT notifier_now()) WHERE id = $1"
+
 STALLED_FANOUTS = """
 SELECT id FROM notices WHERE state IN ('queued', 'fanning_out')
   AND updated_at < (SELECT notifier_now()) - make_interval(secs => $1) ORDER BY updated_at LIMIT $2"""

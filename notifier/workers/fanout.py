@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from notifier.db import notices, recipients
+from notifier.channels.registry import UnknownChannel
+from notifier.db import escalations, notices, recipients
 from notifier.workers.context import WorkerDeps
 from notifier.workers.escalate import start_escalation
 from notifier.workers.queue import enqueue_deliveries, wake_tick_in
@@ -28,7 +29,17 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
             row = await conn.fetchrow(notices.CLAIM_FANOUT, notice_id)
             if row is None:
                 return total  # finished already, or another worker holds this notice right now
-            channels = [deps.channels.get(c) for c in row["channels"]]
+            try:
+                channels = [deps.channels.get(c) for c in row["channels"]]
+            except UnknownChannel as exc:
+                # Configured when the notice was accepted, gone from this deployment now: say so
+                # on the notice instead of retrying forever.
+                await conn.execute(notices.MARK_FAILED, notice_id)
+                await escalations.event(
+                    conn, notice_id, "fanout_failed", {"reason": f"channel {exc} is not configured"}
+                )
+                log.error("notice %s names channel %s, which is not configured", notice_id, exc)
+                return total
             result = await recipients.fanout_chunk(
                 conn,
                 notice_id,

@@ -96,3 +96,15 @@ async def test_batches_failing_while_the_breaker_is_open_do_not_extend_it(
             assert await throttle.breaker_failure(conn, "p", 5, 5.0, 300.0) is None
         opened = await conn.fetchval("SELECT opened_count FROM circuit_breakers WHERE key = 'p'")
     assert opened == 1
+
+
+async def test_a_notice_naming_a_channel_this_deployment_lacks_fails_visibly(
+    env: Env, db: asyncpg.Connection
+) -> None:
+    deps, _ = env
+    await make_members(db, 1)
+    nid = await make_notice(deps, db, ["carrier-pigeon"])  # fan-out runs inside make_notice
+    assert await db.fetchval("SELECT state FROM notices WHERE id = $1", nid) == "failed"
+    event = await db.fetchrow("SELECT kind, detail FROM notice_events WHERE notice_id = $1", nid)
+    assert event is not None and event["kind"] == "fanout_failed" and "carrier-pigeon" in event["detail"]
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE notice_id = $1", nid) == 0
