@@ -1,6 +1,8 @@
 # notifier API / worker image. PostgreSQL and Redis are external: set NOTIFIER_DATABASE_URL and
 # NOTIFIER_REDIS_URL. Run `notifier migrate` once per release, then any number of
-# `notifier serve` and `notifier worker` containers.
+# `notifier serve` and `notifier worker` containers (one worker per core is a good start).
+# serve/worker refuse to start without NOTIFIER_WEBHOOK_SECRET, NOTIFIER_LINK_SECRET and
+# NOTIFIER_PUBLIC_URL (see README, "Quick start"); provider accounts are configured per channel.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
