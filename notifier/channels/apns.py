@@ -43,6 +43,7 @@ from notifier.channels.base import (
     Result,
     TransientError,
 )
+from notifier.channels.http import retry_after as parse_retry_after
 from notifier.channels.jwt import es256, load_private_key
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
@@ -255,13 +256,6 @@ def _reason(response: httpx.Response) -> str:
     return reason if isinstance(reason, str) else ""
 
 
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
     """httpx's default trust (certifi) plus the system store plus ``ca_file``, if given."""
     context = httpx.create_ssl_context()
@@ -331,7 +325,7 @@ class ApnsChannel:
                 log.warning("APNs refused the provider token (%s), attempt %d", reason, attempt)
                 if attempt == 1 and self._token.rejected(provider_token):
                     continue
-            retry_after = _retry_after(response.headers.get("retry-after"))
+            retry_after = parse_retry_after(response.headers.get("retry-after"), self._clock.time())
             return Result.from_error(item.delivery_id, map_error(response.status_code, reason, retry_after))
         raise AssertionError("unreachable")  # pragma: no cover
 

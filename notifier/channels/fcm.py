@@ -24,7 +24,6 @@ import asyncio
 import copy
 import json
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -33,7 +32,6 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from notifier.channels.base import (
-    AmbiguousError,
     Capabilities,
     ChannelError,
     InvalidTarget,
@@ -44,6 +42,8 @@ from notifier.channels.base import (
     Result,
     TransientError,
 )
+from notifier.channels.http import retry_after as parse_retry_after
+from notifier.channels.http import transport_error
 from notifier.channels.jwt import load_private_key, rs256
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
@@ -143,20 +143,6 @@ def build_request(
     return url, headers, json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Retry-After as delta-seconds or an HTTP-date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
-        return None
-
-
 def _status_error(payload: Any) -> dict[str, Any]:
     error = payload.get("error") if isinstance(payload, dict) else None
     return error if isinstance(error, dict) else {}
@@ -219,15 +205,6 @@ def token_error(status: int, payload: Any, retry_after: float | None) -> Channel
     if status == 429 or status >= 500:
         return TransientError(label, retry_after)
     return PermanentError(label)
-
-
-def transport_error(exc: Exception) -> ChannelError:
-    """Refused or unreachable: nothing was sent. Dropped mid-exchange: it may have arrived."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return TransientError(f"connect failed: {exc.strerror}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError):
-        return AmbiguousError(f"connection lost after sending: {type(exc).__name__}")
-    return TransientError(type(exc).__name__)
 
 
 def _json(raw: bytes) -> Any:

@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 
 from notifier.channels.base import (
-    AmbiguousError,
     Capabilities,
     ChannelError,
     InvalidTarget,
@@ -39,6 +38,7 @@ from notifier.channels.base import (
     Result,
     TransientError,
 )
+from notifier.channels.http import transport_error
 from notifier.clock import Clock
 from notifier.settings import Settings
 
@@ -121,14 +121,6 @@ def jpush_error(
     if status >= 500:
         return TransientError(label, retry_after)
     return PermanentError(label)
-
-
-def transport_error(exc: Exception) -> ChannelError:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return TransientError(f"connect failed: {exc.strerror}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError):
-        return AmbiguousError(f"connection lost after sending: {type(exc).__name__}")
-    return TransientError(type(exc).__name__)
 
 
 def plan_calls(batch: list[Outgoing]) -> list[tuple[NoticeContent, dict[str, list[Outgoing]]]]:

@@ -13,7 +13,6 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -28,6 +27,7 @@ from notifier.channels.base import (
     Result,
     TransientError,
 )
+from notifier.channels.http import retry_after as parse_retry_after
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -121,17 +121,7 @@ class Reply:
 
 
 def retry_after(headers: CIMultiDictProxy[str], now: float) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
-        return None
+    return parse_retry_after(headers.get("retry-after"), now)
 
 
 class FormPoster:

@@ -28,6 +28,7 @@ from notifier.channels.base import (
     Result,
     TransientError,
 )
+from notifier.channels.http import retry_after as parse_retry_after
 from notifier.channels.netguard import BlockedAddress, GuardedResolver, check_literal
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
@@ -77,15 +78,6 @@ def build_request(item: Outgoing, default_key: bytes, now: int) -> tuple[str, di
         "webhook-signature": sign(key, msg_id, now, body),
     }
     return target["url"], headers, body
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 class WebhookChannel:
@@ -153,7 +145,7 @@ class WebhookChannel:
                 async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
                     await resp.content.read(MAX_RESPONSE_BYTES)  # the status is the answer; cap the rest
                     status = resp.status
-                    retry_after = _retry_after(resp.headers.get("retry-after"))
+                    retry_after = parse_retry_after(resp.headers.get("retry-after"), self._clock.time())
             except BlockedAddress as exc:
                 return Result(item.delivery_id, Outcome.FAILED, error=str(exc))
             except aiohttp.ClientConnectorError as exc:

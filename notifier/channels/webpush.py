@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import email.utils
 import hashlib
 import json
 import os
@@ -52,6 +51,7 @@ from notifier.channels.base import (
     Result,
     TransientError,
 )
+from notifier.channels.http import retry_after as parse_retry_after
 from notifier.channels.jwt import b64url, b64url_decode, es256, load_private_key
 from notifier.channels.netguard import BlockedAddress, GuardedResolver, check_literal
 from notifier.clock import Clock, SystemClock
@@ -300,20 +300,6 @@ class VapidSigner:
         return header
 
 
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now) if when.tzinfo is not None else None
-
-
 async def _reason(resp: aiohttp.ClientResponse) -> str:
     """A short explanation from the push service's error body (autopush JSON, FCM/Apple text)."""
     text = (await resp.content.read(4096)).decode(errors="replace")
@@ -388,7 +374,7 @@ class WebPushChannel:
         session, limit = self._ensure_session()
         async with limit, session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
             reason = "" if 200 <= resp.status < 300 else await _reason(resp)
-            retry_after = retry_after_seconds(resp.headers.get("Retry-After"), self._clock.time())
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"), self._clock.time())
             return resp.status, reason, retry_after, resp.headers.get("Location")
 
     async def _send_one(self, item: Outgoing) -> Result:

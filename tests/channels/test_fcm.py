@@ -30,9 +30,9 @@ from notifier.channels.fcm import (
     build_request,
     fcm_error,
     load_service_account,
-    parse_retry_after,
     token_error,
 )
+from notifier.channels.http import retry_after as parse_retry_after
 from notifier.channels.jwt import b64url_decode, rs256
 from notifier.clock import FrozenClock
 from notifier.settings import Settings
