@@ -67,7 +67,8 @@ from notifier.db.pool import Pool, create_pool
 from notifier.db.units import SUBTREE_CTE
 from notifier.embedded import EmbeddedServers
 from notifier.settings import Settings
-from notifier.workers.queue import create_queue, deserialize, enqueue_fanout, redis_settings, serialize
+from notifier.workers.queue import create_queue, enqueue_fanout
+from notifier.workers.settings import queue_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = ("inapp", "webhook")
@@ -446,15 +447,7 @@ def naive_worker_settings(settings: Settings) -> dict[str, Any]:
         "functions": [func(naive_deliver, name=NAIVE_JOB, timeout=60, keep_result=0, max_tries=3)],
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
-        "redis_settings": redis_settings(settings),
-        "queue_name": settings.queue_name,
-        "max_jobs": settings.worker_max_jobs,
-        "poll_delay": settings.worker_poll_delay,
-        "keep_result": 0,
-        "job_serializer": serialize,
-        "job_deserializer": deserialize,
-        "handle_signals": False,
-        "health_check_interval": 30,
+        **queue_settings(settings),  # the same queue tuning as ours: only the job design differs
     }
 
 

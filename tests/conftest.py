@@ -23,6 +23,8 @@ from notifier.db.migrations import migrate
 from notifier.embedded import EmbeddedServers
 from notifier.settings import Settings
 from notifier.workers.settings import create_worker
+from tests.fakes.aliyun import FakeAliyun
+from tests.fakes.twilio import FakeTwilio
 from tests.fakes.webhook_receiver import WebhookReceiver
 
 ADMIN_TOKEN = "test-admin-token"
@@ -124,6 +126,20 @@ async def advance_clock(db: asyncpg.Connection, seconds: float) -> None:
         "SET offset_interval = engine_clock.offset_interval + excluded.offset_interval",
         float(seconds),
     )
+
+
+@pytest.fixture
+async def twilio_fake() -> AsyncIterator[FakeTwilio]:
+    fake = await FakeTwilio().start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def aliyun_fake() -> AsyncIterator[FakeAliyun]:
+    fake = await FakeAliyun().start()
+    yield fake
+    await fake.stop()
 
 
 def auth(token: str = ADMIN_TOKEN) -> dict[str, str]:

@@ -75,6 +75,13 @@ def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, 
         "cron_jobs": cron_jobs,
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
+        **queue_settings(settings),
+    }
+
+
+def queue_settings(settings: Settings) -> dict[str, Any]:
+    """How a worker talks to the queue: JSON jobs, fast polling, many concurrent coarse jobs."""
+    return {
         "redis_settings": redis_settings(settings),
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_max_jobs,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -42,20 +41,6 @@ def item(
     delivery_id: int, target: Any, link: str | None = LINK, content: NoticeContent = CONTENT
 ) -> Outgoing:
     return Outgoing(delivery_id, f"m{delivery_id}", target, content, 1, link)
-
-
-@pytest.fixture
-async def aliyun_fake() -> AsyncIterator[FakeAliyun]:
-    fake = await FakeAliyun().start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def twilio_fake() -> AsyncIterator[FakeTwilio]:
-    fake = await FakeTwilio().start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture(params=["aliyun", "twilio"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -38,20 +37,6 @@ def settings_for(fake: Fake, **extra: Any) -> Settings:
 
 def call(delivery_id: int, target: Any, content: NoticeContent = CONTENT) -> Outgoing:
     return Outgoing(delivery_id, f"m{delivery_id}", target, content, 1)
-
-
-@pytest.fixture
-async def aliyun_fake() -> AsyncIterator[FakeAliyun]:
-    fake = await FakeAliyun().start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def twilio_fake() -> AsyncIterator[FakeTwilio]:
-    fake = await FakeTwilio().start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.fixture(params=["aliyun", "twilio"])

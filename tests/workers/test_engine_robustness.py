@@ -33,13 +33,6 @@ from tests.conftest import WEBHOOK_SECRET, advance_clock, make_settings, wait_un
 from tests.fakes.twilio import FakeTwilio
 
 
-@pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilio]:
-    fake = await FakeTwilio().start()
-    yield fake
-    await fake.stop()
-
-
 async def make_deps(settings: Settings) -> WorkerDeps:
     return WorkerDeps(
         settings, await create_pool(settings), await create_queue(settings), build_registry(settings)
@@ -53,10 +46,12 @@ async def close_deps(deps: WorkerDeps) -> None:
 
 
 @pytest.fixture
-async def settings_sms(server_urls: tuple[str, str], db: asyncpg.Connection, twilio: FakeTwilio) -> Settings:
+async def settings_sms(
+    server_urls: tuple[str, str], db: asyncpg.Connection, twilio_fake: FakeTwilio
+) -> Settings:
     return make_settings(
         server_urls,
-        **twilio.settings_overrides(),
+        **twilio_fake.settings_overrides(),
         delivery_idle_wait_seconds=0.0,
         sms_rate_per_second=100_000.0,
     )
@@ -113,7 +108,7 @@ REMIND_SMS = {"steps": [{"after": "PT1M", "remind": ["sms"]}]}
 
 
 async def test_reads_racing_the_step_never_get_a_reminder(
-    deps: WorkerDeps, db: asyncpg.Connection, twilio: FakeTwilio
+    deps: WorkerDeps, db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> None:
     members = await org(db, 300)
     nid = await ding(deps, db, REMIND_SMS)
@@ -127,7 +122,7 @@ async def test_reads_racing_the_step_never_get_a_reminder(
     # The tick and 150 reads at once; then the reminders go out.
     await asyncio.gather(tick_once(deps), *(read(m) for m in readers))
     await deliver_notice_channel(deps, nid, "sms")
-    sent_to = Counter(m.to for m in twilio.sms)
+    sent_to = Counter(m.to for m in twilio_fake.sms)
     index = {m: i for i, m in enumerate(members)}
     assert not {phone(index[m]) for m in readers} & set(sent_to)
     assert sent_to == Counter({phone(index[m]): 1 for m in members if m not in readers})
@@ -140,7 +135,7 @@ async def test_reads_racing_the_step_never_get_a_reminder(
 
 
 async def test_two_schedulers_fire_every_step_once(
-    settings_sms: Settings, deps: WorkerDeps, db: asyncpg.Connection, twilio: FakeTwilio
+    settings_sms: Settings, deps: WorkerDeps, db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> None:
     await org(db, 50)
     rules = {
@@ -165,10 +160,10 @@ async def test_two_schedulers_fire_every_step_once(
         nid,
     )
     assert [(r["r"], r["s"]) for r in fired] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
-    assert Counter(Counter(m.to for m in twilio.sms).values()) == {4: 50}  # four reminders each, no more
+    assert Counter(Counter(m.to for m in twilio_fake.sms).values()) == {4: 50}  # four reminders each, no more
 
 
-def worker_env(settings: Settings, twilio: FakeTwilio) -> dict[str, str]:
+def worker_env(settings: Settings, twilio_fake: FakeTwilio) -> dict[str, str]:
     return {
         **os.environ,
         "NOTIFIER_DATABASE_URL": settings.database_url,
@@ -182,10 +177,10 @@ def worker_env(settings: Settings, twilio: FakeTwilio) -> dict[str, str]:
         "NOTIFIER_SMS_PROVIDER": "twilio",
         "NOTIFIER_SMS_RATE_PER_SECOND": "200",
         "NOTIFIER_PUBLIC_URL": "https://notifier.example.org",
-        "NOTIFIER_TWILIO__ACCOUNT_SID": twilio.account_sid,
-        "NOTIFIER_TWILIO__AUTH_TOKEN": twilio.auth_token,
+        "NOTIFIER_TWILIO__ACCOUNT_SID": twilio_fake.account_sid,
+        "NOTIFIER_TWILIO__AUTH_TOKEN": twilio_fake.auth_token,
         "NOTIFIER_TWILIO__SMS_FROM": "+15005550006",
-        "NOTIFIER_TWILIO__BASE_URL": twilio.base_url,
+        "NOTIFIER_TWILIO__BASE_URL": twilio_fake.base_url,
     }
 
 
@@ -199,22 +194,22 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 async def test_sigkill_mid_step_and_wiped_redis_complete_the_step_exactly_once(
-    settings_sms: Settings, deps: WorkerDeps, db: asyncpg.Connection, twilio: FakeTwilio
+    settings_sms: Settings, deps: WorkerDeps, db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> None:
     members = await org(db, 600)
     nid = await ding(deps, db, REMIND_SMS)
-    env = worker_env(settings_sms, twilio)
+    env = worker_env(settings_sms, twilio_fake)
     first = start_worker(env)
     second: subprocess.Popen[bytes] | None = None
     try:
         await advance_clock(db, 61)
         for _ in range(2000):  # kill once the step is under way: some reminders out, most not
-            if len(twilio.sms) >= 60:
+            if len(twilio_fake.sms) >= 60:
                 break
             await asyncio.sleep(0.01)
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        sent_at_kill = len(twilio.sms)
+        sent_at_kill = len(twilio_fake.sms)
         assert 0 < sent_at_kill < 600
         in_flight = await db.fetchval(
             "SELECT count(*) FROM deliveries WHERE step > 0 AND state = 'sending' AND sent_at IS NOT NULL"
@@ -239,7 +234,7 @@ async def test_sigkill_mid_step_and_wiped_redis_complete_the_step_exactly_once(
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
-    per_phone = Counter(m.to for m in twilio.sms)
+    per_phone = Counter(m.to for m in twilio_fake.sms)
     assert max(per_phone.values()) == 1  # no SMS twice
     state_of = {
         phone(int(r["member_id"][1:])): r["state"]
@@ -262,7 +257,7 @@ async def test_sigkill_mid_step_and_wiped_redis_complete_the_step_exactly_once(
 
 
 async def test_scheduled_send_survives_restarts_and_a_wiped_redis(
-    settings_sms: Settings, deps: WorkerDeps, db: asyncpg.Connection, twilio: FakeTwilio
+    settings_sms: Settings, deps: WorkerDeps, db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> None:
     await org(db, 5)
     send_at = await db.fetchval("SELECT notifier_now() + interval '1 hour'")
@@ -279,24 +274,24 @@ async def test_scheduled_send_survives_restarts_and_a_wiped_redis(
     await redis.flushdb()  # every queued job gone; the row is the timer
     await redis.aclose()
     await advance_clock(db, 2)
-    env = worker_env(settings_sms, twilio)
+    env = worker_env(settings_sms, twilio_fake)
     worker = start_worker(env)
     try:
-        await wait_until(lambda: _count(twilio, 5), within=30)
+        await wait_until(lambda: _count(twilio_fake, 5), within=30)
         await asyncio.sleep(1.5)
     finally:
         worker.terminate()
         worker.wait(10)
-    assert Counter(m.to for m in twilio.sms) == Counter({phone(i): 1 for i in range(5)})
+    assert Counter(m.to for m in twilio_fake.sms) == Counter({phone(i): 1 for i in range(5)})
     assert await db.fetchval("SELECT state FROM notices WHERE id = $1", nid) == "active"
 
 
-async def _count(twilio: FakeTwilio, n: int) -> bool:
-    return len(twilio.sms) >= n
+async def _count(twilio_fake: FakeTwilio, n: int) -> bool:
+    return len(twilio_fake.sms) >= n
 
 
 async def test_no_escalation_after_expiry(
-    deps: WorkerDeps, db: asyncpg.Connection, twilio: FakeTwilio
+    deps: WorkerDeps, db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> None:
     await org(db, 3)
     rules = {"steps": [{"after": "PT1M", "remind": ["sms"]}, {"after": "PT10M", "remind": ["sms"]}]}
@@ -305,11 +300,11 @@ async def test_no_escalation_after_expiry(
     await advance_clock(db, 61)
     await tick_once(deps)
     await deliver_notice_channel(deps, nid, "sms")
-    assert len(twilio.sms) == 3
+    assert len(twilio_fake.sms) == 3
     await advance_clock(db, 600)
     await tick_once(deps)
     await deliver_notice_channel(deps, nid, "sms")
-    assert len(twilio.sms) == 3
+    assert len(twilio_fake.sms) == 3
     kinds = [
         r["kind"]
         for r in await db.fetch("SELECT kind FROM notice_events WHERE notice_id = $1 ORDER BY at", nid)

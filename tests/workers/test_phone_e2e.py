@@ -31,17 +31,10 @@ PHONE_BROWSER = "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 (KHTML, like
 
 
 @pytest.fixture
-async def twilio() -> AsyncIterator[FakeTwilio]:
-    fake = await FakeTwilio().start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def deps(
-    server_urls: tuple[str, str], db: asyncpg.Connection, twilio: FakeTwilio
+    server_urls: tuple[str, str], db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> AsyncIterator[WorkerDeps]:
-    settings = make_settings(server_urls, **twilio.settings_overrides(), delivery_idle_wait_seconds=0.0)
+    settings = make_settings(server_urls, **twilio_fake.settings_overrides(), delivery_idle_wait_seconds=0.0)
     registry = build_registry(settings)
     pool = await create_pool(settings)
     queue = await create_queue(settings)
@@ -80,7 +73,7 @@ async def notice(deps: WorkerDeps, db: asyncpg.Connection, channels: list[str], 
 
 
 async def test_1000_sms_through_a_100_per_second_account_limit(
-    deps: WorkerDeps, db: asyncpg.Connection, twilio: FakeTwilio
+    deps: WorkerDeps, db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> None:
     assert deps.channels.get("sms").capabilities.rate_per_second == 100.0
     await org(db, 1000, "sms")
@@ -88,28 +81,28 @@ async def test_1000_sms_through_a_100_per_second_account_limit(
     jumped, started = 0.0, time.monotonic()
     for _ in range(60):
         await deliver_notice_channel(deps, nid, "sms")
-        if len(twilio.sms) >= 1000:
+        if len(twilio_fake.sms) >= 1000:
             break
         await advance_clock(db, 1.0)
         jumped += 1.0
     engine_seconds = jumped + (time.monotonic() - started)
     assert engine_seconds >= 9.0
-    per_number = Counter(m.to for m in twilio.sms)
+    per_number = Counter(m.to for m in twilio_fake.sms)
     assert len(per_number) == 1000 and set(per_number.values()) == {1}  # none dropped, none twice
-    assert twilio.rejected == 0
+    assert twilio_fake.rejected == 0
     states = await db.fetch("SELECT state, count(*) FROM deliveries WHERE notice_id = $1 GROUP BY state", nid)
     assert [tuple(r) for r in states] == [("sent", 1000)]
     # Each text carries its own signed read link.
-    assert all("/r/" in m.params["Body"] for m in twilio.sms[:5])
+    assert all("/r/" in m.params["Body"] for m in twilio_fake.sms[:5])
 
 
 async def test_voice_press_1_records_the_read_once(
-    deps: WorkerDeps, db: asyncpg.Connection, twilio: FakeTwilio
+    deps: WorkerDeps, db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> None:
     await org(db, 2, "voice")
     nid = await notice(deps, db, ["voice"])
     await deliver_notice_channel(deps, nid, "voice")
-    assert len(twilio.calls) == 2
+    assert len(twilio_fake.calls) == 2
     call = {
         r["member_id"]: r["provider_ref"]
         for r in await db.fetch("SELECT member_id, provider_ref FROM deliveries")
@@ -118,7 +111,7 @@ async def test_voice_press_1_records_the_read_once(
     async with TestClient(TestServer(create_app(deps.settings, deps.channels), host="127.0.0.1")) as client:
 
         async def post(path: str, params: dict[str, str], forge: bool = False) -> int:
-            headers, body = twilio.signed_callback(public + path, params)
+            headers, body = twilio_fake.signed_callback(public + path, params)
             if forge:
                 headers["X-Twilio-Signature"] = "AAAA" + headers["X-Twilio-Signature"][4:]
             resp = await client.post(path, data=body, headers=headers)
@@ -126,12 +119,12 @@ async def test_voice_press_1_records_the_read_once(
             return resp.status
 
         gather = "/v1/providers/voice/callbacks?event=gather"
-        pressed = {"CallSid": call["m00000"], "AccountSid": twilio.account_sid, "Digits": "1"}
+        pressed = {"CallSid": call["m00000"], "AccountSid": twilio_fake.account_sid, "Digits": "1"}
         assert await post(gather, pressed, forge=True) == 403
         assert await db.fetchval("SELECT count(*) FROM recipients WHERE read_at IS NOT NULL") == 0
         assert await post(gather, pressed) == 200
         assert await post(gather, pressed) == 200  # Twilio may post twice: still one read
-        other = {"CallSid": call["m00001"], "AccountSid": twilio.account_sid, "Digits": "7"}
+        other = {"CallSid": call["m00001"], "AccountSid": twilio_fake.account_sid, "Digits": "7"}
         assert await post(gather, other) == 200  # not a confirmation
         resp = await client.get(f"/v1/notices/{nid}", headers=auth())
         counts = (await resp.json())["counts"]
@@ -140,12 +133,12 @@ async def test_voice_press_1_records_the_read_once(
     assert counts["read"] == 1 and counts["unread"] == 1
 
 
-async def test_signed_read_link(deps: WorkerDeps, db: asyncpg.Connection, twilio: FakeTwilio) -> None:
+async def test_signed_read_link(deps: WorkerDeps, db: asyncpg.Connection, twilio_fake: FakeTwilio) -> None:
     await org(db, 2, "sms")
     await db.execute("INSERT INTO members (id, name) VALUES ('outsider', 'O')")
     nid = await notice(deps, db, ["sms"], title="Lesson <1>")
     await deliver_notice_channel(deps, nid, "sms")
-    body = next(m.params["Body"] for m in twilio.sms if m.to.endswith("0000"))
+    body = next(m.params["Body"] for m in twilio_fake.sms if m.to.endswith("0000"))
     link = next(word for word in body.split() if "/r/" in word)
     path = urlsplit(link).path
     secret = deps.settings.link_secret.get_secret_value().encode()
