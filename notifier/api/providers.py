@@ -110,9 +110,7 @@ async def open_read_link(request: web.Request, call: Call) -> web.Response:
             return _page(404, "Not found", "<p class=note>This notice is not addressed to you.</p>")
         # Link-preview bots and URL scanners fetch links too; they must not stop a DING's
         # escalation for someone who never saw it.
-        if not is_preview_fetch(request) and await recipients.mark_read(
-            conn, claims.notice_id, claims.member_id, via="link"
-        ):
-            await notices.add_read(conn, claims.notice_id)
+        if not is_preview_fetch(request):
+            await recipients.mark_read(conn, claims.notice_id, claims.member_id, "link", notices.shard())
     paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in str(notice["body"]).split("\n") if p.strip())
     return _page(200, str(notice["title"]), paragraphs + "<p class=note>✓ 已读 — read receipt recorded.</p>")

@@ -87,9 +87,7 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
             if member_id not in await members_visible(conn, p, [member_id]):
                 raise not_found("recipient")
         notice_id = str(notice["id"])
-        recorded = await recipients.mark_read(conn, notice_id, member_id, via="api")
-        if recorded:
-            await notices.add_read(conn, notice_id)
+        recorded = await recipients.mark_read(conn, notice_id, member_id, "api", notices.shard())
         row = await recipients.get(conn, notice_id, member_id)
         if row is None:
             if notice["state"] in ("queued", "fanning_out"):

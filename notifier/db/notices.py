@@ -30,10 +30,6 @@ SELECT coalesce(sum(recipients), 0)::bigint AS recipients, coalesce(sum(queued),
        coalesce(sum(failed), 0)::bigint AS failed, coalesce(sum(read), 0)::bigint AS read
 FROM notice_counts WHERE notice_id = $1"""
 
-ADD_READ = """
-INSERT INTO notice_counts (notice_id, shard, read) VALUES ($1, $2, 1)
-ON CONFLICT (notice_id, shard) DO UPDATE SET read = notice_counts.read + 1"""
-
 # Claim a notice for one fan-out chunk; a second worker skips it instead of waiting.
 CLAIM_FANOUT = """
 SELECT id, audience, channels, fallback, fanout_cursor, state, escalation,
@@ -114,10 +110,6 @@ async def counts(conn: Connection | Pool, notice_id: str) -> dict[str, int]:
     result = {k: int(v) for k, v in row.items()}
     result["unread"] = result["recipients"] - result["read"]
     return result
-
-
-async def add_read(conn: Connection, notice_id: str) -> None:
-    await conn.execute(ADD_READ, notice_id, shard())
 
 
 async def stalled_fanouts(conn: Connection | Pool, older_than: float, limit: int = 100) -> list[str]:

@@ -131,19 +131,26 @@ ON CONFLICT (notice_id, shard) DO UPDATE SET
     queued = c.queued + excluded.queued, sent = c.sent + excluded.sent,
     delivered = c.delivered + excluded.delivered, failed = c.failed + excluded.failed"""
 
-# The first read wins; reminders still waiting for that member are cancelled with it.
+# The first read wins, and is counted with it; reminders still waiting for that member are
+# cancelled. Set-based: one statement for any number of (notice, member) pairs.
 MARK_READ = """
-WITH r AS (
-    UPDATE recipients SET read_at = (SELECT notifier_now()), read_via = $3
-    WHERE notice_id = $1 AND member_id = $2 AND read_at IS NULL
-    RETURNING read_at
+WITH p AS (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[]) AS p(notice_id, member_id)),
+r AS (
+    UPDATE recipients t SET read_at = (SELECT notifier_now()), read_via = $3
+    FROM p WHERE t.notice_id = p.notice_id AND t.member_id = p.member_id AND t.read_at IS NULL
+    RETURNING t.notice_id, t.member_id
 ),
 c AS (
-    UPDATE deliveries SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,
+    UPDATE deliveries d SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,
         updated_at = (SELECT notifier_now())
-    WHERE notice_id = $1 AND member_id = $2 AND step > 0 AND state = 'queued' AND EXISTS (SELECT 1 FROM r)
+    FROM r WHERE d.notice_id = r.notice_id AND d.member_id = r.member_id AND d.step > 0 AND d.state = 'queued'
+),
+k AS (
+    INSERT INTO notice_counts AS k (notice_id, shard, read)
+    SELECT notice_id, $4, count(*) FROM r GROUP BY notice_id
+    ON CONFLICT (notice_id, shard) DO UPDATE SET read = k.read + excluded.read
 )
-SELECT read_at FROM r"""
+SELECT notice_id, member_id FROM r"""
 GET = (
     "SELECT notice_id, member_id, dstatus, delivered_at, read_at, read_via FROM recipients "
     "WHERE notice_id = $1 AND member_id = $2"
@@ -225,9 +232,18 @@ async def roll_up(conn: Connection, notice_ids: list[str], member_ids: list[str]
     await conn.execute(ROLL_UP, notice_ids, member_ids, shard)
 
 
-async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str) -> bool:
-    """Record the first read; True when this call recorded it."""
-    return await conn.fetchval(MARK_READ, notice_id, member_id, via) is not None
+async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str, shard: int) -> bool:
+    """Record (and count) the first read; True when this call recorded it."""
+    return bool(await mark_read_many(conn, [notice_id], [member_id], via, shard))
+
+
+async def mark_read_many(
+    conn: Connection, notice_ids: list[str], member_ids: list[str], via: str, shard: int
+) -> list[Record]:
+    """Record (and count) first reads; returns the pairs this call recorded."""
+    if len(notice_ids) > 1:
+        await conn.execute(LOCK_RECIPIENTS, notice_ids, member_ids)  # sorted: no deadlocks
+    return list(await conn.fetch(MARK_READ, notice_ids, member_ids, via, shard))
 
 
 async def get(conn: Connection, notice_id: str, member_id: str) -> Record | None:

@@ -4,34 +4,40 @@ and by the delivery writer, which applies reports that arrived before the provid
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
+from notifier.channels.base import StatusUpdate
 from notifier.db import notices, recipients, reports
-from notifier.db.pool import Connection
+from notifier.db.pool import Connection, Record
 
 
-async def apply_reports(conn: Connection, channel: str, items: Sequence[Any]) -> int:
-    """Apply reports (objects or records with provider_ref, state, error, read) inside the caller's
-    transaction. Returns how many deliveries moved; unmatched reports are parked for later."""
-    moved = 0
-    pairs: list[tuple[str, str]] = []
-    for item in items:
-        ref, state, error, read = (
-            (item["provider_ref"], item["state"], item["error"], item["read"])
-            if not hasattr(item, "provider_ref")
-            else (item.provider_ref, item.state, item.error, item.read)
+def _as_update(item: StatusUpdate | Record) -> StatusUpdate:
+    if isinstance(item, StatusUpdate):
+        return item
+    return StatusUpdate(item["provider_ref"], item["state"], item["error"], bool(item["read"]))
+
+
+async def apply_reports(conn: Connection, channel: str, items: Sequence[StatusUpdate | Record]) -> int:
+    """Apply reports inside the caller's transaction, set-based. Returns how many deliveries
+    moved; unmatched reports are parked for later."""
+    if not items:
+        return 0
+    updates = [_as_update(i) for i in items]
+    rows = await reports.apply_many(
+        conn,
+        channel,
+        [u.provider_ref for u in updates],
+        [u.state for u in updates],
+        [u.error for u in updates],
+        [u.read for u in updates],
+    )
+    moved = [r for r in rows if r["what"] == "moved"]
+    read = [r for r in rows if r["what"] == "read"]
+    shard = notices.shard()
+    if read:
+        await recipients.mark_read_many(
+            conn, [str(r["notice_id"]) for r in read], [r["member_id"] for r in read], channel, shard
         )
-        target = await reports.find(conn, channel, ref)
-        if target is None:
-            await reports.park(conn, channel, ref, state, error, read)
-            continue
-        changed = await reports.apply(conn, channel, ref, state, error)
-        moved += len(changed)
-        pairs += [(str(r["notice_id"]), r["member_id"]) for r in changed]
-        if read and await recipients.mark_read(
-            conn, str(target["notice_id"]), target["member_id"], via=channel
-        ):
-            await notices.add_read(conn, str(target["notice_id"]))
-    if pairs:
-        await recipients.roll_up(conn, [p[0] for p in pairs], [p[1] for p in pairs], notices.shard())
-    return moved
+    await recipients.roll_up(
+        conn, [str(r["notice_id"]) for r in moved], [r["member_id"] for r in moved], shard
+    )
+    return len(moved)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncpg
 
-from notifier.channels.base import Capabilities, NoticeContent, Outcome
+from notifier.channels.base import Capabilities, NoticeContent, Outcome, StatusUpdate
 from notifier.db import deliveries, recipients, throttle
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_batch, deliver_notice_channel
 from notifier.workers.reconcile import reconcile_once
+from notifier.workers.reports import apply_reports
 from notifier.workers.tick import tick_once
 from tests.conftest import advance_clock
 from tests.workers.test_delivery_layer import (
@@ -56,7 +57,7 @@ async def test_a_read_between_claim_and_send_stops_the_reminder(env: Env, db: as
     claimed = await deliveries.claim(deps.pool, nid, "scripted", 10, 60)
     assert len(claimed) == 2
     async with deps.pool.acquire() as conn, conn.transaction():
-        await recipients.mark_read(conn, nid, "m00000", via="api")
+        await recipients.mark_read(conn, nid, "m00000", "api", 0)
     await deliver_batch(deps, channel, NoticeContent(nid, "ding", "t", "b"), claimed)
     assert [o.member_id for o in channel.sent] == ["m00001"]
 
@@ -108,3 +109,32 @@ async def test_a_notice_naming_a_channel_this_deployment_lacks_fails_visibly(
     event = await db.fetchrow("SELECT kind, detail FROM notice_events WHERE notice_id = $1", nid)
     assert event is not None and event["kind"] == "fanout_failed" and "carrier-pigeon" in event["detail"]
     assert await db.fetchval("SELECT count(*) FROM deliveries WHERE notice_id = $1", nid) == 0
+
+
+async def test_a_batch_of_reports_is_applied_in_one_go(env: Env, db: asyncpg.Connection) -> None:
+    deps, _ = env
+    await make_members(db, 2)
+    nid = await make_notice(deps, db, ["scripted"])
+    await deliver_notice_channel(deps, nid, "scripted")
+    refs = {
+        r["member_id"]: r["provider_ref"]
+        for r in await db.fetch("SELECT member_id, provider_ref FROM deliveries WHERE notice_id = $1", nid)
+    }
+    batch = [
+        StatusUpdate(refs["m00000"], "delivered"),
+        StatusUpdate(refs["m00000"], "sent"),  # out of order in the same batch: the furthest wins
+        StatusUpdate(refs["m00001"], None, read=True),
+        StatusUpdate("not-yet-known", "delivered"),
+    ]
+    async with deps.pool.acquire() as conn, conn.transaction():
+        assert await apply_reports(conn, "scripted", batch) == 1
+    rows = await db.fetch("SELECT member_id, state FROM deliveries WHERE notice_id = $1", nid)
+    assert {r["member_id"]: r["state"] for r in rows} == {"m00000": "delivered", "m00001": "sent"}
+    reads = await db.fetch("SELECT member_id, read_via FROM recipients WHERE read_at IS NOT NULL")
+    assert [tuple(r) for r in reads] == [("m00001", "scripted")]
+    counts = await db.fetchrow(
+        "SELECT sum(read) AS read, sum(delivered) AS delivered FROM notice_counts WHERE notice_id = $1", nid
+    )
+    assert counts is not None and (counts["read"], counts["delivered"]) == (1, 1)
+    parked = await db.fetchval("SELECT count(*) FROM provider_events WHERE provider_ref = 'not-yet-known'")
+    assert parked == 1

@@ -117,7 +117,7 @@ async def test_reads_racing_the_step_never_get_a_reminder(
 
     async def read(member: str) -> None:
         async with deps.pool.acquire() as conn, conn.transaction():
-            await recipients.mark_read(conn, nid, member, via="api")
+            await recipients.mark_read(conn, nid, member, "api", 0)
 
     # The tick and 150 reads at once; then the reminders go out.
     await asyncio.gather(tick_once(deps), *(read(m) for m in readers))
