@@ -85,14 +85,14 @@ async def stop_worker(worker: Any, task: asyncio.Future[Any]) -> None:
 
 
 @pytest.fixture
-async def env(server_urls: tuple[str, str], db: asyncpg.Connection) -> AsyncIterator[Env]:
-    twilio = await FakeTwilio().start()
-    settings = make_settings(server_urls, **twilio.settings_overrides())
+async def env(
+    server_urls: tuple[str, str], db: asyncpg.Connection, twilio_fake: FakeTwilio
+) -> AsyncIterator[Env]:
+    settings = make_settings(server_urls, **twilio_fake.settings_overrides())
     worker, task = await start_worker(settings)
     async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client:
-        yield Env(client, db, twilio, settings)
+        yield Env(client, db, twilio_fake, settings)
     await stop_worker(worker, task)
-    await twilio.stop()
 
 
 async def build(env: Env, members: int, *, secretary: bool = True, duty_unit: str | None = "c") -> list[str]:
