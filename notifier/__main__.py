@@ -47,7 +47,7 @@ async def run_api(settings: Settings, stop: asyncio.Future[None] | None = None) 
 
 
 async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:
-    from notifier.workers.settings import create_worker
+    from notifier.workers.settings import create_worker, stop_worker
 
     worker = create_worker(settings)
     task = asyncio.ensure_future(worker.async_run())
@@ -56,11 +56,7 @@ async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = Non
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        with contextlib.suppress(asyncio.CancelledError):  # a job cancelled mid-flight
-            await worker.close()
+        await stop_worker(worker, task)
 
 
 def _resolve(stop: asyncio.Future[None]) -> None:

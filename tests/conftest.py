@@ -5,7 +5,6 @@ behind a real HTTP server, an in-process arq worker and a fake webhook receiver.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,7 +21,7 @@ from notifier.app import create_app
 from notifier.db.migrations import migrate
 from notifier.embedded import EmbeddedServers
 from notifier.settings import Settings
-from notifier.workers.settings import create_worker
+from notifier.workers.settings import create_worker, stop_worker
 from tests.fakes.aliyun import FakeAliyun
 from tests.fakes.twilio import FakeTwilio
 from tests.fakes.webhook_receiver import WebhookReceiver
@@ -104,11 +103,7 @@ async def worker(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[No
     w = create_worker(settings)
     task = asyncio.ensure_future(w.async_run())
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    with contextlib.suppress(asyncio.CancelledError):  # a job cancelled mid-flight
-        await w.close()
+    await stop_worker(w, task)
 
 
 @pytest.fixture

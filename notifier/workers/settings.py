@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from arq import cron
@@ -96,3 +98,21 @@ def queue_settings(settings: Settings) -> dict[str, Any]:
 
 def create_worker(settings: Settings, **overrides: Any) -> Worker:
     return Worker(**{**worker_settings(settings), **overrides})
+
+
+async def stop_worker(worker: Worker, task: asyncio.Future[Any]) -> None:
+    """Stop a worker started with ``async_run()`` and release everything it holds.
+
+    arq's ``close()`` waits for the job tasks and only then runs ``on_shutdown``; a job cancelled
+    mid-flight would make it raise first and leak the pools. Jobs are safe to cut short (rows
+    and leases, not the queue, hold the truth), so cancel them, wait, then close.
+    """
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    jobs = list(worker.tasks.values())
+    for job in jobs:
+        job.cancel()
+    await asyncio.gather(*jobs, return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()

@@ -5,7 +5,6 @@ sleeping. Every test ends by checking that the providers got exactly the expecte
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
 from notifier.settings import Settings
-from notifier.workers.settings import create_worker
+from notifier.workers.settings import create_worker, stop_worker
 from tests.conftest import advance_clock, auth, make_settings, wait_until
 from tests.fakes.twilio import FakeTwilio
 
@@ -74,14 +73,6 @@ def phone_of(member_id: str) -> str:
 async def start_worker(settings: Settings) -> tuple[Any, asyncio.Future[Any]]:
     worker = create_worker(settings)
     return worker, asyncio.ensure_future(worker.async_run())
-
-
-async def stop_worker(worker: Any, task: asyncio.Future[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    with contextlib.suppress(asyncio.CancelledError):  # a job cancelled mid-flight
-        await worker.close()
 
 
 @pytest.fixture

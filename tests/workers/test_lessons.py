@@ -6,7 +6,6 @@ test checks the exact messages sent: nothing missing, nothing twice, nothing une
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 from collections import Counter
@@ -29,7 +28,7 @@ from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.fanout import fanout_notice
 from notifier.workers.lessons import send_due_lessons
 from notifier.workers.queue import create_queue
-from notifier.workers.settings import create_worker
+from notifier.workers.settings import create_worker, stop_worker
 from notifier.workers.tick import tick_once
 from tests.conftest import advance_clock, auth, make_settings, wait_until
 from tests.fakes.fcm import FakeFcm
@@ -182,11 +181,7 @@ async def test_scheduler_down_across_the_lesson_time_sends_late_once(env: Env) -
         await wait_until(all_pushed, within=20)
         await asyncio.sleep(2.5)  # more ticks and reconciler passes: nothing more may go out
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        with contextlib.suppress(asyncio.CancelledError):  # a job cancelled mid-flight
-            await worker.close()
+        await stop_worker(worker, task)
     rows = await lesson_notices(env.db)
     assert len(rows) == 1
     nid = str(rows[0]["id"])
