@@ -99,6 +99,10 @@ async def put_unit(request: web.Request, call: Call) -> web.Response:
                 raise invalid("parent_id", "unknown unit")
             if await units.is_within(conn, body.parent_id, unit_id):
                 raise invalid("parent_id", "would create a cycle: the parent lies below this unit")
+            if not await units.fits(conn, unit_id, body.parent_id):
+                raise invalid(
+                    "parent_id", f"a unit would lie more than {units.MAX_DEPTH} levels below the root"
+                )
         if not p.is_admin:
             if unit_id == p.scope_root:
                 if current is not None and body.parent_id != current["parent_id"]:

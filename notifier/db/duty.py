@@ -13,7 +13,7 @@ from datetime import datetime
 import asyncpg
 
 from notifier.db.pool import Connection, Record
-from notifier.db.units import SUBTREE_CTE
+from notifier.db.units import SUBTREE_CTE, ancestors
 
 # One roster replacement per unit at a time: two concurrent replacements would otherwise each
 # delete the old rows and leave the union of both new rosters.
@@ -51,14 +51,9 @@ WHERE mu.member_id = ANY($2::text[])"""
 
 # Each requested unit ($1) with its ancestors and their distance; the walk stops at $2 when given
 # (a scoped caller's root: ancestors above it are outside the caller's reach).
-_UP = """
-WITH RECURSIVE up AS (
-    SELECT u.id AS requested, u.id, u.parent_id, 0 AS depth FROM units u WHERE u.id = ANY($1::text[])
-    UNION ALL
-    SELECT up.requested, p.id, p.parent_id, up.depth + 1
-    FROM up JOIN units p ON p.id = up.parent_id
-    WHERE up.depth < 1000 AND up.id IS DISTINCT FROM $2::text
-)"""
+_UP = "WITH RECURSIVE " + ancestors(
+    "SELECT id, id FROM units WHERE id = ANY($1::text[])", "requested", stop_at="$2::text"
+)
 
 # For every requested unit, one row per member on duty at $3 (NULL: (SELECT notifier_now())) in the nearest
 # ancestor-or-self unit with anyone on duty then; a unit with nobody up the tree gets one row with

@@ -3,7 +3,8 @@ constraint.
 
 A unit's lesson settings are inherited: its own time zone, lesson time and reminder time, else
 the nearest ancestor's, finally Asia/Shanghai and 08:00 (no reminder). ``effective_cte`` walks
-up the tree for a set of units in one recursive CTE; the scheduler and the API share it.
+up the tree (``units.ancestors``) for a set of units in one statement; the scheduler and the API
+share it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from notifier.db.pool import Connection, Record
 from notifier.db.quiet import DEFAULT_TIMEZONE
+from notifier.db.units import ancestors
 
 DEFAULT_LESSON_TIME = "08:00"
 
@@ -22,22 +24,16 @@ def effective_cte(units_sql: str) -> str:
     units ``units_sql`` selects (one column, ``unit_id``)."""
     return f"""
 WITH RECURSIVE cand AS ({units_sql}),
-up AS (
-    SELECT c.unit_id, u.parent_id, u.timezone, u.lesson_time, u.lesson_reminder_time, 0 AS depth
-    FROM cand c JOIN units u ON u.id = c.unit_id
-    UNION ALL
-    SELECT up.unit_id, u.parent_id, u.timezone, u.lesson_time, u.lesson_reminder_time, up.depth + 1
-    FROM up JOIN units u ON u.id = up.parent_id WHERE up.depth < 1000
-),
+{ancestors("SELECT unit_id, unit_id FROM cand", "unit_id")},
 eff AS (
-    SELECT unit_id,
-           coalesce((array_agg(timezone ORDER BY depth) FILTER (WHERE timezone IS NOT NULL))[1],
+    SELECT up.unit_id,
+           coalesce((array_agg(u.timezone ORDER BY up.depth) FILTER (WHERE u.timezone IS NOT NULL))[1],
                     '{DEFAULT_TIMEZONE}') AS tz,
-           coalesce((array_agg(lesson_time ORDER BY depth) FILTER (WHERE lesson_time IS NOT NULL))[1],
+           coalesce((array_agg(u.lesson_time ORDER BY up.depth) FILTER (WHERE u.lesson_time IS NOT NULL))[1],
                     time '{DEFAULT_LESSON_TIME}') AS lesson_time,
-           (array_agg(lesson_reminder_time ORDER BY depth)
-                FILTER (WHERE lesson_reminder_time IS NOT NULL))[1] AS reminder_time
-    FROM up GROUP BY unit_id
+           (array_agg(u.lesson_reminder_time ORDER BY up.depth)
+                FILTER (WHERE u.lesson_reminder_time IS NOT NULL))[1] AS reminder_time
+    FROM up JOIN units u ON u.id = up.id GROUP BY up.unit_id
 )"""
 
 

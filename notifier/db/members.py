@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from notifier.db.pool import Connection, Record
-from notifier.db.units import SUBTREE_CTE, quiet_hours
+from notifier.db.units import quiet_hours, subtree
 
 UPSERT_MANY = """
 INSERT INTO members (id, name, phone, email, timezone, quiet_start, quiet_end)
@@ -43,7 +43,8 @@ EXISTING = "SELECT id FROM members WHERE id = ANY($1::text[])"
 
 # Members among $1 that have at least one membership inside the subtree of $2.
 VISIBLE = (
-    SUBTREE_CTE.replace("$1", "$2")
+    "WITH RECURSIVE "
+    + subtree("$2")
     + """
 SELECT DISTINCT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id
 WHERE mu.member_id = ANY($1::text[])"""
@@ -106,7 +107,8 @@ def as_dict(row: Record, visible_units: set[str] | None = None) -> dict[str, Any
 # Members among $1 with a membership outside the subtree of $2: a unit-bound key may read them
 # but not change them (their profile, contacts and keys are shared with someone else).
 NOT_OWNED = (
-    SUBTREE_CTE.replace("$1", "$2")
+    "WITH RECURSIVE "
+    + subtree("$2")
     + """
 SELECT DISTINCT mu.member_id FROM member_units mu
 WHERE mu.member_id = ANY($1::text[]) AND mu.unit_id NOT IN (SELECT id FROM sub)"""

@@ -5,6 +5,7 @@ the time zone likewise, finally Asia/Shanghai."""
 from __future__ import annotations
 
 from notifier.db.pool import Connection
+from notifier.db.units import ancestors
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 
@@ -14,19 +15,13 @@ WITH RECURSIVE m AS (
            (SELECT min(unit_id) FROM member_units WHERE member_id = mem.id) AS unit_id
     FROM members mem WHERE mem.id = ANY($1::text[])
 ),
-up AS (
-    SELECT m.member_id, u.parent_id, u.timezone, u.quiet_start, u.quiet_end, 0 AS depth
-    FROM m JOIN units u ON u.id = m.unit_id
-    UNION ALL
-    SELECT up.member_id, u.parent_id, u.timezone, u.quiet_start, u.quiet_end, up.depth + 1
-    FROM up JOIN units u ON u.id = up.parent_id WHERE up.depth < 50
-),
+{ancestors("SELECT member_id, unit_id FROM m", "member_id")},
 inherited AS (
-    SELECT member_id,
-           (array_agg(timezone ORDER BY depth) FILTER (WHERE timezone IS NOT NULL))[1] AS tz,
-           (array_agg(quiet_start ORDER BY depth) FILTER (WHERE quiet_start IS NOT NULL))[1] AS qs,
-           (array_agg(quiet_end ORDER BY depth) FILTER (WHERE quiet_start IS NOT NULL))[1] AS qe
-    FROM up GROUP BY member_id
+    SELECT up.member_id,
+           (array_agg(u.timezone ORDER BY up.depth) FILTER (WHERE u.timezone IS NOT NULL))[1] AS tz,
+           (array_agg(u.quiet_start ORDER BY up.depth) FILTER (WHERE u.quiet_start IS NOT NULL))[1] AS qs,
+           (array_agg(u.quiet_end ORDER BY up.depth) FILTER (WHERE u.quiet_start IS NOT NULL))[1] AS qe
+    FROM up JOIN units u ON u.id = up.id GROUP BY up.member_id
 ),
 eff AS (
     SELECT m.member_id, coalesce(m.timezone, i.tz, '{DEFAULT_TIMEZONE}') AS tz,

@@ -1,4 +1,11 @@
-"""units: the organisation tree. Subtree and ancestor walks are recursive CTEs."""
+"""units: the organisation tree, and the one place its walks are written.
+
+``subtree`` walks down from a set of roots, ``ancestors`` walks up from a set of units; every
+module that walks the tree (units, members, duty, lessons, quiet hours, recipients) builds its
+statement from these two, so the tree means the same thing everywhere. Both stop after
+``MAX_DEPTH`` steps, and ``PUT /v1/units`` refuses a tree deeper than that (``fits``), so a walk
+never stops early on a real tree; the cap only bounds a walk over rows that somehow form a cycle.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +15,49 @@ from typing import Any
 
 from notifier.db.pool import Connection, Record
 
+# The deepest a unit may lie below a root (a root is at depth 0).
+MAX_DEPTH = 1000
+
 # Serialises tree edits so two concurrent re-parentings cannot close a cycle together.
 LOCK_TREE = "SELECT pg_advisory_xact_lock(727002)"
 
-ANCESTORS_CTE = """
-WITH RECURSIVE up AS (
-    SELECT id, parent_id, 0 AS depth FROM units WHERE id = $1
-    UNION ALL
-    SELECT u.id, u.parent_id, up.depth + 1 FROM units u JOIN up ON u.id = up.parent_id WHERE up.depth < 1000
+
+def subtree(roots: str) -> str:
+    """The recursive CTE ``sub(id, depth)`` (put it after ``WITH RECURSIVE``): the units whose ids
+    the ``text[]`` parameter ``roots`` (e.g. ``"$2"``) lists, and every unit below them, ``depth``
+    steps down."""
+    return f"""sub AS (
+    SELECT id, 0 AS depth FROM units WHERE id = ANY({roots}::text[])
+    UNION
+    SELECT u.id, sub.depth + 1 FROM units u JOIN sub ON u.parent_id = sub.id WHERE sub.depth < {MAX_DEPTH}
 )"""
 
-SUBTREE_CTE = """
-WITH RECURSIVE sub AS (
-    SELECT id, 0 AS depth FROM units WHERE id = ANY($1::text[])
-    UNION
-    SELECT u.id, sub.depth + 1 FROM units u JOIN sub ON u.parent_id = sub.id WHERE sub.depth < 1000
+
+def ancestors(starts: str, key: str, *, stop_at: str | None = None) -> str:
+    """The recursive CTE ``up(<key>, id, parent_id, depth)`` (put it after ``WITH RECURSIVE``): for
+    each row ``(key, unit_id)`` the query ``starts`` gives, that unit and every unit above it,
+    ``depth`` steps up (0: the unit itself). With ``stop_at`` (an SQL expression naming a unit; NULL
+    for none) the walk goes no higher than that unit."""
+    stop = "" if stop_at is None else f" AND up.id IS DISTINCT FROM {stop_at}"
+    return f"""up ({key}, id, parent_id, depth) AS (
+    SELECT s.origin, u.id, u.parent_id, 0 FROM ({starts}) AS s (origin, unit_id) JOIN units u ON u.id = s.unit_id
+    UNION ALL
+    SELECT up.{key}, p.id, p.parent_id, up.depth + 1 FROM up JOIN units p ON p.id = up.parent_id
+    WHERE up.depth < {MAX_DEPTH}{stop}
 )"""
+
+
+# The same walks as whole WITH clauses over $1: the ancestors of one unit, the subtree of a list.
+ANCESTORS_CTE = "\nWITH RECURSIVE " + ancestors("SELECT $1::text, $1::text", "start")
+SUBTREE_CTE = "\nWITH RECURSIVE " + subtree("$1")
 
 IS_ANCESTOR_OR_SELF = ANCESTORS_CTE + " SELECT EXISTS (SELECT 1 FROM up WHERE id = $2)"
+WITHIN = SUBTREE_CTE + " SELECT id FROM sub WHERE id = ANY($2::text[])"
+SUBTREE_IDS = SUBTREE_CTE + " SELECT id FROM sub"
+# Whether unit $1 (and everything below it) still lies within MAX_DEPTH when hung below $2.
+FITS = f"""
+WITH RECURSIVE {ancestors("SELECT $2::text, $2::text", "start")}, {subtree("ARRAY[$1::text]")}
+SELECT (SELECT max(depth) FROM up) + 1 + coalesce((SELECT max(depth) FROM sub), 0) <= {MAX_DEPTH}"""
 # Every column a unit is shown with; the secretaries ride along as a sorted array.
 UNIT = """
 SELECT u.id, u.name, u.parent_id, u.timezone, u.lesson_time, u.lesson_reminder_time,
@@ -86,14 +118,17 @@ async def is_within(conn: Connection, unit_id: str, root_id: str) -> bool:
 
 async def all_within(conn: Connection, unit_ids: list[str], root_id: str) -> set[str]:
     """The subset of ``unit_ids`` that lie in ``root_id``'s subtree."""
-    rows = await conn.fetch(
-        SUBTREE_CTE + " SELECT id FROM sub WHERE id = ANY($2::text[])", [root_id], unit_ids
-    )
-    return {r["id"] for r in rows}
+    return {r["id"] for r in await conn.fetch(WITHIN, [root_id], unit_ids)}
 
 
 async def subtree_ids(conn: Connection, root_id: str) -> list[str]:
-    return [r["id"] for r in await conn.fetch(SUBTREE_CTE + " SELECT id FROM sub", [root_id])]
+    return [r["id"] for r in await conn.fetch(SUBTREE_IDS, [root_id])]
+
+
+async def fits(conn: Connection, unit_id: str, parent_id: str) -> bool:
+    """False when hanging ``unit_id`` (with the units below it) below ``parent_id`` would put a unit
+    deeper than ``MAX_DEPTH``."""
+    return bool(await conn.fetchval(FITS, unit_id, parent_id))
 
 
 async def upsert(
