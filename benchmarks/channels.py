@@ -55,6 +55,8 @@ import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
+from benchmarks.harness.measure import against
+from benchmarks.harness.servers import code_version
 from notifier.channels import jpush as jpush_channel
 from notifier.channels import sms as sms_channel
 from notifier.channels import voice as voice_channel
@@ -151,11 +153,8 @@ class Measurement:
         return self.seconds - self.cpu_seconds
 
     @property
-    def ratio(self) -> float:
-        """Seconds per message relative to the baseline's (1.00 = as cheap as a plain POST)."""
-        if self.baseline is None:
-            return math.nan
-        return self.baseline.rate / self.rate if self.rate > 0 else math.nan
+    def per_message(self) -> float:
+        return self.seconds / self.messages if self.messages else math.nan
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -652,7 +651,7 @@ Channel send rate: channel.send(batch) against each fake provider on 127.0.0.1
   x baseline = seconds per message / the baseline's seconds per message (fastest rounds of each):
   1.00x = as cheap as a plain POST, 3.00x = three times the cost, below 1 = cheaper (batching).
   cpu s = this process's CPU time in that round: near 'seconds' means the one event loop is CPU-bound.
-  Python {python}, {cpus} CPUs, delivery_concurrency={concurrency}, load average {load}."""
+  Python {python}, {cpus} CPUs, delivery_concurrency={concurrency}, load average {load}, code {code}."""
 
 
 def _num(value: float, form: str) -> str:
@@ -689,7 +688,7 @@ def render(rows: list[Measurement]) -> str:
                 _num(row.warmup_seconds, "{:.3f}"),
                 _num(base.rate, "{:,.0f}"),
                 _num(base.spread, "{:+.0%}"),
-                _num(row.ratio, "{:.2f}x"),
+                against(row.per_message, base.per_message, "{:.2f}x"),
                 "FAIL" if row.failures else "ok",
             )
         )
@@ -773,6 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rounds=args.rounds,
             load=" ".join(f"{x:.2f}" for x in os.getloadavg()),
             concurrency=settings.delivery_concurrency,
+            code=code_version(),
         ),
         flush=True,
     )

@@ -22,14 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.harness.measure import against
+from benchmarks.harness.servers import code_version, connected, servers
 from notifier.channels.registry import build_registry
-from notifier.db.migrations import migrate
-from notifier.db.pool import Connection, create_pool
+from notifier.db.pool import Connection
 from notifier.domain.escalation import PolicyRules
-from notifier.embedded import EmbeddedServers
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
-from notifier.workers.queue import create_queue
 from notifier.workers.tick import tick_once
 
 SNAPSHOT = PolicyRules.model_validate({"steps": [{"after": "PT1M", "remind": ["inapp"]}]}).snapshot("bench")
@@ -78,10 +77,8 @@ def summary(samples: list[float]) -> str:
 
 
 async def run(settings: Settings, timers: int, due: int) -> None:
-    await migrate(settings.database_url)
-    pool = await create_pool(settings, min_size=2, max_size=8)
-    deps = WorkerDeps(settings, pool, await create_queue(settings), build_registry(settings))
-    try:
+    async with connected(settings, min_size=2, max_size=8) as (pool, queue):
+        deps = WorkerDeps(settings, pool, queue, build_registry(settings))
         async with pool.acquire() as conn:
             await conn.execute("TRUNCATE escalations, notice_events, recipients, deliveries, notices CASCADE")
         baseline = await timed_ticks(deps, 30)
@@ -111,17 +108,14 @@ async def run(settings: Settings, timers: int, due: int) -> None:
             fired = await conn.fetchval(
                 "SELECT count(*) FROM notice_events WHERE kind = 'everyone_read' OR kind = 'step_fired'"
             )
-    finally:
-        await deps.queue.aclose()
-        await pool.close()
     base = statistics.median(baseline)
-    print(f"\ntime-engine tick  ({timers:,} pending timers; seeded in {seeded:.1f} s)")
+    print(f"\ntime-engine tick  ({timers:,} pending timers; seeded in {seeded:.1f} s; code {code_version()})")
     print(f"  baseline (no timers)        {summary(baseline)}")
-    idle_x = statistics.median(idle) / base
-    print(f"  idle ({timers:,} pending, 0 due) {summary(idle)}   x{idle_x:5.2f} of baseline")
+    idle_x = against(statistics.median(idle), base, "x{:5.2f}")
+    print(f"  idle ({timers:,} pending, 0 due) {summary(idle)}   {idle_x} of baseline")
     busy_ticks = busy[:-1] or busy
-    busy_x = statistics.median(busy_ticks) / base
-    print(f"  busy ({due:,} due)              {summary(busy_ticks)}   x{busy_x:5.2f} of baseline")
+    busy_x = against(statistics.median(busy_ticks), base, "x{:5.2f}")
+    print(f"  busy ({due:,} due)              {summary(busy_ticks)}   {busy_x} of baseline")
     print(
         f"  {fired:,} steps fired in {drained:.2f} s over {len(busy)} ticks "
         f"= {fired / drained:,.0f} steps/s; "
@@ -134,15 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timers", type=int, default=100_000)
     parser.add_argument("--due", type=int, default=2_000)
     args = parser.parse_args(argv)
-    env = Settings()
-    if env.database_url and env.redis_url:
-        asyncio.run(run(env, args.timers, args.due))
-        return
-    with (
-        tempfile.TemporaryDirectory(prefix="notifier-bench-") as tmp,
-        EmbeddedServers(Path(tmp), fast=True) as s,
-    ):
-        settings = env.model_copy(update={"database_url": s.postgres.url, "redis_url": s.redis.url})
+    with tempfile.TemporaryDirectory(prefix="notifier-bench-") as tmp, servers(Path(tmp)) as (db, redis):
+        settings = Settings().model_copy(update={"database_url": db, "redis_url": redis})
         asyncio.run(run(settings, args.timers, args.due))
 
 
