@@ -12,8 +12,7 @@ from typing import Any
 from benchmarks.fanout import CHANNELS, WARMUP_MEMBERS, Options
 from benchmarks.fanout.org import member_id
 from benchmarks.harness.cpu import cpu_delta
-from benchmarks.harness.measure import Bench, CaseResult, poll_until, repeated
-from benchmarks.harness.workers import running
+from benchmarks.harness.measure import Bench, CaseResult, each_case, poll_until, with_workers
 from notifier.db import notices
 from notifier.workers.queue import enqueue_fanout
 
@@ -75,22 +74,13 @@ async def run_ours(
 
 
 async def phase(bench: Bench, opts: Options, root: str, log_dir: Path) -> list[CaseResult]:
-    prefix = f"{bench.prefix}-w"
     argv = [sys.executable, "-m", "notifier", "worker"]
-    async with running(
-        "notifier worker", argv, bench.settings, opts.workers, prefix, log_dir, bench.pool
-    ) as group:
-        bench.procs, bench.meter.workers = group, group.pids
-        try:
-            warm = min(WARMUP_MEMBERS, opts.members)
-            audience = {"members": [member_id(bench.prefix, i) for i in range(warm)]}
-            await run_ours(bench, "warm-up", list(CHANNELS), audience, warm)
-            results = []
-            for channel in opts.channels:
-                case = functools.partial(run_ours, bench, channel, [channel], {"units": [root]}, opts.members)
-                result = await repeated(opts.repeat, case)
-                results.append(result)
-                print(f"  {channel}: {result.seconds:.3f}s, {result.rate:,.0f} deliveries/s", file=sys.stderr)
-            return results
-        finally:
-            bench.procs, bench.meter.workers = None, []
+    async with with_workers(bench, "notifier worker", argv, opts.workers, log_dir) as bench:
+        warm = min(WARMUP_MEMBERS, opts.members)
+        audience = {"members": [member_id(bench.prefix, i) for i in range(warm)]}
+        await run_ours(bench, "warm-up", list(CHANNELS), audience, warm)
+        everyone = {"units": [root]}
+        return await each_case(
+            opts.repeat,
+            {c: functools.partial(run_ours, bench, c, [c], everyone, opts.members) for c in opts.channels},
+        )

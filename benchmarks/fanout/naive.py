@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -23,8 +22,7 @@ from arq.worker import Worker, func
 
 from benchmarks.fanout import WARMUP_MEMBERS, Options
 from benchmarks.harness.cpu import cpu_delta
-from benchmarks.harness.measure import Bench, CaseResult, poll_until, repeated
-from benchmarks.harness.workers import running
+from benchmarks.harness.measure import Bench, CaseResult, each_case, poll_until, with_workers
 from notifier.channels.webhook import decode_secret, sign
 from notifier.db.units import subtree
 from notifier.settings import Settings
@@ -208,27 +206,19 @@ async def run_naive(bench: Bench, case: str, channel: str, root: str, n: int, ca
 
 
 async def phase(bench: Bench, opts: Options, root: str, log_dir: Path) -> list[CaseResult]:
-    prefix = f"{bench.prefix}-n"
-    naive_settings = bench.settings.model_copy(update={"queue_name": bench.settings.queue_name + ":naive"})
+    settings = bench.settings.model_copy(update={"queue_name": bench.settings.queue_name + ":naive"})
     argv = [sys.executable, "-m", "benchmarks.fanout", "--naive-worker"]
     n = min(opts.members, opts.naive_cap)
     note = f"capped at {n:,} of {opts.members:,}" if n < opts.members else ""
-    async with running(
-        "naive worker", argv, naive_settings, opts.workers, prefix, log_dir, bench.pool
-    ) as group:
-        bench.meter.workers = group.pids
-        naive_bench = dataclasses.replace(bench, settings=naive_settings, procs=group)
-        try:
-            await run_naive(naive_bench, "naive warm-up", "webhook", root, min(WARMUP_MEMBERS, n), "")
-            results = []
-            for channel in opts.channels:
-                case = functools.partial(run_naive, naive_bench, f"naive {channel}", channel, root, n, note)
-                result = await repeated(opts.repeat, case)
-                results.append(result)
-                print(f"  naive {channel}: {result.seconds:.3f}s, {result.rate:,.0f}/s", file=sys.stderr)
-            return results
-        finally:
-            bench.procs, bench.meter.workers = None, []
+    async with with_workers(bench, "naive worker", argv, opts.workers, log_dir, settings) as bench:
+        await run_naive(bench, "naive warm-up", "webhook", root, min(WARMUP_MEMBERS, n), "")
+        return await each_case(
+            opts.repeat,
+            {
+                f"naive {c}": functools.partial(run_naive, bench, f"naive {c}", c, root, n, note)
+                for c in opts.channels
+            },
+        )
 
 
 def run_worker() -> None:

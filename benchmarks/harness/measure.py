@@ -4,10 +4,13 @@ repeated runs (the median stands), and figures against a baseline measured in th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from arq.connections import ArqRedis
@@ -15,7 +18,7 @@ from arq.connections import ArqRedis
 from benchmarks.harness.cpu import CpuMeter
 from benchmarks.harness.receiver import Receiver
 from benchmarks.harness.servers import BenchError
-from benchmarks.harness.workers import ProcGroup
+from benchmarks.harness.workers import ProcGroup, running
 from notifier.db.pool import Pool
 from notifier.settings import Settings
 
@@ -52,6 +55,22 @@ class Bench:
     prefix: str
     timeout: float
     procs: ProcGroup | None = None
+
+
+@contextlib.asynccontextmanager
+async def with_workers(
+    bench: Bench, name: str, argv: list[str], count: int, log_dir: Path, settings: Settings | None = None
+) -> AsyncIterator[Bench]:
+    """The bench with ``count`` processes of ``argv`` running (ready, watched by ``poll_until``,
+    their CPU metered) for the block; stopped after it."""
+    settings = settings or bench.settings
+    prefix = f"{bench.prefix}-{name.replace(' ', '-')}-"
+    async with running(name, argv, settings, count, prefix, log_dir, bench.pool) as group:
+        bench.meter.workers = group.pids
+        try:
+            yield dataclasses.replace(bench, settings=settings, procs=group)
+        finally:
+            bench.meter.workers = []
 
 
 async def poll_until(
@@ -92,6 +111,16 @@ async def repeated(times: int, run: Callable[[], Awaitable[R]]) -> R:
         spread = f"median of {len(runs)} ({runs[0].seconds:.3f}-{runs[-1].seconds:.3f}s)"
         median.note = f"{median.note}; {spread}" if median.note else spread
     return median
+
+
+async def each_case(repeat: int, cases: dict[str, Callable[[], Awaitable[CaseResult]]]) -> list[CaseResult]:
+    """Every case ``repeat`` times, one after another (the median stands), each reported on stderr."""
+    results = []
+    for label, run in cases.items():
+        result = await repeated(repeat, run)
+        results.append(result)
+        print(f"  {label}: {result.seconds:.3f}s, {result.rate:,.0f} deliveries/s", file=sys.stderr)
+    return results
 
 
 def against(value: float, baseline: float | None, form: str = "{:.1f}x") -> str:
