@@ -67,8 +67,9 @@ DECLARE
     m text[];
     s text[];
 BEGIN
-    -- Lock in one order (no deadlocks between batches). Rows this transaction created are
-    -- invisible to every other one: nothing to wait for (the fan-out's recipients).
+    -- Lock in one order (no deadlocks between batches). A row version this transaction wrote
+    -- (the fan-out's new recipients, a read just recorded) is already ours: nothing to wait for,
+    -- and the fan-out does not pay a lock per recipient.
     PERFORM 1 FROM recipients r
     WHERE (r.notice_id, r.member_id) IN (SELECT notice_id, member_id FROM inserted)
       AND r.xmin <> pg_current_xact_id()::xid

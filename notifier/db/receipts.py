@@ -20,11 +20,17 @@ r AS (
     FROM l WHERE t.notice_id = l.notice_id AND t.member_id = l.member_id AND t.read_at IS NULL
     RETURNING t.notice_id, t.member_id
 ),
+-- A delivery locked by someone else is in flight (claimed, or being written back): waiting for
+-- it here would lock recipient then delivery, the reverse of every delivery write (and its
+-- trigger), and deadlock. Skipped, it is not sent: the claim checks the read, and the
+-- reconciler's sweep cancels it if it comes back to the queue.
 c AS (
     UPDATE deliveries d SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,
         updated_at = (SELECT notifier_now())
-    FROM r WHERE d.notice_id = r.notice_id AND d.member_id = r.member_id AND d.state = 'queued'
-      AND {MOOT_AFTER_READ.format(d="d")}
+    WHERE d.id IN (
+        SELECT m.id FROM deliveries m JOIN r ON m.notice_id = r.notice_id AND m.member_id = r.member_id
+        WHERE m.state = 'queued' AND {MOOT_AFTER_READ.format(d="m")}
+        FOR UPDATE OF m SKIP LOCKED)
 ),
 k AS (
     INSERT INTO notice_counts AS k (notice_id, shard, read)

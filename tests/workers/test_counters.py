@@ -6,12 +6,14 @@ the rows and each recipient's status equals the precedence over its deliveries."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections import Counter, defaultdict
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
@@ -373,3 +375,40 @@ async def test_the_listing_by_delivery_status_agrees_with_the_counts(
         ("m00002", "delivered", "delivered"),
     ]
     assert listed["failed"] == [("m00003", "read", "failed")]
+
+
+async def test_concurrent_batches_reads_and_reminders_neither_drift_nor_deadlock(
+    env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    deps, channel = env
+    deps.settings = deps.settings.model_copy(update={"delivery_batch_size": 50})
+    await make_members(db, 300)
+    nid = await make_notice(deps, db, ["scripted", "inapp"], fallback=True)
+    rng = random.Random(7)
+    channel.script = [rng.choice(OUTCOMES) for _ in range(2000)]
+
+    async def read(members: list[str]) -> None:
+        for i in range(0, len(members), 20):  # batches in opposite orders, as provider reports come
+            async with deps.pool.acquire() as conn, conn.transaction():
+                await receipts.mark_read_many(conn, [nid] * 20, members[i : i + 20], "api")
+
+    async def remind() -> None:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            await conn.fetchrow(escalations.REMIND, nid, "scripted", 1, True, False)
+
+    members = [f"m{i:05d}" for i in range(300)]
+    await asyncio.gather(
+        *[deliver_notice_channel(deps, nid, "scripted") for _ in range(4)],
+        read(members[::3]),
+        read(members[::-5]),
+        remind(),
+    )
+    for _ in range(3):
+        await advance_clock(db, 30)
+        await asyncio.gather(*[deliver_notice_channel(deps, nid, "scripted") for _ in range(2)])
+    assert not [r.message for r in caplog.records if "retrying" in r.message]  # no deadlock retried
+    assert len(channel.sent) > 300  # retries and reminders on top of the first sends
+    assert set((await states(db, nid)).elements()) >= {"sent", "delivered", "failed", "cancelled"}
+    assert await violations(db) == []
+    counts = await db.fetchrow("SELECT sum(read)::int AS read, sum(recipients)::int AS n FROM notice_counts")
+    assert counts is not None and tuple(counts) == (len(set(members[::3]) | set(members[::-5])), 300)
