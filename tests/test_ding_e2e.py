@@ -70,6 +70,7 @@ async def test_ding_to_top_unit_reaches_every_member_once_per_channel(
         "sent": 0,
         "delivered": 1000,
         "failed": 0,
+        "cancelled": 0,
         "read": 0,
         "unread": 1000,
     }

@@ -44,6 +44,7 @@ async def test_ding_reaches_everyone(
         "sent": 0,
         "delivered": 50,
         "failed": 0,
+        "cancelled": 0,
         "read": 0,
         "unread": 50,
     }

@@ -76,6 +76,7 @@ class Counts(BaseModel):
     sent: int
     delivered: int
     failed: int
+    cancelled: int = Field(description="every delivery was cancelled (recalled, or read before it went out)")
     read: int
     unread: int
 
@@ -144,7 +145,12 @@ class RecipientOut(BaseModel):
     member_id: str
     name: str
     units: list[str]
-    status: Literal["queued", "sent", "delivered", "failed", "read"]
+    status: Literal["queued", "sent", "delivered", "failed", "cancelled", "read"] = Field(
+        description="read once read, else the delivery outcome"
+    )
+    delivery_status: Literal["queued", "sent", "delivered", "failed", "cancelled"] = Field(
+        description="the delivery outcome, read or not: what ?status= and the counts go by"
+    )
     delivered_at: datetime | None
     read_at: datetime | None
     deliveries: list[DeliveryOut]
@@ -156,7 +162,11 @@ class RecipientPage(BaseModel):
 
 
 class RecipientQuery(Strict):
-    status: Literal["read", "unread", "queued", "sent", "delivered", "failed"] | None = None
+    status: Literal["read", "unread", "queued", "sent", "delivered", "failed", "cancelled"] | None = Field(
+        default=None,
+        description="read / unread: by the read receipt; the others: by the delivery outcome, read or not "
+        "(so a listing agrees with counts)",
+    )
     unit: Id | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = Field(default=None, max_length=400)
@@ -355,6 +365,7 @@ def _recipient(row: Record, deliveries: list[Record], visible_units: set[str] | 
         "name": row["name"],
         "units": [u for u in row["units"] if visible_units is None or u in visible_units],
         "status": "read" if row["read_at"] else row["dstatus"],
+        "delivery_status": row["dstatus"],
         "delivered_at": row["delivered_at"],
         "read_at": row["read_at"],
         "deliveries": [

@@ -15,7 +15,7 @@ from notifier.api.keys import DEPS
 from notifier.api.problems import Problem, not_found
 from notifier.api.routing import Call, Router
 from notifier.channels.base import InvalidSignature, ReceivesCallbacks
-from notifier.db import notices, recipients
+from notifier.db import notices, receipts, recipients
 from notifier.links import BadLink, read_token
 from notifier.workers.reports import apply_reports
 
@@ -111,6 +111,6 @@ async def open_read_link(request: web.Request, call: Call) -> web.Response:
         # Link-preview bots and URL scanners fetch links too; they must not stop a DING's
         # escalation for someone who never saw it.
         if not is_preview_fetch(request):
-            await recipients.mark_read(conn, claims.notice_id, claims.member_id, "link", notices.shard())
+            await receipts.mark_read(conn, claims.notice_id, claims.member_id, "link")
     paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in str(notice["body"]).split("\n") if p.strip())
     return _page(200, str(notice["title"]), paragraphs + "<p class=note>✓ 已读 — read receipt recorded.</p>")

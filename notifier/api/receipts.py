@@ -14,7 +14,8 @@ from notifier.api.notices import decode_cursor, encode_cursor, load_visible_noti
 from notifier.api.problems import Problem, invalid, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Strict, parse_uuid
-from notifier.db import notices, recipients, units
+from notifier.db import inbox as inbox_db
+from notifier.db import notices, receipts, recipients, units
 
 routes = Router()
 
@@ -47,6 +48,9 @@ class InboxItem(BaseModel):
     created_at: datetime
     read: bool
     read_at: datetime | None
+    reminded_at: datetime | None = Field(
+        default=None, description="set when an escalation step reminded in-app: the notice is shown again"
+    )
 
 
 class InboxPage(BaseModel):
@@ -87,7 +91,7 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
             if member_id not in await members_visible(conn, p, [member_id]):
                 raise not_found("recipient")
         notice_id = str(notice["id"])
-        recorded = await recipients.mark_read(conn, notice_id, member_id, "api", notices.shard())
+        recorded = await receipts.mark_read(conn, notice_id, member_id, "api")
         row = await recipients.get(conn, notice_id, member_id)
         if row is None:
             if notice["state"] in ("queued", "fanning_out"):
@@ -118,8 +122,7 @@ async def inbox(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     q = call.query_as(InboxQuery)
     member_id = request.match_info["member_id"]
-    after_ts: datetime | None = None
-    after_id: str | None = None
+    after: tuple[datetime, str] | None = None
     raw = decode_cursor(q.cursor)
     if raw is not None:
         ts, _, nid = raw.partition("|")
@@ -130,12 +133,15 @@ async def inbox(request: web.Request, call: Call) -> web.Response:
         after_id = parse_uuid(nid)
         if after_ts is None or after_id is None:
             raise invalid("query.cursor", "not a cursor this API returned")
+        after = (after_ts, after_id)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         await require_member(conn, p, member_id)
         root = p.scope_root
         reach = None if root is None else await units.subtree_ids(conn, root)
-        rows = await conn.fetch(recipients.INBOX, member_id, q.unread, after_ts, after_id, q.limit + 1, reach)
+        rows = await inbox_db.page(
+            conn, member_id, unread_only=q.unread, after=after, limit=q.limit + 1, units=reach
+        )
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     items = [
@@ -148,8 +154,9 @@ async def inbox(request: web.Request, call: Call) -> web.Response:
             created_at=r["created_at"],
             read=r["read_at"] is not None,
             read_at=r["read_at"],
+            reminded_at=r["reminded_at"],
         ).model_dump(mode="json")
         for r in rows
     ]
-    cursor = encode_cursor(f"{rows[-1]['delivered_at'].isoformat()}|{rows[-1]['id']}") if more else None
+    cursor = encode_cursor(f"{rows[-1]['shown_at'].isoformat()}|{rows[-1]['id']}") if more else None
     return json_response({"items": items, "next_cursor": cursor})

@@ -15,6 +15,21 @@ LIST = """
 SELECT id, member_id, channel, target, created_at, disabled_at, disabled_reason
 FROM contacts WHERE member_id = $1 ORDER BY created_at, id"""
 DELETE = "DELETE FROM contacts WHERE member_id = $1 AND id = $2 RETURNING id"
+
+
+def newest_working(member: str, channel: str, when: str = "true") -> str:
+    """The one rule for "which contact reaches this member on this channel": their newest
+    contact there that is not disabled. A subquery returning ``id`` (one row or none) for a
+    ``LEFT JOIN LATERAL (...) k ON true``; the arguments are SQL expressions from the outer
+    query, and ``when`` (also SQL) skips the lookup for channels that need no contact.
+    Used by the fan-out, escalation reminders and channel fallback."""
+    return f"""
+        SELECT id FROM contacts
+        WHERE {when} AND contacts.member_id = {member} AND contacts.channel = {channel}
+          AND contacts.disabled_at IS NULL
+        ORDER BY created_at DESC LIMIT 1"""
+
+
 DISABLE_MANY = """
 UPDATE contacts SET disabled_at = (SELECT notifier_now()), disabled_reason = r.reason
 FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)

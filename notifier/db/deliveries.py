@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from notifier.db.contacts import newest_working
 from notifier.db.pool import Connection, Pool, Record
+
+# Queued work a member's read makes moot ({d}: the deliveries alias): reminders (step > 0), and
+# step-0 rows that were held back (quiet hours, a rate or per-contact limit, an open circuit) --
+# a member who has read must not get the held SMS in the morning. Matches the partial indexes
+# of schemas/0003 and 0006, through which the reconciler's sweep finds them.
+HELD = "('quiet_hours', 'throttled', 'capped', 'circuit_open')"
+MOOT_AFTER_READ = "({d}.step > 0 OR {d}.wait_reason IN " + HELD + ")"
 
 # Claim up to $3 due deliveries of one notice on one channel. SKIP LOCKED lets any number of
 # workers share a notice; the lease says how long the claim holds; attempts is the fencing token.
-CLAIM = """
+CLAIM = f"""
 WITH c AS (
     SELECT id, wait_reason FROM deliveries
     WHERE notice_id = $1 AND channel = $2 AND state = 'queued' AND next_attempt_at <= (SELECT notifier_now())
-      -- a reminder (step > 0) never goes to someone whose read has committed
-      AND (step = 0 OR NOT EXISTS (
+      -- a reminder or a held row never goes to someone whose read has committed
+      AND (NOT {MOOT_AFTER_READ.format(d="deliveries")} OR NOT EXISTS (
           SELECT 1 FROM recipients r
           WHERE r.notice_id = deliveries.notice_id AND r.member_id = deliveries.member_id AND r.read_at IS NOT NULL))
       AND NOT EXISTS (SELECT 1 FROM notices n WHERE n.id = $1 AND n.state = 'recalled')
@@ -57,22 +65,29 @@ FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[]) AS r(id, attempt,
 WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'"""
 
 # Work that must not go out any more: the notice was recalled, or the member read it before a
-# reminder (step > 0) left. The sweep catches rows put back in the queue after the recall or the
+# reminder (or a held row: MOOT_AFTER_READ) left. The sweep catches rows put back in the queue after the recall or the
 # read (a retry, a released hold, a fallback); the claimed variant is the last check before sending.
 _MOOT = """
 UPDATE deliveries d SET state = 'cancelled', wait_reason = NULL, lease_until = NULL, updated_at = (SELECT notifier_now()),
     error = CASE WHEN n.state = 'recalled' THEN 'recalled' ELSE 'read before it went out' END
 FROM notices n
 WHERE n.id = d.notice_id AND {which}
-  AND (n.state = 'recalled' OR (d.step > 0 AND EXISTS (
+  AND (n.state = 'recalled' OR ({moot} AND EXISTS (
       SELECT 1 FROM recipients r WHERE r.notice_id = d.notice_id AND r.member_id = d.member_id AND r.read_at IS NOT NULL)))
 RETURNING d.id, d.notice_id, d.member_id"""
 # The sweep looks only where such rows can be: queued rows of recalled notices, queued reminders
-# (both found through partial indexes, so a large first send costs it nothing).
+# and held rows (found through partial indexes, so a large first send costs it nothing).
 CANCEL_MOOT_QUEUED = _MOOT.format(
-    which="d.state = 'queued' AND (d.step > 0 OR d.notice_id IN (SELECT id FROM notices WHERE state = 'recalled'))"
+    which="d.state = 'queued' AND (d.step > 0 OR d.wait_reason IN "
+    + HELD
+    + " OR d.notice_id IN (SELECT id FROM notices WHERE state = 'recalled'))",
+    moot=MOOT_AFTER_READ.format(d="d"),
 )
-CANCEL_MOOT_CLAIMED = _MOOT.format(which="d.id = ANY($1::bigint[]) AND d.state = 'sending'")
+# Just claimed: the claim cleared wait_reason, so only reminders are checked here (a held row
+# was checked by the claim itself).
+CANCEL_MOOT_CLAIMED = _MOOT.format(
+    which="d.id = ANY($1::bigint[]) AND d.state = 'sending'", moot="d.step > 0"
+)
 
 # Passing the gate is handing over: from here a lost worker means "maybe sent" (SMS, voice),
 # and the per-contact cap counts the message.
@@ -87,7 +102,7 @@ WHERE notice_id = $1 AND channel = $2 AND state = 'queued'"""
 # With fallback, a delivery that failed for good hands over to the next channel in the notice's
 # order on which the member has a working contact (or that needs none).
 #   $1 failed delivery ids  $2 channels needing no contact  $3 channels delivered on insert
-FALLBACK_NEXT = """
+FALLBACK_NEXT = f"""
 INSERT INTO deliveries (notice_id, member_id, channel, step, contact_id, state, attempts)
 SELECT d.notice_id, d.member_id, nxt.channel, d.step, nxt.contact_id,
        CASE WHEN nxt.channel = ANY($3::text[]) THEN 'delivered' ELSE 'queued' END,
@@ -97,11 +112,7 @@ JOIN notices n ON n.id = d.notice_id AND n.fallback
 CROSS JOIN LATERAL (
     SELECT c.channel, k.id AS contact_id
     FROM unnest(n.channels) WITH ORDINALITY AS c(channel, ord)
-    LEFT JOIN LATERAL (
-        SELECT id FROM contacts
-        WHERE contacts.member_id = d.member_id AND contacts.channel = c.channel AND contacts.disabled_at IS NULL
-        ORDER BY created_at DESC LIMIT 1
-    ) k ON true
+    LEFT JOIN LATERAL ({newest_working("d.member_id", "c.channel")}) k ON true
     WHERE c.ord > array_position(n.channels, d.channel) AND (k.id IS NOT NULL OR c.channel = ANY($2::text[]))
     ORDER BY c.ord LIMIT 1
 ) nxt

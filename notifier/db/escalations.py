@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from notifier.db.contacts import newest_working
 from notifier.db.pool import Connection, Pool, Record
 
 # --- policies ---------------------------------------------------------------------------------
@@ -68,18 +69,14 @@ FROM recipients WHERE notice_id = $1"""
 
 # Remind the unread on one channel: one delivery per member with a working contact (or none
 # needed). Returns who was reached; the caller records an event for who was not.
-REMIND = """
+REMIND = f"""
 WITH unread AS (
     SELECT member_id FROM recipients WHERE notice_id = $1 AND read_at IS NULL
 ),
 plan AS (
     SELECT u.member_id, k.id AS contact_id
     FROM unread u
-    LEFT JOIN LATERAL (
-        SELECT id FROM contacts
-        WHERE contacts.member_id = u.member_id AND contacts.channel = $2 AND contacts.disabled_at IS NULL
-        ORDER BY created_at DESC LIMIT 1
-    ) k ON true
+    LEFT JOIN LATERAL ({newest_working("u.member_id", "$2", when="$4")}) k ON true
 ),
 ins AS (
     INSERT INTO deliveries (notice_id, member_id, channel, step, contact_id, state, attempts,
@@ -93,7 +90,7 @@ ins AS (
 )
 SELECT (SELECT count(*) FROM ins) AS reached,
        coalesce((SELECT array_agg(member_id ORDER BY member_id) FROM plan WHERE contact_id IS NULL AND $4),
-                '{}') AS unreachable"""
+                '{{}}') AS unreachable"""
 
 UNREAD_UNITS = """
 SELECT mu.unit_id, count(DISTINCT r.member_id) AS n

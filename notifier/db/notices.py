@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from datetime import datetime
 from typing import Any
 
 from notifier.db.pool import Connection, Pool, Record
-
-COUNT_SHARDS = 16
 
 NOTICE_COLUMNS = """id, kind, title, body, audience, channels, fallback, scope_unit_id, state, created_at,
     updated_at, fanned_out_at, send_at, expires_at, recalled_at, escalation"""
@@ -24,10 +21,14 @@ RETURNING {NOTICE_COLUMNS}"""
 
 GET = f"SELECT {NOTICE_COLUMNS} FROM notices WHERE id = $1"
 
+# The sharded counters (written by the fan-out, the read receipt and the deliveries triggers of
+# schemas/0006, each in the statement that changes what they count). Per recipient: the delivery
+# outcomes partition the recipients, read is counted apart.
 COUNTS = """
 SELECT coalesce(sum(recipients), 0)::bigint AS recipients, coalesce(sum(queued), 0)::bigint AS queued,
        coalesce(sum(sent), 0)::bigint AS sent, coalesce(sum(delivered), 0)::bigint AS delivered,
-       coalesce(sum(failed), 0)::bigint AS failed, coalesce(sum(read), 0)::bigint AS read
+       coalesce(sum(failed), 0)::bigint AS failed, coalesce(sum(cancelled), 0)::bigint AS cancelled,
+       coalesce(sum(read), 0)::bigint AS read
 FROM notice_counts WHERE notice_id = $1"""
 
 # Claim a notice for one fan-out chunk; a second worker skips it instead of waiting.
@@ -61,10 +62,6 @@ ON CONFLICT (key_owner, key) DO UPDATE SET request_hash = excluded.request_hash,
 IDEMPOTENCY_PURGE = (
     "DELETE FROM idempotency_keys WHERE created_at < (SELECT notifier_now()) - make_interval(secs => $1)"
 )
-
-
-def shard() -> int:
-    return random.randrange(COUNT_SHARDS)
 
 
 async def insert(

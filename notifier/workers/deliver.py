@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result
-from notifier.db import contacts, deliveries, notices, recipients, reports, throttle
+from notifier.db import contacts, deliveries, notices, reports, throttle
 from notifier.db.deliveries import Claimed, Released, Written
 from notifier.db.pool import Connection, Record
 from notifier.db.quiet import quiet_now
@@ -256,8 +256,6 @@ async def _write_back_once(
                 conn, channel.id, [r["provider_ref"] for r in changed if r["provider_ref"]]
             ),
         )
-        pairs = [(str(r["notice_id"]), r["member_id"]) for r in [*changed, *handed_over]]
-        await recipients.roll_up(conn, [p[0] for p in pairs], [p[1] for p in pairs], notices.shard())
         if caps.circuit_breaker and results:
             await _update_breaker(conn, settings, channel, results)
     return handed_over

@@ -10,7 +10,8 @@ import logging
 from typing import Any
 
 from notifier.channels.registry import UnknownChannel
-from notifier.db import escalations, notices, recipients
+from notifier.db import escalations, notices
+from notifier.db import fanout as fanout_db
 from notifier.workers.context import WorkerDeps
 from notifier.workers.escalate import start_escalation
 from notifier.workers.queue import enqueue_deliveries, wake_tick_in
@@ -40,7 +41,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 )
                 log.error("notice %s names channel %s, which is not configured", notice_id, exc)
                 return total
-            result = await recipients.fanout_chunk(
+            result = await fanout_db.fanout_chunk(
                 conn,
                 notice_id,
                 units=list(row["audience"].get("units", [])),
@@ -50,7 +51,6 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 channels=[c.id for c in channels],
                 needs_contact=[c.capabilities.needs_contact for c in channels],
                 on_insert=[c.capabilities.delivers_on_insert for c in channels],
-                shard=notices.shard(),
                 fallback=row["fallback"],
             )
             n: int = result["n"]

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from notifier.db import deliveries, notices, recipients
+from notifier.db import deliveries, notices
 from notifier.workers.context import WorkerDeps
 from notifier.workers.queue import enqueue_deliveries, enqueue_fanout
 
@@ -22,12 +22,10 @@ async def reconcile_once(deps: WorkerDeps) -> dict[str, int]:
     # id left behind by a killed worker blocks nothing for longer than one bucket.
     tag = f"r{int(time.time() // max(stall, 1.0))}"
     no_resend = [c.id for c in deps.channels if not c.capabilities.resend_when_ambiguous]
+    # Recipient statuses and counters follow these changes by themselves (schemas/0006).
     async with deps.pool.acquire() as conn, conn.transaction():
         expired = await deliveries.requeue_expired(conn, no_resend)
         unknown = [r for r in expired if r["state"] == "unknown"]
-        await recipients.roll_up(
-            conn, [str(r["notice_id"]) for r in unknown], [r["member_id"] for r in unknown], notices.shard()
-        )
     if expired:
         log.warning("%d deliveries' leases expired (%d now unknown)", len(expired), len(unknown))
     stalled = await notices.stalled_fanouts(deps.pool, stall)
@@ -35,9 +33,6 @@ async def reconcile_once(deps: WorkerDeps) -> dict[str, int]:
         await enqueue_fanout(deps.queue, notice_id, tag=tag)
     async with deps.pool.acquire() as conn, conn.transaction():
         moot = await deliveries.cancel_moot(conn)
-        await recipients.roll_up(
-            conn, [str(r["notice_id"]) for r in moot], [r["member_id"] for r in moot], notices.shard()
-        )
     groups = await deliveries.due_groups(deps.pool, stall, deps.channels.ids())
     for g in groups:
         await enqueue_deliveries(deps.queue, settings, str(g["notice_id"]), g["channel"], g["n"], tag=tag)

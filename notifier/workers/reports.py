@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from notifier.channels.base import StatusUpdate
-from notifier.db import notices, recipients, reports
+from notifier.db import receipts, reports
 from notifier.db.pool import Connection, Record
 
 
@@ -32,12 +32,8 @@ async def apply_reports(conn: Connection, channel: str, items: Sequence[StatusUp
     )
     moved = [r for r in rows if r["what"] == "moved"]
     read = [r for r in rows if r["what"] == "read"]
-    shard = notices.shard()
     if read:
-        await recipients.mark_read_many(
-            conn, [str(r["notice_id"]) for r in read], [r["member_id"] for r in read], channel, shard
+        await receipts.mark_read_many(
+            conn, [str(r["notice_id"]) for r in read], [r["member_id"] for r in read], channel
         )
-    await recipients.roll_up(
-        conn, [str(r["notice_id"]) for r in moved], [r["member_id"] for r in moved], shard
-    )
     return len(moved)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncpg
 
 from notifier.channels.base import Capabilities, NoticeContent, Outcome, StatusUpdate
-from notifier.db import deliveries, recipients, throttle
+from notifier.db import deliveries, receipts, throttle
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_batch, deliver_notice_channel
 from notifier.workers.reconcile import reconcile_once
@@ -57,7 +57,7 @@ async def test_a_read_between_claim_and_send_stops_the_reminder(env: Env, db: as
     claimed = await deliveries.claim(deps.pool, nid, "scripted", 10, 60)
     assert len(claimed) == 2
     async with deps.pool.acquire() as conn, conn.transaction():
-        await recipients.mark_read(conn, nid, "m00000", "api", 0)
+        await receipts.mark_read(conn, nid, "m00000", "api")
     await deliver_batch(deps, channel, NoticeContent(nid, "ding", "t", "b"), claimed)
     assert [o.member_id for o in channel.sent] == ["m00001"]
 

@@ -20,7 +20,7 @@ import pytest
 from redis.asyncio import Redis
 
 from notifier.channels.registry import build_registry
-from notifier.db import recipients
+from notifier.db import receipts
 from notifier.db.pool import create_pool
 from notifier.domain.escalation import PolicyRules
 from notifier.settings import Settings
@@ -117,7 +117,7 @@ async def test_reads_racing_the_step_never_get_a_reminder(
 
     async def read(member: str) -> None:
         async with deps.pool.acquire() as conn, conn.transaction():
-            await recipients.mark_read(conn, nid, member, "api", 0)
+            await receipts.mark_read(conn, nid, member, "api")
 
     # The tick and 150 reads at once; then the reminders go out.
     await asyncio.gather(tick_once(deps), *(read(m) for m in readers))

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
 from notifier.channels.registry import build_registry
-from notifier.db import lessons, recipients
+from notifier.db import lessons, receipts
 from notifier.db.pool import create_pool
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
@@ -405,7 +405,7 @@ async def test_evening_reminder_reaches_only_the_unread_once(env: Env) -> None:
     }
     async with env.deps.pool.acquire() as conn, conn.transaction():
         for m in team[:2]:
-            assert await recipients.mark_read(conn, nid, m, "api", 0)
+            assert await receipts.mark_read(conn, nid, m, "api")
 
     async def tick_and_deliver() -> dict[str, int]:
         done = await tick_once(env.deps)

@@ -1,0 +1,107 @@
+"""The fan-out statement: a notice's audience becomes recipients and deliveries, in SQL.
+
+The recipients' statuses it writes are the ones the deliveries trigger would compute (inserted
+deliveries only raise a recipient's status: schemas/0006), so the trigger finds nothing to move;
+the recipients themselves are counted here.
+"""
+
+from __future__ import annotations
+
+from notifier.db.contacts import newest_working
+from notifier.db.pool import Connection, Record
+from notifier.db.units import SUBTREE_CTE
+
+# One fan-out chunk, entirely inside PostgreSQL: resolve the audience (unit subtrees + named
+# members, deduplicated, next `limit` member ids after the cursor), plan one delivery per
+# (member, channel) with the member's newest working contact, insert deliveries and recipients
+# (ON CONFLICT DO NOTHING makes a re-run harmless) and add the new recipients to the counters.
+#   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 limit
+#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback
+FANOUT_CHUNK = (
+    SUBTREE_CTE.replace("$1", "$2")
+    + f""",
+clock AS (SELECT notifier_now() AS now),
+aud AS (
+    SELECT member_id FROM (
+        SELECT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id
+        UNION
+        SELECT m.id FROM members m WHERE m.id = ANY($3::text[])
+    ) a
+    WHERE $4::text IS NULL OR member_id > $4
+    ORDER BY member_id LIMIT $5
+),
+ch AS (
+    SELECT * FROM unnest($6::text[], $7::bool[], $8::bool[]) WITH ORDINALITY AS c(channel, needs_contact, on_insert, ord)
+),
+plan_all AS (
+    SELECT a.member_id, ch.channel, ch.ord, k.id AS contact_id,
+           CASE WHEN ch.on_insert THEN 'delivered'
+                WHEN ch.needs_contact AND k.id IS NULL THEN 'failed'
+                ELSE 'queued' END AS state
+    FROM aud a CROSS JOIN ch
+    LEFT JOIN LATERAL ({newest_working("a.member_id", "ch.channel", when="ch.needs_contact")}) k ON true
+),
+-- Without fallback every listed channel is used; with it, each member gets the first channel
+-- (in the notice's order) they can be reached on, or a failed first channel when none works.
+plan AS (
+    SELECT member_id, channel, contact_id, state FROM plan_all WHERE NOT $9::bool
+    UNION ALL
+    (SELECT DISTINCT ON (member_id) member_id, channel, contact_id, state FROM plan_all WHERE $9::bool
+     ORDER BY member_id, state = 'failed', ord)
+),
+ins_d AS (
+    -- Timestamps set explicitly from one reading of the engine clock: column defaults would call
+    -- notifier_now() once per row.
+    INSERT INTO deliveries (notice_id, member_id, channel, contact_id, state, attempts, error,
+                            next_attempt_at, created_at, updated_at)
+    SELECT $1, member_id, channel, contact_id, state, (state = 'delivered')::int,
+           CASE WHEN state = 'failed' THEN 'no working contact for this channel' END,
+           clock.now, clock.now, clock.now
+    FROM plan CROSS JOIN clock
+    ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
+),
+roll AS (
+    -- the precedence of schemas/0006 over what the plan can hold
+    SELECT member_id, recipient_status(max(delivery_rank(state))) AS dstatus FROM plan GROUP BY member_id
+),
+ins_r AS (
+    INSERT INTO recipients (notice_id, member_id, dstatus, delivered_at, created_at)
+    SELECT $1, member_id, dstatus, CASE WHEN dstatus = 'delivered' THEN clock.now END, clock.now
+    FROM roll CROSS JOIN clock
+    ON CONFLICT DO NOTHING
+    RETURNING dstatus
+),
+cnt AS (
+    INSERT INTO notice_counts (notice_id, shard, recipients, queued, delivered, failed)
+    SELECT $1, notice_count_shard(), count(*), count(*) FILTER (WHERE dstatus = 'queued'),
+           count(*) FILTER (WHERE dstatus = 'delivered'), count(*) FILTER (WHERE dstatus = 'failed')
+    FROM ins_r
+    ON CONFLICT (notice_id, shard) DO UPDATE SET
+        recipients = notice_counts.recipients + excluded.recipients,
+        queued = notice_counts.queued + excluded.queued,
+        delivered = notice_counts.delivered + excluded.delivered,
+        failed = notice_counts.failed + excluded.failed
+)
+SELECT (SELECT count(*) FROM aud) AS n, (SELECT max(member_id) FROM aud) AS last_member,
+       coalesce((SELECT array_agg(DISTINCT channel) FROM plan WHERE state = 'queued'), '{{}}') AS queued_channels
+"""
+)
+
+
+async def fanout_chunk(
+    conn: Connection,
+    notice_id: str,
+    units: list[str],
+    members: list[str],
+    cursor: str | None,
+    limit: int,
+    channels: list[str],
+    needs_contact: list[bool],
+    on_insert: list[bool],
+    fallback: bool = False,
+) -> Record:
+    row = await conn.fetchrow(
+        FANOUT_CHUNK, notice_id, units, members, cursor, limit, channels, needs_contact, on_insert, fallback
+    )
+    assert row is not None
+    return row

@@ -1,0 +1,52 @@
+"""Read receipts: the first read of a notice by a member, counted in the same statement."""
+
+from __future__ import annotations
+
+from notifier.db.deliveries import MOOT_AFTER_READ
+from notifier.db.pool import Connection, Record
+
+# The first read wins, and is counted with it; work that a read makes moot (reminders, held
+# step-0 rows) is cancelled, and the deliveries trigger moves the recipient and the counters.
+# Set-based: one statement for any number of (notice, member) pairs, locked in one order so
+# concurrent batches never deadlock.
+MARK_READ = f"""
+WITH p AS (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[]) AS p(notice_id, member_id)),
+l AS (
+    SELECT t.notice_id, t.member_id FROM recipients t JOIN p ON t.notice_id = p.notice_id AND t.member_id = p.member_id
+    WHERE t.read_at IS NULL ORDER BY t.notice_id, t.member_id FOR UPDATE OF t
+),
+r AS (
+    UPDATE recipients t SET read_at = (SELECT notifier_now()), read_via = $3
+    FROM l WHERE t.notice_id = l.notice_id AND t.member_id = l.member_id AND t.read_at IS NULL
+    RETURNING t.notice_id, t.member_id
+),
+-- A delivery locked by someone else is in flight (claimed, or being written back): waiting for
+-- it here would lock recipient then delivery, the reverse of every delivery write (and its
+-- trigger), and deadlock. Skipped, it is not sent: the claim checks the read, and the
+-- reconciler's sweep cancels it if it comes back to the queue.
+c AS (
+    UPDATE deliveries d SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,
+        updated_at = (SELECT notifier_now())
+    WHERE d.id IN (
+        SELECT m.id FROM deliveries m JOIN r ON m.notice_id = r.notice_id AND m.member_id = r.member_id
+        WHERE m.state = 'queued' AND {MOOT_AFTER_READ.format(d="m")}
+        FOR UPDATE OF m SKIP LOCKED)
+),
+k AS (
+    INSERT INTO notice_counts AS k (notice_id, shard, read)
+    SELECT notice_id, notice_count_shard(), count(*) FROM r GROUP BY notice_id ORDER BY notice_id
+    ON CONFLICT (notice_id, shard) DO UPDATE SET read = k.read + excluded.read
+)
+SELECT notice_id, member_id FROM r"""
+
+
+async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str) -> bool:
+    """Record (and count) the first read; True when this call recorded it."""
+    return bool(await mark_read_many(conn, [notice_id], [member_id], via))
+
+
+async def mark_read_many(
+    conn: Connection, notice_ids: list[str], member_ids: list[str], via: str
+) -> list[Record]:
+    """Record (and count) first reads; returns the pairs this call recorded."""
+    return list(await conn.fetch(MARK_READ, notice_ids, member_ids, via))
