@@ -19,6 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from notifier.channels.registry import build_registry
+from notifier.db import escalations, recipients
 from notifier.db.pool import create_pool
 from notifier.domain.escalation import PolicyRules
 from notifier.links import make_token
@@ -286,16 +287,28 @@ async def test_events_page_with_a_cursor_completely_and_stably(
     assert bad.status == 422
 
 
-async def test_counting_the_unread_reads_only_the_unread_index(env: Env, db: asyncpg.Connection) -> None:
+async def test_the_step_count_and_the_unread_listing_read_the_unread_index(
+    env: Env, db: asyncpg.Connection
+) -> None:
     deps, _ = env
     await make_members(db, 50)
     nid = await make_notice(deps, db, ["inapp"])
     await db.execute("UPDATE recipients SET read_at = notifier_now() WHERE member_id < 'm00040'")
     await db.execute("ANALYZE recipients")
     async with db.transaction():
+        # Plans that a cached prepared statement would use, whatever the table's size today.
         await db.execute("SET LOCAL enable_seqscan = off")
-        plan = await db.fetchval(
-            "EXPLAIN (FORMAT JSON) SELECT count(*) FROM recipients WHERE notice_id = $1 AND read_at IS NULL",
-            nid,
-        )
-    assert "recipients_unread_idx" in plan, plan
+        await db.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await db.execute(f"PREPARE unread_count(uuid) AS {escalations.COUNTS}")
+        count_plan = await db.fetch(f"EXPLAIN EXECUTE unread_count('{nid}')")
+        listing = recipients.PAGES["unread", True]  # ?status=unread&unit=...&cursor=...
+        await db.execute(f"PREPARE unread_page(uuid, int, text[], text) AS {listing}")
+        page_plan = await db.fetch(f"EXPLAIN EXECUTE unread_page('{nid}', 101, '{{u}}', 'm00010')")
+        await db.execute("DEALLOCATE ALL")
+    count_text = "\n".join(r[0] for r in count_plan)
+    assert "recipients_unread_idx" in count_text, count_text
+    page_text = "\n".join(r[0] for r in page_plan)
+    assert "Index Scan using recipients_unread_idx" in page_text, page_text
+    assert "(member_id > $4)" in page_text, page_text  # the cursor bounds the index scan
+    rows = await recipients.page(db, nid, after="m00043", status="unread", limit=100, unit_id="u")
+    assert [r["member_id"] for r in rows] == [f"m{i:05d}" for i in range(44, 50)]
