@@ -78,7 +78,7 @@ def check_channels(rules: PolicyRules, channels: ChannelRegistry) -> None:
                     )
 
 
-def check_spacing(rules: PolicyRules, p: Principal, settings: Settings, prefix: str = "") -> None:
+def check_spacing(rules: PolicyRules, p: Principal, settings: Settings) -> None:
     """Keys that are not an admin's space steps at least the minimum interval apart."""
     minimum = settings.escalation_min_step_seconds
     if p.is_admin or not minimum:
@@ -89,7 +89,7 @@ def check_spacing(rules: PolicyRules, p: Principal, settings: Settings, prefix: 
         raise invalid_many(
             [
                 (
-                    f"{prefix}steps[{i}].after",
+                    f"steps[{i}].after",
                     f"must come at least {gap} after the previous step (the first: after the send; "
                     "a repeat's first: after the last step); only an admin may space steps closer",
                 )
