@@ -11,6 +11,8 @@ ALTER TABLE notice_events ADD COLUMN members text[];
 CREATE INDEX notice_events_page_idx ON notice_events (notice_id, at, id);
 CREATE INDEX notice_events_notice_wide_idx ON notice_events (notice_id, at, id) WHERE member_id IS NULL;
 DROP INDEX notice_events_notice_idx;
+DROP INDEX notice_events_member_idx;
+CREATE INDEX notice_events_member_idx ON notice_events (notice_id, member_id, at, id) WHERE member_id IS NOT NULL;
 
 -- Sends made so far by the notice's escalation (reminders and summary deliveries), kept by the
 -- step that makes them, under the timer's row lock.

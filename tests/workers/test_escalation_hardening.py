@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from notifier.channels.registry import build_registry
-from notifier.db import escalations, recipients
+from notifier.db import escalations, recipients, timeline
 from notifier.db.pool import create_pool
 from notifier.domain.escalation import PolicyRules
 from notifier.links import make_token
@@ -304,11 +304,19 @@ async def test_the_step_count_and_the_unread_listing_read_the_unread_index(
         listing = recipients.PAGES["unread", True]  # ?status=unread&unit=...&cursor=...
         await db.execute(f"PREPARE unread_page(uuid, int, text[], text) AS {listing}")
         page_plan = await db.fetch(f"EXPLAIN EXECUTE unread_page('{nid}', 101, '{{u}}', 'm00010')")
+        await db.execute(f"PREPARE member_events(uuid, text, int) AS {timeline.FOR_RECIPIENT}")
+        events_plan = await db.fetch(f"EXPLAIN EXECUTE member_events('{nid}', 'm00001', 1000)")
         await db.execute("DEALLOCATE ALL")
     count_text = "\n".join(r[0] for r in count_plan)
     assert "recipients_unread_idx" in count_text, count_text
     page_text = "\n".join(r[0] for r in page_plan)
     assert "Index Scan using recipients_unread_idx" in page_text, page_text
     assert "(member_id > $4)" in page_text, page_text  # the cursor bounds the index scan
+    # A recipient's timeline: its own events and the notice's, each from its own index (an OR of
+    # both would read every event of the notice).
+    events_text = "\n".join(r[0] for r in events_plan)
+    assert "notice_events_member_idx" in events_text and "notice_events_notice_wide_idx" in events_text, (
+        events_text
+    )
     rows = await recipients.page(db, nid, after="m00043", status="unread", limit=100, unit_id="u")
     assert [r["member_id"] for r in rows] == [f"m{i:05d}" for i in range(44, 50)]
