@@ -10,11 +10,14 @@ The organisation (see ``tests/api/conftest.py``)::
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from notifier.db import policies
+from notifier.settings import Settings
 from tests.api.conftest import Org, fields, problem, snapshot
 from tests.conftest import auth
 from tests.helpers import get, post, put
@@ -146,3 +149,26 @@ async def test_keys_that_are_not_an_admins_space_steps_at_least_a_minute_apart(
     await post(client, "/v1/escalation-policies", _policy("ok", "PT1M", "PT2M"), token=org.b1_service)
     await post(client, "/v1/escalation-policies", _policy("fast", "PT1S", "PT2S"))
     await post(client, "/v1/notices", ding, status=202)
+
+
+async def test_a_delete_racing_a_unit_that_names_the_policy_waits_and_refuses(
+    client: Client, settings: Settings, org: Org
+) -> None:
+    shared = await post(client, "/v1/escalation-policies", _policy("everyone"))
+    unit_put = await asyncpg.connect(settings.database_url)
+    try:
+        tx = unit_put.transaction()
+        await tx.start()  # what PUT /v1/units does: resolve the name (locking it), then store it
+        assert await policies.resolve(unit_put, "everyone", "b2", for_share=True) is not None
+        await unit_put.execute("UPDATE units SET default_policy = 'everyone' WHERE id = 'b2'")
+        delete = asyncio.ensure_future(
+            client.delete(f"/v1/escalation-policies/{shared['id']}", headers=auth())
+        )
+        await asyncio.sleep(0.5)
+        assert not delete.done()  # it waits for the unit's transaction ...
+        await tx.commit()
+        resp = await asyncio.wait_for(delete, timeout=15)
+        assert "b2" in (await problem(resp, 409))["detail"]  # ... and then sees the reference
+    finally:
+        await unit_put.close()
+    assert (await get(client, f"/v1/escalation-policies/{shared['id']}"))["name"] == "everyone"
