@@ -20,6 +20,7 @@ from notifier.api import (
     providers,
     recall,
     receipts,
+    summaries,
     timeline,
     units,
     webpush,
@@ -49,6 +50,7 @@ RESOURCE_MODULES = (
     timeline,
     receipts,
     providers,
+    summaries,
     webpush,
 )
 

@@ -62,3 +62,35 @@ def read_token(secret: bytes, token: str, now: float) -> LinkClaims:
 
 def read_link(public_url: str, secret: bytes, notice_id: str, member_id: str, expires_at: int) -> str:
     return f"{public_url.rstrip('/')}/r/{make_token(secret, notice_id, member_id, expires_at)}"
+
+
+# The unread list a summary DING links to: bound to the summary notice (every recipient of the
+# summary gets the same text), expiring. Signed under its own label, so a member's read-link
+# token is never a valid list token, nor the other way round.
+_LIST_LABEL = b"notifier:unread-list:"
+
+
+def make_list_token(secret: bytes, summary_id: str, expires_at: int) -> str:
+    payload = uuid.UUID(summary_id).bytes + struct.pack(">Q", expires_at)
+    mac = hmac.new(secret, _LIST_LABEL + payload, hashlib.sha256).digest()[:16]
+    return f"{_b64(payload)}.{_b64(mac)}"
+
+
+def read_list_token(secret: bytes, token: str, now: float) -> str:
+    """The summary notice id; raises ``BadLink`` for anything forged, malformed or expired."""
+    try:
+        body, _, mac = token.partition(".")
+        payload, given = _unb64(body), _unb64(mac)
+    except (ValueError, TypeError):
+        raise BadLink("malformed link") from None
+    if len(payload) != 24 or not hmac.compare_digest(
+        hmac.new(secret, _LIST_LABEL + payload, hashlib.sha256).digest()[:16], given
+    ):
+        raise BadLink("invalid link")
+    if now > struct.unpack(">Q", payload[16:24])[0]:
+        raise BadLink("expired link")
+    return str(uuid.UUID(bytes=payload[:16]))
+
+
+def unread_list_link(public_url: str, secret: bytes, summary_id: str, expires_at: int) -> str:
+    return f"{public_url.rstrip('/')}/r/unread/{make_list_token(secret, summary_id, expires_at)}"

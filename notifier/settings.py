@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     delivery_idle_wait_seconds: float = Field(default=2.0, ge=0)  # a job waits this long for held rows
     reconcile_interval_seconds: int = Field(default=2, ge=1, le=30)
     reconcile_stall_seconds: float = 3.0
+    # Escalation: a key that is not an admin's cannot space steps closer than this (a policy's
+    # first step counts from the send, a new round from the last step) ...
+    escalation_min_step_seconds: float = Field(default=60.0, ge=0)
+    # ... and no notice's escalation makes more than this many sends (reminders plus summary
+    # deliveries); at the ceiling it stops, with an ``escalation_ceiling_reached`` event.
+    escalation_max_sends: int = Field(default=100_000, ge=0)
 
     # Channels.
     webhook_timeout_seconds: float = 10.0
@@ -120,6 +126,8 @@ class Settings(BaseSettings):
     voice_rate_per_second: float = 10.0
     sms_per_phone_limit: int = 5  # at most this many SMS to one number ...
     sms_per_phone_window_seconds: float = 900.0  # ... per this window (GoAlert-style)
+    voice_per_phone_limit: int = 3  # at most this many calls to one number ...
+    voice_per_phone_window_seconds: float = 900.0  # ... per this window
     push_max_attempts: int = 8
     link_secret: SecretStr = SecretStr(DEV_LINK_SECRET)  # signs read links and provider report URLs
     link_ttl_seconds: int = 7 * 24 * 3600

@@ -15,12 +15,12 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_val
 
 from notifier.api.auth import members_visible, notice_visible, require_unit
 from notifier.api.keys import DEPS, AppDeps, principal
-from notifier.api.policies import check_channels
+from notifier.api.policies import check_channels, check_spacing
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Name, Strict, parse_uuid
-from notifier.db import escalations, notices, recipients, units
+from notifier.db import notices, policies, recipients, timeline, units
 from notifier.db.pool import Connection, Record
 from notifier.domain.escalation import PolicyRules
 from notifier.workers.queue import enqueue_fanout, wake_tick_in
@@ -215,31 +215,43 @@ def _request_hash(body: NoticeIn) -> bytes:
     return hashlib.sha256(canonical.encode()).digest()
 
 
-async def _escalation(conn: Connection, deps: AppDeps, p: Principal, body: NoticeIn) -> dict[str, Any] | None:
-    """Resolve and snapshot the notice's escalation policy."""
+async def _escalation(
+    conn: Connection, deps: AppDeps, p: Principal, body: NoticeIn
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Resolve and snapshot the notice's escalation policy: (snapshot, missing default).
+
+    A policy the caller named must exist (422). The unit's default, which the caller never
+    sent, must not make an urgent send fail closed: when it no longer resolves the notice goes
+    out without escalation, and its name comes back to be recorded as a ``policy_missing`` event."""
     chosen = body.escalation
-    if chosen is None and body.kind == "ding" and p.scope_root is not None:
-        chosen = await conn.fetchval(escalations.UNIT_DEFAULT_POLICY, p.scope_root)
-        if chosen is None:
-            return None
-    if chosen is None:
-        return None
     if isinstance(chosen, PolicyRules):
         try:
             check_channels(chosen, deps.channels)
+            check_spacing(chosen, p, deps.settings)
         except Problem as problem:
             for err in problem.errors or []:
                 err["field"] = "escalation." + err["field"]
             raise
-        return chosen.snapshot(None)
-    row = await conn.fetchrow(escalations.POLICY_BY_NAME, chosen, p.scope_root)
+        return chosen.snapshot(None), None
+    default = chosen is None
+    if chosen is None:
+        if body.kind != "ding" or p.scope_root is None:
+            return None, None
+        chosen = await policies.unit_default(conn, p.scope_root)
+        if chosen is None:
+            return None, None
+    row = await policies.resolve(conn, chosen, p.scope_root)
     if row is None:
+        if default:
+            return None, chosen
         raise invalid("escalation", "unknown escalation policy")
-    return PolicyRules.model_validate({"steps": row["steps"], "repeat": row["repeat"]}).snapshot(row["name"])
+    rules = PolicyRules.model_validate({"steps": row["steps"], "repeat": row["repeat"]})
+    return rules.snapshot(row["name"]), None
 
 
 async def _create(conn: Connection, deps: AppDeps, p: Principal, body: NoticeIn) -> dict[str, Any]:
     await _check_audience(conn, p, body.audience)
+    escalation, missing_policy = await _escalation(conn, deps, p, body)
     row = await notices.insert(
         conn,
         kind=body.kind,
@@ -250,10 +262,17 @@ async def _create(conn: Connection, deps: AppDeps, p: Principal, body: NoticeIn)
         fallback=body.fallback,
         scope_unit_id=p.scope_root,
         created_by=p.key_id,
-        escalation=await _escalation(conn, deps, p, body),
+        escalation=escalation,
         send_at=body.send_at,
         expires_at=body.expires_at,
     )
+    if missing_policy is not None:
+        await timeline.record(
+            conn,
+            str(row["id"]),
+            "policy_missing",
+            {"policy": missing_policy, "unit_id": p.scope_root, "sent": "without escalation"},
+        )
     zero = {k: 0 for k in Counts.model_fields}
     return NoticeOut.model_validate(notices.as_dict(row, zero)).model_dump(mode="json")
 

@@ -1,4 +1,9 @@
-"""/v1/escalation-policies: ordered reminder and notify steps, owned by a unit (or global)."""
+"""/v1/escalation-policies: ordered reminder and notify steps, owned by a unit (or global).
+
+Every caller that lists a policy can read it by id (global ones included); only its owner's keys
+change it, and only an admin changes a global one. A policy a unit names as its
+``default_policy`` cannot be deleted or renamed from under it (409, naming the units).
+Keys that are not an admin's space steps at least ``escalation_min_step_seconds`` apart."""
 
 from __future__ import annotations
 
@@ -12,13 +17,14 @@ from pydantic import BaseModel, Field
 from notifier.api.auth import unit_visible
 from notifier.api.keys import DEPS, principal
 from notifier.api.principal import Principal
-from notifier.api.problems import Problem, invalid, not_found
+from notifier.api.problems import Problem, forbidden, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Name, parse_uuid
 from notifier.channels.registry import ChannelRegistry
-from notifier.db import escalations, units
+from notifier.db import policies, units
 from notifier.db.pool import Connection, Record
-from notifier.domain.escalation import PolicyRules, format_duration
+from notifier.domain.escalation import PolicyRules, crowded_steps, format_duration
+from notifier.settings import Settings
 
 routes = Router()
 
@@ -72,17 +78,61 @@ def check_channels(rules: PolicyRules, channels: ChannelRegistry) -> None:
                     )
 
 
-async def _owned(conn: Connection, p: Principal, policy_id: str) -> Record:
-    row = await conn.fetchrow(
-        escalations.POLICY_GET, parse_uuid(policy_id) or "00000000-0000-0000-0000-000000000000"
-    )
+def check_spacing(rules: PolicyRules, p: Principal, settings: Settings) -> None:
+    """Keys that are not an admin's space steps at least the minimum interval apart."""
+    minimum = settings.escalation_min_step_seconds
+    if p.is_admin or not minimum:
+        return
+    crowded = crowded_steps(rules, minimum)
+    if crowded:
+        gap = format_duration(minimum)
+        raise invalid_many(
+            [
+                (
+                    f"steps[{i}].after",
+                    f"must come at least {gap} after the previous step (the first: after the send; "
+                    "a repeat's first: after the last step); only an admin may space steps closer",
+                )
+                for i in crowded
+            ]
+        )
+
+
+async def _visible(conn: Connection, p: Principal, policy_id: str, *, for_update: bool = False) -> Record:
+    """The policy, when the caller can see it: an admin every one, others their units' and the
+    global ones (exactly what the list shows)."""
+    pid = parse_uuid(policy_id)
+    row = None if pid is None else await policies.get(conn, pid, for_update=for_update)
     if row is None:
         raise not_found("policy")
-    if p.is_admin:
+    if p.is_admin or row["unit_id"] is None:
         return row
-    if row["unit_id"] is None or not await unit_visible(conn, p, row["unit_id"]):
+    if not await unit_visible(conn, p, row["unit_id"]):
         raise not_found("policy")
     return row
+
+
+async def _changeable(conn: Connection, p: Principal, policy_id: str) -> Record:
+    """The policy, locked until commit, when the caller may change it."""
+    row = await _visible(conn, p, policy_id, for_update=True)
+    if row["unit_id"] is None and not p.is_admin:
+        raise forbidden("only an admin may change a global policy")
+    return row
+
+
+async def _refuse_if_referenced(conn: Connection, row: Record, what: str) -> None:
+    """A unit whose default_policy resolves to this policy would be left naming nothing."""
+    named_by = await policies.referencing_units(conn, row["name"], row["unit_id"])
+    if named_by:
+        shown = ", ".join(named_by[:20]) + (" ..." if len(named_by) > 20 else "")
+        raise Problem(
+            409,
+            "Conflict",
+            f"cannot {what} this policy: it is the default_policy of unit(s) {shown}; "
+            "change their default_policy first",
+            type_="policy-in-use",
+            errors=[{"field": "name", "message": f"default_policy of {shown}"}],
+        )
 
 
 def _conflict() -> Problem:
@@ -110,15 +160,13 @@ async def create_policy(request: web.Request, call: Call) -> web.Response:
     body = call.body_as(PolicyIn)
     deps = request.app[DEPS]
     check_channels(body, deps.channels)
+    check_spacing(body, p, deps.settings)
     rules = body.model_dump(mode="json", exclude={"name"})
     try:
         async with deps.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                escalations.POLICY_INSERT, p.scope_root, body.name, rules["steps"], body.repeat
-            )
+            row = await policies.insert(conn, p.scope_root, body.name, rules["steps"], body.repeat)
     except asyncpg.UniqueViolationError:
         raise _conflict() from None
-    assert row is not None
     return json_response(
         policy_out(row), status=201, headers={"Location": f"/v1/escalation-policies/{row['id']}"}
     )
@@ -134,7 +182,7 @@ async def list_policies(request: web.Request, call: Call) -> web.Response:
     root = p.scope_root
     async with deps.pool.acquire() as conn:
         reach = None if root is None else await units.subtree_ids(conn, root)
-        rows = await conn.fetch(escalations.POLICY_LIST, reach)
+        rows = await policies.list_visible(conn, reach)
     return json_response({"items": [policy_out(r) for r in rows]})
 
 
@@ -146,7 +194,7 @@ async def get_policy(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service", "secretary")
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
-        row = await _owned(conn, p, request.match_info["policy_id"])
+        row = await _visible(conn, p, request.match_info["policy_id"])
     return json_response(policy_out(row))
 
 
@@ -164,18 +212,16 @@ async def put_policy(request: web.Request, call: Call) -> web.Response:
     body = call.body_as(PolicyIn)
     deps = request.app[DEPS]
     check_channels(body, deps.channels)
+    check_spacing(body, p, deps.settings)
     rules = body.model_dump(mode="json", exclude={"name"})
     try:
         async with deps.pool.acquire() as conn, conn.transaction():
-            current = await _owned(conn, p, request.match_info["policy_id"])
-            if current["unit_id"] is None and not p.is_admin:
-                raise not_found("policy")
-            row = await conn.fetchrow(
-                escalations.POLICY_UPDATE, current["id"], body.name, rules["steps"], body.repeat
-            )
+            current = await _changeable(conn, p, request.match_info["policy_id"])
+            if body.name != current["name"]:
+                await _refuse_if_referenced(conn, current, "rename")
+            row = await policies.update(conn, current["id"], body.name, rules["steps"], body.repeat)
     except asyncpg.UniqueViolationError:
         raise _conflict() from None
-    assert row is not None
     return json_response(policy_out(row))
 
 
@@ -187,6 +233,7 @@ async def delete_policy(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service")
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn, conn.transaction():
-        current = await _owned(conn, p, request.match_info["policy_id"])
-        await conn.execute(escalations.POLICY_DELETE, current["id"])
+        current = await _changeable(conn, p, request.match_info["policy_id"])
+        await _refuse_if_referenced(conn, current, "delete")
+        await policies.delete(conn, current["id"])
     return web.Response(status=204)

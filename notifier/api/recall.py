@@ -7,7 +7,7 @@ from aiohttp import web
 from notifier.api.keys import DEPS, principal
 from notifier.api.notices import NoticeOut, load_visible_notice
 from notifier.api.routing import Call, Router, json_response
-from notifier.db import escalations, notices
+from notifier.db import notices, recall
 
 routes = Router()
 
@@ -26,18 +26,7 @@ async def recall_notice(request: web.Request, call: Call) -> web.Response:
     async with deps.pool.acquire() as conn, conn.transaction():
         row = await load_visible_notice(conn, p, request.match_info["notice_id"])
         notice_id = str(row["id"])
-        # Wait for an escalation step that is running right now, so the statements below see the
-        # reminders and summary it made.
-        await conn.execute("SELECT 1 FROM escalations WHERE notice_id = $1 FOR UPDATE", notice_id)
-        # The notice and the summaries its escalation produced; pending work is cancelled, work
-        # already handed to a provider finishes, late read receipts are still recorded.
-        recalled = [str(r["id"]) for r in await conn.fetch(escalations.RECALL, notice_id)]
-        if recalled:
-            await conn.execute(escalations.CANCEL_PENDING, recalled)
-            await conn.execute(escalations.STOP_TIMERS, recalled)
-            await escalations.event(
-                conn, notice_id, "recalled", {"by": p.key_id or "admin", "notices": recalled}
-            )
+        await recall.recall(conn, notice_id, by=p.key_id or "admin")
         fresh = await notices.get(conn, notice_id)
         assert fresh is not None
         counts = await notices.counts(conn, notice_id)

@@ -1,5 +1,6 @@
 """GET /v1/notices/{id}/recipients/{member_id}: everything that happened for one recipient, in order:
-deliveries and reminders, receipts, and escalation events."""
+deliveries and reminders, receipts, and escalation events (the notice's own and those naming the
+member). GET /v1/notices/{id}/events: the notice's events, in keyset pages."""
 
 from __future__ import annotations
 
@@ -7,25 +8,17 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from notifier.api.auth import members_visible
 from notifier.api.keys import DEPS, principal
-from notifier.api.notices import delivery_state, load_visible_notice
-from notifier.api.problems import not_found
+from notifier.api.notices import decode_cursor, delivery_state, encode_cursor, load_visible_notice
+from notifier.api.problems import invalid, not_found
 from notifier.api.routing import Call, Router, json_response
-from notifier.db import escalations, recipients
+from notifier.api.types import Strict
+from notifier.db import recipients, timeline
 
 routes = Router()
-
-DELIVERIES = """
-SELECT channel, step, state, wait_reason, attempts, error, created_at, updated_at, sent_at, next_attempt_at
-FROM deliveries WHERE notice_id = $1 AND member_id = $2 ORDER BY created_at, step, channel"""
-
-
-ALL_EVENTS = (
-    "SELECT member_id, kind, detail, at FROM notice_events WHERE notice_id = $1 ORDER BY at, id LIMIT 5000"
-)
 
 
 class TimelineEntry(BaseModel):
@@ -69,8 +62,8 @@ async def recipient_timeline(request: web.Request, call: Call) -> web.Response:
         rec = await recipients.get(conn, notice_id, member_id)
         if rec is None:
             raise not_found("recipient")
-        rows = await conn.fetch(DELIVERIES, notice_id, member_id)
-        events = await escalations.events_for(conn, notice_id, member_id)
+        rows = await timeline.recipient_deliveries(conn, notice_id, member_id)
+        events = await timeline.for_recipient(conn, notice_id, member_id)
     entries: list[dict[str, Any]] = [
         {
             "at": d["created_at"],
@@ -104,28 +97,67 @@ class NoticeEvent(BaseModel):
     at: datetime
     kind: str
     member_id: str | None
+    members: int = Field(
+        default=0, description="how many members an aggregated event (e.g. not_reached) names"
+    )
     detail: dict[str, Any]
 
 
 class NoticeEvents(BaseModel):
     items: list[NoticeEvent]
+    next_cursor: str | None
+
+
+class EventsQuery(Strict):
+    limit: int = Field(default=1000, ge=1, le=5000)
+    cursor: str | None = Field(default=None, max_length=400)
+
+
+def _event_cursor(value: str | None) -> tuple[datetime, int] | None:
+    raw = decode_cursor(value)
+    if raw is None:
+        return None
+    at, _, event_id = raw.rpartition("|")
+    try:
+        when = datetime.fromisoformat(at)
+        number = int(event_id)
+    except ValueError:
+        raise invalid("query.cursor", "not a cursor this API returned") from None
+    if when.tzinfo is None or not event_id.isdigit():
+        raise invalid("query.cursor", "not a cursor this API returned")
+    return when, number
 
 
 @routes.route(
     "GET",
     "/v1/notices/{notice_id}/events",
-    summary="Escalation steps fired, steps that reached nobody, recall, expiry",
+    summary="Escalation steps fired, steps that reached nobody, recall, expiry (keyset pages)",
     tag="notices",
+    query=EventsQuery,
     response=NoticeEvents,
 )
 async def notice_events(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service", "secretary")
+    q = call.query_as(EventsQuery)
+    after = _event_cursor(q.cursor)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         notice = await load_visible_notice(conn, p, request.match_info["notice_id"])
-        rows = await conn.fetch(ALL_EVENTS, notice["id"])
+        rows = await timeline.page(conn, str(notice["id"]), after, q.limit + 1)
+    more = len(rows) > q.limit
+    rows = rows[: q.limit]
     items = [
-        {"at": r["at"], "kind": r["kind"], "member_id": r["member_id"], "detail": r["detail"]} for r in rows
+        {
+            "at": r["at"],
+            "kind": r["kind"],
+            "member_id": r["member_id"],
+            "members": r["members"],
+            "detail": r["detail"],
+        }
+        for r in rows
     ]
-    return json_response(NoticeEvents.model_validate({"items": items}).model_dump(mode="json"))
+    cursor = encode_cursor(f"{rows[-1]['at'].isoformat()}|{rows[-1]['id']}") if more else None
+    return json_response(
+        NoticeEvents.model_validate({"items": items, "next_cursor": cursor}).model_dump(mode="json")
+    )

@@ -16,7 +16,7 @@ from notifier.api.keys import DEPS, principal
 from notifier.api.problems import forbidden, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import ClockTime, Id, Name, QuietHours, Strict, TimeZone, check_path_id
-from notifier.db import units
+from notifier.db import policies, units
 from notifier.db.pool import Connection
 
 routes = Router()
@@ -41,7 +41,11 @@ class UnitIn(Strict):
         default=None, description="local HH:MM of the evening reminder to read it"
     )
     quiet_hours: QuietHours | None = Field(default=None, description="default for members below")
-    default_policy: Name | None = Field(default=None, description="escalation policy name for DINGs")
+    default_policy: Name | None = Field(
+        default=None,
+        description="escalation policy for DINGs that name none: the unit's own policy of this name, "
+        "else a global one; it must exist",
+    )
 
 
 class UnitOut(BaseModel):
@@ -110,6 +114,7 @@ async def put_unit(request: web.Request, call: Call) -> web.Response:
             elif body.parent_id is None:
                 raise invalid("parent_id", "units you create must lie below your own unit")
         await _check_secretaries(conn, unit_id, body.secretaries)
+        await _check_default_policy(conn, unit_id, body.default_policy)
         created = await units.upsert(conn, unit_id, body.name, body.parent_id, _settings(body))
         await units.replace_secretaries(conn, unit_id, body.secretaries)
         row = await units.get(conn, unit_id)
@@ -129,6 +134,13 @@ def _settings(body: UnitIn) -> units.UnitSettings:
         quiet_end=quiet.end if quiet else None,
         default_policy=body.default_policy,
     )
+
+
+async def _check_default_policy(conn: Connection, unit_id: str, name: str | None) -> None:
+    """The name must resolve the way a DING from this unit resolves it (the unit's own policy,
+    else a global one); the policy stays locked until commit, so it cannot vanish meanwhile."""
+    if name is not None and await policies.resolve(conn, name, unit_id, for_share=True) is None:
+        raise invalid("default_policy", "unknown escalation policy for this unit (its own, or a global one)")
 
 
 async def _check_secretaries(conn: Connection, unit_id: str, secretaries: list[str]) -> None:

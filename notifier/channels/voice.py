@@ -121,6 +121,8 @@ class VoiceChannel:
             supports_read_confirmation=self._provider.reads,
             rate_per_second=settings.voice_rate_per_second,
             circuit_breaker=True,  # one provider account behind every call
+            # Like SMS: however many steps or notices ask, one number rings at most this often.
+            per_target_limit=(settings.voice_per_phone_limit, settings.voice_per_phone_window_seconds),
         )
 
     def validate_target(self, target: Any) -> Any:

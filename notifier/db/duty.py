@@ -57,25 +57,43 @@ _UP = "WITH RECURSIVE " + ancestors(
 
 # For every requested unit, one row per member on duty at $3 (NULL: (SELECT notifier_now())) in the nearest
 # ancestor-or-self unit with anyone on duty then; a unit with nobody up the tree gets one row with
-# NULLs. ``at`` is the moment used.
+# NULLs. ``at`` is the moment used. A shift counts only while its member still belongs to the
+# roster's unit or a unit below it (the rule PUT /duty checks): leaving the unit ends the duty.
 ON_DUTY = (
     _UP
     + """,
 at AS (SELECT coalesce($3::timestamptz, (SELECT notifier_now())) AS t),
+in_force AS (
+    SELECT d.unit_id, d.member_id, d.during FROM duty_shifts d, at
+    WHERE d.unit_id IN (SELECT id FROM up) AND d.during @> at.t
+),
+-- Every unit at or above each membership of the members holding those shifts.
+belongs (member_id, id, parent_id, depth) AS (
+    SELECT mu.member_id, u.id, u.parent_id, 0
+    FROM member_units mu JOIN units u ON u.id = mu.unit_id
+    WHERE mu.member_id IN (SELECT member_id FROM in_force)
+    UNION
+    SELECT b.member_id, p.id, p.parent_id, b.depth + 1
+    FROM belongs b JOIN units p ON p.id = b.parent_id WHERE b.depth < 1000
+),
+shifts AS (
+    SELECT f.* FROM in_force f
+    WHERE EXISTS (SELECT 1 FROM belongs b WHERE b.member_id = f.member_id AND b.id = f.unit_id)
+),
 answering AS (
     SELECT DISTINCT ON (up.requested) up.requested, up.id AS unit_id
-    FROM up, at
-    WHERE EXISTS (SELECT 1 FROM duty_shifts d WHERE d.unit_id = up.id AND d.during @> at.t)
+    FROM up
+    WHERE EXISTS (SELECT 1 FROM shifts s WHERE s.unit_id = up.id)
     ORDER BY up.requested, up.depth
 )
-SELECT r.id AS requested_unit_id, a.unit_id, d.member_id, m.name,
-       lower(d.during) AS starts_at, upper(d.during) AS ends_at, at.t AS at
+SELECT r.id AS requested_unit_id, a.unit_id, s.member_id, m.name,
+       lower(s.during) AS starts_at, upper(s.during) AS ends_at, at.t AS at
 FROM at
 CROSS JOIN (SELECT DISTINCT unnest($1::text[]) AS id) r
 LEFT JOIN answering a ON a.requested = r.id
-LEFT JOIN duty_shifts d ON d.unit_id = a.unit_id AND d.during @> at.t
-LEFT JOIN members m ON m.id = d.member_id
-ORDER BY r.id, d.member_id"""
+LEFT JOIN shifts s ON s.unit_id = a.unit_id
+LEFT JOIN members m ON m.id = s.member_id
+ORDER BY r.id, s.member_id"""
 )
 
 # For every requested unit, the secretaries of the nearest ancestor-or-self unit that has any.

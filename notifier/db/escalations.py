@@ -1,45 +1,31 @@
-"""escalation_policies, escalations (the timers), notice_events, scheduled sends and recall."""
+"""escalations (one timer per escalating notice) and the set-based statements of a step:
+count the unread, remind them on a channel, find the units they sit in, write the summary.
+
+Policies live in ``db/policies.py``, events in ``db/timeline.py``, recall in ``db/recall.py``,
+scheduled sends in ``db/schedule.py``."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from notifier.db.contacts import newest_working
-from notifier.db.pool import Connection, Pool, Record
+from notifier.db.pool import Connection, Record
+from notifier.db.units import subtree
 
-# --- policies ---------------------------------------------------------------------------------
-
-POLICY_COLUMNS = "id, unit_id, name, steps, repeat, created_at, updated_at"
-POLICY_INSERT = f"""
-INSERT INTO escalation_policies (unit_id, name, steps, repeat) VALUES ($1, $2, $3, $4)
-RETURNING {POLICY_COLUMNS}"""
-POLICY_UPDATE = f"""
-UPDATE escalation_policies SET name = $2, steps = $3, repeat = $4, updated_at = (SELECT notifier_now())
-WHERE id = $1 RETURNING {POLICY_COLUMNS}"""
-POLICY_GET = f"SELECT {POLICY_COLUMNS} FROM escalation_policies WHERE id = $1"
-POLICY_DELETE = "DELETE FROM escalation_policies WHERE id = $1 RETURNING id"
-# A name resolves to the caller's own unit's policy first, then to a global (admin) one.
-POLICY_BY_NAME = f"""
-SELECT {POLICY_COLUMNS} FROM escalation_policies
-WHERE name = $1 AND (unit_id IS NOT DISTINCT FROM $2 OR unit_id IS NULL)
-ORDER BY unit_id IS NULL LIMIT 1"""
-POLICY_LIST = f"""
-SELECT {POLICY_COLUMNS} FROM escalation_policies
-WHERE ($1::text[] IS NULL OR unit_id = ANY($1::text[]) OR unit_id IS NULL)
-ORDER BY name, unit_id NULLS FIRST"""
-UNIT_DEFAULT_POLICY = "SELECT default_policy FROM units WHERE id = $1"
-
-# --- timers -----------------------------------------------------------------------------------
-
+# Create the timer (a re-run is harmless) and say how far away its first step is.
 START = """
-INSERT INTO escalations (notice_id, started_at, due_at)
-VALUES ($1, $2::timestamptz, $2::timestamptz + make_interval(secs => $3))
-ON CONFLICT (notice_id) DO NOTHING"""
+WITH ins AS (
+    INSERT INTO escalations (notice_id, started_at, due_at)
+    VALUES ($1, $2::timestamptz, $2::timestamptz + make_interval(secs => $3))
+    ON CONFLICT (notice_id) DO NOTHING
+)
+SELECT extract(epoch FROM $2::timestamptz + make_interval(secs => $3) - (SELECT notifier_now()))"""
 
 # Claim one due escalation; a second worker skips it instead of waiting.
 CLAIM_DUE = """
-SELECT e.notice_id, e.started_at, e.round, e.next_step, e.due_at,
-       n.state AS notice_state, n.escalation, n.expires_at, n.title, n.kind, n.scope_unit_id,
+SELECT e.notice_id, e.started_at, e.round, e.next_step, e.due_at, e.sends,
+       n.state AS notice_state, n.escalation, n.expires_at, n.title, n.kind, n.scope_unit_id, n.audience,
        n.expires_at IS NOT NULL AND n.expires_at <= (SELECT notifier_now()) AS expired,
        extract(epoch FROM (SELECT notifier_now()) - e.started_at) AS elapsed
 FROM escalations e JOIN notices n ON n.id = e.notice_id
@@ -56,19 +42,19 @@ POSTPONE = """
 UPDATE escalations SET due_at = (SELECT notifier_now()) + make_interval(secs => $2), updated_at = (SELECT notifier_now())
 WHERE notice_id = $1"""
 FINISH = "UPDATE escalations SET state = $2, updated_at = (SELECT notifier_now()) WHERE notice_id = $1 AND state = 'active'"
+ADD_SENDS = "UPDATE escalations SET sends = sends + $2 WHERE notice_id = $1"
 NEXT_DUE = "SELECT min(due_at) FROM escalations WHERE state = 'active'"
 
-# Unread recipients, locked against a read committing while this step decides (the read waits
-# for the step's commit, or the step sees the read: one consistent outcome).
-LOCK_UNREAD = """
-SELECT member_id FROM recipients WHERE notice_id = $1 AND read_at IS NULL
-ORDER BY member_id FOR UPDATE"""
+# Counted, not fetched, and not locked: a read committing meanwhile is not blocked. A reminder
+# made for someone who read a moment ago is cancelled by the delivery gate's last check.
+# The unread count is an index-only scan of recipients_unread_idx; the total is the counters'.
 COUNTS = """
-SELECT count(*) AS recipients, count(*) FILTER (WHERE read_at IS NULL) AS unread
-FROM recipients WHERE notice_id = $1"""
+SELECT (SELECT count(*) FROM recipients WHERE notice_id = $1 AND read_at IS NULL) AS unread,
+       (SELECT coalesce(sum(recipients), 0) FROM notice_counts WHERE notice_id = $1) AS recipients"""
 
 # Remind the unread on one channel: one delivery per member with a working contact (or none
-# needed). Returns who was reached; the caller records an event for who was not.
+# needed), at most $6 of them (the notice's remaining escalation budget, in member order).
+# Returns how many were made, how many were wanted, and who has no contact.
 REMIND = f"""
 WITH unread AS (
     SELECT member_id FROM recipients WHERE notice_id = $1 AND read_at IS NULL
@@ -85,18 +71,39 @@ ins AS (
            clock.now, clock.now, clock.now
     FROM plan CROSS JOIN (SELECT notifier_now() AS now) AS clock
     WHERE contact_id IS NOT NULL OR NOT $4
+    ORDER BY member_id LIMIT $6
     ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
     RETURNING member_id
 )
 SELECT (SELECT count(*) FROM ins) AS reached,
+       (SELECT count(*) FROM plan WHERE contact_id IS NOT NULL OR NOT $4) AS wanted,
        coalesce((SELECT array_agg(member_id ORDER BY member_id) FROM plan WHERE contact_id IS NULL AND $4),
                 '{{}}') AS unreachable"""
 
-UNREAD_UNITS = """
-SELECT mu.unit_id, count(DISTINCT r.member_id) AS n
-FROM recipients r JOIN member_units mu ON mu.member_id = r.member_id
-WHERE r.notice_id = $1 AND r.read_at IS NULL
-GROUP BY mu.unit_id ORDER BY n DESC, mu.unit_id"""
+# The units the unread sit in, counted only inside the notice's own audience: a member shared
+# with another branch is counted under the audience's units (the subtrees of $2), never under
+# the other branch's. A member named directly ($3) with no membership there is counted under
+# their units inside the sender's reach ($4; NULL: an admin's notice, every unit).
+UNREAD_UNITS = (
+    "WITH RECURSIVE "
+    + subtree("$2")
+    + """,
+unread AS (SELECT member_id FROM recipients WHERE notice_id = $1 AND read_at IS NULL),
+placed AS (
+    SELECT u.member_id, mu.unit_id
+    FROM unread u JOIN member_units mu ON mu.member_id = u.member_id JOIN sub ON sub.id = mu.unit_id
+),
+direct AS (
+    SELECT u.member_id, mu.unit_id
+    FROM unread u JOIN member_units mu ON mu.member_id = u.member_id
+    WHERE u.member_id = ANY($3::text[])
+      AND ($4::text[] IS NULL OR mu.unit_id = ANY($4::text[]))
+      AND NOT EXISTS (SELECT 1 FROM placed p WHERE p.member_id = u.member_id)
+)
+SELECT unit_id, count(DISTINCT member_id) AS n
+FROM (SELECT * FROM placed UNION ALL SELECT * FROM direct) AS x
+GROUP BY unit_id ORDER BY n DESC, unit_id"""
+)
 
 # Has anyone acknowledged (read) a summary sent for this step index in an earlier round?
 ACKNOWLEDGED = """
@@ -105,53 +112,132 @@ SELECT EXISTS (
     WHERE s.parent_notice_id = $1 AND s.parent_step % 100 = $2 AND r.read_at IS NOT NULL)"""
 
 SUMMARY_INSERT = """
-INSERT INTO notices (kind, title, body, audience, channels, scope_unit_id, parent_notice_id, parent_step, state)
-VALUES ('ding', $1, $2, $3, $4, $5, $6, $7, 'queued')
+INSERT INTO notices (id, kind, title, body, audience, channels, scope_unit_id, parent_notice_id, parent_step, state)
+VALUES ($1, 'ding', $2, $3, $4, $5, $6, $7, $8, 'queued')
 ON CONFLICT DO NOTHING
 RETURNING id"""
-SUMMARY_EXISTS = "SELECT id FROM notices WHERE parent_notice_id = $1 AND parent_step = $2"
 
-EVENT = "INSERT INTO notice_events (notice_id, member_id, kind, detail) VALUES ($1, $2, $3, $4)"
-EVENTS_MANY = """
-INSERT INTO notice_events (notice_id, member_id, kind, detail)
-SELECT $1, m, $3, $4 FROM unnest($2::text[]) AS m"""
-EVENTS_FOR = """
-SELECT id, member_id, kind, detail, at FROM notice_events WHERE notice_id = $1
-  AND ($2::text IS NULL OR member_id = $2 OR member_id IS NULL) ORDER BY at, id LIMIT $3"""
+SUMMARY_PARENT = """
+SELECT p.id, p.title, p.audience, p.scope_unit_id, p.state
+FROM notices s JOIN notices p ON p.id = s.parent_notice_id WHERE s.id = $1"""
 
-# --- scheduled sends and recall ------------------------------------------------------------
-
-RELEASE_SCHEDULED = """
-UPDATE notices SET state = 'queued', updated_at = (SELECT notifier_now())
-WHERE id IN (SELECT id FROM notices WHERE state = 'scheduled' AND send_at <= (SELECT notifier_now())
-             ORDER BY send_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING id"""
-
-RECALL = """
-UPDATE notices SET state = 'recalled', recalled_at = (SELECT notifier_now()), updated_at = (SELECT notifier_now())
-WHERE (id = $1 OR parent_notice_id = $1) AND state <> 'recalled'
-RETURNING id"""
-CANCEL_PENDING = """
-UPDATE deliveries SET state = 'cancelled', error = 'recalled', lease_until = NULL, wait_reason = NULL,
-    updated_at = (SELECT notifier_now())
-WHERE notice_id = ANY($1::uuid[]) AND state = 'queued'"""
-STOP_TIMERS = "UPDATE escalations SET state = 'stopped', updated_at = (SELECT notifier_now()) WHERE notice_id = ANY($1::uuid[]) AND state = 'active'"
+# The parent notice's unread recipients inside the audience (as UNREAD_UNITS places them), for
+# the page a summary's signed link opens.
+UNREAD_LIST = (
+    "WITH RECURSIVE "
+    + subtree("$2")
+    + """
+SELECT r.member_id, m.name,
+       coalesce((SELECT array_agg(mu.unit_id ORDER BY mu.unit_id) FROM member_units mu
+                 WHERE mu.member_id = r.member_id
+                   AND (mu.unit_id IN (SELECT id FROM sub)
+                        OR (r.member_id = ANY($3::text[]) AND ($4::text[] IS NULL OR mu.unit_id = ANY($4::text[]))))),
+                '{}') AS units
+FROM recipients r JOIN members m ON m.id = r.member_id
+WHERE r.notice_id = $1 AND r.read_at IS NULL
+ORDER BY r.member_id LIMIT $5"""
+)
 
 
-async def event(
-    conn: Connection, notice_id: str, kind: str, detail: dict[str, Any], member_id: str | None = None
-) -> None:
-    await conn.execute(EVENT, notice_id, member_id, kind, detail)
+async def start(conn: Connection, notice_id: str, started_at: datetime, first_step_after: float) -> float:
+    """Create the notice's timer; returns the seconds until its first step (may be negative)."""
+    return float(await conn.fetchval(START, notice_id, started_at, first_step_after))
 
 
-async def events_many(
-    conn: Connection, notice_id: str, member_ids: list[str], kind: str, detail: dict[str, Any]
-) -> None:
-    if member_ids:
-        await conn.execute(EVENTS_MANY, notice_id, member_ids, kind, detail)
+async def claim_due(conn: Connection) -> Record | None:
+    return await conn.fetchrow(CLAIM_DUE)
 
 
-async def events_for(
-    conn: Connection | Pool, notice_id: str, member_id: str | None, limit: int = 1000
+async def advance(conn: Connection, notice_id: str, round_: int, step: int, offset: float) -> None:
+    await conn.execute(ADVANCE, notice_id, round_, step, offset)
+
+
+async def postpone(conn: Connection, notice_id: str, seconds: float) -> None:
+    await conn.execute(POSTPONE, notice_id, seconds)
+
+
+async def finish(conn: Connection, notice_id: str, state: str) -> None:
+    await conn.execute(FINISH, notice_id, state)
+
+
+async def add_sends(conn: Connection, notice_id: str, n: int) -> None:
+    if n:
+        await conn.execute(ADD_SENDS, notice_id, n)
+
+
+async def counts(conn: Connection, notice_id: str) -> tuple[int, int]:
+    """(unread, recipients) of a notice, without fetching or locking a row."""
+    row = await conn.fetchrow(COUNTS, notice_id)
+    assert row is not None
+    return int(row["unread"]), int(row["recipients"])
+
+
+async def remind(
+    conn: Connection,
+    notice_id: str,
+    channel: str,
+    step: int,
+    *,
+    needs_contact: bool,
+    delivers_on_insert: bool,
+    budget: int,
+) -> Record:
+    row = await conn.fetchrow(REMIND, notice_id, channel, step, needs_contact, delivers_on_insert, budget)
+    assert row is not None
+    return row
+
+
+def _audience_args(
+    audience: dict[str, Any], reach: list[str] | None
+) -> tuple[list[str], list[str], list[str] | None]:
+    return list(audience.get("units", [])), list(audience.get("members", [])), reach
+
+
+async def unread_units(
+    conn: Connection, notice_id: str, audience: dict[str, Any], reach: list[str] | None
 ) -> list[Record]:
-    return list(await conn.fetch(EVENTS_FOR, notice_id, member_id, limit))
+    """[(unit_id, n)] of the unread, inside the notice's audience; ``reach`` is the sender's
+    subtree (None: an admin)."""
+    return list(await conn.fetch(UNREAD_UNITS, notice_id, *_audience_args(audience, reach)))
+
+
+async def summary_parent(conn: Connection, summary_id: str) -> Record | None:
+    """The notice a summary is about (None: not a summary)."""
+    return await conn.fetchrow(SUMMARY_PARENT, summary_id)
+
+
+async def unread_list(
+    conn: Connection, notice_id: str, audience: dict[str, Any], reach: list[str] | None, limit: int
+) -> list[Record]:
+    return list(await conn.fetch(UNREAD_LIST, notice_id, *_audience_args(audience, reach), limit))
+
+
+async def acknowledged(conn: Connection, notice_id: str, step_index: int) -> bool:
+    return bool(await conn.fetchval(ACKNOWLEDGED, notice_id, step_index))
+
+
+async def insert_summary(
+    conn: Connection,
+    summary_id: str,
+    *,
+    title: str,
+    body: str,
+    members: list[str],
+    channels: list[str],
+    scope_unit_id: str | None,
+    parent_notice_id: str,
+    parent_step: int,
+) -> str | None:
+    """The step's summary DING (one per notice and step); None when it exists already."""
+    made = await conn.fetchval(
+        SUMMARY_INSERT,
+        summary_id,
+        title,
+        body,
+        {"members": members, "units": []},
+        channels,
+        scope_unit_id,
+        parent_notice_id,
+        parent_step,
+    )
+    return None if made is None else str(made)

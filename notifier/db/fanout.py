@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from notifier.db.contacts import newest_working
 from notifier.db.pool import Connection, Record
-from notifier.db.units import SUBTREE_CTE
+from notifier.db.units import subtree
 
 # One fan-out chunk, entirely inside PostgreSQL: resolve the audience (unit subtrees + named
 # members, deduplicated, next `limit` member ids after the cursor), plan one delivery per
@@ -18,7 +18,8 @@ from notifier.db.units import SUBTREE_CTE
 #   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 limit
 #   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback
 FANOUT_CHUNK = (
-    SUBTREE_CTE.replace("$1", "$2")
+    "WITH RECURSIVE "
+    + subtree("$2")
     + f""",
 clock AS (SELECT notifier_now() AS now),
 aud AS (

@@ -1,6 +1,12 @@
 """Quiet hours: whether a member is inside theirs now (engine clock, member's local time), and
-when they end. The member's own hours win, else the nearest unit up the tree that sets them;
-the time zone likewise, finally Asia/Shanghai."""
+when they end.
+
+The rule, which never depends on the order of unit ids: a member's own quiet hours and time zone
+win. What the member leaves unset comes from each of their units -- the nearest unit up the
+tree from that membership that sets it; the time zone finally Asia/Shanghai. A member in several
+units is quiet while inside the quiet hours of any of them (the union: the most restrictive),
+until the last of those that hold them now ends.
+"""
 
 from __future__ import annotations
 
@@ -11,34 +17,38 @@ DEFAULT_TIMEZONE = "Asia/Shanghai"
 
 QUIET_UNTIL = f"""
 WITH RECURSIVE m AS (
-    SELECT mem.id AS member_id, mem.timezone, mem.quiet_start, mem.quiet_end,
-           (SELECT min(unit_id) FROM member_units WHERE member_id = mem.id) AS unit_id
-    FROM members mem WHERE mem.id = ANY($1::text[])
+    SELECT id AS member_id, timezone, quiet_start, quiet_end FROM members WHERE id = ANY($1::text[])
 ),
-{ancestors("SELECT member_id, unit_id FROM m", "member_id")},
+-- One path per membership (a member with no unit: one path, their own settings only).
+paths AS (
+    SELECT m.member_id, mu.unit_id FROM m LEFT JOIN member_units mu ON mu.member_id = m.member_id
+),
+{ancestors("SELECT ARRAY[member_id, unit_id], unit_id FROM paths WHERE unit_id IS NOT NULL", "path")},
 inherited AS (
-    SELECT up.member_id,
+    SELECT up.path[1] AS member_id, up.path[2] AS start_id,
            (array_agg(u.timezone ORDER BY up.depth) FILTER (WHERE u.timezone IS NOT NULL))[1] AS tz,
            (array_agg(u.quiet_start ORDER BY up.depth) FILTER (WHERE u.quiet_start IS NOT NULL))[1] AS qs,
            (array_agg(u.quiet_end ORDER BY up.depth) FILTER (WHERE u.quiet_start IS NOT NULL))[1] AS qe
-    FROM up JOIN units u ON u.id = up.id GROUP BY up.member_id
+    FROM up JOIN units u ON u.id = up.id GROUP BY up.path
 ),
 eff AS (
-    SELECT m.member_id, coalesce(m.timezone, i.tz, '{DEFAULT_TIMEZONE}') AS tz,
+    SELECT p.member_id, coalesce(m.timezone, i.tz, '{DEFAULT_TIMEZONE}') AS tz,
            CASE WHEN m.quiet_start IS NOT NULL THEN m.quiet_start ELSE i.qs END AS qs,
            CASE WHEN m.quiet_start IS NOT NULL THEN m.quiet_end ELSE i.qe END AS qe
-    FROM m LEFT JOIN inherited i USING (member_id)
+    FROM paths p JOIN m ON m.member_id = p.member_id
+    LEFT JOIN inherited i ON i.member_id = p.member_id AND i.start_id = p.unit_id
 ),
 loc AS (
     SELECT member_id, tz, qs, qe, (SELECT notifier_now()) AT TIME ZONE tz AS local FROM eff WHERE qs IS NOT NULL
 )
 SELECT member_id,
-       extract(epoch FROM ((local::date + qe
+       max(extract(epoch FROM ((local::date + qe
            + CASE WHEN local::time < qe THEN interval '0' ELSE interval '1 day' END) AT TIME ZONE tz)
-           - (SELECT notifier_now())) AS ends_in
+           - (SELECT notifier_now()))) AS ends_in
 FROM loc
 WHERE CASE WHEN qs < qe THEN local::time >= qs AND local::time < qe
-           ELSE local::time >= qs OR local::time < qe END"""
+           ELSE local::time >= qs OR local::time < qe END
+GROUP BY member_id"""
 
 
 # Cheap (partial indexes): does anyone have quiet hours at all?

@@ -8,7 +8,7 @@ schemas/0006). This module reads them: one recipient, and the keyset-paged listi
 from __future__ import annotations
 
 from notifier.db.pool import Connection, Record
-from notifier.db.units import SUBTREE_CTE
+from notifier.db.units import subtree
 
 GET = (
     "SELECT notice_id, member_id, dstatus, delivered_at, read_at, read_via FROM recipients "
@@ -18,25 +18,35 @@ GET = (
 # Keyset page of recipients. status: read | unread filter on the read receipt; queued | sent |
 # delivered | failed | cancelled on the delivery outcome, read or not -- the same partition the
 # counters count, so a listing and its count always agree.
-PAGE = (
-    SUBTREE_CTE.replace("$1", "$5")
+# One statement per (status, first page or not), with the predicates written out, so that even a
+# cached generic plan walks the matching partial index (recipients_unread_idx / _read_idx) in
+# member order from the cursor instead of filtering every recipient of the notice.
+#   $1 notice  $2 limit  $3 units (empty: any)  $4 cursor  $5 delivery status
+_PAGE = (
+    "WITH RECURSIVE "
+    + subtree("$3")
     + """
 SELECT r.member_id, m.name, r.dstatus, r.delivered_at, r.read_at,
        coalesce((SELECT array_agg(unit_id ORDER BY unit_id) FROM member_units WHERE member_id = r.member_id),
-                '{}') AS units
+                '{{}}') AS units
 FROM recipients r JOIN members m ON m.id = r.member_id
-WHERE r.notice_id = $1
-  AND ($2::text IS NULL OR r.member_id > $2)
-  AND CASE $3::text
-        WHEN 'read' THEN r.read_at IS NOT NULL
-        WHEN 'unread' THEN r.read_at IS NULL
-        WHEN '' THEN true
-        ELSE r.dstatus = $3 END
-  AND (cardinality($5::text[]) = 0 OR EXISTS (
+WHERE r.notice_id = $1 AND {after} AND {status}
+  AND (cardinality($3::text[]) = 0 OR EXISTS (
         SELECT 1 FROM member_units mu JOIN sub ON sub.id = mu.unit_id WHERE mu.member_id = r.member_id))
 ORDER BY r.member_id
-LIMIT $4"""
+LIMIT $2"""
 )
+_STATUS = {
+    "": "true",
+    "read": "r.read_at IS NOT NULL",
+    "unread": "r.read_at IS NULL",
+    "dstatus": "r.dstatus = $5",
+}
+PAGES = {
+    (status, after): _PAGE.format(status=cond, after="r.member_id > $4" if after else "$4::text IS NULL")
+    for status, cond in _STATUS.items()
+    for after in (False, True)
+}
 
 DELIVERIES_FOR = """
 SELECT member_id, channel, step, state, attempts, error, updated_at, next_attempt_at, wait_reason
@@ -57,7 +67,11 @@ async def page(
     limit: int,
     unit_id: str | None,
 ) -> list[Record]:
-    return list(await conn.fetch(PAGE, notice_id, after, status, limit, [unit_id] if unit_id else []))
+    kind = status if status in ("", "read", "unread") else "dstatus"
+    args: list[object] = [notice_id, limit, [unit_id] if unit_id else [], after]
+    if kind == "dstatus":
+        args.append(status)
+    return list(await conn.fetch(PAGES[kind, after is not None], *args))
 
 
 async def deliveries_for(conn: Connection, notice_id: str, member_ids: list[str]) -> list[Record]:

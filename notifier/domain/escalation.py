@@ -6,6 +6,10 @@ A round lasts as long as its last step's delay; round r, step i is due at
 ``start + r * cycle + steps[i].after``. Deliveries made by a step carry
 ``step_code(r, i) = r * 100 + i + 1`` (0 is the first send), so each (round, step) sends at most
 once per member and channel.
+
+Keys that are not an admin's may not space steps closer than a minimum interval
+(``crowded_steps``; the setting ``escalation_min_step_seconds``), so a policy cannot ring one
+officer every second.
 """
 
 from __future__ import annotations
@@ -126,3 +130,17 @@ def next_position(rules: PolicyRules, round_: int, index: int) -> tuple[int, int
     if round_ < rules.repeat:
         return round_ + 1, 0
     return None
+
+
+def crowded_steps(rules: PolicyRules, min_interval: float) -> list[int]:
+    """Indexes of the steps that come less than ``min_interval`` seconds after the one before.
+
+    The first step counts from the send, and -- since a round lasts until its last step -- a
+    new round's first step comes ``steps[0].after`` after the last one: one rule covers both."""
+    crowded: list[int] = []
+    previous = 0.0
+    for i, step in enumerate(rules.steps):
+        if step.after - previous < min_interval:
+            crowded.append(i)
+        previous = step.after
+    return crowded

@@ -2,18 +2,23 @@
 
 A step reminds the members who have not read the notice on stronger channels and/or notifies
 roles resolved at that moment (the secretaries of the unread members' units, whoever is on duty
-there or in the nearest ancestor unit) with a summary that is itself a tracked DING. A step
-that reaches nobody is recorded as an event, never silently skipped. Reading stops everything
-for that member; recall or expiry stops the timer.
+there or in the nearest ancestor unit) with a summary that is itself a tracked DING. Only the
+units the notice's own audience places the unread in count: a member shared with another branch
+never makes that branch's secretaries hear of it. A step that reaches nobody is recorded as an
+event (one per step and channel, naming the members), never silently skipped. Reading stops
+everything for that member; recall, expiry or the notice's ceiling on escalation sends
+(``settings.escalation_max_sends``) stops the timer.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from notifier.db import duty, escalations
+from notifier.db import duty, escalations, timeline, units
 from notifier.db import members as members_db
 from notifier.db.pool import Connection, Record
 from notifier.domain.escalation import (
@@ -24,12 +29,14 @@ from notifier.domain.escalation import (
     next_position,
     step_code,
 )
+from notifier.links import unread_list_link
 from notifier.workers.context import WorkerDeps
 from notifier.workers.queue import enqueue_deliveries, enqueue_fanout
 
 log = logging.getLogger(__name__)
 
 MAX_PER_TICK = 200
+CEILING_EVENT = "escalation_ceiling_reached"
 
 
 @dataclass(slots=True)
@@ -40,12 +47,17 @@ class Wakeups:
     fanouts: list[str] = field(default_factory=list)
 
 
-async def release_scheduled(deps: WorkerDeps) -> int:
-    """Scheduled notices whose time has come go to fan-out (the row was the timer)."""
-    rows = await deps.pool.fetch(escalations.RELEASE_SCHEDULED, 500)
-    for r in rows:
-        await enqueue_fanout(deps.queue, str(r["id"]), tag="scheduled")
-    return len(rows)
+@dataclass(slots=True)
+class Budget:
+    """What is left of the notice's ceiling on escalation sends, for this step."""
+
+    left: int
+    used: int = 0
+    reached: bool = False
+
+    def spend(self, n: int) -> None:
+        self.used += n
+        self.left -= n
 
 
 async def advance_escalations(deps: WorkerDeps) -> int:
@@ -53,7 +65,7 @@ async def advance_escalations(deps: WorkerDeps) -> int:
     for _ in range(MAX_PER_TICK):
         wake = Wakeups()
         async with deps.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(escalations.CLAIM_DUE)
+            row = await escalations.claim_due(conn)
             if row is None:
                 break
             try:
@@ -62,8 +74,8 @@ async def advance_escalations(deps: WorkerDeps) -> int:
             except Exception:
                 log.exception("escalation of notice %s failed; retrying it in a minute", row["notice_id"])
                 wake = Wakeups()
-                await conn.execute(escalations.POSTPONE, row["notice_id"], 60.0)
-                await escalations.event(conn, str(row["notice_id"]), "step_error", {"retry_in": 60})
+                await escalations.postpone(conn, row["notice_id"], 60.0)
+                await timeline.record(conn, str(row["notice_id"]), "step_error", {"retry_in": 60})
         done += 1
         for notice_id, channel, n in wake.deliveries:
             await enqueue_deliveries(
@@ -77,78 +89,103 @@ async def advance_escalations(deps: WorkerDeps) -> int:
 async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wakeups) -> None:
     notice_id = str(row["notice_id"])
     if row["notice_state"] == "recalled":
-        await conn.execute(escalations.FINISH, notice_id, "stopped")
+        await escalations.finish(conn, notice_id, "stopped")
         return
     if row["expired"]:
-        await conn.execute(escalations.FINISH, notice_id, "stopped")
-        await escalations.event(
+        await escalations.finish(conn, notice_id, "stopped")
+        await timeline.record(
             conn, notice_id, "escalation_expired", {"expires_at": row["expires_at"].isoformat()}
         )
         return
     rules = PolicyRules.model_validate({k: v for k, v in row["escalation"].items() if k != "policy"})
     round_, index = row["round"], row["next_step"]
-    unread = [r["member_id"] for r in await conn.fetch(escalations.LOCK_UNREAD, notice_id)]
+    unread, recipients = await escalations.counts(conn, notice_id)
     if not unread:
-        await conn.execute(escalations.FINISH, notice_id, "done")
-        await escalations.event(conn, notice_id, "everyone_read", {"round": round_, "step": index})
+        await escalations.finish(conn, notice_id, "done")
+        await timeline.record(conn, notice_id, "everyone_read", {"round": round_, "step": index})
         return
     following = next_position(rules, round_, index)
     if following is not None and due_offset(rules, *following) <= float(row["elapsed"]):
         # The engine was down past this step's successor too: catching up must not fire every
         # missed step at once (six calls to one phone in a second). Skip it, on the record.
-        await escalations.event(
+        await timeline.record(
             conn, notice_id, "step_skipped", {"round": round_, "step": index, "reason": "late"}
         )
         r, i = following
-        await conn.execute(escalations.ADVANCE, notice_id, r, i, due_offset(rules, r, i))
+        await escalations.advance(conn, notice_id, r, i, due_offset(rules, r, i))
         return
     step = rules.steps[index]
     code = step_code(round_, index)
-    detail: dict[str, Any] = {"round": round_, "step": index, "unread": len(unread)}
+    budget = Budget(max(0, deps.settings.escalation_max_sends - int(row["sends"])))
+    detail: dict[str, Any] = {"round": round_, "step": index, "unread": unread}
     if step.remind:
-        detail["reminded"] = await _remind(deps, conn, notice_id, step, code, wake)
+        detail["reminded"] = await _remind(deps, conn, notice_id, step, code, budget, wake)
     if step.notify:
-        detail["notified"] = await _notify(deps, conn, row, step, code, index, unread, wake)
-    await escalations.event(conn, notice_id, "step_fired", detail)
-    if following is None:
-        await conn.execute(escalations.FINISH, notice_id, "done")
-        await escalations.event(conn, notice_id, "escalation_exhausted", {"rounds": rules.repeat + 1})
+        detail["notified"] = await _notify(
+            deps, conn, row, step, code, index, (unread, recipients), budget, wake
+        )
+    await escalations.add_sends(conn, notice_id, budget.used)
+    await timeline.record(conn, notice_id, "step_fired", detail)
+    if budget.reached:
+        await escalations.finish(conn, notice_id, "stopped")
+        await timeline.record(
+            conn,
+            notice_id,
+            CEILING_EVENT,
+            {
+                "limit": deps.settings.escalation_max_sends,
+                "sends": int(row["sends"]) + budget.used,
+                "round": round_,
+                "step": index,
+            },
+        )
+    elif following is None:
+        await escalations.finish(conn, notice_id, "done")
+        await timeline.record(conn, notice_id, "escalation_exhausted", {"rounds": rules.repeat + 1})
     else:
         r, i = following
-        await conn.execute(escalations.ADVANCE, notice_id, r, i, due_offset(rules, r, i))
+        await escalations.advance(conn, notice_id, r, i, due_offset(rules, r, i))
 
 
 async def _remind(
-    deps: WorkerDeps, conn: Connection, notice_id: str, step: Step, code: int, wake: Wakeups
+    deps: WorkerDeps, conn: Connection, notice_id: str, step: Step, code: int, budget: Budget, wake: Wakeups
 ) -> dict[str, int]:
     reached: dict[str, int] = {}
     for channel_id in step.remind:
         if channel_id not in deps.channels:
-            await escalations.event(
+            await timeline.record(
                 conn, notice_id, "channel_unavailable", {"channel": channel_id, "step": code}
             )
             reached[channel_id] = 0
             continue
         caps = deps.channels.get(channel_id).capabilities
-        result = await conn.fetchrow(
-            escalations.REMIND, notice_id, channel_id, code, caps.needs_contact, caps.delivers_on_insert
-        )
-        assert result is not None
-        reached[channel_id] = int(result["reached"])
-        unreachable = list(result["unreachable"])
-        await escalations.events_many(
+        allowed = budget.left
+        result = await escalations.remind(
             conn,
             notice_id,
-            unreachable,
+            channel_id,
+            code,
+            needs_contact=caps.needs_contact,
+            delivers_on_insert=caps.delivers_on_insert,
+            budget=allowed,
+        )
+        n = reached[channel_id] = int(result["reached"])
+        budget.spend(n)
+        if int(result["wanted"]) > allowed:
+            budget.reached = True  # some of the unread were left out: the ceiling stops it here
+        await timeline.record_for_members(
+            conn,
+            notice_id,
+            list(result["unreachable"]),
             "not_reached",
             {"channel": channel_id, "step": code, "reason": "no contact"},
         )
-        if reached[channel_id] == 0:
-            await escalations.event(
+        if n == 0:
+            await timeline.record(
                 conn, notice_id, "step_reached_nobody", {"channel": channel_id, "step": code}
             )
         elif not caps.delivers_on_insert:
-            wake.deliveries.append((notice_id, channel_id, reached[channel_id]))
+            wake.deliveries.append((notice_id, channel_id, n))
     return reached
 
 
@@ -159,15 +196,18 @@ async def _notify(
     step: Step,
     code: int,
     index: int,
-    unread: list[str],
+    counts: tuple[int, int],
+    budget: Budget,
     wake: Wakeups,
 ) -> dict[str, Any]:
     notice_id = str(row["notice_id"])
-    if await conn.fetchval(escalations.ACKNOWLEDGED, notice_id, index + 1):
-        await escalations.event(conn, notice_id, "notify_skipped", {"step": code, "reason": "acknowledged"})
+    if await escalations.acknowledged(conn, notice_id, index + 1):
+        await timeline.record(conn, notice_id, "notify_skipped", {"step": code, "reason": "acknowledged"})
         return {"skipped": "acknowledged"}
-    units = await conn.fetch(escalations.UNREAD_UNITS, notice_id)
-    unit_ids = [u["unit_id"] for u in units]
+    scope = row["scope_unit_id"]
+    reach = await _sender_reach(conn, row)
+    placed = await escalations.unread_units(conn, notice_id, row["audience"], reach)
+    unit_ids = [u["unit_id"] for u in placed]
     roles: dict[str, list[str]] = {}
     if "secretary" in step.notify:
         by_unit = await duty.secretaries_for_units(conn, unit_ids)
@@ -177,51 +217,71 @@ async def _notify(
         roles["on_duty"] = sorted({m for ms in by_unit.values() for m in ms})
     for role, members in roles.items():
         if not members:
-            await escalations.event(conn, notice_id, "nobody_to_notify", {"role": role, "step": code})
+            await timeline.record(conn, notice_id, "nobody_to_notify", {"role": role, "step": code})
     audience = sorted({m for ms in roles.values() for m in ms})
     channels = [c for c in step.channels if c in deps.channels]
     if not audience or not channels:
         if audience:
-            await escalations.event(
+            await timeline.record(
                 conn, notice_id, "channel_unavailable", {"channels": step.channels, "step": code}
             )
         return {**roles, "summary": None}
-    counts = await conn.fetchrow(escalations.COUNTS, notice_id)
-    assert counts is not None
-    title, body = summary_text(deps, row, int(counts["unread"]), int(counts["recipients"]), units)
+    sends = len(audience) * len(channels)
+    if sends > budget.left:
+        budget.reached = True
+        return {**_shown(roles, set(audience) if scope is None else set()), "summary": None}
+    summary_id = str(uuid.uuid4())
+    title, body = summary_text(deps, row, counts, placed, summary_id)
     # Escalating up the tree may reach people outside the sender's units (the committee's duty
     # officer). The sender then must not see who they are: the summary is visible to admins only
     # and the event names only the people inside the sender's units.
-    scope = row["scope_unit_id"]
     inside = set(audience) if scope is None else await members_db.visible(conn, audience, scope)
-    summary = await conn.fetchval(
-        escalations.SUMMARY_INSERT,
-        title,
-        body,
-        {"members": audience, "units": []},
-        channels,
-        scope if inside == set(audience) else None,
-        notice_id,
-        code,
+    summary = await escalations.insert_summary(
+        conn,
+        summary_id,
+        title=title,
+        body=body,
+        members=audience,
+        channels=channels,
+        scope_unit_id=scope if inside == set(audience) else None,
+        parent_notice_id=notice_id,
+        parent_step=code,
     )
     if summary is not None:
-        wake.fanouts.append(str(summary))
-    shown = {role: [m for m in ms if m in inside] for role, ms in roles.items()}
+        budget.spend(sends)
+        wake.fanouts.append(summary)
     outside = len(set(audience) - inside)
     return {
-        **shown,
+        **_shown(roles, inside),
         **({"outside_your_units": outside} if outside else {}),
-        "summary": str(summary) if summary else None,
+        "summary": summary,
     }
 
 
+def _shown(roles: dict[str, list[str]], inside: set[str]) -> dict[str, list[str]]:
+    return {role: [m for m in ms if m in inside] for role, ms in roles.items()}
+
+
+async def _sender_reach(conn: Connection, notice: Record) -> list[str] | None:
+    """The units the notice's sender reaches (None: an admin), needed only when the audience
+    names members directly."""
+    scope = notice["scope_unit_id"]
+    if scope is None or not notice["audience"].get("members"):
+        return None  # an admin reaches every unit; with no member named directly it is unused
+    return await units.subtree_ids(conn, scope)
+
+
 def summary_text(
-    deps: WorkerDeps, row: Record, unread: int, recipients: int, units: list[Record]
+    deps: WorkerDeps, row: Record, counts: tuple[int, int], placed: list[Record], summary_id: str
 ) -> tuple[str, str]:
+    unread, recipients = counts
     since = format_duration(round(float(row["elapsed"])))
-    base = deps.settings.effective_public_url.rstrip("/")
-    link = f"{base}/v1/notices/{row['notice_id']}/recipients?status=unread"
-    where = ", ".join(f"{u['unit_id']}: {u['n']}" for u in units[:5])
+    settings = deps.settings
+    expires = int(deps.clock.time() + settings.link_ttl_seconds)
+    link = unread_list_link(
+        settings.effective_public_url, settings.link_secret.get_secret_value().encode(), summary_id, expires
+    )
+    where = ", ".join(f"{u['unit_id']}: {u['n']}" for u in placed[:5])
     title = f"未读 {unread}/{recipients}: {row['title']}"[:200]
     body = (
         f'{unread} of {recipients} recipients have not read "{row["title"]}" '
@@ -231,15 +291,10 @@ def summary_text(
 
 
 async def start_escalation(
-    conn: Connection, notice_id: str, started_at: Any, snapshot: dict[str, Any]
+    conn: Connection, notice_id: str, started_at: datetime, snapshot: dict[str, Any]
 ) -> float:
     """Create the timer for a notice that carries a policy snapshot (called when it goes out).
 
     Returns the seconds until its first step, for an early wake-up."""
     rules = PolicyRules.model_validate({k: v for k, v in snapshot.items() if k != "policy"})
-    offset = due_offset(rules, 0, 0)
-    await conn.execute(escalations.START, notice_id, started_at, offset)
-    elapsed = await conn.fetchval(
-        "SELECT extract(epoch FROM (SELECT notifier_now()) - $1::timestamptz)", started_at
-    )
-    return max(0.0, offset - float(elapsed))
+    return max(0.0, await escalations.start(conn, notice_id, started_at, due_offset(rules, 0, 0)))

@@ -10,8 +10,8 @@ import logging
 from typing import Any
 
 from notifier.channels.registry import UnknownChannel
-from notifier.db import escalations, notices
 from notifier.db import fanout as fanout_db
+from notifier.db import notices, timeline
 from notifier.workers.context import WorkerDeps
 from notifier.workers.escalate import start_escalation
 from notifier.workers.queue import enqueue_deliveries, wake_tick_in
@@ -36,7 +36,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 # Configured when the notice was accepted, gone from this deployment now: say so
                 # on the notice instead of retrying forever.
                 await conn.execute(notices.MARK_FAILED, notice_id)
-                await escalations.event(
+                await timeline.record(
                     conn, notice_id, "fanout_failed", {"reason": f"channel {exc} is not configured"}
                 )
                 log.error("notice %s names channel %s, which is not configured", notice_id, exc)

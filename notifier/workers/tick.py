@@ -12,8 +12,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from notifier.workers.context import WorkerDeps
-from notifier.workers.escalate import advance_escalations, release_scheduled
+from notifier.workers.escalate import advance_escalations
 from notifier.workers.lessons import send_due_lessons
+from notifier.workers.schedule import release_scheduled
 
 log = logging.getLogger(__name__)
 

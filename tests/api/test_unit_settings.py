@@ -36,6 +36,13 @@ CLEARED: dict[str, Any] = {
 }
 
 
+@pytest.fixture(autouse=True)
+async def ding_standard(client: TestClient[Any, Any], db: asyncpg.Connection) -> None:
+    """The global policy SETTINGS names: a unit's default_policy must resolve."""
+    policy = {"name": "ding-standard", "steps": [{"after": "PT5M", "remind": ["webhook"]}]}
+    await post(client, "/v1/escalation-policies", policy)
+
+
 def _settings(unit: dict[str, Any]) -> dict[str, Any]:
     return {k: unit[k] for k in CLEARED}
 

@@ -28,6 +28,12 @@ async def now(db: asyncpg.Connection) -> datetime:
         "INSERT INTO members (id, name) SELECT id, 'Officer ' || id FROM unnest($1::text[]) AS id",
         ["a", "b", "c1", "c2", "d", "s"],
     )
+    # A shift counts while its member belongs to the roster's unit or below (PUT /duty's rule).
+    await db.execute(
+        "INSERT INTO member_units (member_id, unit_id) SELECT * FROM unnest($1::text[], $2::text[])",
+        ["a", "b", "c1", "c2", "d", "s"],
+        ["g1", "b1", "c", "c", "b2", "c"],
+    )
     value = await db.fetchval("SELECT notifier_now()")
     assert isinstance(value, datetime)
     return value
@@ -145,3 +151,22 @@ async def test_the_exclusion_constraint_is_the_guarantee(db: asyncpg.Connection,
         assert [(r["member_id"], r["s"]) for r in rows] == [("a", now)]
         await duty.replace_roster(db, "b1", [shifts[1], shifts[3]])
     assert [r["member_id"] for r in await duty.list_shifts(db, "b1", None, None)] == ["b", "a"]
+
+
+async def test_a_member_who_left_the_unit_is_no_longer_on_duty(db: asyncpg.Connection, now: datetime) -> None:
+    await _shift(db, "b1", "b", now - HOUR, now + HOUR)
+    await _shift(db, "c", "c1", now - HOUR, now + HOUR)
+    await db.execute("INSERT INTO member_units VALUES ('a', 'g3')")
+    await _shift(db, "b1", "a", now - HOUR, now + HOUR)  # a belongs below b1 (g1, g3)
+    assert await duty.on_duty_for_units(db, ["g1"]) == {"g1": ["a", "b"]}
+    # b leaves b1: their shift stays on the roster but no longer makes them on duty.
+    await db.execute("DELETE FROM member_units WHERE member_id = 'b'")
+    assert await duty.on_duty_for_units(db, ["g1"]) == {"g1": ["a"]}
+    # a moves from g1 to g3, still below b1: still on duty there.
+    await db.execute("DELETE FROM member_units WHERE member_id = 'a' AND unit_id = 'g1'")
+    assert await duty.on_duty_for_units(db, ["g1"]) == {"g1": ["a"]}
+    # a leaves b1's subtree for b2: nobody in b1 is on duty any more, so c answers.
+    await db.execute("UPDATE member_units SET unit_id = 'b2' WHERE member_id = 'a'")
+    assert await duty.on_duty_for_units(db, ["g1"]) == {"g1": ["c1"]}
+    found = await duty.on_duty(db, ["g1"])
+    assert found["g1"].unit_id == "c"

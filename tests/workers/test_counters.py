@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from notifier.app import create_app
 from notifier.channels.base import Capabilities, NoticeContent, Outcome, StatusUpdate
 from notifier.db import deliveries, escalations, receipts
+from notifier.db import recall as recall_db
 from notifier.db.deliveries import Released
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_batch, deliver_notice_channel
@@ -115,7 +116,13 @@ class Driver:
         self.steps[nid] += 1
         inapp = self.rng.random() < 0.4
         await self.db.fetchrow(
-            escalations.REMIND, nid, "inapp" if inapp else "scripted", self.steps[nid], not inapp, inapp
+            escalations.REMIND,
+            nid,
+            "inapp" if inapp else "scripted",
+            self.steps[nid],
+            not inapp,
+            inapp,
+            1_000_000,
         )
 
     async def read(self) -> None:
@@ -231,8 +238,8 @@ async def test_the_sweep_keeps_cancelled_apart_from_failed(
     nid = await make_notice(deps, db, ["scripted"])
     claimed = await deliveries.claim(deps.pool, nid, "scripted", 10, 60)  # in flight during the recall
     async with deps.pool.acquire() as conn, conn.transaction():
-        recalled = [str(r["id"]) for r in await conn.fetch(escalations.RECALL, nid)]
-        await conn.execute(escalations.CANCEL_PENDING, recalled)
+        recalled = [str(r["id"]) for r in await conn.fetch(recall_db.RECALL, nid)]
+        await conn.execute(recall_db.CANCEL_PENDING, recalled)
     # The in-flight batch comes back as a retry; the reconciler's sweep cancels it.
     channel.script = [Outcome.RETRY, Outcome.RETRY]
     await deliver_batch(deps, channel, NoticeContent(nid, "ding", "t", "b"), claimed)
@@ -394,7 +401,7 @@ async def test_concurrent_batches_reads_and_reminders_neither_drift_nor_deadlock
 
     async def remind() -> None:
         async with deps.pool.acquire() as conn, conn.transaction():
-            await conn.fetchrow(escalations.REMIND, nid, "scripted", 1, True, False)
+            await conn.fetchrow(escalations.REMIND, nid, "scripted", 1, True, False, 1_000_000)
 
     members = [f"m{i:05d}" for i in range(300)]
     await asyncio.gather(
