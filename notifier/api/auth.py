@@ -96,10 +96,15 @@ async def notice_visible(conn: Connection, p: Principal, notice: Record) -> bool
     return root is not None and scope is not None and await units.is_within(conn, scope, root)
 
 
+async def member_owned(conn: Connection, p: Principal, member_id: str) -> bool:
+    """Whether every unit of this (visible) member is in the caller's reach: an admin owns all."""
+    root = p.scope_root
+    return root is None or not await members.not_owned(conn, [member_id], root)
+
+
 async def require_member_owned(conn: Connection, p: Principal, member_id: str) -> None:
     """Changing a member (profile, contacts, member keys) needs every one of its units in reach:
     a member shared with another branch is that branch's too."""
     await require_member(conn, p, member_id)
-    root = p.scope_root
-    if root is not None and await members.not_owned(conn, [member_id], root):
+    if not await member_owned(conn, p, member_id):
         raise forbidden("this member also belongs to units outside your reach; only an admin may change it")
