@@ -86,8 +86,8 @@ async def _upsert(
     data = [r.model_dump() for r in rows]
     created = await members.insert_new(conn, data)
     existing = [r.id for r in rows if r.id not in created]
-    await members.lock(conn, existing)
     if root is not None and existing:
+        await members.lock(conn, existing)  # their units cannot change until we commit
         taken = set(existing) - await members.visible(conn, existing, root)
         shared = await members.not_owned(conn, existing, root)
         for i, row in enumerate(rows):
