@@ -13,7 +13,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
-from notifier.api.auth import members_visible, unit_visible
+from notifier.api.auth import members_visible, unauthorized, unit_visible
 from notifier.api.keys import DEPS, principal
 from notifier.api.notices import decode_cursor, encode_cursor
 from notifier.api.principal import Principal
@@ -147,6 +147,8 @@ async def create_api_key(request: web.Request, call: Call) -> web.Response:
         row = await api_keys.insert(
             conn, body.name, body.role, body.unit_id, body.member_id, token, p.key_id, expires_at
         )
+        if row is None:  # the calling key was revoked (or expired) while this request ran
+            raise unauthorized("unknown or revoked token")
     return json_response(
         ApiKeyOut(
             id=str(row["id"]),

@@ -16,9 +16,18 @@ from notifier.db.pool import Connection, Pool, Record
 LAST_USED_RESOLUTION_SECONDS = 60
 
 COLUMNS = "id, name, role, unit_id, member_id, created_by, created_at, expires_at, last_used_at, revoked_at"
+# Only while the issuing key ($6) is still usable; FOR SHARE holds it so that a revocation
+# running at the same moment either waits for this key (and then revokes it too) or has
+# already revoked the issuer (and nothing is inserted).
 INSERT = f"""
 INSERT INTO api_keys (name, role, unit_id, member_id, token_hash, created_by, expires_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"""
+SELECT $1, $2, $3, $4, $5, $6, $7
+WHERE $6::uuid IS NULL OR EXISTS (
+    SELECT 1 FROM api_keys issuer
+    WHERE issuer.id = $6 AND issuer.revoked_at IS NULL
+      AND (issuer.expires_at IS NULL OR issuer.expires_at > notifier_now())
+    FOR SHARE)
+RETURNING {COLUMNS}"""
 NOW = "SELECT notifier_now()"
 
 # The key for a token, if usable; marks it used when the mark is older than the resolution.
@@ -59,7 +68,9 @@ WHERE {IN_SCOPE}
   AND ($3::timestamptz IS NULL OR (k.created_at, k.id) > ($3, $4::uuid))
 ORDER BY k.created_at, k.id
 LIMIT $5"""
-# The key and everything issued below it, in one statement.
+# The key and everything issued below it. Run until it revokes nothing: a key issued below the
+# tree and committed after this statement's snapshot is caught by the next run, and once a key
+# is revoked here (row locked until commit) nothing new can be issued with it.
 REVOKE_TREE = """
 WITH RECURSIVE tree AS (
     SELECT id FROM api_keys WHERE id = $1
@@ -84,12 +95,11 @@ async def insert(
     token: str,
     created_by: str | None,
     expires_at: datetime | None = None,
-) -> Record:
-    row = await conn.fetchrow(
+) -> Record | None:
+    """The new key, or None when the issuing key was revoked or expired meanwhile."""
+    return await conn.fetchrow(
         INSERT, name, role, unit_id, member_id, hash_token(token), created_by, expires_at
     )
-    assert row is not None
-    return row
 
 
 async def now(conn: Connection) -> datetime:
@@ -121,4 +131,7 @@ async def list_in_scope(
 
 async def revoke_tree(conn: Connection, key_id: str) -> int:
     """Revoke the key and every key issued below it; returns how many were revoked now."""
-    return len(await conn.fetch(REVOKE_TREE, key_id))
+    total = 0
+    while revoked := len(await conn.fetch(REVOKE_TREE, key_id)):
+        total += revoked
+    return total

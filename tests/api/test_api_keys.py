@@ -10,14 +10,17 @@ The organisation (see ``tests/api/conftest.py``)::
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from notifier.db import api_keys
+from notifier.settings import Settings
 from tests.api.conftest import Org, issue_key, problem, snapshot
-from tests.conftest import advance_clock, auth
+from tests.conftest import advance_clock, auth, wait_until
 from tests.helpers import get, post, put
 
 
@@ -242,6 +245,8 @@ async def test_keys_expire_and_their_children_expire_no_later(
     assert await _works(client, temp["token"]) and await _member_works(client, child["token"], "m1a")
     await advance_clock(db, 3601)
     assert not await _works(client, temp["token"])
+    resp = await client.get("/v1/api-keys", headers=auth(temp["token"]))
+    await problem(resp, 401)
     assert not await _member_works(client, child["token"], "m1a")
     assert await _works(client, org.b1_service)
     assert "temp" not in await _names(client)
@@ -276,3 +281,38 @@ async def test_last_used_at_is_written_at_most_once_a_minute(
     assert later is not None and later >= first + timedelta(seconds=61)
     listed = {k["name"]: k for k in await _listed(client, org.b1_service)}
     assert datetime.fromisoformat(listed["app"]["last_used_at"]) == later
+
+
+async def test_a_key_issued_while_its_issuer_is_revoked_does_not_survive(
+    client: TestClient[Any, Any], db: asyncpg.Connection, org: Org, settings: Settings
+) -> None:
+    """A request authenticated just before its key is revoked must not leave a child behind: the
+    insert holds its issuer, so it waits for the revocation and then finds the issuer revoked."""
+    b1_app = str(await db.fetchval("SELECT id FROM api_keys WHERE name = 'b1 app'"))
+    blocker = await asyncpg.connect(settings.database_url)
+    held = blocker.transaction()
+    await held.start()
+    try:
+        await api_keys.revoke_tree(blocker, b1_app)  # not committed yet: b1 app's row is held
+        late = asyncio.create_task(
+            client.post(
+                "/v1/api-keys",
+                json={"name": "late", "role": "member", "member_id": "m1b"},
+                headers=auth(org.b1_service),
+            )
+        )
+
+        async def blocked_or_done() -> bool:
+            waiting = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return late.done() or waiting >= 1
+
+        await wait_until(blocked_or_done, within=20)
+        await held.commit()
+    finally:
+        await blocker.close()  # rolls back, if the test failed before the commit
+    resp = await late
+    await problem(resp, 401)
+    assert await db.fetchval("SELECT count(*) FROM api_keys WHERE name = 'late'") == 0
