@@ -3,7 +3,8 @@
 Principals: the bootstrap admin token (setting), and API keys (hashed in ``api_keys``):
 ``admin`` sees everything; ``service`` and ``secretary`` keys are bound to a unit and see that
 unit's subtree only; a ``member`` key sees one member's inbox and receipts. Anything outside a
-principal's reach answers 404, exactly as if it did not exist.
+principal's reach answers 404, exactly as if it did not exist. A revoked or expired key (or one
+issued by a key since revoked) is 401.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ async def auth_middleware(
     if admin is not None and hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
         principal = Principal(None, "admin")
     else:
-        row = await api_keys.by_token(deps.pool, token)
+        row = await api_keys.authenticate(deps.pool, token)
         if row is None:
             raise unauthorized("unknown or revoked token")
-        principal = Principal(str(row["id"]), row["role"], row["unit_id"], row["member_id"])
+        principal = Principal(
+            str(row["id"]), row["role"], row["unit_id"], row["member_id"], row["expires_at"]
+        )
     request[PRINCIPAL] = principal
     return await handler(request)
 
@@ -96,10 +99,15 @@ async def notice_visible(conn: Connection, p: Principal, notice: Record) -> bool
     return root is not None and scope is not None and await units.is_within(conn, scope, root)
 
 
+async def member_owned(conn: Connection, p: Principal, member_id: str) -> bool:
+    """Whether every unit of this (visible) member is in the caller's reach: an admin owns all."""
+    root = p.scope_root
+    return root is None or not await members.not_owned(conn, [member_id], root)
+
+
 async def require_member_owned(conn: Connection, p: Principal, member_id: str) -> None:
     """Changing a member (profile, contacts, member keys) needs every one of its units in reach:
     a member shared with another branch is that branch's too."""
     await require_member(conn, p, member_id)
-    root = p.scope_root
-    if root is not None and await members.not_owned(conn, [member_id], root):
+    if not await member_owned(conn, p, member_id):
         raise forbidden("this member also belongs to units outside your reach; only an admin may change it")

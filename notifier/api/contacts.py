@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from notifier.api.auth import require_member, require_member_owned
+from notifier.api.auth import member_owned, require_member, require_member_owned
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import invalid, not_found
 from notifier.api.routing import Call, Router, json_response
@@ -17,6 +18,10 @@ from notifier.channels.base import InvalidTarget
 from notifier.db import contacts
 
 routes = Router()
+
+# What a contact row may hold, whatever the channel: the channels' own limits (2 KB URLs, 4 KB
+# device tokens) fit well inside it, and a target is stored, sent and shown on every delivery.
+MAX_TARGET_BYTES = 8192
 
 
 class ContactIn(Strict):
@@ -59,6 +64,8 @@ async def add_contact(request: web.Request, call: Call) -> web.Response:
         target = deps.channels.get(body.channel).validate_target(body.target)
     except InvalidTarget as exc:
         raise invalid(exc.field, str(exc)) from None
+    if len(json.dumps(target, ensure_ascii=False, separators=(",", ":")).encode()) > MAX_TARGET_BYTES:
+        raise invalid("target", f"target must be at most {MAX_TARGET_BYTES} bytes as JSON")
     async with deps.pool.acquire() as conn, conn.transaction():
         await require_member_owned(conn, p, member_id)
         row = await contacts.add(conn, member_id, body.channel, target)
@@ -82,10 +89,11 @@ async def list_contacts(request: web.Request, call: Call) -> web.Response:
     member_id = request.match_info["member_id"]
     async with deps.pool.acquire() as conn:
         await require_member(conn, p, member_id)
+        # Another branch sharing this member may see that it has a webhook, not the URL's secrets.
+        owner = await member_owned(conn, p, member_id)
         rows = await contacts.list_for(conn, member_id)
-    return json_response(
-        {"items": [ContactOut.model_validate(contacts.as_dict(r)).model_dump(mode="json") for r in rows]}
-    )
+    items = [ContactOut.model_validate(contacts.as_dict(r, owner)).model_dump(mode="json") for r in rows]
+    return json_response({"items": items})
 
 
 @routes.route(

@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Annotated
 
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from notifier.api.auth import require_member
 from notifier.api.keys import DEPS, principal
 from notifier.api.principal import Principal
 from notifier.api.problems import invalid_many
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Name, QuietHours, Strict, TimeZone, check_path_id
+from notifier.api.types import Email, Id, Name, Phone, QuietHours, Strict, TimeZone, check_path_id
 from notifier.db import members, units
 from notifier.db.pool import Connection
 
 routes = Router()
 
 MAX_BATCH = 10_000
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
-
-
-def _phone(value: str) -> str:
-    if not E164.match(value):
-        raise ValueError("must be an E.164 number such as +8613800138000")
-    return value
-
-
-def _email(value: str) -> str:
-    if len(value) > 254 or not EMAIL.match(value):
-        raise ValueError("must be an email address")
-    return value
-
-
-Phone = Annotated[str, AfterValidator(_phone)]
-Email = Annotated[str, AfterValidator(_email)]
 
 
 class MemberIn(Strict):
@@ -75,15 +55,24 @@ class MemberBatchOut(BaseModel):
     updated: int
 
 
+def _where(prefix: str, i: int, field: str) -> str:
+    return f"{prefix}[{i}].{field}" if prefix else field
+
+
 async def _upsert(
     conn: Connection, p: Principal, rows: list[MemberBatchItem], prefix: str
 ) -> dict[str, bool]:
-    """Validate references for every row, then upsert them all in three statements."""
+    """Validate references for every row, then upsert them all, set-based.
+
+    A unit-bound caller may create members in its units and change members all of whose units
+    are in its reach. A member is shared between branches only by a caller who reaches both (an
+    admin): an id another branch holds -- even one it is creating at this very moment -- is
+    refused, never joined."""
     errors: list[tuple[str, str]] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):
         if row.id in seen:
-            errors.append((f"{prefix}[{i}].id" if prefix else "id", "duplicate member id in this batch"))
+            errors.append((_where(prefix, i, "id"), "duplicate member id in this batch"))
         seen.add(row.id)
     wanted = sorted({u for r in rows for u in r.units})
     root = p.scope_root
@@ -91,27 +80,32 @@ async def _upsert(
     for i, row in enumerate(rows):
         for j, unit_id in enumerate(row.units):
             if unit_id not in known:
-                where = f"{prefix}[{i}].units[{j}]" if prefix else f"units[{j}]"
-                errors.append((where, "unknown unit"))
-    if root is not None:
-        ids = [r.id for r in rows]
-        taken = await members.existing(conn, ids) - await members.visible(conn, ids, root)
-        shared = await members.not_owned(conn, ids, root)
+                errors.append((_where(prefix, i, f"units[{j}]"), "unknown unit"))
+    if errors:
+        raise invalid_many(errors[:100])
+    data = [r.model_dump() for r in rows]
+    created = await members.insert_new(conn, data)
+    existing = [r.id for r in rows if r.id not in created]
+    if root is not None and existing:
+        await members.lock(conn, existing)  # their units cannot change until we commit
+        taken = set(existing) - await members.visible(conn, existing, root)
+        shared = await members.not_owned(conn, existing, root)
         for i, row in enumerate(rows):
-            where = f"{prefix}[{i}].id" if prefix else "id"
             if row.id in taken:
-                errors.append((where, "this member id is used outside your units"))
+                errors.append((_where(prefix, i, "id"), "this member id is used outside your units"))
             elif row.id in shared:
                 errors.append(
                     (
-                        where,
+                        _where(prefix, i, "id"),
                         "this member also belongs to units outside your reach; only an admin may change it",
                     )
                 )
-    if errors:
-        raise invalid_many(errors[:100])
+        if errors:
+            raise invalid_many(errors[:100])  # the transaction rolls back what was inserted
     reach = None if root is None else await units.subtree_ids(conn, root)
-    return await members.upsert_many(conn, [r.model_dump() for r in rows], reach)
+    await members.update_many(conn, [d for d in data if d["id"] not in created])
+    await members.replace_memberships(conn, data, reach)
+    return {r.id: r.id in created for r in rows}
 
 
 @routes.route(

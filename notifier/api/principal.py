@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from notifier.api.problems import forbidden
 
@@ -13,6 +14,7 @@ class Principal:
     role: str
     unit_id: str | None = None
     member_id: str | None = None
+    expires_at: datetime | None = None  # keys this one issues expire no later
 
     @property
     def owner(self) -> str:

@@ -21,6 +21,29 @@ from notifier.workers.reports import apply_reports
 
 routes = Router()
 
+# A delivery report is a few hundred bytes (a batch of Aliyun reports, a few dozen); callbacks are
+# unauthenticated until the channel has checked the signature, which needs the body, so the body
+# is capped at what no provider sends: anyone may post here, nobody may make us buffer 16 MB.
+MAX_CALLBACK_BYTES = 64 * 1024
+
+
+def _too_large() -> Problem:
+    return Problem(
+        413, "Content Too Large", f"a callback body is at most {MAX_CALLBACK_BYTES} bytes", type_="too-large"
+    )
+
+
+async def read_capped(request: web.Request, limit: int = MAX_CALLBACK_BYTES) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed ``limit`` (before buffering it)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large()
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(16 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise _too_large()
+    return bytes(body)
+
 
 @routes.route(
     "POST",
@@ -35,7 +58,7 @@ async def provider_callback(request: web.Request, call: Call) -> web.Response:
     channel = deps.channels.get(channel_id) if channel_id in deps.channels else None
     if channel is None or not isinstance(channel, ReceivesCallbacks):
         raise not_found("channel")
-    body = await request.read()
+    body = await read_capped(request)
     url = deps.settings.effective_public_url.rstrip("/") + request.path_qs
     headers = {k.lower(): v for k, v in request.headers.items()}
     try:

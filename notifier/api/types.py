@@ -21,7 +21,10 @@ from pydantic import (
 )
 
 from notifier.api.problems import invalid
+from notifier.channels.phone import E164
 
+# Patterns are written for the JSON Schema (ECMA-262: "$" is the end of the text); Python checks
+# them with fullmatch, since Python's "$" also matches before a trailing newline.
 ID_PATTERN = r"^[^\s/]{1,128}$"
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
@@ -52,10 +55,38 @@ def _clock(value: Any) -> time:
     """A local wall-clock time given as "HH:MM" (a ``time`` passes through: rows read back)."""
     if isinstance(value, time):
         return value
-    if isinstance(value, str) and _CLOCK_RE.match(value):
+    if isinstance(value, str) and _CLOCK_RE.fullmatch(value):
         return time(int(value[:2]), int(value[3:]))
     raise ValueError("must be a local time HH:MM such as 08:00")
 
+
+def _phone(value: str) -> str:
+    if not E164.fullmatch(value):
+        raise ValueError("must be an E.164 number such as +8613800138000")
+    return value
+
+
+EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
+_EMAIL_RE = re.compile(EMAIL_PATTERN)
+
+
+def _email(value: str) -> str:
+    if len(value) > 254 or not _EMAIL_RE.fullmatch(value):
+        raise ValueError("must be an email address")
+    return value
+
+
+# The channels' own rule (the SMS and voice targets), so a member's phone is one a call can use.
+Phone = Annotated[
+    str,
+    AfterValidator(_phone),
+    WithJsonSchema({"type": "string", "pattern": E164.pattern, "examples": ["+8613800138000"]}),
+]
+Email = Annotated[
+    str,
+    AfterValidator(_email),
+    WithJsonSchema({"type": "string", "maxLength": 254, "pattern": EMAIL_PATTERN}),
+]
 
 TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_timezone)]
 # A wall-clock time of day: "HH:MM" on the wire, ``datetime.time`` in Python and PostgreSQL.
@@ -96,6 +127,6 @@ def parse_uuid(value: str) -> str | None:
 
 
 def check_path_id(value: str, field: str) -> str:
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise invalid(field, "must be 1..128 characters without whitespace or '/'")
     return value

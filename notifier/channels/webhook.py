@@ -30,10 +30,10 @@ from notifier.channels.base import (
 )
 from notifier.channels.http import retry_after as parse_retry_after
 from notifier.channels.netguard import BlockedAddress, GuardedResolver, check_literal
+from notifier.channels.urls import parse_target_url
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
 
-MAX_URL_LENGTH = 2048
 MAX_RESPONSE_BYTES = 64 * 1024
 
 
@@ -102,17 +102,8 @@ class WebhookChannel:
         if unknown:
             raise InvalidTarget(f"unknown field {sorted(unknown)[0]!r}", field=f"target.{sorted(unknown)[0]}")
         url = target.get("url")
-        if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
-            raise InvalidTarget("url must be a string of at most 2048 characters", field="target.url")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InvalidTarget("url must be an absolute http(s) URL", field="target.url")
-        if parts.username or parts.password:
-            raise InvalidTarget("url must not carry credentials", field="target.url")
-        try:
-            check_literal(parts.hostname, self._allow_private)
-        except BlockedAddress as exc:
-            raise InvalidTarget(str(exc), field="target.url") from None
+        parse_target_url(url, "target.url", allow_private=self._allow_private)
+        assert isinstance(url, str)
         normalised: dict[str, str] = {"url": url}
         secret = target.get("secret")
         if secret is not None:
@@ -140,6 +131,8 @@ class WebhookChannel:
             return Result(item.delivery_id, Outcome.FAILED, error=str(exc))
         except ChannelError as exc:
             return Result.from_error(item.delivery_id, exc)
+        except ValueError:  # a stored URL that no longer parses: that contact is unusable
+            return Result.from_error(item.delivery_id, InvalidTarget("url is not a valid URL"))
         async with limit:
             try:
                 async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:

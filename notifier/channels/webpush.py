@@ -54,10 +54,10 @@ from notifier.channels.base import (
 from notifier.channels.http import retry_after as parse_retry_after
 from notifier.channels.jwt import b64url, b64url_decode, es256, load_private_key
 from notifier.channels.netguard import BlockedAddress, GuardedResolver, check_literal
+from notifier.channels.urls import parse_target_url
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings, WebPushSettings
 
-MAX_ENDPOINT_LENGTH = 2048
 RECORD_SIZE = 4096  # RFC 8291 §4: a push message body is at most 4096 octets ...
 HEADER_SIZE = 16 + 4 + 1 + 65  # ... of which salt, rs, idlen and the sender's key take 86
 MAX_PLAINTEXT = RECORD_SIZE - HEADER_SIZE - 16 - 1  # minus the GCM tag and the 0x02 delimiter: 3993
@@ -78,7 +78,7 @@ class Subscription:
 
 
 def _decode_key(value: Any, field: str, size: int) -> bytes:
-    if not isinstance(value, str) or not _B64URL.match(value):
+    if not isinstance(value, str) or not _B64URL.fullmatch(value):
         raise InvalidTarget("must be a base64url string", field=field)
     try:
         raw = b64url_decode(value.rstrip("="))
@@ -110,17 +110,11 @@ def parse_subscription(target: Any, allow_private: bool) -> Subscription:
         raise InvalidTarget("target must be a PushSubscription object: {endpoint, keys: {p256dh, auth}}")
     _check_fields(target, {"endpoint", "keys", "expirationTime"}, "target")
     endpoint = target.get("endpoint")
-    if not isinstance(endpoint, str) or not endpoint or len(endpoint) > MAX_ENDPOINT_LENGTH:
-        raise InvalidTarget("endpoint must be a URL of at most 2048 characters", field="target.endpoint")
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise InvalidTarget("endpoint must be an absolute https URL", field="target.endpoint")
-    if parts.username or parts.password or parts.fragment:
-        raise InvalidTarget("endpoint must not carry credentials or a fragment", field="target.endpoint")
+    parse_target_url(endpoint, "target.endpoint", allow_private=True, what="endpoint", allow_fragment=False)
+    assert isinstance(endpoint, str)
     try:
-        parts.port  # noqa: B018 - raises on a malformed port
         check_endpoint_policy(endpoint, allow_private)
-    except (BlockedAddress, ValueError) as exc:
+    except BlockedAddress as exc:
         raise InvalidTarget(str(exc), field="target.endpoint") from None
     expiration = target.get("expirationTime")
     if expiration is not None and (isinstance(expiration, bool) or not isinstance(expiration, int | float)):

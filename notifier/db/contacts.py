@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from notifier.channels.urls import REDACTED, redact_url
 from notifier.db.pool import Connection, Record
 
 ADD = """
 INSERT INTO contacts (member_id, channel, target) VALUES ($1, $2, $3)
-ON CONFLICT (member_id, channel, target) DO UPDATE
+ON CONFLICT (member_id, channel, target_hash) DO UPDATE
     SET disabled_at = NULL, disabled_reason = NULL, created_at = (SELECT notifier_now())
 RETURNING id, member_id, channel, target, created_at, disabled_at, disabled_reason, (xmax = 0) AS created"""
 LIST = """
@@ -55,19 +56,35 @@ async def disable_many(conn: Connection, ids: list[str], reasons: list[str]) -> 
         await conn.execute(DISABLE_MANY, ids, reasons)
 
 
-def redact(target: Any) -> Any:
-    """Targets may embed secrets (webhook signing keys): never echo them back."""
+SECRET_FIELDS = frozenset({"secret", "auth", "p256dh"})  # signing keys, web-push encryption keys
+URL_FIELDS = frozenset({"url", "endpoint"})  # webhook target, web-push endpoint
+
+
+def redact(target: Any, owner: bool = True) -> Any:
+    """Targets may embed secrets: signing and encryption keys are never echoed back, at any depth.
+    A caller who may read the member but not change it (another branch sharing the member) sees
+    only the origin of a URL: its credentials, path and query are how URLs carry secrets."""
     if isinstance(target, dict):
-        return {k: ("***" if k in {"secret", "auth", "p256dh"} else v) for k, v in target.items()}
+        out: dict[str, Any] = {}
+        for key, value in target.items():
+            if key in SECRET_FIELDS:
+                out[key] = REDACTED
+            elif key in URL_FIELDS and not owner:
+                out[key] = redact_url(value)
+            else:
+                out[key] = redact(value, owner)
+        return out
+    if isinstance(target, list):
+        return [redact(v, owner) for v in target]
     return target
 
 
-def as_dict(row: Record) -> dict[str, Any]:
+def as_dict(row: Record, owner: bool = True) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
         "member_id": row["member_id"],
         "channel": row["channel"],
-        "target": redact(row["target"]),
+        "target": redact(row["target"], owner),
         "created_at": row["created_at"].isoformat(),
         "disabled_at": row["disabled_at"].isoformat() if row["disabled_at"] else None,
         "disabled_reason": row["disabled_reason"],

@@ -7,13 +7,24 @@ from typing import Any
 from notifier.db.pool import Connection, Record
 from notifier.db.units import quiet_hours, subtree
 
-UPSERT_MANY = """
-INSERT INTO members (id, name, phone, email, timezone, quiet_start, quiet_end)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::time[], $7::time[])
-ON CONFLICT (id) DO UPDATE SET name = excluded.name, phone = excluded.phone, email = excluded.email,
-    timezone = excluded.timezone, quiet_start = excluded.quiet_start, quiet_end = excluded.quiet_end,
-    updated_at = (SELECT notifier_now())
-RETURNING id, (xmax = 0) AS created"""
+# Upserting is three steps so that who owns an id is settled before anyone checks it: insert
+# the new members (an insert of an id another transaction is inserting waits for it to commit),
+# lock the existing ones, and only then check the caller's reach and update. Two branches
+# creating the same new id at once: the second sees the first's member, with its units, and is
+# refused as if it had come a moment later. Sorted, so two batches cannot deadlock.
+COLUMNS = "id, name, phone, email, timezone, quiet_start, quiet_end"
+ROWS = "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::time[], $7::time[])"
+INSERT_NEW = f"""
+INSERT INTO members ({COLUMNS})
+SELECT * FROM {ROWS} AS r({COLUMNS}) ORDER BY r.id
+ON CONFLICT (id) DO NOTHING
+RETURNING id"""
+LOCK = "SELECT id FROM members WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+UPDATE_MANY = f"""
+UPDATE members m SET name = r.name, phone = r.phone, email = r.email, timezone = r.timezone,
+    quiet_start = r.quiet_start, quiet_end = r.quiet_end, updated_at = (SELECT notifier_now())
+FROM {ROWS} AS r({COLUMNS})
+WHERE m.id = r.id"""
 
 # Replace each listed member's memberships, but only among units in $4 (the caller's reach):
 # memberships elsewhere belong to someone else and stay. A secretary must be a member of the unit, so
@@ -51,17 +62,8 @@ WHERE mu.member_id = ANY($1::text[])"""
 )
 
 
-async def upsert_many(
-    conn: Connection,
-    rows: list[dict[str, Any]],
-    reach: list[str] | None,
-) -> dict[str, bool]:
-    """Upsert members and replace their memberships (within ``reach``, or all when None).
-
-    Returns {member_id: created}.
-    """
-    result = await conn.fetch(
-        UPSERT_MANY,
+def _columns(rows: list[dict[str, Any]]) -> list[list[Any]]:
+    return [
         [r["id"] for r in rows],
         [r["name"] for r in rows],
         [r.get("phone") for r in rows],
@@ -69,12 +71,32 @@ async def upsert_many(
         [r.get("timezone") for r in rows],
         [(r.get("quiet_hours") or {}).get("start") for r in rows],
         [(r.get("quiet_hours") or {}).get("end") for r in rows],
-    )
+    ]
+
+
+async def insert_new(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """Insert the members that do not exist yet; returns their ids. Ids that exist are left as
+    they are (and those being inserted by another transaction are waited for)."""
+    return {r["id"] for r in await conn.fetch(INSERT_NEW, *_columns(rows))}
+
+
+async def lock(conn: Connection, member_ids: list[str]) -> None:
+    """Hold these members until commit: their units cannot change under a check of them."""
+    if member_ids:
+        await conn.execute(LOCK, member_ids)
+
+
+async def update_many(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(UPDATE_MANY, *_columns(rows))
+
+
+async def replace_memberships(conn: Connection, rows: list[dict[str, Any]], reach: list[str] | None) -> None:
+    """Give each member exactly its listed units, among those in ``reach`` (all when None)."""
     pair_members = [r["id"] for r in rows for _ in r["units"]]
     pair_units = [u for r in rows for u in r["units"]]
     await conn.execute(DROP_OLD_MEMBERSHIPS, [r["id"] for r in rows], pair_members, pair_units, reach)
     await conn.execute(ADD_MEMBERSHIPS, pair_members, pair_units)
-    return {r["id"]: r["created"] for r in result}
 
 
 async def get(conn: Connection, member_id: str) -> Record | None:

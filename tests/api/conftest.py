@@ -46,6 +46,8 @@ TABLES = (
     "duty_shifts",
 )
 
+BOOKKEEPING = {"api_keys": "last_used_at"}
+
 
 async def problem(
     resp: ClientResponse, status: int, errors: list[dict[str, str]] | None = None
@@ -72,7 +74,9 @@ async def snapshot(db: asyncpg.Connection) -> dict[str, list[str]]:
     """Every row of every table, as sorted JSON text: equal snapshots mean nothing was written."""
     out: dict[str, list[str]] = {}
     for table in TABLES:
-        rows = await db.fetch(f"SELECT to_jsonb(t)::text AS r FROM {table} t ORDER BY r")
+        # Bookkeeping, not data: authenticating with a key marks it used (at most once a minute).
+        ignored = BOOKKEEPING.get(table, "")
+        rows = await db.fetch(f"SELECT (to_jsonb(t) - '{ignored}')::text AS r FROM {table} t ORDER BY r")
         out[table] = [r["r"] for r in rows]
     return out
 

@@ -289,7 +289,7 @@ async def test_branch_key_cannot_issue_keys_outside_its_units(
     b1 = org.b1_service
     before = await snapshot(db)
     resp = await client.post(
-        "/v1/api-keys", json={"name": "x", "role": "service", "unit_id": "b2"}, headers=auth(b1)
+        "/v1/api-keys", json={"name": "x", "role": "secretary", "unit_id": "b2"}, headers=auth(b1)
     )
     await problem(resp, 422, [{"field": "unit_id", "message": "unknown unit"}])
     resp = await client.post(

@@ -379,9 +379,9 @@ async def test_bad_notice_fields(
         (
             "https://example.org/" + "x" * 2048,
             "target.url",
-            "url must be a string of at most 2048 characters",
+            "url must be a string of at most 2048 bytes",
         ),
-        ({"url": 5}, "target.url", "url must be a string of at most 2048 characters"),
+        ({"url": 5}, "target.url", "url must be a string of at most 2048 bytes"),
         ({"href": "https://example.org/"}, "target.href", "unknown field 'href'"),
         (
             {"url": "https://example.org/", "secret": "nope!"},
