@@ -1,7 +1,7 @@
 """Talking to arq: JSON serialisation (never pickle), job names, and enqueue helpers.
 
 Redis only wakes workers; PostgreSQL holds the truth. So the client connects lazily (a process
-starts, and the API accepts notices, while Redis is down), every command has a deadline, and a
+starts, and the API accepts notices, while Redis is down), connecting has a deadline, and a
 wake-up that cannot reach Redis is logged and left to the reconciler instead of failing the
 caller: the rows it was about are committed and the reconciler finds them.
 """
@@ -24,8 +24,9 @@ FANOUT = "fanout"
 DELIVER = "deliver"
 TICK_NOW = "tick_now"
 
+# No read timeout (socket_timeout): redis-py wraps every read in asyncio.timeout then, and on
+# Python 3.11 that sometimes swallows a cancellation, so a worker asked to stop polled on forever.
 CONNECT_TIMEOUT_SECONDS = 1.0
-COMMAND_TIMEOUT_SECONDS = 5.0  # arq never blocks on the server: a slower answer means trouble
 
 # What an unreachable, restarting or hung Redis raises (refused, reset, timed out, loading).
 REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -56,7 +57,6 @@ def queue_client(settings: Settings) -> ArqRedis:
         password=rs.password,
         ssl=rs.ssl,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        socket_timeout=COMMAND_TIMEOUT_SECONDS,
         encoding="utf8",
         job_serializer=serialize,
         job_deserializer=deserialize,

@@ -199,7 +199,11 @@ async def stop_worker(worker: Worker, task: asyncio.Future[Any]) -> None:
     mid-flight would make it raise first and leak the pools. Jobs are safe to cut short (rows
     and leases, not the queue, hold the truth), so cancel them, wait, then close.
     """
-    task.cancel()
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        if not task.done():  # something below swallowed the cancellation; ask again
+            log.warning("worker loop ignored a cancellation; cancelling again")
     await asyncio.gather(task, return_exceptions=True)  # a loop that already ended may hold an error
     jobs = list(worker.tasks.values())
     for job in jobs:
