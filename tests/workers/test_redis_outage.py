@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from notifier.embedded import EmbeddedRedis, free_port
 from notifier.settings import Settings
@@ -103,6 +105,17 @@ async def test_stopping_a_worker_whose_redis_is_gone_releases_its_pools(
         deps: WorkerDeps = worker.ctx["deps"]
         _kill(redis)
         await asyncio.sleep(0.5)  # polls fail meanwhile; the loop must not end
+        assert not task.done()
+
+        async def idle() -> bool:
+            return worker.job_counter == 0
+
+        await wait_until(idle, within=10)
+        # Redis failing while a job starts must give its job slot back (arq's would leak it,
+        # and after max_jobs such failures the worker would take no job ever again).
+        with pytest.raises(RedisConnectionError):
+            await worker.start_jobs([b"deliver:x"])
+        assert worker.job_counter == 0
         assert not task.done()
         async with asyncio.timeout(30):
             await stop_worker(worker, task)
