@@ -16,11 +16,12 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from notifier.app import create_app
 from notifier.embedded import EmbeddedRedis, free_port
 from notifier.settings import Settings
-from tests.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, auth, wait_until
+from tests.conftest import ADMIN_TOKEN, WEBHOOK_SECRET, auth, make_settings, wait_until
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import build_org
 
@@ -161,3 +162,20 @@ async def test_redis_restart_under_dev_loses_and_duplicates_nothing(
         )
         == 0
     )
+
+
+async def test_api_starts_and_accepts_notices_while_redis_is_down(
+    client: TestClient[Any, Any], db: asyncpg.Connection, settings: Settings
+) -> None:
+    await build_org(client, groups=2, members=10)
+    nobody = make_settings((settings.database_url, f"redis://127.0.0.1:{free_port()}/0"))
+    async with TestClient(TestServer(create_app(nobody), host="127.0.0.1")) as down:
+        resp = await down.post("/v1/notices", json=DING, headers=auth())
+        assert resp.status == 202, await resp.text()
+        notice_id = (await resp.json())["id"]
+        ready = await down.get("/readyz")
+        assert ready.status == 503
+        assert ready.headers["Retry-After"].isdigit()
+        assert "redis" in (await ready.json())["detail"]
+    # The row is the truth: the reconciler will find it.
+    assert await db.fetchval("SELECT state FROM notices WHERE id = $1", notice_id) == "queued"
