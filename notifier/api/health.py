@@ -13,6 +13,7 @@ from notifier.api.routing import Call, Router, json_response
 
 routes = Router()
 OPENAPI = web.AppKey("openapi", dict[str, Any])
+READY_RETRY_AFTER_SECONDS = 5
 
 
 @routes.route("GET", "/healthz", summary="The process is up", tag="health", auth=False)
@@ -38,7 +39,13 @@ async def readyz(request: web.Request, call: Call) -> web.Response:
         checks["redis"] = type(exc).__name__
     if any(v != "ok" for v in checks.values()):
         bad = ", ".join(k for k, v in checks.items() if v != "ok")
-        raise Problem(503, "Service Unavailable", f"not ready: {bad} unreachable", type_="not-ready")
+        raise Problem(
+            503,
+            "Service Unavailable",
+            f"not ready: {bad} unreachable",
+            type_="not-ready",
+            headers={"Retry-After": str(READY_RETRY_AFTER_SECONDS)},
+        )
     return json_response({"status": "ready", "checks": checks})
 
 
