@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
     allow_private_targets: bool = False  # webhook URLs on loopback / private networks
     idempotency_ttl_seconds: int = 24 * 3600
+    provider_event_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)  # parked provider reports
 
     # Engine.
     queue_name: str = "notifier:queue"
