@@ -139,10 +139,8 @@ async def test_retries_then_delivers_with_a_stable_webhook_id(
     )
 
     async def settled() -> bool:
-        return (
-            all(r["state"] in ("delivered", "failed") for r in await _deliveries(db))
-            and len(await _deliveries(db)) == 3
-        )
+        rows = await _deliveries(db)  # one read: two could straddle the fan-out
+        return len(rows) == 3 and all(r["state"] in ("delivered", "failed") for r in rows)
 
     await wait_until(settled, within=60)
     rows = {r["member_id"]: r for r in await _deliveries(db)}
