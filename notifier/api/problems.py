@@ -166,8 +166,8 @@ async def problem_middleware(
             request.path,
         )
     except UNAVAILABLE as exc:
-        # The database is down or restarting: nothing was stored (its transaction did not commit)
-        # and the same request will work again shortly.
+        # The database is down or restarting: the request was fine and will work again shortly
+        # (a repeat is safe: writes are idempotent or keyed by Idempotency-Key).
         log.warning(
             "database unavailable on %s %s: %s", request.method, _safe_path(request), type(exc).__name__
         )
