@@ -199,7 +199,13 @@ async def _deliver_batch(
             # Nothing has left yet: hand the batch back (no attempt spent) rather than let the
             # lease run out and make SMS look "maybe sent".
             log.exception("delivery gate failed for %s; batch handed back", channel.id)
-            await deliveries.release(deps.pool, [Released(c.id, c.attempt, "retry", 5.0) for c in ready])
+            back = [Released(c.id, c.attempt, "retry", 5.0) for c in ready]
+
+            async def hand_back() -> list[Record]:
+                await deliveries.release(deps.pool, back)
+                return []
+
+            await _retrying(lease, channel, hand_back)  # a database blip must not cost a lease
             ready = []
     secret = settings.link_secret.get_secret_value().encode()
     expires = int(deps.clock.time() + settings.link_ttl_seconds)
