@@ -137,8 +137,8 @@ async def test_the_reconciler_applies_a_report_parked_while_its_write_back_commi
         ref,
     )
     result = await reconcile_once(deps)
-    assert result["parked_reports"] == 1
     assert (await rows(db, nid))["m00000"] == ("delivered", ref)
+    assert result["parked_reports"] == 1
     read = await db.fetchval("SELECT read_via FROM recipients WHERE member_id = 'm00000'")
     assert read == "scripted"
     assert await db.fetchval("SELECT count(*) FROM provider_events WHERE applied_at IS NULL") == 0
