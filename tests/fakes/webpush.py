@@ -257,8 +257,8 @@ class FakePushService:
                 return web.Response(status=201)
             if isinstance(action, int) and action != 201:
                 errno = {404: 102, 410: 103, 413: 104}.get(action, 999)
-                message = self.error_messages.get(action, "scripted")
-                return self._error(action, errno, message, self.headers_for.get(action))
+                text = self.error_messages.get(action, "scripted")
+                return self._error(action, errno, text, self.headers_for.get(action))
             payload = self._decrypt(sub, body)
         except Rejected as exc:
             self.rejected += 1
