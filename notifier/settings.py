@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
     allow_private_targets: bool = False  # webhook URLs on loopback / private networks
     idempotency_ttl_seconds: int = 24 * 3600
+    provider_event_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)  # parked provider reports
 
     # Engine.
     queue_name: str = "notifier:queue"
@@ -91,8 +92,8 @@ class Settings(BaseSettings):
     delivery_batch_size: int = Field(default=500, ge=1)
     delivery_parallel_jobs: int = Field(default=8, ge=1)
     delivery_concurrency: int = Field(default=256, ge=1)  # in-flight sends per worker process
-    # Covers a whole batch waiting for send slots (batch x timeout / concurrency) with room to spare;
-    # a crashed worker's batch is handed back after this long.
+    # A crashed worker's batch is handed back after this long. A live worker renews it every third
+    # of it while the batch is in flight, and retries a failed write-back for as long as it holds.
     delivery_lease_seconds: float = 180.0
     delivery_idle_wait_seconds: float = Field(default=2.0, ge=0)  # a job waits this long for held rows
     reconcile_interval_seconds: int = Field(default=2, ge=1, le=30)

@@ -5,6 +5,7 @@ behind a real HTTP server, an in-process arq worker and a fake webhook receiver.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -98,12 +99,21 @@ async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[Te
         yield c
 
 
-@pytest.fixture
-async def worker(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[None]:
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[None]:
+    """An in-process arq worker (with its cron jobs) built from ``settings``, for the block."""
     w = create_worker(settings)
     task = asyncio.ensure_future(w.async_run())
-    yield
-    await stop_worker(w, task)
+    try:
+        yield
+    finally:
+        await stop_worker(w, task)
+
+
+@pytest.fixture
+async def worker(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[None]:
+    async with running_worker(settings):
+        yield
 
 
 @pytest.fixture

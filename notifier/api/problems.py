@@ -11,10 +11,13 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
+from notifier.db.pool import UNAVAILABLE
+
 log = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
 PROBLEM_BASE = "https://notifier.dev/problems/"
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5  # a database restart takes seconds; ask callers to come back
 
 
 class Problem(Exception):
@@ -56,6 +59,16 @@ def not_found(what: str = "resource") -> Problem:
 
 def forbidden(detail: str) -> Problem:
     return Problem(403, "Forbidden", detail, type_="forbidden")
+
+
+def database_unavailable() -> Problem:
+    return Problem(
+        503,
+        "Service Unavailable",
+        "the database is unreachable; retry shortly",
+        type_="unavailable",
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+    )
 
 
 def invalid(field: str, message: str) -> Problem:
@@ -152,6 +165,13 @@ async def problem_middleware(
             ),
             request.path,
         )
+    except UNAVAILABLE as exc:
+        # The database is down or restarting: the request was fine and will work again shortly
+        # (a repeat is safe: writes are idempotent or keyed by Idempotency-Key).
+        log.warning(
+            "database unavailable on %s %s: %s", request.method, _safe_path(request), type(exc).__name__
+        )
+        return response(database_unavailable(), request.path)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, _safe_path(request))
         return response(Problem(500, "Internal Server Error", "an unexpected error occurred"), request.path)

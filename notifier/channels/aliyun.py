@@ -36,6 +36,7 @@ from notifier.channels.base import (
     PermanentError,
     StatusUpdate,
     TransientError,
+    echoed_delivery_id,
 )
 from notifier.channels.phone import FormPoster, one_line, redact
 from notifier.clock import Clock
@@ -258,16 +259,18 @@ def _reply(updates: list[StatusUpdate] | None) -> CallbackReply:
 
 
 def sms_report_updates(items: list[dict[str, Any]]) -> list[StatusUpdate]:
+    """SmsReport items; ``out_id`` echoes our delivery id (it settles a send whose answer was lost)."""
     updates = []
     for item in items:
-        biz_id = item.get("biz_id")
-        if not biz_id:
+        biz_id, ours = item.get("biz_id"), echoed_delivery_id(item.get("out_id"))
+        if not biz_id and ours is None:
             continue
+        ref = str(biz_id) if biz_id else None
         if item.get("success") in (True, "true"):
-            updates.append(StatusUpdate(str(biz_id), "delivered"))
+            updates.append(StatusUpdate(ref, "delivered", delivery_id=ours))
         else:
             reason = f"{item.get('err_code') or 'UNKNOWN'}: {item.get('err_msg') or ''}".rstrip(": ")
-            updates.append(StatusUpdate(str(biz_id), "failed", error=redact(reason)))
+            updates.append(StatusUpdate(ref, "failed", error=redact(reason), delivery_id=ours))
     return updates
 
 
@@ -275,13 +278,15 @@ def voice_report_updates(items: list[dict[str, Any]]) -> list[StatusUpdate]:
     updates = []
     for item in items:
         call_id, code = item.get("call_id"), str(item.get("status_code") or "")
-        if not call_id or not code or code in VOICE_PROGRESS:
+        ours = echoed_delivery_id(item.get("out_id"))
+        if (not call_id and ours is None) or not code or code in VOICE_PROGRESS:
             continue
+        ref = str(call_id) if call_id else None
         if code in VOICE_ANSWERED:
-            updates.append(StatusUpdate(str(call_id), "delivered"))
+            updates.append(StatusUpdate(ref, "delivered", delivery_id=ours))
         else:
             reason = VOICE_FAILED.get(code) or str(item.get("status_msg") or "call failed")
-            updates.append(StatusUpdate(str(call_id), "failed", error=f"{code} {redact(reason)}"))
+            updates.append(StatusUpdate(ref, "failed", error=f"{code} {redact(reason)}", delivery_id=ours))
     return updates
 
 

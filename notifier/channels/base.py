@@ -18,11 +18,18 @@ Errors, as a tree (the dispatcher maps them to delivery states)::
     │   └── InvalidTarget     the contact itself is unusable (validation, or provider says so):
     │                         the contact is disabled and not used again
     └── InvalidSignature      a provider callback failed verification (answered 403)
+
+Whatever a provider says is hostile until proven otherwise: every ``Result`` and
+``StatusUpdate`` cleans its provider-supplied fields as it is built (``provider_text``,
+``provider_ref``, ``retry_delay``), so no channel can forget and no answer can make the
+database refuse a whole batch (a NUL byte, an 8 KB id over the index row limit, a
+``Retry-After: 1e300`` that overflows an interval).
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -55,6 +62,41 @@ class InvalidTarget(PermanentError):
     def __init__(self, message: str, field: str = "target") -> None:
         super().__init__(message)
         self.field = field
+
+
+MAX_ERROR_CHARS = 500  # an error text is for people: the start says it all
+MAX_REF_CHARS = 512  # a provider id longer than this is not an id we can index (<= 2 KB of UTF-8)
+MAX_RETRY_AFTER_SECONDS = 7 * 24 * 3600.0  # the dispatcher clamps further, to its retry cap
+
+
+def provider_text(value: str | None, limit: int = MAX_ERROR_CHARS) -> str | None:
+    """A provider-supplied text made storable: NUL removed (PostgreSQL text cannot hold it),
+    cut to ``limit`` characters."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "")
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def provider_ref(value: str | None) -> str | None:
+    """A provider's id for a message, or None when it cannot serve as one (empty, or too long to
+    store: a cut id would name another message)."""
+    value = provider_text(value, limit=MAX_REF_CHARS + 1)
+    return value if value and len(value) <= MAX_REF_CHARS else None
+
+
+def echoed_delivery_id(value: object) -> int | None:
+    """Our delivery id as a provider echoes it back (Aliyun's ``out_id``, a callback URL's
+    ``delivery`` parameter); None unless it is a plain positive number."""
+    text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+    return int(text) if text.isascii() and text.isdigit() and 0 < len(text) <= 18 and int(text) > 0 else None
+
+
+def retry_delay(value: float | None) -> float | None:
+    """A provider's Retry-After in seconds, within [0, MAX_RETRY_AFTER_SECONDS]; None if unusable."""
+    if value is None or math.isnan(value):
+        return None
+    return min(max(value, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 class Outcome(enum.StrEnum):
@@ -115,6 +157,11 @@ class Result:
     disable_contact: bool = False  # the target is gone for good (404/410 token, invalid number)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.error = provider_text(self.error)
+        self.retry_after = retry_delay(self.retry_after)
+        self.provider_ref = provider_ref(self.provider_ref)
+
     @classmethod
     def from_error(cls, delivery_id: int, exc: ChannelError) -> Result:
         if isinstance(exc, AmbiguousError):
@@ -128,12 +175,19 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
-    """One provider report about one message, found by the id the provider gave us."""
+    """One provider report about one message, found by our own delivery id where the provider
+    echoes it (Aliyun's ``out_id``, the callback URL we gave Twilio), else by the id the
+    provider gave us (``provider_ref``)."""
 
-    provider_ref: str
+    provider_ref: str | None
     state: str | None  # "sent" | "delivered" | "failed" | None (no delivery state change)
     error: str | None = None
     read: bool = False  # the member confirmed it (e.g. pressed 1 on a voice call)
+    delivery_id: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "provider_ref", provider_ref(self.provider_ref))
+        object.__setattr__(self, "error", provider_text(self.error))
 
 
 @dataclass(slots=True)

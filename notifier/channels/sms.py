@@ -80,12 +80,13 @@ class TwilioSms:
 
     async def send(self, item: Outgoing, phone: str) -> str:
         text = sms_text(item.notice.title, item.notice.body, item.read_link)
-        request = twilio.build_message_request(self._client.settings, phone, text, self._callback)
+        callback = twilio.with_delivery(self._callback, item.delivery_id)
+        request = twilio.build_message_request(self._client.settings, phone, text, callback)
         return await self._client.create(request)
 
     def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
         params = self._client.verified_params(url, headers, body)
-        return CallbackReply(twilio.message_status_updates(params))
+        return CallbackReply(twilio.message_status_updates(params, twilio.delivery_of(url)))
 
 
 class AliyunSms:

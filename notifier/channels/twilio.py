@@ -17,7 +17,7 @@ import hmac
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 from xml.sax.saxutils import escape, quoteattr
 
 from notifier.channels.base import (
@@ -29,6 +29,7 @@ from notifier.channels.base import (
     PermanentError,
     StatusUpdate,
     TransientError,
+    echoed_delivery_id,
 )
 from notifier.channels.phone import FormPoster, Reply, one_line, redact, retry_after
 from notifier.clock import Clock
@@ -104,6 +105,16 @@ def verified_params(auth_token: str, url: str, headers: dict[str, str], body: by
 
 
 # --- requests (pure) ------------------------------------------------------------------------------
+
+
+def with_delivery(url: str, delivery_id: int) -> str:
+    """A callback URL that names our delivery. Twilio calls it back exactly as given and signs
+    it, so the id is as authentic as the report -- and it settles a send whose answer was lost."""
+    return f"{url}{'&' if '?' in url else '?'}delivery={delivery_id}"
+
+
+def delivery_of(url: str) -> int | None:
+    return echoed_delivery_id(parse_qs(urlsplit(url).query).get("delivery", [""])[0])
 
 
 def resource_url(base_url: str, account_sid: str, resource: str) -> str:
@@ -227,36 +238,36 @@ def parse_reply(reply: Reply, now: float) -> str:
 # --- callbacks (pure) -----------------------------------------------------------------------------
 
 
-def message_status_updates(params: dict[str, str]) -> list[StatusUpdate]:
+def message_status_updates(params: dict[str, str], delivery_id: int | None = None) -> list[StatusUpdate]:
     sid, status = params.get("MessageSid") or params.get("SmsSid"), params.get("MessageStatus", "")
     state = MESSAGE_STATES.get(status)
-    if not sid or state is None:
+    if (not sid and delivery_id is None) or state is None:
         return []  # queued / sending / accepted: nothing to record yet
     error = None
     if state == "failed":
         error = status + (f" (error {params['ErrorCode']})" if params.get("ErrorCode") else "")
-    return [StatusUpdate(sid, state, error=error)]
+    return [StatusUpdate(sid or None, state, error=error, delivery_id=delivery_id)]
 
 
 def call_callback(event: str, params: dict[str, str], url: str) -> CallbackReply:
     """``gather``: the member pressed a key during the call; ``status``: the call ended."""
     sid = params.get("CallSid", "")
+    ours = delivery_of(url)
     if event == "gather":
         if not sid:
             return CallbackReply([], status=400)
         if params.get("Digits") == "1":
-            return CallbackReply(
-                [StatusUpdate(sid, "delivered", read=True)], 200, thanks_twiml().encode(), "text/xml"
-            )
+            update = StatusUpdate(sid, "delivered", read=True, delivery_id=ours)
+            return CallbackReply([update], 200, thanks_twiml().encode(), "text/xml")
         return CallbackReply([], 200, reprompt_twiml(url).encode(), "text/xml")
     if event == "status":
         status = params.get("CallStatus", "")
         if not sid:
             return CallbackReply([], status=400)
         if status == "completed":
-            return CallbackReply([StatusUpdate(sid, "delivered")])
+            return CallbackReply([StatusUpdate(sid, "delivered", delivery_id=ours)])
         if status in CALL_FAILED:
-            return CallbackReply([StatusUpdate(sid, "failed", error=status)])
+            return CallbackReply([StatusUpdate(sid, "failed", error=status, delivery_id=ours)])
         return CallbackReply([])
     return CallbackReply([], status=400, body=b"unknown event")
 

@@ -59,8 +59,10 @@ class TwilioVoice:
         return phone
 
     async def send(self, item: Outgoing, phone: str) -> str:
-        twiml = twilio.call_twiml(item.notice.title, item.notice.body, self.gather_url)
-        request = twilio.build_call_request(self._client.settings, phone, twiml, self.status_url)
+        gather = twilio.with_delivery(self.gather_url, item.delivery_id)
+        status = twilio.with_delivery(self.status_url, item.delivery_id)
+        twiml = twilio.call_twiml(item.notice.title, item.notice.body, gather)
+        request = twilio.build_call_request(self._client.settings, phone, twiml, status)
         return await self._client.create(request)
 
     def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:

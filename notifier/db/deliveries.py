@@ -57,6 +57,16 @@ FROM r
 WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'
 RETURNING d.id, d.notice_id, d.member_id, d.state, d.provider_ref"""
 
+# Extend the lease of claimed rows still in flight (fenced like RECORD). Rows another statement
+# holds (their write-back is committing) are skipped: they are about to leave 'sending'.
+RENEW = """
+UPDATE deliveries d SET lease_until = (SELECT notifier_now()) + make_interval(secs => $3)
+WHERE d.id IN (
+    SELECT x.id FROM deliveries x JOIN unnest($1::bigint[], $2::int[]) AS r(id, attempt)
+        ON x.id = r.id AND x.attempts = r.attempt
+    WHERE x.state = 'sending'
+    FOR UPDATE OF x SKIP LOCKED)"""
+
 # Put claimed rows back without spending an attempt: a limit or an open breaker said "not yet".
 RELEASE = """
 UPDATE deliveries d SET state = 'queued', attempts = d.attempts - 1, lease_until = NULL, wait_reason = r.reason,
@@ -193,6 +203,12 @@ async def record(conn: Connection, results: list[Written]) -> list[Record]:
             [w.retry_in for w in results],
             [w.provider_ref for w in results],
         )
+    )
+
+
+async def renew(pool: Pool, claimed: list[Claimed], lease_seconds: float, give_up_after: float) -> None:
+    await pool.execute(
+        RENEW, [c.id for c in claimed], [c.attempt for c in claimed], lease_seconds, timeout=give_up_after
     )
 
 

@@ -14,6 +14,17 @@ Record: TypeAlias = asyncpg.Record
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
+# The database is unreachable right now (down, restarting, cut off, out of connections): the
+# request was fine and the same statement will work again. The API answers 503 with
+# Retry-After; the workers wait and retry.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError,  # the connection failed or was lost mid-statement
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, crashed, still starting up
+    asyncpg.TooManyConnectionsError,
+    OSError,  # refused, reset, unreachable (ConnectionError and its relatives)
+    TimeoutError,  # connecting or a statement timed out
+)
+
 
 async def _init_connection(conn: Any) -> None:
     for typ in ("json", "jsonb"):

@@ -15,10 +15,11 @@ def backoff_seconds(
 ) -> float:
     """Delay before attempt ``attempt + 1`` (``attempt`` counts from 1).
 
-    Full jitter in [base*2^(n-1)/2, base*2^(n-1)], never below what the provider asked for.
+    Full jitter in [base*2^(n-1)/2, base*2^(n-1)], never below what the provider asked for
+    unless it asked for more than ``cap`` (a ``Retry-After: 1e300`` waits ``cap``, then asks again).
     """
     ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
     r = (rng or random).uniform(ceiling / 2, ceiling)
     if retry_after is not None:
-        r = max(r, retry_after)
+        r = max(r, min(retry_after, cap))
     return r

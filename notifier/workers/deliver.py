@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -18,23 +20,26 @@ import asyncpg
 from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result
 from notifier.db import contacts, deliveries, notices, reports, throttle
 from notifier.db.deliveries import Claimed, Released, Written
-from notifier.db.pool import Connection, Record
+from notifier.db.pool import UNAVAILABLE, Connection, Record
 from notifier.db.quiet import quiet_now
 from notifier.domain.retry import backoff_seconds
 from notifier.links import read_link
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
+from notifier.workers.lease import LeaseKeeper
 from notifier.workers.queue import enqueue_deliveries
 from notifier.workers.reports import apply_reports
 
 log = logging.getLogger(__name__)
 
-WRITE_BACK_TRIES = 3
-RETRYABLE_DB_ERRORS = (
+WRITE_BACK_FIRST_DELAY = 0.05  # seconds; doubles on each failure ...
+WRITE_BACK_MAX_DELAY = 1.0  # ... up to this, for as long as the lease holds
+LEASE_MARGIN = 0.5  # stop retrying this long before the lease runs out
+UNSTORABLE = "the provider's answer could not be recorded"
+RETRYABLE_DB_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
-    asyncpg.PostgresConnectionError,
-    ConnectionError,
+    *UNAVAILABLE,
 )
 
 
@@ -157,7 +162,23 @@ def needs_gate(channel: Channel, content: NoticeContent, claimed: list[Claimed])
 
 
 async def deliver_batch(
-    deps: WorkerDeps, channel: Channel, content: NoticeContent, claimed: list[Claimed]
+    deps: WorkerDeps,
+    channel: Channel,
+    content: NoticeContent,
+    claimed: list[Claimed],
+    lease: LeaseKeeper | None = None,
+) -> None:
+    """Gate, send and record one claimed batch, renewing its lease until the outcomes are written."""
+    if lease is None:
+        lease = LeaseKeeper(
+            deps.pool, claimed, deps.settings.delivery_lease_seconds, asyncio.get_running_loop().time()
+        )
+    async with lease:
+        await _deliver_batch(deps, channel, content, claimed, lease)
+
+
+async def _deliver_batch(
+    deps: WorkerDeps, channel: Channel, content: NoticeContent, claimed: list[Claimed], lease: LeaseKeeper
 ) -> None:
     settings = deps.settings
     caps = channel.capabilities
@@ -178,7 +199,13 @@ async def deliver_batch(
             # Nothing has left yet: hand the batch back (no attempt spent) rather than let the
             # lease run out and make SMS look "maybe sent".
             log.exception("delivery gate failed for %s; batch handed back", channel.id)
-            await deliveries.release(deps.pool, [Released(c.id, c.attempt, "retry", 5.0) for c in ready])
+            back = [Released(c.id, c.attempt, "retry", 5.0) for c in ready]
+
+            async def hand_back() -> list[Record]:
+                await deliveries.release(deps.pool, back)
+                return []
+
+            await _retrying(lease, channel, hand_back)  # a database blip must not cost a lease
             ready = []
     secret = settings.link_secret.get_secret_value().encode()
     expires = int(deps.clock.time() + settings.link_ttl_seconds)
@@ -192,15 +219,13 @@ async def deliver_batch(
     ]
     results = await _send(channel, outgoing)
     by_id = {c.id: c for c in ready}
-    disable: list[str] = []
-    reasons: list[str] = []
+    disable: dict[int, tuple[str, str]] = {}  # delivery id -> (contact to disable, why)
     for delivery_id, result in results.items():
         claim = by_id[delivery_id]
         written.append(to_written(claim, result, channel, settings))
         if result.disable_contact and claim.contact_id is not None:
-            disable.append(str(claim.contact_id))
-            reasons.append(result.error or "rejected by provider")
-    handed_over = await _write_back(deps, channel, written, disable, reasons, list(results.values()))
+            disable[delivery_id] = (str(claim.contact_id), result.error or "rejected by provider")
+    handed_over = await _write_back(deps, channel, lease, written, disable, list(results.values()))
     for r in handed_over:
         if r["state"] == "queued":
             await enqueue_deliveries(
@@ -211,22 +236,100 @@ async def deliver_batch(
 async def _write_back(
     deps: WorkerDeps,
     channel: Channel,
+    lease: LeaseKeeper,
     written: list[Written],
-    disable: list[str],
-    reasons: list[str],
+    disable: dict[int, tuple[str, str]],
     results: list[Result],
 ) -> list[Record]:
-    """Record a batch's outcomes in one transaction, retried on deadlocks and dropped
-    connections: the attempt number fences every row, so a repeat changes nothing twice."""
-    for attempt in range(WRITE_BACK_TRIES):
+    """Record a batch's outcomes in one transaction.
+
+    The results are the expensive part -- the messages have left -- so they are kept: a deadlock
+    or a lost database is retried with backoff for as long as the lease holds (the lease keeper
+    renews it whenever the database answers); the attempt number fences every row, so a repeat
+    changes nothing twice. If the batch fails for any other reason (a row the database refuses),
+    it is written row by row, so one bad row costs that row and not a resend of the batch."""
+    contacts_, reasons = [d[0] for d in disable.values()], [d[1] for d in disable.values()]
+    try:
+        return await _retrying(
+            lease, channel, partial(_write_back_once, deps, channel, written, contacts_, reasons, results)
+        )
+    except RETRYABLE_DB_ERRORS:
+        raise  # the lease ran out while the database was away: the reconciler takes over
+    except Exception as exc:
+        log.warning(
+            "write-back of a %d-row %s batch failed (%s); writing it row by row",
+            len(written),
+            channel.id,
+            type(exc).__name__,
+        )
+    handed_over: list[Record] = []
+    for w in written:
+        one = disable.get(w.id)
+        alone = partial(
+            _write_back_once, deps, channel, [w], [one[0]] if one else [], [one[1]] if one else [], []
+        )
         try:
-            return await _write_back_once(deps, channel, written, disable, reasons, results)
+            handed_over += await _retrying(lease, channel, alone)
+            continue
         except RETRYABLE_DB_ERRORS:
-            if attempt + 1 == WRITE_BACK_TRIES:
+            raise
+        except Exception:
+            log.exception(
+                "delivery %d: outcome %s could not be recorded; recording it plainly", w.id, w.state
+            )
+        # The outcome without anything the provider said: the state still stands.
+        retry_in = min(w.retry_in, deps.settings.retry_max_seconds)
+        plain = Written(w.id, w.attempt, w.state, UNSTORABLE, retry_in, None)
+        try:
+            handed_over += await _retrying(
+                lease, channel, partial(_write_back_once, deps, channel, [plain], [], [], [])
+            )
+        except RETRYABLE_DB_ERRORS:
+            raise
+        except Exception:
+            log.exception("delivery %d could not be recorded; its lease will hand it back", w.id)
+    if channel.capabilities.circuit_breaker and results:
+
+        async def breaker() -> list[Record]:
+            async with deps.pool.acquire() as conn, conn.transaction():
+                await _update_breaker(conn, deps.settings, channel, results)
+            return []
+
+        await _retrying(lease, channel, breaker)
+    return handed_over
+
+
+async def _retrying(
+    lease: LeaseKeeper, channel: Channel, write: Callable[[], Awaitable[list[Record]]]
+) -> list[Record]:
+    """``write()``, retried with backoff on transient database errors while the lease holds."""
+    delay = WRITE_BACK_FIRST_DELAY
+    failures = 0
+    while True:
+        try:
+            result = await write()
+        except RETRYABLE_DB_ERRORS as exc:
+            if lease.remaining() < delay + LEASE_MARGIN:
+                log.error(
+                    "write-back for %s still failing (%s) as its lease runs out; giving up",
+                    channel.id,
+                    type(exc).__name__,
+                )
                 raise
-            log.warning("write-back for %s failed; retrying", channel.id, exc_info=True)
-            await asyncio.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+            failures += 1
+            log.warning(
+                "write-back for %s failed (%s); retry %d in %.2fs",
+                channel.id,
+                type(exc).__name__,
+                failures,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WRITE_BACK_MAX_DELAY)
+            continue
+        if failures:
+            log.info("write-back for %s succeeded after %d retries", channel.id, failures)
+        return result
 
 
 async def _write_back_once(
@@ -294,10 +397,11 @@ async def deliver_notice_channel(deps: WorkerDeps, notice_id: str, channel_id: s
     handled = 0
     idle = 0.0
     idle_limit = deps.settings.delivery_idle_wait_seconds
+    lease_seconds = deps.settings.delivery_lease_seconds
+    loop = asyncio.get_running_loop()
     while True:
-        claimed = await deliveries.claim(
-            deps.pool, notice_id, channel_id, batch_size, deps.settings.delivery_lease_seconds
-        )
+        started = loop.time()
+        claimed = await deliveries.claim(deps.pool, notice_id, channel_id, batch_size, lease_seconds)
         if not claimed:
             due_in = await deliveries.next_due_in(deps.pool, notice_id, channel_id)
             if due_in is None or due_in > idle_limit or idle >= idle_limit:
@@ -307,7 +411,8 @@ async def deliver_notice_channel(deps: WorkerDeps, notice_id: str, channel_id: s
             await asyncio.sleep(pause)
             continue
         idle = 0.0
-        await deliver_batch(deps, channel, content, claimed)
+        lease = LeaseKeeper(deps.pool, claimed, lease_seconds, started)
+        await deliver_batch(deps, channel, content, claimed, lease)
         handled += len(claimed)
 
 

@@ -8,9 +8,10 @@ import logging
 import time
 from typing import Any
 
-from notifier.db import deliveries, notices
+from notifier.db import deliveries, notices, reports
 from notifier.workers.context import WorkerDeps
 from notifier.workers.queue import enqueue_deliveries, enqueue_fanout
+from notifier.workers.reports import apply_parked
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,15 @@ async def reconcile_once(deps: WorkerDeps) -> dict[str, int]:
     groups = await deliveries.due_groups(deps.pool, stall, deps.channels.ids())
     for g in groups:
         await enqueue_deliveries(deps.queue, settings, str(g["notice_id"]), g["channel"], g["n"], tag=tag)
+    # A provider report parked while the write-back that recorded its provider id was committing
+    # found nothing to apply to, and that write-back had already looked: apply it now.
+    async with deps.pool.acquire() as conn, conn.transaction():
+        parked = await apply_parked(conn)
     async with deps.pool.acquire() as conn:
         await conn.execute(notices.IDEMPOTENCY_PURGE, float(settings.idempotency_ttl_seconds))
+        await reports.purge(conn, settings.provider_event_ttl_seconds)
     return {
+        "parked_reports": parked,
         "expired_leases": len(expired),
         "cancelled": len(moot),
         "fanouts": len(stalled),

@@ -29,6 +29,7 @@ async def apply_reports(conn: Connection, channel: str, items: Sequence[StatusUp
         [u.state for u in updates],
         [u.error for u in updates],
         [u.read for u in updates],
+        [u.delivery_id for u in updates],
     )
     moved = [r for r in rows if r["what"] == "moved"]
     read = [r for r in rows if r["what"] == "read"]
@@ -37,3 +38,14 @@ async def apply_reports(conn: Connection, channel: str, items: Sequence[StatusUp
             conn, [str(r["notice_id"]) for r in read], [r["member_id"] for r in read], channel
         )
     return len(moved)
+
+
+async def apply_parked(conn: Connection) -> int:
+    """Apply parked reports whose message can be matched now; returns how many were taken."""
+    taken = await reports.take_matched(conn)
+    by_channel: dict[str, list[Record]] = {}
+    for row in taken:
+        by_channel.setdefault(row["channel"], []).append(row)
+    for channel, rows in sorted(by_channel.items()):
+        await apply_reports(conn, channel, rows)
+    return len(taken)

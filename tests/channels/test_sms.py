@@ -281,7 +281,7 @@ async def test_sends_and_returns_the_provider_id(fake: Fake) -> None:
         assert fake.messages[0].params["Body"] == f"[防汛通知] 今晚八点全体到岗。 {LINK}"
         assert (
             fake.messages[0].params["StatusCallback"]
-            == "https://notifier.example.org/v1/providers/sms/callbacks"
+            == "https://notifier.example.org/v1/providers/sms/callbacks?delivery=1"  # our id, echoed
         )
 
 
@@ -435,10 +435,10 @@ async def test_aliyun_report_needs_the_url_token(aliyun_fake: FakeAliyun) -> Non
     url = aliyun.report_url(settings.effective_public_url, settings.link_secret.get_secret_value(), "sms")
     assert url.startswith("https://notifier.example.org/v1/providers/sms/callbacks?token=")
     reply = channel.handle_callback(url, {"Content-Type": "application/json"}, aliyun_fake.sms_report(sent))
-    assert reply.updates == [StatusUpdate(ok.provider_ref or "", "delivered")]
+    assert reply.updates == [StatusUpdate(ok.provider_ref or "", "delivered", delivery_id=1)]  # out_id
     assert (reply.status, json.loads(reply.body)["code"]) == (200, 0)
     failed = channel.handle_callback(url, {}, aliyun_fake.sms_report(sent, success=False, err_code="MK:0000"))
-    assert failed.updates == [StatusUpdate(sent.ref, "failed", error="MK:0000: 失败")]
+    assert failed.updates == [StatusUpdate(sent.ref, "failed", error="MK:0000: 失败", delivery_id=1)]
     assert channel.handle_callback(url, {}, b"{not json").status == 400
     voice_url = aliyun.report_url(
         settings.effective_public_url, settings.link_secret.get_secret_value(), "voice"

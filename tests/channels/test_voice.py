@@ -169,8 +169,9 @@ async def test_places_calls_and_returns_the_call_id(fake: Fake) -> None:
     if isinstance(fake, FakeTwilio):
         assert {r.provider_ref for r in results} == {c.sid for c in fake.calls}
         placed = fake.calls[0].params
-        assert placed["To"] == fake.good_target() and placed["StatusCallback"] == STATUS
-        assert placed["Twiml"] == twilio.call_twiml(CONTENT.title, CONTENT.body, GATHER)
+        # Both callback URLs name our delivery (call 1), so a report settles it even without the sid.
+        assert placed["To"] == fake.good_target() and placed["StatusCallback"] == STATUS + "&delivery=1"
+        assert placed["Twiml"] == twilio.call_twiml(CONTENT.title, CONTENT.body, GATHER + "&delivery=1")
     else:
         assert {r.provider_ref for r in results} == {m.ref for m in fake.messages}
         assert {m.action for m in fake.messages} == {"SingleCallByTts"}
@@ -314,11 +315,11 @@ async def test_aliyun_call_report(aliyun_fake: FakeAliyun) -> None:
     assert result.provider_ref == placed.ref
     url = aliyun.report_url(settings.effective_public_url, settings.link_secret.get_secret_value(), "voice")
     cases = {
-        "200000": [StatusUpdate(placed.ref, "delivered")],
-        "200001": [StatusUpdate(placed.ref, "delivered")],
-        "200002": [StatusUpdate(placed.ref, "failed", error="200002 busy")],
-        "200003": [StatusUpdate(placed.ref, "failed", error="200003 no answer")],
-        "200005": [StatusUpdate(placed.ref, "failed", error="200005 unreachable (rejected)")],
+        "200000": [StatusUpdate(placed.ref, "delivered", delivery_id=1)],
+        "200001": [StatusUpdate(placed.ref, "delivered", delivery_id=1)],
+        "200002": [StatusUpdate(placed.ref, "failed", error="200002 busy", delivery_id=1)],
+        "200003": [StatusUpdate(placed.ref, "failed", error="200003 no answer", delivery_id=1)],
+        "200005": [StatusUpdate(placed.ref, "failed", error="200005 unreachable (rejected)", delivery_id=1)],
         "200102": [],  # answered, in progress: the final report follows
     }
     for code, updates in cases.items():

@@ -21,7 +21,7 @@ from notifier.api.keys import PRINCIPAL, SETTINGS
 from notifier.api.principal import Principal
 from notifier.api.problems import problem_middleware
 from notifier.api.webpush import routes
-from notifier.channels.base import InvalidTarget, NoticeContent, Outcome, Outgoing
+from notifier.channels.base import MAX_RETRY_AFTER_SECONDS, InvalidTarget, NoticeContent, Outcome, Outgoing
 from notifier.channels.jwt import b64url, b64url_decode, es256
 from notifier.channels.webpush import (
     MAX_PLAINTEXT,
@@ -442,6 +442,21 @@ async def test_status_mapping(
     if status == 429:
         assert result.retry_after == 7.0
     assert push.messages == []
+
+
+async def test_hostile_answers_become_storable_results(
+    push: FakePushService, channel: WebPushChannel
+) -> None:
+    """A NUL in an error body, an 8 KB Location, Retry-After: 1e300 (issue 7, defect 2)."""
+    target, _, _ = push.subscribe("hostile")
+    push.responses["/wpush/v2/hostile"] = [400, 202, 503]
+    push.error_messages[400] = "bad \x00 request"
+    push.headers_for[202] = {"Location": "https://push.example.org/m/" + "x" * 8000}
+    push.headers_for[503] = {"Retry-After": "1e300"}
+    bad, big, slow = [(await channel.send([Outgoing(i, "m1", target, DING, 1)]))[0] for i in (1, 2, 3)]
+    assert bad.outcome is Outcome.FAILED and bad.error == "HTTP 400: bad  request"
+    assert big.outcome is Outcome.SENT and big.provider_ref is None  # no id rather than a cut one
+    assert slow.outcome is Outcome.RETRY and slow.retry_after == MAX_RETRY_AFTER_SECONDS
 
 
 async def test_retry_after_as_an_http_date(push: FakePushService) -> None:

@@ -1,7 +1,11 @@
 """A webhook receiver that verifies Standard Webhooks signatures and counts deliveries.
 
-``responses`` lets a test script the status codes returned per member (e.g. 503 twice, then 200).
-Unsigned or badly signed requests are counted in ``rejected`` and answered 401.
+``responses`` lets a test script the answers per member (e.g. 503 twice, then 200): a status
+code (headers from ``headers_for[status]``), or a ``Reply`` with its own headers and body. A 2xx
+answer accepts the message (it is recorded in ``messages``). Every signed request is counted per
+member in ``requests``; unsigned or badly signed ones are counted in ``rejected`` and answered 401.
+``on_request`` (async, given the payload) runs before each answer: a test's hook into the moment
+a request is in flight.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hmac
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +34,13 @@ class Received:
     path: str
 
 
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
 @dataclass
 class WebhookReceiver:
     secret: str
@@ -36,9 +48,11 @@ class WebhookReceiver:
     messages: list[Received] = field(default_factory=list)
     rejected: int = 0
     # member_id -> list of statuses to answer in turn (then 200)
-    responses: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    responses: dict[str, list[int | Reply]] = field(default_factory=lambda: defaultdict(list))
     headers_for: dict[int, dict[str, str]] = field(default_factory=dict)
     delay: float = 0.0  # seconds to hold each request, to make in-flight work observable
+    requests: Counter[str] = field(default_factory=Counter)  # member -> signed requests received
+    on_request: Callable[[dict[str, Any]], Awaitable[None]] | None = None
     _runner: web.AppRunner | None = None
     port: int = 0
 
@@ -79,15 +93,21 @@ class WebhookReceiver:
             self.rejected += 1
             return web.Response(status=401)
         payload = json.loads(body)
+        self.requests[payload["member_id"]] += 1
+        if self.on_request is not None:
+            await self.on_request(payload)
         script = self.responses.get(payload["member_id"])
+        reply = Reply(204)
         if script:
-            status = script.pop(0)
-            if status != 200:
-                return web.Response(status=status, headers=self.headers_for.get(status, {}))
-        self.messages.append(
-            Received(msg_id, int(request.headers["webhook-timestamp"]), payload, request.path)
-        )
-        return web.Response(status=204)
+            answer = script.pop(0)
+            reply = answer if isinstance(answer, Reply) else Reply(answer, self.headers_for.get(answer, {}))
+            if reply.status == 200 and not isinstance(answer, Reply):
+                reply = Reply(204)
+        if 200 <= reply.status < 300:
+            self.messages.append(
+                Received(msg_id, int(request.headers["webhook-timestamp"]), payload, request.path)
+            )
+        return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
 
     def per_member(self) -> Counter[str]:
         return Counter(m.body["member_id"] for m in self.messages)

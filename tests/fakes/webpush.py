@@ -107,6 +107,7 @@ class FakePushService:
     rejections: list[tuple[int, str]] = field(default_factory=list)  # (status, message)
     responses: dict[str, list[Script]] = field(default_factory=lambda: defaultdict(list))
     headers_for: dict[int, dict[str, str]] = field(default_factory=dict)
+    error_messages: dict[int, str] = field(default_factory=dict)  # "message" of scripted errors
     subscriptions: dict[str, BrowserSubscription] = field(default_factory=dict)
     # The application server's VAPID key pair, as the operator configured it.
     vapid_key: ec.EllipticCurvePrivateKey = field(
@@ -256,7 +257,8 @@ class FakePushService:
                 return web.Response(status=201)
             if isinstance(action, int) and action != 201:
                 errno = {404: 102, 410: 103, 413: 104}.get(action, 999)
-                return self._error(action, errno, "scripted", self.headers_for.get(action))
+                text = self.error_messages.get(action, "scripted")
+                return self._error(action, errno, text, self.headers_for.get(action))
             payload = self._decrypt(sub, body)
         except Rejected as exc:
             self.rejected += 1
