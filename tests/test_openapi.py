@@ -7,8 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
+import pytest
 from aiohttp.test_utils import TestClient
+from pydantic import TypeAdapter, ValidationError
 
+from notifier.api.problems import Problem
+from notifier.api.types import Id, check_path_id
 from notifier.app import all_operations, build_openapi
 
 COMMITTED = Path(__file__).resolve().parents[1] / "schemas" / "openapi.json"
@@ -52,3 +57,42 @@ async def test_served_document_needs_no_auth(client: TestClient[Any, Any]) -> No
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert (await ready.json())["checks"] == {"postgres": "ok", "redis": "ok"}
+
+
+# Characters on which "\s" differs between Python's re, pydantic's Rust regex and the ECMA regex
+# JSON Schema validators use, and the control characters PostgreSQL text or logs choke on.
+_EDGE_CHARACTERS = [
+    "\x85",
+    "\x1c",
+    "\x1f",
+    "\ufeff",
+    "\xa0",
+    "\u2028",
+    "\u3000",
+    "\x7f",
+    "\x00",
+    " ",
+    "\t",
+    "/",
+]
+
+
+@pytest.mark.parametrize("char", _EDGE_CHARACTERS, ids=[f"U+{ord(c):04X}" for c in _EDGE_CHARACTERS])
+def test_an_id_the_document_allows_is_one_the_server_takes(char: str) -> None:
+    """The fuzzer found ids the document allowed ("a\\x85b") that the server refused: every engine
+    must read the id pattern alike, in the path (check_path_id) and in bodies (pydantic)."""
+    schema = build_openapi()["paths"]["/v1/units/{unit_id}"]["put"]["parameters"][0]["schema"]
+    value = f"a{char}b"
+    documented = jsonschema_rs.is_valid(schema, value)
+    try:
+        TypeAdapter(Id).validate_python(value)
+        in_body = True
+    except ValidationError:
+        in_body = False
+    try:
+        check_path_id(value, "unit_id")
+        in_path = True
+    except Problem:
+        in_path = False
+    assert documented == in_body == in_path, (documented, in_body, in_path)
+    assert not documented, "whitespace, control characters and '/' are not id characters"
