@@ -96,3 +96,47 @@ def test_an_id_the_document_allows_is_one_the_server_takes(char: str) -> None:
         in_path = False
     assert documented == in_body == in_path, (documented, in_body, in_path)
     assert not documented, "whitespace, control characters and '/' are not id characters"
+
+
+def test_links_lead_to_operations_and_their_parameters() -> None:
+    doc = build_openapi()
+    operations = {
+        item["operationId"]: (path, item)
+        for path, methods in doc["paths"].items()
+        for item in methods.values()
+    }
+    linked = 0
+    for path, item in operations.values():
+        for status, reply in item["responses"].items():
+            assert "links" not in reply or status.startswith("2"), (path, status)
+            for name, link in reply.get("links", {}).items():
+                linked += 1
+                target_path, target = operations[link["operationId"]]
+                names = {p["name"] for p in target.get("parameters", [])}
+                for param, expression in link.get("parameters", {}).items():
+                    assert param in names, (path, name, param)
+                    if expression.startswith("$request.path."):
+                        assert "{" + expression.removeprefix("$request.path.") + "}" in path, (
+                            path,
+                            expression,
+                        )
+                    else:
+                        assert expression.startswith("$response.body#/"), expression
+                if "requestBody" in link:
+                    assert "requestBody" in target, (path, name)
+    assert linked >= 20
+    notice = operations["create_notice"][1]["responses"]["202"]["links"]
+    assert notice["get_notice"] == {
+        "operationId": "get_notice",
+        "parameters": {"notice_id": "$response.body#/id"},
+    }
+
+
+def test_every_path_parameter_is_constrained() -> None:
+    doc = build_openapi()
+    for path, methods in doc["paths"].items():
+        for item in methods.values():
+            for param in item.get("parameters", []):
+                if param["in"] == "path":
+                    schema = param["schema"]
+                    assert "pattern" in schema or "format" in schema, (path, param["name"])
