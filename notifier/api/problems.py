@@ -116,11 +116,7 @@ def caller_loc(
     return tuple(kept), labelled_end
 
 
-_MESSAGES = {
-    "extra_forbidden": "unknown field",
-    "model_type": "Input should be an object",
-    "model_attributes_type": "Input should be an object",
-}
+_MESSAGES = {"extra_forbidden": "unknown field"}
 
 
 def from_validation_error(exc: ValidationError, prefix: str = "", data: Any = _ABSENT) -> Problem:

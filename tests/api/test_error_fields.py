@@ -18,7 +18,7 @@ from tests.conftest import auth
 from tests.helpers import put
 
 NOTICE = {"kind": "ding", "title": "Fire drill", "body": "Assemble at gate 2", "audience": {"units": ["c"]}}
-PYDANTIC_LABELS = ("function-", "constrained-", "PolicyRules", "[key]", "str]", "list[")
+PYDANTIC_LABELS = ("function-", "constrained-", "[key]", "str]", "list[")
 
 
 def _errors(model: type[BaseModel], data: dict[str, Any]) -> list[dict[str, str]]:
@@ -72,7 +72,10 @@ def _errors(model: type[BaseModel], data: dict[str, Any]) -> list[dict[str, str]
             7,
             [
                 {"field": "escalation", "message": "Input should be a valid string"},
-                {"field": "escalation", "message": "Input should be an object"},
+                {
+                    "field": "escalation",
+                    "message": "Input should be a valid dictionary or instance of PolicyRules",
+                },
             ],
         ),
     ],
