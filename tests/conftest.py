@@ -78,14 +78,19 @@ async def migrated(settings: Settings) -> None:
     await migrate(settings.database_url)
 
 
-@pytest.fixture
-async def db(settings: Settings, migrated: None) -> AsyncIterator[asyncpg.Connection]:
-    """A direct connection, and a clean database and Redis for every test."""
-    conn = await asyncpg.connect(settings.database_url)
+async def reset_state(settings: Settings, conn: asyncpg.Connection) -> None:
+    """An empty database and Redis."""
     await conn.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     redis = Redis.from_url(settings.redis_url)
     await redis.flushdb()
     await redis.aclose()
+
+
+@pytest.fixture
+async def db(settings: Settings, migrated: None) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, and a clean database and Redis for every test."""
+    conn = await asyncpg.connect(settings.database_url)
+    await reset_state(settings, conn)
     try:
         yield conn
     finally:

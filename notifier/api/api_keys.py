@@ -124,6 +124,11 @@ def _expiry(p: Principal, body: ApiKeyIn) -> datetime | None:
     body=ApiKeyIn,
     response=ApiKeyOut,
     status=201,
+    responses={
+        422: "role and binding disagree (service and secretary keys name a unit_id, member keys a "
+        "member_id, admin keys neither), or the unit or member is unknown or outside your reach"
+    },
+    links={"revoke_api_key": {"key_id": "$response.body#/id"}},
 )
 async def create_api_key(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

@@ -51,6 +51,11 @@ class ContactList(BaseModel):
     body=ContactIn,
     response=ContactOut,
     status=201,
+    responses={422: "the channel is not one this deployment configures, or the target is not valid for it"},
+    links={
+        "delete_contact": {"member_id": "$request.path.member_id", "contact_id": "$response.body#/id"},
+        "list_contacts": {"member_id": "$request.path.member_id"},
+    },
 )
 async def add_contact(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

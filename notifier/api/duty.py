@@ -12,6 +12,7 @@ so such a key may see "nobody" where an admin sees an ancestor's officer.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -30,8 +31,13 @@ routes = Router()
 MAX_SHIFTS = 1000
 
 
+# Date and time, as the document's format: date-time says; pydantic alone would also read "0.5"
+# (a query parameter is always text) as seconds since 1970.
+_NUMBER = re.compile(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*")
+
+
 def _iso_text(value: Any) -> Any:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or _NUMBER.fullmatch(value):
         raise ValueError("must be an ISO 8601 timestamp with a UTC offset, e.g. 2025-01-01T08:00:00+08:00")
     return value
 
@@ -122,6 +128,11 @@ def _roster(unit_id: str, rows: list[Any]) -> dict[str, Any]:
     tag="duty",
     body=RosterIn,
     response=RosterOut,
+    responses={
+        422: "a shift ends before it starts, overlaps another shift of the same member, or names "
+        "someone who is not a member of this unit or a unit below it"
+    },
+    links={"get_on_duty": {"unit_id": "$request.path.unit_id"}},
 )
 async def put_roster(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -163,6 +174,7 @@ async def put_roster(request: web.Request, call: Call) -> web.Response:
     tag="duty",
     query=RosterQuery,
     response=RosterOut,
+    responses={422: "to is not after from"},
 )
 async def get_roster(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

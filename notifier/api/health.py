@@ -16,12 +16,19 @@ OPENAPI = web.AppKey("openapi", dict[str, Any])
 READY_RETRY_AFTER_SECONDS = 5
 
 
-@routes.route("GET", "/healthz", summary="The process is up", tag="health", auth=False)
+@routes.route("GET", "/healthz", summary="The process is up", tag="health", auth=False, db=False)
 async def healthz(request: web.Request, call: Call) -> web.Response:
     return json_response({"status": "ok"})
 
 
-@routes.route("GET", "/readyz", summary="PostgreSQL and Redis are reachable", tag="health", auth=False)
+@routes.route(
+    "GET",
+    "/readyz",
+    summary="PostgreSQL and Redis are reachable",
+    tag="health",
+    auth=False,
+    responses={503: "PostgreSQL or Redis is unreachable"},
+)
 async def readyz(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
     checks: dict[str, str] = {}
@@ -49,6 +56,8 @@ async def readyz(request: web.Request, call: Call) -> web.Response:
     return json_response({"status": "ready", "checks": checks})
 
 
-@routes.route("GET", "/openapi.json", summary="This API's OpenAPI 3.1 document", tag="health", auth=False)
+@routes.route(
+    "GET", "/openapi.json", summary="This API's OpenAPI 3.1 document", tag="health", auth=False, db=False
+)
 async def openapi(request: web.Request, call: Call) -> web.Response:
     return json_response(request.app[OPENAPI])

@@ -22,7 +22,7 @@ from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema, field_va
 from notifier.api.auth import require_unit
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import Problem, invalid, not_found
-from notifier.api.routing import Call, Router, json_response
+from notifier.api.routing import Call, Reply, Router, json_response
 from notifier.api.types import Strict
 from notifier.db import lessons
 
@@ -117,6 +117,11 @@ def _out(row: Any) -> dict[str, Any]:
     body=LessonIn,
     response=LessonOut,
     status=201,
+    responses={200: Reply("replaced"), 409: "this lesson was already sent"},
+    links={
+        "get_lesson": {"unit_id": "$request.path.unit_id", "date": "$request.path.date"},
+        "delete_lesson": {"unit_id": "$request.path.unit_id", "date": "$request.path.date"},
+    },
 )
 async def put_lesson(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -159,6 +164,7 @@ async def get_lesson(request: web.Request, call: Call) -> web.Response:
     tag="lessons",
     query=LessonQuery,
     response=LessonList,
+    responses={422: "to is before from"},
 )
 async def list_lessons(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -188,6 +194,7 @@ async def list_lessons(request: web.Request, call: Call) -> web.Response:
     summary="Delete a lesson that has not been sent",
     tag="lessons",
     status=204,
+    responses={409: "this lesson was sent; it stays as the record of what went out"},
 )
 async def delete_lesson(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

@@ -11,7 +11,7 @@ from notifier.api.auth import require_member
 from notifier.api.keys import DEPS, principal
 from notifier.api.principal import Principal
 from notifier.api.problems import invalid_many
-from notifier.api.routing import Call, Router, json_response
+from notifier.api.routing import Call, Reply, Router, json_response
 from notifier.api.types import Email, Id, Name, Phone, QuietHours, Strict, TimeZone, check_path_id
 from notifier.db import members, units
 from notifier.db.pool import Connection
@@ -116,6 +116,13 @@ async def _upsert(
     body=MemberIn,
     response=MemberOut,
     status=201,
+    responses={200: Reply("updated"), 422: "a unit is unknown or outside your reach"},
+    links={
+        "get_member": {"member_id": "$request.path.member_id"},
+        "list_contacts": {"member_id": "$request.path.member_id"},
+        "add_contact": {"member_id": "$request.path.member_id"},
+        "inbox": {"member_id": "$request.path.member_id"},
+    },
 )
 async def put_member(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -142,6 +149,7 @@ async def put_member(request: web.Request, call: Call) -> web.Response:
     tag="organisation",
     body=MemberBatchIn,
     response=MemberBatchOut,
+    responses={422: "a member id repeats, or a unit is unknown or outside your reach"},
 )
 async def batch_members(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

@@ -286,6 +286,18 @@ async def _create(conn: Connection, deps: AppDeps, p: Principal, body: NoticeIn)
     response=NoticeOut,
     status=202,
     headers={IDEMPOTENCY_HEADER: "Replays the first response for the same key and body (24 h)"},
+    responses={
+        409: "a request with this Idempotency-Key is still being processed",
+        422: "a channel is not one this deployment configures; the audience names units or members "
+        "that are unknown or outside your reach; the escalation policy is unknown; the "
+        "Idempotency-Key was used with a different body",
+    },
+    links={
+        "get_notice": {"notice_id": "$response.body#/id"},
+        "list_recipients": {"notice_id": "$response.body#/id"},
+        "notice_events": {"notice_id": "$response.body#/id"},
+        "recall_notice": {"notice_id": "$response.body#/id"},
+    },
 )
 async def create_notice(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -409,6 +421,7 @@ def _recipient(row: Record, deliveries: list[Record], visible_units: set[str] | 
     tag="notices",
     query=RecipientQuery,
     response=RecipientPage,
+    responses={422: "cursor is not a next_cursor this API returned"},
 )
 async def list_recipients(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

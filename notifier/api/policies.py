@@ -153,6 +153,16 @@ def _conflict() -> Problem:
     body=PolicyIn,
     response=PolicyOut,
     status=201,
+    responses={
+        409: "a policy with this name already exists for this unit",
+        422: "a step names a channel this deployment does not configure, or neither reminds nor "
+        "notifies anyone; steps are out of order; the unit is unknown or outside your reach",
+    },
+    links={
+        "get_policy": {"policy_id": "$response.body#/id"},
+        "put_policy": {"policy_id": "$response.body#/id"},
+        "delete_policy": {"policy_id": "$response.body#/id"},
+    },
 )
 async def create_policy(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -173,7 +183,12 @@ async def create_policy(request: web.Request, call: Call) -> web.Response:
 
 
 @routes.route(
-    "GET", "/v1/escalation-policies", summary="Policies you can use", tag="escalation", response=PolicyList
+    "GET",
+    "/v1/escalation-policies",
+    summary="Policies you can use",
+    tag="escalation",
+    response=PolicyList,
+    links={"get_policy": {"policy_id": "$response.body#/items/0/id"}},
 )
 async def list_policies(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -205,6 +220,11 @@ async def get_policy(request: web.Request, call: Call) -> web.Response:
     tag="escalation",
     body=PolicyIn,
     response=PolicyOut,
+    responses={
+        409: "another policy of this unit has this name, or a unit names this one as its default_policy",
+        422: "a step names a channel this deployment does not configure, or neither reminds nor "
+        "notifies anyone; steps are out of order",
+    },
 )
 async def put_policy(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -226,7 +246,12 @@ async def put_policy(request: web.Request, call: Call) -> web.Response:
 
 
 @routes.route(
-    "DELETE", "/v1/escalation-policies/{policy_id}", summary="Delete a policy", tag="escalation", status=204
+    "DELETE",
+    "/v1/escalation-policies/{policy_id}",
+    summary="Delete a policy",
+    tag="escalation",
+    status=204,
+    responses={409: "a unit names this policy as its default_policy"},
 )
 async def delete_policy(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

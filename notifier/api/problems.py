@@ -96,14 +96,61 @@ def field_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
     return out or "body"
 
 
-def from_validation_error(exc: ValidationError, prefix: str = "") -> Problem:
-    errors: list[tuple[str, str]] = []
+_ABSENT = object()
+
+
+def caller_loc(
+    loc: tuple[int | str, ...], data: Any, *, missing: bool = False
+) -> tuple[tuple[int | str, ...], bool]:
+    """``loc`` as the caller wrote it, and whether it ended on one of pydantic's own labels.
+
+    Pydantic puts the name of a union member or validator into the location (``escalation.
+    function-after[_ordered(), PolicyRules].steps[0]``, ``escalation.constrained-str``): walking the
+    caller's input along ``loc`` tells a key the caller sent from such a label, which is dropped. A
+    key absent from the input is kept only where it can be the caller's: a missing field at the end.
+    """
+    kept: list[int | str] = []
+    node = data
+    labelled_end = False
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            kept.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            kept.append(part)
+            node = node[part]
+        elif last and missing and isinstance(node, dict) and isinstance(part, str):
+            kept.append(part)
+        elif node is _ABSENT:
+            kept.append(part)
+        else:
+            labelled_end = last
+    return tuple(kept), labelled_end
+
+
+_MESSAGES = {"extra_forbidden": "unknown field"}
+
+
+def from_validation_error(exc: ValidationError, prefix: str = "", data: Any = _ABSENT) -> Problem:
+    """422 naming each bad field as the caller wrote it (``escalation.steps[0].remind``).
+
+    ``data`` is the input that was validated; without it the location is rendered as pydantic
+    gives it. Where a union failed in several members, an error at the union itself (a type
+    mismatch of a member the caller evidently did not mean) gives way to the other members' errors."""
+    rendered: list[tuple[str, str, bool]] = []  # field, message, a type mismatch of a union member
     for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        errors.append((field_path(loc, prefix), msg))
+        loc, labelled = caller_loc(tuple(err["loc"]), data, missing=err["type"] == "missing")
+        msg = _MESSAGES.get(err["type"], err["msg"])
+        mismatch = labelled and err["type"].endswith("_type")
+        rendered.append((field_path(loc, prefix), msg, mismatch))
+    meant = [f for f, _, mismatch in rendered if not mismatch]
+    errors: list[tuple[str, str]] = []
+    for f, msg, mismatch in rendered:
+        if mismatch and any(g == f or g.startswith((f + ".", f + "[")) for g in meant):
+            continue
+        if (f, msg) not in errors:
+            errors.append((f, msg))
     return invalid_many(errors)
 
 

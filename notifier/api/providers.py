@@ -13,7 +13,7 @@ from aiohttp import web
 
 from notifier.api.keys import DEPS
 from notifier.api.problems import Problem, not_found
-from notifier.api.routing import Call, Router
+from notifier.api.routing import Call, Reply, Router
 from notifier.channels.base import InvalidSignature, ReceivesCallbacks
 from notifier.db import notices, receipts, recipients
 from notifier.links import BadLink, read_token
@@ -51,6 +51,12 @@ async def read_capped(request: web.Request, limit: int = MAX_CALLBACK_BYTES) -> 
     summary="Provider status callbacks (signed by the provider)",
     tag="providers",
     auth=False,
+    media=None,  # each provider's own reply format
+    responses={
+        400: Reply("the provider's report is malformed (in the provider's reply format)", media=None),
+        403: "callback signature did not verify",
+        404: "no such channel, or it takes no callbacks",
+    },
 )
 async def provider_callback(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
@@ -115,6 +121,12 @@ def is_preview_fetch(request: web.Request) -> bool:
     summary="Open a signed read link: records the read, shows the notice",
     tag="providers",
     auth=False,
+    media="text/html",
+    responses={
+        403: Reply("the link's signature did not verify", media="text/html"),
+        404: Reply("the notice is not addressed to the link's member", media="text/html"),
+        410: Reply("the link has expired", media="text/html"),
+    },
 )
 async def open_read_link(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]

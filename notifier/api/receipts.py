@@ -65,6 +65,10 @@ class InboxPage(BaseModel):
     tag="receipts",
     body=ReceiptIn,
     response=ReceiptOut,
+    responses={
+        409: "the notice is still being fanned out; retry after Retry-After seconds",
+        422: "member_id is required unless a member key records its own read",
+    },
 )
 async def post_receipt(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -117,6 +121,7 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
     tag="receipts",
     query=InboxQuery,
     response=InboxPage,
+    responses={422: "cursor is not a next_cursor this API returned"},
 )
 async def inbox(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

@@ -15,7 +15,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from notifier.api.problems import Problem, from_validation_error, invalid
+from notifier.api.problems import PROBLEM_TYPE, Problem, from_validation_error, invalid
+from notifier.api.types import ID_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,6 +40,26 @@ class Call:
 Handler = Callable[[web.Request, Call], Awaitable[web.StreamResponse]]
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A documented response besides the operation's own success: ``media`` is its content type
+    (a problem+json body unless said otherwise; None: a body this API does not describe, such as a
+    provider's own callback protocol)."""
+
+    description: str
+    media: str | None = PROBLEM_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """An OpenAPI link from a success response: the target's parameters as runtime expressions
+    (``$response.body#/id``, ``$request.path.unit_id``) and, optionally, fields of its request body
+    (merged into a body the caller writes)."""
+
+    parameters: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+
+
 @dataclass(slots=True)
 class Operation:
     method: str
@@ -52,6 +73,18 @@ class Operation:
     status: int = 200
     auth: bool = True
     headers: dict[str, str] = field(default_factory=dict)  # documented request headers
+    # Statuses this operation answers besides the ones every operation of its shape does (see
+    # ``_generic_replies``); a plain string is the description of a problem+json reply.
+    responses: dict[int, str | Reply] = field(default_factory=dict)
+    # OpenAPI links from the success response, by target operationId; a plain dict is the
+    # target's parameters.
+    links: dict[str, dict[str, str] | Link] = field(default_factory=dict)
+    media: str | None = "application/json"  # the success body's content type
+    db: bool = True  # reads PostgreSQL, so it can answer 503 while the database is unreachable
+
+    @property
+    def path_parameters(self) -> list[str]:
+        return [seg[1:-1] for seg in self.path.split("/") if seg.startswith("{") and seg.endswith("}")]
 
 
 class Router:
@@ -71,11 +104,29 @@ class Router:
         status: int = 200,
         auth: bool = True,
         headers: dict[str, str] | None = None,
+        responses: dict[int, str | Reply] | None = None,
+        links: dict[str, dict[str, str] | Link] | None = None,
+        media: str | None = "application/json",
+        db: bool = True,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
                 Operation(
-                    method, path, handler, summary, tag, body, query, response, status, auth, headers or {}
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    tag,
+                    body,
+                    query,
+                    response,
+                    status,
+                    auth,
+                    headers or {},
+                    responses or {},
+                    links or {},
+                    media,
+                    db,
                 )
             )
             return handler
@@ -163,7 +214,7 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
             try:
                 body = op.body.model_validate(data)
             except ValidationError as exc:
-                raise from_validation_error(exc) from None
+                raise from_validation_error(exc, data=data) from None
         query = None
         if op.query is not None:
             params: dict[str, Any] = {}
@@ -174,7 +225,7 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
             try:
                 query = op.query.model_validate(params)
             except ValidationError as exc:
-                raise from_validation_error(exc, prefix="query") from None
+                raise from_validation_error(exc, prefix="query", data=params) from None
         return await op.handler(request, Call(body, query))
 
     return handler
@@ -215,13 +266,14 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "description": "RFC 9457 problem details",
     "properties": {
-        "type": {"type": "string"},
+        "type": {"type": "string", "description": "a URI naming the kind of problem, or about:blank"},
         "title": {"type": "string"},
-        "status": {"type": "integer"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
         "detail": {"type": "string"},
         "instance": {"type": "string"},
         "errors": {
             "type": "array",
+            "description": "one per bad field, named as the caller wrote it: escalation.steps[0].remind",
             "items": {
                 "type": "object",
                 "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
@@ -231,6 +283,95 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     },
     "required": ["type", "title", "status"],
 }
+
+_ID = {"type": "string", "minLength": 1, "maxLength": 128, "pattern": ID_PATTERN}
+_UUID = {"type": "string", "format": "uuid"}
+# Every path parameter of the API, by name: one name means one kind of value everywhere.
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "unit_id": _ID,
+    "member_id": _ID,
+    "policy_id": _UUID,
+    "notice_id": _UUID,
+    "key_id": _UUID,
+    "contact_id": _UUID,
+    "date": {"type": "string", "format": "date", "description": "a local date, YYYY-MM-DD"},
+    "channel": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z0-9_-]+$"},
+    "token": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 1024,
+        "pattern": r"^[A-Za-z0-9_.-]+$",
+        "description": "a signed read link: base64url payload and signature",
+    },
+}
+# Documented request headers, by name.
+HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
+    # Printable ASCII; no space at either end, which HTTP strips from header values.
+    "Idempotency-Key": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": r"^[!-~]([ -~]*[!-~])?$",
+    },
+}
+
+
+def _generic_replies(op: Operation) -> dict[int, str]:
+    """The statuses every operation of this shape can answer, whatever its handler does."""
+    replies: dict[int, str] = {}
+    if op.body is not None:
+        replies[400] = "the body is not a JSON object (malformed, or nested deeper than 32 levels)"
+    if op.auth:
+        replies[401] = "missing, unknown, or revoked token"
+        replies[403] = "this key's role may not do this"
+    if op.path_parameters:
+        replies[404] = "not found, or outside the caller's units"
+    if op.body is not None:
+        replies[413] = "the body is larger than this service accepts"
+    if op.body is not None or op.query is not None or op.path_parameters:
+        replies[422] = "invalid input (no string may hold U+0000); errors name each bad field"
+    if op.db:
+        replies[503] = "PostgreSQL is unreachable; retry after Retry-After seconds"
+    return replies
+
+
+def _content(media: str | None, schema: dict[str, Any]) -> dict[str, Any]:
+    return {} if media is None else {"content": {media: {"schema": schema}}}
+
+
+def _link(target: str, spec: dict[str, str] | Link) -> dict[str, Any]:
+    link = spec if isinstance(spec, Link) else Link(spec)
+    out: dict[str, Any] = {"operationId": target}
+    if link.parameters:
+        out["parameters"] = link.parameters
+    if link.body is not None:
+        out["requestBody"] = link.body
+        out["description"] = "requestBody holds fields to merge into the body you send"
+    return out
+
+
+def _responses(op: Operation) -> dict[str, Any]:
+    ok_schema: dict[str, Any] = {"type": "string"}
+    if op.response is not None and op.media == "application/json":
+        ok_schema = {"$ref": f"#/components/schemas/{op.response.__name__}"}
+    links = {target: _link(target, spec) for target, spec in sorted(op.links.items())}
+    out: dict[int, dict[str, Any]] = {}
+    ok_media = op.media if op.response is not None or op.media != "application/json" else None
+    out[op.status] = {"description": "success", **_content(ok_media, ok_schema)}
+    problem = {"$ref": "#/components/schemas/Problem"}
+    replies: dict[int, str | Reply] = {**_generic_replies(op), **op.responses}
+    for status, reply in replies.items():
+        r = reply if isinstance(reply, Reply) else Reply(reply)
+        if 200 <= status < 300:
+            out[status] = {"description": r.description, **_content(ok_media, ok_schema)}
+        else:
+            schema = problem if r.media == PROBLEM_TYPE else {"type": "string"}
+            out[status] = {"description": r.description, **_content(r.media, schema)}
+    if links:
+        for status, item in out.items():
+            if 200 <= status < 300:
+                item["links"] = links
+    return {str(k): v for k, v in sorted(out.items())}
 
 
 def openapi_document(operations: list[Operation], version: str) -> dict[str, Any]:
@@ -242,21 +383,15 @@ def openapi_document(operations: list[Operation], version: str) -> dict[str, Any
     schemas: dict[str, Any] = dict(top.get("$defs", {}))
     paths: dict[str, Any] = {}
     for op in operations:
-        item: dict[str, Any] = {
-            "summary": op.summary,
-            "operationId": op.handler.__name__,
-            "tags": [op.tag],
-            "responses": {},
-        }
+        item: dict[str, Any] = {"summary": op.summary, "operationId": op.handler.__name__, "tags": [op.tag]}
         params = [
-            {"name": seg[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
-            for seg in op.path.split("/")
-            if seg.startswith("{") and seg.endswith("}")
+            {"name": name, "in": "path", "required": True, "schema": PATH_PARAMETERS[name]}
+            for name in op.path_parameters
         ]
         if op.query is not None:
             params += _query_parameters(op.query, schemas)
         params += [
-            {"name": h, "in": "header", "required": False, "schema": {"type": "string"}, "description": d}
+            {"name": h, "in": "header", "required": False, "schema": HEADER_SCHEMAS[h], "description": d}
             for h, d in op.headers.items()
         ]
         if params:
@@ -268,20 +403,7 @@ def openapi_document(operations: list[Operation], version: str) -> dict[str, Any
                     "application/json": {"schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}
                 },
             }
-        ok: dict[str, Any] = {"description": "success"}
-        if op.response is not None:
-            ok["content"] = {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{op.response.__name__}"}}
-            }
-        item["responses"][str(op.status)] = ok
-        problem = {
-            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-        }
-        if op.auth:
-            item["responses"]["401"] = {"description": "missing or unknown token", **problem}
-            item["responses"]["404"] = {"description": "not found, or outside the caller's units", **problem}
-        if op.body is not None or op.query is not None:
-            item["responses"]["422"] = {"description": "invalid input; errors name each bad field", **problem}
+        item["responses"] = _responses(op)
         if op.auth:
             item["security"] = [{"bearer": []}]
         paths.setdefault(op.path, {})[op.method.lower()] = item

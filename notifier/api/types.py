@@ -25,7 +25,11 @@ from notifier.channels.phone import E164
 
 # Patterns are written for the JSON Schema (ECMA-262: "$" is the end of the text); Python checks
 # them with fullmatch, since Python's "$" also matches before a trailing newline.
-ID_PATTERN = r"^[^\s/]{1,128}$"
+# Not "\s": Python's re, pydantic's Rust regex and the ECMA regex of JSON Schema each read it as
+# a different set (U+0085, U+001C..U+001F, U+FEFF), so the document allowed ids the server refused.
+# Spelled out, the set is the same everywhere: whitespace, control characters and '/'.
+_NOT_ID_CHARS = r"\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff/"
+ID_PATTERN = rf"^[^{_NOT_ID_CHARS}]{{1,128}}$"
 Id = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, strip_whitespace=True)]
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from notifier.api.auth import require_unit, unit_visible
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import forbidden, invalid, invalid_many, not_found
-from notifier.api.routing import Call, Router, json_response
+from notifier.api.routing import Call, Link, Reply, Router, json_response
 from notifier.api.types import ClockTime, Id, Name, QuietHours, Strict, TimeZone, check_path_id
 from notifier.db import policies, units
 from notifier.db.pool import Connection
@@ -72,6 +72,26 @@ class UnitListQuery(Strict):
     cursor: Id | None = None
 
 
+def _unit_links(unit_id: str) -> dict[str, dict[str, str] | Link]:
+    """Where a response naming a unit (``unit_id``: a runtime expression) leads; the notice link
+    holds the fields that make any title and body a notice the unit can be sent (the in-app
+    channel every deployment has, no schedule, no escalation)."""
+    notice = {
+        "kind": "notice",
+        "audience": {"units": [unit_id], "members": []},
+        "channels": ["inapp"],
+        "escalation": None,
+        "send_at": None,
+        "expires_at": None,
+    }
+    return {
+        "get_unit": {"unit_id": unit_id},
+        "get_roster": {"unit_id": unit_id},
+        "list_lessons": {"unit_id": unit_id},
+        "create_notice": Link(body=notice),
+    }
+
+
 @routes.route(
     "PUT",
     "/v1/units/{unit_id}",
@@ -80,6 +100,12 @@ class UnitListQuery(Strict):
     body=UnitIn,
     response=UnitOut,
     status=201,
+    responses={
+        200: Reply("updated"),
+        422: "parent_id is unknown, the unit itself or below it, or outside your reach; a secretary "
+        "or the default_policy is unknown",
+    },
+    links=_unit_links("$response.body#/id"),
 )
 async def put_unit(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
@@ -177,6 +203,7 @@ async def get_unit(request: web.Request, call: Call) -> web.Response:
     tag="organisation",
     query=UnitListQuery,
     response=UnitList,
+    links=_unit_links("$response.body#/items/0/id"),
 )
 async def list_units(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

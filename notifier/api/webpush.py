@@ -24,6 +24,7 @@ class VapidPublicKey(BaseModel):
     summary="The VAPID public key browsers subscribe with (applicationServerKey)",
     tag="webpush",
     response=VapidPublicKey,
+    responses={404: "web push is not configured"},
 )
 async def get_vapid_public_key(request: web.Request, call: Call) -> web.Response:
     principal(request).require("admin", "service", "secretary", "member")

@@ -420,6 +420,24 @@ async def test_on_duty_at_a_given_time(
     await problem(resp, 422, [{"field": "query.at", "message": "Input should have timezone info"}])
 
 
+@pytest.mark.parametrize("value", ["0.5", "1700000000", "2030-03-01"])
+async def test_a_timestamp_is_date_time_text_not_a_number(
+    client: TestClient[Any, Any], db: asyncpg.Connection, org: Org, value: str
+) -> None:
+    """The fuzzer found ``?at=0.5`` read as 1970-01-01T00:00:00.5Z: the document says date-time."""
+    for path, name in (("/v1/units/g1a/on-duty", "at"), ("/v1/units/g1a/duty", "to")):
+        resp = await client.get(path, params={name: value}, headers=auth())
+        body = await resp.json()
+        assert resp.status == 422, body
+        assert [e["field"] for e in body["errors"]] == [f"query.{name}"]
+    resp = await client.put(
+        "/v1/units/g1a/duty",
+        json={"shifts": [_shift("m1a", T0, T0 + HOUR) | {"starts_at": value}]},
+        headers=auth(),
+    )
+    assert resp.status == 422, await resp.text()
+
+
 # --- roles and scope ------------------------------------------------------------------------------
 
 
