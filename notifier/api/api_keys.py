@@ -206,6 +206,7 @@ def _after(cursor: str | None) -> tuple[datetime, str] | None:
     tag="access",
     query=ApiKeyQuery,
     response=ApiKeyPage,
+    responses={422: "cursor is not a next_cursor this API returned"},
 )
 async def list_api_keys(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

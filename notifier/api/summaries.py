@@ -15,7 +15,7 @@ from aiohttp import web
 
 from notifier.api.keys import DEPS
 from notifier.api.providers import PAGE
-from notifier.api.routing import Call, Router
+from notifier.api.routing import Call, Reply, Router
 from notifier.db import escalations, notices, units
 from notifier.links import BadLink, read_list_token
 
@@ -37,6 +37,12 @@ def _page(status: int, title: str, body_html: str) -> web.Response:
     summary="Open an escalation summary's signed link: who has not read the notice yet",
     tag="providers",
     auth=False,
+    media="text/html",
+    responses={
+        403: Reply("the link's signature did not verify", media="text/html"),
+        404: Reply("the summary no longer exists", media="text/html"),
+        410: Reply("the link has expired", media="text/html"),
+    },
 )
 async def open_unread_list(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]

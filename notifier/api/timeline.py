@@ -135,6 +135,7 @@ def _event_cursor(value: str | None) -> tuple[datetime, int] | None:
     tag="notices",
     query=EventsQuery,
     response=NoticeEvents,
+    responses={422: "cursor is not a next_cursor this API returned"},
 )
 async def notice_events(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
