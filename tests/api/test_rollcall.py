@@ -4,65 +4,21 @@ escalation so far, keyset pages and the CSV export."""
 from __future__ import annotations
 
 import csv
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from notifier.app import create_app
-from notifier.channels.base import Outcome, Outgoing, Result
-from notifier.channels.inapp import InAppChannel
-from notifier.channels.registry import ChannelRegistry
+from notifier.channels.base import Outcome
 from notifier.db import receipts
-from notifier.db.pool import create_pool
-from notifier.settings import Settings
-from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.escalate import advance_escalations
-from notifier.workers.queue import create_queue
+from tests.api.viewsenv import Views, view_settings, views
 from tests.conftest import advance_clock, auth
-from tests.workers.test_delivery_layer import ScriptedChannel, make_members, make_notice
+from tests.workers.test_delivery_layer import make_members, make_notice
 
-
-@dataclass
-class PerMember(ScriptedChannel):
-    """Answers each member as scripted (default: sent), with an error text for failures."""
-
-    answers: dict[str, tuple[Outcome, str | None]] = field(default_factory=dict)
-
-    async def send(self, batch: list[Outgoing]) -> list[Result]:
-        self.sent.extend(batch)
-        out = []
-        for item in batch:
-            outcome, error = self.answers.get(item.member_id, (Outcome.SENT, None))
-            out.append(Result(item.delivery_id, outcome, error=error, provider_ref=f"ref-{item.delivery_id}"))
-        return out
-
-
-Views = tuple[WorkerDeps, PerMember, TestClient[Any, Any]]
-
-
-@pytest.fixture
-async def views(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[Views]:
-    """The worker's pieces and the API over one registry: in-app and a per-member scripted SMS."""
-    tuned = settings.model_copy(update={"delivery_idle_wait_seconds": 0.0, "delivery_batch_size": 500})
-    channel = PerMember()
-    registry = ChannelRegistry()
-    registry.register(InAppChannel())
-    registry.register(channel)
-    pool = await create_pool(tuned)
-    queue = await create_queue(tuned)
-    await db.execute("INSERT INTO units (id, name) VALUES ('u', 'Unit')")
-    try:
-        async with TestClient(TestServer(create_app(tuned, registry), host="127.0.0.1")) as client:
-            yield WorkerDeps(tuned, pool, queue, registry), channel, client
-    finally:
-        await queue.aclose()
-        await pool.close()
+__all__ = ["view_settings", "views"]  # fixtures
 
 
 async def roll_call(client: TestClient[Any, Any], nid: str, query: str = "") -> dict[str, Any]:
