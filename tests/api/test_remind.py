@@ -4,6 +4,7 @@ recalled or expired notices."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -185,3 +186,22 @@ async def test_remind_now_counts_in_the_escalation_send_ceiling(views: Views, db
         for r in await db.fetch("SELECT kind FROM notice_events WHERE notice_id = $1 ORDER BY id", nid)
     ]
     assert kinds == ["remind_now", "remind_now", "escalation_ceiling_reached"]
+
+
+async def test_concurrent_presses_with_one_key_send_once_and_without_a_key_take_steps_in_turn(
+    views: Views, db: asyncpg.Connection
+) -> None:
+    deps, _, client = views
+    await make_members(db, 3)
+    nid = await make_notice(deps, db, ["inapp"])
+    answers = await asyncio.gather(
+        *(press(client, nid, {"channels": ["scripted"]}, key="double-click") for _ in range(5))
+    )
+    assert sorted(r.status for r in answers) == [202] * 5
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in answers) == 4
+    assert len(await reminders(db, nid)) == 3
+    keyless = await asyncio.gather(*(press(client, nid, {"channels": ["scripted"]}) for _ in range(4)))
+    steps = sorted([(await r.json())["step"] for r in keyless])
+    assert steps == [MANUAL_STEP_BASE + i for i in range(1, 5)]  # an admin's presses, one step each
+    assert len(await reminders(db, nid)) == 15
+    assert await db.fetchval("SELECT sends FROM escalations WHERE notice_id = $1", nid) == 15
