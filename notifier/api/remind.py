@@ -163,6 +163,11 @@ async def _press(
     response=RemindOut,
     status=202,
     headers={IDEMPOTENCY_HEADER: "Replays the first answer for the same key and body (24 h); sends nothing"},
+    problems={
+        403: "a member key may not remind",
+        409: "the notice is recalled, expired or not sent yet, at its escalation send ceiling, or "
+        "these members were reminded less than the minimum step spacing ago (Retry-After)",
+    },
 )
 async def remind_notice(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

@@ -167,6 +167,14 @@ def _csv_text(rows: list[list[str]]) -> bytes:
     tag="notices",
     query=RollCallQuery,
     response=RollCallPage,
+    problems={403: "a member key may not read a roll-call"},
+    media={
+        CSV_TYPE: {
+            "type": "string",
+            "description": "with Accept: text/csv -- UTF-8 with a byte-order mark, one row per "
+            "(unit, member), columns " + ", ".join(CSV_COLUMNS),
+        }
+    },
 )
 async def roll_call(request: web.Request, call: Call) -> web.StreamResponse:
     p = principal(request)

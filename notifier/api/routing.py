@@ -52,6 +52,8 @@ class Operation:
     status: int = 200
     auth: bool = True
     headers: dict[str, str] = field(default_factory=dict)  # documented request headers
+    problems: dict[int, str] = field(default_factory=dict)  # further documented problem statuses
+    media: dict[str, dict[str, Any]] = field(default_factory=dict)  # other success media types: schema
 
 
 class Router:
@@ -71,11 +73,25 @@ class Router:
         status: int = 200,
         auth: bool = True,
         headers: dict[str, str] | None = None,
+        problems: dict[int, str] | None = None,
+        media: dict[str, dict[str, Any]] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
                 Operation(
-                    method, path, handler, summary, tag, body, query, response, status, auth, headers or {}
+                    method,
+                    path,
+                    handler,
+                    summary,
+                    tag,
+                    body,
+                    query,
+                    response,
+                    status,
+                    auth,
+                    headers or {},
+                    problems or {},
+                    media or {},
                 )
             )
             return handler
@@ -273,6 +289,8 @@ def openapi_document(operations: list[Operation], version: str) -> dict[str, Any
             ok["content"] = {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{op.response.__name__}"}}
             }
+        for media, schema in op.media.items():
+            ok.setdefault("content", {})[media] = {"schema": schema}
         item["responses"][str(op.status)] = ok
         problem = {
             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -280,6 +298,8 @@ def openapi_document(operations: list[Operation], version: str) -> dict[str, Any
         if op.auth:
             item["responses"]["401"] = {"description": "missing or unknown token", **problem}
             item["responses"]["404"] = {"description": "not found, or outside the caller's units", **problem}
+        for code, description in op.problems.items():
+            item["responses"][str(code)] = {"description": description, **problem}
         if op.body is not None or op.query is not None:
             item["responses"]["422"] = {"description": "invalid input; errors name each bad field", **problem}
         if op.auth:
