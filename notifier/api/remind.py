@@ -131,10 +131,7 @@ async def _press(
             wake.append((channel_id, n))
     await escalations.add_sends(conn, notice_id, used)
     detail = {"step": step, "scope": scope, "by": p.owner, "channels": body.channels, "reminded": reminded}
-    if reached:
-        await timeline.record_for_members(conn, notice_id, sorted(reached), remind.EVENT, detail)
-    else:  # still a press: the next one gets the next step, and the spacing counts from it
-        await timeline.record(conn, notice_id, remind.EVENT, {**detail, "members": 0})
+    await remind.record_press(conn, notice_id, sorted(reached), detail)
     if ceiling:
         await escalations.finish(conn, notice_id, "stopped")
         await timeline.record(

@@ -6,8 +6,10 @@ another comes too soon. The reminders themselves are escalations.REMIND_WITHIN; 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from notifier.db.pool import Connection, Record
+from notifier.db.timeline import EVENT_FOR_MEMBERS
 
 EVENT = "remind_now"
 
@@ -41,3 +43,13 @@ async def press(conn: Connection, notice_id: str, first_step: int, scope: str) -
 def seconds_since(row: Record) -> float | None:
     last: datetime | None = row["last_at"]
     return None if last is None else (row["now"] - last).total_seconds()
+
+
+async def record_press(
+    conn: Connection, notice_id: str, member_ids: list[str], detail: dict[str, Any]
+) -> None:
+    """The press, as one event naming the members it reached -- none, too: it still takes its
+    step, and spacing counts from it (and an empty list puts it on no recipient's timeline)."""
+    await conn.execute(
+        EVENT_FOR_MEMBERS, notice_id, EVENT, {**detail, "members": len(member_ids)}, member_ids
+    )

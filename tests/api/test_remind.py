@@ -205,3 +205,25 @@ async def test_concurrent_presses_with_one_key_send_once_and_without_a_key_take_
     assert steps == [MANUAL_STEP_BASE + i for i in range(1, 5)]  # an admin's presses, one step each
     assert len(await reminders(db, nid)) == 15
     assert await db.fetchval("SELECT sends FROM escalations WHERE notice_id = $1", nid) == 15
+
+
+async def test_a_press_that_finds_everyone_read_still_takes_its_step_but_is_on_no_timeline(
+    views: Views, db: asyncpg.Connection
+) -> None:
+    deps, _, client = views
+    await make_members(db, 1)
+    nid = await make_notice(deps, db, ["inapp"])
+    async with deps.pool.acquire() as conn, conn.transaction():
+        assert await receipts.mark_read(conn, nid, "m00000", "api")
+    first = await (await press(client, nid, {"channels": ["scripted"]})).json()
+    assert first["reminded"] == {"scripted": 0} and first["step"] == MANUAL_STEP_BASE
+    assert await reminders(db, nid) == []
+    assert (await (await press(client, nid, {"channels": ["scripted"]})).json())[
+        "step"
+    ] == MANUAL_STEP_BASE + 1
+    tl = await (await client.get(f"/v1/notices/{nid}/recipients/m00000", headers=auth())).json()
+    assert [e for e in tl["entries"] if e["type"] == "event"] == []
+    members = await db.fetch(
+        "SELECT members FROM notice_events WHERE notice_id = $1 AND kind = 'remind_now'", nid
+    )
+    assert [r["members"] for r in members] == [[], []]
