@@ -13,7 +13,8 @@ from notifier.db.units import subtree
 
 # $1 notice  $2 roots (NULL: every unit)  $3 limit  $4, $5 cursor (unit id, member id)
 # The page walks member_units in (unit_id, member_id) order and probes each member's recipient
-# row; the LATERALs read that member's deliveries through the (notice, member, ...) unique index.
+# row; names are looked up per row of the page (a join would let the planner hash every member),
+# and the LATERALs read that member's deliveries through the (notice, member, ...) unique index.
 # Per channel the best delivery stands (the precedence of schemas/0006, newest first among
 # equals): what reached the member furthest says why they have not read.
 _PAGE = (
@@ -28,9 +29,10 @@ page AS (
     ORDER BY mu.unit_id, mu.member_id
     LIMIT $3
 )
-SELECT p.unit_id, u.name AS unit_name, p.member_id, m.name, p.dstatus, p.delivered_at,
+SELECT p.unit_id, (SELECT u.name FROM units u WHERE u.id = p.unit_id) AS unit_name,
+       p.member_id, (SELECT m.name FROM members m WHERE m.id = p.member_id) AS name, p.dstatus, p.delivered_at,
        coalesce(ch.channels, '[]') AS channels, coalesce(esc.reminders, '[]') AS reminders
-FROM page p JOIN members m ON m.id = p.member_id JOIN units u ON u.id = p.unit_id
+FROM page p
 LEFT JOIN LATERAL (
     SELECT jsonb_agg(jsonb_build_object(
                'channel', b.channel, 'state', b.state, 'wait_reason', b.wait_reason, 'error', b.error,
