@@ -12,38 +12,22 @@ so such a key may see "nobody" where an admin sees an ancestor's officer.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from notifier.api.auth import members_visible, require_unit
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import invalid, invalid_many
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Strict
+from notifier.api.types import Id, Strict, Timestamp
 from notifier.db import duty
 
 routes = Router()
 
 MAX_SHIFTS = 1000
-
-
-# Date and time, as the document's format: date-time says; pydantic alone would also read "0.5"
-# (a query parameter is always text) as seconds since 1970.
-_NUMBER = re.compile(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*")
-
-
-def _iso_text(value: Any) -> Any:
-    if not isinstance(value, str) or _NUMBER.fullmatch(value):
-        raise ValueError("must be an ISO 8601 timestamp with a UTC offset, e.g. 2025-01-01T08:00:00+08:00")
-    return value
-
-
-# ISO 8601 text with an offset; a naive timestamp (no offset) is refused, never guessed.
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 
 
 class ShiftIn(Strict):

@@ -81,6 +81,8 @@ class Operation:
     links: dict[str, dict[str, str] | Link] = field(default_factory=dict)
     media: str | None = "application/json"  # the success body's content type
     db: bool = True  # reads PostgreSQL, so it can answer 503 while the database is unreachable
+    # Other media types the success body comes in (chosen with Accept), each with its schema.
+    alternatives: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def path_parameters(self) -> list[str]:
@@ -108,6 +110,7 @@ class Router:
         links: dict[str, dict[str, str] | Link] | None = None,
         media: str | None = "application/json",
         db: bool = True,
+        alternatives: dict[str, dict[str, Any]] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -127,6 +130,7 @@ class Router:
                     links or {},
                     media,
                     db,
+                    alternatives or {},
                 )
             )
             return handler
@@ -358,6 +362,8 @@ def _responses(op: Operation) -> dict[str, Any]:
     out: dict[int, dict[str, Any]] = {}
     ok_media = op.media if op.response is not None or op.media != "application/json" else None
     out[op.status] = {"description": "success", **_content(ok_media, ok_schema)}
+    for media, schema in op.alternatives.items():
+        out[op.status].setdefault("content", {})[media] = {"schema": schema}
     problem = {"$ref": "#/components/schemas/Problem"}
     replies: dict[int, str | Reply] = {**_generic_replies(op), **op.responses}
     for status, reply in replies.items():

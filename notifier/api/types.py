@@ -11,6 +11,7 @@ from zoneinfo import available_timezones
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -134,3 +135,18 @@ def check_path_id(value: str, field: str) -> str:
     if not _ID_RE.fullmatch(value):
         raise invalid(field, "must be 1..128 characters without whitespace or '/'")
     return value
+
+
+# Date and time, as the document's format: date-time says; pydantic alone would also read "0.5"
+# (a query parameter is always text) as seconds since 1970.
+_NUMBER = re.compile(r"\s*[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def _iso_text(value: Any) -> Any:
+    if not isinstance(value, str) or _NUMBER.fullmatch(value):
+        raise ValueError("must be an ISO 8601 timestamp with a UTC offset, e.g. 2025-01-01T08:00:00+08:00")
+    return value
+
+
+# ISO 8601 text with an offset; a naive timestamp (no offset) is refused, never guessed.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text)]

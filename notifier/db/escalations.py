@@ -43,6 +43,14 @@ UPDATE escalations SET due_at = (SELECT notifier_now()) + make_interval(secs => 
 WHERE notice_id = $1"""
 FINISH = "UPDATE escalations SET state = $2, updated_at = (SELECT notifier_now()) WHERE notice_id = $1 AND state = 'active'"
 ADD_SENDS = "UPDATE escalations SET sends = sends + $2 WHERE notice_id = $1"
+# A remind-now counts in the same ceiling: lock the notice's timer row (made, already finished,
+# for a notice without a policy -- the fan-out has made it before the notice went active) and
+# say how many sends it has made.
+LOCK_SENDS = """
+INSERT INTO escalations (notice_id, started_at, due_at, state)
+VALUES ($1, (SELECT notifier_now()), (SELECT notifier_now()), 'done')
+ON CONFLICT (notice_id) DO UPDATE SET sends = escalations.sends
+RETURNING sends"""
 NEXT_DUE = "SELECT min(due_at) FROM escalations WHERE state = 'active'"
 
 # Counted, not fetched, and not locked: a read committing meanwhile is not blocked. A reminder
@@ -54,15 +62,18 @@ SELECT (SELECT count(*) FROM recipients WHERE notice_id = $1 AND read_at IS NULL
 
 # Remind the unread on one channel: one delivery per member with a working contact (or none
 # needed), at most $6 of them (the notice's remaining escalation budget, in member order).
-# Returns how many were made, how many were wanted, and who has no contact.
-REMIND = f"""
-WITH unread AS (
-    SELECT member_id FROM recipients WHERE notice_id = $1 AND read_at IS NULL
+# Returns how many were made, how many were wanted, and who has no contact. A secretary's
+# remind-now (REMIND_WITHIN) reminds only the unread who are members of units in the subtrees of
+# $7 (NULL: every unread), and also says whom it reached, for the timeline.
+_REMIND = """
+WITH RECURSIVE {sub}
+unread AS (
+    SELECT r.member_id FROM recipients r WHERE r.notice_id = $1 AND r.read_at IS NULL{within}
 ),
 plan AS (
     SELECT u.member_id, k.id AS contact_id
     FROM unread u
-    LEFT JOIN LATERAL ({newest_working("u.member_id", "$2", when="$4")}) k ON true
+    LEFT JOIN LATERAL ({contact}) k ON true
 ),
 ins AS (
     INSERT INTO deliveries (notice_id, member_id, channel, step, contact_id, state, attempts,
@@ -78,7 +89,18 @@ ins AS (
 SELECT (SELECT count(*) FROM ins) AS reached,
        (SELECT count(*) FROM plan WHERE contact_id IS NOT NULL OR NOT $4) AS wanted,
        coalesce((SELECT array_agg(member_id ORDER BY member_id) FROM plan WHERE contact_id IS NULL AND $4),
-                '{{}}') AS unreachable"""
+                '{{}}') AS unreachable{reached}"""
+_CONTACT = newest_working("u.member_id", "$2", when="$4")
+REMIND = _REMIND.format(sub="", within="", contact=_CONTACT, reached="")
+REMIND_WITHIN = _REMIND.format(
+    sub=subtree("$7") + ",",
+    within="""
+      AND ($7::text[] IS NULL OR EXISTS (
+          SELECT 1 FROM member_units mu JOIN sub ON sub.id = mu.unit_id WHERE mu.member_id = r.member_id))""",
+    contact=_CONTACT,
+    reached=""",
+       coalesce((SELECT array_agg(member_id ORDER BY member_id) FROM ins), '{}') AS reached_members""",
+)
 
 # The units the unread sit in, counted only inside the notice's own audience: a member shared
 # with another branch is counted under the audience's units (the subtrees of $2), never under
@@ -160,6 +182,11 @@ async def finish(conn: Connection, notice_id: str, state: str) -> None:
     await conn.execute(FINISH, notice_id, state)
 
 
+async def lock_sends(conn: Connection, notice_id: str) -> int:
+    """Sends made so far by the notice's escalation, its timer row locked until commit."""
+    return int(await conn.fetchval(LOCK_SENDS, notice_id))
+
+
 async def add_sends(conn: Connection, notice_id: str, n: int) -> None:
     if n:
         await conn.execute(ADD_SENDS, notice_id, n)
@@ -183,6 +210,25 @@ async def remind(
     budget: int,
 ) -> Record:
     row = await conn.fetchrow(REMIND, notice_id, channel, step, needs_contact, delivers_on_insert, budget)
+    assert row is not None
+    return row
+
+
+async def remind_within(
+    conn: Connection,
+    notice_id: str,
+    channel: str,
+    step: int,
+    roots: list[str] | None,
+    *,
+    needs_contact: bool,
+    delivers_on_insert: bool,
+    budget: int,
+) -> Record:
+    """REMIND for the unread in the subtrees of ``roots`` (None: all); also ``reached_members``."""
+    row = await conn.fetchrow(
+        REMIND_WITHIN, notice_id, channel, step, needs_contact, delivers_on_insert, budget, roots
+    )
     assert row is not None
     return row
 

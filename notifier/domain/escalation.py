@@ -144,3 +144,13 @@ def crowded_steps(rules: PolicyRules, min_interval: float) -> list[int]:
             crowded.append(i)
         previous = step.after
     return crowded
+
+
+# A secretary's remind-now (POST /v1/notices/{id}/remind) sends as steps from here up, one per
+# press, far above any policy step (at most MAX_ROUNDS * 100 + MAX_STEPS): a press never shares a
+# step with the policy, so neither can stop the other's sends as duplicates.
+MANUAL_STEP_BASE = 1_000_000
+
+
+def is_manual_step(step: int) -> bool:
+    return step >= MANUAL_STEP_BASE
