@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -232,11 +233,10 @@ async def _deliver_batch(
         if result.disable_contact and claim.contact_id is not None:
             disable[delivery_id] = (str(claim.contact_id), result.error or "rejected by provider")
     handed_over = await _write_back(deps, channel, lease, written, disable, list(results.values()))
-    for r in handed_over:
-        if r["state"] == "queued":
-            await enqueue_deliveries(
-                deps.queue, settings, str(r["notice_id"]), r["channel"], 1, tag="fallback"
-            )
+    # One wake-up per (notice, channel) the batch fell back to, not one per row.
+    queued = Counter((str(r["notice_id"]), str(r["channel"])) for r in handed_over if r["state"] == "queued")
+    for (notice_id, next_channel), n in sorted(queued.items()):
+        await enqueue_deliveries(deps.queue, settings, notice_id, next_channel, n, tag="fallback")
 
 
 async def _write_back(
