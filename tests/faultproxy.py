@@ -2,7 +2,10 @@
 
 ``cut()`` is what a crashed server looks like from the client: every open connection is reset and
 new ones are refused (nothing listens on the port). ``restore()`` listens again on the same port,
-so the client's URL stays valid, as after a restart. Bytes are passed through untouched.
+so the client's URL stays valid, as after a restart. ``freeze()`` is a black hole: the open
+connections stay open but nothing more passes on them in either direction (a hung server, a
+firewall or NAT that lost the connection's state), while new connections work. Bytes are passed
+through untouched.
 
     proxy = await FaultProxy("127.0.0.1", upstream_port).start()
     settings = settings.model_copy(update={"database_url": proxy.url_for(settings.database_url)})
@@ -27,6 +30,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._frozen: set[asyncio.StreamWriter] = set()  # writers whose bytes are dropped
 
     @classmethod
     def for_url(cls, url: str) -> FaultProxy:
@@ -68,6 +72,10 @@ class FaultProxy:
         await asyncio.gather(*self._pipes, return_exceptions=True)
         self._writers.clear()
 
+    def freeze(self) -> None:
+        """Silently drop everything on the connections open now; new ones pass normally."""
+        self._frozen |= self._writers
+
     async def restore(self) -> None:
         if self._server is None:
             await self._listen()
@@ -102,11 +110,13 @@ class FaultProxy:
             self._pipes.difference_update(pipes)
             for w in (client_w, up_w):
                 self._writers.discard(w)
+                self._frozen.discard(w)
                 w.transport.abort()
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(CHUNK):
+                if writer in self._frozen:
+                    continue
                 writer.write(data)
                 await writer.drain()

@@ -11,7 +11,8 @@ from notifier.db.pool import Connection, Pool, Record
 # step-0 rows that were held back (quiet hours, a rate or per-contact limit, an open circuit) --
 # a member who has read must not get the held SMS in the morning. Matches the partial indexes
 # of schemas/0003 and 0006, through which the reconciler's sweep finds them.
-HELD = "('quiet_hours', 'throttled', 'capped', 'circuit_open')"
+HELD_REASONS = ("quiet_hours", "throttled", "capped", "circuit_open")
+HELD = "(" + ", ".join(f"'{r}'" for r in HELD_REASONS) + ")"
 MOOT_AFTER_READ = "({d}.step > 0 OR {d}.wait_reason IN " + HELD + ")"
 
 # Claim up to $3 due deliveries of one notice on one channel. SKIP LOCKED lets any number of
@@ -93,11 +94,11 @@ CANCEL_MOOT_QUEUED = _MOOT.format(
     + " OR d.notice_id IN (SELECT id FROM notices WHERE state = 'recalled'))",
     moot=MOOT_AFTER_READ.format(d="d"),
 )
-# Just claimed: the claim cleared wait_reason, so only reminders are checked here (a held row
-# was checked by the claim itself).
-CANCEL_MOOT_CLAIMED = _MOOT.format(
-    which="d.id = ANY($1::bigint[]) AND d.state = 'sending'", moot="d.step > 0"
-)
+# Just claimed: the claim cleared wait_reason, so the caller names the rows a read makes moot
+# (reminders, and rows the claim found held: Claimed.prior_wait). The claim checked the read
+# already, but a read committing while the claim ran is seen only here -- and from 'sending' the
+# read itself cannot cancel the row.
+CANCEL_MOOT_CLAIMED = _MOOT.format(which="d.id = ANY($1::bigint[]) AND d.state = 'sending'", moot="true")
 
 # Passing the gate is handing over: from here a lost worker means "maybe sent" (SMS, voice),
 # and the per-contact cap counts the message.

@@ -22,7 +22,7 @@ r AS (
 ),
 -- A delivery locked by someone else is in flight (claimed, or being written back): waiting for
 -- it here would lock recipient then delivery, the reverse of every delivery write (and its
--- trigger), and deadlock. Skipped, it is not sent: the claim checks the read, and the
+-- trigger), and deadlock. Skipped, it is not sent: the claim and the gate check the read, and the
 -- reconciler's sweep cancels it if it comes back to the queue.
 c AS (
     UPDATE deliveries d SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -95,9 +96,10 @@ async def gate(
     with the reason and the time it is expected to go.
     """
     caps = channel.capabilities
-    # Last check before a reminder leaves: a read (or a recall) that committed since the claim wins.
-    reminders = [c.id for c in claimed if c.step > 0]
-    moot = {int(r["id"]) for r in await deliveries.cancel_moot(conn, reminders)} if reminders else set()
+    # Last check before a reminder or a held row leaves: a read (or a recall) that committed
+    # since the claim wins.
+    readable = [c.id for c in claimed if moot_after_read(c)]
+    moot = {int(r["id"]) for r in await deliveries.cancel_moot(conn, readable)} if readable else set()
     go = [c for c in claimed if c.id not in moot]
     held: list[Released] = []
     if not content.urgent:  # a DING ignores quiet hours; lessons and notices wait for the morning
@@ -148,6 +150,11 @@ async def gate(
     return go
 
 
+def moot_after_read(c: Claimed) -> bool:
+    """A reminder, or a step-0 row that was held back: a read stops it (deliveries.MOOT_AFTER_READ)."""
+    return c.step > 0 or c.prior_wait in deliveries.HELD_REASONS
+
+
 def needs_gate(channel: Channel, content: NoticeContent, claimed: list[Claimed]) -> bool:
     """Whether anything in ``gate`` applies to this batch (most DING batches: no)."""
     caps = channel.capabilities
@@ -157,7 +164,7 @@ def needs_gate(channel: Channel, content: NoticeContent, claimed: list[Claimed])
         or caps.per_target_limit
         or caps.rate_per_second
         or not caps.resend_when_ambiguous
-        or any(c.step > 0 for c in claimed)
+        or any(moot_after_read(c) for c in claimed)
     )
 
 
@@ -226,11 +233,10 @@ async def _deliver_batch(
         if result.disable_contact and claim.contact_id is not None:
             disable[delivery_id] = (str(claim.contact_id), result.error or "rejected by provider")
     handed_over = await _write_back(deps, channel, lease, written, disable, list(results.values()))
-    for r in handed_over:
-        if r["state"] == "queued":
-            await enqueue_deliveries(
-                deps.queue, settings, str(r["notice_id"]), r["channel"], 1, tag="fallback"
-            )
+    # One wake-up per (notice, channel) the batch fell back to, not one per row.
+    queued = Counter((str(r["notice_id"]), str(r["channel"])) for r in handed_over if r["state"] == "queued")
+    for (notice_id, next_channel), n in sorted(queued.items()):
+        await enqueue_deliveries(deps.queue, settings, notice_id, next_channel, n, tag="fallback")
 
 
 async def _write_back(

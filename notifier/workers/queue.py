@@ -1,20 +1,23 @@
 """Talking to arq: JSON serialisation (never pickle), job names, and enqueue helpers.
 
 Redis only wakes workers; PostgreSQL holds the truth. So the client connects lazily (a process
-starts, and the API accepts notices, while Redis is down), connecting has a deadline, and a
-wake-up that cannot reach Redis is logged and left to the reconciler instead of failing the
-caller: the rows it was about are committed and the reconciler finds them.
+starts, and the API accepts notices, while Redis is down), connecting and every answer have a
+deadline, and a wake-up that cannot reach Redis is logged and left to the reconciler instead of
+failing the caller: the rows it was about are committed and the reconciler finds them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifier.settings import Settings
 
@@ -26,7 +29,11 @@ TICK_NOW = "tick_now"
 
 # No read timeout (socket_timeout): redis-py wraps every read in asyncio.timeout then, and on
 # Python 3.11 that sometimes swallows a cancellation, so a worker asked to stop polled on forever.
+# Instead an answer has a deadline that cancels nothing: past it the connection's socket is
+# closed, and the read waiting on it fails by itself (see _BoundedReads). arq sends no blocking
+# command, so an answer this late means a hung or black-holed Redis.
 CONNECT_TIMEOUT_SECONDS = 1.0
+READ_DEADLINE_SECONDS = 5.0
 
 # What an unreachable, restarting or hung Redis raises (refused, reset, timed out, loading).
 REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
@@ -45,9 +52,65 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return RedisSettings.from_dsn(settings.redis_url)
 
 
+class _BoundedReads(AbstractConnection):
+    """A connection whose answers have a deadline (``READ_DEADLINE_SECONDS``). Without one, a
+    Redis that stops answering (hung, or a network path that drops the packets) holds a read
+    forever: an API request waiting on a wake-up never returns, a worker's poll loop -- which
+    also drives the reconciler -- never turns again. Past the deadline the transport is aborted,
+    the pending read sees the connection end and raises, and the pool connects anew next time;
+    no task is cancelled, so nothing can swallow a cancellation."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        writer = self._writer
+        if writer is None:
+            return await super().read_response(*args, **kwargs)
+        expired = False
+
+        def abort() -> None:
+            nonlocal expired
+            expired = True
+            writer.transport.abort()
+
+        handle = asyncio.get_running_loop().call_later(READ_DEADLINE_SECONDS, abort)
+        try:
+            return await super().read_response(*args, **kwargs)
+        except RedisError as exc:
+            if expired:
+                raise RedisTimeoutError(f"no answer from Redis within {READ_DEADLINE_SECONDS}s") from exc
+            raise
+        finally:
+            handle.cancel()
+
+
+class _BoundedConnection(_BoundedReads, Connection):
+    pass
+
+
+class _BoundedSSLConnection(_BoundedReads, SSLConnection):
+    pass
+
+
+class _BoundedUnixConnection(_BoundedReads, UnixDomainSocketConnection):
+    pass
+
+
+_BOUNDED: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: _BoundedConnection,
+    SSLConnection: _BoundedSSLConnection,
+    UnixDomainSocketConnection: _BoundedUnixConnection,
+}
+
+
 def queue_client(settings: Settings) -> ArqRedis:
     """A queue client; it connects on first use and reconnects after Redis comes back."""
     rs = redis_settings(settings)
+    client = _client(settings, rs)
+    pool = client.connection_pool  # no connection is made before the first command
+    pool.connection_class = _BOUNDED.get(pool.connection_class, pool.connection_class)
+    return client
+
+
+def _client(settings: Settings, rs: RedisSettings) -> ArqRedis:
     return ArqRedis(
         host=rs.host if isinstance(rs.host, str) else "localhost",
         port=rs.port,

@@ -274,6 +274,32 @@ async def test_a_read_stops_step_0_rows_held_by_throttling(
     assert await violations(db) == []
 
 
+async def test_a_read_committed_while_a_held_row_is_being_claimed_stops_it(
+    env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connection
+) -> None:
+    deps, channel = env
+    channel.capabilities = Capabilities(rate_per_second=1.0)
+    await make_members(db, 2)
+    nid = await make_notice(deps, db, ["inapp", "scripted"], kind="notice")
+    await deliver_notice_channel(deps, nid, "scripted")
+    assert len(channel.sent) == 1
+    waiting = await db.fetchval(
+        "SELECT member_id FROM deliveries WHERE notice_id = $1 AND wait_reason = 'throttled'", nid
+    )
+    await advance_clock(db, 60)
+    # The held row is claimed (the claim's check for a read comes first) ...
+    claimed = await deliveries.claim(deps.pool, nid, "scripted", 10, 60)
+    assert [c.member_id for c in claimed] == [waiting] and claimed[0].prior_wait == "throttled"
+    # ... then the member reads: the row is in flight, so the read cannot cancel it ...
+    async with deps.pool.acquire() as conn, conn.transaction():
+        assert await receipts.mark_read(conn, nid, waiting, "api")
+    # ... and the gate's last check must: the reader gets no SMS after reading.
+    await deliver_batch(deps, channel, NoticeContent(nid, "notice", "t", "b"), claimed)
+    assert waiting not in {o.member_id for o in channel.sent}
+    assert await states(db, nid) == {"sent": 1, "cancelled": 1}
+    assert await violations(db) == []
+
+
 async def test_a_read_stops_a_row_held_back_after_the_read(
     env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connection
 ) -> None:

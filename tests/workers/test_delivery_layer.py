@@ -33,6 +33,8 @@ from notifier.channels.registry import ChannelRegistry
 from notifier.db.pool import create_pool
 from notifier.domain.escalation import PolicyRules
 from notifier.settings import Settings
+from notifier.workers import deliver as deliver_module
+from notifier.workers import queue as queue_module
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.fanout import fanout_notice
@@ -288,6 +290,36 @@ async def test_fallback_picks_the_first_reachable_channel_and_hands_over_when_a_
         nid,
     )
     assert counts is not None and tuple(counts) == (3, 1, 2, 0)
+
+
+async def test_a_batch_that_falls_back_wakes_the_next_channel_once(
+    env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deps, channel = env
+    backup = ScriptedChannel(id="backup", capabilities=Capabilities(needs_contact=False))
+    deps.channels.register(backup)
+    await make_members(db, 5)
+    nid = await make_notice(deps, db, ["scripted", "backup"], fallback=True)
+    channel.script = [Outcome.FAILED] * 5  # every number dead: all five hand over to the backup
+    woken: list[tuple[str, int]] = []
+    real = queue_module.enqueue_deliveries
+
+    async def counting(
+        queue: Any, settings: Settings, notice_id: str, channel_id: str, pending: int, tag: str
+    ) -> int:
+        woken.append((channel_id, pending))
+        return await real(queue, settings, notice_id, channel_id, pending, tag)
+
+    monkeypatch.setattr(deliver_module, "enqueue_deliveries", counting)
+    await deliver_notice_channel(deps, nid, "scripted")
+    # One wake-up for the five rows, not one Redis round trip per row (each a connect timeout or
+    # an answer deadline while Redis is away).
+    assert woken == [("backup", 5)]
+    rows = await db.fetch("SELECT channel, state FROM deliveries WHERE notice_id = $1", nid)
+    assert Counter((r["channel"], r["state"]) for r in rows) == {
+        ("scripted", "failed"): 5,
+        ("backup", "queued"): 5,
+    }
 
 
 async def test_provider_reports_are_verified_idempotent_and_order_tolerant(
