@@ -228,6 +228,32 @@ def callback_token(link_secret: str, channel_id: str) -> str:
     return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
 
 
+def _out_mac(link_secret: str, delivery_id: int) -> str:
+    return hmac.new(link_secret.encode(), f"aliyun-out:{delivery_id}".encode(), hashlib.sha256).hexdigest()[
+        :16
+    ]
+
+
+def out_id(link_secret: str, delivery_id: int) -> str:
+    """The ``OutId`` we give Aliyun: our delivery id and a MAC of it. The report push carries no
+    signature of its own (only the URL's token), and delivery ids are sequential: an echoed id is
+    believed only with its MAC, so a leaked report URL cannot settle deliveries by guessing ids."""
+    return f"{delivery_id}.{_out_mac(link_secret, delivery_id)}"
+
+
+def echoed_out_id(link_secret: str, value: object) -> int | None:
+    """Our delivery id from an echoed ``OutId``; None unless its MAC verifies."""
+    if not isinstance(value, str):
+        return None
+    ours, _, mac = value.partition(".")
+    delivery_id = echoed_delivery_id(ours)
+    if delivery_id is None or not hmac.compare_digest(
+        mac.encode(), _out_mac(link_secret, delivery_id).encode()
+    ):
+        return None
+    return delivery_id
+
+
 def report_url(public_url: str, link_secret: str, channel_id: str) -> str:
     """The receiving address to configure in the Aliyun console for this channel's reports."""
     token = callback_token(link_secret, channel_id)
@@ -258,11 +284,12 @@ def _reply(updates: list[StatusUpdate] | None) -> CallbackReply:
     return CallbackReply(updates, status=200, body=REPORT_ACK, content_type="application/json")
 
 
-def sms_report_updates(items: list[dict[str, Any]]) -> list[StatusUpdate]:
-    """SmsReport items; ``out_id`` echoes our delivery id (it settles a send whose answer was lost)."""
+def sms_report_updates(items: list[dict[str, Any]], link_secret: str) -> list[StatusUpdate]:
+    """SmsReport items; ``out_id`` echoes our signed delivery id (it settles a send whose answer
+    was lost)."""
     updates = []
     for item in items:
-        biz_id, ours = item.get("biz_id"), echoed_delivery_id(item.get("out_id"))
+        biz_id, ours = item.get("biz_id"), echoed_out_id(link_secret, item.get("out_id"))
         if not biz_id and ours is None:
             continue
         ref = str(biz_id) if biz_id else None
@@ -274,11 +301,11 @@ def sms_report_updates(items: list[dict[str, Any]]) -> list[StatusUpdate]:
     return updates
 
 
-def voice_report_updates(items: list[dict[str, Any]]) -> list[StatusUpdate]:
+def voice_report_updates(items: list[dict[str, Any]], link_secret: str) -> list[StatusUpdate]:
     updates = []
     for item in items:
         call_id, code = item.get("call_id"), str(item.get("status_code") or "")
-        ours = echoed_delivery_id(item.get("out_id"))
+        ours = echoed_out_id(link_secret, item.get("out_id"))
         if (not call_id and ours is None) or not code or code in VOICE_PROGRESS:
             continue
         ref = str(call_id) if call_id else None
@@ -295,11 +322,11 @@ def handle_report(
     body: bytes,
     link_secret: str,
     channel_id: str,
-    parse: Callable[[list[dict[str, Any]]], list[StatusUpdate]],
+    parse: Callable[[list[dict[str, Any]], str], list[StatusUpdate]],
 ) -> CallbackReply:
     verify_token(url, link_secret, channel_id)
     items = _reports(body)
-    return _reply(None if items is None else parse(items))
+    return _reply(None if items is None else parse(items, link_secret))
 
 
 # --- client (I/O) ---------------------------------------------------------------------------------

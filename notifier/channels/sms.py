@@ -100,7 +100,12 @@ class AliyunSms:
     async def send(self, item: Outgoing, phone: str) -> str:
         notice = item.notice
         params = aliyun.send_sms_params(
-            self._settings, phone, notice.title, notice.body, item.read_link, str(item.delivery_id)
+            self._settings,
+            phone,
+            notice.title,
+            notice.body,
+            item.read_link,
+            aliyun.out_id(self._link_secret, item.delivery_id),
         )
         reply = await self._client.call(self._settings.sms_base_url, "SendSms", params)
         return str(reply.get("BizId") or "")

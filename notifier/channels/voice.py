@@ -89,7 +89,11 @@ class AliyunVoice:
     async def send(self, item: Outgoing, phone: str) -> str:
         notice = item.notice
         params = aliyun.tts_call_params(
-            self._settings, phone, notice.title, notice.body, str(item.delivery_id)
+            self._settings,
+            phone,
+            notice.title,
+            notice.body,
+            aliyun.out_id(self._link_secret, item.delivery_id),
         )
         reply = await self._client.call(self._settings.voice_base_url, "SingleCallByTts", params)
         return str(reply.get("CallId") or "")

@@ -269,7 +269,7 @@ async def test_sends_and_returns_the_provider_id(fake: Fake) -> None:
     assert len(fake.messages) == 5 and fake.rejected == 0
     if isinstance(fake, FakeAliyun):
         assert refs == {m.ref for m in fake.messages}
-        sent = next(m for m in fake.messages if m.params["OutId"] == "1")
+        sent = next(m for m in fake.messages if m.params["OutId"].startswith("1."))
         assert sent.phone == "+8613800138000" and sent.params["PhoneNumbers"] == "13800138000"
         assert json.loads(sent.params["TemplateParam"]) == {
             "title": "防汛通知",

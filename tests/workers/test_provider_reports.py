@@ -72,6 +72,13 @@ async def test_aliyun_out_id_settles_a_send_whose_answer_was_lost(
     path = f"{url.path}?{url.query}"
     sent = next(m for m in aliyun_fake.messages if m.phone == "+8614155550001")
     async with TestClient(TestServer(create_app(settings, deps.channels), host="127.0.0.1")) as client:
+        # Whoever holds the report URL cannot settle a delivery by guessing its (sequential) id:
+        # an out_id without our MAC is not ours.
+        assert str(lost["OutId"]).count(".") == 1
+        bare = {**lost, "OutId": str(lost["OutId"]).split(".")[0]}
+        forged = aliyun_fake.sms_report(Accepted("SendSms", "+8614155550000", bare, "666^0"), success=False)
+        assert (await client.post(path, data=forged)).status == 200
+        assert (await rows(db, nid))["m00000"] == ("unknown", None)
         # The provider delivered the message we never heard back about: its report carries our out_id.
         report = aliyun_fake.sms_report(Accepted("SendSms", "+8614155550000", lost, "900001^0"))
         assert (await client.post(path, data=report)).status == 200
