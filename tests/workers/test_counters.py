@@ -125,9 +125,10 @@ async def unit_violations(db: asyncpg.Connection) -> list[str]:
         )
     }
     for key in set(truth) | set(sums):
-        counted = {k: sums[key][k] if key in sums else 0 for k in columns + buckets}
+        counted: dict[str, Any] = {k: sums[key][k] if key in sums else 0 for k in columns + buckets}
         counted["last_read_at"] = sums[key]["last_read_at"] if key in sums else None
-        rows = {k: truth[key][k] for k in columns} | {b: truth[key][f"b{i}"] for i, b in enumerate(buckets)}
+        rows: dict[str, Any] = {k: truth[key][k] for k in columns}
+        rows |= {b: truth[key][f"b{i}"] for i, b in enumerate(buckets)}
         rows["last_read_at"] = last.get(key)
         if counted != rows:
             problems.append(f"notice {key[0]} unit {key[1]} direct={key[2]}: counters {counted}, rows {rows}")
@@ -285,7 +286,9 @@ async def test_counters_equal_the_rows_after_every_step_of_random_sequences(
         "sum(read_30m) AS read_30m, sum(read_60m) AS read_60m, sum(read_later) AS read_later "
         "FROM notice_unit_counts GROUP BY unit_id) t"
     )
-    assert buckets["b"] and buckets["units"] == 4, dict(buckets)  # every bucket, every unit counted
+    assert buckets is not None and buckets["b"] and buckets["units"] == 4, (
+        buckets
+    )  # every bucket, every unit counted
 
 
 # --- the defects, one by one ----------------------------------------------------------------
