@@ -22,6 +22,7 @@ from notifier.api import (
     receipts,
     summaries,
     timeline,
+    unit_counts,
     units,
     webpush,
 )
@@ -45,6 +46,7 @@ RESOURCE_MODULES = (
     contacts,
     policies,
     notices,
+    unit_counts,
     lessons,
     recall,
     timeline,
