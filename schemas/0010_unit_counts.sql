@@ -147,7 +147,8 @@ SELECT x.notice_id, x.unit_id, x.direct, 0, count(*), count(*) FILTER (WHERE dst
        count(*) FILTER (WHERE bucket = 3), count(*) FILTER (WHERE bucket = 4),
        count(*) FILTER (WHERE bucket = 5), count(*) FILTER (WHERE bucket = 6), max(read_at)
 FROM (
-    SELECT r.notice_id, r.dstatus, r.read_at, read_bucket(r.read_at - r.created_at) AS bucket, u.unit_id, u.direct
+    SELECT r.notice_id, r.dstatus, r.read_at, u.unit_id, u.direct,
+           CASE WHEN r.read_at IS NOT NULL THEN read_bucket(r.read_at - r.created_at) END AS bucket
     FROM recipients r
     CROSS JOIN LATERAL (SELECT unnest(r.units), false UNION ALL SELECT unnest(r.direct_units), true) u (unit_id, direct)
 ) x JOIN notices n ON n.id = x.notice_id
