@@ -212,3 +212,23 @@ async def test_the_listing_filters_and_pages_newest_first(
     await problem(resp, 422, [{"field": "query.cursor", "message": "not a cursor this API returned"}])
     everything = await get(client, "/v1/notices")
     assert [i["id"] for i in everything["items"]] == [other, *reversed(ids)]
+
+
+async def test_a_scheduled_notice_is_listed_where_it_was_created_before_it_fans_out(
+    client: TestClient[Any, Any], db: asyncpg.Connection, keys: dict[str, str]
+) -> None:
+    body = {
+        "kind": "notice",
+        "title": "Tomorrow",
+        "body": "Drill",
+        "audience": {"units": ["g1a"]},
+        "send_at": "2099-01-01T08:00:00Z",
+    }
+    nid = (await post(client, "/v1/notices", body, token=keys["g1a"], status=202))["id"]
+    for who in ("g1a", "b1", "c"):
+        page = await get(client, "/v1/notices?state=scheduled", token=keys[who])
+        assert [(i["id"], i["counts"]["recipients"], i["counts"]["read_rate"]) for i in page["items"]] == [
+            (nid, 0, None)
+        ], who
+    assert (await get(client, "/v1/notices", token=keys["b2"]))["items"] == []
+    await problem(await client.get(f"/v1/notices/{nid}", headers=auth(keys["b2"])), 404)
