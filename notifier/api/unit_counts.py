@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, Field
 
 from notifier.api.auth import require_unit
 from notifier.api.keys import DEPS, principal
@@ -56,12 +56,6 @@ class NoticeListQuery(Strict):
     q: str | None = Field(default=None, min_length=1, max_length=200, description="in the title or body")
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = Field(default=None, max_length=400)
-
-    @model_validator(mode="after")
-    def _no_nul(self) -> NoticeListQuery:
-        if self.q is not None and "\x00" in self.q:
-            raise invalid("query.q", "must not contain NUL")
-        return self
 
 
 class NoticeListItem(BaseModel):
