@@ -25,6 +25,7 @@ from notifier.api import (
     rollcall,
     summaries,
     timeline,
+    unit_counts,
     units,
     webpush,
 )
@@ -49,6 +50,7 @@ RESOURCE_MODULES = (
     contacts,
     policies,
     notices,
+    unit_counts,
     lessons,
     recall,
     rollcall,

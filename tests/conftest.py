@@ -30,7 +30,17 @@ from tests.fakes.webhook_receiver import WebhookReceiver
 ADMIN_TOKEN = "test-admin-token"
 WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNpZ25pbmcta2V5LTAx"
 TABLES = ", ".join(
-    ["idempotency_keys", "notice_counts", "deliveries", "recipients", "notices", "contacts", "api_keys"]
+    [
+        "idempotency_keys",
+        "notice_counts",
+        "notice_unit_counts",
+        "notice_reach",
+        "deliveries",
+        "recipients",
+        "notices",
+        "contacts",
+        "api_keys",
+    ]
     + ["member_units", "members", "units"]
     + ["engine_clock", "rate_buckets", "circuit_breakers", "provider_events"]
 )

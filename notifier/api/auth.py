@@ -2,9 +2,10 @@
 
 Principals: the bootstrap admin token (setting), and API keys (hashed in ``api_keys``):
 ``admin`` sees everything; ``service`` and ``secretary`` keys are bound to a unit and see that
-unit's subtree only; a ``member`` key sees one member's inbox and receipts. Anything outside a
-principal's reach answers 404, exactly as if it did not exist. A revoked or expired key (or one
-issued by a key since revoked) is 401.
+unit's subtree only (which notices they see, and how much of each: db/visibility.py); a
+``member`` key sees one member's inbox and receipts. Anything outside a principal's reach
+answers 404, exactly as if it did not exist. A revoked or expired key (or one issued by a key
+since revoked) is 401.
 """
 
 from __future__ import annotations
@@ -89,14 +90,6 @@ async def members_visible(conn: Connection, p: Principal, member_ids: list[str])
 async def require_member(conn: Connection, p: Principal, member_id: str) -> None:
     if member_id not in await members_visible(conn, p, [member_id]):
         raise not_found("member")
-
-
-async def notice_visible(conn: Connection, p: Principal, notice: Record) -> bool:
-    if p.is_admin:
-        return True
-    root = p.scope_root
-    scope = notice["scope_unit_id"]
-    return root is not None and scope is not None and await units.is_within(conn, scope, root)
 
 
 async def member_owned(conn: Connection, p: Principal, member_id: str) -> bool:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
 
-from notifier.api.auth import members_visible, notice_visible, require_unit
+from notifier.api.auth import members_visible, require_unit
 from notifier.api.keys import DEPS, AppDeps, principal
 from notifier.api.policies import check_channels, check_spacing
 from notifier.api.principal import Principal
@@ -22,6 +22,7 @@ from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Name, Strict, parse_uuid
 from notifier.db import notices, policies, recipients, timeline, units
 from notifier.db.pool import Connection, Record
+from notifier.db.visibility import NoticeView, visible_notice
 from notifier.domain.escalation import PolicyRules
 from notifier.workers.queue import enqueue_fanout, wake_tick_in
 
@@ -365,29 +366,46 @@ async def _create_idempotent(
     return data
 
 
-async def load_visible_notice(conn: Connection, p: Principal, notice_id: str) -> Record:
+async def load_visible_notice(
+    conn: Connection, p: Principal, notice_id: str, *, own: bool = False
+) -> NoticeView:
+    """The notice as this caller may see it (db/visibility.py has the rule), else 404. ``own``:
+    only a notice created inside the caller's subtree (changing it, e.g. recall)."""
     nid = parse_uuid(notice_id)
-    row = None if nid is None else await notices.get(conn, nid)
-    if row is None or not await notice_visible(conn, p, row):
+    if not p.is_admin and p.scope_root is None:  # member keys: their inbox, not the notice API
         raise not_found("notice")
-    return row
+    view = None if nid is None else await visible_notice(conn, nid, p.scope_root)
+    if view is None or (own and not view.owner):
+        raise not_found("notice")
+    return view
+
+
+class NoticeQuery(Strict):
+    unit: Id | None = Field(
+        default=None,
+        description="counts of this unit's subtree (inside the caller's units); default: the caller's",
+    )
 
 
 @routes.route(
     "GET",
     "/v1/notices/{notice_id}",
-    summary="A notice with its live counts",
+    summary="A notice with its live counts (a unit-bound key: of its subtree, or ?unit=)",
     tag="notices",
+    query=NoticeQuery,
     response=NoticeOut,
 )
 async def get_notice(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service", "secretary")
+    q = call.query_as(NoticeQuery)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
-        row = await load_visible_notice(conn, p, request.match_info["notice_id"])
-        counts = await notices.counts(conn, str(row["id"]))
-    return json_response(NoticeOut.model_validate(notices.as_dict(row, counts)).model_dump(mode="json"))
+        view = await load_visible_notice(conn, p, request.match_info["notice_id"])
+        if q.unit is not None:
+            await require_unit(conn, p, q.unit)
+        counts = await notices.counts(conn, view.id, q.unit or view.root)
+    return json_response(NoticeOut.model_validate(notices.as_dict(view.row, counts)).model_dump(mode="json"))
 
 
 def _recipient(row: Record, deliveries: list[Record], visible_units: set[str] | None) -> dict[str, Any]:
@@ -430,12 +448,17 @@ async def list_recipients(request: web.Request, call: Call) -> web.Response:
     after = decode_cursor(q.cursor)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
-        row = await load_visible_notice(conn, p, request.match_info["notice_id"])
+        view = await load_visible_notice(conn, p, request.match_info["notice_id"])
         if q.unit is not None:
             await require_unit(conn, p, q.unit)
-        notice_id = str(row["id"])
+        notice_id = view.id
         rows = await recipients.page(
-            conn, notice_id, after=after, status=q.status or "", limit=q.limit + 1, unit_id=q.unit
+            conn,
+            notice_id,
+            after=after,
+            status=q.status or "",
+            limit=q.limit + 1,
+            unit_id=q.unit or view.slice_root,
         )
         more = len(rows) > q.limit
         rows = rows[: q.limit]

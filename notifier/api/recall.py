@@ -24,10 +24,11 @@ async def recall_notice(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service", "secretary")
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn, conn.transaction():
-        row = await load_visible_notice(conn, p, request.match_info["notice_id"])
-        notice_id = str(row["id"])
+        # Only the notice's own units may recall it: a branch it merely reached may not.
+        view = await load_visible_notice(conn, p, request.match_info["notice_id"], own=True)
+        notice_id = view.id
         await recall.recall(conn, notice_id, by=p.key_id or "admin")
         fresh = await notices.get(conn, notice_id)
         assert fresh is not None
-        counts = await notices.counts(conn, notice_id)
+        counts = await notices.counts(conn, notice_id, view.root)
     return json_response(NoticeOut.model_validate(notices.as_dict(fresh, counts)).model_dump(mode="json"))

@@ -91,7 +91,8 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
             if notice is None:
                 raise not_found("notice")
         else:
-            notice = await load_visible_notice(conn, p, request.match_info["notice_id"])
+            # Recording a read is a change: only the notice's own units (not a branch it reached).
+            notice = (await load_visible_notice(conn, p, request.match_info["notice_id"], own=True)).row
             if member_id not in await members_visible(conn, p, [member_id]):
                 raise not_found("recipient")
         notice_id = str(notice["id"])

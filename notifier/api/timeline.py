@@ -55,15 +55,15 @@ async def recipient_timeline(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
     member_id = request.match_info["member_id"]
     async with deps.pool.acquire() as conn:
-        notice = await load_visible_notice(conn, p, request.match_info["notice_id"])
-        notice_id = str(notice["id"])
+        view = await load_visible_notice(conn, p, request.match_info["notice_id"])
+        notice_id = view.id
         if member_id not in await members_visible(conn, p, [member_id]):
             raise not_found("recipient")
         rec = await recipients.get(conn, notice_id, member_id)
         if rec is None:
             raise not_found("recipient")
         rows = await timeline.recipient_deliveries(conn, notice_id, member_id)
-        events = await timeline.for_recipient(conn, notice_id, member_id)
+        events = await timeline.for_recipient(conn, notice_id, member_id, whole=view.slice_root is None)
     entries: list[dict[str, Any]] = [
         {
             "at": d["created_at"],
@@ -144,8 +144,8 @@ async def notice_events(request: web.Request, call: Call) -> web.Response:
     after = _event_cursor(q.cursor)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
-        notice = await load_visible_notice(conn, p, request.match_info["notice_id"])
-        rows = await timeline.page(conn, str(notice["id"]), after, q.limit + 1)
+        view = await load_visible_notice(conn, p, request.match_info["notice_id"])
+        rows = await timeline.page(conn, view.id, after, q.limit + 1, view.slice_root)
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     items = [

@@ -2,19 +2,21 @@
 
 The recipients' statuses it writes are the ones the deliveries trigger would compute (inserted
 deliveries only raise a recipient's status: schemas/0006), so the trigger finds nothing to move;
-the recipients themselves are counted here.
+the recipients themselves are counted here, in the notice's counters and in every unit whose
+subtree holds them (their snapshot of counted units: schemas/0010).
 """
 
 from __future__ import annotations
 
 from notifier.db.contacts import newest_working
 from notifier.db.pool import Connection, Record
-from notifier.db.units import subtree
+from notifier.db.units import ancestors, subtree
 
 # One fan-out chunk, entirely inside PostgreSQL: resolve the audience (unit subtrees + named
 # members, deduplicated, next `limit` member ids after the cursor), plan one delivery per
 # (member, channel) with the member's newest working contact, insert deliveries and recipients
-# (ON CONFLICT DO NOTHING makes a re-run harmless) and add the new recipients to the counters.
+# (ON CONFLICT DO NOTHING makes a re-run harmless) and add the new recipients to the counters:
+# the notice's, and per unit (walked up once per unit of the chunk, not per member).
 #   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 limit
 #   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback
 FANOUT_CHUNK = (
@@ -30,6 +32,13 @@ aud AS (
     ) a
     WHERE $4::text IS NULL OR member_id > $4
     ORDER BY member_id LIMIT $5
+),
+aud_mu AS (SELECT mu.member_id, mu.unit_id FROM member_units mu JOIN aud a ON a.member_id = mu.member_id),
+{ancestors("SELECT DISTINCT unit_id, unit_id FROM aud_mu", "start")},
+counted AS (
+    SELECT mu.member_id, array_agg(DISTINCT up.id ORDER BY up.id) AS units,
+           array_agg(DISTINCT mu.unit_id ORDER BY mu.unit_id) AS direct_units
+    FROM aud_mu mu JOIN up ON up.start = mu.unit_id GROUP BY mu.member_id
 ),
 ch AS (
     SELECT * FROM unnest($6::text[], $7::bool[], $8::bool[]) WITH ORDINALITY AS c(channel, needs_contact, on_insert, ord)
@@ -66,11 +75,33 @@ roll AS (
     SELECT member_id, recipient_status(max(delivery_rank(state))) AS dstatus FROM plan GROUP BY member_id
 ),
 ins_r AS (
-    INSERT INTO recipients (notice_id, member_id, dstatus, delivered_at, created_at)
-    SELECT $1, member_id, dstatus, CASE WHEN dstatus = 'delivered' THEN clock.now END, clock.now
-    FROM roll CROSS JOIN clock
+    INSERT INTO recipients (notice_id, member_id, dstatus, delivered_at, created_at, units, direct_units)
+    SELECT $1, roll.member_id, dstatus, CASE WHEN dstatus = 'delivered' THEN clock.now END, clock.now,
+           coalesce(c.units, '{{}}'), coalesce(c.direct_units, '{{}}')
+    FROM roll CROSS JOIN clock LEFT JOIN counted c ON c.member_id = roll.member_id
     ON CONFLICT DO NOTHING
-    RETURNING dstatus
+    RETURNING dstatus, units, direct_units
+),
+per_unit AS (
+    SELECT unit_id, direct, count(*) AS n, count(*) FILTER (WHERE dstatus = 'queued') AS queued,
+           count(*) FILTER (WHERE dstatus = 'delivered') AS delivered,
+           count(*) FILTER (WHERE dstatus = 'failed') AS failed
+    FROM (SELECT dstatus, unnest(units) AS unit_id, false AS direct FROM ins_r
+          UNION ALL SELECT dstatus, unnest(direct_units), true FROM ins_r) x
+    GROUP BY unit_id, direct
+),
+cnt_u AS (
+    INSERT INTO notice_unit_counts AS k (notice_id, unit_id, direct, shard, recipients, queued, delivered, failed)
+    SELECT $1, unit_id, direct, notice_count_shard(), n, queued, delivered, failed
+    FROM per_unit ORDER BY unit_id, direct
+    ON CONFLICT (notice_id, unit_id, direct, shard) DO UPDATE SET
+        recipients = k.recipients + excluded.recipients, queued = k.queued + excluded.queued,
+        delivered = k.delivered + excluded.delivered, failed = k.failed + excluded.failed
+),
+reach AS (
+    INSERT INTO notice_reach (notice_id, unit_id, created_at)
+    SELECT $1, unit_id, (SELECT created_at FROM notices WHERE id = $1) FROM per_unit WHERE NOT direct
+    ON CONFLICT DO NOTHING
 ),
 cnt AS (
     INSERT INTO notice_counts (notice_id, shard, recipients, queued, delivered, failed)

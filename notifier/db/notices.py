@@ -1,4 +1,4 @@
-"""notices, notice_counts and idempotency_keys."""
+"""notices, notice_counts (and the per-unit notice_unit_counts) and idempotency_keys."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ SELECT coalesce(sum(recipients), 0)::bigint AS recipients, coalesce(sum(queued),
        coalesce(sum(failed), 0)::bigint AS failed, coalesce(sum(cancelled), 0)::bigint AS cancelled,
        coalesce(sum(read), 0)::bigint AS read
 FROM notice_counts WHERE notice_id = $1"""
+# The same counts for one unit's subtree (schemas/0010: distinct members, summed over shards).
+UNIT_COUNTS = """
+SELECT coalesce(sum(recipients), 0)::bigint AS recipients, coalesce(sum(queued), 0)::bigint AS queued,
+       coalesce(sum(sent), 0)::bigint AS sent, coalesce(sum(delivered), 0)::bigint AS delivered,
+       coalesce(sum(failed), 0)::bigint AS failed, coalesce(sum(cancelled), 0)::bigint AS cancelled,
+       coalesce(sum(read), 0)::bigint AS read
+FROM notice_unit_counts WHERE notice_id = $1 AND unit_id = $2 AND NOT direct"""
 
 # Claim a notice for one fan-out chunk; a second worker skips it instead of waiting.
 CLAIM_FANOUT = """
@@ -101,8 +108,13 @@ async def get(conn: Connection | Pool, notice_id: str) -> Record | None:
     return await conn.fetchrow(GET, notice_id)
 
 
-async def counts(conn: Connection | Pool, notice_id: str) -> dict[str, int]:
-    row = await conn.fetchrow(COUNTS, notice_id)
+async def counts(conn: Connection | Pool, notice_id: str, unit_id: str | None = None) -> dict[str, int]:
+    """The notice's counts: of every recipient, or (``unit_id``) of those in that unit's subtree."""
+    row = await (
+        conn.fetchrow(COUNTS, notice_id)
+        if unit_id is None
+        else conn.fetchrow(UNIT_COUNTS, notice_id, unit_id)
+    )
     assert row is not None
     result = {k: int(v) for k, v in row.items()}
     result["unread"] = result["recipients"] - result["read"]

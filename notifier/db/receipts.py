@@ -1,4 +1,5 @@
-"""Read receipts: the first read of a notice by a member, counted in the same statement."""
+"""Read receipts: the first read of a notice by a member, counted in the same statement (in the
+notice's counters and in each unit's, with its time-to-read bucket)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ l AS (
 r AS (
     UPDATE recipients t SET read_at = (SELECT notifier_now()), read_via = $3
     FROM l WHERE t.notice_id = l.notice_id AND t.member_id = l.member_id AND t.read_at IS NULL
-    RETURNING t.notice_id, t.member_id
+    RETURNING t.notice_id, t.member_id, t.units, t.direct_units, t.read_at,
+              read_bucket(t.read_at - t.created_at) AS bucket
 ),
 -- A delivery locked by someone else is in flight (claimed, or being written back): waiting for
 -- it here would lock recipient then delivery, the reverse of every delivery write (and its
@@ -36,6 +38,23 @@ k AS (
     INSERT INTO notice_counts AS k (notice_id, shard, read)
     SELECT notice_id, notice_count_shard(), count(*) FROM r GROUP BY notice_id ORDER BY notice_id
     ON CONFLICT (notice_id, shard) DO UPDATE SET read = k.read + excluded.read
+),
+-- and in every unit the recipient is counted in (its fan-out snapshot), with the time it took
+u AS (
+    INSERT INTO notice_unit_counts AS k (notice_id, unit_id, direct, shard, read, read_1m, read_5m, read_15m,
+                                         read_30m, read_60m, read_later, last_read_at)
+    SELECT notice_id, unit_id, direct, notice_count_shard(), count(*), count(*) FILTER (WHERE bucket = 1),
+           count(*) FILTER (WHERE bucket = 2), count(*) FILTER (WHERE bucket = 3),
+           count(*) FILTER (WHERE bucket = 4), count(*) FILTER (WHERE bucket = 5),
+           count(*) FILTER (WHERE bucket = 6), max(read_at)
+    FROM (SELECT notice_id, unnest(units) AS unit_id, false AS direct, bucket, read_at FROM r
+          UNION ALL SELECT notice_id, unnest(direct_units), true, bucket, read_at FROM r) x
+    GROUP BY notice_id, unit_id, direct ORDER BY notice_id, unit_id, direct
+    ON CONFLICT (notice_id, unit_id, direct, shard) DO UPDATE SET read = k.read + excluded.read,
+        read_1m = k.read_1m + excluded.read_1m, read_5m = k.read_5m + excluded.read_5m,
+        read_15m = k.read_15m + excluded.read_15m, read_30m = k.read_30m + excluded.read_30m,
+        read_60m = k.read_60m + excluded.read_60m, read_later = k.read_later + excluded.read_later,
+        last_read_at = greatest(k.last_read_at, excluded.last_read_at)
 )
 SELECT notice_id, member_id FROM r"""
 

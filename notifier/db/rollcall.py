@@ -66,16 +66,6 @@ WHERE notice_id = $1 AND member_id IS NULL
        OR kind = 'not_reached' AND members && $2::text[])
 ORDER BY at, id LIMIT 1000"""
 
-# Whether any recipient of notice $1 is a member of a unit in the subtrees of $2.
-ANY_RECIPIENT_WITHIN = (
-    "WITH RECURSIVE "
-    + subtree("$2")
-    + """
-SELECT EXISTS (
-    SELECT 1 FROM member_units mu JOIN sub ON sub.id = mu.unit_id
-    JOIN recipients r ON r.notice_id = $1 AND r.member_id = mu.member_id)"""
-)
-
 
 async def page(
     conn: Connection, notice_id: str, roots: list[str] | None, after: tuple[str, str] | None, limit: int
@@ -88,7 +78,3 @@ async def page(
 
 async def escalation_events(conn: Connection, notice_id: str, member_ids: list[str]) -> list[Record]:
     return list(await conn.fetch(ESCALATION_EVENTS, notice_id, member_ids))
-
-
-async def any_recipient_within(conn: Connection, notice_id: str, roots: list[str]) -> bool:
-    return bool(await conn.fetchval(ANY_RECIPIENT_WITHIN, notice_id, roots))

@@ -217,12 +217,14 @@ async def test_branch_key_cannot_see_other_notices(
     for nid in (from_admin, from_b2, from_b1):
         await _active(client, nid)
     assert (await get(client, f"/v1/notices/{from_b1}", token=b1))["counts"]["recipients"] == 2
+    # The committee's notice reached b1's members: b1 sees it, and only its own slice.
+    assert (await get(client, f"/v1/notices/{from_admin}", token=b1))["counts"]["recipients"] == 2
     before = await snapshot(db)
+    for path in (f"/v1/notices/{from_b2}", f"/v1/notices/{from_b2}/recipients"):
+        resp = await client.get(path, headers=auth(b1))
+        body = await problem(resp, 404)
+        assert body["detail"] == "notice not found"
     for nid in (from_admin, from_b2):
-        for path in (f"/v1/notices/{nid}", f"/v1/notices/{nid}/recipients"):
-            resp = await client.get(path, headers=auth(b1))
-            body = await problem(resp, 404)
-            assert body["detail"] == "notice not found"
         # m1a is a recipient of the admin's notice, but b1 may not acknowledge it.
         for member in ("m1a", "m2a"):
             resp = await client.post(

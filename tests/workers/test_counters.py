@@ -72,6 +72,66 @@ async def violations(db: asyncpg.Connection) -> list[str]:
         rows = {k: truth[nid][k] for k in columns}
         if counted != rows:
             problems.append(f"notice {nid}: counters {counted}, rows {rows}")
+    return problems + await unit_violations(db)
+
+
+async def counted_units(db: asyncpg.Connection) -> dict[str, tuple[set[str], set[str]]]:
+    """Per member, written out apart from the SQL: (units whose subtree holds it, its own units)."""
+    parent = {r["id"]: r["parent_id"] for r in await db.fetch("SELECT id, parent_id FROM units")}
+    own: dict[str, set[str]] = defaultdict(set)
+    for r in await db.fetch("SELECT member_id, unit_id FROM member_units"):
+        own[r["member_id"]].add(r["unit_id"])
+    result: dict[str, tuple[set[str], set[str]]] = {}
+    for member, units in own.items():
+        above: set[str] = set()
+        for unit in units:
+            at: str | None = unit
+            while at is not None:
+                above.add(at)
+                at = parent[at]
+        result[member] = (above, units)
+    return result
+
+
+BUCKETS = [60, 300, 900, 1800, 3600]
+
+
+async def unit_violations(db: asyncpg.Connection) -> list[str]:
+    """Every (notice, unit, direct) counter row set against a distinct-member count(*) of the
+    recipients whose (then) memberships place them there; the memberships are fixed in these tests."""
+    problems: list[str] = []
+    places = await counted_units(db)
+    truth: dict[tuple[str, str, bool], Counter[str]] = defaultdict(Counter)
+    last: dict[tuple[str, str, bool], Any] = {}
+    for r in await db.fetch("SELECT notice_id, member_id, dstatus, read_at, created_at FROM recipients"):
+        subtree, own = places.get(r["member_id"], (set(), set()))
+        for unit, direct in [(u, False) for u in subtree] + [(u, True) for u in own]:
+            key = (str(r["notice_id"]), unit, direct)
+            truth[key].update({"recipients": 1, r["dstatus"]: 1})
+            if r["read_at"] is not None:
+                took = (r["read_at"] - r["created_at"]).total_seconds()
+                bucket = next((f"b{i}" for i, limit in enumerate(BUCKETS) if took <= limit), "b5")
+                truth[key].update({"read": 1, bucket: 1})
+                last[key] = max(last.get(key, r["read_at"]), r["read_at"])
+    columns = ["recipients", "queued", "sent", "delivered", "failed", "cancelled", "read"]
+    buckets = ["read_1m", "read_5m", "read_15m", "read_30m", "read_60m", "read_later"]
+    sums = {
+        (str(c["notice_id"]), c["unit_id"], c["direct"]): c
+        for c in await db.fetch(
+            "SELECT notice_id, unit_id, direct, "
+            + ", ".join(f"sum({k})::int AS {k}" for k in columns + buckets)
+            + ", max(last_read_at) AS last_read_at "
+            "FROM notice_unit_counts GROUP BY notice_id, unit_id, direct"
+        )
+    }
+    for key in set(truth) | set(sums):
+        counted: dict[str, Any] = {k: sums[key][k] if key in sums else 0 for k in columns + buckets}
+        counted["last_read_at"] = sums[key]["last_read_at"] if key in sums else None
+        rows: dict[str, Any] = {k: truth[key][k] for k in columns}
+        rows |= {b: truth[key][f"b{i}"] for i, b in enumerate(buckets)}
+        rows["last_read_at"] = last.get(key)
+        if counted != rows:
+            problems.append(f"notice {key[0]} unit {key[1]} direct={key[2]}: counters {counted}, rows {rows}")
     return problems
 
 
@@ -157,7 +217,8 @@ class Driver:
         await reconcile_once(self.deps)
 
     async def wait(self) -> None:
-        await advance_clock(self.db, self.rng.choice([0.5, 2.0, 30.0]))
+        # long waits too: reads then land in every time-to-read bucket
+        await advance_clock(self.db, self.rng.choice([0.5, 2.0, 30.0, 240.0, 1000.0, 4000.0]))
 
     async def sweep(self) -> None:
         await reconcile_once(self.deps)
@@ -183,7 +244,17 @@ async def test_counters_equal_the_rows_after_every_step_of_random_sequences(
         "SELECT 'm' || lpad(i::text, 5, '0'), 'M' FROM generate_series(0, $1 - 1) i",
         MEMBERS,
     )
-    await db.execute("INSERT INTO member_units SELECT id, 'u' FROM members")
+    # A small tree below 'u' (two branches, a group in one) and members in one or two units of
+    # it: a member in a branch and its group counts once in the branch, once in each own row.
+    await db.execute(
+        "INSERT INTO units (id, name, parent_id) "
+        "VALUES ('b1', 'B1', 'u'), ('b2', 'B2', 'u'), ('g1', 'G1', 'b1')"
+    )
+    placement = [["u"], ["b1"], ["b1", "g1"], ["g1", "b2"], ["b2"], ["g1"]]
+    await db.executemany(
+        "INSERT INTO member_units VALUES ($1, $2)",
+        [(f"m{i:05d}", unit) for i in range(MEMBERS) for unit in placement[i % len(placement)]],
+    )
     # The last member has no contact: fan-out fails them on 'scripted' (or falls back to in-app).
     await db.execute(
         "INSERT INTO contacts (member_id, channel, target) "
@@ -207,6 +278,17 @@ async def test_counters_equal_the_rows_after_every_step_of_random_sequences(
     assert states >= {"delivered", "sent", "unknown", "queued", "failed", "cancelled"}, states
     assert statuses == {"delivered", "sent", "queued", "failed", "cancelled"}, statuses
     assert all(seen[k] for k in ["send", "remind", "read", "recall", "report", "lose_lease"]), seen
+    buckets = await db.fetchrow(
+        "SELECT bool_or(read_1m > 0) AND bool_or(read_5m > 0) AND bool_or(read_15m > 0) "
+        "AND bool_or(read_30m > 0) AND bool_or(read_60m > 0) AND bool_or(read_later > 0) AS b, "
+        "count(DISTINCT unit_id) AS units "
+        "FROM (SELECT unit_id, sum(read_1m) AS read_1m, sum(read_5m) AS read_5m, sum(read_15m) AS read_15m, "
+        "sum(read_30m) AS read_30m, sum(read_60m) AS read_60m, sum(read_later) AS read_later "
+        "FROM notice_unit_counts GROUP BY unit_id) t"
+    )
+    assert buckets is not None and buckets["b"] and buckets["units"] == 4, (
+        buckets
+    )  # every bucket, every unit counted
 
 
 # --- the defects, one by one ----------------------------------------------------------------
@@ -445,3 +527,24 @@ async def test_concurrent_batches_reads_and_reminders_neither_drift_nor_deadlock
     assert await violations(db) == []
     counts = await db.fetchrow("SELECT sum(read)::int AS read, sum(recipients)::int AS n FROM notice_counts")
     assert counts is not None and tuple(counts) == (len(set(members[::3]) | set(members[::-5])), 300)
+
+
+async def test_unit_counters_keep_the_memberships_of_the_fan_out(
+    env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connection
+) -> None:
+    """A member moved to another branch after the fan-out is still counted where the notice found
+    them: a later read moves that branch's counters, not the new one's (which never counted them)."""
+    deps, channel = env
+    await make_members(db, 2)
+    await db.execute("INSERT INTO units (id, name, parent_id) VALUES ('b1', 'B1', 'u'), ('b2', 'B2', 'u')")
+    await db.execute("UPDATE member_units SET unit_id = 'b1'")
+    nid = await make_notice(deps, db, ["inapp"], kind="notice")
+    await db.execute("UPDATE member_units SET unit_id = 'b2' WHERE member_id = 'm00000'")
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await receipts.mark_read(conn, nid, "m00000", "api")
+    rows = await db.fetch(
+        "SELECT unit_id, sum(recipients)::int AS n, sum(read)::int AS read FROM notice_unit_counts "
+        "WHERE notice_id = $1 AND NOT direct GROUP BY unit_id ORDER BY unit_id",
+        nid,
+    )
+    assert [tuple(r) for r in rows] == [("b1", 2, 1), ("u", 2, 1)]

@@ -1,0 +1,61 @@
+"""Which notices a unit-bound caller sees, and how much of each: the one home of that rule.
+
+A caller bound to unit R (a secretary or service key) sees a notice when it was created inside
+R's subtree (it *owns* it: the creating unit is R or below R, walked live) or when the notice
+reached R's subtree (a recipient counted in a unit of it at fan-out, ``notice_reach``; the
+creating unit and its ancestors are listed there from creation on, so a unit's listing finds its
+own notices before they fan out). Of a notice it does not own it sees the content (title, body,
+kind, times, state -- it reached its members) but only R's slice: the counters of R's subtree, the
+recipients in it, and the events naming them. An owner sees its notice whole, its counts still
+those of R's subtree. Admins (``root`` None) see every notice whole.
+
+Every notice endpoint goes through ``visible_notice`` (the API's ``load_visible_notice``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from notifier.db.notices import NOTICE_COLUMNS
+from notifier.db.pool import Connection, Record
+from notifier.db.units import ancestors
+
+# $1 notice  $2 the caller's unit (NULL: admin)
+VISIBLE = (
+    "WITH RECURSIVE n AS (SELECT "
+    + NOTICE_COLUMNS
+    + " FROM notices WHERE id = $1),\n"
+    + ancestors("SELECT id, scope_unit_id FROM n", "notice")
+    + """,
+own AS (SELECT $2::text IS NULL OR EXISTS (SELECT 1 FROM up WHERE up.id = $2) AS owner)
+SELECT n.*, own.owner FROM n CROSS JOIN own
+WHERE own.owner OR EXISTS (SELECT 1 FROM notice_reach r WHERE r.notice_id = n.id AND r.unit_id = $2)"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeView:
+    """A notice as one caller may see it."""
+
+    row: Record
+    root: str | None  # the caller's unit: counts are of its subtree (None: admin, the whole notice)
+    owner: bool  # created inside the caller's subtree (always, for an admin)
+
+    @property
+    def id(self) -> str:
+        return str(self.row["id"])
+
+    @property
+    def slice_root(self) -> str | None:
+        """The unit whose subtree bounds the recipients, timelines and events shown (None: all)."""
+        return None if self.owner else self.root
+
+
+async def visible_notice(conn: Connection, notice_id: str, root: str | None) -> NoticeView | None:
+    """The notice ``notice_id`` (a UUID) as a caller bound to unit ``root`` sees it, or None when
+    that caller may not see it at all. ``root`` None means an admin (no bound): callers without
+    any reach over notices (member keys) must not call this."""
+    row = await conn.fetchrow(VISIBLE, notice_id, root)
+    if row is None:
+        return None
+    return NoticeView(row=row, root=root, owner=bool(row["owner"]))
