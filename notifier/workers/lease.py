@@ -76,5 +76,12 @@ class LeaseKeeper:
                 )
                 pause = min(every, RENEW_RETRY_SECONDS)
                 continue
+            except Exception:
+                # Anything else (a bug, a pool being closed) must neither end the renewals
+                # silently -- the lease would run out under a live batch -- nor surface when the
+                # batch finishes and hide its real outcome: log it and keep trying.
+                log.exception("renewing the lease of %d deliveries failed; retrying", len(self._claimed))
+                pause = min(every, RENEW_RETRY_SECONDS)
+                continue
             self._expires = started + self._seconds
             pause = every

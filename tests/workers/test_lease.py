@@ -12,10 +12,16 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from notifier.db import deliveries
 from notifier.settings import Settings
+from notifier.workers.context import WorkerDeps
+from notifier.workers.lease import LeaseKeeper
 from tests.conftest import running_worker, wait_until
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import build_org, post
+from tests.workers.test_delivery_layer import ScriptedChannel, env, make_members, make_notice
+
+__all__ = ["env"]  # the delivery-layer fixture, used here too
 
 MEMBERS_PER_NOTICE = 8
 
@@ -70,3 +76,39 @@ async def test_slow_sends_behind_shared_send_slots_go_out_once(
     assert receiver.requests == {f"m{i:05d}": 1 for i in range(2 * MEMBERS_PER_NOTICE)}
     attempts = await db.fetchval("SELECT max(attempts) FROM deliveries")
     assert attempts == 1
+
+
+class _FailingOnce:
+    """The real pool, except that the first renewal fails with an error that is not a database
+    outage (a bug, a pool being closed): the keeper must log it and keep renewing."""
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.failed = 0
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed += 1
+            raise RuntimeError("not a database outage")
+        return await self.pool.execute(*args, **kwargs)
+
+
+async def test_a_renewal_that_fails_oddly_neither_stops_renewing_nor_hides_the_batch(
+    env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connection
+) -> None:
+    deps, _ = env
+    await make_members(db, 3)
+    nid = await make_notice(deps, db, ["scripted"])
+    lease = 3.0
+    started = asyncio.get_running_loop().time()
+    claimed = await deliveries.claim(deps.pool, nid, "scripted", 10, lease)
+    flaky = _FailingOnce(deps.pool)
+    async with LeaseKeeper(flaky, claimed, lease, started):  # type: ignore[arg-type]
+        await asyncio.sleep(2 * lease)  # twice the lease: only renewals keep the rows
+    assert flaky.failed == 1
+    held = await db.fetchval(
+        "SELECT count(*) FROM deliveries WHERE notice_id = $1 AND state = 'sending' "
+        "AND lease_until > notifier_now()",
+        nid,
+    )
+    assert held == 3
