@@ -14,8 +14,8 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
 from notifier.api.auth import members_visible, unauthorized, unit_visible
+from notifier.api.cursors import decode_time_cursor, encode_time_cursor
 from notifier.api.keys import DEPS, principal
-from notifier.api.notices import decode_cursor, encode_cursor
 from notifier.api.principal import Principal
 from notifier.api.problems import forbidden, invalid, not_found
 from notifier.api.routing import Call, Router, json_response
@@ -184,21 +184,6 @@ def _info(row: Record) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def _after(cursor: str | None) -> tuple[datetime, str] | None:
-    raw = decode_cursor(cursor)
-    if raw is None:
-        return None
-    ts, _, key_id = raw.partition("|")
-    try:
-        after_ts = datetime.fromisoformat(ts)
-    except ValueError:
-        after_ts = None
-    after_id = parse_uuid(key_id)
-    if after_ts is None or after_ts.tzinfo is None or after_id is None:
-        raise invalid("query.cursor", "not a cursor this API returned")
-    return after_ts, after_id
-
-
 @routes.route(
     "GET",
     "/v1/api-keys",
@@ -212,7 +197,7 @@ async def list_api_keys(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service")
     q = call.query_as(ApiKeyQuery)
-    after = _after(q.cursor)
+    after = decode_time_cursor(q.cursor, parse_uuid)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         rows = await api_keys.list_in_scope(
@@ -220,7 +205,7 @@ async def list_api_keys(request: web.Request, call: Call) -> web.Response:
         )
     more = len(rows) > q.limit
     rows = rows[: q.limit]
-    cursor = encode_cursor(f"{rows[-1]['created_at'].isoformat()}|{rows[-1]['id']}") if more else None
+    cursor = encode_time_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
     return json_response({"items": [_info(r) for r in rows], "next_cursor": cursor})
 
 

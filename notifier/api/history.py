@@ -16,9 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from notifier.api.auth import require_member
+from notifier.api.cursors import decode_time_cursor, encode_time_cursor
 from notifier.api.keys import DEPS, principal
-from notifier.api.notices import decode_cursor, encode_cursor
-from notifier.api.problems import invalid
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Timestamp, parse_uuid
 from notifier.db import history
@@ -63,21 +62,6 @@ class HistoryPage(BaseModel):
     next_cursor: str | None
 
 
-def _cursor(value: str | None) -> tuple[datetime, str] | None:
-    raw = decode_cursor(value)
-    if raw is None:
-        return None
-    at, _, notice_id = raw.rpartition("|")
-    try:
-        when = datetime.fromisoformat(at)
-    except ValueError:
-        when = None
-    nid = parse_uuid(notice_id)
-    if when is None or when.tzinfo is None or nid is None:
-        raise invalid("query.cursor", "not a cursor this API returned")
-    return when, nid
-
-
 @routes.route(
     "GET",
     "/v1/members/{member_id}/notices",
@@ -91,7 +75,7 @@ async def member_history(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service", "secretary", "member")
     q = call.query_as(HistoryQuery)
-    after = _cursor(q.cursor)
+    after = decode_time_cursor(q.cursor, parse_uuid)
     member_id = request.match_info["member_id"]
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
@@ -127,6 +111,6 @@ async def member_history(request: web.Request, call: Call) -> web.Response:
         for r in rows
     ]
     last = rows[-1] if more else None
-    cursor = None if last is None else encode_cursor(f"{last['received_at'].isoformat()}|{last['notice_id']}")
+    cursor = None if last is None else encode_time_cursor(last["received_at"], last["notice_id"])
     body = HistoryPage(member_id=member_id, items=items, next_cursor=cursor)
     return json_response(body.model_dump(mode="json"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -14,6 +12,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
 
 from notifier.api.auth import members_visible, require_unit
+from notifier.api.cursors import decode_cursor, encode_cursor
 from notifier.api.keys import DEPS, AppDeps, principal
 from notifier.api.policies import check_channels, check_spacing
 from notifier.api.principal import Principal
@@ -171,22 +170,6 @@ class RecipientQuery(Strict):
     unit: Id | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = Field(default=None, max_length=400)
-
-
-def encode_cursor(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
-def decode_cursor(value: str | None, field: str = "query.cursor") -> str | None:
-    if value is None:
-        return None
-    try:
-        text = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise invalid(field, "not a cursor this API returned") from None
-    if not text or "\x00" in text:  # our cursors are never empty, and PostgreSQL text cannot hold NUL
-        raise invalid(field, "not a cursor this API returned")
-    return text
 
 
 async def _check_audience(conn: Connection, p: Principal, audience: Audience) -> None:

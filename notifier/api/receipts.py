@@ -9,8 +9,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from notifier.api.auth import members_visible, require_member
+from notifier.api.cursors import decode_time_cursor, encode_time_cursor
 from notifier.api.keys import DEPS, principal
-from notifier.api.notices import decode_cursor, encode_cursor, load_visible_notice
+from notifier.api.notices import load_visible_notice
 from notifier.api.problems import Problem, invalid, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Strict, parse_uuid
@@ -128,18 +129,7 @@ async def inbox(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     q = call.query_as(InboxQuery)
     member_id = request.match_info["member_id"]
-    after: tuple[datetime, str] | None = None
-    raw = decode_cursor(q.cursor)
-    if raw is not None:
-        ts, _, nid = raw.partition("|")
-        try:
-            after_ts = datetime.fromisoformat(ts)
-        except ValueError:
-            after_ts = None
-        after_id = parse_uuid(nid)
-        if after_ts is None or after_id is None:
-            raise invalid("query.cursor", "not a cursor this API returned")
-        after = (after_ts, after_id)
+    after = decode_time_cursor(q.cursor, parse_uuid)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         await require_member(conn, p, member_id)
@@ -164,5 +154,5 @@ async def inbox(request: web.Request, call: Call) -> web.Response:
         ).model_dump(mode="json")
         for r in rows
     ]
-    cursor = encode_cursor(f"{rows[-1]['shown_at'].isoformat()}|{rows[-1]['id']}") if more else None
+    cursor = encode_time_cursor(rows[-1]["shown_at"], rows[-1]["id"]) if more else None
     return json_response({"items": items, "next_cursor": cursor})

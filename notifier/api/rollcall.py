@@ -17,8 +17,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from notifier.api.cursors import decode_cursor, encode_cursor
 from notifier.api.keys import DEPS, principal
-from notifier.api.notices import decode_cursor, encode_cursor
 from notifier.api.problems import invalid
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.slices import load_notice_slice

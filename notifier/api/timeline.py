@@ -11,9 +11,10 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from notifier.api.auth import members_visible
+from notifier.api.cursors import decode_time_cursor, encode_time_cursor, event_id
 from notifier.api.keys import DEPS, principal
-from notifier.api.notices import decode_cursor, delivery_state, encode_cursor, load_visible_notice
-from notifier.api.problems import invalid, not_found
+from notifier.api.notices import delivery_state, load_visible_notice
+from notifier.api.problems import not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Strict
 from notifier.db import recipients, timeline
@@ -113,21 +114,6 @@ class EventsQuery(Strict):
     cursor: str | None = Field(default=None, max_length=400)
 
 
-def _event_cursor(value: str | None) -> tuple[datetime, int] | None:
-    raw = decode_cursor(value)
-    if raw is None:
-        return None
-    at, _, event_id = raw.rpartition("|")
-    try:
-        when = datetime.fromisoformat(at)
-        number = int(event_id)
-    except ValueError:
-        raise invalid("query.cursor", "not a cursor this API returned") from None
-    if when.tzinfo is None or not event_id.isdigit():
-        raise invalid("query.cursor", "not a cursor this API returned")
-    return when, number
-
-
 @routes.route(
     "GET",
     "/v1/notices/{notice_id}/events",
@@ -141,7 +127,7 @@ async def notice_events(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service", "secretary")
     q = call.query_as(EventsQuery)
-    after = _event_cursor(q.cursor)
+    after = decode_time_cursor(q.cursor, event_id)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         view = await load_visible_notice(conn, p, request.match_info["notice_id"])
@@ -158,7 +144,7 @@ async def notice_events(request: web.Request, call: Call) -> web.Response:
         }
         for r in rows
     ]
-    cursor = encode_cursor(f"{rows[-1]['at'].isoformat()}|{rows[-1]['id']}") if more else None
+    cursor = encode_time_cursor(rows[-1]["at"], rows[-1]["id"]) if more else None
     return json_response(
         NoticeEvents.model_validate({"items": items, "next_cursor": cursor}).model_dump(mode="json")
     )

@@ -11,8 +11,9 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from notifier.api.auth import require_unit
+from notifier.api.cursors import decode_time_cursor, encode_time_cursor
 from notifier.api.keys import DEPS, principal
-from notifier.api.notices import decode_cursor, encode_cursor, load_visible_notice
+from notifier.api.notices import load_visible_notice
 from notifier.api.problems import invalid
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Strict, Timestamp, parse_uuid
@@ -75,21 +76,6 @@ class NoticeListPage(BaseModel):
     next_cursor: str | None
 
 
-def _list_cursor(value: str | None) -> tuple[datetime, str] | None:
-    raw = decode_cursor(value)
-    if raw is None:
-        return None
-    at, _, nid = raw.partition("|")
-    try:
-        when = datetime.fromisoformat(at)
-    except ValueError:
-        when = None
-    notice_id = parse_uuid(nid)
-    if when is None or when.tzinfo is None or notice_id is None:
-        raise invalid("query.cursor", "not a cursor this API returned")
-    return when, notice_id
-
-
 @routes.route(
     "GET",
     "/v1/notices",
@@ -106,7 +92,7 @@ async def list_notices(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service", "secretary")
     q = call.query_as(NoticeListQuery)
-    after = _list_cursor(q.cursor)
+    after = decode_time_cursor(q.cursor, parse_uuid)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         if q.unit is not None:
@@ -138,7 +124,7 @@ async def list_notices(request: web.Request, call: Call) -> web.Response:
         ).model_dump(mode="json")
         for r in rows
     ]
-    cursor = encode_cursor(f"{rows[-1]['created_at'].isoformat()}|{rows[-1]['id']}") if more else None
+    cursor = encode_time_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
     return json_response({"items": items, "next_cursor": cursor})
 
 
