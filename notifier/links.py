@@ -33,30 +33,41 @@ def _unb64(data: str) -> bytes:
     return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
 
 
-def make_token(secret: bytes, notice_id: str, member_id: str, expires_at: int) -> str:
-    payload = uuid.UUID(notice_id).bytes + struct.pack(">Q", expires_at) + member_id.encode()
-    mac = hmac.new(secret, payload, hashlib.sha256).digest()[:16]
+def _sign(secret: bytes, label: bytes, payload: bytes) -> str:
+    mac = hmac.new(secret, label + payload, hashlib.sha256).digest()[:16]
     return f"{_b64(payload)}.{_b64(mac)}"
 
 
-def read_token(secret: bytes, token: str, now: float) -> LinkClaims:
-    """Verify and decode; raises ``BadLink`` for anything forged, malformed or expired."""
+def _verify(secret: bytes, label: bytes, token: str, now: float, *, exact: int | None = None) -> bytes:
+    """The payload of a token ``_sign`` made under ``label``: (notice uuid | expiry | ...).
+    Raises ``BadLink`` for anything forged, malformed or expired."""
     try:
         body, _, mac = token.partition(".")
         payload, given = _unb64(body), _unb64(mac)
     except (ValueError, TypeError):
         raise BadLink("malformed link") from None
-    if len(payload) < 25 or not hmac.compare_digest(
-        hmac.new(secret, payload, hashlib.sha256).digest()[:16], given
+    size_ok = len(payload) == exact if exact is not None else len(payload) >= 25
+    if not size_ok or not hmac.compare_digest(
+        hmac.new(secret, label + payload, hashlib.sha256).digest()[:16], given
     ):
         raise BadLink("invalid link")
-    expires_at = struct.unpack(">Q", payload[16:24])[0]
-    if now > expires_at:
+    if now > struct.unpack(">Q", payload[16:24])[0]:
         raise BadLink("expired link")
+    return payload
+
+
+def make_token(secret: bytes, notice_id: str, member_id: str, expires_at: int) -> str:
+    return _sign(secret, b"", uuid.UUID(notice_id).bytes + struct.pack(">Q", expires_at) + member_id.encode())
+
+
+def read_token(secret: bytes, token: str, now: float) -> LinkClaims:
+    """Verify and decode; raises ``BadLink`` for anything forged, malformed or expired."""
+    payload = _verify(secret, b"", token, now)
     try:
         member_id = payload[24:].decode()
     except UnicodeDecodeError:
         raise BadLink("malformed link") from None
+    expires_at = struct.unpack(">Q", payload[16:24])[0]
     return LinkClaims(str(uuid.UUID(bytes=payload[:16])), member_id, expires_at)
 
 
@@ -71,25 +82,12 @@ _LIST_LABEL = b"notifier:unread-list:"
 
 
 def make_list_token(secret: bytes, summary_id: str, expires_at: int) -> str:
-    payload = uuid.UUID(summary_id).bytes + struct.pack(">Q", expires_at)
-    mac = hmac.new(secret, _LIST_LABEL + payload, hashlib.sha256).digest()[:16]
-    return f"{_b64(payload)}.{_b64(mac)}"
+    return _sign(secret, _LIST_LABEL, uuid.UUID(summary_id).bytes + struct.pack(">Q", expires_at))
 
 
 def read_list_token(secret: bytes, token: str, now: float) -> str:
     """The summary notice id; raises ``BadLink`` for anything forged, malformed or expired."""
-    try:
-        body, _, mac = token.partition(".")
-        payload, given = _unb64(body), _unb64(mac)
-    except (ValueError, TypeError):
-        raise BadLink("malformed link") from None
-    if len(payload) != 24 or not hmac.compare_digest(
-        hmac.new(secret, _LIST_LABEL + payload, hashlib.sha256).digest()[:16], given
-    ):
-        raise BadLink("invalid link")
-    if now > struct.unpack(">Q", payload[16:24])[0]:
-        raise BadLink("expired link")
-    return str(uuid.UUID(bytes=payload[:16]))
+    return str(uuid.UUID(bytes=_verify(secret, _LIST_LABEL, token, now, exact=24)[:16]))
 
 
 def unread_list_link(public_url: str, secret: bytes, summary_id: str, expires_at: int) -> str:
