@@ -51,7 +51,6 @@ INSERT INTO escalations (notice_id, started_at, due_at, state)
 VALUES ($1, (SELECT notifier_now()), (SELECT notifier_now()), 'done')
 ON CONFLICT (notice_id) DO UPDATE SET sends = escalations.sends
 RETURNING sends"""
-NEXT_DUE = "SELECT min(due_at) FROM escalations WHERE state = 'active'"
 
 # Counted, not fetched, and not locked: a read committing meanwhile is not blocked. A reminder
 # made for someone who read a moment ago is cancelled by the delivery gate's last check.

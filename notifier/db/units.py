@@ -81,7 +81,6 @@ SELECT member_id FROM member_units WHERE unit_id = $1 AND member_id = ANY($2::te
 DROP_OTHER_SECRETARIES = "DELETE FROM unit_secretaries WHERE unit_id = $1 AND member_id <> ALL($2::text[])"
 ADD_SECRETARIES = """
 INSERT INTO unit_secretaries (unit_id, member_id) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING"""
-CHILDREN = UNIT + " WHERE u.parent_id = $1 ORDER BY u.id"
 LIST_SUBTREE = (
     SUBTREE_CTE
     + UNIT
