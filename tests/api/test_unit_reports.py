@@ -195,3 +195,14 @@ async def test_report_inputs_are_checked_naming_the_field(
         assert [e["field"] for e in body["errors"]] == [field], query
     ok = await get(client, "/v1/units/c/report?from=2024-01-01&to=2026-01-10&bucket=week")
     assert len(ok["units"][0]["series"]) == 106
+
+
+async def test_a_report_reaches_the_last_dates_there_are(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    await build_org(client, groups=3, members=3)
+    for bucket, start in (("month", "9999-01-01"), ("week", "9999-12-01"), ("day", "9999-12-01")):
+        report = await get(client, f"/v1/units/c/report?from={start}&to=9999-12-31&bucket={bucket}")
+        assert report["units"][0]["series"][-1]["read_rate"] is None, bucket
+    first = await get(client, "/v1/units/c/report?from=0001-01-01&to=0001-03-01&bucket=month")
+    assert [p["start"] for p in first["units"][0]["series"]] == ["0001-01-01", "0001-02-01"]
