@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from notifier.api.unit_reports import UnitReport
 from tests.api.conftest import issue_key, problem
 from tests.conftest import advance_clock, auth, wait_until
 from tests.helpers import build_org, get, post, put
@@ -73,6 +74,8 @@ async def test_the_committee_sees_the_weeks_read_rates_per_branch(
     committee = await issue_key(client, {"name": "c desk", "role": "secretary", "unit_id": "c"})
     report = await get(client, f"/v1/units/c/report?{week}", token=committee)
     assert report["timezone"] == "Asia/Shanghai" and report["bucket"] == "week"
+    # Exactly the documented shape (the answer is built without the model)
+    assert UnitReport.model_validate(report).model_dump(mode="json", by_alias=True) == report
     rows = {u["unit_id"]: u for u in report["units"]}
     assert [u["unit_id"] for u in report["units"]] == ["c", "b0", "b1", "b2"]
     assert rows["c"]["own"] and not rows["b0"]["own"]
