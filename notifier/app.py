@@ -26,6 +26,7 @@ from notifier.api import (
     summaries,
     timeline,
     unit_counts,
+    unit_reports,
     units,
     webpush,
 )
@@ -51,6 +52,7 @@ RESOURCE_MODULES = (
     policies,
     notices,
     unit_counts,
+    unit_reports,
     lessons,
     recall,
     rollcall,

@@ -34,6 +34,7 @@ TABLES = ", ".join(
         "idempotency_keys",
         "notice_counts",
         "notice_unit_counts",
+        "unit_report_slots",
         "notice_reach",
         "deliveries",
         "recipients",

@@ -65,7 +65,7 @@ async def test_0010_backfills_the_unit_counters_and_reach_of_earlier_notices(
                 "($1, 'm3', 'delivered', now() + interval '2 hours', now())",
                 nid,
             )
-            assert await migrate(url) == ["0010_unit_counts"]
+            assert await migrate(url) == [p.stem for p in migration_files() if p.stem >= "0010"]
             rows = await conn.fetch(
                 "SELECT unit_id, direct, recipients, delivered, failed, read, read_5m, read_later "
                 "FROM notice_unit_counts WHERE notice_id = $1 ORDER BY unit_id, direct",
@@ -82,6 +82,17 @@ async def test_0010_backfills_the_unit_counters_and_reach_of_earlier_notices(
             ]
             reach = await conn.fetch("SELECT unit_id FROM notice_reach WHERE notice_id = $1 ORDER BY 1", nid)
             assert [r["unit_id"] for r in reach] == ["b1", "b2", "c", "g1"]
+            # 0011: the report slots from those counters, the notice once in each unit it reached
+            slots = await conn.fetch(
+                "SELECT unit_id, kind, notices, recipients, read, read_5m, read_later FROM unit_report_slots "
+                "ORDER BY unit_id"
+            )
+            assert [tuple(r) for r in slots] == [
+                ("b1", "ding", 1, 1, 1, 1, 0),
+                ("b2", "ding", 1, 2, 1, 0, 1),
+                ("c", "ding", 1, 3, 2, 1, 1),
+                ("g1", "ding", 1, 1, 1, 1, 0),
+            ]
         finally:
             await conn.close()
     finally:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -72,7 +73,7 @@ async def violations(db: asyncpg.Connection) -> list[str]:
         rows = {k: truth[nid][k] for k in columns}
         if counted != rows:
             problems.append(f"notice {nid}: counters {counted}, rows {rows}")
-    return problems + await unit_violations(db)
+    return problems + await unit_violations(db) + await report_violations(db)
 
 
 async def counted_units(db: asyncpg.Connection) -> dict[str, tuple[set[str], set[str]]]:
@@ -132,6 +133,52 @@ async def unit_violations(db: asyncpg.Connection) -> list[str]:
         rows["last_read_at"] = last.get(key)
         if counted != rows:
             problems.append(f"notice {key[0]} unit {key[1]} direct={key[2]}: counters {counted}, rows {rows}")
+    return problems
+
+
+async def report_violations(db: asyncpg.Connection) -> list[str]:
+    """Every report slot (summed over its shards) set against the rows: per unit whose subtree
+    holds the recipient, kind and quarter hour of the notice's time, the notices with recipients
+    there, the recipients, reads and time-to-read buckets."""
+    places = await counted_units(db)
+    truth: dict[tuple[str, Any, str], Counter[str]] = defaultdict(Counter)
+    reached: dict[tuple[str, Any, str], set[str]] = defaultdict(set)
+    rows = await db.fetch(
+        "SELECT r.notice_id, r.member_id, r.read_at, r.created_at, n.kind, "
+        "coalesce(n.send_at, n.created_at) AS at FROM recipients r JOIN notices n ON n.id = r.notice_id"
+    )
+    for r in rows:
+        epoch = r["at"].timestamp()
+        slot = datetime.fromtimestamp(epoch - epoch % 900, UTC)
+        for unit in places.get(r["member_id"], (set(), set()))[0]:
+            key = (unit, slot, r["kind"])
+            reached[key].add(str(r["notice_id"]))
+            truth[key]["recipients"] += 1
+            if r["read_at"] is not None:
+                took = (r["read_at"] - r["created_at"]).total_seconds()
+                bucket = next((f"b{i}" for i, limit in enumerate(BUCKETS) if took <= limit), "b5")
+                truth[key].update({"read": 1, bucket: 1})
+    buckets = ["read_1m", "read_5m", "read_15m", "read_30m", "read_60m", "read_later"]
+    columns = ["notices", "recipients", "read", *buckets]
+    sums = {
+        (c["unit_id"], c["slot"], c["kind"]): c
+        for c in await db.fetch(
+            "SELECT unit_id, slot, kind, "
+            + ", ".join(f"sum({k})::int AS {k}" for k in columns)
+            + " FROM unit_report_slots GROUP BY unit_id, slot, kind"
+        )
+    }
+    problems = []
+    for key in set(truth) | set(sums):
+        counted = {k: sums[key][k] if key in sums else 0 for k in columns}
+        want = {
+            "notices": len(reached[key]),
+            "recipients": truth[key]["recipients"],
+            "read": truth[key]["read"],
+        }
+        want |= {b: truth[key][f"b{i}"] for i, b in enumerate(buckets)}
+        if counted != want:
+            problems.append(f"report slot {key}: slots {counted}, rows {want}")
     return problems
 
 
@@ -548,3 +595,29 @@ async def test_unit_counters_keep_the_memberships_of_the_fan_out(
         nid,
     )
     assert [tuple(r) for r in rows] == [("b1", 2, 1), ("u", 2, 1)]
+
+
+async def test_report_slots_fold_their_shards_and_keep_their_sums(
+    env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connection
+) -> None:
+    """Reads in many transactions spread a slot over counter shards; once the slot is two days
+    old the reconciler folds them into one row, and the sums still equal the rows."""
+    deps, _ = env
+    await make_members(db, 40)
+    nid = await make_notice(deps, db, ["inapp"], kind="lesson")
+    for i in range(40):
+        async with deps.pool.acquire() as conn, conn.transaction():
+            await receipts.mark_read(conn, nid, f"m{i:05d}", "api")
+        await advance_clock(db, 20)
+    spread = await db.fetchval("SELECT count(DISTINCT shard) FROM unit_report_slots")
+    assert spread > 1
+    await reconcile_once(deps)
+    assert await db.fetchval("SELECT count(DISTINCT shard) FROM unit_report_slots") == spread  # still hot
+    await advance_clock(db, 2 * 86400)
+    await reconcile_once(deps)
+    assert [tuple(r) for r in await db.fetch("SELECT DISTINCT shard FROM unit_report_slots")] == [(0,)]
+    assert await report_violations(db) == []
+    totals = await db.fetchrow(
+        "SELECT sum(notices)::int, sum(recipients)::int, sum(read)::int FROM unit_report_slots"
+    )
+    assert totals is not None and tuple(totals) == (1, 40, 40)
