@@ -40,9 +40,9 @@ def _resolve(stop: asyncio.Future[None]) -> None:
 
 
 async def run_api(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:
-    from notifier.app import create_app
+    from notifier.app import create_app, server_options
 
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    runner = web.AppRunner(create_app(settings), access_log=None, **server_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -84,6 +84,16 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = 24 * 3600
     provider_event_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)  # parked provider reports
 
+    # HTTP limits (the API): a request head must arrive within ``http_keepalive_seconds`` of the
+    # connection opening (or of the previous response), which is also how long an idle keep-alive
+    # connection is kept; a body must arrive within ``http_body_timeout_seconds``.
+    http_keepalive_seconds: float = Field(default=15.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    http_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # a 10,000-member batch fits
+    http_max_line_size: int = Field(default=8190, ge=256)  # request line and each header line
+    http_max_field_size: int = Field(default=8190, ge=256)  # one header's value
+    http_max_headers: int = Field(default=64, ge=8)
+
     # Engine.
     queue_name: str = "notifier:queue"
     worker_max_jobs: int = 64

@@ -6,8 +6,10 @@ request and generate ``/openapi.json``, so the document cannot drift from the co
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -15,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from notifier.api.keys import SETTINGS
 from notifier.api.problems import PROBLEM_TYPE, Problem, from_validation_error, invalid
 from notifier.api.types import ID_PATTERN
 
@@ -200,12 +203,30 @@ def _reject_nul(data: Any, prefix: str = "") -> None:
         raise invalid(where, "must not contain NUL characters")
 
 
+@contextlib.asynccontextmanager
+async def body_deadline(request: web.Request) -> AsyncIterator[None]:
+    """Reading a request body inside this block takes at most ``http_body_timeout_seconds``: a client
+    trickling its body is answered 408 and the connection closed, not waited on for ever."""
+    timeout = request.app[SETTINGS].http_body_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise Problem(
+            408,
+            "Request Timeout",
+            f"the request body did not arrive within {timeout:g} seconds",
+            headers={"Connection": "close"},
+        ) from None
+
+
 def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         _reject_nul(dict(request.match_info))
         body = None
         if op.body is not None:
-            raw = await request.read()
+            async with body_deadline(request):
+                raw = await request.read()
             try:
                 data = parse_json(raw) if raw else None
             except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
