@@ -19,6 +19,7 @@ from notifier.api import (
     notices,
     policies,
     providers,
+    ratelimit,
     recall,
     receipts,
     remind,
@@ -113,6 +114,7 @@ def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> w
     app[SETTINGS] = settings
     app[CHANNELS] = channels if channels is not None else build_registry(settings)
     app[health.OPENAPI] = build_openapi()
+    app.on_response_prepare.append(ratelimit.add_headers)
     app.cleanup_ctx.append(_resources)
     for module in RESOURCE_MODULES:
         module.routes.install(app)

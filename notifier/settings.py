@@ -64,6 +64,31 @@ class AliyunSettings(BaseModel):
     voice_base_url: str = "https://dyvmsapi.aliyuncs.com"
 
 
+class RoleLimit(BaseModel):
+    """A token bucket: ``burst`` requests at once, refilled at ``per_second``."""
+
+    per_second: float = Field(gt=0)
+    burst: float = Field(ge=1)
+
+
+class RateLimits(BaseModel):
+    """Requests per API key, by the key's role (``NOTIFIER_RATE_LIMITS__SECRETARY__BURST=100``).
+    The bootstrap admin token (``NOTIFIER_ADMIN_TOKEN``) is an operator's, and is not limited."""
+
+    admin: RoleLimit = RoleLimit(per_second=50, burst=500)
+    service: RoleLimit = RoleLimit(per_second=50, burst=500)
+    secretary: RoleLimit = RoleLimit(per_second=10, burst=100)
+    member: RoleLimit = RoleLimit(per_second=2, burst=30)
+
+    def by_role(self) -> dict[str, RoleLimit]:
+        return {
+            "admin": self.admin,
+            "service": self.service,
+            "secretary": self.secretary,
+            "member": self.member,
+        }
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOTIFIER_", env_nested_delimiter="__", extra="ignore")
 
@@ -93,6 +118,8 @@ class Settings(BaseSettings):
     http_max_line_size: int = Field(default=8190, ge=256)  # request line and each header line
     http_max_field_size: int = Field(default=8190, ge=256)  # one header's value
     http_max_headers: int = Field(default=64, ge=8)
+
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
 
     # Engine.
     queue_name: str = "notifier:queue"

@@ -341,6 +341,15 @@ HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+_SECONDS = {"type": "integer", "minimum": 0}
+RATE_LIMIT_HEADERS = {
+    "Retry-After": {"description": "seconds until the key may send again", "schema": _SECONDS},
+    "RateLimit-Limit": {"description": "requests the key may send at once (its bucket)", "schema": _SECONDS},
+    "RateLimit-Remaining": {"description": "requests left in the bucket", "schema": _SECONDS},
+    "RateLimit-Reset": {"description": "seconds until the bucket is full again", "schema": _SECONDS},
+}
+
+
 def _generic_replies(op: Operation) -> dict[int, str]:
     """The statuses every operation of this shape can answer, whatever its handler does."""
     replies: dict[int, str] = {}
@@ -349,6 +358,9 @@ def _generic_replies(op: Operation) -> dict[int, str]:
     if op.auth:
         replies[401] = "missing, unknown, or revoked token"
         replies[403] = "this key's role may not do this"
+        replies[429] = (
+            "this key sent too many requests; retry after Retry-After seconds (RateLimit-* headers)"
+        )
     if op.path_parameters:
         replies[404] = "not found, or outside the caller's units"
     if op.body is not None:
@@ -394,6 +406,8 @@ def _responses(op: Operation) -> dict[str, Any]:
         else:
             schema = problem if r.media == PROBLEM_TYPE else {"type": "string"}
             out[status] = {"description": r.description, **_content(r.media, schema)}
+            if status == 429:
+                out[status]["headers"] = RATE_LIMIT_HEADERS
     if links:
         for status, item in out.items():
             if 200 <= status < 300:
