@@ -10,6 +10,7 @@ from aiohttp import web
 from notifier import __version__
 from notifier.api import (
     api_keys,
+    audit,
     contacts,
     duty,
     health,
@@ -44,6 +45,7 @@ LINGER_SECONDS = 2.0
 RESOURCE_MODULES = (
     health,
     api_keys,
+    audit,
     units,
     duty,
     members,
