@@ -40,9 +40,9 @@ def _resolve(stop: asyncio.Future[None]) -> None:
 
 
 async def run_api(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:
-    from notifier.app import create_app
+    from notifier.app import create_app, server_options
 
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    runner = web.AppRunner(create_app(settings), access_log=None, **server_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("dev", help="embedded servers + migrate + API + worker + scheduler")
     sub.add_parser("serve", help="the HTTP API")
     sub.add_parser("worker", help="the arq worker (fan-out, delivery, reconciler cron)")
-    sub.add_parser("migrate", help="apply SQL migrations from schemas/")
+    mig = sub.add_parser(
+        "migrate", help="apply SQL migrations from schemas/ (each file in its own transaction)"
+    )
+    mig.add_argument("--dir", type=Path, default=None, help="the migrations directory (default: schemas/)")
     sub.add_parser("openapi", help="print the OpenAPI document")
     sub.add_parser("vapid-keys", help="print a new VAPID key pair for web push")
     echo = sub.add_parser("echo-webhooks", help="a local receiver that verifies and prints webhooks")
@@ -150,9 +153,14 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run_worker(settings))
     elif args.command == "migrate":
         _require_servers(settings)
-        from notifier.db.migrations import migrate
+        from notifier.db.migrations import SCHEMAS_DIR, MigrationFailed, migrate
 
-        applied = asyncio.run(migrate(settings.database_url))
+        try:
+            applied = asyncio.run(migrate(settings.database_url, args.dir or SCHEMAS_DIR))
+        except MigrationFailed as exc:
+            if exc.applied:
+                print("applied: " + ", ".join(exc.applied))
+            sys.exit(f"notifier migrate: {exc}")
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     elif args.command == "vapid-keys":
         from notifier.channels.webpush import generate_vapid_keys

@@ -10,6 +10,7 @@ from aiohttp import web
 from notifier import __version__
 from notifier.api import (
     api_keys,
+    audit,
     contacts,
     duty,
     health,
@@ -19,6 +20,7 @@ from notifier.api import (
     notices,
     policies,
     providers,
+    ratelimit,
     recall,
     receipts,
     remind,
@@ -39,11 +41,12 @@ from notifier.db.pool import create_pool
 from notifier.settings import Settings
 from notifier.workers.queue import create_queue
 
-MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10,000-member batch fits comfortably
+LINGER_SECONDS = 2.0
 
 RESOURCE_MODULES = (
     health,
     api_keys,
+    audit,
     units,
     duty,
     members,
@@ -90,12 +93,32 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """What the HTTP server (``web.AppRunner``) is given: bounds on how long and how large a request
+    head may be. A slow client (one byte a second) is cut off when the keep-alive timer -- started
+    when the connection opens and not extended by partial data -- finds no complete request head;
+    an oversized request line or header is answered 400 by the parser. Bodies are bounded in the
+    handlers (``routing.read_body``)."""
+    return {
+        "keepalive_timeout": settings.http_keepalive_seconds,
+        "max_line_size": settings.http_max_line_size,
+        "max_field_size": settings.http_max_field_size,
+        "max_headers": settings.http_max_headers,
+        # After answering a request whose body was not read (413, 408), the body is drained this long
+        # (so the client sees the answer rather than a reset), then the connection is closed.
+        "lingering_time": LINGER_SECONDS,
+    }
+
+
 def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> web.Application:
     """The API. ``channels`` defaults to the registry the settings configure (tests pass their own)."""
-    app = web.Application(middlewares=[problem_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[problem_middleware, auth_middleware], client_max_size=settings.http_max_body_bytes
+    )
     app[SETTINGS] = settings
     app[CHANNELS] = channels if channels is not None else build_registry(settings)
     app[health.OPENAPI] = build_openapi()
+    app.on_response_prepare.append(ratelimit.add_headers)
     app.cleanup_ctx.append(_resources)
     for module in RESOURCE_MODULES:
         module.routes.install(app)

@@ -64,6 +64,31 @@ class AliyunSettings(BaseModel):
     voice_base_url: str = "https://dyvmsapi.aliyuncs.com"
 
 
+class RoleLimit(BaseModel):
+    """A token bucket: ``burst`` requests at once, refilled at ``per_second``."""
+
+    per_second: float = Field(gt=0)
+    burst: float = Field(ge=1)
+
+
+class RateLimits(BaseModel):
+    """Requests per API key, by the key's role (``NOTIFIER_RATE_LIMITS__SECRETARY__BURST=100``).
+    The bootstrap admin token (``NOTIFIER_ADMIN_TOKEN``) is an operator's, and is not limited."""
+
+    admin: RoleLimit = RoleLimit(per_second=50, burst=500)
+    service: RoleLimit = RoleLimit(per_second=50, burst=500)
+    secretary: RoleLimit = RoleLimit(per_second=10, burst=100)
+    member: RoleLimit = RoleLimit(per_second=2, burst=30)
+
+    def by_role(self) -> dict[str, RoleLimit]:
+        return {
+            "admin": self.admin,
+            "service": self.service,
+            "secretary": self.secretary,
+            "member": self.member,
+        }
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NOTIFIER_", env_nested_delimiter="__", extra="ignore")
 
@@ -83,6 +108,18 @@ class Settings(BaseSettings):
     allow_private_targets: bool = False  # webhook URLs on loopback / private networks
     idempotency_ttl_seconds: int = 24 * 3600
     provider_event_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)  # parked provider reports
+
+    # HTTP limits (the API): a request head must arrive within ``http_keepalive_seconds`` of the
+    # connection opening (or of the previous response), which is also how long an idle keep-alive
+    # connection is kept; a body must arrive within ``http_body_timeout_seconds``.
+    http_keepalive_seconds: float = Field(default=15.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    http_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)  # a 10,000-member batch fits
+    http_max_line_size: int = Field(default=8190, ge=256)  # request line and each header line
+    http_max_field_size: int = Field(default=8190, ge=256)  # one header's value
+    http_max_headers: int = Field(default=64, ge=8)
+
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
 
     # Engine.
     queue_name: str = "notifier:queue"

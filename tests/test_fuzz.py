@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from notifier.app import all_operations, build_openapi, create_app
 from notifier.db import api_keys
-from notifier.settings import Settings
+from notifier.settings import RateLimits, RoleLimit, Settings
 from tests.conftest import ADMIN_TOKEN, auth, reset_state
 
 EXAMPLES = 20  # per operation and principal; each one is a real HTTP round trip
@@ -129,7 +129,13 @@ class LiveServer:
 def live(settings: Settings, migrated: None) -> Iterator[LiveServer]:
     """The server, over an empty database; what one operation's fuzzing creates, the next may
     meet (as in production), and the stateful run starts afresh."""
-    with LiveServer(settings) as server:
+    # The fuzzer sends thousands of requests with one secretary key in seconds: far over any real
+    # limit (tests/api/test_rate_limits.py proves the limit; here it would only answer 429).
+    unlimited = RoleLimit(per_second=1e6, burst=1e6)
+    fuzz_settings = settings.model_copy(
+        update={"rate_limits": RateLimits(secretary=unlimited, service=unlimited)}
+    )
+    with LiveServer(fuzz_settings) as server:
         server.run(server.reset())
         yield server
 

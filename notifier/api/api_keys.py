@@ -13,6 +13,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
+from notifier.api import audit
 from notifier.api.auth import members_visible, unauthorized, unit_visible
 from notifier.api.cursors import decode_time_cursor, encode_time_cursor
 from notifier.api.keys import DEPS, principal
@@ -154,6 +155,7 @@ async def create_api_key(request: web.Request, call: Call) -> web.Response:
         )
         if row is None:  # the calling key was revoked (or expired) while this request ran
             raise unauthorized("unknown or revoked token")
+        await _audit(conn, request, "api_key.create", row)
     return json_response(
         ApiKeyOut(
             id=str(row["id"]),
@@ -167,6 +169,20 @@ async def create_api_key(request: web.Request, call: Call) -> web.Response:
         ).model_dump(mode="json"),
         status=201,
     )
+
+
+async def _audit(conn: Connection, request: web.Request, action: str, row: Record) -> None:
+    """An entry about the key's unit, or its member's units (never its token)."""
+    units = [row["unit_id"]]
+    if row["member_id"] is not None:
+        units += await audit.member_units(conn, row["member_id"])
+    details = {
+        "name": row["name"],
+        "role": row["role"],
+        "unit_id": row["unit_id"],
+        "member_id": row["member_id"],
+    }
+    await audit.record(conn, request, action, "api_key", str(row["id"]), units, details)
 
 
 def _info(row: Record) -> dict[str, Any]:
@@ -226,4 +242,5 @@ async def revoke_api_key(request: web.Request, call: Call) -> web.Response:
         if row is None:
             raise not_found("api key")
         await api_keys.revoke_tree(conn, str(row["id"]))
+        await _audit(conn, request, "api_key.revoke", row)
     return web.Response(status=204)

@@ -5,7 +5,7 @@ Principals: the bootstrap admin token (setting), and API keys (hashed in ``api_k
 unit's subtree only (which notices they see, and how much of each: db/visibility.py); a
 ``member`` key sees one member's inbox and receipts. Anything outside a principal's reach
 answers 404, exactly as if it did not exist. A revoked or expired key (or one issued by a key
-since revoked) is 401.
+since revoked) is 401. Each key's requests are rate-limited by the same lookup (api/ratelimit.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from notifier.api import ratelimit
 from notifier.api.keys import DEPS, PRINCIPAL
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem, forbidden, not_found
@@ -54,9 +55,16 @@ async def auth_middleware(
     if admin is not None and hmac.compare_digest(token.encode(), admin.get_secret_value().encode()):
         principal = Principal(None, "admin")
     else:
-        row = await api_keys.authenticate(deps.pool, token)
+        limits = deps.settings.rate_limits.by_role()
+        row = await api_keys.authenticate(
+            deps.pool, token, {role: (lim.per_second, lim.burst) for role, lim in limits.items()}
+        )
         if row is None:
             raise unauthorized("unknown or revoked token")
+        rate = ratelimit.state(row, limits[row["role"]])
+        request[ratelimit.RATE_STATE] = rate
+        if not row["allowed"]:
+            raise ratelimit.too_many_requests(rate)
         principal = Principal(
             str(row["id"]), row["role"], row["unit_id"], row["member_id"], row["expires_at"]
         )

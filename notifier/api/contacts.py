@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from notifier.api import audit
 from notifier.api.auth import member_owned, require_member, require_member_owned
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import invalid, not_found
@@ -74,6 +75,20 @@ async def add_contact(request: web.Request, call: Call) -> web.Response:
     async with deps.pool.acquire() as conn, conn.transaction():
         await require_member_owned(conn, p, member_id)
         row = await contacts.add(conn, member_id, body.channel, target)
+        shown = (
+            target
+            if isinstance(target, str)
+            else next((v for v in target.values() if isinstance(v, str)), "")
+        )
+        await audit.record(
+            conn,
+            request,
+            "contact.add",
+            "contact",
+            str(row["id"]),
+            await audit.member_units(conn, member_id),
+            {"member_id": member_id, "channel": body.channel, "target": audit.mask(shown)},
+        )
     return json_response(
         ContactOut.model_validate(contacts.as_dict(row)).model_dump(mode="json"),
         status=201 if row["created"] else 200,
@@ -114,9 +129,19 @@ async def delete_contact(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
     member_id = request.match_info["member_id"]
     contact_id = parse_uuid(request.match_info["contact_id"])
-    async with deps.pool.acquire() as conn:
+    async with deps.pool.acquire() as conn, conn.transaction():
         await require_member_owned(conn, p, member_id)
         removed = contact_id is not None and await contacts.delete(conn, member_id, contact_id)
+        if removed:
+            await audit.record(
+                conn,
+                request,
+                "contact.delete",
+                "contact",
+                str(contact_id),
+                await audit.member_units(conn, member_id),
+                {"member_id": member_id},
+            )
     if not removed:
         raise not_found("contact")
     return web.Response(status=204)

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from notifier.api import audit
 from notifier.api.auth import members_visible, require_unit
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import invalid, invalid_many
@@ -147,6 +148,9 @@ async def put_roster(request: web.Request, call: Call) -> web.Response:
                 [(f"shifts[{later}]", _overlap_message(earlier)) for later, earlier in exc.pairs[:100]]
                 or [("shifts", "overlapping shifts of the same member")]
             ) from None
+        await audit.record(
+            conn, request, "roster.put", "roster", unit_id, [unit_id], {"shifts": len(body.shifts)}
+        )
         rows = await duty.list_shifts(conn, unit_id, None, None)
     return json_response(_roster(unit_id, rows))
 

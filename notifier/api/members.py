@@ -7,6 +7,7 @@ from datetime import datetime
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from notifier.api import audit
 from notifier.api.auth import require_member
 from notifier.api.keys import DEPS, principal
 from notifier.api.principal import Principal
@@ -131,9 +132,19 @@ async def put_member(request: web.Request, call: Call) -> web.Response:
     body = call.body_as(MemberIn)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn, conn.transaction():
+        before = await audit.member_units(conn, member_id)
         created = await _upsert(conn, p, [MemberBatchItem(id=member_id, **body.model_dump())], prefix="")
         row = await members.get(conn, member_id)
         assert row is not None
+        await audit.record(
+            conn,
+            request,
+            "member.put",
+            "member",
+            member_id,
+            [*before, *row["units"]],
+            {"created": created[member_id]},
+        )
         root = p.scope_root
         visible = None if root is None else await units.all_within(conn, list(row["units"]), root)
     return json_response(
@@ -158,6 +169,16 @@ async def batch_members(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn, conn.transaction():
         created = await _upsert(conn, p, body.members, prefix="members")
+        # One entry for the batch (up to 10,000 members), about every unit it names.
+        await audit.record(
+            conn,
+            request,
+            "member.batch",
+            "members",
+            f"{len(created)} members",
+            {u for m in body.members for u in m.units},
+            {"members": len(created), "created": sum(1 for c in created.values() if c)},
+        )
     n_created = sum(1 for c in created.values() if c)
     return json_response({"created": n_created, "updated": len(created) - n_created})
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
 
+from notifier.api import audit
 from notifier.api.auth import members_visible, require_unit
 from notifier.api.cursors import decode_cursor, encode_cursor
 from notifier.api.keys import DEPS, AppDeps, principal
@@ -305,6 +306,16 @@ async def create_notice(request: web.Request, call: Call) -> web.Response:
             if data.get("_replayed"):
                 data.pop("_replayed")
                 return json_response(data, status=202, headers={"Idempotent-Replayed": "true"})
+        # About the creating unit and the units addressed; never the title or body.
+        await audit.record(
+            conn,
+            request,
+            "notice.create",
+            "notice",
+            str(data["id"]),
+            [p.scope_root, *body.audience.units],
+            {"kind": body.kind, "channels": list(body.channels), "state": data["state"]},
+        )
     try:
         if data["state"] == "queued":
             await enqueue_fanout(deps.queue, data["id"])

@@ -14,6 +14,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from notifier.api import audit
 from notifier.api.auth import unit_visible
 from notifier.api.keys import DEPS, principal
 from notifier.api.principal import Principal
@@ -52,6 +53,14 @@ class PolicyOut(BaseModel):
 
 class PolicyList(BaseModel):
     items: list[PolicyOut]
+
+
+async def _audit(conn: Connection, request: web.Request, action: str, row: Record) -> None:
+    # A policy without a unit is the admin's, for everyone: an entry about no unit, which only
+    # admins read.
+    await audit.record(
+        conn, request, action, "policy", str(row["id"]), [row["unit_id"]], {"name": row["name"]}
+    )
 
 
 def policy_out(row: Record) -> dict[str, Any]:
@@ -173,8 +182,9 @@ async def create_policy(request: web.Request, call: Call) -> web.Response:
     check_spacing(body, p, deps.settings)
     rules = body.model_dump(mode="json", exclude={"name"})
     try:
-        async with deps.pool.acquire() as conn:
+        async with deps.pool.acquire() as conn, conn.transaction():
             row = await policies.insert(conn, p.scope_root, body.name, rules["steps"], body.repeat)
+            await _audit(conn, request, "policy.create", row)
     except asyncpg.UniqueViolationError:
         raise _conflict() from None
     return json_response(
@@ -240,6 +250,7 @@ async def put_policy(request: web.Request, call: Call) -> web.Response:
             if body.name != current["name"]:
                 await _refuse_if_referenced(conn, current, "rename")
             row = await policies.update(conn, current["id"], body.name, rules["steps"], body.repeat)
+            await _audit(conn, request, "policy.update", row)
     except asyncpg.UniqueViolationError:
         raise _conflict() from None
     return json_response(policy_out(row))
@@ -261,4 +272,5 @@ async def delete_policy(request: web.Request, call: Call) -> web.Response:
         current = await _changeable(conn, p, request.match_info["policy_id"])
         await _refuse_if_referenced(conn, current, "delete")
         await policies.delete(conn, current["id"])
+        await _audit(conn, request, "policy.delete", current)
     return web.Response(status=204)

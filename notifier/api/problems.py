@@ -155,15 +155,18 @@ def from_validation_error(exc: ValidationError, prefix: str = "", data: Any = _A
 
 
 def response(problem: Problem, instance: str) -> web.Response:
-    return web.Response(
+    resp = web.Response(
         status=problem.status,
         body=json.dumps(problem.body(instance), ensure_ascii=False).encode(),
         content_type=PROBLEM_TYPE,
-        headers=problem.headers,
+        headers={k: v for k, v in problem.headers.items() if k.lower() != "connection"},
     )
+    if problem.headers.get("Connection") == "close":
+        resp.force_close()  # e.g. a body that did not arrive in time: do not wait for the rest of it
+    return resp
 
 
-_HTTP_TITLES = {404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large"}
+_HTTP_TITLES = {404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large"}
 
 
 def _safe_path(request: web.Request) -> str:

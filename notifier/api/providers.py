@@ -13,7 +13,7 @@ from aiohttp import web
 
 from notifier.api.keys import DEPS
 from notifier.api.problems import Problem, not_found
-from notifier.api.routing import Call, Reply, Router
+from notifier.api.routing import Call, Reply, Router, body_deadline
 from notifier.channels.base import InvalidSignature, ReceivesCallbacks
 from notifier.db import notices, receipts, recipients
 from notifier.links import BadLink, read_token
@@ -38,10 +38,11 @@ async def read_capped(request: web.Request, limit: int = MAX_CALLBACK_BYTES) -> 
     if request.content_length is not None and request.content_length > limit:
         raise _too_large()
     body = bytearray()
-    async for chunk in request.content.iter_chunked(16 * 1024):
-        body += chunk
-        if len(body) > limit:
-            raise _too_large()
+    async with body_deadline(request):
+        async for chunk in request.content.iter_chunked(16 * 1024):
+            body += chunk
+            if len(body) > limit:
+                raise _too_large()
     return bytes(body)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from notifier.api import audit
 from notifier.api.keys import DEPS, principal
 from notifier.api.notices import NoticeOut, load_visible_notice
 from notifier.api.routing import Call, Router, json_response
@@ -28,6 +29,7 @@ async def recall_notice(request: web.Request, call: Call) -> web.Response:
         view = await load_visible_notice(conn, p, request.match_info["notice_id"], own=True)
         notice_id = view.id
         await recall.recall(conn, notice_id, by=p.key_id or "admin")
+        await audit.record(conn, request, "notice.recall", "notice", notice_id, [view.row["scope_unit_id"]])
         fresh = await notices.get(conn, notice_id)
         assert fresh is not None
         counts = await notices.counts(conn, notice_id, view.root)

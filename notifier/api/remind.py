@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field, field_validator
 
+from notifier.api import audit
 from notifier.api.keys import DEPS, AppDeps, principal
 from notifier.api.notices import IDEMPOTENCY_HEADER
 from notifier.api.principal import Principal
@@ -200,6 +201,15 @@ async def remind_notice(request: web.Request, call: Call) -> web.Response:
                     dict(previous["response_body"]), status=202, headers={"Idempotent-Replayed": "true"}
                 )
         data, wake = await _press(conn, deps, p, notice, roots, body)
+        await audit.record(
+            conn,
+            request,
+            "notice.remind",
+            "notice",
+            notice_id,
+            [notice["scope_unit_id"], *(roots or [])],
+            {"unit": body.unit, "channels": list(body.channels), "step": data.get("step")},
+        )
         if key is not None:
             await conn.execute(notices.IDEMPOTENCY_PUT, owner, key, digest, notice_id, 202, data)
     for channel_id, n in wake:

@@ -6,8 +6,10 @@ request and generate ``/openapi.json``, so the document cannot drift from the co
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -15,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
+from notifier.api.keys import SETTINGS
 from notifier.api.problems import PROBLEM_TYPE, Problem, from_validation_error, invalid
 from notifier.api.types import ID_PATTERN
 
@@ -200,12 +203,30 @@ def _reject_nul(data: Any, prefix: str = "") -> None:
         raise invalid(where, "must not contain NUL characters")
 
 
+@contextlib.asynccontextmanager
+async def body_deadline(request: web.Request) -> AsyncIterator[None]:
+    """Reading a request body inside this block takes at most ``http_body_timeout_seconds``: a client
+    trickling its body is answered 408 and the connection closed, not waited on for ever."""
+    timeout = request.app[SETTINGS].http_body_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise Problem(
+            408,
+            "Request Timeout",
+            f"the request body did not arrive within {timeout:g} seconds",
+            headers={"Connection": "close"},
+        ) from None
+
+
 def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
         _reject_nul(dict(request.match_info))
         body = None
         if op.body is not None:
-            raw = await request.read()
+            async with body_deadline(request):
+                raw = await request.read()
             try:
                 data = parse_json(raw) if raw else None
             except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
@@ -320,6 +341,15 @@ HEADER_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+_SECONDS = {"type": "integer", "minimum": 0}
+RATE_LIMIT_HEADERS = {
+    "Retry-After": {"description": "seconds until the key may send again", "schema": _SECONDS},
+    "RateLimit-Limit": {"description": "requests the key may send at once (its bucket)", "schema": _SECONDS},
+    "RateLimit-Remaining": {"description": "requests left in the bucket", "schema": _SECONDS},
+    "RateLimit-Reset": {"description": "seconds until the bucket is full again", "schema": _SECONDS},
+}
+
+
 def _generic_replies(op: Operation) -> dict[int, str]:
     """The statuses every operation of this shape can answer, whatever its handler does."""
     replies: dict[int, str] = {}
@@ -328,6 +358,9 @@ def _generic_replies(op: Operation) -> dict[int, str]:
     if op.auth:
         replies[401] = "missing, unknown, or revoked token"
         replies[403] = "this key's role may not do this"
+        replies[429] = (
+            "this key sent too many requests; retry after Retry-After seconds (RateLimit-* headers)"
+        )
     if op.path_parameters:
         replies[404] = "not found, or outside the caller's units"
     if op.body is not None:
@@ -373,6 +406,8 @@ def _responses(op: Operation) -> dict[str, Any]:
         else:
             schema = problem if r.media == PROBLEM_TYPE else {"type": "string"}
             out[status] = {"description": r.description, **_content(r.media, schema)}
+            if status == 429:
+                out[status]["headers"] = RATE_LIMIT_HEADERS
     if links:
         for status, item in out.items():
             if 200 <= status < 300:

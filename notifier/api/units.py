@@ -11,6 +11,7 @@ from datetime import datetime
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from notifier.api import audit
 from notifier.api.auth import require_unit, unit_visible
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import forbidden, invalid, invalid_many, not_found
@@ -143,6 +144,16 @@ async def put_unit(request: web.Request, call: Call) -> web.Response:
         await _check_default_policy(conn, unit_id, body.default_policy)
         created = await units.upsert(conn, unit_id, body.name, body.parent_id, _settings(body))
         await units.replace_secretaries(conn, unit_id, body.secretaries)
+        # About the unit and where it hangs, before and after (a move is news to both parents).
+        await audit.record(
+            conn,
+            request,
+            "unit.put",
+            "unit",
+            unit_id,
+            [unit_id, body.parent_id, None if current is None else current["parent_id"]],
+            {"created": created, "parent_id": body.parent_id},
+        )
         row = await units.get(conn, unit_id)
     assert row is not None
     return json_response(

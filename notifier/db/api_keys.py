@@ -12,6 +12,7 @@ import hashlib
 from datetime import datetime
 
 from notifier.db.pool import Connection, Pool, Record
+from notifier.db.throttle import API_BUCKET_TAKE
 
 LAST_USED_RESOLUTION_SECONDS = 60
 
@@ -33,7 +34,7 @@ NOW = "SELECT notifier_now()"
 # The key for a token, if usable; marks it used when the mark is older than the resolution.
 # SKIP LOCKED: of many concurrent requests with one key at the minute's turn, one writes and
 # none waits for it.
-AUTHENTICATE = """
+AUTHENTICATE = f"""
 WITH k AS (
     SELECT id, name, role, unit_id, member_id, expires_at, last_used_at FROM api_keys
     WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > notifier_now())
@@ -43,8 +44,14 @@ WITH k AS (
     FOR UPDATE OF a SKIP LOCKED
 ), touched AS (
     UPDATE api_keys SET last_used_at = notifier_now() FROM stale WHERE api_keys.id = stale.id RETURNING 1
-)
-SELECT id, name, role, unit_id, member_id, expires_at FROM k"""
+), api_limit AS (
+    SELECT k.id AS key_id, l.rate, l.burst
+    FROM k JOIN unnest($3::text[], $4::float8[], $5::float8[]) AS l(role, rate, burst) ON l.role = k.role
+), {API_BUCKET_TAKE}
+SELECT id, name, role, unit_id, member_id, expires_at,
+       EXISTS (SELECT 1 FROM api_bucket) AS allowed,
+       coalesce((SELECT tokens FROM api_bucket), (SELECT tokens FROM api_bucket_seen), 0) AS tokens_left
+FROM k"""
 
 # Which keys a unit-bound caller may see and revoke, given its reach ($1: the unit ids of its
 # subtree; NULL for an admin, who sees every key): keys bound to a unit in reach, and member keys
@@ -108,9 +115,19 @@ async def now(conn: Connection) -> datetime:
     return value
 
 
-async def authenticate(pool: Pool, token: str) -> Record | None:
-    """The usable key for ``token`` (not revoked, not expired), marking it used."""
-    return await pool.fetchrow(AUTHENTICATE, hash_token(token), float(LAST_USED_RESOLUTION_SECONDS))
+async def authenticate(pool: Pool, token: str, limits: dict[str, tuple[float, float]]) -> Record | None:
+    """The usable key for ``token`` (not revoked, not expired), marking it used and taking a token
+    from its rate bucket (``limits``: role -> (per second, burst)): ``allowed`` says whether there
+    was one, ``tokens_left`` what is left (after this request, if allowed)."""
+    roles = list(limits)
+    return await pool.fetchrow(
+        AUTHENTICATE,
+        hash_token(token),
+        float(LAST_USED_RESOLUTION_SECONDS),
+        roles,
+        [limits[r][0] for r in roles],
+        [limits[r][1] for r in roles],
+    )
 
 
 async def get_in_scope(conn: Connection, key_id: str, reach: list[str] | None) -> Record | None:

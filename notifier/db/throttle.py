@@ -16,6 +16,30 @@ ON CONFLICT (key) DO NOTHING"""
 BUCKET_LOCK = "SELECT tokens, extract(epoch FROM (SELECT notifier_now()) - updated_at) AS elapsed FROM rate_buckets WHERE key = $1 FOR UPDATE"
 BUCKET_SET = "UPDATE rate_buckets SET tokens = $2, updated_at = (SELECT notifier_now()) WHERE key = $1"
 
+# API requests: a bucket per key ('api-key:<id>'), taken from by the key lookup itself (composed
+# into api_keys.AUTHENTICATE, so limiting costs no extra round trip). Unlike ``reserve`` it never
+# goes into debt: a request with no token left is refused and leaves the bucket as it was (its
+# refill is computed from ``tokens`` and ``updated_at``). ``api_bucket`` returns a row only when it
+# took a token; ``api_bucket_seen`` is the bucket as the statement's snapshot saw it, refilled, for
+# the headers of a refusal. Needs a CTE ``api_limit(key_id, rate, burst)``.
+API_BUCKET_KEY = "'api-key:' || api_limit.key_id"
+API_BUCKET_REFILLED = (
+    "least(excluded.tokens + 1, b.tokens + greatest(0, extract(epoch FROM (SELECT notifier_now()) - b.updated_at))"
+    " * (SELECT rate FROM api_limit))"
+)
+API_BUCKET_TAKE = f"""
+api_bucket AS (
+    INSERT INTO rate_buckets AS b (key, tokens, updated_at)
+    SELECT {API_BUCKET_KEY}, api_limit.burst - 1, (SELECT notifier_now()) FROM api_limit
+    ON CONFLICT (key) DO UPDATE SET tokens = {API_BUCKET_REFILLED} - 1, updated_at = (SELECT notifier_now())
+    WHERE {API_BUCKET_REFILLED} >= 1
+    RETURNING b.tokens
+), api_bucket_seen AS (
+    SELECT least(api_limit.burst, s.tokens
+                 + greatest(0, extract(epoch FROM (SELECT notifier_now()) - s.updated_at)) * api_limit.rate) AS tokens
+    FROM api_limit JOIN rate_buckets s ON s.key = {API_BUCKET_KEY}
+)"""
+
 # Sends to each contact inside the window, and when the oldest of them leaves it.
 RECENT_PER_CONTACT = """
 SELECT contact_id, count(*) AS n,
