@@ -75,8 +75,9 @@ class RateLimits(BaseModel):
     """Requests per API key, by the key's role (``NOTIFIER_RATE_LIMITS__SECRETARY__BURST=100``).
     The bootstrap admin token (``NOTIFIER_ADMIN_TOKEN``) is an operator's, and is not limited."""
 
-    admin: RoleLimit = RoleLimit(per_second=50, burst=500)
-    service: RoleLimit = RoleLimit(per_second=50, burst=500)
+    # Services relay receipts and sends for whole organisations: they get room for bursts.
+    admin: RoleLimit = RoleLimit(per_second=200, burst=2000)
+    service: RoleLimit = RoleLimit(per_second=1000, burst=5000)
     secretary: RoleLimit = RoleLimit(per_second=10, burst=100)
     member: RoleLimit = RoleLimit(per_second=2, burst=30)
 

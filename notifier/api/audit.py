@@ -19,8 +19,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from notifier.api import notices  # the module: it records entries too (no import cycle)
 from notifier.api.auth import require_unit
+from notifier.api.cursors import NOT_OURS, decode_cursor, encode_cursor, event_id
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import invalid
 from notifier.api.routing import Call, Router, json_response
@@ -114,12 +114,13 @@ def _entry(row: Record) -> dict[str, Any]:
 
 
 def _before(cursor: str | None) -> int | None:
-    raw = notices.decode_cursor(cursor)
+    raw = decode_cursor(cursor)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 18:
-        raise invalid("query.cursor", "not a cursor this API returned")
-    return int(raw)
+    number = event_id(raw)
+    if number is None:
+        raise invalid("query.cursor", NOT_OURS)
+    return number
 
 
 @routes.route(
@@ -159,6 +160,6 @@ async def list_audit(request: web.Request, call: Call) -> web.Response:
     return json_response(
         {
             "items": [_entry(r) for r in rows],
-            "next_cursor": notices.encode_cursor(str(rows[-1]["id"])) if more else None,
+            "next_cursor": encode_cursor(str(rows[-1]["id"])) if more else None,
         }
     )
