@@ -8,6 +8,7 @@ schemas/0006). This module reads them: one recipient, and the keyset-paged listi
 from __future__ import annotations
 
 from notifier.db.pool import Connection, Record
+from notifier.db.units import subtree
 
 GET = (
     "SELECT notice_id, member_id, dstatus, delivered_at, read_at, read_via FROM recipients "
@@ -20,19 +21,21 @@ GET = (
 # One statement per (status, first page or not), with the predicates written out, so that even a
 # cached generic plan walks the matching partial index (recipients_unread_idx / _read_idx) in
 # member order from the cursor instead of filtering every recipient of the notice.
-# A unit filter uses the units the recipient was counted in at fan-out (``recipients.units``: its
-# units and every unit above them), like the per-unit counters: a member who moves later stays in
-# the listing of the branch whose counts hold them.
 #   $1 notice  $2 limit  $3 units (empty: any)  $4 cursor  $5 delivery status
-_PAGE = """
+_PAGE = (
+    "WITH RECURSIVE "
+    + subtree("$3")
+    + """
 SELECT r.member_id, m.name, r.dstatus, r.delivered_at, r.read_at,
        coalesce((SELECT array_agg(unit_id ORDER BY unit_id) FROM member_units WHERE member_id = r.member_id),
                 '{{}}') AS units
 FROM recipients r JOIN members m ON m.id = r.member_id
 WHERE r.notice_id = $1 AND {after} AND {status}
-  AND (cardinality($3::text[]) = 0 OR r.units && $3::text[])
+  AND (cardinality($3::text[]) = 0 OR EXISTS (
+        SELECT 1 FROM member_units mu JOIN sub ON sub.id = mu.unit_id WHERE mu.member_id = r.member_id))
 ORDER BY r.member_id
 LIMIT $2"""
+)
 _STATUS = {
     "": "true",
     "read": "r.read_at IS NOT NULL",
