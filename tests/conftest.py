@@ -42,7 +42,7 @@ TABLES = ", ".join(
         "api_keys",
     ]
     + ["member_units", "members", "units"]
-    + ["engine_clock", "rate_buckets", "circuit_breakers", "provider_events"]
+    + ["engine_clock", "rate_buckets", "circuit_breakers", "provider_events", "dingtalk_read_polls"]
 )
 
 
