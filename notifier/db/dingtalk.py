@@ -37,11 +37,34 @@ UPDATE dingtalk_read_polls p SET
 FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[]) AS r(task_id, done, error, wait)
 WHERE p.task_id = r.task_id"""
 
+# A recalled notice's tasks still inside DingTalk's 24-hour window are due for withdrawing.
+REQUEST_RECALL = """
+UPDATE dingtalk_read_polls SET recall_due_at = (SELECT notifier_now())
+WHERE notice_id = ANY($1::uuid[]) AND recalled_at IS NULL AND recall_due_at IS NULL
+  AND sent_at > (SELECT notifier_now()) - interval '24 hours'"""
+
+CLAIM_RECALLS = """
+UPDATE dingtalk_read_polls p SET recall_due_at = (SELECT notifier_now()) + make_interval(secs => $2)
+WHERE p.task_id IN (
+    SELECT task_id FROM dingtalk_read_polls WHERE recall_due_at <= (SELECT notifier_now())
+    ORDER BY recall_due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING p.task_id"""
+
+# After a recall call: done (withdrawn, or refused for good: the error says why), or again later.
+#   $1 task ids  $2 withdrawn  $3 error  $4 retry in (seconds, NULL when final)
+FINISH_RECALLS = """
+UPDATE dingtalk_read_polls p SET
+    recalled_at = CASE WHEN r.ok THEN (SELECT notifier_now()) END,
+    recall_error = r.error,
+    recall_due_at = CASE WHEN r.retry_in IS NOT NULL THEN (SELECT notifier_now()) + make_interval(secs => r.retry_in) END
+FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[]) AS r(task_id, ok, error, retry_in)
+WHERE p.task_id = r.task_id"""
+
 # Finished timers are kept a week for inspection, then deleted, a bounded batch a time.
 PURGE = """
 DELETE FROM dingtalk_read_polls WHERE task_id IN (
     SELECT task_id FROM dingtalk_read_polls
-    WHERE done_at < (SELECT notifier_now()) - interval '7 days' LIMIT $1)"""
+    WHERE done_at < (SELECT notifier_now()) - interval '7 days' AND recall_due_at IS NULL LIMIT $1)"""
 
 
 async def claim_due(conn: Connection | Pool, limit: int, lease_seconds: float) -> list[str]:
@@ -60,6 +83,24 @@ async def finish(
     waits: list[float | None],
 ) -> None:
     await conn.execute(FINISH, task_ids, done, errors, waits)
+
+
+async def request_recall(conn: Connection, notice_ids: list[str]) -> None:
+    await conn.execute(REQUEST_RECALL, notice_ids)
+
+
+async def claim_recalls(conn: Connection | Pool, limit: int, lease_seconds: float) -> list[str]:
+    return [r["task_id"] for r in await conn.fetch(CLAIM_RECALLS, limit, float(lease_seconds))]
+
+
+async def finish_recalls(
+    conn: Connection | Pool,
+    task_ids: list[str],
+    ok: list[bool],
+    errors: list[str | None],
+    retry_in: list[float | None],
+) -> None:
+    await conn.execute(FINISH_RECALLS, task_ids, ok, errors, retry_in)
 
 
 async def purge(conn: Connection | Pool, limit: int = 1000) -> None:

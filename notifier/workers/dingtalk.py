@@ -87,3 +87,40 @@ async def poll_dingtalk_reads(deps: WorkerDeps) -> int:
         await dingtalk.finish(conn, task_ids, done, errors, waits)
     await dingtalk.purge(deps.pool)
     return len(task_ids)
+
+
+RECALLS_PER_TICK = 50
+RECALL_RETRY_SECONDS = 60.0
+
+
+async def withdraw_recalled(deps: WorkerDeps) -> int:
+    """Recall on DingTalk the tasks of recalled notices (a part of the tick); returns how many
+    were tried. A throttled or failed-to-connect recall is tried again; a refusal (the task is
+    over 24 hours old, say) is recorded with DingTalk's reason."""
+    if "dingtalk" not in deps.channels:
+        return 0
+    channel = deps.channels.get("dingtalk")
+    if not isinstance(channel, DingTalkChannel):
+        return 0
+    task_ids = await dingtalk.claim_recalls(deps.pool, RECALLS_PER_TICK, POLL_LEASE_SECONDS)
+    if not task_ids:
+        return 0
+    limit = asyncio.Semaphore(PARALLEL_POLLS)
+
+    async def withdraw(task_id: str) -> ChannelError | None:
+        async with limit:
+            try:
+                await channel.recall(task_id)
+            except ChannelError as exc:
+                return exc
+            return None
+
+    answers = await asyncio.gather(*(withdraw(t) for t in task_ids))
+    await dingtalk.finish_recalls(
+        deps.pool,
+        task_ids,
+        [a is None for a in answers],
+        [None if a is None else str(a) for a in answers],
+        [(a.retry_after or RECALL_RETRY_SECONDS) if isinstance(a, TransientError) else None for a in answers],
+    )
+    return len(task_ids)

@@ -196,3 +196,51 @@ async def test_unknown_users_and_duplicates_are_clear_failures_counted_once(
     assert (c3["read"], c3["failed"], c3["sent"]) == (0, 10, 0)
     # The refused task was never created, so it has no timer; the two real tasks are done.
     assert len(fake.tasks) == 2 and all(done for _, done in (await polls(db)).values())
+
+
+async def recall_via_api(deps: WorkerDeps, nid: str) -> None:
+    async with TestClient(TestServer(create_app(deps.settings, deps.channels), host="127.0.0.1")) as client:
+        resp = await client.post(f"/v1/notices/{nid}/recall", headers=auth())
+        assert resp.status == 200, await resp.text()
+
+
+async def test_a_recalled_notice_is_withdrawn_on_dingtalk_once(
+    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+) -> None:
+    await org(db, 150)
+    nid = await notice(deps, db)
+    other = await notice(deps, db, title="Another notice")
+    assert len(fake.tasks) == 4
+    assert (await tick_once(deps))["dingtalk_recalls"] == 0  # nothing recalled yet
+    await recall_via_api(deps, nid)
+    assert (await tick_once(deps))["dingtalk_recalls"] == 2
+    recalled = {str(t.task_id) for t in fake.tasks.values() if t.recalled}
+    mine = {
+        r["provider_ref"]
+        for r in await db.fetch("SELECT DISTINCT provider_ref FROM deliveries WHERE notice_id = $1", nid)
+    }
+    assert recalled == mine and len(mine) == 2  # only this notice's tasks, the other stays
+    await recall_via_api(deps, nid)  # recalling again changes nothing
+    await advance_clock(db, 3600)
+    assert (await tick_once(deps))["dingtalk_recalls"] == 0
+    assert fake.calls["recall"] == 2
+    rows = await db.fetch(
+        "SELECT recalled_at IS NOT NULL AS ok, recall_error FROM dingtalk_read_polls WHERE notice_id = $1",
+        nid,
+    )
+    assert [(r["ok"], r["recall_error"]) for r in rows] == [(True, None), (True, None)]
+
+    # A day later DingTalk can no longer withdraw it: recorded with the reason, not retried.
+    await advance_clock(db, 23 * 3600 - 60)
+    fake.advance(24 * 3600 + 1)
+    await recall_via_api(deps, other)
+    assert (await tick_once(deps))["dingtalk_recalls"] == 2
+    rows = await db.fetch(
+        "SELECT recalled_at, recall_error, recall_due_at FROM dingtalk_read_polls WHERE notice_id = $1", other
+    )
+    assert all(
+        r["recalled_at"] is None and "40035" in r["recall_error"] and r["recall_due_at"] is None for r in rows
+    )
+    await advance_clock(db, 3600)
+    await tick_once(deps)
+    assert fake.calls["recall"] == 4
