@@ -266,7 +266,9 @@ class DingTalkChannel:
             token, expires = payload.get("access_token"), payload.get("expires_in")
             if code != 0 or not isinstance(token, str) or not token:
                 error = dingtalk_error(code, msg, status)
-                raise PermanentError(f"DingTalk token refused: {error}") if code != -1 else error
+                if isinstance(error, TransientError):
+                    raise error  # busy or throttled: the key and secret may well be right
+                raise PermanentError(f"DingTalk token refused: {error}")
             lifetime = float(expires) if isinstance(expires, int | float) else 7200.0
             self._token = (token, now + max(lifetime - TOKEN_REFRESH_MARGIN, lifetime / 2))
             return token

@@ -312,3 +312,13 @@ async def test_recall_withdraws_the_task(fake: FakeDingTalk, channel: DingTalkCh
     fake.advance(24 * 3600 + 1)
     with pytest.raises(PermanentError, match="40035"):
         await channel.recall(result.provider_ref)
+
+
+async def test_a_throttled_token_request_is_retried_not_failed(
+    fake: FakeDingTalk, channel: DingTalkChannel
+) -> None:
+    fake.token_responses.append(90002)
+    (result,) = await channel.send(items(["a1"]))
+    assert result.outcome is Outcome.RETRY and "90002" in (result.error or "") and fake.messages == []
+    (result,) = await channel.send(items(["a1"]))  # the next attempt gets a token and sends
+    assert result.outcome is Outcome.SENT and fake.per_user() == {"a1": 1}

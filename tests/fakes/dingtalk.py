@@ -51,6 +51,7 @@ ERRORS: dict[int, str] = {
     40089: "不合法的corpid或corpsecret",
     40096: "不合法的appKey或appSecret",
     42001: "access_token超时",
+    90002: "服务器繁忙,请稍后重试",
     143103: "应用每分钟发送消息数超过限制",
     143104: "企业每分钟发送消息数超过限制",
     143105: "企业自建应用每日推送给用户的消息超过上限",
@@ -101,6 +102,7 @@ class FakeDingTalk:
     invalid_users: set[str] = field(default_factory=set)  # not in the organisation
     failed_users: set[str] = field(default_factory=set)  # the platform could not deliver
     responses: list[int] = field(default_factory=list)  # scripted errcodes for the next sends
+    token_responses: list[int] = field(default_factory=list)  # ... and for the next token requests
     offset: float = 0.0
     messages: list[DingMessage] = field(default_factory=list)
     tasks: dict[int, Task] = field(default_factory=dict)
@@ -165,6 +167,8 @@ class FakeDingTalk:
 
     async def gettoken(self, request: web.Request) -> web.Response:
         self.token_requests += 1
+        if self.token_responses:
+            return _error(self.token_responses.pop(0))
         key, secret = request.query.get("appkey"), request.query.get("appsecret")
         if not key or not secret:
             return _error(40089)
