@@ -163,6 +163,7 @@ class SendResult:
     read: list[str]
     unread: list[str]
     failed: dict[str, str]
+    invalid: list[str] = field(default_factory=list)  # among ``failed``: not in the organisation
 
 
 def _ids(value: object) -> list[str]:
@@ -177,7 +178,8 @@ def parse_send_result(payload: Any) -> SendResult:
     if not isinstance(result, dict):
         raise TransientError("DingTalk getsendresult answered without send_result")
     failed: dict[str, str] = {}
-    for user in _ids(result.get("invalid_user_id_list")):
+    invalid = _ids(result.get("invalid_user_id_list"))
+    for user in invalid:
         failed[user] = "DingTalk: invalid user id (not in the organisation, or not visible to the app)"
     codes: dict[str, str] = {}
     for entry in result.get("forbidden_list") or []:
@@ -193,7 +195,7 @@ def parse_send_result(payload: Any) -> SendResult:
         failed.setdefault(user, "DingTalk: delivery failed")
     read = [u for u in _ids(result.get("read_user_id_list")) if u not in failed]
     unread = [u for u in _ids(result.get("unread_user_id_list")) if u not in failed]
-    return SendResult(read, unread, {u: provider_text(r) or "" for u, r in failed.items()})
+    return SendResult(read, unread, {u: provider_text(r) or "" for u, r in failed.items()}, invalid)
 
 
 class DingTalkChannel:

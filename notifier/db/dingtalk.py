@@ -18,7 +18,7 @@ RETURNING p.task_id"""
 
 # Which delivery each user id of these tasks is (the contact the delivery went to).
 TASK_DELIVERIES = """
-SELECT d.id, d.provider_ref AS task_id, c.target #>> '{}' AS user_id
+SELECT d.id, d.provider_ref AS task_id, d.contact_id, c.target #>> '{}' AS user_id
 FROM deliveries d JOIN contacts c ON c.id = d.contact_id
 WHERE d.channel = 'dingtalk' AND d.provider_ref = ANY($1::text[])"""
 

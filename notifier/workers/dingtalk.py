@@ -1,12 +1,15 @@
-"""DingTalk read import, a part of the tick: poll ``getsendresult`` for every due task timer and
-turn its lists into reports on the task's deliveries.
+"""DingTalk read import and recall, parts of the tick.
 
-``read_user_id_list`` becomes read receipts (``via: dingtalk``) and ``unread_user_id_list``
-'delivered'; ``invalid`` / ``forbidden`` / ``failed`` become failed deliveries with DingTalk's
-reason. All of it goes through the provider-report path (``apply_reports``: one set-based
-statement moves the deliveries, one ``mark_read_many`` records and counts the reads), so a read
-seen on every poll is recorded once. A task's timer ends when nobody in it is left unread, when
-DingTalk no longer knows the task, or after its 24-hour window.
+Read import: poll ``getsendresult`` for every due task timer and turn its lists into reports on
+the task's deliveries. ``read_user_id_list`` becomes read receipts (``via: dingtalk``) and
+``unread_user_id_list`` 'delivered'; ``invalid`` / ``forbidden`` / ``failed`` become failed
+deliveries with DingTalk's reason, and a userid DingTalk calls invalid has its contact disabled.
+All of it goes through the provider-report path (``apply_reports``: one set-based statement
+moves the deliveries, one ``mark_read_many`` records and counts the reads), so a read seen on
+every poll is recorded once. A task's timer ends when nobody in it is left unread, when DingTalk
+no longer knows the task, or after its 24-hour window.
+
+Recall: the tasks of a recalled notice are withdrawn on DingTalk, once each.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections import defaultdict
 
 from notifier.channels.base import ChannelError, PermanentError, StatusUpdate, TransientError
 from notifier.channels.dingtalk import DingTalkChannel, SendResult
-from notifier.db import dingtalk
+from notifier.db import contacts, dingtalk
 from notifier.workers.context import WorkerDeps
 from notifier.workers.reports import apply_reports
 
@@ -70,12 +73,18 @@ async def poll_dingtalk_reads(deps: WorkerDeps) -> int:
     waits: list[float | None] = []
     async with deps.pool.acquire() as conn, conn.transaction():
         by_task: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        contact_of: dict[tuple[str, str], str] = {}
         for row in await dingtalk.task_deliveries(conn, answered):
             by_task[row["task_id"]][row["user_id"]].append(row["id"])
+            contact_of[(row["task_id"], row["user_id"])] = str(row["contact_id"])
         updates: list[StatusUpdate] = []
+        gone: dict[str, str] = {}  # contact id -> why it is disabled
         for task_id, answer in zip(task_ids, answers, strict=True):
             if isinstance(answer, SendResult):
                 updates += reports_for(answer, by_task.get(task_id, {}))
+                for user in answer.invalid:
+                    if (task_id, user) in contact_of:
+                        gone[contact_of[(task_id, user)]] = answer.failed[user]
                 done.append(not answer.unread)
                 errors.append(None)
                 waits.append(None)
@@ -84,6 +93,8 @@ async def poll_dingtalk_reads(deps: WorkerDeps) -> int:
                 errors.append(str(answer))
                 waits.append(answer.retry_after if isinstance(answer, TransientError) else None)
         await apply_reports(conn, "dingtalk", updates)
+        if gone:
+            await contacts.disable_many(conn, sorted(gone), [gone[c] for c in sorted(gone)])
         await dingtalk.finish(conn, task_ids, done, errors, waits)
     await dingtalk.purge(deps.pool)
     return len(task_ids)

@@ -192,6 +192,10 @@ async def test_unknown_users_and_duplicates_are_clear_failures_counted_once(
     )
     failed: dict[str, str] = {r["member_id"]: r["error"] for r in rows}
     assert "invalid user id" in failed[newcomers[0]]
+    # ... and the userid DingTalk does not know is not used again.
+    disabled = await db.fetch("SELECT member_id, disabled_reason FROM contacts WHERE disabled_at IS NOT NULL")
+    assert [r["member_id"] for r in disabled] == [newcomers[0]]
+    assert "invalid user id" in disabled[0]["disabled_reason"]
     assert all("143106" in failed[m] and "same content" in failed[m] for m in members)
     assert (c3["read"], c3["failed"], c3["sent"]) == (0, 10, 0)
     # The refused task was never created, so it has no timer; the two real tasks are done.
