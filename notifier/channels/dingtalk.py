@@ -23,8 +23,10 @@ Error mapping (DingTalk answers HTTP 200 with ``{errcode, errmsg}``):
     33012 / 40003 invalid user id in a one-member task -> InvalidTarget
     other errcodes, 4xx                 -> PermanentError
     5xx, 403 / 429 (egress ban), unreadable answer -> TransientError
-    connection dropped after sending    -> AmbiguousError (a resend is harmless: DingTalk
-                                           refuses the same content to the same user again)
+    connection dropped after sending    -> AmbiguousError, resent: no member gets it twice,
+                                           as DingTalk refuses the same content to the same user
+                                           the same day (if the first call did arrive, the
+                                           resend is then recorded as failed with 143106)
 """
 
 from __future__ import annotations
