@@ -45,6 +45,16 @@ class JPushSettings(BaseModel):
     base_url: str = "https://api.jpush.cn"
 
 
+class DingTalkSettings(BaseModel):
+    """An internal app on DingTalk (work notifications): its key, secret and agent id."""
+
+    app_key: str = ""
+    app_secret: SecretStr | None = None
+    agent_id: int | None = None
+    oapi_url: str = "https://oapi.dingtalk.com"
+    read_poll: bool = True  # import reads by polling getsendresult (tasks of <= 100 user ids)
+
+
 class TwilioSettings(BaseModel):
     account_sid: str = ""
     auth_token: SecretStr | None = None
@@ -157,6 +167,7 @@ class Settings(BaseSettings):
     fcm: FcmSettings = Field(default_factory=FcmSettings)
     apns: ApnsSettings = Field(default_factory=ApnsSettings)
     jpush: JPushSettings = Field(default_factory=JPushSettings)
+    dingtalk: DingTalkSettings = Field(default_factory=DingTalkSettings)
     twilio: TwilioSettings = Field(default_factory=TwilioSettings)
     aliyun: AliyunSettings = Field(default_factory=AliyunSettings)
     sms_provider: str = ""  # "aliyun" | "twilio" | "" (no sms channel)

@@ -54,6 +54,8 @@ class ChannelRegistry:
 def build_registry(settings: Settings) -> ChannelRegistry:
     from notifier.channels.apns import ApnsChannel
     from notifier.channels.apns import configured as apns_configured
+    from notifier.channels.dingtalk import DingTalkChannel
+    from notifier.channels.dingtalk import configured as dingtalk_configured
     from notifier.channels.fcm import FcmChannel
     from notifier.channels.inapp import InAppChannel
     from notifier.channels.jpush import JPushChannel
@@ -74,6 +76,8 @@ def build_registry(settings: Settings) -> ChannelRegistry:
         registry.register(ApnsChannel(settings))
     if settings.jpush.app_key and settings.jpush.master_secret is not None:
         registry.register(JPushChannel(settings))
+    if dingtalk_configured(settings):
+        registry.register(DingTalkChannel(settings))
     if settings.sms_provider:
         registry.register(SmsChannel(settings))
     if settings.voice_provider:

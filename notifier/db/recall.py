@@ -4,7 +4,7 @@ late read receipts are still recorded."""
 
 from __future__ import annotations
 
-from notifier.db import timeline
+from notifier.db import dingtalk, timeline
 from notifier.db.pool import Connection
 
 # Wait for an escalation step that is running right now, so the statements after it see the
@@ -31,5 +31,6 @@ async def recall(conn: Connection, notice_id: str, by: str) -> list[str]:
     if recalled:
         await conn.execute(CANCEL_PENDING, recalled)
         await conn.execute(STOP_TIMERS, recalled)
+        await dingtalk.request_recall(conn, recalled)  # messages DingTalk holds are withdrawn there
         await timeline.record(conn, notice_id, "recalled", {"by": by, "notices": recalled})
     return recalled

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from notifier.workers.context import WorkerDeps
+from notifier.workers.dingtalk import poll_dingtalk_reads, withdraw_recalled
 from notifier.workers.escalate import advance_escalations
 from notifier.workers.lessons import send_due_lessons
 from notifier.workers.schedule import release_scheduled
@@ -25,6 +26,8 @@ PARTS: dict[str, Callable[[WorkerDeps], Awaitable[int]]] = {
     "scheduled": release_scheduled,
     "escalations": advance_escalations,
     "lessons": send_due_lessons,
+    "dingtalk_reads": poll_dingtalk_reads,
+    "dingtalk_recalls": withdraw_recalled,
 }
 
 

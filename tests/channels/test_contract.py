@@ -14,6 +14,7 @@ from notifier.settings import Settings
 from tests.conftest import WEBHOOK_SECRET, make_settings
 from tests.fakes.aliyun import FakeAliyun
 from tests.fakes.apns import ApnsFake
+from tests.fakes.dingtalk import FakeDingTalk
 from tests.fakes.fcm import FakeFcm
 from tests.fakes.jpush import FakeJPush
 from tests.fakes.twilio import FakeTwilio
@@ -22,7 +23,7 @@ from tests.fakes.webpush import FakePushService
 
 # Every channel the registry can build. A channel added to the registry but not here (and so
 # without a fake provider and a good target) fails test_every_channel_is_covered.
-ALL_CHANNELS = ["inapp", "webhook", "webpush", "fcm", "apns", "jpush", "sms", "voice"]
+ALL_CHANNELS = ["inapp", "webhook", "webpush", "fcm", "apns", "jpush", "dingtalk", "sms", "voice"]
 BAD_TARGETS: list[Any] = [None, 12345, [], {"nonsense": True}, "", "x" * 5000]
 
 
@@ -42,7 +43,8 @@ async def providers(server_urls: tuple[str, str]) -> AsyncIterator[Providers]:
     jpush = await FakeJPush().start()
     twilio = await FakeTwilio().start()
     aliyun = await FakeAliyun().start()
-    fakes: list[Any] = [push, fcm, apns, jpush, twilio, aliyun]
+    dingtalk = await FakeDingTalk().start()
+    fakes: list[Any] = [push, fcm, apns, jpush, twilio, aliyun, dingtalk]
     overrides: dict[str, Any] = {}
     for fake in fakes:
         overrides.update(fake.settings_overrides())
@@ -58,6 +60,7 @@ async def providers(server_urls: tuple[str, str]) -> AsyncIterator[Providers]:
                 "fcm": fcm.good_target(),
                 "apns": apns.good_target(),
                 "jpush": jpush.good_target(),
+                "dingtalk": dingtalk.good_target(),
                 "sms": aliyun.good_target(),
                 "voice": twilio.good_target(),
             },

@@ -269,7 +269,13 @@ async def test_scheduled_send_survives_restarts_and_a_wiped_redis(
         )
     )
     await advance_clock(db, 3599)
-    assert await tick_once(deps) == {"scheduled": 0, "escalations": 0, "lessons": 0}
+    assert await tick_once(deps) == {
+        "scheduled": 0,
+        "escalations": 0,
+        "lessons": 0,
+        "dingtalk_reads": 0,
+        "dingtalk_recalls": 0,
+    }
     redis = Redis.from_url(settings_sms.redis_url)
     await redis.flushdb()  # every queued job gone; the row is the timer
     await redis.aclose()

@@ -373,7 +373,13 @@ async def test_quiet_hours_hold_the_lesson_push_until_7_and_a_ding_goes_at_once(
     await go_to(env.db, seven + dt.timedelta(seconds=1))
     await deliver_notice_channel(env.deps, lesson_id, "fcm")
     await deliver_notice_channel(env.deps, lesson_id, "fcm")
-    assert await tick_once(env.deps) == {"scheduled": 0, "escalations": 0, "lessons": 0}
+    assert await tick_once(env.deps) == {
+        "scheduled": 0,
+        "escalations": 0,
+        "lessons": 0,
+        "dingtalk_reads": 0,
+        "dingtalk_recalls": 0,
+    }
     assert env.pushes() == Counter(
         {("early", lesson_id): 1, ("early", ding_id): 1, ("sleeper", ding_id): 1, ("sleeper", lesson_id): 1}
     )
@@ -418,7 +424,13 @@ async def test_evening_reminder_reaches_only_the_unread_once(env: Env) -> None:
     await go_to(env.db, dt.datetime.combine(day, dt.time(20, 0), SHANGHAI))
     assert (await tick_and_deliver())["escalations"] == 1
     await go_to(env.db, dt.datetime.combine(day, dt.time(23, 0), SHANGHAI))
-    assert await tick_and_deliver() == {"scheduled": 0, "escalations": 0, "lessons": 0}
+    assert await tick_and_deliver() == {
+        "scheduled": 0,
+        "escalations": 0,
+        "lessons": 0,
+        "dingtalk_reads": 0,
+        "dingtalk_recalls": 0,
+    }
     assert env.pushes() == Counter(
         {(team[0], nid): 1, (team[1], nid): 1, (team[2], nid): 2, (team[3], nid): 2}
     )

@@ -1,0 +1,298 @@
+"""A fake DingTalk open platform (``oapi``) for work notifications, on 127.0.0.1.
+
+What it checks and does, as DingTalk does:
+
+* ``GET /gettoken?appkey=&appsecret=`` answers ``{errcode, access_token, expires_in}``; asking
+  again while the token is valid returns the same token. A wrong key or secret is 40096
+  (40089 when either is missing). A token past its expiry answers 42001; one never issued 40014.
+* ``POST /topapi/message/corpconversation/asyncsend_v2?access_token=`` with ``agent_id``,
+  ``userid_list`` (comma-separated, at most ``max_recipients`` per task, default 100: the send
+  result can only be read back for that many) and ``msg`` (``action_card``, ``oa``, ``text``,
+  ``markdown`` or ``link``, at most 2,048 bytes) answers ``{errcode: 0, task_id}``.
+  Limits: ``app_minute_limit`` recipients per minute per app (143103, nothing sent);
+  a scripted corp limit (143104). Per user: ``daily_cap`` messages a day (143105) and the same
+  content once a day (143106). A user over a per-user limit is listed in the task's
+  ``forbidden_list`` with that code and gets nothing; a call where every user is forbidden is
+  answered with the code itself.
+* ``POST …/getsendresult {agent_id, task_id}`` answers ``send_result`` with read / unread /
+  invalid / forbidden / failed user id lists; ``mark_read`` moves users to the read list over
+  time. After 24 hours a task is gone (errcode 40035).
+* ``POST …/recall {agent_id, msg_task_id}`` within 24 hours.
+
+Every delivered message is recorded in ``messages`` (one per user per task), so a test can
+assert exactly one. Time is the fake's own ``now()`` (wall time plus ``offset``): ``advance``
+jumps it, e.g. past a token's expiry or into the next day.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import secrets
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import SecretStr
+
+from notifier.settings import DingTalkSettings
+from tests.fakes.server import serve_local
+
+MSG_TYPES = {"text", "link", "oa", "markdown", "action_card", "image", "voice", "file"}
+MAX_MSG_BYTES = 2048
+TASK_WINDOW = 24 * 3600.0
+ERRORS: dict[int, str] = {
+    40014: "不合法的access_token",
+    40035: "不合法的参数",
+    40089: "不合法的corpid或corpsecret",
+    40096: "不合法的appKey或appSecret",
+    42001: "access_token超时",
+    90002: "服务器繁忙,请稍后重试",
+    143103: "应用每分钟发送消息数超过限制",
+    143104: "企业每分钟发送消息数超过限制",
+    143105: "企业自建应用每日推送给用户的消息超过上限",
+    143106: "企业自建应用给用户推送消息重复",
+}
+
+
+def _error(code: int, message: str | None = None) -> web.Response:
+    return web.json_response(
+        {"errcode": code, "errmsg": message or ERRORS.get(code, "error"), "request_id": "x"}
+    )
+
+
+@dataclass
+class DingMessage:
+    user_id: str
+    task_id: int
+    msg: dict[str, Any]
+
+
+@dataclass
+class Task:
+    task_id: int
+    user_ids: list[str]
+    msg: dict[str, Any]
+    sent_at: float
+    invalid: list[str] = field(default_factory=list)
+    forbidden: dict[str, int] = field(default_factory=dict)  # user id -> code
+    failed: list[str] = field(default_factory=list)
+    read: list[str] = field(default_factory=list)
+    recalled: bool = False
+
+    @property
+    def delivered(self) -> list[str]:
+        gone = set(self.invalid) | set(self.forbidden) | set(self.failed)
+        return [u for u in self.user_ids if u not in gone]
+
+
+@dataclass
+class FakeDingTalk:
+    app_key: str = field(default_factory=lambda: "ding" + secrets.token_hex(8))
+    app_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    agent_id: int = 2_917_000_001
+    max_recipients: int = 100
+    app_minute_limit: int = 5000  # recipients per minute per app
+    daily_cap: int = 500  # messages per user per day
+    token_lifetime: int = 7200
+    invalid_users: set[str] = field(default_factory=set)  # not in the organisation
+    failed_users: set[str] = field(default_factory=set)  # the platform could not deliver
+    responses: list[int] = field(default_factory=list)  # scripted errcodes for the next sends
+    token_responses: list[int] = field(default_factory=list)  # ... and for the next token requests
+    offset: float = 0.0
+    messages: list[DingMessage] = field(default_factory=list)
+    tasks: dict[int, Task] = field(default_factory=dict)
+    token_requests: int = 0
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # path -> authorised calls
+    rejected: int = 0  # calls refused for a bad token
+    _tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry
+    _task_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(600_000_000_001))
+    _minute: list[tuple[float, int]] = field(default_factory=list)
+    _day: dict[tuple[str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
+    _runner: web.AppRunner | None = None
+    port: int = 0
+
+    # --- test controls -------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def settings_overrides(self, app_secret: str | None = None, **extra: Any) -> dict[str, Any]:
+        return {
+            "dingtalk": DingTalkSettings(
+                app_key=self.app_key,
+                app_secret=SecretStr(app_secret or self.app_secret),
+                agent_id=self.agent_id,
+                oapi_url=self.base_url,
+                **extra,
+            )
+        }
+
+    def good_target(self) -> str:
+        return "manager" + secrets.token_hex(3)
+
+    def revoke_tokens(self) -> None:
+        """The platform invalidates every token early (an app secret reset, say)."""
+        self._tokens.clear()
+
+    def mark_read(self, user_ids: list[str] | set[str]) -> int:
+        """These users open the message (in every task they received it in); returns how many
+        (task, user) reads are new."""
+        wanted, n = set(user_ids), 0
+        for task in self.tasks.values():
+            for user in task.delivered:
+                if user in wanted and user not in task.read and not task.recalled:
+                    task.read.append(user)
+                    n += 1
+        return n
+
+    def per_user(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for m in self.messages:
+            counts[m.user_id] += 1
+        return dict(counts)
+
+    # --- the API -------------------------------------------------------------------------
+
+    async def gettoken(self, request: web.Request) -> web.Response:
+        self.token_requests += 1
+        if self.token_responses:
+            return _error(self.token_responses.pop(0))
+        key, secret = request.query.get("appkey"), request.query.get("appsecret")
+        if not key or not secret:
+            return _error(40089)
+        if not (hmac.compare_digest(key, self.app_key) and hmac.compare_digest(secret, self.app_secret)):
+            return _error(40096)
+        now = self.now()
+        live = [(t, exp) for t, exp in self._tokens.items() if exp > now]
+        if live:
+            token, expiry = max(live, key=lambda te: te[1])
+        else:
+            token, expiry = secrets.token_hex(16), now + self.token_lifetime
+            self._tokens[token] = expiry
+        return web.json_response(
+            {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": int(expiry - now)}
+        )
+
+    def _token_error(self, request: web.Request) -> web.Response | None:
+        token = request.query.get("access_token", "")
+        expiry = self._tokens.get(token)
+        if expiry is None:
+            self.rejected += 1
+            return _error(40014)
+        if expiry <= self.now():
+            self.rejected += 1
+            return _error(42001)
+        return None
+
+    async def _body(self, request: web.Request) -> dict[str, Any] | None:
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    async def asyncsend(self, request: web.Request) -> web.Response:
+        if (refused := self._token_error(request)) is not None:
+            return refused
+        body = await self._body(request)
+        if body is None or body.get("agent_id") != self.agent_id:
+            return _error(40035, "agent_id is missing or not this app's")
+        self.calls["asyncsend_v2"] += 1
+        users = [u for u in str(body.get("userid_list") or "").split(",") if u]
+        if not users or len(users) > self.max_recipients:
+            return _error(40035, f"userid_list must hold 1..{self.max_recipients} user ids")
+        msg = body.get("msg")
+        if not isinstance(msg, dict) or msg.get("msgtype") not in MSG_TYPES or msg["msgtype"] not in msg:
+            return _error(40035, "msg must carry a known msgtype and its object")
+        content = json.dumps(msg, ensure_ascii=False, sort_keys=True).encode()
+        if len(content) > MAX_MSG_BYTES:
+            return _error(40035, f"msg is over {MAX_MSG_BYTES} bytes")
+        if self.responses:
+            return _error(self.responses.pop(0))
+        now = self.now()
+        self._minute = [(t, n) for t, n in self._minute if t > now - 60]
+        if sum(n for _, n in self._minute) + len(users) > self.app_minute_limit:
+            return _error(143103)
+        digest, day = hashlib.sha256(content).hexdigest(), int(now // 86400)
+        task = Task(next(self._task_ids), list(dict.fromkeys(users)), msg, now)
+        for user in task.user_ids:
+            sent_today = self._day[(user, day)]
+            if user in self.invalid_users:
+                task.invalid.append(user)
+            elif digest in sent_today:
+                task.forbidden[user] = 143106
+            elif len(sent_today) >= self.daily_cap:
+                task.forbidden[user] = 143105
+            elif user in self.failed_users:
+                task.failed.append(user)
+        if task.forbidden and len(task.forbidden) == len(task.user_ids):
+            return _error(next(iter(task.forbidden.values())))
+        self._minute.append((now, len(task.user_ids)))
+        for user in task.delivered:
+            self._day[(user, day)].append(digest)
+            self.messages.append(DingMessage(user, task.task_id, msg))
+        self.tasks[task.task_id] = task
+        return web.json_response({"errcode": 0, "errmsg": "ok", "task_id": task.task_id, "request_id": "x"})
+
+    def _task(self, body: dict[str, Any] | None, key: str) -> Task | web.Response:
+        if body is None or body.get("agent_id") != self.agent_id:
+            return _error(40035, "agent_id is missing or not this app's")
+        task = self.tasks.get(body.get(key))  # type: ignore[arg-type]
+        if task is None or task.sent_at < self.now() - TASK_WINDOW:
+            return _error(40035, "task not found, or older than 24 hours")
+        return task
+
+    async def getsendresult(self, request: web.Request) -> web.Response:
+        if (refused := self._token_error(request)) is not None:
+            return refused
+        self.calls["getsendresult"] += 1
+        task = self._task(await self._body(request), "task_id")
+        if isinstance(task, web.Response):
+            return task
+        read = set(task.read)
+        result = {
+            "invalid_user_id_list": task.invalid,
+            "forbidden_user_id_list": list(task.forbidden),
+            "failed_user_id_list": task.failed,
+            "read_user_id_list": task.read,
+            "unread_user_id_list": [u for u in task.delivered if u not in read],
+            "invalid_dept_id_list": [],
+            "forbidden_list": [{"code": str(c), "count": 1, "userid": u} for u, c in task.forbidden.items()],
+        }
+        return web.json_response({"errcode": 0, "errmsg": "ok", "send_result": result, "request_id": "x"})
+
+    async def recall(self, request: web.Request) -> web.Response:
+        if (refused := self._token_error(request)) is not None:
+            return refused
+        self.calls["recall"] += 1
+        task = self._task(await self._body(request), "msg_task_id")
+        if isinstance(task, web.Response):
+            return task
+        task.recalled = True
+        return web.json_response({"errcode": 0, "errmsg": "ok", "request_id": "x"})
+
+    async def start(self) -> FakeDingTalk:
+        app = web.Application()
+        app.router.add_get("/gettoken", self.gettoken)
+        base = "/topapi/message/corpconversation"
+        app.router.add_post(f"{base}/asyncsend_v2", self.asyncsend)
+        app.router.add_post(f"{base}/getsendresult", self.getsendresult)
+        app.router.add_post(f"{base}/recall", self.recall)
+        self._runner, self.port = await serve_local(app)
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
