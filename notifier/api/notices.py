@@ -289,15 +289,8 @@ async def create_notice(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service", "secretary")
     body = call.body_as(NoticeIn)
     deps = request.app[DEPS]
-    for channel in body.channels:
-        if channel not in deps.channels:
-            raise invalid(
-                f"channels[{body.channels.index(channel)}]",
-                f"unknown channel; one of {', '.join(deps.channels.ids())}",
-            )
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
-        raise invalid(IDEMPOTENCY_HEADER, "must be 1..255 printable ASCII characters")
+    require_channels(deps, body.channels)
+    key = idempotency_key(request)
     async with deps.pool.acquire() as conn, conn.transaction():
         if key is None:
             data = await _create(conn, deps, p, body)
@@ -328,6 +321,39 @@ async def create_notice(request: web.Request, call: Call) -> web.Response:
     return json_response(data, status=202, headers={"Location": f"/v1/notices/{data['id']}"})
 
 
+def require_channels(deps: AppDeps, channels: list[str]) -> None:
+    """Every channel named is one this deployment configures (422 naming the first that is not)."""
+    for i, channel in enumerate(channels):
+        if channel not in deps.channels:
+            raise invalid(f"channels[{i}]", f"unknown channel; one of {', '.join(deps.channels.ids())}")
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key, if it sent one that is well formed (else 422)."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
+        raise invalid(IDEMPOTENCY_HEADER, "must be 1..255 printable ASCII characters")
+    return key
+
+
+async def previous_answer(
+    conn: Connection, owner: str, key: str, digest: bytes, ttl: float, *, what: str = "body"
+) -> dict[str, Any] | None:
+    """The answer first given for this key, if any; 422 when the key came with another ``what``."""
+    previous = await conn.fetchrow(notices.IDEMPOTENCY_GET, owner, key, ttl)
+    if previous is None:
+        return None
+    if bytes(previous["request_hash"]) != digest:
+        raise Problem(
+            422,
+            "Unprocessable Content",
+            "this Idempotency-Key was used with a different request" + (" body" if what == "body" else ""),
+            type_="idempotency-mismatch",
+            errors=[{"field": IDEMPOTENCY_HEADER, "message": f"reused with a different {what}"}],
+        )
+    return dict(previous["response_body"])
+
+
 async def _create_idempotent(
     conn: Connection, deps: AppDeps, p: Principal, key: str, body: NoticeIn
 ) -> dict[str, Any]:
@@ -341,18 +367,8 @@ async def _create_idempotent(
             type_="idempotency-in-flight",
         )
     digest = _request_hash(body)
-    ttl = float(deps.settings.idempotency_ttl_seconds)
-    previous = await conn.fetchrow(notices.IDEMPOTENCY_GET, p.owner, key, ttl)
-    if previous is not None:
-        if bytes(previous["request_hash"]) != digest:
-            raise Problem(
-                422,
-                "Unprocessable Content",
-                "this Idempotency-Key was used with a different request body",
-                type_="idempotency-mismatch",
-                errors=[{"field": IDEMPOTENCY_HEADER, "message": "reused with a different body"}],
-            )
-        replay: dict[str, Any] = dict(previous["response_body"])
+    replay = await previous_answer(conn, p.owner, key, digest, float(deps.settings.idempotency_ttl_seconds))
+    if replay is not None:
         replay["_replayed"] = True
         return replay
     data = await _create(conn, deps, p, body)

@@ -22,9 +22,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from notifier.api import audit
 from notifier.api.keys import DEPS, AppDeps, principal
-from notifier.api.notices import IDEMPOTENCY_HEADER
+from notifier.api.notices import IDEMPOTENCY_HEADER, idempotency_key, previous_answer, require_channels
 from notifier.api.principal import Principal
-from notifier.api.problems import Problem, invalid
+from notifier.api.problems import Problem
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.slices import load_notice_slice
 from notifier.api.types import Id, Strict
@@ -173,12 +173,8 @@ async def remind_notice(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service", "secretary")
     body = call.body_as(RemindIn)
     deps = request.app[DEPS]
-    for i, channel in enumerate(body.channels):
-        if channel not in deps.channels:
-            raise invalid(f"channels[{i}]", f"unknown channel; one of {', '.join(deps.channels.ids())}")
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is not None and not (1 <= len(key) <= 255 and key.isascii() and key.isprintable()):
-        raise invalid(IDEMPOTENCY_HEADER, "must be 1..255 printable ASCII characters")
+    require_channels(deps, body.channels)
+    key = idempotency_key(request)
     owner = f"remind:{p.owner}"  # its own namespace: a notice's key never replays a press
     async with deps.pool.acquire() as conn, conn.transaction():
         notice, roots = await load_notice_slice(conn, p, request.match_info["notice_id"], body.unit)
@@ -187,19 +183,9 @@ async def remind_notice(request: web.Request, call: Call) -> web.Response:
         digest = _request_hash(notice_id, body)
         if key is not None:
             ttl = float(deps.settings.idempotency_ttl_seconds)
-            previous = await conn.fetchrow(notices.IDEMPOTENCY_GET, owner, key, ttl)
-            if previous is not None:
-                if bytes(previous["request_hash"]) != digest:
-                    raise Problem(
-                        422,
-                        "Unprocessable Content",
-                        "this Idempotency-Key was used with a different request",
-                        type_="idempotency-mismatch",
-                        errors=[{"field": IDEMPOTENCY_HEADER, "message": "reused with a different request"}],
-                    )
-                return json_response(
-                    dict(previous["response_body"]), status=202, headers={"Idempotent-Replayed": "true"}
-                )
+            replay = await previous_answer(conn, owner, key, digest, ttl, what="request")
+            if replay is not None:
+                return json_response(replay, status=202, headers={"Idempotent-Replayed": "true"})
         data, wake = await _press(conn, deps, p, notice, roots, body)
         await audit.record(
             conn,
