@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from notifier.api import audit
 from notifier.api.auth import members_visible, require_unit
@@ -19,7 +19,7 @@ from notifier.api.policies import check_channels, check_spacing
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Name, Strict, parse_uuid
+from notifier.api.types import Channels, Id, Name, Strict, parse_uuid
 from notifier.db import notices, policies, recipients, timeline, units
 from notifier.db.pool import Connection, Record
 from notifier.db.visibility import NoticeView, visible_notice
@@ -42,7 +42,7 @@ class NoticeIn(Strict):
     title: str = Field(min_length=1, max_length=200)
     body: str = Field(min_length=1, max_length=20_000)
     audience: Audience
-    channels: list[str] = Field(default_factory=lambda: ["inapp"], min_length=1, max_length=16)
+    channels: Channels = Field(default_factory=lambda: ["inapp"], min_length=1, max_length=16)
     fallback: bool = Field(
         default=False,
         description="channels in order of preference: each member gets the first one they can be reached on",
@@ -62,13 +62,6 @@ class NoticeIn(Strict):
         if self.expires_at is not None and self.send_at is not None and self.expires_at <= self.send_at:
             raise ValueError("expires_at must be after send_at")
         return self
-
-    @field_validator("channels")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("channels must not repeat")
-        return value
 
 
 class Counts(BaseModel):

@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from notifier.api import audit
 from notifier.api.keys import DEPS, AppDeps, principal
@@ -27,7 +27,7 @@ from notifier.api.principal import Principal
 from notifier.api.problems import Problem
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.slices import load_notice_slice
-from notifier.api.types import Id, Strict
+from notifier.api.types import Channels, Id, Strict
 from notifier.db import escalations, notices, remind, timeline
 from notifier.db.pool import Connection, Record
 from notifier.domain.escalation import MANUAL_STEP_BASE
@@ -40,14 +40,7 @@ routes = Router()
 
 class RemindIn(Strict):
     unit: Id | None = Field(default=None, description="only the unread of this unit's subtree")
-    channels: list[str] = Field(min_length=1, max_length=8, description="channels to remind them on")
-
-    @field_validator("channels")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("channels must not repeat")
-        return value
+    channels: Channels = Field(min_length=1, max_length=8, description="channels to remind them on")
 
 
 class RemindOut(BaseModel):

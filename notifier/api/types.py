@@ -150,3 +150,13 @@ def _iso_text(value: Any) -> Any:
 
 # ISO 8601 text with an offset; a naive timestamp (no offset) is refused, never guessed.
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+
+
+def _distinct_channels(value: list[str]) -> list[str]:
+    if len(set(value)) != len(value):
+        raise ValueError("channels must not repeat")
+    return value
+
+
+# A send's channels, in the caller's order of preference, each once.
+Channels = Annotated[list[str], AfterValidator(_distinct_channels)]
