@@ -7,10 +7,11 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier import __version__
+from notifier import __version__, console
 from notifier.api import (
     api_keys,
     audit,
+    console_links,
     contacts,
     duty,
     health,
@@ -47,6 +48,7 @@ RESOURCE_MODULES = (
     health,
     api_keys,
     audit,
+    console_links,
     units,
     duty,
     members,
@@ -122,4 +124,5 @@ def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> w
     app.cleanup_ctx.append(_resources)
     for module in RESOURCE_MODULES:
         module.routes.install(app)
+    console.setup(app)  # the web console and the member pages (notifier/console/)
     return app

@@ -92,3 +92,21 @@ def read_list_token(secret: bytes, token: str, now: float) -> str:
 
 def unread_list_link(public_url: str, secret: bytes, summary_id: str, expires_at: int) -> str:
     return f"{public_url.rstrip('/')}/r/unread/{make_list_token(secret, summary_id, expires_at)}"
+
+
+# A console sign-in link: bound to one console_links row (whose use is recorded once), expiring.
+# Signed under its own label, so no read-link or list token is a valid console token.
+_CONSOLE_LABEL = b"notifier:console-link:"
+
+
+def make_console_token(secret: bytes, link_id: str, expires_at: int) -> str:
+    return _sign(secret, _CONSOLE_LABEL, uuid.UUID(link_id).bytes + struct.pack(">Q", expires_at))
+
+
+def read_console_token(secret: bytes, token: str, now: float) -> str:
+    """The console_links id; raises ``BadLink`` for anything forged, malformed or expired."""
+    return str(uuid.UUID(bytes=_verify(secret, _CONSOLE_LABEL, token, now, exact=24)[:16]))
+
+
+def console_link(public_url: str, secret: bytes, link_id: str, expires_at: int) -> str:
+    return f"{public_url.rstrip('/')}/console/in/{make_console_token(secret, link_id, expires_at)}"

@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     link_secret: SecretStr = SecretStr(DEV_LINK_SECRET)  # signs read links and provider report URLs
     link_ttl_seconds: int = 7 * 24 * 3600
 
+    # The web console and member pages (notifier/console/).
+    console_link_ttl_seconds: int = Field(default=15 * 60, ge=10)  # one-time sign-in links
+    console_idle_seconds: int = Field(default=30 * 60, ge=10)  # a session unused this long ends
+    console_session_seconds: int = Field(default=12 * 3600, ge=60)  # and ends this long after sign-in
+
     def production_problems(self) -> list[str]:
         """What makes these settings unsafe outside development (empty when fine)."""
         problems = []

@@ -22,9 +22,10 @@ from notifier.api.problems import Problem, forbidden, not_found
 from notifier.db import api_keys, members, units
 from notifier.db.pool import Connection, Record
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
-# Authenticated by other means: provider signatures (callbacks) and HMAC-signed read links.
-PUBLIC_PREFIXES = ("/v1/providers/", "/r/")
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/console", "/m"})
+# Authenticated by other means: provider signatures (callbacks), HMAC-signed read links, and the
+# console's and member pages' own sessions (notifier/console/session.py).
+PUBLIC_PREFIXES = ("/v1/providers/", "/r/", "/console/", "/m/")
 
 
 def unauthorized(detail: str) -> Problem:

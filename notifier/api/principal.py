@@ -15,11 +15,12 @@ class Principal:
     unit_id: str | None = None
     member_id: str | None = None
     expires_at: datetime | None = None  # keys this one issues expire no later
+    session_owner: str | None = None  # a console session without a key: whose idempotency keys
 
     @property
     def owner(self) -> str:
         """Scope for idempotency keys."""
-        return self.key_id or "admin"
+        return self.key_id or self.session_owner or "admin"
 
     @property
     def is_admin(self) -> bool:
