@@ -20,7 +20,6 @@ from notifier.api.keys import PRINCIPAL
 from notifier.api.principal import Principal
 from notifier.api.routing import Call, Handler
 
-
 UNREAD: web.RequestKey[web.Request] = web.RequestKey("console_unread_request", web.Request)
 
 
@@ -35,7 +34,8 @@ def as_principal(
     for name, value in (headers or {}).items():
         merged[name] = value
     # A request whose body was read cannot be cloned: the page wrapper keeps an unread copy.
-    sub = request.get(UNREAD, request).clone(headers=merged)
+    unread: web.Request = request.get(UNREAD, request)
+    sub = unread.clone(headers=merged)
     sub[PRINCIPAL] = p
     if match is not None:
         info = UrlMappingMatchInfo(match, request.match_info.route)

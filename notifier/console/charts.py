@@ -54,7 +54,8 @@ def bar(value: float | None, unit: str = "") -> Markup:
     tag = f' data-unit="{escape(unit)}"' if unit else ""
     return Markup(  # noqa: S704 - the only text is escaped
         f'<svg class="bar" viewBox="0 0 100 8" preserveAspectRatio="none" aria-hidden="true">'
-        f'<rect class="bar-bg" width="100" height="8"/><rect class="bar-fill"{tag} width="{width:.1f}" height="8"/></svg>'
+        f'<rect class="bar-bg" width="100" height="8"/>'
+        f'<rect class="bar-fill"{tag} width="{width:.1f}" height="8"/></svg>'
     )
 
 

@@ -27,9 +27,9 @@ from notifier.api.problems import Problem, not_found
 from notifier.api.types import parse_uuid
 from notifier.channels.base import InvalidTarget
 from notifier.console.apicall import as_principal, call
-from notifier.console.session import SESSION, Session, set_cookie, start
-from notifier.console.signin import _pre_ok, _pre_token, _with_pre_cookie
 from notifier.console.pages import error_page, page, render, t
+from notifier.console.session import Session, set_cookie, start
+from notifier.console.signin import _pre_ok, _pre_token, _with_pre_cookie
 from notifier.db import console, contacts, notices, recipients
 from notifier.links import BadLink, read_token
 
@@ -152,4 +152,3 @@ async def push_subscribe(request: web.Request, session: Session) -> web.Response
     return web.json_response({"id": str(row["id"])}, status=201)
 
 
-__all__ = ["SESSION"]

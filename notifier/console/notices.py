@@ -24,10 +24,11 @@ from notifier.api import unit_counts as unit_counts_api
 from notifier.api.keys import DEPS
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem
+from notifier.api.routing import Call
 from notifier.console.apicall import as_principal, call
 from notifier.console.live import stream_counts
-from notifier.console.session import Session
 from notifier.console.pages import TZ, error_page, page, render, t
+from notifier.console.session import Session
 from notifier.db import notices as notices_db
 from notifier.db.quiet import DEFAULT_TIMEZONE
 
@@ -50,7 +51,7 @@ async def list_notices(request: web.Request, session: Session) -> web.Response:
     try:
         query = unit_counts_api.NoticeListQuery(
             unit=filters["unit"] or None,
-            kind=filters["kind"] or None,  # type: ignore[arg-type]
+            kind=filters["kind"] or None,
             created_after=_day(request, filters["from"]),
             created_before=_day(request, filters["to"]),
             q=filters["q"] or None,
@@ -121,7 +122,7 @@ async def notice_stream(request: web.Request, session: Session) -> web.StreamRes
 @page()
 async def roll_call_csv(request: web.Request, session: Session) -> web.StreamResponse:
     sub = as_principal(request, session.principal, {"Accept": rollcall_api.CSV_TYPE})
-    return await rollcall_api.roll_call(sub, rollcall_api.Call(None, rollcall_api.RollCallQuery(limit=1000)))
+    return await rollcall_api.roll_call(sub, Call(None, rollcall_api.RollCallQuery(limit=1000)))
 
 
 @page()
@@ -139,7 +140,7 @@ async def remind_now(request: web.Request, session: Session) -> web.StreamRespon
     key = form.get("key")
     nid = request.match_info["notice_id"]
     try:
-        body = remind_api.RemindIn(channels=chosen)  # type: ignore[arg-type]
+        body = remind_api.RemindIn(channels=chosen)
     except ValidationError:
         return error_page(request, 422, t(request, "notice.remind_pick"))
     headers = {notices_api.IDEMPOTENCY_HEADER: key} if isinstance(key, str) and key else {}

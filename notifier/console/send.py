@@ -25,8 +25,8 @@ from notifier.api.keys import DEPS
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem
 from notifier.console.apicall import call
-from notifier.console.session import Session
 from notifier.console.pages import TZ, page, render, t
+from notifier.console.session import Session
 from notifier.db import console, units
 from notifier.db.quiet import DEFAULT_TIMEZONE
 

@@ -18,8 +18,8 @@ from aiohttp import web
 
 from notifier.api.keys import DEPS
 from notifier.console import i18n
+from notifier.console.pages import error_page, page, render, t
 from notifier.console.session import (
-    SESSION,
     Session,
     clear_cookie,
     end,
@@ -28,7 +28,6 @@ from notifier.console.session import (
     start,
     start_for_member,
 )
-from notifier.console.pages import error_page, page, render, t
 from notifier.db import api_keys, console
 from notifier.links import BadLink, read_console_token
 
@@ -163,4 +162,3 @@ async def switch_unit(request: web.Request, session: Session) -> web.StreamRespo
     raise web.HTTPSeeOther("/console/")
 
 
-__all__ = ["SESSION"]

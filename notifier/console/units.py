@@ -16,8 +16,8 @@ from notifier.api.keys import DEPS
 from notifier.api.principal import Principal
 from notifier.console import charts
 from notifier.console.apicall import call
-from notifier.console.session import Session
 from notifier.console.pages import TZ, page, render
+from notifier.console.session import Session
 from notifier.db import console, duty, units
 from notifier.db.quiet import DEFAULT_TIMEZONE
 
@@ -69,7 +69,7 @@ async def show_units(request: web.Request, session: Session) -> web.Response:
     parents = [r["id"] for _, r in tree if any(c["parent_id"] == r["id"] for c in rows)][:REPORT_PARENTS]
     if not parents and tree:
         parents = [tree[0][1]["id"]]
-    rates: dict[str, dict[str, Any]] = {}
+    rates: dict[str, dict[int, Any]] = {}
     for days in (7, 30):
         for unit_id in parents:
             report = await _report(

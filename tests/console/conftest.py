@@ -63,7 +63,9 @@ async def live(server_urls: tuple[str, str], db: asyncpg.Connection) -> AsyncIte
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[Any]:
     if shutil.which(CHROMIUM) is None:
-        pytest.skip(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium when apt-get is usable")
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium when apt-get is usable"
+        )
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:

@@ -29,12 +29,17 @@ async def build_branch(live: Live) -> dict[str, list[str]]:
         await live.api("PUT", f"/v1/units/{uid}", {"name": name, "parent_id": parent})
     groups = {f"g{i}": [f"m{i}{j}" for j in range(3)] for i in range(3)}
     members = [{"id": m, "name": f"民警{m}", "units": [g]} for g, ms in groups.items() for m in ms]
-    members += [{"id": "s0", "name": "书记甲", "units": ["b0"]}, {"id": "s1", "name": "书记乙", "units": ["b1"]}]
+    members += [
+        {"id": "s0", "name": "书记甲", "units": ["b0"]},
+        {"id": "s1", "name": "书记乙", "units": ["b1"]},
+    ]
     members += [{"id": "x1", "name": "民警x1", "units": ["b1"]}]
     await live.api("POST", "/v1/members:batch", {"members": members}, status=200)
     for uid, secretary in (("b0", "s0"), ("b1", "s1")):
         name, parent = next((n, p) for u, n, p in units if u == uid)
-        await live.api("PUT", f"/v1/units/{uid}", {"name": name, "parent_id": parent, "secretaries": [secretary]})
+        await live.api(
+            "PUT", f"/v1/units/{uid}", {"name": name, "parent_id": parent, "secretaries": [secretary]}
+        )
     return groups
 
 
@@ -119,8 +124,11 @@ async def test_a_secretary_sends_a_ding_and_watches_it_read_live(
         await page.wait_for_url("**done=recall**")
         assert await db.fetchval("SELECT recalled_at FROM notices WHERE id = $1", notice_id) is not None
 
-        for path, shot in (("/console/notices", "console-notices.png"), ("/console/units", "console-units.png"),
-                           ("/console/reports", "console-reports.png")):
+        for path, shot in (
+            ("/console/notices", "console-notices.png"),
+            ("/console/units", "console-units.png"),
+            ("/console/reports", "console-reports.png"),
+        ):
             response = await page.goto(live.url + path)
             assert response.status == 200 and response.headers["content-security-policy"] == CSP
             assert not untranslated(await page.content()), path
@@ -141,7 +149,9 @@ async def test_a_secretary_sends_a_ding_and_watches_it_read_live(
         await context.close()
 
 
-async def test_a_member_confirms_a_ding_in_the_inbox(live: Live, browser: Any, db: asyncpg.Connection) -> None:
+async def test_a_member_confirms_a_ding_in_the_inbox(
+    live: Live, browser: Any, db: asyncpg.Connection
+) -> None:
     await build_branch(live)
     body = {"kind": "ding", "title": "集合", "body": "立即集合", "audience": {"members": ["m00"]}}
     nid = (await live.api("POST", "/v1/notices", body, status=202))["id"]
