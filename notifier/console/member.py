@@ -150,5 +150,3 @@ async def push_subscribe(request: web.Request, session: Session) -> web.Response
             {"member_id": p.member_id, "channel": "webpush", "target": "***"},
         )
     return web.json_response({"id": str(row["id"])}, status=201)
-
-

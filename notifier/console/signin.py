@@ -160,5 +160,3 @@ async def switch_unit(request: web.Request, session: Session) -> web.StreamRespo
         if not isinstance(unit, str) or not await console.switch_unit(conn, session.id, unit):
             return error_page(request, 404)
     raise web.HTTPSeeOther("/console/")
-
-
