@@ -171,6 +171,7 @@ async def wake_tick_in(queue: ArqRedis, seconds: float) -> bool:
 # watcher hub (api/watch.py) polls that notice early. Best effort: a lost hint only delays an
 # update until the hub's next regular poll.
 NOTICE_CHANGED = "notifier:notice-changed"
+HINT_TIMEOUT_SECONDS = 0.5
 
 
 async def hint_changed(queue: Redis, *notice_ids: str) -> None:
@@ -178,7 +179,8 @@ async def hint_changed(queue: Redis, *notice_ids: str) -> None:
     if not notice_ids:
         return
     try:
-        async with queue.pipeline(transaction=False) as pipe:
+        # Bounded tighter than an answer's deadline: a hung Redis must not hold a delivery batch.
+        async with asyncio.timeout(HINT_TIMEOUT_SECONDS), queue.pipeline(transaction=False) as pipe:
             for notice_id in sorted(set(notice_ids)):
                 pipe.publish(NOTICE_CHANGED, notice_id)
             await pipe.execute()
