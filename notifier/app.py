@@ -26,6 +26,7 @@ from notifier.api import (
     receipts,
     remind,
     rollcall,
+    stream,
     summaries,
     timeline,
     unit_counts,
@@ -37,6 +38,7 @@ from notifier.api.auth import auth_middleware
 from notifier.api.keys import DEPS, SETTINGS, AppDeps
 from notifier.api.problems import problem_middleware
 from notifier.api.routing import Operation, openapi_document
+from notifier.api.watch import WatchHub
 from notifier.channels.registry import ChannelRegistry, build_registry
 from notifier.db.pool import create_pool
 from notifier.settings import Settings
@@ -56,6 +58,7 @@ RESOURCE_MODULES = (
     contacts,
     policies,
     notices,
+    stream,
     unit_counts,
     unit_reports,
     lessons,
@@ -95,6 +98,21 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await pool.close()
 
 
+async def _watchers(app: web.Application) -> AsyncIterator[None]:
+    """The live streams' watcher hub (api/watch.py), polling with the app's pool."""
+    hub = app[stream.WATCHERS]
+    await hub.start(app[DEPS].pool)
+    try:
+        yield
+    finally:
+        await hub.stop()
+
+
+async def _end_streams(app: web.Application) -> None:
+    # on_shutdown runs before the server waits for its handlers: open streams end now.
+    app[stream.WATCHERS].close_streams()
+
+
 def server_options(settings: Settings) -> dict[str, Any]:
     """What the HTTP server (``web.AppRunner``) is given: bounds on how long and how large a request
     head may be. A slow client (one byte a second) is cut off when the keep-alive timer -- started
@@ -121,7 +139,10 @@ def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> w
     app[CHANNELS] = channels if channels is not None else build_registry(settings)
     app[health.OPENAPI] = build_openapi()
     app.on_response_prepare.append(ratelimit.add_headers)
+    app[stream.WATCHERS] = WatchHub(settings)
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(_watchers)
+    app.on_shutdown.append(_end_streams)
     for module in RESOURCE_MODULES:
         module.routes.install(app)
     console.setup(app)  # the web console and the member pages (notifier/console/)

@@ -153,6 +153,13 @@ class Settings(BaseSettings):
     # deliveries); at the ceiling it stops, with an ``escalation_ceiling_reached`` event.
     escalation_max_sends: int = Field(default=100_000, ge=0)
 
+    # Live streams (GET /v1/notices/{id}/stream): the API process polls the counters of watched
+    # notices this often (a worker's hint polls one early), never one notice more often than
+    # ``stream_min_interval_seconds`` (so at most 4 events a second); a comment keeps idle streams open.
+    stream_poll_seconds: float = Field(default=1.0, gt=0)
+    stream_min_interval_seconds: float = Field(default=0.25, ge=0)
+    stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+
     # Channels.
     webhook_timeout_seconds: float = 10.0
     webhook_max_attempts: int = 6

@@ -14,6 +14,7 @@ from aiohttp import web
 from notifier.api.keys import DEPS
 from notifier.api.problems import Problem, not_found
 from notifier.api.routing import Call, Reply, Router, body_deadline
+from notifier.api.stream import WATCHERS
 from notifier.channels.base import InvalidSignature, ReceivesCallbacks
 from notifier.db import notices, receipts, recipients
 from notifier.links import BadLink, read_token
@@ -147,6 +148,10 @@ async def open_read_link(request: web.Request, call: Call) -> web.Response:
         # Link-preview bots and URL scanners fetch links too; they must not stop a DING's
         # escalation for someone who never saw it.
         if not is_preview_fetch(request):
-            await receipts.mark_read(conn, claims.notice_id, claims.member_id, "link")
+            read = await receipts.mark_read(conn, claims.notice_id, claims.member_id, "link")
+        else:
+            read = False
+    if read:  # committed: the live streams of this notice may show it now
+        request.app[WATCHERS].changed(claims.notice_id)
     paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in str(notice["body"]).split("\n") if p.strip())
     return _page(200, str(notice["title"]), paragraphs + "<p class=note>✓ 已读 — read receipt recorded.</p>")

@@ -14,6 +14,7 @@ from notifier.api.keys import DEPS, principal
 from notifier.api.notices import load_visible_notice
 from notifier.api.problems import Problem, invalid, not_found
 from notifier.api.routing import Call, Router, json_response
+from notifier.api.stream import WATCHERS
 from notifier.api.types import Id, Strict, parse_uuid
 from notifier.db import inbox as inbox_db
 from notifier.db import notices, receipts, recipients, units
@@ -109,6 +110,8 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
                     headers={"Retry-After": "1"},
                 )
             raise not_found("recipient")
+    if recorded:  # committed: the live streams of this notice may show it now
+        request.app[WATCHERS].changed(notice_id)
     return json_response(
         ReceiptOut(
             notice_id=notice_id, member_id=member_id, type="read", read_at=row["read_at"], recorded=recorded

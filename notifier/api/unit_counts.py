@@ -190,6 +190,11 @@ async def notice_units(request: web.Request, call: Call) -> web.Response:
             raise invalid("query.parent", "required: this notice was not created by a unit")
         await require_unit(conn, p, parent)
         rows = await unit_counts.rollup(conn, view.id, parent)
+    return json_response({"notice_id": view.id, "parent": parent, "units": rollup_rows(rows)})
+
+
+def rollup_rows(rows: list[Record]) -> list[dict[str, Any]]:
+    """Roll-up rows (db/unit_counts.py ROLLUP's columns) as the API shows them (also the live stream's)."""
     units = []
     for r in rows:
         buckets = [int(r[c]) for c, _ in unit_counts.BUCKETS]
@@ -206,4 +211,4 @@ async def notice_units(request: web.Request, call: Call) -> web.Response:
                 }
             ).model_dump(mode="json", by_alias=True)
         )
-    return json_response({"notice_id": view.id, "parent": parent, "units": units})
+    return units

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from notifier.db.notices import NOTICE_COLUMNS
-from notifier.db.pool import Connection, Record
+from notifier.db.pool import Connection, Pool, Record
 
 # The time-to-read buckets (disjoint: read within 1 minute, within 5 but not 1, ...), as the
 # columns hold them and as the API names them.
@@ -127,3 +127,55 @@ def median_bucket(recipients: int, buckets: list[int]) -> str | None:
         if 2 * seen >= recipients:
             return name
     return None
+
+
+# What the live streams show, for every watched (notice, slice unit, roll-up parent) at once: one
+# statement per watcher tick however many notices and slices are watched. Per key k: first the
+# slice's counts (unit_id NULL; the notice's own counters when the slice unit is NULL, as
+# notices.COUNTS / UNIT_COUNTS), then ROLLUP's rows over the parent's children, in ROLLUP's order.
+#   $1 notice ids  $2 slice units (NULL: the whole notice)  $3 roll-up parents (NULL: no rows)
+_COUNT_COLUMNS = "recipients, queued, sent, delivered, failed, cancelled, read"
+_ALL_SUMS = ", ".join(f"coalesce(sum(k.{c}), 0)::bigint AS {c}" for c in _COUNT_COLUMNS.split(", "))
+WATCHED = f"""
+WITH keys AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) WITH ORDINALITY AS w(notice_id, unit_id, parent_id, k)
+), rows AS (
+    SELECT keys.k, keys.notice_id, u.id AS unit_id, u.name, false AS direct
+    FROM keys JOIN units u ON u.parent_id = keys.parent_id
+    UNION ALL
+    SELECT keys.k, keys.notice_id, u.id, u.name, true FROM keys JOIN units u ON u.id = keys.parent_id
+)
+SELECT * FROM (
+SELECT keys.k, NULL::text AS unit_id, NULL::text AS name, NULL::boolean AS direct, c.*
+FROM keys CROSS JOIN LATERAL (
+    SELECT {_ALL_SUMS}, {_BUCKET_SUMS}, NULL::timestamptz AS last_read_at
+    FROM (
+        SELECT {_COUNT_COLUMNS}, 0 AS read_1m, 0 AS read_5m, 0 AS read_15m, 0 AS read_30m, 0 AS read_60m,
+               0 AS read_later
+        FROM notice_counts WHERE keys.unit_id IS NULL AND notice_id = keys.notice_id
+        UNION ALL
+        SELECT {_COUNT_COLUMNS}, 0, 0, 0, 0, 0, 0
+        FROM notice_unit_counts
+        WHERE keys.unit_id IS NOT NULL AND notice_id = keys.notice_id AND unit_id = keys.unit_id AND NOT direct
+    ) k
+) c
+UNION ALL
+SELECT rows.k, rows.unit_id, rows.name, rows.direct, c.*
+FROM rows CROSS JOIN LATERAL (
+    SELECT {_ALL_SUMS}, {_BUCKET_SUMS}, max(k.last_read_at) AS last_read_at
+    FROM notice_unit_counts k
+    WHERE k.notice_id = rows.notice_id AND k.unit_id = rows.unit_id AND k.direct = rows.direct
+) c
+) watched
+ORDER BY k, unit_id IS NOT NULL, read::float8 / nullif(recipients, 0) ASC NULLS LAST, direct, unit_id"""
+
+
+async def watched(
+    conn: Connection | Pool, keys: list[tuple[str, str | None, str | None]]
+) -> list[list[Record]]:
+    """For each (notice, slice unit, roll-up parent): [its counts row, *its roll-up rows]."""
+    rows = await conn.fetch(WATCHED, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+    out: list[list[Record]] = [[] for _ in keys]
+    for r in rows:
+        out[int(r["k"]) - 1].append(r)
+    return out

@@ -28,7 +28,7 @@ from notifier.links import read_link
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.lease import LeaseKeeper
-from notifier.workers.queue import enqueue_deliveries
+from notifier.workers.queue import enqueue_deliveries, hint_changed
 from notifier.workers.reports import apply_reports
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,7 @@ async def _deliver_batch(
         if result.disable_contact and claim.contact_id is not None:
             disable[delivery_id] = (str(claim.contact_id), result.error or "rejected by provider")
     handed_over = await _write_back(deps, channel, lease, written, disable, list(results.values()))
+    await hint_changed(deps.queue, content.notice_id)  # live streams: poll its counters now
     # One wake-up per (notice, channel) the batch fell back to, not one per row.
     queued = Counter((str(r["notice_id"]), str(r["channel"])) for r in handed_over if r["state"] == "queued")
     for (notice_id, next_channel), n in sorted(queued.items()):

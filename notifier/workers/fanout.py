@@ -14,7 +14,7 @@ from notifier.db import fanout as fanout_db
 from notifier.db import notices, timeline
 from notifier.workers.context import WorkerDeps
 from notifier.workers.escalate import start_escalation
-from notifier.workers.queue import enqueue_deliveries, wake_tick_in
+from notifier.workers.queue import enqueue_deliveries, hint_changed, wake_tick_in
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 "active" if done else "fanning_out",
             )
         total += n
+        await hint_changed(deps.queue, notice_id)  # live streams: poll its counters now
         for channel in result["queued_channels"]:
             await enqueue_deliveries(deps.queue, deps.settings, notice_id, channel, n, tag=f"f{chunk_no}")
         chunk_no += 1

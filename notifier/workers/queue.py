@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -164,3 +165,24 @@ async def enqueue_deliveries(
 async def wake_tick_in(queue: ArqRedis, seconds: float) -> bool:
     """An early wake-up for the time engine (the one-second cron tick is the guarantee)."""
     return await _wake(queue, TICK_NOW, _defer_by=max(0.0, seconds))
+
+
+# Live streams: after a process changes a notice's counters it says so here; each API process's
+# watcher hub (api/watch.py) polls that notice early. Best effort: a lost hint only delays an
+# update until the hub's next regular poll.
+NOTICE_CHANGED = "notifier:notice-changed"
+HINT_TIMEOUT_SECONDS = 0.5
+
+
+async def hint_changed(queue: Redis, *notice_ids: str) -> None:
+    """Publish a ``notice-changed`` hint per notice (one round trip); never raises."""
+    if not notice_ids:
+        return
+    try:
+        # Bounded tighter than an answer's deadline: a hung Redis must not hold a delivery batch.
+        async with asyncio.timeout(HINT_TIMEOUT_SECONDS), queue.pipeline(transaction=False) as pipe:
+            for notice_id in sorted(set(notice_ids)):
+                pipe.publish(NOTICE_CHANGED, notice_id)
+            await pipe.execute()
+    except REDIS_UNAVAILABLE as exc:
+        log.debug("notice-changed hint not published (%s)", type(exc).__name__)
