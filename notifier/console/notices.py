@@ -19,6 +19,7 @@ from notifier.api import notices as notices_api
 from notifier.api import recall as recall_api
 from notifier.api import remind as remind_api
 from notifier.api import rollcall as rollcall_api
+from notifier.api import stream as stream_api
 from notifier.api import timeline as timeline_api
 from notifier.api import unit_counts as unit_counts_api
 from notifier.api.keys import DEPS
@@ -26,7 +27,6 @@ from notifier.api.principal import Principal
 from notifier.api.problems import Problem
 from notifier.api.routing import Call
 from notifier.console.apicall import as_principal, call
-from notifier.console.live import stream_counts
 from notifier.console.pages import TZ, error_page, page, render, t
 from notifier.console.session import Session
 from notifier.db import notices as notices_db
@@ -110,13 +110,10 @@ async def show_notice(request: web.Request, session: Session) -> web.Response:
 
 @page()
 async def notice_stream(request: web.Request, session: Session) -> web.StreamResponse:
-    """Server-Sent Events of the notice's counts for this session's slice."""
-    p = session.principal
-    notice = await call(request, p, notices_api.get_notice, query=notices_api.NoticeQuery())
-    async with request.app[DEPS].pool.acquire() as conn:
-        row = await notices_db.get(conn, notice["id"])
-    scope = None if row is None else row["scope_unit_id"]
-    return await stream_counts(request, p, _rollup_parent(p, notice, scope))
+    """Server-Sent Events of the notice's counts for this session's slice: the API's own stream
+    (api/stream.py), same visibility, same frames."""
+    sub = as_principal(request, session.principal)
+    return await stream_api.notice_stream(sub, Call(None, stream_api.StreamQuery()))
 
 
 @page()
