@@ -63,6 +63,9 @@ async def run_dev(settings: Settings) -> None:
     from notifier.db.migrations import migrate
 
     await migrate(settings.database_url)
+    from notifier.cli.console_link import print_admin_link
+
+    await print_admin_link(settings)
     stop = _stop_on_signals()
     parts = [
         asyncio.ensure_future(run_api(settings, stop)),
@@ -92,7 +95,9 @@ def _dev(settings: Settings) -> None:
             sys.exit(f"notifier dev: {exc}")
         updates.setdefault("database_url", settings.database_url or servers.postgres.url)
         updates.setdefault("redis_url", settings.redis_url or servers.redis.url)
-    settings = settings.model_copy(update=updates)
+    from notifier.cli.console_link import dev_vapid_key
+
+    settings = dev_vapid_key(settings.model_copy(update=updates))
     url = f"http://{settings.host}:{settings.port}"
     print(
         f"\nnotifier is serving on {url}\n"
@@ -136,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     mig.add_argument("--dir", type=Path, default=None, help="the migrations directory (default: schemas/)")
     sub.add_parser("openapi", help="print the OpenAPI document")
     sub.add_parser("vapid-keys", help="print a new VAPID key pair for web push")
+    link = sub.add_parser("console-link", help="print a one-time sign-in link to the web console")
+    link.add_argument("member", nargs="?", default=None, help="the member (default: the admin)")
     echo = sub.add_parser("echo-webhooks", help="a local receiver that verifies and prints webhooks")
     echo.add_argument("--port", type=int, default=9000)
     args = parser.parse_args(argv)
@@ -162,6 +169,10 @@ def main(argv: list[str] | None = None) -> None:
                 print("applied: " + ", ".join(exc.applied))
             sys.exit(f"notifier migrate: {exc}")
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    elif args.command == "console-link":
+        from notifier.cli import console_link
+
+        console_link.run(settings, args.member)
     elif args.command == "vapid-keys":
         from notifier.channels.webpush import generate_vapid_keys
 

@@ -82,6 +82,7 @@ MEMBERS_WITHIN = (
 SELECT DISTINCT m.id, m.name FROM members m JOIN member_units mu ON mu.member_id = m.id
 JOIN sub ON sub.id = mu.unit_id ORDER BY m.name, m.id LIMIT $2"""
 )
+MEMBER_EXISTS = "SELECT EXISTS (SELECT 1 FROM members WHERE id = $1)"
 MEMBER_NAMES = "SELECT id, name FROM members WHERE id = ANY($1::text[])"
 MEMBERS_ALL = "SELECT id, name FROM members ORDER BY name, id LIMIT $1"
 
