@@ -34,13 +34,15 @@ def lines(series: list[dict[str, object]], labels: list[str]) -> Markup:
         points = s["points"]
         assert isinstance(points, list)
         coords = [
-            f"{PAD + i * step:.1f},{PAD + (HEIGHT - 2 * PAD) * (1 - v):.1f}"
+            (PAD + i * step, PAD + (HEIGHT - 2 * PAD) * (1 - v))
             for i, v in enumerate(points)
             if isinstance(v, int | float)
         ]
         cls = f"s{k % SERIES_CLASSES}"
-        if coords:
-            out.append(f'<polyline class="line {cls}" points="{" ".join(coords)}"/>')
+        if len(coords) > 1:
+            line = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+            out.append(f'<polyline class="line {cls}" points="{line}"/>')
+        out.extend(f'<circle class="dot {cls}" cx="{x:.1f}" cy="{y:.1f}" r="4"/>' for x, y in coords)
         lx, ly = PAD + (k % 4) * 150, HEIGHT + 10 + 24 * (k // 4)
         out.append(f'<rect class="key {cls}" x="{lx}" y="{ly}" width="12" height="12"/>')
         out.append(f'<text class="legend" x="{lx + 18}" y="{ly + 11}">{escape(str(s["name"]))}</text>')

@@ -27,6 +27,7 @@ from notifier.api.problems import Problem
 from notifier.console.apicall import call
 from notifier.console.pages import TZ, page, render, t
 from notifier.console.session import Session
+from notifier.console.units import tree_order
 from notifier.db import console, units
 from notifier.db.quiet import DEFAULT_TIMEZONE
 
@@ -41,7 +42,10 @@ async def _choices(request: web.Request, p: Principal) -> dict[str, Any]:
         member_rows = await console.members_within(conn, p.scope_root, PICKER_LIMIT)
     policies = await call(request, p, policies_api.list_policies)
     return {
-        "units": [{"id": u["id"], "name": u["name"], "parent_id": u["parent_id"]} for u in unit_rows],
+        "units": [
+            {"id": u["id"], "name": u["name"], "depth": depth}
+            for depth, u in tree_order([dict(r) for r in unit_rows], p.scope_root)
+        ],
         "members": [{"id": m["id"], "name": m["name"]} for m in member_rows],
         "channels": deps.channels.ids(),
         "policies": sorted({item["name"] for item in policies["items"]}),

@@ -37,7 +37,7 @@ async def _report(
     return await call(request, p, reports_api.unit_report, query=query, match={"unit_id": unit_id})
 
 
-def _tree(rows: list[dict[str, Any]], root: str | None) -> list[tuple[int, dict[str, Any]]]:
+def tree_order(rows: list[dict[str, Any]], root: str | None) -> list[tuple[int, dict[str, Any]]]:
     """Depth-first order with depths, starting at the units whose parent is not listed."""
     ids = {r["id"] for r in rows}
     children: dict[str | None, list[dict[str, Any]]] = {}
@@ -65,7 +65,7 @@ async def show_units(request: web.Request, session: Session) -> web.Response:
         ids = [r["id"] for r in rows]
         names = await console.member_names(conn, sorted({s for r in rows for s in r["secretaries"]}))
         shifts = {u: await duty.list_shifts(conn, u, start, start + dt.timedelta(days=1)) for u in ids}
-    tree = _tree(rows, p.scope_root)
+    tree = tree_order(rows, p.scope_root)
     parents = [r["id"] for _, r in tree if any(c["parent_id"] == r["id"] for c in rows)][:REPORT_PARENTS]
     if not parents and tree:
         parents = [tree[0][1]["id"]]

@@ -76,7 +76,7 @@ async def test_a_secretary_sends_a_ding_and_watches_it_read_live(
         await page.screenshot(path=str(output / "console-send.png"), full_page=True)
         await page.click("button[name=step][value=review]")
         assert "9" in await page.inner_text("#confirm-count")
-        assert await page.inner_text("#confirm-channels") == "inapp"
+        assert await page.inner_text("#confirm-channels") == "应用内"  # inapp, in the catalogue
         await page.dblclick("#send-now")  # a double click sends once
         await page.wait_for_url("**/console/notices/*")
         notice_id = page.url.rsplit("/", 1)[1]
