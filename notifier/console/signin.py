@@ -45,7 +45,7 @@ def _with_pre_cookie(request: web.Request, response: web.Response, token: str) -
         httponly=True,
         samesite="Lax",
         secure=is_https(request),
-        path="/console/",
+        path="/",
         max_age=3600,
     )
     return response

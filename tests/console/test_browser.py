@@ -60,6 +60,10 @@ async def test_a_secretary_sends_a_ding_and_watches_it_read_live(
 ) -> None:
     groups = await build_branch(live)
     context = await browser.new_context(locale="zh-CN", viewport={"width": 1200, "height": 900})
+    violations: list[str] = []
+    context.on(
+        "console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None
+    )
     try:
         page = await sign_in(context, live, "s0")
         assert not untranslated(await page.content())
@@ -145,18 +149,26 @@ async def test_a_secretary_sends_a_ding_and_watches_it_read_live(
             assert response.status == 404
         finally:
             await other.close()
+        assert violations == []  # htmx, its SSE extension and our script run under the strict CSP
     finally:
         await context.close()
 
 
-async def test_a_member_confirms_a_ding_in_the_inbox(
-    live: Live, browser: Any, db: asyncpg.Connection
+async def test_a_member_confirms_a_ding_and_reads_a_notice_in_the_inbox(
+    live: Live, browser: Any, db: asyncpg.Connection, output: Path
 ) -> None:
     await build_branch(live)
-    body = {"kind": "ding", "title": "集合", "body": "立即集合", "audience": {"members": ["m00"]}}
-    nid = (await live.api("POST", "/v1/notices", body, status=202))["id"]
+    ids = []
+    for kind, title in (("ding", "集合"), ("notice", "学习材料")):
+        body = {"kind": kind, "title": title, "body": "立即集合", "audience": {"members": ["m00"]}}
+        ids.append((await live.api("POST", "/v1/notices", body, status=202))["id"])
+    ding, notice = ids
+
+    async def read_at(nid: str) -> Any:
+        return await db.fetchval("SELECT read_at FROM recipients WHERE notice_id = $1", nid)
+
     for _ in range(200):
-        if await db.fetchval("SELECT count(*) FROM recipients WHERE notice_id = $1", nid):
+        if await db.fetchval("SELECT count(*) FROM recipients WHERE member_id = 'm00'") == 2:
             break
         await asyncio.sleep(0.05)
     context = await browser.new_context(locale="en-US", viewport={"width": 390, "height": 800})
@@ -165,13 +177,23 @@ async def test_a_member_confirms_a_ding_in_the_inbox(
         await page.goto(await live.link("m00"))
         await page.click("#continue")
         await page.wait_for_url("**/m/")
-        assert await page.locator("ul.inbox li.unread").count() == 1
-        await page.click("ul.inbox a")
-        await page.wait_for_url(f"**/m/notices/{nid}")
+        assert await page.locator("ul.inbox li.unread").count() == 2
+        await page.screenshot(path=str(output / "member-inbox.png"), full_page=True)
+        await page.click(f'ul.inbox a[href="/m/notices/{ding}"]')
+        await page.wait_for_url(f"**/m/notices/{ding}")
         await asyncio.sleep(2)  # shown for a while: a DING still waits for the explicit confirmation
-        assert await db.fetchval("SELECT read_at FROM recipients WHERE notice_id = $1", nid) is None
+        assert await read_at(ding) is None
+        await page.screenshot(path=str(output / "member-ding.png"), full_page=True)
         await page.click("#confirm-read")
         await page.wait_for_selector("#read-state")
-        assert await db.fetchval("SELECT read_via FROM recipients WHERE notice_id = $1", nid) is not None
+        assert await read_at(ding) is not None
+
+        # An ordinary notice is read once it has been shown (the beacon), not by the GET itself.
+        assert await read_at(notice) is None
+        await page.goto(f"{live.url}/m/notices/{notice}")
+        await expect(page.locator("#member-notice")).to_have_attribute("data-read", "yes", timeout=WAIT_MS)
+        assert await read_at(notice) is not None
+        manifest = await page.request.get(f"{live.url}/m/manifest.webmanifest")
+        assert manifest.ok and (await manifest.json())["scope"] == "/m/"
     finally:
         await context.close()

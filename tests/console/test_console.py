@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from aiohttp.test_utils import TestClient
 
 from notifier.console.i18n import LANGS, catalogue
 from notifier.console.pages import CSP
+from notifier.links import make_token
+from notifier.settings import Settings
 from tests.api.conftest import issue_key
 from tests.conftest import advance_clock, auth, wait_until
 from tests.helpers import post, put
@@ -241,3 +244,24 @@ async def test_a_member_read_is_recorded_by_a_post_never_by_a_get(
     assert await db.fetchval("SELECT read_at FROM recipients WHERE notice_id = $1", nid) is not None
     other = (await post(client, "/v1/notices", {**body, "audience": {"members": ["x1"]}}, status=202))["id"]
     assert (await client.get(f"/m/notices/{other}")).status == 404
+
+
+async def test_a_read_link_opens_the_inbox_once_without_recording_the_read(
+    client: TestClient[Any, Any], db: asyncpg.Connection, worker: None, settings: Settings
+) -> None:
+    await org(client)
+    body = {"kind": "ding", "title": "集合", "body": "x", "audience": {"members": ["m0"]}}
+    nid = (await post(client, "/v1/notices", body, status=202))["id"]
+    await fanned_out(db, nid)
+    secret = settings.link_secret.get_secret_value().encode()
+    token = make_token(secret, nid, "m0", int(time.time()) + 3600)
+    path = f"/m/r/{token}"
+    pre = await csrf_of(client, path)  # a GET (a link preview) signs nobody in
+    assert await db.fetchval("SELECT count(*) FROM console_sessions") == 0
+    resp = await client.post(path, data={"csrf": pre}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == f"/m/notices/{nid}"
+    assert (await client.get(f"/m/notices/{nid}")).status == 200
+    assert await db.fetchval("SELECT read_at FROM recipients WHERE notice_id = $1", nid) is None
+    assert (await client.post(path, data={"csrf": pre}, allow_redirects=False)).status == 403  # once
+    forged = make_token(b"another secret", nid, "m0", int(time.time()) + 3600)
+    assert (await client.post(f"/m/r/{forged}", data={"csrf": pre}, allow_redirects=False)).status == 403
