@@ -70,6 +70,7 @@ async def start(
 ) -> str:
     """A new session (its cookie value): the caller sets the cookie on its response."""
     session_id = secrets.token_urlsafe(32)
+    await console.purge(conn)
     await console.insert_session(
         conn,
         session_id,

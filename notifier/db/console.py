@@ -57,7 +57,10 @@ UPDATE console_sessions s SET unit_id = $2
 WHERE s.id_hash = $1 AND s.role = 'secretary' AND s.key_id IS NULL
   AND EXISTS (SELECT 1 FROM unit_secretaries us WHERE us.unit_id = $2 AND us.member_id = s.member_id)"""
 
-PURGE = "DELETE FROM console_sessions WHERE expires_at < notifier_now() - interval '1 day'"
+# Rows nobody can use any more, a day after they stopped being usable (run at each sign-in).
+PURGE = """
+WITH s AS (DELETE FROM console_sessions WHERE expires_at < notifier_now() - interval '1 day')
+DELETE FROM console_links WHERE expires_at < notifier_now() - interval '1 day'"""
 
 # The people an audience reaches: the members of the units' subtrees and the named members,
 # counted once each -- the set the fan-out statement (db/fanout.py) resolves.
@@ -151,3 +154,7 @@ async def members_within(conn: Connection, root: str | None, limit: int) -> list
 
 async def member_names(conn: Connection, member_ids: list[str]) -> dict[str, str]:
     return {r["id"]: r["name"] for r in await conn.fetch(MEMBER_NAMES, member_ids)}
+
+
+async def purge(conn: Connection) -> None:
+    await conn.execute(PURGE)

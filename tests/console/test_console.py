@@ -95,19 +95,26 @@ async def test_every_page_renders_translated_with_the_strict_csp(
         f"/console/notices/{nid}/recipients/m0",
         "/console/sign-in",
         "/m/",
+        f"/m/notices/{nid}",
+        "/console/notices/00000000-0000-0000-0000-000000000000",  # the 404 page, translated too
     ]
     for lang in LANGS:
         client.session.cookie_jar.update_cookies({"lang": lang})
         for path in pages:
             resp = await client.get(path)
             html = await resp.text()
-            assert resp.status == 200, (path, html[:300])
+            assert resp.status == (404 if "0000-0000" in path else 200), (path, html[:300])
             assert resp.headers["Content-Security-Policy"] == CSP
             assert "unsafe-inline" not in CSP and "frame-ancestors 'none'" in CSP
             assert "⟦" not in html, (lang, path, re.findall("⟦[^⟧]*⟧", html))
             assert "<script>" not in html and " style=" not in html and "onclick" not in html
     client.session.cookie_jar.update_cookies({"lang": "zh-CN"})
     assert "通知" in await (await client.get("/console/notices")).text()
+    client.session.cookie_jar.clear()  # no cookie: Accept-Language decides
+    page = await client.get("/console/sign-in", headers={"Accept-Language": "en-GB,en;q=0.8"})
+    assert '<html lang="en">' in await page.text()
+    page = await client.get("/console/sign-in", headers={"Accept-Language": "fr"})
+    assert '<html lang="zh-CN">' in await page.text()
 
 
 async def test_a_console_link_works_once_and_expires(
