@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import SecretStr
 
+from notifier.logs import configure as configure_logging
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier")
@@ -54,9 +55,15 @@ async def run_api(settings: Settings, stop: asyncio.Future[None] | None = None) 
 
 async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:
     """The worker, supervised: a Redis outage pauses it, never ends it (only ``stop`` does)."""
+    from notifier.metrics import start_worker_metrics
     from notifier.workers.settings import run_supervised
 
-    await run_supervised(settings, stop if stop is not None else _stop_on_signals())
+    metrics = await start_worker_metrics(settings)
+    try:
+        await run_supervised(settings, stop if stop is not None else _stop_on_signals())
+    finally:
+        if metrics is not None:
+            await metrics.cleanup()
 
 
 async def run_dev(settings: Settings) -> None:
@@ -139,9 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     echo = sub.add_parser("echo-webhooks", help="a local receiver that verifies and prints webhooks")
     echo.add_argument("--port", type=int, default=9000)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("arq").setLevel(logging.WARNING)
     settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
 
     if args.command == "dev":
         _dev(settings)

@@ -22,7 +22,8 @@ from notifier.api.problems import Problem, forbidden, not_found
 from notifier.db import api_keys, members, units
 from notifier.db.pool import Connection, Record
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+# /metrics checks its own token (api/metrics.py).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics"})
 # Authenticated by other means: provider signatures (callbacks) and HMAC-signed read links.
 PUBLIC_PREFIXES = ("/v1/providers/", "/r/")
 

@@ -28,6 +28,7 @@ from arq.worker import Worker, func
 
 from notifier.channels.registry import build_registry
 from notifier.db.pool import create_pool
+from notifier.metrics import POOLS
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver
@@ -41,6 +42,7 @@ from notifier.workers.queue import (
     deserialize,
     queue_client,
     serialize,
+    traced,
 )
 from notifier.workers.reconcile import reconcile
 from notifier.workers.tick import TICK, tick
@@ -54,6 +56,7 @@ RESTART_BACKOFF_SECONDS = (0.5, 10.0)  # first and longest pause before starting
 def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, Any]:
     async def on_startup(ctx: dict[str, Any]) -> None:
         pool = await create_pool(settings, min_size=2, max_size=max(4, settings.db_pool_max))
+        POOLS.track(pool, "worker")
         queue = await create_queue(settings)
         ctx["deps"] = WorkerDeps(settings, pool, queue, build_registry(settings))
 
@@ -93,8 +96,8 @@ def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, 
     )
     return {
         "functions": [
-            func(fanout, name=FANOUT, timeout=3600, keep_result=0, max_tries=1000),
-            func(deliver, name=DELIVER, timeout=3600, keep_result=0, max_tries=1000),
+            func(traced(fanout), name=FANOUT, timeout=3600, keep_result=0, max_tries=1000),
+            func(traced(deliver), name=DELIVER, timeout=3600, keep_result=0, max_tries=1000),
             func(tick, name=TICK_NOW, timeout=60, keep_result=0, max_tries=3),
         ],
         "cron_jobs": cron_jobs,
