@@ -126,9 +126,10 @@ async def test_a_send_moves_requests_queue_deliveries_and_latency_by_what_happen
     await deliver_notice_channel(deps, nid, "webhook")
     after = await scrape(mclient)
     assert receiver.per_member() == {f"m{i}": 1 for i in range(4)}
-    states = dict(
-        await db.fetch("SELECT state, count(*) FROM deliveries WHERE channel = 'webhook' GROUP BY state")
+    rows = await db.fetch(
+        "SELECT state, count(*) AS n FROM deliveries WHERE channel = 'webhook' GROUP BY state"
     )
+    states = {r["state"]: r["n"] for r in rows}
     assert states == {"delivered": 4, "failed": 1}
 
     def moved(name: str, **labels: str) -> float:
