@@ -124,6 +124,9 @@ async def test_a_send_moves_requests_queue_deliveries_and_latency_by_what_happen
     assert 120 <= value(queued, "notifier_queue_oldest_due_age_seconds", channel="webhook") < 180
 
     await deliver_notice_channel(deps, nid, "webhook")
+    for member in ("m0", "m1", "m0"):  # a repeated read records nothing new
+        receipt = {"member_id": member, "type": "read"}
+        await post(mclient, f"/v1/notices/{nid}/receipts", receipt, status=200)
     after = await scrape(mclient)
     assert receiver.per_member() == {f"m{i}": 1 for i in range(4)}
     rows = await db.fetch(
@@ -146,6 +149,8 @@ async def test_a_send_moves_requests_queue_deliveries_and_latency_by_what_happen
     assert moved(count, method="GET", route="/v1/notices/{notice_id}", status="200") == 3
     assert moved(count, method="GET", route="/v1/notices/{notice_id}", status="404") == 1
     assert value(after, "notifier_queue_depth", channel="webhook", wait="none") == 0
+    assert moved("notifier_receipts_total", via="api") == 2
+    assert moved(count, method="POST", route="/v1/notices/{notice_id}/receipts", status="200") == 3
     assert value(after, "notifier_queue_oldest_due_age_seconds", channel="webhook") == 0
     assert value(after, "notifier_db_pool_connections", pool="api", state="idle") >= 1
 
