@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     mig.add_argument("--dir", type=Path, default=None, help="the migrations directory (default: schemas/)")
     sub.add_parser("openapi", help="print the OpenAPI document")
+    sub.add_parser("doctor", help="check this deployment's settings, PostgreSQL, Redis and migrations")
     sub.add_parser("vapid-keys", help="print a new VAPID key pair for web push")
     echo = sub.add_parser("echo-webhooks", help="a local receiver that verifies and prints webhooks")
     echo.add_argument("--port", type=int, default=9000)
@@ -180,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings.webhook_secret.get_secret_value(), "127.0.0.1", args.port))
+    elif args.command == "doctor":
+        from notifier.cli import doctor
+
+        sys.exit(doctor.main(settings))
     elif args.command == "openapi":
         from notifier.app import build_openapi
 
