@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
 import sys
+from asyncio.subprocess import PIPE, STDOUT
 from typing import Any
 
 import asyncpg
@@ -16,7 +17,7 @@ from notifier.cli.doctor import Check, run_checks
 from notifier.settings import DEV_LINK_SECRET, DEV_WEBHOOK_SECRET, Settings
 from tests.conftest import advance_clock, make_settings
 
-STRONG = {
+STRONG: dict[str, Any] = {
     "webhook_secret": SecretStr("whsec_" + "c2VjcmV0LXNpZ25pbmcta2V5LWZvci1kb2N0b3ItMDEy"),
     "link_secret": SecretStr("Zq8v1Lk3Xw9pTnR4yBm6Hc2Jd7Fs0GaE"),
     "admin_token": SecretStr("admin-token-long-enough-0123456789"),
@@ -123,9 +124,11 @@ async def test_the_command_exits_by_the_result(
             f"NOTIFIER_{k.upper()}": v.get_secret_value() if isinstance(v, SecretStr) else v
             for k, v in STRONG.items()
         }
-    done = subprocess.run(
-        [sys.executable, "-m", "notifier", "doctor"], env=env, capture_output=True, text=True, timeout=60
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notifier", "doctor", env=env, stdout=PIPE, stderr=STDOUT
     )
-    assert done.returncode == (0 if sound else 1), done.stdout + done.stderr
-    assert ("FAIL  NOTIFIER_WEBHOOK_SECRET" in done.stdout) is not sound
-    assert " failed, " in done.stdout
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    stdout = out.decode()
+    assert proc.returncode == (0 if sound else 1), stdout
+    assert ("FAIL  NOTIFIER_WEBHOOK_SECRET" in stdout) is not sound
+    assert " failed, " in stdout
