@@ -186,15 +186,19 @@ def unauthorised() -> web.Response:
 
 
 def worker_metrics_app(settings: Settings) -> web.Application:
-    """A worker process's own /metrics (its events; the API serves the shared state)."""
+    """A worker process's own /metrics (its events; the API serves the shared state) and /healthz."""
 
     async def metrics(request: web.Request) -> web.Response:
         if not authorised(request, settings):
             return unauthorised()
         return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE})
 
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})  # the process is up (a container health check)
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
     return app
 
 
