@@ -22,7 +22,7 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 # What a caller's X-Request-ID may be: printable, no spaces, bounded (a UUID, a trace id, a ULID).
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+/@-]{0,127}")
 # Fields a record may carry through ``extra=`` that the JSON line shows.
-CONTEXT_FIELDS = ("notice_id", "channel", "delivery_id", "unit_id", "job")
+CONTEXT_FIELDS = ("notice_id", "channel", "delivery_id", "unit_id", "job", "http")
 
 
 def new_request_id() -> str:

@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     # Observability. Logs: one JSON object per line, or text for a terminal.
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_requests: bool = True  # one access line per API request (method, route template, status, time)
     # GET /metrics on the API answers this bearer token (Prometheus' ``authorization``), as well as
     # an admin's; unset: an admin's only.
     metrics_token: SecretStr | None = None

@@ -3,7 +3,8 @@
 - ``X-Request-ID``: the caller's, when it is a safe token (printable, no spaces, at most 128
   characters: notifier/logs.py), else a new one; set for the request's task (every log record of
   the request carries it), echoed on the response, and carried into the jobs it enqueues.
-- Metrics: one histogram sample per request, by method, route template and status.
+- Metrics: one histogram sample per request, by method, route template and status; and one
+  access log line (``notifier.access``; ``log_requests``) with the template, never the path.
 - CORS: closed unless ``cors_origins`` names the caller's exact origin; a preflight (OPTIONS with
   ``Access-Control-Request-Method``) from an allowed origin is answered here, before
   authentication (browsers send no credentials on a preflight); from any other origin, 403.
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -42,6 +44,7 @@ CORS_EXPOSE_HEADERS = (
 CORS_MAX_AGE_SECONDS = 600
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+access = logging.getLogger("notifier.access")
 
 
 def _route(request: web.Request) -> str:
@@ -69,9 +72,26 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = exc.status
         raise
     finally:
-        metrics.HTTP_REQUESTS.labels(request.method, _route(request), str(status)).observe(
-            time.perf_counter() - started
-        )
+        took = time.perf_counter() - started
+        route = _route(request)
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).observe(took)
+        if request.app[SETTINGS].log_requests:
+            # The route template, never the path: paths hold ids and signed read-link tokens.
+            access.info(
+                "%s %s %d %.1fms",
+                request.method,
+                route,
+                status,
+                took * 1000,
+                extra={
+                    "http": {
+                        "method": request.method,
+                        "route": route,
+                        "status": status,
+                        "ms": round(took * 1000, 1),
+                    }
+                },
+            )
         REQUEST_ID.reset(token)
 
 

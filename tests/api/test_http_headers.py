@@ -104,8 +104,19 @@ async def test_a_log_record_inside_a_request_carries_its_id(
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         resp = await c.get("/probe", headers={**auth(), "X-Request-ID": "probe-7"})
         assert resp.status == 200
-    line = next(json.loads(x) for x in json_logs.getvalue().splitlines() if "probing" in x)
+        link = await c.get("/r/eyJuIjoxfQ.SECRETSIGNATURE0042", headers={"X-Request-ID": "link-8"})
+        assert link.status in (400, 403, 404, 410)
+    lines = [json.loads(x) for x in json_logs.getvalue().splitlines()]
+    line = next(x for x in lines if x["msg"] == "probing")
     assert line["request_id"] == "probe-7" and line["level"] == "WARNING"
+    # One access line per request, by route template: never the path, which may hold a token.
+    access = [x for x in lines if x["logger"] == "notifier.access"]
+    assert [(x["request_id"], x["http"]["route"], x["http"]["status"]) for x in access] == [
+        ("probe-7", "/probe", 200),
+        ("link-8", "/r/{token}", link.status),
+    ]
+    # (aiohttp's own access log logs the path; `notifier serve` runs without it: access_log=None.)
+    assert not [x for x in lines if x["logger"].startswith("notifier") and "SECRETSIGNATURE" in json.dumps(x)]
 
 
 async def test_security_headers_on_every_answer_and_a_handlers_csp_is_kept(
