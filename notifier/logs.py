@@ -19,6 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# What a job is about (``job``, ``notice_id``, ``channel``), set while it runs (workers/queue.py).
+LOG_CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "log_context", default=None
+)
 # What a caller's X-Request-ID may be: printable, no spaces, bounded (a UUID, a trace id, a ULID).
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+/@-]{0,127}")
 # Fields a record may carry through ``extra=`` that the JSON line shows.
@@ -37,11 +41,15 @@ def accept_request_id(value: str | None) -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Puts the current request id on every record (``record.request_id``, None outside one)."""
+    """Puts the current request id on every record (``record.request_id``, None outside one), and
+    the running job's context (``LOG_CONTEXT``) where the record does not say otherwise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = REQUEST_ID.get()
+        for name, value in (LOG_CONTEXT.get() or {}).items():
+            if not hasattr(record, name):
+                setattr(record, name, value)
         return True
 
 

@@ -22,7 +22,7 @@ from redis.asyncio.connection import AbstractConnection, Connection, SSLConnecti
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from notifier.logs import REQUEST_ID
+from notifier.logs import LOG_CONTEXT, REQUEST_ID
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -136,15 +136,19 @@ async def create_queue(settings: Settings) -> ArqRedis:
     return queue_client(settings)
 
 
-def traced(job: Callable[..., Awaitable[Any]]) -> WorkerCoroutine:
-    """A job that takes the ``request_id`` of whoever woke it and logs under it (logs.py)."""
+def traced(job: Callable[..., Awaitable[Any]], name: str) -> WorkerCoroutine:
+    """A job (taking ``notice_id[, channel]``) that takes the ``request_id`` of whoever woke it;
+    its log records carry that id, the job's name, notice and channel (logs.py)."""
 
     @functools.wraps(job)
     async def run(ctx: dict[str, Any], *args: Any, request_id: str | None = None, **kwargs: Any) -> Any:
+        about = dict(zip(("notice_id", "channel"), (str(a) for a in args[:2]), strict=False))
         token = REQUEST_ID.set(request_id)
+        context = LOG_CONTEXT.set({"job": name, **about})
         try:
             return await job(ctx, *args, **kwargs)
         finally:
+            LOG_CONTEXT.reset(context)
             REQUEST_ID.reset(token)
 
     return cast(WorkerCoroutine, run)

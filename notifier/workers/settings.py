@@ -96,8 +96,8 @@ def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, 
     )
     return {
         "functions": [
-            func(traced(fanout), name=FANOUT, timeout=3600, keep_result=0, max_tries=1000),
-            func(traced(deliver), name=DELIVER, timeout=3600, keep_result=0, max_tries=1000),
+            func(traced(fanout, FANOUT), name=FANOUT, timeout=3600, keep_result=0, max_tries=1000),
+            func(traced(deliver, DELIVER), name=DELIVER, timeout=3600, keep_result=0, max_tries=1000),
             func(tick, name=TICK_NOW, timeout=60, keep_result=0, max_tries=3),
         ],
         "cron_jobs": cron_jobs,

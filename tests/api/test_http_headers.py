@@ -19,7 +19,7 @@ from notifier.api.middleware import DEFAULT_CSP
 from notifier.app import create_app
 from notifier.logs import JsonFormatter, RequestIdFilter
 from notifier.settings import Settings
-from notifier.workers.queue import deserialize
+from notifier.workers.queue import deserialize, traced
 from tests.conftest import auth, make_settings
 from tests.helpers import post, put
 
@@ -201,3 +201,21 @@ async def test_cors_allows_only_configured_origins_and_answers_preflights(
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
     resp = await c.get("/v1/units", headers={**auth(), "Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_a_jobs_records_carry_the_request_id_notice_and_channel(json_logs: io.StringIO) -> None:
+    async def job(ctx: dict[str, Any], notice_id: str, channel_id: str) -> int:
+        logging.getLogger("notifier.workers.deliver").warning("batch handed back")
+        return 7
+
+    run = traced(job, "deliver")
+    assert await run({}, "n-1", "sms", request_id="req-9") == 7
+    assert await run({}, "n-2", "fcm") == 7  # woken by the reconciler: no request
+    first, second = (json.loads(x) for x in json_logs.getvalue().splitlines())
+    assert {
+        "request_id": "req-9",
+        "job": "deliver",
+        "notice_id": "n-1",
+        "channel": "sms",
+    }.items() <= first.items()
+    assert "request_id" not in second and second["notice_id"] == "n-2"
