@@ -55,15 +55,9 @@ async def run_api(settings: Settings, stop: asyncio.Future[None] | None = None) 
 
 async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:
     """The worker, supervised: a Redis outage pauses it, never ends it (only ``stop`` does)."""
-    from notifier.metrics import start_worker_metrics
     from notifier.workers.settings import run_supervised
 
-    metrics = await start_worker_metrics(settings)
-    try:
-        await run_supervised(settings, stop if stop is not None else _stop_on_signals())
-    finally:
-        if metrics is not None:
-            await metrics.cleanup()
+    await run_supervised(settings, stop if stop is not None else _stop_on_signals())
 
 
 async def run_dev(settings: Settings) -> None:

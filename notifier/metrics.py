@@ -18,6 +18,7 @@ Two kinds, on purpose:
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
 import time
@@ -34,6 +35,7 @@ from notifier.settings import Settings
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+WORKER_PORT_SPAN = 64  # worker processes on one host take consecutive ports from worker_metrics_port
 
 # Request latency: most answers take milliseconds; a fan-out of 10,000 members, a second or two.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -203,7 +205,10 @@ def worker_metrics_app(settings: Settings) -> web.Application:
 
 
 async def start_worker_metrics(settings: Settings) -> web.AppRunner | None:
-    """Serve this worker process's metrics when ``worker_metrics_port`` is set; the caller cleans up."""
+    """Serve this worker process's metrics when ``worker_metrics_port`` is set; the caller cleans up.
+
+    Several worker processes on one host (``worker --processes N``) each take the first free port
+    from ``worker_metrics_port`` up (at most ``WORKER_PORT_SPAN``): scrape that range."""
     if not settings.worker_metrics_port:
         return None
     if settings.metrics_token is None and settings.admin_token is None:
@@ -211,7 +216,17 @@ async def start_worker_metrics(settings: Settings) -> web.AppRunner | None:
         return None
     runner = web.AppRunner(worker_metrics_app(settings), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.worker_metrics_host, settings.worker_metrics_port)
-    await site.start()
-    log.info("worker metrics on %s:%d", settings.worker_metrics_host, settings.worker_metrics_port)
-    return runner
+    host, first = settings.worker_metrics_host, settings.worker_metrics_port
+    for port in range(first, min(first + WORKER_PORT_SPAN, 65536)):
+        try:
+            await web.TCPSite(runner, host, port, reuse_port=False).start()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                await runner.cleanup()
+                raise
+            continue
+        log.info("worker metrics on %s:%d", host, port)
+        return runner
+    await runner.cleanup()
+    log.warning("worker metrics not served: ports %d-%d are all taken", first, first + WORKER_PORT_SPAN - 1)
+    return None

@@ -3,6 +3,7 @@ Redis, a fake webhook receiver; the fan-out and delivery jobs run in this proces
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +24,8 @@ from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.fanout import fanout_notice
 from notifier.workers.queue import create_queue
 from notifier.workers.reconcile import reconcile_once
-from tests.conftest import advance_clock, auth, make_settings
+from notifier.workers.settings import run_supervised
+from tests.conftest import advance_clock, auth, make_settings, wait_until
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import post, put
 
@@ -212,19 +214,26 @@ async def test_provider_errors_breaker_and_repairs_are_counted(
 
 
 async def test_a_worker_serves_its_own_metrics_on_its_port(metrics_settings: Settings) -> None:
-    settings = metrics_settings.model_copy(update={"worker_metrics_port": _free_port()})
+    port = _free_port()
+    settings = metrics_settings.model_copy(update={"worker_metrics_port": port})
     runner = await metrics.start_worker_metrics(settings)
-    assert runner is not None
+    # A second worker process on the host takes the next port (worker --processes N).
+    second = await metrics.start_worker_metrics(settings)
+    assert runner is not None and second is not None
     try:
-        metrics.LESSON_RUNS.inc(0)
-        url = f"http://127.0.0.1:{settings.worker_metrics_port}/metrics"
+        url = f"http://127.0.0.1:{port}/metrics"
         async with ClientSession() as http:
             async with http.get(url) as resp:
                 assert resp.status == 401
             async with http.get(url, headers=auth(METRICS_TOKEN)) as resp:
                 assert resp.status == 200
                 text = await resp.text()
+            async with http.get(f"http://127.0.0.1:{port + 1}/metrics", headers=auth(METRICS_TOKEN)) as resp:
+                assert resp.status == 200
+            async with http.get(f"http://127.0.0.1:{port + 1}/healthz") as resp:
+                assert resp.status == 200
     finally:
+        await second.cleanup()
         await runner.cleanup()
     samples = parse(text)
     assert ("notifier_lesson_runs_total", frozenset()) in samples
@@ -235,7 +244,42 @@ async def test_a_worker_serves_its_own_metrics_on_its_port(metrics_settings: Set
 def _free_port() -> int:
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    while True:  # a port whose successor is free too
+        with socket.socket() as s, socket.socket() as t:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+            try:
+                t.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
+async def test_the_supervised_worker_serves_metrics_while_it_runs(
+    metrics_settings: Settings, db: asyncpg.Connection
+) -> None:
+    port = _free_port()
+    settings = metrics_settings.model_copy(update={"worker_metrics_port": port})
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(run_supervised(settings, stop))
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        async with ClientSession() as http:
+
+            async def serving() -> bool:
+                try:
+                    async with http.get(url, headers=auth(METRICS_TOKEN)) as resp:
+                        text = await resp.text()
+                except OSError:
+                    return False
+                # The worker's pool is counted once its startup ran.
+                return resp.status == 200 and 'notifier_db_pool_max{pool="worker"}' in text
+
+            await wait_until(serving)
+    finally:
+        stop.set_result(None)
+        await asyncio.wait_for(task, 30)
+    async with ClientSession() as http:
+        with pytest.raises(OSError):
+            async with http.get(url, headers=auth(METRICS_TOKEN)):
+                pass

@@ -28,7 +28,7 @@ from arq.worker import Worker, func
 
 from notifier.channels.registry import build_registry
 from notifier.db.pool import create_pool
-from notifier.metrics import POOLS
+from notifier.metrics import POOLS, start_worker_metrics
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver
@@ -56,9 +56,9 @@ RESTART_BACKOFF_SECONDS = (0.5, 10.0)  # first and longest pause before starting
 def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, Any]:
     async def on_startup(ctx: dict[str, Any]) -> None:
         pool = await create_pool(settings, min_size=2, max_size=max(4, settings.db_pool_max))
-        POOLS.track(pool, "worker")
         queue = await create_queue(settings)
         ctx["deps"] = WorkerDeps(settings, pool, queue, build_registry(settings))
+        POOLS.track(ctx["deps"].pool, "worker")
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         deps: WorkerDeps | None = ctx.get("deps")
@@ -218,7 +218,17 @@ async def stop_worker(worker: Worker, task: asyncio.Future[Any]) -> None:
 
 async def run_supervised(settings: Settings, stop: asyncio.Future[None]) -> None:
     """Run a worker until ``stop`` resolves; whenever its loop ends by itself (Redis down at
-    startup, a bug), close it and start a new one after a backoff. Never returns before ``stop``."""
+    startup, a bug), close it and start a new one after a backoff. Never returns before ``stop``.
+    The process's metrics are served meanwhile when ``worker_metrics_port`` is set."""
+    metrics = await start_worker_metrics(settings)
+    try:
+        await _run_supervised(settings, stop)
+    finally:
+        if metrics is not None:
+            await metrics.cleanup()
+
+
+async def _run_supervised(settings: Settings, stop: asyncio.Future[None]) -> None:
     failures = 0
     while not stop.done():
         worker = create_worker(settings)
