@@ -4,11 +4,14 @@ Redis, a fake webhook receiver; the fan-out and delivery jobs run in this proces
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
+import yaml
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
@@ -155,6 +158,28 @@ async def test_a_send_moves_requests_queue_deliveries_and_latency_by_what_happen
     assert moved(count, method="POST", route="/v1/notices/{notice_id}/receipts", status="200") == 3
     assert value(after, "notifier_queue_oldest_due_age_seconds", channel="webhook") == 0
     assert value(after, "notifier_db_pool_connections", pool="api", state="idle") >= 1
+    # The jobs ran here, not in a worker: the wake-ups (one fan-out, one delivery) wait in Redis.
+    jobs = await deps.queue.zrange(deps.settings.queue_name, 0, -1)
+    assert sorted(j.decode().split(":")[0] for j in jobs) == ["deliver", "fanout"]
+    assert value(after, "notifier_wakeups_queued") == 2
+
+
+async def test_every_metric_the_alert_rules_use_is_exposed(mclient: TestClient[Any, Any]) -> None:
+    resp = await mclient.get("/metrics", headers=auth(METRICS_TOKEN))
+    exposed = set(re.findall(r"^# TYPE (\S+) (\S+)$", await resp.text(), re.M))
+    names = set()
+    for name, kind in exposed:
+        names.add(name)
+        if kind == "counter":
+            names.add(name + "_total")
+        if kind == "histogram":
+            names |= {name + "_count", name + "_sum", name + "_bucket"}
+    rules = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "alerts.yml").read_text())
+    used = {
+        m for g in rules["groups"] for r in g["rules"] for m in re.findall(r"notifier_[a-z_]+", r["expr"])
+    }
+    assert len(used) >= 8
+    assert used <= names, used - names
 
 
 async def test_provider_errors_breaker_and_repairs_are_counted(

@@ -20,6 +20,7 @@ from notifier.api.keys import DEPS, AppDeps
 from notifier.api.routing import Call, Reply, Router
 from notifier.db import metrics as state
 from notifier.db.pool import UNAVAILABLE, Record
+from notifier.workers.queue import REDIS_UNAVAILABLE
 
 routes = Router()
 log = logging.getLogger(__name__)
@@ -40,7 +41,27 @@ async def state_families(deps: AppDeps) -> list[Metric]:
         up.add_metric([], 0)
         return [up]
     up.add_metric([], 1)
-    return [up, *_queue(queue), *_flight(flight), *_breakers(breakers), _lessons(lessons)]
+    return [
+        up,
+        *_queue(queue),
+        *_flight(flight),
+        *_breakers(breakers),
+        _lessons(lessons),
+        *await _wakeups(deps),
+    ]
+
+
+async def _wakeups(deps: AppDeps) -> list[Metric]:
+    """Jobs waiting in Redis (wake-ups, not the work itself: that is notifier_queue_depth)."""
+    try:
+        async with asyncio.timeout(STATE_TIMEOUT_SECONDS):
+            n = await deps.queue.zcard(deps.settings.queue_name)
+    except REDIS_UNAVAILABLE as exc:
+        log.warning("metrics: Redis queue length not read (%s)", type(exc).__name__)
+        return []
+    family = GaugeMetricFamily("notifier_wakeups_queued", "arq jobs waiting in Redis to be picked up")
+    family.add_metric([], n)
+    return [family]
 
 
 def _queue(rows: Iterable[Record]) -> list[Metric]:
