@@ -24,6 +24,7 @@ from notifier.db.pool import create_pool
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_notice_channel
+from notifier.workers.escalate import advance_escalations
 from notifier.workers.fanout import fanout_notice
 from notifier.workers.queue import create_queue
 from notifier.workers.reconcile import reconcile_once
@@ -308,3 +309,38 @@ async def test_the_supervised_worker_serves_metrics_while_it_runs(
         with pytest.raises(OSError):
             async with http.get(url, headers=auth(METRICS_TOKEN)):
                 pass
+
+
+async def test_escalation_steps_are_counted_fired_and_skipped(
+    mclient: TestClient[Any, Any], deps: WorkerDeps, db: asyncpg.Connection
+) -> None:
+    await put(mclient, "/v1/units/u", {"name": "Unit", "parent_id": None})
+    await post(
+        mclient, "/v1/members:batch", {"members": [{"id": "m0", "name": "M", "units": ["u"]}]}, status=200
+    )
+    steps = [{"after": f"PT{n}M", "remind": ["inapp"]} for n in (1, 2, 3)]
+    body = {
+        "kind": "ding",
+        "title": "t",
+        "body": "b",
+        "audience": {"members": ["m0"]},
+        "channels": ["inapp"],
+        "escalation": {"steps": steps},
+    }
+    nid = (await post(mclient, "/v1/notices", body, status=202))["id"]
+    await fanout_notice(deps, nid)
+    before = await scrape(mclient)
+    await advance_clock(db, 61)
+    assert await advance_escalations(deps) == 1  # step 1 fires
+    # The engine was away past steps 2 and 3: step 2 is skipped as late, step 3 fires.
+    await advance_clock(db, 600)
+    assert await advance_escalations(deps) == 2
+    after = await scrape(mclient)
+
+    def moved(outcome: str) -> float:
+        name = "notifier_escalation_steps_total"
+        return value(after, name, outcome=outcome) - value(before, name, outcome=outcome)
+
+    assert (moved("fired"), moved("skipped"), moved("done"), moved("error")) == (2, 1, 0, 0)
+    kinds = [r["kind"] for r in await db.fetch("SELECT kind FROM notice_events WHERE notice_id = $1", nid)]
+    assert kinds.count("step_fired") == 2 and kinds.count("step_skipped") == 1
