@@ -22,6 +22,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import asyncpg
+from cryptography.exceptions import UnsupportedAlgorithm
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -132,7 +133,7 @@ def _loader(check: Callable[[], object]) -> str | None:
     """None when ``check`` runs; else why not (the exception's message, which names no secret)."""
     try:
         check()
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, UnsupportedAlgorithm) as exc:
         return str(exc) or type(exc).__name__
     return None
 

@@ -3,6 +3,8 @@ headers on every answer (a handler's own CSP kept), CORS closed unless an origin
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import logging
@@ -219,3 +221,17 @@ async def test_a_jobs_records_carry_the_request_id_notice_and_channel(json_logs:
         "channel": "sms",
     }.items() <= first.items()
     assert "request_id" not in second and second["notice_id"] == "n-2"
+
+
+async def test_the_read_link_page_allows_only_its_own_style(client: TestClient[Any, Any]) -> None:
+    resp = await client.get("/r/eyJuIjoxfQ.bm90LWEtc2lnbmF0dXJl")
+    assert resp.headers["Content-Type"].startswith("text/html")
+    page = await resp.text()
+    [style] = re.findall(r"<style>(.*?)</style>", page, re.S)
+    digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
+    csp = resp.headers.getall("Content-Security-Policy")
+    assert csp == [
+        f"default-src 'none'; style-src 'sha256-{digest}'; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'none'"
+    ]
+    assert "<script" not in page
