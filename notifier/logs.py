@@ -23,8 +23,9 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 LOG_CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "log_context", default=None
 )
-# What a caller's X-Request-ID may be: printable, no spaces, bounded (a UUID, a trace id, a ULID).
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+/@-]{0,127}")
+# What a caller's X-Request-ID may be: a UUID, a trace id, a ULID -- letters, digits and ._:=+/-,
+# at most 128 (no spaces, quotes or "@": nothing that breaks a log line or reads as an address).
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+/-]{0,127}")
 # Fields a record may carry through ``extra=`` that the JSON line shows.
 CONTEXT_FIELDS = ("notice_id", "channel", "delivery_id", "unit_id", "job", "http")
 
