@@ -294,7 +294,10 @@ async def _write_back(
             raise
         except Exception:
             log.exception(
-                "delivery %d: outcome %s could not be recorded; recording it plainly", w.id, w.state
+                "delivery %d: outcome %s could not be recorded; recording it plainly",
+                w.id,
+                w.state,
+                extra={"delivery_id": w.id},
             )
         # The outcome without anything the provider said: the state still stands.
         retry_in = min(w.retry_in, deps.settings.retry_max_seconds)
@@ -306,7 +309,11 @@ async def _write_back(
         except RETRYABLE_DB_ERRORS:
             raise
         except Exception:
-            log.exception("delivery %d could not be recorded; its lease will hand it back", w.id)
+            log.exception(
+                "delivery %d could not be recorded; its lease will hand it back",
+                w.id,
+                extra={"delivery_id": w.id},
+            )
     if channel.capabilities.circuit_breaker and results:
 
         async def breaker() -> list[Record]:
