@@ -81,11 +81,17 @@ async def provider_callback(request: web.Request, call: Call) -> web.Response:
 
 PAGE_STYLE = """body{font:16px/1.6 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}
 .note{color:#555}"""
-PAGE = """<!doctype html>
+_BRACES = str.maketrans({"{": "{{", "}": "}}"})
+PAGE = (  # PAGE.format(title=..., body=...)
+    """<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>{title}</title>
-<style>{style}</style></head><body><h1>{title}</h1>{body}</body></html>"""
-# The page's own policy: nothing but its one inline style block (by hash), never framed.
+<style>"""
+    + PAGE_STYLE.translate(_BRACES)
+    + """</style></head><body><h1>{title}</h1>{body}</body></html>"""
+)
+# The pages' own policy (read links here, unread lists in summaries.py): nothing but the one
+# inline style block (by hash), never framed.
 PAGE_CSP = (
     "default-src 'none'; style-src 'sha256-"
     + base64.b64encode(hashlib.sha256(PAGE_STYLE.encode()).digest()).decode()
@@ -94,7 +100,7 @@ PAGE_CSP = (
 
 
 def _page(status: int, title: str, body_html: str) -> web.Response:
-    text = PAGE.format(title=html.escape(title), body=body_html, style=PAGE_STYLE)
+    text = PAGE.format(title=html.escape(title), body=body_html)
     return web.Response(
         status=status, text=text, content_type="text/html", headers={"Content-Security-Policy": PAGE_CSP}
     )

@@ -235,3 +235,7 @@ async def test_the_read_link_page_allows_only_its_own_style(client: TestClient[A
         "base-uri 'none'; form-action 'none'"
     ]
     assert "<script" not in page
+    # The unread list an escalation summary links to is the same page, with the same policy.
+    unread = await client.get("/r/unread/eyJuIjoxfQ.bm90LWEtc2lnbmF0dXJl")
+    assert unread.headers["Content-Type"].startswith("text/html")
+    assert unread.headers.getall("Content-Security-Policy") == csp
