@@ -74,14 +74,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
+
+
+class TextFormatter(logging.Formatter):
+    """For a terminal: the request id (and a job's notice and channel) in brackets when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [
+            str(v) for v in (getattr(record, n, None) for n in ("request_id", "notice_id", "channel")) if v
+        ]
+        record.context = f" [{' '.join(parts)}]" if parts else ""
+        return super().format(record)
 
 
 def configure(log_format: str = "text", level: str = "INFO") -> None:
     """Set up the root logger once for a process (``notifier`` commands call it first)."""
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

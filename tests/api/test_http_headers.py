@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.api.middleware import DEFAULT_CSP
 from notifier.app import create_app
-from notifier.logs import JsonFormatter, RequestIdFilter
+from notifier.logs import JsonFormatter, RequestIdFilter, TextFormatter
 from notifier.settings import Settings
 from notifier.workers.queue import deserialize, traced
 from tests.conftest import auth, make_settings
@@ -239,3 +239,13 @@ async def test_the_read_link_page_allows_only_its_own_style(client: TestClient[A
     unread = await client.get("/r/unread/eyJuIjoxfQ.bm90LWEtc2lnbmF0dXJl")
     assert unread.headers["Content-Type"].startswith("text/html")
     assert unread.headers.getall("Content-Security-Policy") == csp
+
+
+def test_the_text_format_shows_the_request_id_only_when_there_is_one() -> None:
+    formatter = TextFormatter()
+    inside = logging.LogRecord("notifier.x", logging.INFO, __file__, 1, "hello %s", ("there",), None)
+    inside.request_id = "req-1"
+    outside = logging.LogRecord("notifier.x", logging.INFO, __file__, 1, "hello", (), None)
+    outside.request_id = None
+    assert formatter.format(inside).endswith("INFO notifier.x [req-1]: hello there")
+    assert formatter.format(outside).endswith("INFO notifier.x: hello")
