@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench openapi clean chromium
+.PHONY: run test lint typecheck pytest bench openapi lock clean chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ bench: $(STAMP)
 
 openapi: $(STAMP)
 	$(BIN)/notifier openapi > schemas/openapi.json
+
+# The image's dependency lock: the versions in .venv (what the tests run with), hashed.
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | sed -E 's/^([A-Za-z0-9_.-]+) @ .*/\1/' > .venv/tested.txt
+	$(BIN)/python -m pip install --quiet pip-tools
+	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-header --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links --annotation-style=line -c .venv/tested.txt \
+	  -o deploy/requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .notifier .mypy_cache .ruff_cache .pytest_cache

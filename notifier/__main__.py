@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import SecretStr
 
+from notifier.logs import configure as configure_logging
 from notifier.settings import Settings
 
 log = logging.getLogger("notifier")
@@ -140,15 +141,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     mig.add_argument("--dir", type=Path, default=None, help="the migrations directory (default: schemas/)")
     sub.add_parser("openapi", help="print the OpenAPI document")
+    sub.add_parser("doctor", help="check this deployment's settings, PostgreSQL, Redis and migrations")
     sub.add_parser("vapid-keys", help="print a new VAPID key pair for web push")
     link = sub.add_parser("console-link", help="print a one-time sign-in link to the web console")
     link.add_argument("member", nargs="?", default=None, help="the member (default: the admin)")
     echo = sub.add_parser("echo-webhooks", help="a local receiver that verifies and prints webhooks")
     echo.add_argument("--port", type=int, default=9000)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("arq").setLevel(logging.WARNING)
     settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
 
     if args.command == "dev":
         _dev(settings)
@@ -185,6 +186,10 @@ def main(argv: list[str] | None = None) -> None:
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(settings.webhook_secret.get_secret_value(), "127.0.0.1", args.port))
+    elif args.command == "doctor":
+        from notifier.cli import doctor
+
+        sys.exit(doctor.main(settings))
     elif args.command == "openapi":
         from notifier.app import build_openapi
 

@@ -18,6 +18,7 @@ from notifier.api import (
     history,
     lessons,
     members,
+    metrics,
     notices,
     policies,
     providers,
@@ -36,11 +37,13 @@ from notifier.api import (
 )
 from notifier.api.auth import auth_middleware
 from notifier.api.keys import DEPS, SETTINGS, AppDeps
+from notifier.api.middleware import add_headers, observe_middleware
 from notifier.api.problems import problem_middleware
 from notifier.api.routing import Operation, openapi_document
 from notifier.api.watch import WatchHub
 from notifier.channels.registry import ChannelRegistry, build_registry
 from notifier.db.pool import create_pool
+from notifier.metrics import POOLS
 from notifier.settings import Settings
 from notifier.workers.queue import create_queue
 
@@ -48,6 +51,7 @@ LINGER_SECONDS = 2.0
 
 RESOURCE_MODULES = (
     health,
+    metrics,
     api_keys,
     audit,
     console_links,
@@ -87,6 +91,7 @@ CHANNELS = web.AppKey("channels", ChannelRegistry)
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(settings)
+    POOLS.track(pool, "api")
     queue = await create_queue(settings)
     channels = app[CHANNELS]
     app[DEPS] = AppDeps(settings, pool, queue, channels)
@@ -133,13 +138,15 @@ def server_options(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> web.Application:
     """The API. ``channels`` defaults to the registry the settings configure (tests pass their own)."""
     app = web.Application(
-        middlewares=[problem_middleware, auth_middleware], client_max_size=settings.http_max_body_bytes
+        middlewares=[observe_middleware, problem_middleware, auth_middleware],
+        client_max_size=settings.http_max_body_bytes,
     )
     app[SETTINGS] = settings
     app[CHANNELS] = channels if channels is not None else build_registry(settings)
     app[health.OPENAPI] = build_openapi()
     app.on_response_prepare.append(ratelimit.add_headers)
     app[stream.WATCHERS] = WatchHub(settings)
+    app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_watchers)
     app.on_shutdown.append(_end_streams)

@@ -6,6 +6,8 @@ nothing reads the environment at import time.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -131,6 +133,22 @@ class Settings(BaseSettings):
     http_max_headers: int = Field(default=64, ge=8)
 
     rate_limits: RateLimits = Field(default_factory=RateLimits)
+
+    # Browsers: origins allowed to call the API cross-origin (CORS); none by default. Exact
+    # origins ("https://console.example.org"), never a wildcard.
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # Observability. Logs: one JSON object per line, or text for a terminal.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_requests: bool = True  # one access line per API request (method, route template, status, time)
+    # GET /metrics on the API answers this bearer token (Prometheus' ``authorization``), as well as
+    # an admin's; unset: an admin's only.
+    metrics_token: SecretStr | None = None
+    # A worker process serves its own /metrics here (0: not at all); Prometheus scrapes every worker
+    # and sums (per-process ports, not multiprocess mode). Same token as the API's.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Engine.
     queue_name: str = "notifier:queue"

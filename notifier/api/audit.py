@@ -76,7 +76,9 @@ async def member_units(conn: Connection, member_id: str) -> list[str]:
 class AuditQuery(Strict):
     unit: Id | None = Field(default=None, description="entries about this unit's subtree (inside your units)")
     actor: str | None = Field(
-        default=None, max_length=64, description="an API key id, or 'admin' for the bootstrap admin token"
+        default=None,
+        max_length=64,
+        description="an API key id, 'admin' for the bootstrap admin token, or 'scheduler' (lesson runs)",
     )
     action: str | None = Field(default=None, max_length=64, description="e.g. notice.create, unit.put")
     from_: Timestamp | None = Field(default=None, alias="from", description="at or after (encode '+' as %2B)")
@@ -88,7 +90,9 @@ class AuditQuery(Strict):
 class AuditEntry(BaseModel):
     id: int
     at: datetime
-    actor_key_id: str | None = Field(description="null: the bootstrap admin token")
+    actor_key_id: str | None = Field(
+        description="null: the bootstrap admin token (actor_role admin) or the scheduler (lesson runs)"
+    )
     actor_role: str
     actor_unit_id: str | None
     actor_member_id: str | None

@@ -22,7 +22,8 @@ from notifier.api.problems import Problem, forbidden, not_found
 from notifier.db import api_keys, members, units
 from notifier.db.pool import Connection, Record
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/console", "/m"})
+# /metrics checks its own token (api/metrics.py).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics", "/console", "/m"})
 # Authenticated by other means: provider signatures (callbacks), HMAC-signed read links, and the
 # console's and member pages' own sessions (notifier/console/session.py).
 PUBLIC_PREFIXES = ("/v1/providers/", "/r/", "/console/", "/m/")

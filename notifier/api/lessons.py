@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema, field_validator
 
+from notifier.api import audit
 from notifier.api.auth import require_unit
 from notifier.api.keys import DEPS, principal
 from notifier.api.problems import Problem, invalid, not_found
@@ -133,6 +134,15 @@ async def put_lesson(request: web.Request, call: Call) -> web.Response:
         unit_id, day = _path(request)
         created = await lessons.upsert(conn, unit_id, day, body.title, body.body, body.quiz)
         row = await lessons.get(conn, unit_id, day)
+        await audit.record(
+            conn,
+            request,
+            "lesson.create" if created else "lesson.update",
+            "lesson",
+            f"{unit_id}/{day.isoformat()}",
+            [unit_id],
+            {"day": day.isoformat(), "quiz": body.quiz is not None},
+        )
     assert row is not None
     return json_response(_out(row), status=201 if created else 200)
 
@@ -216,4 +226,13 @@ async def delete_lesson(request: web.Request, call: Call) -> web.Response:
                 errors=[{"field": "date", "message": "already sent"}],
             )
         await lessons.delete(conn, unit_id, day)
+        await audit.record(
+            conn,
+            request,
+            "lesson.delete",
+            "lesson",
+            f"{unit_id}/{day.isoformat()}",
+            [unit_id],
+            {"day": day.isoformat()},
+        )
     return web.Response(status=204)

@@ -6,6 +6,8 @@ channel verifies it), a read link by its HMAC. Both are idempotent and order-tol
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import time
 
@@ -78,16 +80,31 @@ async def provider_callback(request: web.Request, call: Call) -> web.Response:
     return web.Response(status=reply.status, body=reply.body, content_type=reply.content_type)
 
 
-PAGE = """<!doctype html>
+PAGE_STYLE = """body{font:16px/1.6 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}
+.note{color:#555}"""
+_BRACES = str.maketrans({"{": "{{", "}": "}}"})
+PAGE = (  # PAGE.format(title=..., body=...)
+    """<!doctype html>
 <html lang="zh-CN"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>{title}</title>
-<style>body{{font:16px/1.6 system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}}
-.note{{color:#555}}</style></head><body><h1>{title}</h1>{body}</body></html>"""
+<style>"""
+    + PAGE_STYLE.translate(_BRACES)
+    + """</style></head><body><h1>{title}</h1>{body}</body></html>"""
+)
+# The pages' own policy (read links here, unread lists in summaries.py): nothing but the one
+# inline style block (by hash), never framed.
+PAGE_CSP = (
+    "default-src 'none'; style-src 'sha256-"
+    + base64.b64encode(hashlib.sha256(PAGE_STYLE.encode()).digest()).decode()
+    + "'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
 
 
 def _page(status: int, title: str, body_html: str) -> web.Response:
     text = PAGE.format(title=html.escape(title), body=body_html)
-    return web.Response(status=status, text=text, content_type="text/html")
+    return web.Response(
+        status=status, text=text, content_type="text/html", headers={"Content-Security-Policy": PAGE_CSP}
+    )
 
 
 PREVIEW_AGENTS = (

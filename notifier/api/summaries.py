@@ -14,7 +14,7 @@ import time
 from aiohttp import web
 
 from notifier.api.keys import DEPS
-from notifier.api.providers import PAGE
+from notifier.api.providers import PAGE, PAGE_CSP
 from notifier.api.routing import Call, Reply, Router
 from notifier.db import escalations, notices, units
 from notifier.links import BadLink, read_list_token
@@ -27,7 +27,10 @@ SHOWN = 500
 def _page(status: int, title: str, body_html: str) -> web.Response:
     text = PAGE.format(title=html.escape(title), body=body_html)
     return web.Response(
-        status=status, text=text, content_type="text/html", headers={"Cache-Control": "no-store"}
+        status=status,
+        text=text,
+        content_type="text/html",
+        headers={"Cache-Control": "no-store", "Content-Security-Policy": PAGE_CSP},
     )
 
 

@@ -22,13 +22,15 @@ INSERT = """
 INSERT INTO audit_log (actor_key_id, actor_role, actor_unit_id, actor_member_id, action, target_type,
                        target_id, unit_ids, address, details)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::inet, $10::jsonb)"""
-# $1: the units whose subtrees bound the entries (NULL: all); $2 an actor (a key id, or 'admin' for
-# the bootstrap token); $3 an action; [$4, $5) a time range; $6 the last id of the previous page.
+# $1: the units whose subtrees bound the entries (NULL: all); $2 an actor (a key id, 'admin' for
+# the bootstrap token, 'scheduler' for what the engine did by itself: lesson runs); $3 an action;
+# [$4, $5) a time range; $6 the last id of the previous page.
 LIST = f"""
 WITH RECURSIVE {subtree("$1")}
 SELECT {COLUMNS} FROM audit_log a
 WHERE ($1::text[] IS NULL OR a.unit_ids && ARRAY(SELECT id FROM sub))
-  AND ($2::text IS NULL OR CASE WHEN $2 = 'admin' THEN a.actor_key_id IS NULL ELSE a.actor_key_id::text = $2 END)
+  AND ($2::text IS NULL OR CASE WHEN $2 IN ('admin', 'scheduler') THEN a.actor_key_id IS NULL AND a.actor_role = $2
+                               ELSE a.actor_key_id::text = $2 END)
   AND ($3::text IS NULL OR a.action = $3)
   AND ($4::timestamptz IS NULL OR a.at >= $4)
   AND ($5::timestamptz IS NULL OR a.at < $5)

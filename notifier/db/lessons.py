@@ -92,6 +92,13 @@ ins AS (
            $2::text[], run.unit_id, d.escalation, d.due_at, 'queued'
     FROM run JOIN due d USING (unit_id, day) JOIN lessons l USING (unit_id, day)
     RETURNING id, scope_unit_id
+),
+-- On the record, in the same statement: the scheduler sent this unit's lesson for this day.
+logged AS (
+    INSERT INTO audit_log (actor_key_id, actor_role, action, target_type, target_id, unit_ids, details)
+    SELECT NULL, 'scheduler', 'lesson.send', 'notice', ins.id::text, ARRAY[ins.scope_unit_id],
+           jsonb_build_object('day', run.day, 'unit_id', run.unit_id)
+    FROM ins JOIN run ON run.notice_id = ins.id
 )
 SELECT id AS notice_id, scope_unit_id AS unit_id FROM ins ORDER BY scope_unit_id"""
 

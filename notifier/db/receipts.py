@@ -3,6 +3,7 @@ notice's counters and in each unit's, with its time-to-read bucket)."""
 
 from __future__ import annotations
 
+from notifier import metrics
 from notifier.db.deliveries import MOOT_AFTER_READ
 from notifier.db.pool import Connection, Record
 
@@ -68,4 +69,7 @@ async def mark_read_many(
     conn: Connection, notice_ids: list[str], member_ids: list[str], via: str
 ) -> list[Record]:
     """Record (and count) first reads; returns the pairs this call recorded."""
-    return list(await conn.fetch(MARK_READ, notice_ids, member_ids, via))
+    recorded = list(await conn.fetch(MARK_READ, notice_ids, member_ids, via))
+    if recorded:
+        metrics.RECEIPTS.labels(via).inc(len(recorded))
+    return recorded

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from notifier import metrics
 from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result
 from notifier.db import contacts, deliveries, notices, reports, throttle
 from notifier.db.deliveries import Claimed, Released, Written
@@ -37,6 +38,7 @@ WRITE_BACK_FIRST_DELAY = 0.05  # seconds; doubles on each failure ...
 WRITE_BACK_MAX_DELAY = 1.0  # ... up to this, for as long as the lease holds
 LEASE_MARGIN = 0.5  # stop retrying this long before the lease runs out
 UNSTORABLE = "the provider's answer could not be recorded"
+ERROR_CLASSES = {Outcome.RETRY: "transient", Outcome.FAILED: "permanent", Outcome.UNKNOWN: "ambiguous"}
 RETRYABLE_DB_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
@@ -73,11 +75,19 @@ async def _send(channel: Channel, batch: list[Outgoing]) -> dict[int, Result]:
     if not batch:
         return {}
     try:
-        results = await channel.send(batch)
+        with metrics.Timer() as took:
+            results = await channel.send(batch)
+        metrics.SEND_SECONDS.labels(channel.id).observe(took.seconds)
     except Exception as exc:  # a channel bug must not lose the batch: retry it
         log.exception("channel %s raised while sending a batch", channel.id)
         error = f"channel error: {type(exc).__name__}"
         results = [Result(o.delivery_id, Outcome.RETRY, error=error) for o in batch]
+        metrics.PROVIDER_ERRORS.labels(channel.id, "exception").inc(len(batch))
+    else:
+        for r in results:
+            error_class = ERROR_CLASSES.get(r.outcome)
+            if error_class is not None:
+                metrics.PROVIDER_ERRORS.labels(channel.id, error_class).inc()
     by_id = {r.delivery_id: r for r in results}
     for item in batch:
         by_id.setdefault(
@@ -145,6 +155,8 @@ async def gate(
         ]
         go = paid + [c for c, w in zip(fresh, waits, strict=True) if w <= 0]
     await deliveries.release(conn, held)
+    for reason, n in Counter(h.reason for h in held).items():
+        metrics.HELD.labels(channel.id, reason).inc(n)
     if caps.per_target_limit is not None or not caps.resend_when_ambiguous:
         await conn.execute(deliveries.HANDED_OVER, [c.id for c in go])
     return go
@@ -234,6 +246,7 @@ async def _deliver_batch(
             disable[delivery_id] = (str(claim.contact_id), result.error or "rejected by provider")
     handed_over = await _write_back(deps, channel, lease, written, disable, list(results.values()))
     await hint_changed(deps.queue, content.notice_id)  # live streams: poll its counters now
+    metrics.record_outcomes(channel.id, (w.state for w in written))
     # One wake-up per (notice, channel) the batch fell back to, not one per row.
     queued = Counter((str(r["notice_id"]), str(r["channel"])) for r in handed_over if r["state"] == "queued")
     for (notice_id, next_channel), n in sorted(queued.items()):
@@ -282,7 +295,10 @@ async def _write_back(
             raise
         except Exception:
             log.exception(
-                "delivery %d: outcome %s could not be recorded; recording it plainly", w.id, w.state
+                "delivery %d: outcome %s could not be recorded; recording it plainly",
+                w.id,
+                w.state,
+                extra={"delivery_id": w.id},
             )
         # The outcome without anything the provider said: the state still stands.
         retry_in = min(w.retry_in, deps.settings.retry_max_seconds)
@@ -294,7 +310,11 @@ async def _write_back(
         except RETRYABLE_DB_ERRORS:
             raise
         except Exception:
-            log.exception("delivery %d could not be recorded; its lease will hand it back", w.id)
+            log.exception(
+                "delivery %d could not be recorded; its lease will hand it back",
+                w.id,
+                extra={"delivery_id": w.id},
+            )
     if channel.capabilities.circuit_breaker and results:
 
         async def breaker() -> list[Record]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from notifier import metrics
 from notifier.db import duty, escalations, timeline, units
 from notifier.db import members as members_db
 from notifier.db.pool import Connection, Record
@@ -70,12 +71,14 @@ async def advance_escalations(deps: WorkerDeps) -> int:
                 break
             try:
                 async with conn.transaction():  # a savepoint: one bad row must not stall the engine
-                    await _advance_one(deps, conn, row, wake)
+                    outcome = await _advance_one(deps, conn, row, wake)
             except Exception:
                 log.exception("escalation of notice %s failed; retrying it in a minute", row["notice_id"])
                 wake = Wakeups()
+                outcome = "error"
                 await escalations.postpone(conn, row["notice_id"], 60.0)
                 await timeline.record(conn, str(row["notice_id"]), "step_error", {"retry_in": 60})
+        metrics.ESCALATION_STEPS.labels(outcome).inc()  # committed
         done += 1
         for notice_id, channel, n in wake.deliveries:
             await enqueue_deliveries(
@@ -86,24 +89,25 @@ async def advance_escalations(deps: WorkerDeps) -> int:
     return done
 
 
-async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wakeups) -> None:
+async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wakeups) -> str:
+    """Advance one due escalation; returns what happened (the step metric's outcome)."""
     notice_id = str(row["notice_id"])
     if row["notice_state"] == "recalled":
         await escalations.finish(conn, notice_id, "stopped")
-        return
+        return "stopped"
     if row["expired"]:
         await escalations.finish(conn, notice_id, "stopped")
         await timeline.record(
             conn, notice_id, "escalation_expired", {"expires_at": row["expires_at"].isoformat()}
         )
-        return
+        return "stopped"
     rules = PolicyRules.model_validate({k: v for k, v in row["escalation"].items() if k != "policy"})
     round_, index = row["round"], row["next_step"]
     unread, recipients = await escalations.counts(conn, notice_id)
     if not unread:
         await escalations.finish(conn, notice_id, "done")
         await timeline.record(conn, notice_id, "everyone_read", {"round": round_, "step": index})
-        return
+        return "done"
     following = next_position(rules, round_, index)
     if following is not None and due_offset(rules, *following) <= float(row["elapsed"]):
         # The engine was down past this step's successor too: catching up must not fire every
@@ -113,7 +117,7 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
         )
         r, i = following
         await escalations.advance(conn, notice_id, r, i, due_offset(rules, r, i))
-        return
+        return "skipped"
     step = rules.steps[index]
     code = step_code(round_, index)
     budget = Budget(max(0, deps.settings.escalation_max_sends - int(row["sends"])))
@@ -145,6 +149,7 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
     else:
         r, i = following
         await escalations.advance(conn, notice_id, r, i, due_offset(rules, r, i))
+    return "fired"
 
 
 async def _remind(

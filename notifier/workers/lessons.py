@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from notifier import metrics
 from notifier.db import lessons
 from notifier.domain.escalation import PolicyRules, Step
 from notifier.workers.context import WorkerDeps
@@ -63,6 +64,7 @@ async def send_due_lessons(deps: WorkerDeps) -> int:
             ],
             channels,
         )
+    metrics.LESSON_RUNS.inc(len(sent))
     for row in sent:
         notice_id = str(row["notice_id"])
         log.info("lesson notice %s for unit %s", notice_id, row["unit_id"])

@@ -9,17 +9,21 @@ failing the caller: the rows it was about are committed and the reconciler finds
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.typing import WorkerCoroutine
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection, UnixDomainSocketConnection
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from notifier.logs import LOG_CONTEXT, REQUEST_ID
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,7 +137,28 @@ async def create_queue(settings: Settings) -> ArqRedis:
     return queue_client(settings)
 
 
+def traced(job: Callable[..., Awaitable[Any]], name: str) -> WorkerCoroutine:
+    """A job (taking ``notice_id[, channel]``) that takes the ``request_id`` of whoever woke it;
+    its log records carry that id, the job's name, notice and channel (logs.py)."""
+
+    @functools.wraps(job)
+    async def run(ctx: dict[str, Any], *args: Any, request_id: str | None = None, **kwargs: Any) -> Any:
+        about = dict(zip(("notice_id", "channel"), (str(a) for a in args[:2]), strict=False))
+        token = REQUEST_ID.set(request_id)
+        context = LOG_CONTEXT.set({"job": name, **about})
+        try:
+            return await job(ctx, *args, **kwargs)
+        finally:
+            LOG_CONTEXT.reset(context)
+            REQUEST_ID.reset(token)
+
+    return cast(WorkerCoroutine, run)
+
+
 async def _wake(queue: ArqRedis, function: str, *args: Any, **options: Any) -> bool:
+    request_id = REQUEST_ID.get()
+    if request_id is not None and function != TICK_NOW:
+        options["request_id"] = request_id  # the job's records carry the request's id
     try:
         await queue.enqueue_job(function, *args, **options)
     except REDIS_UNAVAILABLE as exc:

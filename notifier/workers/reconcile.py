@@ -8,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+from notifier import metrics
 from notifier.db import deliveries, notices, reports, unit_reports
 from notifier.workers.context import WorkerDeps
 from notifier.workers.queue import enqueue_deliveries, enqueue_fanout
@@ -46,13 +47,17 @@ async def reconcile_once(deps: WorkerDeps) -> dict[str, int]:
         await reports.purge(conn, settings.provider_event_ttl_seconds)
         # Report slots no longer hot: their counter shards folded into one row each.
         await unit_reports.compact(conn)
-    return {
+    found = {
         "parked_reports": parked,
         "expired_leases": len(expired),
         "cancelled": len(moot),
         "fanouts": len(stalled),
         "delivery_groups": len(groups),
     }
+    for kind in metrics.REPAIR_KINDS:
+        if found[kind]:
+            metrics.RECONCILER_REPAIRS.labels(kind).inc(found[kind])
+    return found
 
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, int]:

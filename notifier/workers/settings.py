@@ -28,6 +28,7 @@ from arq.worker import Worker, func
 
 from notifier.channels.registry import build_registry
 from notifier.db.pool import create_pool
+from notifier.metrics import POOLS, start_worker_metrics
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver
@@ -41,6 +42,7 @@ from notifier.workers.queue import (
     deserialize,
     queue_client,
     serialize,
+    traced,
 )
 from notifier.workers.reconcile import reconcile
 from notifier.workers.tick import TICK, tick
@@ -56,6 +58,7 @@ def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, 
         pool = await create_pool(settings, min_size=2, max_size=max(4, settings.db_pool_max))
         queue = await create_queue(settings)
         ctx["deps"] = WorkerDeps(settings, pool, queue, build_registry(settings))
+        POOLS.track(ctx["deps"].pool, "worker")
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         deps: WorkerDeps | None = ctx.get("deps")
@@ -93,8 +96,8 @@ def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, 
     )
     return {
         "functions": [
-            func(fanout, name=FANOUT, timeout=3600, keep_result=0, max_tries=1000),
-            func(deliver, name=DELIVER, timeout=3600, keep_result=0, max_tries=1000),
+            func(traced(fanout, FANOUT), name=FANOUT, timeout=3600, keep_result=0, max_tries=1000),
+            func(traced(deliver, DELIVER), name=DELIVER, timeout=3600, keep_result=0, max_tries=1000),
             func(tick, name=TICK_NOW, timeout=60, keep_result=0, max_tries=3),
         ],
         "cron_jobs": cron_jobs,
@@ -215,7 +218,17 @@ async def stop_worker(worker: Worker, task: asyncio.Future[Any]) -> None:
 
 async def run_supervised(settings: Settings, stop: asyncio.Future[None]) -> None:
     """Run a worker until ``stop`` resolves; whenever its loop ends by itself (Redis down at
-    startup, a bug), close it and start a new one after a backoff. Never returns before ``stop``."""
+    startup, a bug), close it and start a new one after a backoff. Never returns before ``stop``.
+    The process's metrics are served meanwhile when ``worker_metrics_port`` is set."""
+    metrics = await start_worker_metrics(settings)
+    try:
+        await _run_supervised(settings, stop)
+    finally:
+        if metrics is not None:
+            await metrics.cleanup()
+
+
+async def _run_supervised(settings: Settings, stop: asyncio.Future[None]) -> None:
     failures = 0
     while not stop.done():
         worker = create_worker(settings)
