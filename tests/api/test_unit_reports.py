@@ -295,8 +295,8 @@ async def test_report_figures_are_the_slots_summed_per_local_bucket(
 
     lo, hi = dt.date(2026, 3, 10), dt.date(2026, 5, 3)
     for bucket in ("day", "week", "month"):
-        for kind in (None, "ding"):
-            query = f"from={lo}&to={hi}&bucket={bucket}" + (f"&kind={kind}" if kind else "")
+        for only in (None, "ding"):
+            query = f"from={lo}&to={hi}&bucket={bucket}" + (f"&kind={only}" if only else "")
             report = await get(client, f"/v1/units/c/report?{query}")
             assert UnitReport.model_validate(report).model_dump(mode="json", by_alias=True) == report
             assert report["timezone"] == "Europe/Berlin"
@@ -310,7 +310,7 @@ async def test_report_figures_are_the_slots_summed_per_local_bucket(
                 ]
 
                 total = {k: v for k, v in u.items() if k not in ("unit_id", "name", "own", "series")}
-                assert total == _expected(_sums(mine, kind)), (bucket, kind, u["unit_id"])
+                assert total == _expected(_sums(mine, only)), (bucket, only, u["unit_id"])
                 starts = sorted({first_of(lo + dt.timedelta(days=d), bucket) for d in range((hi - lo).days)})
                 assert [p["start"] for p in u["series"]] == [str(s) for s in starts]
                 for p in u["series"]:
@@ -320,7 +320,7 @@ async def test_report_figures_are_the_slots_summed_per_local_bucket(
                         if first_of(s["slot"].astimezone(zone).date(), bucket)
                         == dt.date.fromisoformat(p["start"])
                     ]
-                    assert {k: v for k, v in p.items() if k != "start"} == _expected(_sums(inside, kind)), p[
+                    assert {k: v for k, v in p.items() if k != "start"} == _expected(_sums(inside, only)), p[
                         "start"
                     ]
             b2 = next(u for u in report["units"] if u["unit_id"] == "b2")
