@@ -137,6 +137,7 @@ REPORT = (
 starts AS (
     SELECT s::date AS start, to_json(s::date)::text AS start_json
     FROM generate_series(date_trunc($4, $2::text::date::timestamp), ($3::text::date - 1)::timestamp, ('1 ' || $4)::interval) s
+    LIMIT 1000  -- bounded whatever the dates (the API allows at most 732 buckets)
 ),
 series AS (
     SELECT rows.unit_id,
