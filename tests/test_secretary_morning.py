@@ -39,6 +39,20 @@ async def test_each_branch_secretary_sees_and_reminds_only_its_own_slice(
         await post(client, f"/v1/notices/{nid}/receipts", {"type": "read", "member_id": m}, status=200)
     unread = [m for m in org["members"] if m not in readers]
     for branch, token in desks.items():
+        mine = [m for m in org["members"] if branch_of_group[group_of[m]] == branch]
+        groups = sorted(g for g, b in branch_of_group.items() if b == branch)
+        listed_notices = await get(client, "/v1/notices", token=token)
+        assert [(i["id"], i["counts"]["recipients"]) for i in listed_notices["items"]] == [(nid, len(mine))]
+        counts = (await get(client, f"/v1/notices/{nid}", token=token))["counts"]
+        assert (counts["recipients"], counts["read"]) == (len(mine), len([m for m in mine if m in readers]))
+        rollup = await get(client, f"/v1/notices/{nid}/units", token=token)
+        assert sorted(u["unit_id"] for u in rollup["units"]) == sorted([*groups, branch])
+        assert sum(u["recipients"] for u in rollup["units"]) == len(mine)
+        for other in ("b0", "b1", "b2"):
+            if other != branch:  # nothing of a sibling: not its units, not its members
+                assert (
+                    await client.get(f"/v1/notices/{nid}/units?parent={other}", headers=auth(token))
+                ).status == 404
         page = await get(client, f"/v1/notices/{nid}/roll-call?limit=1000", token=token)
         listed = {(g["unit_id"], r["member_id"]) for g in page["groups"] for r in g["recipients"]}
         assert listed == {(group_of[m], m) for m in unread if branch_of_group[group_of[m]] == branch}
@@ -47,6 +61,10 @@ async def test_each_branch_secretary_sees_and_reminds_only_its_own_slice(
             g for g, b in branch_of_group.items() if b == branch
         }
     everyone = await get(client, f"/v1/notices/{nid}/roll-call?limit=1000", token=committee)
+    branches = await get(client, f"/v1/notices/{nid}/units", token=committee)
+    assert [(u["unit_id"], u["recipients"]) for u in branches["units"] if not u["direct"]] == [
+        (b, 30) for b in ("b0", "b1", "b2")
+    ]
     assert sum(len(g["recipients"]) for g in everyone["groups"]) == len(unread)
     pressed = await post(
         client, f"/v1/notices/{nid}/remind", {"channels": ["inapp"]}, token=desks["b1"], status=202

@@ -95,7 +95,10 @@ async def _pages(
             more = len(rows) > limit
             rows = rows[:limit]
             members = sorted({r["member_id"] for r in rows})
-            events = [dict(e) for e in await rollcall.escalation_events(conn, notice_id, members)]
+            events = [
+                {**e, "members": set(e["members"] or ())}
+                for e in await rollcall.escalation_events(conn, notice_id, members)
+            ]
         items = [
             (r, why(r["channels"], r["delivered_at"], r["reminders"], events, r["member_id"])) for r in rows
         ]

@@ -10,7 +10,7 @@ whenever they come, so a week's read rate is "of the notices of that week, how m
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,10 +19,9 @@ from notifier.api.auth import require_unit
 from notifier.api.keys import DEPS, principal
 from notifier.api.lessons import Day
 from notifier.api.problems import invalid
-from notifier.api.routing import Call, Router, json_response
+from notifier.api.routing import Call, Router
 from notifier.api.unit_counts import Bucket
-from notifier.db import unit_counts, unit_reports
-from notifier.db.pool import Record
+from notifier.db import unit_reports
 
 routes = Router()
 
@@ -81,55 +80,6 @@ class UnitReport(BaseModel):
     units: list[ReportUnit]
 
 
-def _rate(part: int, whole: int) -> float | None:
-    return round(part / whole, 4) if whole else None
-
-
-def figures(row: Record | None) -> dict[str, Any]:
-    """The report's figures from a row of sums (None: nothing in that bucket)."""
-
-    def get(column: str) -> int:
-        return 0 if row is None else int(row[column] or 0)
-
-    recipients, read = get("recipients"), get("read")
-    buckets = [get(c) for c, _ in unit_counts.BUCKETS]
-    return {
-        "notices": get("notices"),
-        "recipients": recipients,
-        "read": read,
-        "read_rate": _rate(read, recipients),
-        "median_read": unit_counts.median_bucket(recipients, buckets),
-        "read_within_5m": _rate(sum(buckets[:2]), recipients),
-        "read_within_30m": _rate(sum(buckets[:4]), recipients),
-        "read_within_60m": _rate(sum(buckets[:5]), recipients),
-        "lessons_read_rate": _rate(get("lesson_read"), get("lesson_recipients")),
-    }
-
-
-def bucket_starts(start: dt.date, end: dt.date, bucket: str) -> list[dt.date]:
-    """The first date of every bucket that holds a date of [start, end)."""
-    if bucket == "day":
-        first = start
-    elif bucket == "week":
-        first = start - dt.timedelta(days=start.weekday())
-    else:
-        first = start.replace(day=1)
-    out = []
-    at = first
-    while at < end:
-        out.append(at)
-        try:
-            if bucket == "day":
-                at += dt.timedelta(days=1)
-            elif bucket == "week":
-                at += dt.timedelta(days=7)
-            else:
-                at = (at.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-        except OverflowError:  # the last bucket of year 9999
-            break
-    return out
-
-
 @routes.route(
     "GET",
     "/v1/units/{unit_id}/report",
@@ -154,33 +104,7 @@ async def unit_report(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         await require_unit(conn, p, unit_id)
-        rows = await unit_reports.report(conn, unit_id, q.from_, q.to, q.bucket, q.kind)
-    starts = bucket_starts(q.from_, q.to, q.bucket)
-    units: dict[str, dict[str, Any]] = {}
-    points: dict[str, dict[dt.date, Record]] = {}
-    for r in rows:
-        entry = units.setdefault(
-            r["unit_id"], {"unit_id": r["unit_id"], "name": r["name"], "own": r["own"], **figures(None)}
-        )
-        if r["bucket"] is None:
-            entry.update(figures(r))
-        else:
-            points.setdefault(r["unit_id"], {})[r["bucket"]] = r
-    # Built as plain JSON values (the shape of UnitReport, which documents it): two years of days
-    # for a unit and its children are thousands of points, and validating each was most of the time.
-    empty = figures(None)
-    for uid, entry in units.items():
-        mine = points.get(uid, {})
-        entry["series"] = [
-            {"start": s.isoformat(), **(figures(mine[s]) if s in mine else empty)} for s in starts
-        ]
-    body = {
-        "unit_id": unit_id,
-        "timezone": rows[0]["tz"],
-        "from": q.from_.isoformat(),
-        "to": q.to.isoformat(),
-        "bucket": q.bucket,
-        "kind": q.kind,
-        "units": list(units.values()),
-    }
-    return json_response(body)
+        # The document is built by the statement (the shape of UnitReport, which documents it):
+        # two years of days for a unit and its children are thousands of points.
+        body = await unit_reports.report(conn, unit_id, q.from_, q.to, q.bucket, q.kind)
+    return web.Response(body=body, content_type="application/json")

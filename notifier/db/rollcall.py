@@ -59,8 +59,13 @@ PAGE_AFTER = _PAGE.format(after="(mu.unit_id, mu.member_id) > ($4::text, $5::tex
 
 # What the escalation did that concerns these members and is not a delivery to them: steps that
 # told the secretaries or the officer on duty (notice-wide), and steps that could not reach them.
+# A not_reached event names every member a step missed (100,000 of them, maybe): only the page's
+# are returned (a hashed INTERSECT), so a page costs O(its members + the event's), not their product.
 ESCALATION_EVENTS = """
-SELECT at, kind, detail, members FROM notice_events
+SELECT at, kind, detail,
+       CASE WHEN kind = 'not_reached'
+            THEN ARRAY(SELECT unnest(members) INTERSECT SELECT unnest($2::text[])) END AS members
+FROM notice_events
 WHERE notice_id = $1 AND member_id IS NULL
   AND (kind = 'step_fired' AND detail ? 'notified'
        OR kind = 'not_reached' AND members && $2::text[])

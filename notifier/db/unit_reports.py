@@ -6,6 +6,11 @@ them into days, weeks or months of the unit's effective time zone (db/lessons.py
 ``effective_cte``), so it costs O(units x slots in range), never a scan of recipients or
 deliveries. ``COMPACT`` folds the shards of slots older than two days into shard 0, so a year of
 history is read as one row per unit and slot.
+
+``REPORT`` answers with the whole JSON document (api/unit_reports.py ``UnitReport`` documents its
+shape) as one value: two years of days over a unit and its children are thousands of points, and
+building them as Python objects cost more than the statement. ``SUMS`` is the same sums as rows
+(for the benchmark's and tests' checks against other ways of counting).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from notifier.db.lessons import effective_cte
 from notifier.db.pool import Connection, Record
 from notifier.db.unit_counts import BUCKETS
 
-_COLUMNS = ("notices", "recipients", "read") + tuple(c for c, _ in BUCKETS)
+_TIMES = tuple(c for c, _ in BUCKETS)
+_COLUMNS = ("notices", "recipients", "read", *_TIMES)
+_FIGURES = (*_COLUMNS, "lesson_recipients", "lesson_read")
 # Every sum twice: over the notices of the requested kind (all kinds when none), and over the lessons.
 _SUMS = ",\n       ".join(
     [
@@ -30,29 +37,140 @@ _SUMS = ",\n       ".join(
 )
 
 # $1 unit  $2 from (local date)  $3 to (local date, exclusive)  $4 'day' | 'week' | 'month'  $5 kind
-# One row per (unit, bucket) with data, and one per unit with its totals (bucket NULL); the unit
-# itself first (own = true), then its children. The range is [from, to) in the report unit's
-# time zone; every row is bucketed in that zone, so the children's series line up with it.
-REPORT = (
+# rows: the unit itself (own = true), then its children; agg: one row per (unit, bucket) with
+# data. The range is [from, to) in the report unit's time zone; every row is bucketed in that
+# zone, so the children's series line up with it. One index range scan per unit.
+_HEAD = (
     effective_cte("SELECT $1::text AS unit_id")
     + f""",
-win AS (SELECT tz, ($2::date::timestamp AT TIME ZONE tz) AS lo, ($3::date::timestamp AT TIME ZONE tz) AS hi FROM eff),
+win AS (SELECT tz, ($2::text::date::timestamp AT TIME ZONE tz) AS lo, ($3::text::date::timestamp AT TIME ZONE tz) AS hi FROM eff),
 rows AS (
     SELECT u.id AS unit_id, u.name, true AS own FROM units u WHERE u.id = $1
     UNION ALL
     SELECT u.id, u.name, false FROM units u WHERE u.parent_id = $1
+),
+agg AS MATERIALIZED (
+    SELECT rows.unit_id, a.*
+    FROM rows CROSS JOIN win w CROSS JOIN LATERAL (
+        SELECT date_trunc($4, s.slot AT TIME ZONE w.tz)::date AS bucket, {_SUMS}
+        FROM unit_report_slots s
+        WHERE s.unit_id = rows.unit_id AND s.slot >= w.lo AND s.slot < w.hi
+          AND ($5::text IS NULL OR s.kind IN ($5, 'lesson'))
+        GROUP BY 1
+    ) a
+),
+totals AS (
+    SELECT rows.unit_id, rows.name, rows.own, t.*
+    FROM rows CROSS JOIN LATERAL (
+        SELECT {", ".join(f"coalesce(sum(x.{c}), 0)::bigint AS {c}" for c in _FIGURES)}
+        FROM agg x WHERE x.unit_id = rows.unit_id
+    ) t
+)"""
 )
-SELECT rows.unit_id, rows.name, rows.own, (SELECT tz FROM win) AS tz, c.*
-FROM rows
-LEFT JOIN LATERAL (
-    SELECT s.bucket, {_SUMS}
-    FROM (SELECT date_trunc($4, s.slot AT TIME ZONE w.tz)::date AS bucket, s.*
-          FROM unit_report_slots s CROSS JOIN win w
-          WHERE s.unit_id = rows.unit_id AND s.slot >= w.lo AND s.slot < w.hi
-            AND ($5::text IS NULL OR s.kind IN ($5, 'lesson'))) s
-    GROUP BY GROUPING SETS ((s.bucket), ())
-) c ON true
-ORDER BY rows.own DESC, rows.unit_id, c.bucket NULLS FIRST"""
+
+# The same sums as rows: one per (unit, bucket) with data and one per unit with its totals
+# (bucket NULL), the unit itself first.
+SUMS = (
+    _HEAD
+    + f"""
+SELECT unit_id, bucket, {", ".join(_FIGURES)} FROM agg
+UNION ALL
+SELECT unit_id, NULL, {", ".join(_FIGURES)} FROM totals
+ORDER BY 1, 2 NULLS FIRST"""
+)
+
+
+def _rate(part: str, whole: str) -> str:
+    """JSON text of part / whole to four places, half up (null when whole is 0): an integer
+    ten-thousandth, then shown as Python shows a float (0.0, 0.5, 0.6667, 1.0)."""
+    tenths = f"(({part}) * 20000 + {whole}) / (2 * {whole})"
+    return (
+        f"CASE WHEN {whole} > 0 THEN CASE {tenths} WHEN 0 THEN '0.0' WHEN 10000 THEN '1.0'"
+        f" ELSE ({tenths} / 10000.0::float8)::text END ELSE 'null' END"
+    )
+
+
+def _median(x: str) -> str:
+    """JSON text of the time-to-read bucket by which half of x's recipients had read (null while
+    fewer have): unit_counts.median_bucket in SQL."""
+    cases, seen = [], []
+    for column, name in BUCKETS:
+        seen.append(f"{x}.{column}")
+        cases.append(f"WHEN 2 * ({' + '.join(seen)}) >= {x}.recipients THEN '\"{name}\"'")
+    return f"CASE WHEN {x}.recipients > 0 THEN CASE {' '.join(cases)} ELSE 'null' END ELSE 'null' END"
+
+
+def _figures(x: str) -> dict[str, str]:
+    """The report's figures of a row of sums ``x``, as JSON text per key (api Figures)."""
+    times = [f"{x}.{c}" for c in _TIMES]
+    return {
+        "notices": f"{x}.notices",
+        "recipients": f"{x}.recipients",
+        "read": f"{x}.read",
+        "read_rate": _rate(f"{x}.read", f"{x}.recipients"),
+        "median_read": _median(x),
+        "read_within_5m": _rate(" + ".join(times[:2]), f"{x}.recipients"),
+        "read_within_30m": _rate(" + ".join(times[:4]), f"{x}.recipients"),
+        "read_within_60m": _rate(" + ".join(times[:5]), f"{x}.recipients"),
+        "lessons_read_rate": _rate(f"{x}.lesson_read", f"{x}.lesson_recipients"),
+    }
+
+
+def _object(fields: dict[str, str]) -> str:
+    """SQL concatenating a JSON object from JSON texts (keys are ours: plain names)."""
+    parts = [
+        f"""'{"{" if i == 0 else ","}"{key}":' || {value}""" for i, (key, value) in enumerate(fields.items())
+    ]
+    return " || ".join(parts) + " || '}'"
+
+
+def _text(value: str) -> str:
+    return f"coalesce(to_json({value})::text, 'null')"
+
+
+# The whole answer as UTF-8 JSON (bytea, written to the response as it is): every bucket of
+# [from, to) (empty ones too, for charts; the first may start before from), for the unit and each
+# child. Keys in the order the OpenAPI document lists them.
+REPORT = (
+    _HEAD
+    + f""",
+starts AS (
+    SELECT s::date AS start, to_json(s::date)::text AS start_json
+    FROM generate_series(date_trunc($4, $2::text::date::timestamp), ($3::text::date - 1)::timestamp, ('1 ' || $4)::interval) s
+    LIMIT 1000  -- bounded whatever the dates (the API allows at most 732 buckets)
+),
+series AS (
+    SELECT rows.unit_id,
+           string_agg({_object({"start": "st.start_json", **_figures("p")})}, ',' ORDER BY st.start) AS points
+    FROM rows CROSS JOIN starts st
+    LEFT JOIN agg x ON x.unit_id = rows.unit_id AND x.bucket = st.start
+    CROSS JOIN LATERAL (SELECT {", ".join(f"coalesce(x.{c}, 0) AS {c}" for c in _FIGURES)}) p
+    GROUP BY rows.unit_id
+)
+SELECT convert_to({
+        _object(
+            {
+                "unit_id": _text("$1::text"),
+                "timezone": f"(SELECT {_text('tz')} FROM win)",
+                "from": _text("$2::text::date"),
+                "to": _text("$3::text::date"),
+                "bucket": _text("$4::text"),
+                "kind": _text("$5::text"),
+                "units": "'[' || coalesce(string_agg("
+                + _object(
+                    {
+                        "unit_id": _text("t.unit_id"),
+                        "name": _text("t.name"),
+                        "own": "t.own::text",
+                        **_figures("t"),
+                        "series": "'[' || coalesce(p.points, '') || ']'",
+                    }
+                )
+                + ", ',' ORDER BY t.own DESC, t.unit_id), '') || ']'",
+            }
+        )
+    }, 'UTF8')
+FROM totals t JOIN series p ON p.unit_id = t.unit_id"""
 )
 
 # Shards of slots older than two days (no longer hot) folded into shard 0, a batch at a time.
@@ -77,10 +195,24 @@ ON CONFLICT (unit_id, slot, kind, shard) DO UPDATE SET
     read_60m = s.read_60m + excluded.read_60m, read_later = s.read_later + excluded.read_later"""
 
 
+def _args(unit_id: str, start: date, end: date, bucket: str, kind: str | None) -> tuple[str | None, ...]:
+    # Dates as text: asyncpg sends date.min and date.max as -infinity and infinity, and a series
+    # of buckets from -infinity never ends.
+    return unit_id, start.isoformat(), end.isoformat(), bucket, kind
+
+
 async def report(
     conn: Connection, unit_id: str, start: date, end: date, bucket: str, kind: str | None
+) -> bytes:
+    """The report as UTF-8 JSON, ready to send."""
+    body: bytes = await conn.fetchval(REPORT, *_args(unit_id, start, end, bucket, kind))
+    return body
+
+
+async def sums(
+    conn: Connection, unit_id: str, start: date, end: date, bucket: str, kind: str | None
 ) -> list[Record]:
-    return list(await conn.fetch(REPORT, unit_id, start, end, bucket, kind))
+    return list(await conn.fetch(SUMS, *_args(unit_id, start, end, bucket, kind)))
 
 
 async def compact(conn: Connection, limit: int = 10_000) -> str:

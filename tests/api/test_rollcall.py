@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from notifier.channels.base import Capabilities, Outcome
-from notifier.db import receipts
+from notifier.db import receipts, rollcall, timeline
 from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.escalate import advance_escalations
 from tests.api.viewsenv import Views, view_settings, views
@@ -178,3 +178,21 @@ async def test_a_per_contact_cap_shows_as_throttled_with_its_next_attempt(
     due = await db.fetchval("SELECT next_attempt_at FROM deliveries WHERE notice_id = $1", nid)
     assert row["reason"] == "throttled" and datetime.fromisoformat(row["until"]) == due
     assert by_member(await roll_call(client, earlier))["m00000"]["reason"] == "sent"
+
+
+async def test_a_page_reads_only_its_own_members_of_an_event_naming_many(
+    views: Views, db: asyncpg.Connection
+) -> None:
+    """A step that missed 20,000 members is one event naming them all: a page of the roll-call gets
+    back only the members on it (not 20,000 ids to search once per row)."""
+    deps, _channel, client = views
+    await make_members(db, 3)
+    nid = await make_notice(deps, db, ["inapp"])
+    missed = [f"x{i:05d}" for i in range(20_000)] + ["m00001"]
+    async with deps.pool.acquire() as conn:
+        await timeline.record_for_members(conn, nid, missed, "not_reached", {"channel": "sms", "step": 1})
+        events = await rollcall.escalation_events(conn, nid, ["m00000", "m00001", "m00002"])
+    assert [(e["kind"], e["members"]) for e in events] == [("not_reached", ["m00001"])]
+    rows = by_member(await roll_call(client, nid))
+    assert [(e["action"], e["channel"]) for e in rows["m00001"]["escalation"]] == [("not_reached", "sms")]
+    assert rows["m00000"]["escalation"] == [] and rows["m00002"]["escalation"] == []

@@ -5,7 +5,10 @@ week's read rates per branch, from the report slots (schemas/0011) and never fro
 from __future__ import annotations
 
 import datetime as dt
+import random
+from fractions import Fraction
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from aiohttp.test_utils import TestClient
@@ -209,3 +212,116 @@ async def test_a_report_reaches_the_last_dates_there_are(
         assert report["units"][0]["series"][-1]["read_rate"] is None, bucket
     first = await get(client, "/v1/units/c/report?from=0001-01-01&to=0001-03-01&bucket=month")
     assert [p["start"] for p in first["units"][0]["series"]] == ["0001-01-01", "0001-02-01"]
+
+
+def _half_up(part: int, whole: int) -> float | None:
+    """The documented rounding: four places, half up, of the exact ratio."""
+    if whole == 0:
+        return None
+    return float((Fraction(part, whole) * 10_000 + Fraction(1, 2)).__floor__()) / 10_000
+
+
+def _expected(sums: dict[str, int]) -> dict[str, Any]:
+    """An answer's figures from its sums, computed apart from the statement that answers."""
+    recipients, times = sums["recipients"], [sums[c] for c in _TIMES]
+    median = None
+    if recipients:
+        seen = 0
+        for name, n in zip(("1m", "5m", "15m", "30m", "60m", "later"), times, strict=True):
+            seen += n
+            if 2 * seen >= recipients:
+                median = name
+                break
+    return {
+        "notices": sums["notices"],
+        "recipients": recipients,
+        "read": sums["read"],
+        "read_rate": _half_up(sums["read"], recipients),
+        "median_read": median,
+        "read_within_5m": _half_up(sum(times[:2]), recipients),
+        "read_within_30m": _half_up(sum(times[:4]), recipients),
+        "read_within_60m": _half_up(sum(times[:5]), recipients),
+        "lessons_read_rate": _half_up(sums["lesson_read"], sums["lesson_recipients"]),
+    }
+
+
+_TIMES = ("read_1m", "read_5m", "read_15m", "read_30m", "read_60m", "read_later")
+_SLOT_COLUMNS = "unit_id, slot, kind, shard, notices, recipients, read, " + ", ".join(_TIMES)
+
+
+def _sums(slots: list[asyncpg.Record], kind: str | None) -> dict[str, int]:
+    picked = [s for s in slots if kind is None or s["kind"] == kind]
+    out = {c: sum(s[c] for s in picked) for c in ("notices", "recipients", "read", *_TIMES)}
+    lessons = [s for s in slots if s["kind"] == "lesson"]
+    out["lesson_recipients"] = sum(s["recipients"] for s in lessons)
+    out["lesson_read"] = sum(s["read"] for s in lessons)
+    return out
+
+
+async def test_report_figures_are_the_slots_summed_per_local_bucket(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    """Random slots (several shards, kinds, units, a daylight-saving zone): every figure of every
+    bucket equals the sums computed here from the same slots, rounded half up."""
+    await build_org(client, groups=3, members=3)
+    await put(client, "/v1/units/c", {"name": '委员会 "c"', "parent_id": None, "timezone": "Europe/Berlin"})
+    zone = ZoneInfo("Europe/Berlin")
+    rng = random.Random(8)
+    start = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    slots = []
+    for unit in ("c", "b0", "b1", "g0"):
+        for _ in range(60):
+            at = start + dt.timedelta(minutes=15 * rng.randrange(0, 4 * 24 * 75))
+            times = [rng.randrange(0, 9) for _ in _TIMES]
+            recipients = sum(times) + rng.randrange(0, 9)
+            kind = rng.choice(["ding", "lesson", "notice"])
+            slots.append(
+                (unit, at, kind, rng.randrange(0, 16), rng.randrange(0, 2), recipients, sum(times), *times)
+            )
+    # A tie at the fifth place: 1 of 32 is 0.03125, shown 0.0313 (half up, not to even).
+    tie_at = dt.datetime(2026, 4, 10, 12, tzinfo=dt.UTC)
+    slots.append(("b2", tie_at, "ding", 0, 1, 32, 1, 1, 0, 0, 0, 0, 0))
+    await db.executemany(
+        f"INSERT INTO unit_report_slots ({_SLOT_COLUMNS}) "
+        f"VALUES ({', '.join(f'${i}' for i in range(1, 14))}) ON CONFLICT DO NOTHING",
+        slots,
+    )
+    stored = await db.fetch("SELECT * FROM unit_report_slots")
+
+    def first_of(day: dt.date, bucket: str) -> dt.date:
+        if bucket == "week":
+            return day - dt.timedelta(days=day.weekday())
+        return day.replace(day=1) if bucket == "month" else day
+
+    lo, hi = dt.date(2026, 3, 10), dt.date(2026, 5, 3)
+    for bucket in ("day", "week", "month"):
+        for only in (None, "ding"):
+            query = f"from={lo}&to={hi}&bucket={bucket}" + (f"&kind={only}" if only else "")
+            report = await get(client, f"/v1/units/c/report?{query}")
+            assert UnitReport.model_validate(report).model_dump(mode="json", by_alias=True) == report
+            assert report["timezone"] == "Europe/Berlin"
+            assert [u["unit_id"] for u in report["units"]] == ["c", "b0", "b1", "b2"]
+            assert report["units"][0]["name"] == '委员会 "c"'
+            for u in report["units"]:
+                mine = [
+                    s
+                    for s in stored
+                    if s["unit_id"] == u["unit_id"] and lo <= s["slot"].astimezone(zone).date() < hi
+                ]
+
+                total = {k: v for k, v in u.items() if k not in ("unit_id", "name", "own", "series")}
+                assert total == _expected(_sums(mine, only)), (bucket, only, u["unit_id"])
+                starts = sorted({first_of(lo + dt.timedelta(days=d), bucket) for d in range((hi - lo).days)})
+                assert [p["start"] for p in u["series"]] == [str(s) for s in starts]
+                for p in u["series"]:
+                    inside = [
+                        s
+                        for s in mine
+                        if first_of(s["slot"].astimezone(zone).date(), bucket)
+                        == dt.date.fromisoformat(p["start"])
+                    ]
+                    assert {k: v for k, v in p.items() if k != "start"} == _expected(_sums(inside, only)), p[
+                        "start"
+                    ]
+            b2 = next(u for u in report["units"] if u["unit_id"] == "b2")
+            assert b2["read_rate"] == 0.0313 and b2["read_within_5m"] == 0.0313

@@ -10,6 +10,7 @@ The organisation (see ``tests/api/conftest.py``), plus ``ms``, a member of g1a a
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,3 +237,39 @@ async def test_member_history_says_what_was_read_when_and_pages(
         "/v1/members/ms/notices?from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", headers=auth()
     )
     await problem(bad, 422)
+
+
+# --- unit reports ---------------------------------------------------------------------------------
+
+
+async def test_a_unit_report_is_of_the_callers_units_and_counts_each_member_once(
+    client: TestClient[Any, Any], db: asyncpg.Connection, keys: Keys
+) -> None:
+    today = await db.fetchval("SELECT (notifier_now() AT TIME ZONE 'Asia/Shanghai')::date")
+    q = f"from={today}&to={today + dt.timedelta(days=1)}&bucket=day"
+
+    async def report(unit: str, token: str) -> dict[str, tuple[int, int]]:
+        body = await get(client, f"/v1/units/{unit}/report?{q}", token=token)
+        return {u["unit_id"]: (u["notices"], u["recipients"]) for u in body["units"]}
+
+    # ms (g1a and g2a) counts once in the committee; the b1 notice reached b2 through ms only.
+    assert await report("c", keys.committee) == {"c": (3, 9), "b1": (3, 7), "b2": (2, 4)}
+    assert await report("b1", keys.committee) == {"b1": (3, 7), "g1a": (2, 4), "g1b": (3, 3)}
+    assert await report("b1", keys.org.b1_secretary) == await report("b1", keys.committee)
+    assert await report("b2", keys.org.b2_service) == {"b2": (2, 4), "g2a": (2, 3), "g2b": (1, 1)}
+    assert await report("g1a", keys.g1a) == {"g1a": (2, 4)}
+    text = await (await client.get(f"/v1/units/b2/report?{q}", headers=auth(keys.org.b2_service))).text()
+    assert "b1" not in text and "g1" not in text
+    # A sibling branch or group, the parent of one's unit: as if it did not exist.
+    for unit, token in (
+        ("b1", keys.org.b2_service),
+        ("g1a", keys.org.b2_service),
+        ("b1", keys.g1a),
+        ("g1b", keys.g1a),
+        ("c", keys.org.b1_secretary),
+    ):
+        body = await problem(await client.get(f"/v1/units/{unit}/report?{q}", headers=auth(token)), 404)
+        assert body["detail"] == "unit not found", (unit, token)
+    for token in (keys.ms_member, keys.org.m1a_member):
+        await problem(await client.get(f"/v1/units/g1a/report?{q}", headers=auth(token)), 403)
+    await problem(await client.get(f"/v1/units/b1/report?{q}", headers=auth(keys.revoked)), 401)

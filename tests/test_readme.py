@@ -1,0 +1,69 @@
+"""The README's curl walk-through and "a secretary's morning" run as written (their ``sh`` blocks,
+in order, in one bash) against the app on a real port with the worker running: every curl must
+get a 2xx answer. Only the address and the admin token are the test's."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import ADMIN_TOKEN
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+SECTIONS = ("## Walk-through with curl", "## A secretary's morning")
+
+
+def readme_script() -> str:
+    text = README.read_text(encoding="utf-8")
+    blocks = []
+    for title in SECTIONS:
+        start = text.index(title + "\n")
+        end = text.find("\n## ", start + len(title))
+        section = text[start : end if end != -1 else len(text)]
+        blocks += re.findall(r"^```sh\n(.*?)^```$", section, flags=re.S | re.M)
+    assert len(blocks) >= 2, "the README's curl blocks moved"
+    return "\n".join(blocks)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_the_readme_walk_through_and_a_secretarys_morning_work_as_written(
+    client: TestClient[Any, Any], db: asyncpg.Connection, worker: None, tmp_path: Path
+) -> None:
+    script = readme_script()
+    base = str(client.make_url("")).rstrip("/")
+    assert "B=http://127.0.0.1:8080;" in script and "Bearer devtoken" in script
+    script = script.replace("B=http://127.0.0.1:8080;", f"B={base};").replace("devtoken", ADMIN_TOKEN)
+    # Any answer >= 400 or an unset variable stops the script with the answer shown.
+    prelude = 'set -eu\ncurl() { command curl --fail-with-body --max-time 20 "$@"; }\n'
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        prelude + script,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=90)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+    # The morning's DING reached officer-17, who has not read it: on the roll-call, in the CSV,
+    # reminded, and in the branch's report of this month.
+    roll = (tmp_path / "roll-call.csv").read_bytes()
+    assert roll.startswith(b"\xef\xbb\xbf") and b"officer-17" in roll
+    night = await db.fetchval("SELECT id FROM notices WHERE title = 'Night muster'")
+    steps = await db.fetch(
+        "SELECT channel FROM deliveries WHERE notice_id = $1 AND step > 0 ORDER BY 1", night
+    )
+    assert [s["channel"] for s in steps] == ["inapp", "webhook"]
+    assert '"unit_id":"branch-3","name":"Branch 3 (Patrol)","own":true,"notices":2' in out.decode()
