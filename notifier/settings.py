@@ -155,6 +155,10 @@ class Settings(BaseSettings):
 
     # Channels.
     webhook_timeout_seconds: float = 10.0
+    # Bounds every request to a push or phone provider (FCM, JPush, SMS, voice); unset: each
+    # channel's own bound (10 s, SMS and voice 15 s). A provider that accepts and never answers
+    # costs this long per send, and its breaker opens after ``breaker_threshold`` such batches.
+    provider_timeout_seconds: float | None = Field(default=None, gt=0)
     webhook_max_attempts: int = 6
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0

@@ -137,7 +137,10 @@ class SmsChannel:
             per_target_limit=(settings.sms_per_phone_limit, settings.sms_per_phone_window_seconds),
             read_link=True,
         )
-        self._poster = FormPoster(READ_TIMEOUT_SECONDS, min(settings.delivery_concurrency, MAX_CONCURRENCY))
+        self._poster = FormPoster(
+            settings.provider_timeout_seconds or READ_TIMEOUT_SECONDS,
+            min(settings.delivery_concurrency, MAX_CONCURRENCY),
+        )
         self._provider = make_provider(settings, self._poster, self._clock)
 
     def validate_target(self, target: Any) -> Any:

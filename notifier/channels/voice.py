@@ -117,7 +117,10 @@ class VoiceChannel:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
-        self._poster = FormPoster(READ_TIMEOUT_SECONDS, min(settings.delivery_concurrency, MAX_CONCURRENCY))
+        self._poster = FormPoster(
+            settings.provider_timeout_seconds or READ_TIMEOUT_SECONDS,
+            min(settings.delivery_concurrency, MAX_CONCURRENCY),
+        )
         self._provider = make_provider(settings, self._poster, self._clock)
         self.capabilities = Capabilities(
             max_batch=20,
