@@ -11,6 +11,7 @@ from notifier import __version__
 from notifier.api import (
     api_keys,
     audit,
+    budgets,
     contacts,
     duty,
     health,
@@ -48,6 +49,7 @@ RESOURCE_MODULES = (
     api_keys,
     audit,
     units,
+    budgets,
     duty,
     members,
     history,

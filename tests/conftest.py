@@ -45,6 +45,7 @@ TABLES = ", ".join(
     + ["member_units", "members", "units"]
     + ["engine_clock", "rate_buckets", "circuit_breakers", "provider_events", "audit_log"]
     + ["dingtalk_read_polls"]
+    + ["unit_budgets", "budget_spend"]
 )
 
 

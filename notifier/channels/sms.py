@@ -136,6 +136,7 @@ class SmsChannel:
             circuit_breaker=True,  # one provider account behind every send
             per_target_limit=(settings.sms_per_phone_limit, settings.sms_per_phone_window_seconds),
             read_link=True,
+            paid=True,
         )
         self._poster = FormPoster(
             settings.provider_timeout_seconds or READ_TIMEOUT_SECONDS,

@@ -132,6 +132,7 @@ class VoiceChannel:
             circuit_breaker=True,  # one provider account behind every call
             # Like SMS: however many steps or notices ask, one number rings at most this often.
             per_target_limit=(settings.voice_per_phone_limit, settings.voice_per_phone_window_seconds),
+            paid=True,
         )
 
     def validate_target(self, target: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result
-from notifier.db import contacts, deliveries, notices, reports, throttle
+from notifier.db import budgets, contacts, deliveries, notices, reports, throttle
 from notifier.db.deliveries import Claimed, Released, Written
 from notifier.db.pool import UNAVAILABLE, Connection, Record
 from notifier.db.quiet import quiet_now
@@ -144,6 +144,23 @@ async def gate(
             Released(c.id, c.attempt, "throttled", w) for c, w in zip(fresh, waits, strict=True) if w > 0
         ]
         go = paid + [c for c, w in zip(fresh, waits, strict=True) if w <= 0]
+    if caps.paid and go:
+        # Last: only what really leaves is charged. Beyond the budget a row waits for the day's
+        # end (or an admin's raise), visibly; the notice's other channels are not affected.
+        charge = await budgets.charge(conn, content.notice_id, channel.id, len(go))
+        if charge.allowed < len(go):
+            over, go = go[charge.allowed :], go[: charge.allowed]
+            wait = max(charge.resets_in, 1.0)
+            held += [Released(c.id, c.attempt, "budget_exhausted", wait) for c in over]
+            await budgets.exhausted(conn, content.notice_id, channel.id, charge, len(over))
+            log.warning(
+                "%s budget of unit %s exhausted (%s a day): %d deliveries held for %.0fs",
+                channel.id,
+                charge.unit_id,
+                charge.daily_limit,
+                len(over),
+                wait,
+            )
     await deliveries.release(conn, held)
     if caps.per_target_limit is not None or not caps.resend_when_ambiguous:
         await conn.execute(deliveries.HANDED_OVER, [c.id for c in go])
@@ -163,6 +180,7 @@ def needs_gate(channel: Channel, content: NoticeContent, claimed: list[Claimed])
         or caps.circuit_breaker
         or caps.per_target_limit
         or caps.rate_per_second
+        or caps.paid
         or not caps.resend_when_ambiguous
         or any(moot_after_read(c) for c in claimed)
     )
