@@ -94,6 +94,7 @@ class AliyunSms:
         self._settings = settings.aliyun
         self._client = aliyun.AliyunClient(settings.aliyun, poster, clock)
         self._link_secret = settings.link_secret.get_secret_value()
+        self._link_secrets = settings.link_secrets()  # any verifies during a rotation
         if not self._settings.sms_sign_name or not self._settings.sms_template_code:
             raise ValueError("aliyun: sms_sign_name and sms_template_code must be set")
 
@@ -111,7 +112,7 @@ class AliyunSms:
         return str(reply.get("BizId") or "")
 
     def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
-        return aliyun.handle_report(url, body, self._link_secret, SmsChannel.id, aliyun.sms_report_updates)
+        return aliyun.handle_report(url, body, self._link_secrets, SmsChannel.id, aliyun.sms_report_updates)
 
 
 def make_provider(settings: Settings, poster: FormPoster, clock: Clock) -> SmsProvider:

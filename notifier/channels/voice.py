@@ -78,6 +78,7 @@ class AliyunVoice:
         self._settings = settings.aliyun
         self._client = aliyun.AliyunClient(settings.aliyun, poster, clock)
         self._link_secret = settings.link_secret.get_secret_value()
+        self._link_secrets = settings.link_secrets()  # any verifies during a rotation
         if not self._settings.voice_show_number or not self._settings.voice_tts_code:
             raise ValueError("aliyun: voice_show_number and voice_tts_code must be set")
 
@@ -100,7 +101,7 @@ class AliyunVoice:
 
     def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
         return aliyun.handle_report(
-            url, body, self._link_secret, VoiceChannel.id, aliyun.voice_report_updates
+            url, body, self._link_secrets, VoiceChannel.id, aliyun.voice_report_updates
         )
 
 

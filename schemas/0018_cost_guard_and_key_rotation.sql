@@ -33,3 +33,8 @@ DROP INDEX deliveries_queued_held_idx;
 CREATE INDEX deliveries_queued_held_idx ON deliveries (notice_id, member_id)
     WHERE state = 'queued'
       AND wait_reason IN ('quiet_hours', 'throttled', 'capped', 'circuit_open', 'budget_exhausted');
+
+-- Secrets rotation (issue 14): an API key rotated to a new token keeps accepting the old one
+-- until previous_valid_until (db/api_keys.py AUTHENTICATE).
+ALTER TABLE api_keys ADD COLUMN previous_token_hash bytea UNIQUE,
+                     ADD COLUMN previous_valid_until timestamptz;
