@@ -2,8 +2,9 @@
 
 A budget caps what one channel may send per local day for the notices of a unit and every unit
 below it (db/budgets.py). Beyond it deliveries wait, queued as ``budget_exhausted`` with the time
-they go (the unit's next midnight), the notice gets a ``budget_exhausted`` event, and the
-notice's other channels go on unaffected. An admin sets, raises or overrides a budget
+they go (the unit's next midnight), the notice gets a ``budget_exhausted`` event, the unit's
+secretaries get an in-app notice saying so (once per notice, channel and day), and the notice's
+other channels go on unaffected. An admin sets, raises or overrides a budget
 (``override_until``: no limit until then); a change frees the rows it held at once. Secretaries
 and services of the unit may read it, with today's spend.
 """

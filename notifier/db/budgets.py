@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from notifier.db import duty
 from notifier.db.pool import Connection, Record
 from notifier.db.quiet import DEFAULT_TIMEZONE
 from notifier.db.units import ancestors, subtree
@@ -55,7 +56,15 @@ SELECT $1::uuid, 'budget_exhausted', jsonb_build_object(
     'channel', $2::text, 'unit_id', $3::text, 'day', $4::date::text, 'daily_limit', $5::int, 'held', $6::int)
 WHERE NOT EXISTS (
     SELECT 1 FROM notice_events WHERE notice_id = $1::uuid AND kind = 'budget_exhausted'
-      AND detail->>'channel' = $2::text AND detail->>'day' = $4::date::text)"""
+      AND detail->>'channel' = $2::text AND detail->>'day' = $4::date::text)
+RETURNING id"""
+
+# The governing unit's secretaries are told, in-app, the first time a notice meets the spent
+# budget on a day (the reconciler fans the notice out: it commits with the gate's transaction).
+TELL = """
+INSERT INTO notices (kind, title, body, audience, channels, scope_unit_id)
+VALUES ('notice', $1, $2, jsonb_build_object('members', $3::text[], 'units', '[]'::jsonb), ARRAY['inapp'], $4)
+RETURNING id"""
 
 UPSERT = """
 INSERT INTO unit_budgets (unit_id, channel, daily_limit, override_until) VALUES ($1, $2, $3, $4)
@@ -110,8 +119,22 @@ async def charge(conn: Connection, notice_id: str, channel: str, n: int) -> Char
     return Charge(allowed, row["unit_id"], row["day"], int(row["daily_limit"]), float(row["resets_in"]))
 
 
-async def exhausted(conn: Connection, notice_id: str, channel: str, c: Charge, held: int) -> None:
-    await conn.execute(EXHAUSTED_EVENT, notice_id, channel, c.unit_id, c.day, c.daily_limit, held)
+async def exhausted(conn: Connection, notice_id: str, channel: str, c: Charge, held: int) -> list[str]:
+    """Record that ``held`` deliveries of ``notice_id`` wait for the budget; the first time on
+    the day, tell the governing unit's secretaries. Returns who was told."""
+    first = await conn.fetchval(EXHAUSTED_EVENT, notice_id, channel, c.unit_id, c.day, c.daily_limit, held)
+    if first is None or c.unit_id is None:
+        return []
+    told = (await duty.secretaries_for_units(conn, [c.unit_id])).get(c.unit_id, [])
+    if told:
+        title = f"{channel.upper()} budget of unit {c.unit_id} spent for {c.day}"
+        body = (
+            f"{held} {channel} messages of notice {notice_id} (and any more today) wait for the next "
+            f"day: the budget is {c.daily_limit} a day. An admin can raise or override it "
+            f"(PUT /v1/units/{c.unit_id}/budgets/{channel})."
+        )
+        await conn.fetchval(TELL, title, body, told, c.unit_id)
+    return told
 
 
 async def put(

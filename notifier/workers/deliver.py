@@ -152,14 +152,15 @@ async def gate(
             over, go = go[charge.allowed :], go[: charge.allowed]
             wait = max(charge.resets_in, 1.0)
             held += [Released(c.id, c.attempt, "budget_exhausted", wait) for c in over]
-            await budgets.exhausted(conn, content.notice_id, channel.id, charge, len(over))
+            told = await budgets.exhausted(conn, content.notice_id, channel.id, charge, len(over))
             log.warning(
-                "%s budget of unit %s exhausted (%s a day): %d deliveries held for %.0fs",
+                "%s budget of unit %s spent (%s a day): %d deliveries held for %.0fs, %d secretaries told",
                 channel.id,
                 charge.unit_id,
                 charge.daily_limit,
                 len(over),
                 wait,
+                len(told),
             )
     await deliveries.release(conn, held)
     if caps.per_target_limit is not None or not caps.resend_when_ambiguous:

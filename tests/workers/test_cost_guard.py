@@ -57,6 +57,9 @@ async def env(
             "('b1', 'B1', 'c', NULL), ('g1', 'G1', 'b1', NULL)"
         )
         ids = [f"m{i}" for i in range(MEMBERS)]
+        await db.execute("INSERT INTO members (id, name) VALUES ('sec', 'Secretary')")
+        await db.execute("INSERT INTO member_units VALUES ('sec', 'b1')")
+        await db.execute("INSERT INTO unit_secretaries VALUES ('b1', 'sec')")
         await db.executemany("INSERT INTO members (id, name) VALUES ($1, $1)", [(m,) for m in ids])
         await db.executemany("INSERT INTO member_units VALUES ($1, 'g1')", [(m,) for m in ids])
         await db.executemany(
@@ -132,6 +135,20 @@ async def test_a_spent_budget_holds_paid_sends_visibly_and_an_admin_override_fre
             "held": MEMBERS - LIMIT,
         }
     ]
+
+    # The secretary of the unit whose budget it is was told, once, in-app.
+    async def told() -> bool:
+        n = await env.db.fetchval(
+            "SELECT count(*) FROM deliveries d JOIN notices n ON n.id = d.notice_id "
+            "WHERE n.kind = 'notice' AND d.member_id = 'sec' AND d.channel = 'inapp' "
+            "AND d.state = 'delivered'"
+        )
+        return bool(n == 1)
+
+    await wait_until(told, within=20)
+    tell = await env.db.fetchrow("SELECT title, body, scope_unit_id FROM notices WHERE kind = 'notice'")
+    assert tell is not None and tell["scope_unit_id"] == "b1" and "SMS budget of unit b1" in tell["title"]
+    assert nid in tell["body"]
     status, listed = await env.call("GET", "/v1/units/b1/budgets")
     assert status == 200 and [(b["channel"], b["used_today"]) for b in listed["items"]] == [("sms", LIMIT)]
 
@@ -159,6 +176,7 @@ async def test_a_spent_budget_holds_paid_sends_visibly_and_an_admin_override_fre
     assert Counter(m.to for m in env.twilio.sms) == Counter({phone(i): 1 for i in range(MEMBERS)})
     actions = [r["action"] for r in await env.db.fetch("SELECT action FROM audit_log ORDER BY id")]
     assert actions.count("budget.put") == 2
+    assert await env.db.fetchval("SELECT count(*) FROM notices WHERE kind = 'notice'") == 1  # told once
 
 
 async def test_the_held_sends_go_when_the_units_day_ends(env: Env) -> None:
