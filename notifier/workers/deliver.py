@@ -21,7 +21,7 @@ import asyncpg
 from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result
 from notifier.db import budgets, contacts, deliveries, notices, reports, throttle
 from notifier.db.deliveries import Claimed, Released, Written
-from notifier.db.pool import UNAVAILABLE, Connection, Record
+from notifier.db.pool import UNAVAILABLE, Connection, Record, unavailable
 from notifier.db.quiet import quiet_now
 from notifier.domain.retry import backoff_seconds
 from notifier.links import read_link
@@ -42,6 +42,12 @@ RETRYABLE_DB_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.SerializationError,
     *UNAVAILABLE,
 )
+
+
+def retryable(exc: BaseException) -> bool:
+    """A deadlock, a serialization failure or the database away (``pool.unavailable``: also a
+    transaction block ending on a connection that died under it)."""
+    return isinstance(exc, RETRYABLE_DB_ERRORS) or unavailable(exc)
 
 
 def to_written(claimed: Claimed, result: Result, channel: Channel, settings: Settings) -> Written:
@@ -278,9 +284,9 @@ async def _write_back(
         return await _retrying(
             lease, channel, partial(_write_back_once, deps, channel, written, contacts_, reasons, results)
         )
-    except RETRYABLE_DB_ERRORS:
-        raise  # the lease ran out while the database was away: the reconciler takes over
     except Exception as exc:
+        if retryable(exc):
+            raise  # the lease ran out while the database was away: the reconciler takes over
         log.warning(
             "write-back of a %d-row %s batch failed (%s); writing it row by row",
             len(written),
@@ -296,9 +302,9 @@ async def _write_back(
         try:
             handed_over += await _retrying(lease, channel, alone)
             continue
-        except RETRYABLE_DB_ERRORS:
-            raise
-        except Exception:
+        except Exception as exc:
+            if retryable(exc):
+                raise
             log.exception(
                 "delivery %d: outcome %s could not be recorded; recording it plainly", w.id, w.state
             )
@@ -309,9 +315,9 @@ async def _write_back(
             handed_over += await _retrying(
                 lease, channel, partial(_write_back_once, deps, channel, [plain], [], [], [])
             )
-        except RETRYABLE_DB_ERRORS:
-            raise
-        except Exception:
+        except Exception as exc:
+            if retryable(exc):
+                raise
             log.exception("delivery %d could not be recorded; its lease will hand it back", w.id)
     if channel.capabilities.circuit_breaker and results:
 
@@ -333,7 +339,9 @@ async def _retrying(
     while True:
         try:
             result = await write()
-        except RETRYABLE_DB_ERRORS as exc:
+        except Exception as exc:
+            if not retryable(exc):
+                raise
             if lease.remaining() < delay + LEASE_MARGIN:
                 log.error(
                     "write-back for %s still failing (%s) as its lease runs out; giving up",
