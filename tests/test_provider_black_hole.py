@@ -9,6 +9,7 @@ member's count at the fake is the number of pushes a phone really got."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,8 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
 from notifier.settings import Settings
-from tests.conftest import advance_clock, auth, running_worker, wait_until
+from tests.conftest import advance_clock, auth, make_settings, running_worker, wait_until
 from tests.fakes.fcm import FakeFcm
+from tests.fakes.twilio import FakeTwilio
 from tests.faultproxy import FaultProxy
 
 MEMBERS = 12
@@ -128,3 +130,72 @@ async def test_a_black_holed_provider_opens_the_breaker_and_recovers_by_itself(
         nid,
     )
     assert {r["member_id"]: r["n"] for r in per_member} == {m: 1 for m in tokens}
+
+
+async def test_a_black_holed_sms_provider_is_never_resent_blindly_and_the_rest_waits(
+    server_urls: tuple[str, str], db: asyncpg.Connection, twilio_fake: FakeTwilio
+) -> None:
+    """SMS: a send whose answer never came may have been sent, so it is recorded ``unknown`` (a
+    provider report or the next escalation step settles it) and never resent; the breaker opens
+    on those batches all the same and the rest wait, then go once the provider answers."""
+    proxy = await FaultProxy("127.0.0.1", twilio_fake.port).start()
+    overrides = twilio_fake.settings_overrides()
+    overrides["twilio"] = {**overrides["twilio"], "base_url": f"http://127.0.0.1:{proxy.port}"}
+    tuned = make_settings(
+        server_urls,
+        **overrides,
+        provider_timeout_seconds=0.5,
+        breaker_threshold=2,
+        breaker_base_seconds=COOL_DOWN,
+        delivery_batch_size=3,
+        delivery_parallel_jobs=1,  # batches one after another: the breaker opens before all are tried
+        delivery_lease_seconds=4.0,
+    )
+    await db.execute("INSERT INTO units (id, name) VALUES ('u', 'U')")
+    phones = {f"m{i:02d}": f"+1415555{i:04d}" for i in range(MEMBERS)}
+    await db.executemany("INSERT INTO members (id, name) VALUES ($1, $1)", [(m,) for m in phones])
+    await db.executemany("INSERT INTO member_units VALUES ($1, 'u')", [(m,) for m in phones])
+    await db.executemany(
+        "INSERT INTO contacts (member_id, channel, target) VALUES ($1, 'sms', to_jsonb($2::text))",
+        list(phones.items()),
+    )
+    ding = {"kind": "ding", "title": "t", "body": "b", "audience": {"units": ["u"]}, "channels": ["sms"]}
+    try:
+        async with (
+            TestClient(TestServer(create_app(tuned), host="127.0.0.1")) as api,
+            running_worker(tuned),
+        ):
+            proxy.black_hole()
+            resp = await api.post("/v1/notices", json=ding, headers=auth())
+            assert resp.status == 202, await resp.text()
+            nid = (await resp.json())["id"]
+
+            async def states() -> Counter[tuple[str, str | None]]:
+                assert await _overdue_sending(db) == 0
+                rows = await db.fetch("SELECT state, wait_reason FROM deliveries WHERE notice_id = $1", nid)
+                return Counter((r["state"], r["wait_reason"]) for r in rows)
+
+            async def breaker_open() -> bool:
+                s = await states()
+                return (
+                    s[("unknown", None)] + s[("queued", "circuit_open")] == MEMBERS
+                    and s[("queued", "circuit_open")] > 0
+                )
+
+            await wait_until(breaker_open, within=30)
+            unknown = (await states())[("unknown", None)]
+            assert 2 * 3 <= unknown < MEMBERS  # the two batches that opened it, at least
+            await proxy.restore()
+            await advance_clock(db, COOL_DOWN + 1)
+
+            async def rest_sent() -> bool:
+                s = await states()
+                return s == Counter({("unknown", None): unknown, ("sent", None): MEMBERS - unknown})
+
+            await wait_until(rest_sent, within=30)
+            await asyncio.sleep(1.0)
+    finally:
+        await proxy.stop()
+    # Only the rest reached the provider, once each; the unknown ones were not tried again.
+    sent = Counter(m.to for m in twilio_fake.sms)
+    assert len(sent) == MEMBERS - unknown and set(sent.values()) == {1}
