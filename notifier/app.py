@@ -11,6 +11,7 @@ from notifier import __version__, console
 from notifier.api import (
     api_keys,
     audit,
+    budgets,
     console_links,
     contacts,
     duty,
@@ -56,6 +57,7 @@ RESOURCE_MODULES = (
     audit,
     console_links,
     units,
+    budgets,
     duty,
     members,
     history,

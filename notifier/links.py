@@ -11,7 +11,12 @@ import hashlib
 import hmac
 import struct
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+# One key, or during a rotation the current key then the previous ones: a token verifies under
+# any of them (tokens are always made with one, the current).
+Keys = bytes | Sequence[bytes]
 
 
 class BadLink(Exception):
@@ -38,7 +43,7 @@ def _sign(secret: bytes, label: bytes, payload: bytes) -> str:
     return f"{_b64(payload)}.{_b64(mac)}"
 
 
-def _verify(secret: bytes, label: bytes, token: str, now: float, *, exact: int | None = None) -> bytes:
+def _verify(secret: Keys, label: bytes, token: str, now: float, *, exact: int | None = None) -> bytes:
     """The payload of a token ``_sign`` made under ``label``: (notice uuid | expiry | ...).
     Raises ``BadLink`` for anything forged, malformed or expired."""
     try:
@@ -47,9 +52,9 @@ def _verify(secret: bytes, label: bytes, token: str, now: float, *, exact: int |
     except (ValueError, TypeError):
         raise BadLink("malformed link") from None
     size_ok = len(payload) == exact if exact is not None else len(payload) >= 25
-    if not size_ok or not hmac.compare_digest(
-        hmac.new(secret, label + payload, hashlib.sha256).digest()[:16], given
-    ):
+    keys = [secret] if isinstance(secret, bytes) else list(secret)
+    macs = [hmac.new(key, label + payload, hashlib.sha256).digest()[:16] for key in keys]
+    if not size_ok or not any([hmac.compare_digest(mac, given) for mac in macs]):  # noqa: C419 - check all
         raise BadLink("invalid link")
     if now > struct.unpack(">Q", payload[16:24])[0]:
         raise BadLink("expired link")
@@ -60,7 +65,7 @@ def make_token(secret: bytes, notice_id: str, member_id: str, expires_at: int) -
     return _sign(secret, b"", uuid.UUID(notice_id).bytes + struct.pack(">Q", expires_at) + member_id.encode())
 
 
-def read_token(secret: bytes, token: str, now: float) -> LinkClaims:
+def read_token(secret: Keys, token: str, now: float) -> LinkClaims:
     """Verify and decode; raises ``BadLink`` for anything forged, malformed or expired."""
     payload = _verify(secret, b"", token, now)
     try:
@@ -85,7 +90,7 @@ def make_list_token(secret: bytes, summary_id: str, expires_at: int) -> str:
     return _sign(secret, _LIST_LABEL, uuid.UUID(summary_id).bytes + struct.pack(">Q", expires_at))
 
 
-def read_list_token(secret: bytes, token: str, now: float) -> str:
+def read_list_token(secret: Keys, token: str, now: float) -> str:
     """The summary notice id; raises ``BadLink`` for anything forged, malformed or expired."""
     return str(uuid.UUID(bytes=_verify(secret, _LIST_LABEL, token, now, exact=24)[:16]))
 

@@ -180,6 +180,10 @@ class Settings(BaseSettings):
 
     # Channels.
     webhook_timeout_seconds: float = 10.0
+    # Bounds every request to a push or phone provider (FCM, JPush, SMS, voice); unset: each
+    # channel's own bound (10 s, SMS and voice 15 s). A provider that accepts and never answers
+    # costs this long per send, and its breaker opens after ``breaker_threshold`` such batches.
+    provider_timeout_seconds: float | None = Field(default=None, gt=0)
     webhook_max_attempts: int = 6
     retry_base_seconds: float = 2.0
     retry_max_seconds: float = 600.0
@@ -205,6 +209,13 @@ class Settings(BaseSettings):
     voice_per_phone_window_seconds: float = 900.0  # ... per this window
     push_max_attempts: int = 8
     link_secret: SecretStr = SecretStr(DEV_LINK_SECRET)  # signs read links and provider report URLs
+    # Rotation: set ``*_previous`` to the value being replaced and the new one in its place. New
+    # links, report URLs and echoed ids are signed with the new link secret, and the previous one
+    # still verifies (a link already in an SMS works until it expires: keep the previous for
+    # ``link_ttl_seconds``); outgoing webhooks carry a signature under each webhook secret (Standard
+    # Webhooks: space-separated), so receivers switch keys whenever they like. Unset it afterwards.
+    link_secret_previous: SecretStr | None = None
+    webhook_secret_previous: SecretStr | None = None
     link_ttl_seconds: int = 7 * 24 * 3600
 
     # The web console and member pages (notifier/console/).
@@ -217,6 +228,10 @@ class Settings(BaseSettings):
         problems = []
         if self.webhook_secret.get_secret_value() == DEV_WEBHOOK_SECRET:
             problems.append("NOTIFIER_WEBHOOK_SECRET is the public development value")
+        if DEV_WEBHOOK_SECRET in self.webhook_secrets()[1:]:
+            problems.append("NOTIFIER_WEBHOOK_SECRET_PREVIOUS is the public development value")
+        if DEV_LINK_SECRET in self.link_secrets()[1:]:
+            problems.append("NOTIFIER_LINK_SECRET_PREVIOUS is the public development value")
         if self.link_secret.get_secret_value() == DEV_LINK_SECRET:
             problems.append("NOTIFIER_LINK_SECRET is the public development value")
         if len(self.link_secret.get_secret_value()) < 16:
@@ -225,6 +240,24 @@ class Settings(BaseSettings):
             problems.append("NOTIFIER_PUBLIC_URL is not set (read links and provider callbacks need it)")
         return problems
 
+    def link_secrets(self) -> tuple[str, ...]:
+        """The link secret, then the previous one while a rotation lasts: sign with the first,
+        accept any."""
+        return _rotating(self.link_secret, self.link_secret_previous)
+
+    def link_keys(self) -> tuple[bytes, ...]:
+        return tuple(s.encode() for s in self.link_secrets())
+
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """The webhook signing secret, then the previous one while a rotation lasts."""
+        return _rotating(self.webhook_secret, self.webhook_secret_previous)
+
     @property
     def effective_public_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+
+def _rotating(current: SecretStr, previous: SecretStr | None) -> tuple[str, ...]:
+    now = current.get_secret_value()
+    old = previous.get_secret_value() if previous is not None else ""
+    return (now, old) if old and old != now else (now,)

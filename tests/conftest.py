@@ -46,6 +46,7 @@ TABLES = ", ".join(
     + ["engine_clock", "rate_buckets", "circuit_breakers", "provider_events", "audit_log"]
     + ["dingtalk_read_polls"]
     + ["console_sessions", "console_links"]
+    + ["unit_budgets", "budget_spend"]
 )
 
 

@@ -4,8 +4,11 @@
 new ones are refused (nothing listens on the port). ``restore()`` listens again on the same port,
 so the client's URL stays valid, as after a restart. ``freeze()`` is a black hole: the open
 connections stay open but nothing more passes on them in either direction (a hung server, a
-firewall or NAT that lost the connection's state), while new connections work. Bytes are passed
-through untouched.
+firewall or NAT that lost the connection's state), while new connections work. ``black_hole()``
+goes further: new connections are accepted and then never answered either, until ``restore()``
+(a server that accepts and hangs). ``latency`` delays every chunk the server sends back (a
+server answering slowly: with one round trip per statement, seconds per statement). Bytes are
+passed through untouched.
 
     proxy = await FaultProxy("127.0.0.1", upstream_port).start()
     settings = settings.model_copy(update={"database_url": proxy.url_for(settings.database_url)})
@@ -31,6 +34,9 @@ class FaultProxy:
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._frozen: set[asyncio.StreamWriter] = set()  # writers whose bytes are dropped
+        self._holing = False  # black hole: new connections are accepted and never answered
+        self._held: set[asyncio.StreamWriter] = set()
+        self.latency = 0.0  # seconds added before each chunk from the server reaches the client
 
     @classmethod
     def for_url(cls, url: str) -> FaultProxy:
@@ -71,12 +77,23 @@ class FaultProxy:
             task.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
         self._writers.clear()
+        for writer in list(self._held):
+            writer.transport.abort()
+        self._held.clear()
 
     def freeze(self) -> None:
         """Silently drop everything on the connections open now; new ones pass normally."""
         self._frozen |= self._writers
 
+    def black_hole(self) -> None:
+        """Accept every connection and answer nothing, on the open ones and on new ones."""
+        self._holing = True
+        self.freeze()
+
     async def restore(self) -> None:
+        """Listen again after ``cut``; after ``black_hole``, pass new connections again (the
+        connections it swallowed stay silent: their client must give up on them)."""
+        self._holing = False
         if self._server is None:
             await self._listen()
 
@@ -85,6 +102,16 @@ class FaultProxy:
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        if self._holing:
+            self._held.add(client_w)
+            try:
+                with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                    while await client_r.read(CHUNK):
+                        pass  # swallowed
+            finally:
+                self._held.discard(client_w)
+                client_w.transport.abort()
+            return
         try:
             up_r, up_w = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -97,7 +124,7 @@ class FaultProxy:
         self._writers |= {client_w, up_w}
         pipes = [
             asyncio.create_task(self._pipe(client_r, up_w)),
-            asyncio.create_task(self._pipe(up_r, client_w)),
+            asyncio.create_task(self._pipe(up_r, client_w, answers=True)),
         ]
         self._pipes.update(pipes)
         try:
@@ -113,9 +140,13 @@ class FaultProxy:
                 self._frozen.discard(w)
                 w.transport.abort()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answers: bool = False
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(CHUNK):
+                if answers and self.latency:
+                    await asyncio.sleep(self.latency)
                 if writer in self._frozen:
                     continue
                 writer.write(data)

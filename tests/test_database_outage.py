@@ -136,3 +136,32 @@ async def test_the_api_answers_503_with_retry_after_while_the_database_is_away(
             return (await api.get("/v1/units/u", headers=auth())).status == 200
 
         await wait_until(back, within=15)
+
+
+async def test_a_connection_lost_inside_a_transaction_is_503_not_500(
+    settings: Settings, db: asyncpg.Connection, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the connection dies in the middle of a transaction's statement, asyncpg raises the
+    loss (ConnectionDoesNotExistError) and then, leaving the ``async with conn.transaction()``
+    block, an InterfaceError ("the underlying connection is closed") in its place: that is the
+    database being away too, not a bug."""
+    tuned = settings.model_copy(update={"database_url": proxy.url_for(settings.database_url)})
+    async with TestClient(TestServer(create_app(tuned), host="127.0.0.1")) as api:
+        resp = await api.put("/v1/units/u", json={"name": "U", "parent_id": None}, headers=auth())
+        assert resp.status == 201, await resp.text()
+        statuses = []
+        for _ in range(3):  # each time the cut lands while a statement of the transaction waits
+            proxy.latency = 0.4
+            answer = asyncio.ensure_future(
+                api.put("/v1/units/v", json={"name": "V", "parent_id": "u"}, headers=auth())
+            )
+            await asyncio.sleep(0.6)
+            await proxy.cut()
+            resp = await answer
+            statuses.append((resp.status, resp.headers.get("Retry-After")))
+            proxy.latency = 0.0
+            await proxy.restore()
+        assert all(s == 503 and (r or "").isdigit() for s, r in statuses), statuses
+        assert not any("unhandled error" in r.getMessage() for r in caplog.records)
+        resp = await api.put("/v1/units/v", json={"name": "V", "parent_id": "u"}, headers=auth())
+        assert resp.status in (200, 201)

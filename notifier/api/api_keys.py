@@ -7,7 +7,7 @@ than itself: a leaked key cannot leave working keys behind.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from aiohttp import web
@@ -244,3 +244,60 @@ async def revoke_api_key(request: web.Request, call: Call) -> web.Response:
         await api_keys.revoke_tree(conn, str(row["id"]))
         await _audit(conn, request, "api_key.revoke", row)
     return web.Response(status=204)
+
+
+MAX_ROTATION_OVERLAP_SECONDS = 7 * 24 * 3600
+
+
+class RotateIn(Strict):
+    previous_valid_for: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_ROTATION_OVERLAP_SECONDS,
+        description="seconds the old token keeps working beside the new one (0: it stops now)",
+    )
+
+
+class RotatedOut(ApiKeyOut):
+    previous_valid_until: datetime = Field(description="the old token works until then")
+
+
+@routes.route(
+    "POST",
+    "/v1/api-keys/{key_id}/rotate",
+    summary="Rotate an API key: a new token (shown once); the old one works for previous_valid_for",
+    tag="access",
+    body=RotateIn,
+    response=RotatedOut,
+)
+async def rotate_api_key(request: web.Request, call: Call) -> web.Response:
+    p = principal(request)
+    p.require("admin", "service")
+    body = call.body_as(RotateIn)
+    deps = request.app[DEPS]
+    key_id = parse_uuid(request.match_info["key_id"])
+    token = "ntf_" + secrets.token_urlsafe(32)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        row = None if key_id is None else await api_keys.get_in_scope(conn, key_id, await _reach(conn, p))
+        if row is None:
+            raise not_found("api key")
+        until = await api_keys.now(conn) + timedelta(seconds=body.previous_valid_for)
+        if row["expires_at"] is not None:
+            until = min(until, row["expires_at"])
+        rotated = await api_keys.rotate(conn, str(row["id"]), token, until)
+        if rotated is None:  # revoked or expired: nothing to rotate
+            raise not_found("api key")
+        await _audit(conn, request, "api_key.rotate", rotated)
+    return json_response(
+        RotatedOut(
+            id=str(rotated["id"]),
+            token=token,
+            name=rotated["name"],
+            role=rotated["role"],
+            unit_id=rotated["unit_id"],
+            member_id=rotated["member_id"],
+            created_at=rotated["created_at"],
+            expires_at=rotated["expires_at"],
+            previous_valid_until=rotated["previous_valid_until"],
+        ).model_dump(mode="json")
+    )

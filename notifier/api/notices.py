@@ -110,9 +110,11 @@ class DeliveryOut(BaseModel):
         "throttled",
         "circuit_open",
         "held",
+        "budget_exhausted",
     ] = Field(
         description="queued work that waits shows why: retrying, throttled (a rate or per-contact limit), "
-        "circuit_open (the provider is failing) or held (quiet hours); next_attempt_at says when it goes"
+        "circuit_open (the provider is failing), held (quiet hours) or budget_exhausted (the unit's daily "
+        "budget for a paid channel is spent); next_attempt_at says when it goes"
     )
     attempts: int
     error: str | None = None
@@ -126,6 +128,7 @@ WAIT_STATES = {
     "capped": "throttled",
     "circuit_open": "circuit_open",
     "quiet_hours": "held",
+    "budget_exhausted": "budget_exhausted",
 }
 
 

@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import ValidationError
 
-from notifier.db.pool import UNAVAILABLE
+from notifier.db.pool import unavailable
 
 log = logging.getLogger(__name__)
 
@@ -215,13 +215,13 @@ async def problem_middleware(
             ),
             request.path,
         )
-    except UNAVAILABLE as exc:
-        # The database is down or restarting: the request was fine and will work again shortly
-        # (a repeat is safe: writes are idempotent or keyed by Idempotency-Key).
-        log.warning(
-            "database unavailable on %s %s: %s", request.method, _safe_path(request), type(exc).__name__
-        )
-        return response(database_unavailable(), request.path)
-    except Exception:
+    except Exception as exc:
+        if unavailable(exc):
+            # The database is down or restarting: the request was fine and will work again shortly
+            # (a repeat is safe: writes are idempotent or keyed by Idempotency-Key).
+            log.warning(
+                "database unavailable on %s %s: %s", request.method, _safe_path(request), type(exc).__name__
+            )
+            return response(database_unavailable(), request.path)
         log.exception("unhandled error on %s %s", request.method, _safe_path(request))
         return response(Problem(500, "Internal Server Error", "an unexpected error occurred"), request.path)

@@ -149,9 +149,8 @@ def is_preview_fetch(request: web.Request) -> bool:
 )
 async def open_read_link(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
-    secret = deps.settings.link_secret.get_secret_value().encode()
     try:
-        claims = read_token(secret, request.match_info["token"], time.time())
+        claims = read_token(deps.settings.link_keys(), request.match_info["token"], time.time())
     except BadLink as exc:
         status = 410 if "expired" in str(exc) else 403
         return _page(

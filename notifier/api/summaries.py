@@ -49,9 +49,8 @@ def _page(status: int, title: str, body_html: str) -> web.Response:
 )
 async def open_unread_list(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
-    secret = deps.settings.link_secret.get_secret_value().encode()
     try:
-        summary_id = read_list_token(secret, request.match_info["token"], time.time())
+        summary_id = read_list_token(deps.settings.link_keys(), request.match_info["token"], time.time())
     except BadLink as exc:
         status = 410 if "expired" in str(exc) else 403
         return _page(status, "Link not valid", f"<p class=note>{html.escape(str(exc))}.</p>")

@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -241,14 +241,19 @@ def out_id(link_secret: str, delivery_id: int) -> str:
     return f"{delivery_id}.{_out_mac(link_secret, delivery_id)}"
 
 
-def echoed_out_id(link_secret: str, value: object) -> int | None:
+def _all(link_secret: str | Sequence[str]) -> list[str]:
+    """One secret, or during a rotation the current then the previous: any of them verifies."""
+    return [link_secret] if isinstance(link_secret, str) else list(link_secret)
+
+
+def echoed_out_id(link_secret: str | Sequence[str], value: object) -> int | None:
     """Our delivery id from an echoed ``OutId``; None unless its MAC verifies."""
     if not isinstance(value, str):
         return None
     ours, _, mac = value.partition(".")
     delivery_id = echoed_delivery_id(ours)
-    if delivery_id is None or not hmac.compare_digest(
-        mac.encode(), _out_mac(link_secret, delivery_id).encode()
+    if delivery_id is None or not any(
+        [hmac.compare_digest(mac.encode(), _out_mac(s, delivery_id).encode()) for s in _all(link_secret)]  # noqa: C419
     ):
         return None
     return delivery_id
@@ -260,10 +265,10 @@ def report_url(public_url: str, link_secret: str, channel_id: str) -> str:
     return f"{public_url.rstrip('/')}/v1/providers/{channel_id}/callbacks?token={token}"
 
 
-def verify_token(url: str, link_secret: str, channel_id: str) -> None:
+def verify_token(url: str, link_secret: str | Sequence[str], channel_id: str) -> None:
     given = parse_qs(urlsplit(url).query).get("token", [""])
-    expected = callback_token(link_secret, channel_id)
-    if len(given) != 1 or not hmac.compare_digest(given[0].encode(), expected.encode()):
+    expected = [callback_token(s, channel_id).encode() for s in _all(link_secret)]
+    if len(given) != 1 or not any([hmac.compare_digest(given[0].encode(), e) for e in expected]):  # noqa: C419
         raise InvalidSignature("aliyun report: missing or wrong token")
 
 
@@ -284,7 +289,7 @@ def _reply(updates: list[StatusUpdate] | None) -> CallbackReply:
     return CallbackReply(updates, status=200, body=REPORT_ACK, content_type="application/json")
 
 
-def sms_report_updates(items: list[dict[str, Any]], link_secret: str) -> list[StatusUpdate]:
+def sms_report_updates(items: list[dict[str, Any]], link_secret: str | Sequence[str]) -> list[StatusUpdate]:
     """SmsReport items; ``out_id`` echoes our signed delivery id (it settles a send whose answer
     was lost)."""
     updates = []
@@ -301,7 +306,7 @@ def sms_report_updates(items: list[dict[str, Any]], link_secret: str) -> list[St
     return updates
 
 
-def voice_report_updates(items: list[dict[str, Any]], link_secret: str) -> list[StatusUpdate]:
+def voice_report_updates(items: list[dict[str, Any]], link_secret: str | Sequence[str]) -> list[StatusUpdate]:
     updates = []
     for item in items:
         call_id, code = item.get("call_id"), str(item.get("status_code") or "")
@@ -320,9 +325,9 @@ def voice_report_updates(items: list[dict[str, Any]], link_secret: str) -> list[
 def handle_report(
     url: str,
     body: bytes,
-    link_secret: str,
+    link_secret: str | Sequence[str],
     channel_id: str,
-    parse: Callable[[list[dict[str, Any]], str], list[StatusUpdate]],
+    parse: Callable[[list[dict[str, Any]], str | Sequence[str]], list[StatusUpdate]],
 ) -> CallbackReply:
     verify_token(url, link_secret, channel_id)
     items = _reports(body)

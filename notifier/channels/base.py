@@ -121,6 +121,7 @@ class Capabilities:
     per_target_limit: tuple[int, float] | None = None  # (count, window seconds) per contact
     circuit_breaker: bool = False  # one provider account: stop hammering it when it keeps failing
     read_link: bool = False  # the message carries a signed link that records the read when opened
+    paid: bool = False  # each send costs money: the units' daily budgets apply (db/budgets.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -281,6 +281,7 @@ class FcmChannel:
         self._base_url = settings.fcm.base_url
         self._ding_ttl = settings.fcm.ding_ttl_seconds
         self._concurrency = settings.delivery_concurrency
+        self._timeout = settings.provider_timeout_seconds or REQUEST_TIMEOUT
         self.capabilities = Capabilities(
             max_batch=500,
             needs_contact=True,
@@ -304,7 +305,7 @@ class FcmChannel:
         if self._session is None or self._limit is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._concurrency),
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
             )
             self._limit = asyncio.Semaphore(self._concurrency)
         return self._session, self._limit

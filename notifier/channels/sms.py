@@ -94,6 +94,7 @@ class AliyunSms:
         self._settings = settings.aliyun
         self._client = aliyun.AliyunClient(settings.aliyun, poster, clock)
         self._link_secret = settings.link_secret.get_secret_value()
+        self._link_secrets = settings.link_secrets()  # any verifies during a rotation
         if not self._settings.sms_sign_name or not self._settings.sms_template_code:
             raise ValueError("aliyun: sms_sign_name and sms_template_code must be set")
 
@@ -111,7 +112,7 @@ class AliyunSms:
         return str(reply.get("BizId") or "")
 
     def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
-        return aliyun.handle_report(url, body, self._link_secret, SmsChannel.id, aliyun.sms_report_updates)
+        return aliyun.handle_report(url, body, self._link_secrets, SmsChannel.id, aliyun.sms_report_updates)
 
 
 def make_provider(settings: Settings, poster: FormPoster, clock: Clock) -> SmsProvider:
@@ -136,8 +137,12 @@ class SmsChannel:
             circuit_breaker=True,  # one provider account behind every send
             per_target_limit=(settings.sms_per_phone_limit, settings.sms_per_phone_window_seconds),
             read_link=True,
+            paid=True,
         )
-        self._poster = FormPoster(READ_TIMEOUT_SECONDS, min(settings.delivery_concurrency, MAX_CONCURRENCY))
+        self._poster = FormPoster(
+            settings.provider_timeout_seconds or READ_TIMEOUT_SECONDS,
+            min(settings.delivery_concurrency, MAX_CONCURRENCY),
+        )
         self._provider = make_provider(settings, self._poster, self._clock)
 
     def validate_target(self, target: Any) -> Any:

@@ -78,6 +78,7 @@ class AliyunVoice:
         self._settings = settings.aliyun
         self._client = aliyun.AliyunClient(settings.aliyun, poster, clock)
         self._link_secret = settings.link_secret.get_secret_value()
+        self._link_secrets = settings.link_secrets()  # any verifies during a rotation
         if not self._settings.voice_show_number or not self._settings.voice_tts_code:
             raise ValueError("aliyun: voice_show_number and voice_tts_code must be set")
 
@@ -100,7 +101,7 @@ class AliyunVoice:
 
     def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
         return aliyun.handle_report(
-            url, body, self._link_secret, VoiceChannel.id, aliyun.voice_report_updates
+            url, body, self._link_secrets, VoiceChannel.id, aliyun.voice_report_updates
         )
 
 
@@ -117,7 +118,10 @@ class VoiceChannel:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self._clock = clock or SystemClock()
-        self._poster = FormPoster(READ_TIMEOUT_SECONDS, min(settings.delivery_concurrency, MAX_CONCURRENCY))
+        self._poster = FormPoster(
+            settings.provider_timeout_seconds or READ_TIMEOUT_SECONDS,
+            min(settings.delivery_concurrency, MAX_CONCURRENCY),
+        )
         self._provider = make_provider(settings, self._poster, self._clock)
         self.capabilities = Capabilities(
             max_batch=20,
@@ -129,6 +133,7 @@ class VoiceChannel:
             circuit_breaker=True,  # one provider account behind every call
             # Like SMS: however many steps or notices ask, one number rings at most this often.
             per_target_limit=(settings.voice_per_phone_limit, settings.voice_per_phone_window_seconds),
+            paid=True,
         )
 
     def validate_target(self, target: Any) -> Any:

@@ -1,7 +1,8 @@
 """Signed webhooks (Standard Webhooks): POST JSON to the member's URL.
 
 Headers ``webhook-id`` (stable across retries, so receivers can dedupe), ``webhook-timestamp``
-and ``webhook-signature`` = ``v1,`` + base64(HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")).
+and ``webhook-signature`` = ``v1,`` + base64(HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")), one
+such signature per secret, space-separated, while a secret rotation lasts (settings ``*_previous``).
 2xx is delivered; 408/429/5xx, timeouts and connection errors are retried; other statuses fail.
 """
 
@@ -13,6 +14,7 @@ import binascii
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,10 +56,16 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def build_request(item: Outgoing, default_key: bytes, now: int) -> tuple[str, dict[str, str], bytes]:
-    """The URL, headers and body for one delivery (pure: no I/O)."""
+def build_request(
+    item: Outgoing, default_key: bytes | Sequence[bytes], now: int
+) -> tuple[str, dict[str, str], bytes]:
+    """The URL, headers and body for one delivery (pure: no I/O). ``default_key`` may be several
+    keys (a rotation: the current, then the previous): the message is signed under each."""
     target = item.target
-    key = decode_secret(target["secret"]) if target.get("secret") else default_key
+    if target.get("secret"):
+        keys = [decode_secret(target["secret"])]
+    else:
+        keys = [default_key] if isinstance(default_key, bytes) else list(default_key)
     body = json.dumps(
         {
             "notice_id": item.notice.notice_id,
@@ -75,7 +83,7 @@ def build_request(item: Outgoing, default_key: bytes, now: int) -> tuple[str, di
         "user-agent": "notifier-webhook/1",
         "webhook-id": msg_id,
         "webhook-timestamp": str(now),
-        "webhook-signature": sign(key, msg_id, now, body),
+        "webhook-signature": " ".join(sign(key, msg_id, now, body) for key in keys),
     }
     return target["url"], headers, body
 
@@ -89,7 +97,7 @@ class WebhookChannel:
         self._allow_private = settings.allow_private_targets
         self._timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)
         self._concurrency = settings.delivery_concurrency
-        self._default_key = decode_secret(settings.webhook_secret.get_secret_value())
+        self._default_key = [decode_secret(s) for s in settings.webhook_secrets()]
         self._session: aiohttp.ClientSession | None = None
         self._limit: asyncio.Semaphore | None = None
 

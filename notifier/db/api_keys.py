@@ -2,7 +2,8 @@
 
 A key issued with another key records it in ``created_by``; revoking a key revokes every key
 below it in that tree, so a leaked key cannot leave working children behind. A key may expire
-(``expires_at``, judged by ``notifier_now()``); ``last_used_at`` is refreshed at most once per
+(``expires_at``, judged by ``notifier_now()``). A key rotated to a new token keeps accepting
+its previous token until ``previous_valid_until``. ``last_used_at`` is refreshed at most once per
 ``LAST_USED_RESOLUTION_SECONDS`` per key, so authenticating is a read, not a write per request.
 """
 
@@ -37,7 +38,8 @@ NOW = "SELECT notifier_now()"
 AUTHENTICATE = f"""
 WITH k AS (
     SELECT id, name, role, unit_id, member_id, expires_at, last_used_at FROM api_keys
-    WHERE token_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > notifier_now())
+    WHERE (token_hash = $1 OR (previous_token_hash = $1 AND previous_valid_until > notifier_now()))
+      AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > notifier_now())
 ), stale AS (
     SELECT a.id FROM api_keys a JOIN k ON k.id = a.id
     WHERE a.last_used_at IS NULL OR a.last_used_at < notifier_now() - make_interval(secs => $2)
@@ -89,6 +91,14 @@ WHERE id IN (SELECT id FROM tree) AND revoked_at IS NULL
 RETURNING id"""
 
 
+# A new token for a usable key; the old one keeps working until $3 (a rotation window: clients
+# switch at their pace), and a token rotated out before is forgotten.
+ROTATE = f"""
+UPDATE api_keys SET previous_token_hash = token_hash, previous_valid_until = $3, token_hash = $2
+WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > notifier_now())
+RETURNING {COLUMNS}, previous_valid_until"""
+
+
 def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -107,6 +117,11 @@ async def insert(
     return await conn.fetchrow(
         INSERT, name, role, unit_id, member_id, hash_token(token), created_by, expires_at
     )
+
+
+async def rotate(conn: Connection, key_id: str, token: str, previous_valid_until: datetime) -> Record | None:
+    """The key with its new token, or None when it was revoked or expired meanwhile."""
+    return await conn.fetchrow(ROTATE, key_id, hash_token(token), previous_valid_until)
 
 
 async def now(conn: Connection) -> datetime:

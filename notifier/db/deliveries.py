@@ -11,7 +11,7 @@ from notifier.db.pool import Connection, Pool, Record
 # step-0 rows that were held back (quiet hours, a rate or per-contact limit, an open circuit) --
 # a member who has read must not get the held SMS in the morning. Matches the partial indexes
 # of schemas/0003 and 0006, through which the reconciler's sweep finds them.
-HELD_REASONS = ("quiet_hours", "throttled", "capped", "circuit_open")
+HELD_REASONS = ("quiet_hours", "throttled", "capped", "circuit_open", "budget_exhausted")
 HELD = "(" + ", ".join(f"'{r}'" for r in HELD_REASONS) + ")"
 MOOT_AFTER_READ = "({d}.step > 0 OR {d}.wait_reason IN " + HELD + ")"
 
@@ -169,7 +169,7 @@ class Claimed:
 class Released:
     id: int
     attempt: int
-    reason: str  # throttled | capped | circuit_open
+    reason: str  # throttled | capped | circuit_open | quiet_hours | budget_exhausted | retry
     wait: float  # seconds
 
 

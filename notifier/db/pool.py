@@ -26,6 +26,17 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is unreachable right now: one of ``UNAVAILABLE``, or
+    the InterfaceError asyncpg raises in its place when a transaction block ends on a connection
+    that died under it ("the underlying connection is closed"; the loss is its context)."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and (
+        "connection is closed" in str(exc) or isinstance(exc.__context__, UNAVAILABLE)
+    )
+
+
 async def _init_connection(conn: Any) -> None:
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

@@ -25,6 +25,7 @@ Reason = Literal[
     "throttled",
     "retrying",
     "circuit_open",
+    "budget_exhausted",
     "failed",
     "no_contact",
     "cancelled",
@@ -35,6 +36,7 @@ WAITS: dict[str, Reason] = {
     "capped": "throttled",
     "retry": "retrying",
     "circuit_open": "circuit_open",
+    "budget_exhausted": "budget_exhausted",
 }
 RANK = {"delivered": 5, "sent": 4, "unknown": 4, "queued": 3, "sending": 3, "failed": 2, "cancelled": 1}
 CALL_CHANNELS = frozenset({"voice"})

@@ -20,9 +20,9 @@ import asyncpg
 
 from notifier import metrics
 from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result
-from notifier.db import contacts, deliveries, notices, reports, throttle
+from notifier.db import budgets, contacts, deliveries, notices, reports, throttle
 from notifier.db.deliveries import Claimed, Released, Written
-from notifier.db.pool import UNAVAILABLE, Connection, Record
+from notifier.db.pool import UNAVAILABLE, Connection, Record, unavailable
 from notifier.db.quiet import quiet_now
 from notifier.domain.retry import backoff_seconds
 from notifier.links import read_link
@@ -44,6 +44,12 @@ RETRYABLE_DB_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.SerializationError,
     *UNAVAILABLE,
 )
+
+
+def retryable(exc: BaseException) -> bool:
+    """A deadlock, a serialization failure or the database away (``pool.unavailable``: also a
+    transaction block ending on a connection that died under it)."""
+    return isinstance(exc, RETRYABLE_DB_ERRORS) or unavailable(exc)
 
 
 def to_written(claimed: Claimed, result: Result, channel: Channel, settings: Settings) -> Written:
@@ -154,6 +160,24 @@ async def gate(
             Released(c.id, c.attempt, "throttled", w) for c, w in zip(fresh, waits, strict=True) if w > 0
         ]
         go = paid + [c for c, w in zip(fresh, waits, strict=True) if w <= 0]
+    if caps.paid and go:
+        # Last: only what really leaves is charged. Beyond the budget a row waits for the day's
+        # end (or an admin's raise), visibly; the notice's other channels are not affected.
+        charge = await budgets.charge(conn, content.notice_id, channel.id, len(go))
+        if charge.allowed < len(go):
+            over, go = go[charge.allowed :], go[: charge.allowed]
+            wait = max(charge.resets_in, 1.0)
+            held += [Released(c.id, c.attempt, "budget_exhausted", wait) for c in over]
+            told = await budgets.exhausted(conn, content.notice_id, channel.id, charge, len(over))
+            log.warning(
+                "%s budget of unit %s spent (%s a day): %d deliveries held for %.0fs, %d secretaries told",
+                channel.id,
+                charge.unit_id,
+                charge.daily_limit,
+                len(over),
+                wait,
+                len(told),
+            )
     await deliveries.release(conn, held)
     for reason, n in Counter(h.reason for h in held).items():
         metrics.HELD.labels(channel.id, reason).inc(n)
@@ -175,6 +199,7 @@ def needs_gate(channel: Channel, content: NoticeContent, claimed: list[Claimed])
         or caps.circuit_breaker
         or caps.per_target_limit
         or caps.rate_per_second
+        or caps.paid
         or not caps.resend_when_ambiguous
         or any(moot_after_read(c) for c in claimed)
     )
@@ -273,9 +298,9 @@ async def _write_back(
         return await _retrying(
             lease, channel, partial(_write_back_once, deps, channel, written, contacts_, reasons, results)
         )
-    except RETRYABLE_DB_ERRORS:
-        raise  # the lease ran out while the database was away: the reconciler takes over
     except Exception as exc:
+        if retryable(exc):
+            raise  # the lease ran out while the database was away: the reconciler takes over
         log.warning(
             "write-back of a %d-row %s batch failed (%s); writing it row by row",
             len(written),
@@ -291,9 +316,9 @@ async def _write_back(
         try:
             handed_over += await _retrying(lease, channel, alone)
             continue
-        except RETRYABLE_DB_ERRORS:
-            raise
-        except Exception:
+        except Exception as exc:
+            if retryable(exc):
+                raise
             log.exception(
                 "delivery %d: outcome %s could not be recorded; recording it plainly",
                 w.id,
@@ -307,9 +332,9 @@ async def _write_back(
             handed_over += await _retrying(
                 lease, channel, partial(_write_back_once, deps, channel, [plain], [], [], [])
             )
-        except RETRYABLE_DB_ERRORS:
-            raise
-        except Exception:
+        except Exception as exc:
+            if retryable(exc):
+                raise
             log.exception(
                 "delivery %d could not be recorded; its lease will hand it back",
                 w.id,
@@ -335,7 +360,9 @@ async def _retrying(
     while True:
         try:
             result = await write()
-        except RETRYABLE_DB_ERRORS as exc:
+        except Exception as exc:
+            if not retryable(exc):
+                raise
             if lease.remaining() < delay + LEASE_MARGIN:
                 log.error(
                     "write-back for %s still failing (%s) as its lease runs out; giving up",

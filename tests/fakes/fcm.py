@@ -18,6 +18,7 @@ import json
 import re
 import secrets
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +159,8 @@ class FakeFcm:
         self.responses: dict[str, list[str]] = defaultdict(list)
         self.retry_after: dict[str, str] = {}  # FcmError code -> Retry-After header value
         self.delay = 0.0  # seconds to hold each send, to make concurrency observable
+        # awaited after a message is accepted, before it is answered (a test's fault injection)
+        self.on_accept: Callable[[FcmMessage], Awaitable[None]] | None = None
         self.in_flight = 0
         self.max_in_flight = 0
         self._issued: dict[str, float] = {}  # access token -> expiry
@@ -308,6 +311,8 @@ class FakeFcm:
             return self._scripted(answer)
         name = f"projects/{self.project_id}/messages/0:{next(self._ids)}%{secrets.token_hex(8)}"
         self.messages.append(FcmMessage(token, message, name))
+        if self.on_accept is not None:
+            await self.on_accept(self.messages[-1])
         if answer == "drop":  # accepted, then the connection dies before the answer
             assert request.transport is not None
             request.transport.close()

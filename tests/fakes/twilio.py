@@ -21,6 +21,7 @@ import hmac
 import itertools
 import re
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -54,6 +55,8 @@ class FakeTwilio:
     rejected: int = 0
     responses: dict[str, list[int | str]] = field(default_factory=lambda: defaultdict(list))
     retry_after: str | None = None  # Retry-After header on scripted 429s and 503s
+    # awaited after a message is accepted, before it is answered (a test's fault injection)
+    on_accept: Callable[[Accepted], Awaitable[None]] | None = None
     _runner: web.AppRunner | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     port: int = 0
@@ -167,6 +170,8 @@ class FakeTwilio:
             return scripted
         sid = ("SM" if kind == "sms" else "CA") + f"{next(self._ids):032x}"
         self.messages.append(Accepted(kind, sid, to, form))
+        if self.on_accept is not None:
+            await self.on_accept(self.messages[-1])
         return web.json_response(
             {"sid": sid, "account_sid": self.account_sid, "to": to, "status": "queued"}, status=201
         )
