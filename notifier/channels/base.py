@@ -129,6 +129,9 @@ class NoticeContent:
     kind: str
     title: str
     body: str
+    # The ``mode`` each escalation step of the notice's policy gives (by step index; None: the
+    # channel's default), e.g. a DingTalk DING by app, SMS or phone call.
+    step_modes: tuple[str | None, ...] = ()
 
     @property
     def urgent(self) -> bool:
@@ -145,6 +148,7 @@ class Outgoing:
     notice: NoticeContent
     attempt: int
     read_link: str | None = None  # signed URL that records the read when opened (for SMS text)
+    mode: str | None = None  # how the escalation step asks for it (a DING's app / sms / phone)
 
 
 @dataclass(slots=True)

@@ -23,10 +23,12 @@ def newest_working(member: str, channel: str, when: str = "true") -> str:
     contact there that is not disabled. A subquery returning ``id`` (one row or none) for a
     ``LEFT JOIN LATERAL (...) k ON true``; the arguments are SQL expressions from the outer
     query, and ``when`` (also SQL) skips the lookup for channels that need no contact.
-    Used by the fan-out, escalation reminders and channel fallback."""
+    Used by the fan-out, escalation reminders and channel fallback. A channel may reach members
+    through another channel's contacts (``contact_channel``, schemas/0017: a DingTalk DING uses
+    the member's ``dingtalk`` userid)."""
     return f"""
         SELECT id FROM contacts
-        WHERE {when} AND contacts.member_id = {member} AND contacts.channel = {channel}
+        WHERE {when} AND contacts.member_id = {member} AND contacts.channel = contact_channel({channel})
           AND contacts.disabled_at IS NULL
         ORDER BY created_at DESC LIMIT 1"""
 

@@ -9,7 +9,7 @@ moves the deliveries, one ``mark_read_many`` records and counts the reads), so a
 every poll is recorded once. A task's timer ends when nobody in it is left unread, when DingTalk
 no longer knows the task, or after its 24-hour window.
 
-Recall: the tasks of a recalled notice are withdrawn on DingTalk, once each.
+Recall: the tasks and DINGs of a recalled notice are withdrawn on DingTalk, once each.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections import defaultdict
 
 from notifier.channels.base import ChannelError, PermanentError, StatusUpdate, TransientError
 from notifier.channels.dingtalk import DingTalkChannel, SendResult
+from notifier.channels.dingtalk_ding import DingTalkDingChannel
 from notifier.db import contacts, dingtalk
 from notifier.workers.context import WorkerDeps
 from notifier.workers.reports import apply_reports
@@ -135,3 +136,34 @@ async def withdraw_recalled(deps: WorkerDeps) -> int:
         [(a.retry_after or RECALL_RETRY_SECONDS) if isinstance(a, TransientError) else None for a in answers],
     )
     return len(task_ids)
+
+
+async def withdraw_recalled_dings(deps: WorkerDeps) -> int:
+    """Recall on DingTalk the DINGs of recalled notices (a part of the tick), as for tasks."""
+    if "dingtalk_ding" not in deps.channels:
+        return 0
+    channel = deps.channels.get("dingtalk_ding")
+    if not isinstance(channel, DingTalkDingChannel):
+        return 0
+    ids = await dingtalk.claim_ding_recalls(deps.pool, RECALLS_PER_TICK, POLL_LEASE_SECONDS)
+    if not ids:
+        return 0
+    limit = asyncio.Semaphore(PARALLEL_POLLS)
+
+    async def withdraw(open_ding_id: str) -> ChannelError | None:
+        async with limit:
+            try:
+                await channel.recall(open_ding_id)
+            except ChannelError as exc:
+                return exc
+            return None
+
+    answers = await asyncio.gather(*(withdraw(i) for i in ids))
+    await dingtalk.finish_ding_recalls(
+        deps.pool,
+        ids,
+        [a is None for a in answers],
+        [None if a is None else str(a) for a in answers],
+        [(a.retry_after or RECALL_RETRY_SECONDS) if isinstance(a, TransientError) else None for a in answers],
+    )
+    return len(ids)

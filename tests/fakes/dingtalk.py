@@ -19,6 +19,15 @@ What it checks and does, as DingTalk does:
   time. After 24 hours a task is gone (errcode 40035).
 * ``POST …/recall {agent_id, msg_task_id}`` within 24 hours.
 
+* New-style API (``api.dingtalk.com``, served on the same port): ``POST /v1.0/oauth2/accessToken
+  {appKey, appSecret}`` -> ``{accessToken, expireIn}`` (tokens of their own, with their own
+  expiry); calls take it in ``x-acs-dingtalk-access-token`` (missing, unknown or expired: 401
+  ``InvalidAuthentication``). ``POST /v1.0/robot/ding/send {robotCode, remindType 1|2|3,
+  receiverUserIdList, content}`` -> ``{openDingId, failedList}``: at most 200 receivers in the
+  app and 20 by SMS or phone (400 otherwise, nothing sent), ``ding_minute_limit`` receivers a
+  minute per robot (403 ``QpsLimitForAppkeyAndApi``); ``ding_failed_users`` come back in
+  ``failedList``. ``POST /v1.0/robot/ding/recall {robotCode, openDingId}``.
+
 Every delivered message is recorded in ``messages`` (one per user per task), so a test can
 assert exactly one. Time is the fake's own ``now()`` (wall time plus ``offset``): ``advance``
 jumps it, e.g. past a token's expiry or into the next day.
@@ -91,6 +100,22 @@ class Task:
 
 
 @dataclass
+class Ding:
+    open_ding_id: str
+    remind_type: int
+    user_ids: list[str]
+    content: str
+    recalled: bool = False
+
+
+def _api_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message, "requestid": "x"}, status=status)
+
+
+DING_LIMITS = {1: 200, 2: 20, 3: 20}
+
+
+@dataclass
 class FakeDingTalk:
     app_key: str = field(default_factory=lambda: "ding" + secrets.token_hex(8))
     app_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -113,6 +138,15 @@ class FakeDingTalk:
     _task_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(600_000_000_001))
     _minute: list[tuple[float, int]] = field(default_factory=list)
     _day: dict[tuple[str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
+    robot_code: str = field(default_factory=lambda: "dingrobot" + secrets.token_hex(6))
+    ding_minute_limit: int = 6000  # DING receivers per minute per robot
+    ding_failed_users: set[str] = field(default_factory=set)  # DING could not reach them
+    dings: list[Ding] = field(default_factory=list)
+    api_token_requests: int = 0
+    api_rejected: int = 0  # new-style calls refused for a bad token
+    api_responses: list[tuple[int, str]] = field(default_factory=list)  # scripted (status, code) for DINGs
+    _api_tokens: dict[str, float] = field(default_factory=dict)
+    _ding_minute: list[tuple[float, int]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int = 0
 
@@ -135,6 +169,8 @@ class FakeDingTalk:
                 app_secret=SecretStr(app_secret or self.app_secret),
                 agent_id=self.agent_id,
                 oapi_url=self.base_url,
+                api_url=self.base_url,
+                robot_code=self.robot_code,
                 **extra,
             )
         }
@@ -145,6 +181,16 @@ class FakeDingTalk:
     def revoke_tokens(self) -> None:
         """The platform invalidates every token early (an app secret reset, say)."""
         self._tokens.clear()
+        self._api_tokens.clear()
+
+    def dinged(self, remind_type: int | None = None) -> dict[str, int]:
+        """How many DINGs each user got (of one remind type, or all)."""
+        counts: dict[str, int] = defaultdict(int)
+        for ding in self.dings:
+            if remind_type is None or ding.remind_type == remind_type:
+                for user in ding.user_ids:
+                    counts[user] += 1
+        return dict(counts)
 
     def mark_read(self, user_ids: list[str] | set[str]) -> int:
         """These users open the message (in every task they received it in); returns how many
@@ -283,6 +329,79 @@ class FakeDingTalk:
         task.recalled = True
         return web.json_response({"errcode": 0, "errmsg": "ok", "request_id": "x"})
 
+    # --- the new-style API ------------------------------------------------------------------
+
+    async def api_token(self, request: web.Request) -> web.Response:
+        self.api_token_requests += 1
+        body = await self._body(request)
+        key = str((body or {}).get("appKey") or "")
+        secret = str((body or {}).get("appSecret") or "")
+        if not key or not secret:
+            return _api_error(400, "MissingappKey", "appKey and appSecret are required")
+        if not (hmac.compare_digest(key, self.app_key) and hmac.compare_digest(secret, self.app_secret)):
+            return _api_error(400, "invalidClientIdOrSecret", "无效的clientId或者clientSecret")
+        now = self.now()
+        live = [(t, exp) for t, exp in self._api_tokens.items() if exp > now]
+        if live:
+            token, expiry = max(live, key=lambda te: te[1])
+        else:
+            token, expiry = secrets.token_hex(16), now + self.token_lifetime
+            self._api_tokens[token] = expiry
+        return web.json_response({"accessToken": token, "expireIn": int(expiry - now)})
+
+    def _api_token_error(self, request: web.Request) -> web.Response | None:
+        expiry = self._api_tokens.get(request.headers.get("x-acs-dingtalk-access-token", ""))
+        if expiry is None or expiry <= self.now():
+            self.api_rejected += 1
+            return _api_error(401, "InvalidAuthentication", "不合法的access_token")
+        return None
+
+    async def ding_send(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        body = await self._body(request)
+        self.calls["ding/send"] += 1
+        if body is None or body.get("robotCode") != self.robot_code:
+            return _api_error(400, "invalidParameter.robotCode", "robotCode is missing or not this app's")
+        kind, users = body.get("remindType"), body.get("receiverUserIdList")
+        if kind not in DING_LIMITS:
+            return _api_error(400, "invalidParameter.remindType", "remindType must be 1, 2 or 3")
+        if not isinstance(users, list) or not users or not all(isinstance(u, str) and u for u in users):
+            return _api_error(400, "invalidParameter.receiverUserIdList", "receivers are required")
+        if len(users) > DING_LIMITS[kind]:
+            return _api_error(400, "invalidParameter.receiverUserIdList", f"at most {DING_LIMITS[kind]}")
+        content = body.get("content")
+        if not isinstance(content, str) or not content:
+            return _api_error(400, "invalidParameter.content", "content is required")
+        if self.api_responses:
+            status, code = self.api_responses.pop(0)
+            return _api_error(status, code, "scripted")
+        now = self.now()
+        self._ding_minute = [(t, n) for t, n in self._ding_minute if t > now - 60]
+        if sum(n for _, n in self._ding_minute) + len(users) > self.ding_minute_limit:
+            return _api_error(403, "QpsLimitForAppkeyAndApi", "调用频率超限")
+        self._ding_minute.append((now, len(users)))
+        failed = sorted({u for u in users if u in self.ding_failed_users})
+        reached = [u for u in dict.fromkeys(users) if u not in failed]
+        ding = Ding("ding" + secrets.token_hex(12), int(kind), reached, content)
+        self.dings.append(ding)
+        return web.json_response(
+            {"openDingId": ding.open_ding_id, "failedList": {"userNotFound": failed} if failed else {}}
+        )
+
+    async def ding_recall(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        body = await self._body(request)
+        self.calls["ding/recall"] += 1
+        if body is None or body.get("robotCode") != self.robot_code:
+            return _api_error(400, "invalidParameter.robotCode", "robotCode is missing or not this app's")
+        ding = next((d for d in self.dings if d.open_ding_id == body.get("openDingId")), None)
+        if ding is None:
+            return _api_error(400, "invalidParameter.openDingId", "no such DING")
+        ding.recalled = True
+        return web.json_response({})
+
     async def start(self) -> FakeDingTalk:
         app = web.Application()
         app.router.add_get("/gettoken", self.gettoken)
@@ -290,6 +409,9 @@ class FakeDingTalk:
         app.router.add_post(f"{base}/asyncsend_v2", self.asyncsend)
         app.router.add_post(f"{base}/getsendresult", self.getsendresult)
         app.router.add_post(f"{base}/recall", self.recall)
+        app.router.add_post("/v1.0/oauth2/accessToken", self.api_token)
+        app.router.add_post("/v1.0/robot/ding/send", self.ding_send)
+        app.router.add_post("/v1.0/robot/ding/recall", self.ding_recall)
         self._runner, self.port = await serve_local(app)
         return self
 
