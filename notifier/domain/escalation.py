@@ -17,7 +17,16 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
 
 MAX_STEPS = 10
 MAX_ROUNDS = 20
@@ -83,6 +92,14 @@ class Step(BaseModel):
         description="how the reminder reaches them on a channel that offers a choice: a dingtalk_ding "
         "DING by app (default), sms or phone call",
     )
+
+    @model_serializer(mode="wrap")
+    def _without_default_mode(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A step without a mode is stored and shown as it was before modes existed.
+        data: dict[str, Any] = handler(self)
+        if data.get("mode") is None:
+            data.pop("mode", None)
+        return data
 
     @model_validator(mode="after")
     def _has_action(self) -> Step:
