@@ -58,6 +58,10 @@ class DingTalkSettings(BaseModel):
     oapi_url: str = "https://oapi.dingtalk.com"
     api_url: str = "https://api.dingtalk.com"  # the new-style (v1.0) API
     read_poll: bool = True  # import reads by polling getsendresult (tasks of <= 100 user ids)
+    # Send the ``dingtalk`` channel's messages as robot one-to-one messages (oToMessages/batchSend)
+    # instead of work notifications: reads arrive as robot_msg_read events, readStatus polled as
+    # the backstop. Needs robot_code.
+    robot_messages: bool = False
     ding_per_minute: int = Field(default=6000, ge=1)  # DING receivers per minute per robot
     event_max_age_seconds: float = Field(default=3600.0, ge=60)  # older pushed events are refused
 

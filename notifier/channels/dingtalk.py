@@ -13,6 +13,13 @@ message cannot carry 100 personal links, so a task of several is a ``markdown`` 
 read comes back from DingTalk itself; with the poll off every member gets a task of their own,
 with their link.
 
+With ``robot_messages`` on, the same channel sends robot one-to-one messages instead
+(``/v1.0/robot/oToMessages/batchSend``, new-style token, at most 20 user ids a call): each
+member's provider ref is ``{processQueryKey}/{userId}``, reads arrive as ``robot_msg_read`` events
+at the callback route (``notifier.channels.dingtalk_events``), and the read poll asks
+``oToMessages/readStatus`` as the backstop. Invalid staff ids fail (contact disabled);
+flow-controlled ones are retried after THROTTLE_WAIT.
+
 Error mapping (DingTalk answers HTTP 200 with ``{errcode, errmsg}``):
 
     143103 app / 143104 corp per-minute limit, 90002 API limit, -1 busy
@@ -36,10 +43,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
 from notifier.channels.base import (
+    CallbackReply,
     Capabilities,
     ChannelError,
     InvalidTarget,
@@ -51,6 +60,8 @@ from notifier.channels.base import (
     TransientError,
     provider_text,
 )
+from notifier.channels.dingtalk_api import DingTalkApi
+from notifier.channels.dingtalk_events import DingTalkEvents, robot_ref
 from notifier.channels.http import transport_error
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
@@ -65,6 +76,10 @@ REQUEST_TIMEOUT = 10.0
 SEND_PATH = "/topapi/message/corpconversation/asyncsend_v2"
 RESULT_PATH = "/topapi/message/corpconversation/getsendresult"
 RECALL_PATH = "/topapi/message/corpconversation/recall"
+ROBOT_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
+ROBOT_READ_PATH = "/v1.0/robot/oToMessages/readStatus"
+ROBOT_RECALL_PATH = "/v1.0/robot/otoMessages/batchRecall"
+MAX_USERS_PER_ROBOT_CALL = 20  # the docs give 20 and 100: the smaller
 
 THROTTLED = {
     143103: "app per-minute limit",
@@ -142,15 +157,15 @@ class Task:
     users: dict[str, list[Outgoing]] = field(default_factory=dict)
 
 
-def plan_tasks(batch: list[Outgoing], personal_links: bool) -> list[Task]:
+def plan_tasks(batch: list[Outgoing], personal_links: bool, size: int = MAX_USERS_PER_TASK) -> list[Task]:
     """Group items into tasks: one notice (and, with personal links, one member) each, at most
-    100 distinct user ids each."""
+    ``size`` (100) distinct user ids each."""
     tasks: list[Task] = []
     open_task: dict[tuple[NoticeContent, str | None], Task] = {}
     for item in batch:
         key = (item.notice, item.read_link if personal_links else None)
         task = open_task.get(key)
-        if task is None or (item.target not in task.users and len(task.users) >= MAX_USERS_PER_TASK):
+        if task is None or (item.target not in task.users and len(task.users) >= size):
             task = open_task[key] = Task(item.notice, key[1])
             tasks.append(task)
         task.users.setdefault(item.target, []).append(item)
@@ -200,6 +215,35 @@ def parse_send_result(payload: Any) -> SendResult:
     return SendResult(read, unread, {u: provider_text(r) or "" for u, r in failed.items()}, invalid)
 
 
+def robot_message(msg: dict[str, Any]) -> dict[str, str]:
+    """A work-notification ``msg`` as a robot message's ``msgKey`` / ``msgParam`` (pure)."""
+    if msg["msgtype"] == "action_card":
+        card = msg["action_card"]
+        param = {
+            "title": card["title"],
+            "text": card["markdown"],
+            "singleTitle": card["single_title"],
+            "singleURL": card["single_url"],
+        }
+        key = "sampleActionCard"
+    else:
+        param, key = {"title": msg["markdown"]["title"], "text": msg["markdown"]["text"]}, "sampleMarkdown"
+    return {"msgKey": key, "msgParam": json.dumps(param, ensure_ascii=False, separators=(",", ":"))}
+
+
+def parse_read_status(payload: Any) -> dict[str, bool]:
+    """``readStatus`` as user id -> read (pure); only well-formed user ids."""
+    entries = payload.get("messageReadInfoList") if isinstance(payload, dict) else None
+    if not isinstance(entries, list):
+        raise TransientError("DingTalk readStatus answered without messageReadInfoList")
+    status: dict[str, bool] = {}
+    for entry in entries:
+        user = entry.get("userId") if isinstance(entry, dict) else None
+        if isinstance(user, str) and USER_ID.fullmatch(user):
+            status[user] = entry.get("readStatus") == "READ"
+    return status
+
+
 class DingTalkChannel:
     id = "dingtalk"
 
@@ -212,11 +256,17 @@ class DingTalkChannel:
         self._agent_id = config.agent_id
         self._base_url = config.oapi_url.rstrip("/")
         self.read_poll = config.read_poll
+        self.robot_messages = config.robot_messages
+        if self.robot_messages and not config.robot_code:
+            raise ValueError("dingtalk.robot_messages needs dingtalk.robot_code")
+        self._robot_code = config.robot_code
         self._clock = clock or SystemClock()
+        self._api = DingTalkApi(config, self._clock)
+        self._events = DingTalkEvents(config, self._clock)
         self.capabilities = Capabilities(
             max_batch=5 * MAX_USERS_PER_TASK,
             needs_contact=True,
-            supports_read_confirmation=config.read_poll,
+            supports_read_confirmation=config.read_poll or self.robot_messages,
             supports_recall=True,
             max_attempts=settings.push_max_attempts,
             resend_when_ambiguous=True,
@@ -333,6 +383,8 @@ class DingTalkChannel:
                 valid.append(item if target == item.target else _with_target(item, target))
         if not valid:
             return results
+        if self.robot_messages:
+            return results + await self._send_robot(valid)
         tasks = plan_tasks(valid, personal_links=not self.read_poll)
         answers = await asyncio.gather(*(self._send_task(t) for t in tasks))
         for task, answer in zip(tasks, answers, strict=True):
@@ -344,6 +396,53 @@ class DingTalkChannel:
                         results.append(Result(item.delivery_id, Outcome.SENT, provider_ref=answer))
         return results
 
+    async def _send_robot_call(self, task: Task) -> dict[str, Any] | ChannelError:
+        link = next(iter(task.users.values()))[0].read_link if len(task.users) == 1 else None
+        body = {
+            "robotCode": self._robot_code,
+            "userIds": list(task.users),
+            **robot_message(build_message(task.notice, link)),
+        }
+        try:
+            payload = await self._api.call("POST", ROBOT_SEND_PATH, body)
+        except ChannelError as exc:
+            return exc
+        if not isinstance(payload.get("processQueryKey"), str) or not payload["processQueryKey"]:
+            return PermanentError("DingTalk accepted the robot message without a processQueryKey")
+        return payload
+
+    async def _send_robot(self, valid: list[Outgoing]) -> list[Result]:
+        tasks = plan_tasks(valid, personal_links=False, size=MAX_USERS_PER_ROBOT_CALL)
+        answers = await asyncio.gather(*(self._send_robot_call(t) for t in tasks))
+        results: list[Result] = []
+        for task, answer in zip(tasks, answers, strict=True):
+            said = answer if isinstance(answer, dict) else {}
+            invalid = set(_ids(said.get("invalidStaffIdList")))
+            limited = set(_ids(said.get("flowControlledStaffIdList")))
+            for user, items in task.users.items():
+                for item in items:
+                    if isinstance(answer, ChannelError):
+                        results.append(Result.from_error(item.delivery_id, answer))
+                    elif user in invalid:
+                        error = InvalidTarget("DingTalk: invalid staff id (not in the organisation)")
+                        results.append(Result.from_error(item.delivery_id, error))
+                    elif user in limited:
+                        throttled = TransientError("throttled (DingTalk flow control)", THROTTLE_WAIT)
+                        results.append(Result.from_error(item.delivery_id, throttled))
+                    else:
+                        ref = robot_ref(str(answer["processQueryKey"]), user)
+                        results.append(Result(item.delivery_id, Outcome.SENT, provider_ref=ref))
+        return results
+
+    async def read_status(self, process_query_key: str) -> dict[str, bool]:
+        """Who read a robot message so far (``readStatus``): user id -> read; raises ``ChannelError``."""
+        query = urlencode({"robotCode": self._robot_code, "processQueryKey": process_query_key})
+        return parse_read_status(await self._api.call("GET", f"{ROBOT_READ_PATH}?{query}"))
+
+    def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
+        """DingTalk's encrypted event push (``notifier.channels.dingtalk_events``)."""
+        return self._events.handle(url, body)
+
     async def send_result(self, task_id: str) -> SendResult:
         """Who read a task so far (``getsendresult``); raises ``ChannelError``."""
         if not task_id.isdigit():
@@ -353,12 +452,18 @@ class DingTalkChannel:
 
     async def recall(self, task_id: str) -> None:
         """Withdraw a task's message from every recipient (within 24 hours); raises ``ChannelError``."""
+        if self.robot_messages:
+            await self._api.call(
+                "POST", ROBOT_RECALL_PATH, {"robotCode": self._robot_code, "processQueryKeys": [task_id]}
+            )
+            return
         if not task_id.isdigit():
             raise PermanentError("not a DingTalk task id")
         body = json.dumps({"agent_id": self._agent_id, "msg_task_id": int(task_id)}).encode()
         await self._call(RECALL_PATH, body)
 
     async def close(self) -> None:
+        await self._api.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

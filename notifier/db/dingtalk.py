@@ -1,6 +1,5 @@
 """DingTalk read-poll timers (``dingtalk_read_polls``, one row per work-notification task) and the
-deliveries a task carried; DING recall timers (``dingtalk_dings``, one row per openDingId); pushed
-events already applied (``dingtalk_events``). The timer rows are started by triggers on the
+deliveries a task carried; DING recall timers (``dingtalk_dings``, one row per openDingId). The timer rows are started by triggers on the
 write-back (schemas/0012, schemas/0017); the poll schedule is the SQL function ``dingtalk_poll_delay``."""
 
 from __future__ import annotations
@@ -81,16 +80,6 @@ UPDATE dingtalk_dings d SET
 FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[]) AS r(id, ok, error, retry_in)
 WHERE d.open_ding_id = r.id"""
 
-# A pushed event, recorded once: returns the ids not seen before (a replay returns nothing).
-FIRST_EVENTS = """
-INSERT INTO dingtalk_events (event_id, event_type)
-SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id"""
-
-PURGE_EVENTS = """
-DELETE FROM dingtalk_events WHERE event_id IN (
-    SELECT event_id FROM dingtalk_events WHERE received_at < (SELECT notifier_now()) - interval '7 days' LIMIT $1)"""
-
 # Finished timers are kept a week for inspection, then deleted, a bounded batch a time.
 PURGE = """
 DELETE FROM dingtalk_read_polls WHERE task_id IN (
@@ -152,12 +141,3 @@ async def finish_ding_recalls(
     retry_in: list[float | None],
 ) -> None:
     await conn.execute(FINISH_DING_RECALLS, ids, ok, errors, retry_in)
-
-
-async def first_events(conn: Connection, event_ids: list[str], event_types: list[str]) -> set[str]:
-    """Record pushed events; returns the ids seen for the first time."""
-    return {r["event_id"] for r in await conn.fetch(FIRST_EVENTS, event_ids, event_types)}
-
-
-async def purge_events(conn: Connection | Pool, limit: int = 1000) -> None:
-    await conn.execute(PURGE_EVENTS, limit)

@@ -21,6 +21,7 @@ from collections import defaultdict
 from notifier.channels.base import ChannelError, PermanentError, StatusUpdate, TransientError
 from notifier.channels.dingtalk import DingTalkChannel, SendResult
 from notifier.channels.dingtalk_ding import DingTalkDingChannel
+from notifier.channels.dingtalk_events import robot_ref
 from notifier.db import contacts, dingtalk
 from notifier.workers.context import WorkerDeps
 from notifier.workers.reports import apply_reports
@@ -58,6 +59,8 @@ async def poll_dingtalk_reads(deps: WorkerDeps) -> int:
     task_ids = await dingtalk.claim_due(deps.pool, POLLS_PER_TICK, POLL_LEASE_SECONDS)
     if not task_ids:
         return 0
+    if channel.robot_messages:
+        return await _poll_robot_reads(deps, channel, task_ids)
     limit = asyncio.Semaphore(PARALLEL_POLLS)
 
     async def poll(task_id: str) -> SendResult | ChannelError:
@@ -99,6 +102,37 @@ async def poll_dingtalk_reads(deps: WorkerDeps) -> int:
         await dingtalk.finish(conn, task_ids, done, errors, waits)
     await dingtalk.purge(deps.pool)
     return len(task_ids)
+
+
+async def _poll_robot_reads(deps: WorkerDeps, channel: DingTalkChannel, keys: list[str]) -> int:
+    """The backstop for robot_msg_read events: ``readStatus`` of each due robot send, as reports
+    on the members' refs ``{processQueryKey}/{userId}`` (a read already pushed changes nothing)."""
+    limit = asyncio.Semaphore(PARALLEL_POLLS)
+
+    async def poll(key: str) -> dict[str, bool] | ChannelError:
+        async with limit:
+            try:
+                return await channel.read_status(key)
+            except ChannelError as exc:
+                return exc
+
+    answers = await asyncio.gather(*(poll(k) for k in keys))
+    updates = [
+        StatusUpdate(robot_ref(key, user), "delivered", read=read)
+        for key, answer in zip(keys, answers, strict=True)
+        if isinstance(answer, dict)
+        for user, read in answer.items()
+    ]
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await apply_reports(conn, "dingtalk", updates)
+        await dingtalk.finish(
+            conn,
+            keys,
+            [all(a.values()) if isinstance(a, dict) else isinstance(a, PermanentError) for a in answers],
+            [None if isinstance(a, dict) else str(a) for a in answers],
+            [a.retry_after if isinstance(a, TransientError) else None for a in answers],
+        )
+    return len(keys)
 
 
 RECALLS_PER_TICK = 50

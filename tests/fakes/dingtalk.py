@@ -28,6 +28,18 @@ What it checks and does, as DingTalk does:
   minute per robot (403 ``QpsLimitForAppkeyAndApi``); ``ding_failed_users`` come back in
   ``failedList``. ``POST /v1.0/robot/ding/recall {robotCode, openDingId}``.
 
+* Robot one-to-one messages: ``POST /v1.0/robot/oToMessages/batchSend {robotCode, userIds (<= 20),
+  msgKey, msgParam (a JSON string)}`` -> ``{processQueryKey, invalidStaffIdList,
+  flowControlledStaffIdList}``; ``GET /v1.0/robot/oToMessages/readStatus?robotCode=&processQueryKey=``
+  -> ``{sendStatus, messageReadInfoList[{userId, name, readStatus READ|UNREAD}]}``;
+  ``POST /v1.0/robot/otoMessages/batchRecall {robotCode, processQueryKeys}``.
+* Event push, as DingTalk's HTTP subscription does it (its own implementation of the envelope, so
+  a mistake in ours shows): ``push_event(url, event)`` encrypts (AES-256-CBC, key from the
+  EncodingAESKey, IV its first 16 bytes, PKCS#7 to 32 bytes, random16 + length + message + app
+  key), signs (SHA-1 of sorted token, timestamp, nonce, encrypt) and POSTs; the answer must be
+  the encrypted ``success``, correctly signed, or the push counts as failed (as DingTalk would
+  retry it). ``push_reads(url)`` sends ``robot_msg_read`` for every robot read not pushed yet.
+
 Every delivered message is recorded in ``messages`` (one per user per task), so a test can
 assert exactly one. Time is the fake's own ``now()`` (wall time plus ``offset``): ``advance``
 jumps it, e.g. past a token's expiry or into the next day.
@@ -35,6 +47,7 @@ jumps it, e.g. past a token's expiry or into the next day.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import itertools
@@ -45,7 +58,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pydantic import SecretStr
 
 from notifier.settings import DingTalkSettings
@@ -108,6 +123,42 @@ class Ding:
     recalled: bool = False
 
 
+@dataclass
+class RobotSend:
+    process_query_key: str
+    user_ids: list[str]
+    msg_key: str
+    msg_param: dict[str, Any]
+    read: list[str] = field(default_factory=list)
+    pushed: set[str] = field(default_factory=set)  # reads already pushed as events
+    recalled: bool = False
+
+
+def _sign(token: str, timestamp: str, nonce: str, encrypt: str) -> str:
+    return hashlib.sha1("".join(sorted([token, timestamp, nonce, encrypt])).encode()).hexdigest()  # noqa: S324
+
+
+def _seal(aes_key: str, app_key: str, message: str) -> str:
+    key = base64.b64decode(aes_key + "=")
+    data = message.encode()
+    plain = secrets.token_bytes(16) + len(data).to_bytes(4, "big") + data + app_key.encode()
+    pad = 32 - len(plain) % 32
+    plain += bytes([pad]) * pad
+    enc = Cipher(algorithms.AES(key), modes.CBC(key[:16])).encryptor()
+    return base64.b64encode(enc.update(plain) + enc.finalize()).decode()
+
+
+def _open(aes_key: str, app_key: str, sealed: str) -> str | None:
+    key = base64.b64decode(aes_key + "=")
+    dec = Cipher(algorithms.AES(key), modes.CBC(key[:16])).decryptor()
+    plain = dec.update(base64.b64decode(sealed)) + dec.finalize()
+    plain = plain[: -plain[-1]]
+    length = int.from_bytes(plain[16:20], "big")
+    if plain[20 + length :] != app_key.encode():
+        return None
+    return plain[20 : 20 + length].decode()
+
+
 def _api_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"code": code, "message": message, "requestid": "x"}, status=status)
 
@@ -145,6 +196,14 @@ class FakeDingTalk:
     api_token_requests: int = 0
     api_rejected: int = 0  # new-style calls refused for a bad token
     api_responses: list[tuple[int, str]] = field(default_factory=list)  # scripted (status, code) for DINGs
+    robot_sends: list[RobotSend] = field(default_factory=list)
+    robot_max_users: int = 20
+    robot_flow_controlled: set[str] = field(default_factory=set)  # batchSend lists them as limited
+    callback_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    callback_aes_key: str = field(
+        default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    )
+    pushes: list[tuple[int, bool]] = field(default_factory=list)  # (HTTP status, reply was a valid success)
     _api_tokens: dict[str, float] = field(default_factory=dict)
     _ding_minute: list[tuple[float, int]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
@@ -171,6 +230,8 @@ class FakeDingTalk:
                 oapi_url=self.base_url,
                 api_url=self.base_url,
                 robot_code=self.robot_code,
+                callback_token=SecretStr(self.callback_token),
+                callback_aes_key=SecretStr(self.callback_aes_key),
                 **extra,
             )
         }
@@ -200,6 +261,70 @@ class FakeDingTalk:
             for user in task.delivered:
                 if user in wanted and user not in task.read and not task.recalled:
                     task.read.append(user)
+                    n += 1
+        for send in self.robot_sends:
+            for user in send.user_ids:
+                if user in wanted and user not in send.read and not send.recalled:
+                    send.read.append(user)
+                    n += 1
+        return n
+
+    def envelope(
+        self, event: dict[str, Any], timestamp_ms: int | None = None, token: str | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """An event as DingTalk pushes it: the query parameters and the JSON body."""
+        sealed = _seal(self.callback_aes_key, self.app_key, json.dumps(event, ensure_ascii=False))
+        timestamp = str(timestamp_ms if timestamp_ms is not None else int(self.now() * 1000))
+        nonce = secrets.token_hex(6)
+        query = {
+            "msg_signature": _sign(token or self.callback_token, timestamp, nonce, sealed),
+            "timestamp": timestamp,
+            "nonce": nonce,
+        }
+        return query, json.dumps({"encrypt": sealed}).encode()
+
+    def reply_is_success(self, body: bytes) -> bool:
+        """Whether an answer to a push is DingTalk's expected encrypted, signed ``success``."""
+        try:
+            reply = json.loads(body)
+            sealed = reply["encrypt"]
+            signed = _sign(self.callback_token, str(reply["timeStamp"]), str(reply["nonce"]), sealed)
+            return bool(reply["msg_signature"] == signed) and (
+                _open(self.callback_aes_key, self.app_key, sealed) == "success"
+            )
+        except (ValueError, KeyError, TypeError, IndexError):
+            return False
+
+    async def push_event(self, url: str, event: dict[str, Any]) -> tuple[int, bool]:
+        """POST one event to our callback URL; returns (status, answered with a valid success)."""
+        query, body = self.envelope(event)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, params=query, data=body, headers={"content-type": "application/json"}) as resp,
+        ):
+            outcome = (resp.status, resp.status == 200 and self.reply_is_success(await resp.read()))
+        self.pushes.append(outcome)
+        return outcome
+
+    def read_event(self, send: RobotSend, user: str) -> dict[str, Any]:
+        return {
+            "EventType": "robot_msg_read",
+            "userId": user,
+            "unionId": "union" + user,
+            "robotCode": self.robot_code,
+            "processQueryKey": send.process_query_key,
+            "operatTime": int(self.now() * 1000),
+        }
+
+    async def push_reads(self, url: str) -> int:
+        """Push ``robot_msg_read`` for every robot read not pushed yet; returns how many."""
+        n = 0
+        for send in self.robot_sends:
+            for user in send.read:
+                if user not in send.pushed:
+                    status, ok = await self.push_event(url, self.read_event(send, user))
+                    if status == 200 and ok:
+                        send.pushed.add(user)
                     n += 1
         return n
 
@@ -402,6 +527,71 @@ class FakeDingTalk:
         ding.recalled = True
         return web.json_response({})
 
+    async def robot_send(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        body = await self._body(request)
+        self.calls["oToMessages/batchSend"] += 1
+        if body is None or body.get("robotCode") != self.robot_code:
+            return _api_error(400, "invalidParameter.robotCode", "robotCode is missing or not this app's")
+        users = body.get("userIds")
+        if not isinstance(users, list) or not users or len(users) > self.robot_max_users:
+            return _api_error(400, "invalidParameter.userIds", f"1..{self.robot_max_users} userIds")
+        try:
+            param = json.loads(body.get("msgParam") or "")
+        except (TypeError, ValueError):
+            return _api_error(400, "invalidParameter.msgParam", "msgParam must be a JSON string")
+        if body.get("msgKey") not in ("sampleText", "sampleMarkdown", "sampleActionCard", "sampleLink"):
+            return _api_error(400, "invalidParameter.msgKey", "unknown msgKey")
+        invalid = [u for u in users if u in self.invalid_users]
+        limited = [u for u in users if u in self.robot_flow_controlled and u not in invalid]
+        reached = [u for u in dict.fromkeys(users) if u not in invalid and u not in limited]
+        send = RobotSend(secrets.token_urlsafe(18), reached, str(body["msgKey"]), param)
+        self.robot_sends.append(send)
+        for user in reached:
+            self.messages.append(DingMessage(user, 0, {"msgKey": send.msg_key, **param}))
+        return web.json_response(
+            {
+                "processQueryKey": send.process_query_key,
+                "invalidStaffIdList": invalid,
+                "flowControlledStaffIdList": limited,
+            }
+        )
+
+    def _robot_send(self, key: object) -> RobotSend | None:
+        return next((r for r in self.robot_sends if r.process_query_key == key), None)
+
+    async def robot_read_status(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        self.calls["oToMessages/readStatus"] += 1
+        send = self._robot_send(request.query.get("processQueryKey"))
+        if request.query.get("robotCode") != self.robot_code or send is None:
+            return _api_error(400, "invalidParameter.processQueryKey", "no such message")
+        read = set(send.read)
+        info = [
+            {"userId": u, "name": u, "readStatus": "READ" if u in read else "UNREAD"} for u in send.user_ids
+        ]
+        return web.json_response({"sendStatus": "SUCCESS", "messageReadInfoList": info})
+
+    async def robot_recall(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        body = await self._body(request) or {}
+        self.calls["otoMessages/batchRecall"] += 1
+        keys = body.get("processQueryKeys")
+        if body.get("robotCode") != self.robot_code or not isinstance(keys, list):
+            return _api_error(400, "invalidParameter", "robotCode and processQueryKeys are required")
+        ok, failed = [], []
+        for key in keys:
+            send = self._robot_send(key)
+            if send is None:
+                failed.append(key)
+            else:
+                send.recalled = True
+                ok.append(key)
+        return web.json_response({"successResult": ok, "failedResult": {k: "not found" for k in failed}})
+
     async def start(self) -> FakeDingTalk:
         app = web.Application()
         app.router.add_get("/gettoken", self.gettoken)
@@ -412,6 +602,9 @@ class FakeDingTalk:
         app.router.add_post("/v1.0/oauth2/accessToken", self.api_token)
         app.router.add_post("/v1.0/robot/ding/send", self.ding_send)
         app.router.add_post("/v1.0/robot/ding/recall", self.ding_recall)
+        app.router.add_post("/v1.0/robot/oToMessages/batchSend", self.robot_send)
+        app.router.add_get("/v1.0/robot/oToMessages/readStatus", self.robot_read_status)
+        app.router.add_post("/v1.0/robot/otoMessages/batchRecall", self.robot_recall)
         self._runner, self.port = await serve_local(app)
         return self
 

@@ -1,4 +1,4 @@
--- DingTalk, part two: DINGs (robot/ding/send) and their recall, the encrypted event push.
+-- DingTalk, part two: DINGs (robot/ding/send) and their recall; robot one-to-one message timers.
 
 -- Which contact channel a delivery channel reaches a member through: a DING goes to the same
 -- DingTalk userid as a work notification, so ``dingtalk_ding`` uses the member's ``dingtalk``
@@ -35,11 +35,16 @@ END $$;
 CREATE TRIGGER deliveries_start_dingtalk_dings AFTER UPDATE ON deliveries
     REFERENCING NEW TABLE AS after_rows FOR EACH STATEMENT EXECUTE FUNCTION dingtalk_dings_start();
 
--- Pushed events already applied (DingTalk retries an event it thinks we missed): a replay with
--- the same event id changes nothing. Kept a week, then purged.
-CREATE TABLE dingtalk_events (
-    event_id    text PRIMARY KEY,
-    event_type  text NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT notifier_now()
-);
-CREATE INDEX dingtalk_events_received_idx ON dingtalk_events (received_at);
+-- Robot one-to-one messages (the dingtalk channel with robot_messages on) record each member's
+-- provider ref as "{processQueryKey}/{userId}" (reads are reported per send and user); one read
+-- poll timer per send, as for a work-notification task (whose ids hold no "/": unchanged).
+CREATE OR REPLACE FUNCTION dingtalk_read_polls_start() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO dingtalk_read_polls (task_id, notice_id, sent_at, next_poll_at)
+    SELECT DISTINCT ON (split_part(n.provider_ref, '/', 1)) split_part(n.provider_ref, '/', 1), n.notice_id,
+           notifier_now(), notifier_now() + dingtalk_poll_delay(0)
+    FROM after_rows n
+    WHERE n.channel = 'dingtalk' AND n.state = 'sent' AND n.provider_ref IS NOT NULL
+    ON CONFLICT (task_id) DO NOTHING;
+    RETURN NULL;
+END $$;
