@@ -443,6 +443,11 @@ class DingTalkChannel:
         """DingTalk's encrypted event push (``notifier.channels.dingtalk_events``)."""
         return self._events.handle(url, body)
 
+    async def oapi(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Any other ``oapi`` call with the app's token (the contacts API of the organisation
+        import); raises the mapped ``ChannelError``."""
+        return await self._call(path, json.dumps(body, ensure_ascii=False).encode())
+
     async def send_result(self, task_id: str) -> SendResult:
         """Who read a task so far (``getsendresult``); raises ``ChannelError``."""
         if not task_id.isdigit():

@@ -40,6 +40,11 @@ What it checks and does, as DingTalk does:
   the encrypted ``success``, correctly signed, or the push counts as failed (as DingTalk would
   retry it). ``push_reads(url)`` sends ``robot_msg_read`` for every robot read not pushed yet.
 
+* Contacts API (old-style token): ``POST /topapi/v2/department/listsub {dept_id}`` -> the child
+  departments ``{dept_id, name, parent_id}``; ``POST /topapi/v2/user/list {dept_id, cursor, size
+  <= 100}`` -> ``{has_more, next_cursor, list[{userid, name, mobile, dept_id_list}]}``, from
+  ``departments`` and ``org_users`` (test controls: add, move and remove them).
+
 Every delivered message is recorded in ``messages`` (one per user per task), so a test can
 assert exactly one. Time is the fake's own ``now()`` (wall time plus ``offset``): ``advance``
 jumps it, e.g. past a token's expiry or into the next day.
@@ -196,6 +201,8 @@ class FakeDingTalk:
     api_token_requests: int = 0
     api_rejected: int = 0  # new-style calls refused for a bad token
     api_responses: list[tuple[int, str]] = field(default_factory=list)  # scripted (status, code) for DINGs
+    departments: dict[int, tuple[str, int]] = field(default_factory=dict)  # id -> (name, parent)
+    org_users: dict[str, dict[str, Any]] = field(default_factory=dict)  # userid -> {name, mobile, depts}
     robot_sends: list[RobotSend] = field(default_factory=list)
     robot_max_users: int = 20
     robot_flow_controlled: set[str] = field(default_factory=set)  # batchSend lists them as limited
@@ -592,6 +599,50 @@ class FakeDingTalk:
                 ok.append(key)
         return web.json_response({"successResult": ok, "failedResult": {k: "not found" for k in failed}})
 
+    # --- the contacts API --------------------------------------------------------------------
+
+    async def listsub(self, request: web.Request) -> web.Response:
+        if (refused := self._token_error(request)) is not None:
+            return refused
+        self.calls["department/listsub"] += 1
+        body = await self._body(request) or {}
+        parent = body.get("dept_id", 1)
+        if parent != 1 and parent not in self.departments:
+            return _error(60003, "部门不存在")
+        result = [
+            {"dept_id": d, "name": name, "parent_id": p}
+            for d, (name, p) in sorted(self.departments.items())
+            if p == parent
+        ]
+        return web.json_response({"errcode": 0, "errmsg": "ok", "result": result, "request_id": "x"})
+
+    async def user_list(self, request: web.Request) -> web.Response:
+        if (refused := self._token_error(request)) is not None:
+            return refused
+        self.calls["user/list"] += 1
+        body = await self._body(request) or {}
+        dept, cursor, size = body.get("dept_id"), body.get("cursor", 0), body.get("size")
+        if not isinstance(size, int) or not 1 <= size <= 100 or not isinstance(cursor, int):
+            return _error(40035, "size must be 1..100 and cursor a number")
+        if dept != 1 and dept not in self.departments:
+            return _error(60003, "部门不存在")
+        members = [u for u, info in sorted(self.org_users.items()) if dept in info["depts"]]
+        page = members[cursor : cursor + size]
+        more = cursor + size < len(members)
+        listed = [
+            {
+                "userid": u,
+                "name": self.org_users[u]["name"],
+                "mobile": self.org_users[u].get("mobile", ""),
+                "dept_id_list": list(self.org_users[u]["depts"]),
+            }
+            for u in page
+        ]
+        result: dict[str, Any] = {"has_more": more, "list": listed}
+        if more:
+            result["next_cursor"] = cursor + size
+        return web.json_response({"errcode": 0, "errmsg": "ok", "result": result, "request_id": "x"})
+
     async def start(self) -> FakeDingTalk:
         app = web.Application()
         app.router.add_get("/gettoken", self.gettoken)
@@ -599,6 +650,8 @@ class FakeDingTalk:
         app.router.add_post(f"{base}/asyncsend_v2", self.asyncsend)
         app.router.add_post(f"{base}/getsendresult", self.getsendresult)
         app.router.add_post(f"{base}/recall", self.recall)
+        app.router.add_post("/topapi/v2/department/listsub", self.listsub)
+        app.router.add_post("/topapi/v2/user/list", self.user_list)
         app.router.add_post("/v1.0/oauth2/accessToken", self.api_token)
         app.router.add_post("/v1.0/robot/ding/send", self.ding_send)
         app.router.add_post("/v1.0/robot/ding/recall", self.ding_recall)
