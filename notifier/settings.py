@@ -62,6 +62,8 @@ class DingTalkSettings(BaseModel):
     # instead of work notifications: reads arrive as robot_msg_read events, readStatus polled as
     # the backstop. Needs robot_code.
     robot_messages: bool = False
+    group_robots: bool = False  # the dingtalk_robot channel: units' group chat custom robots
+    group_robot_per_minute: int = Field(default=20, ge=1)  # DingTalk's limit per robot
     ding_per_minute: int = Field(default=6000, ge=1)  # DING receivers per minute per robot
     event_max_age_seconds: float = Field(default=3600.0, ge=60)  # older pushed events are refused
 

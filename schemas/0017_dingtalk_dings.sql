@@ -48,3 +48,53 @@ BEGIN
     ON CONFLICT (task_id) DO NOTHING;
     RETURN NULL;
 END $$;
+
+-- Unit-level contacts: where a unit as a whole is reached (its group chat's robot), set with
+-- PUT /v1/units/{id}/contacts. One per unit and channel.
+CREATE TABLE unit_contacts (
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    unit_id         text NOT NULL REFERENCES units (id) ON DELETE CASCADE,
+    channel         text NOT NULL,
+    target          jsonb NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT notifier_now(),
+    disabled_at     timestamptz,
+    disabled_reason text,
+    UNIQUE (unit_id, channel)
+);
+
+-- A notice posted in a unit's group: one post per (notice, unit, channel), never one per member.
+-- The row is the post's state and its timer (next_attempt_at), sent by a part of the tick.
+CREATE TABLE unit_posts (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    notice_id       uuid NOT NULL REFERENCES notices (id) ON DELETE CASCADE,
+    unit_id         text NOT NULL,
+    channel         text NOT NULL,
+    contact_id      uuid REFERENCES unit_contacts (id) ON DELETE SET NULL,
+    state           text NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'cancelled')),
+    attempts        int NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT notifier_now(),
+    wait_reason     text,
+    error           text,
+    created_at      timestamptz NOT NULL DEFAULT notifier_now(),
+    sent_at         timestamptz,
+    UNIQUE (notice_id, unit_id, channel)
+);
+CREATE INDEX unit_posts_due_idx ON unit_posts (next_attempt_at) WHERE state IN ('queued', 'sending');
+
+-- When a notice goes out (its fan-out done), each unit its audience names that has a working
+-- unit-level contact on one of the notice's channels gets its post, in the same statement.
+CREATE FUNCTION unit_posts_start() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO unit_posts (notice_id, unit_id, channel, contact_id)
+    SELECT NEW.id, uc.unit_id, uc.channel, uc.id
+    FROM unit_contacts uc
+    WHERE uc.disabled_at IS NULL AND uc.channel = ANY(NEW.channels)
+      AND uc.unit_id IN (SELECT jsonb_array_elements_text(coalesce(NEW.audience -> 'units', '[]')))
+    ON CONFLICT (notice_id, unit_id, channel) DO NOTHING;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER notices_start_unit_posts AFTER UPDATE OF state ON notices
+    FOR EACH ROW WHEN (NEW.state = 'active' AND OLD.state IS DISTINCT FROM 'active')
+    EXECUTE FUNCTION unit_posts_start();

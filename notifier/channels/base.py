@@ -121,6 +121,9 @@ class Capabilities:
     per_target_limit: tuple[int, float] | None = None  # (count, window seconds) per contact
     circuit_breaker: bool = False  # one provider account: stop hammering it when it keeps failing
     read_link: bool = False  # the message carries a signed link that records the read when opened
+    # The channel reaches a unit as a whole (its group chat), through a unit-level contact: one
+    # post per (notice, unit), never one delivery per member (the fan-out skips it).
+    unit_level: bool = False
 
 
 @dataclass(frozen=True, slots=True)

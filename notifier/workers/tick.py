@@ -16,6 +16,7 @@ from notifier.workers.dingtalk import poll_dingtalk_reads, withdraw_recalled, wi
 from notifier.workers.escalate import advance_escalations
 from notifier.workers.lessons import send_due_lessons
 from notifier.workers.schedule import release_scheduled
+from notifier.workers.unit_posts import send_unit_posts
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ PARTS: dict[str, Callable[[WorkerDeps], Awaitable[int]]] = {
     "dingtalk_reads": poll_dingtalk_reads,
     "dingtalk_recalls": withdraw_recalled,
     "dingtalk_ding_recalls": withdraw_recalled_dings,
+    "unit_posts": send_unit_posts,
 }
 
 

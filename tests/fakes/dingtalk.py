@@ -45,6 +45,13 @@ What it checks and does, as DingTalk does:
   <= 100}`` -> ``{has_more, next_cursor, list[{userid, name, mobile, dept_id_list}]}``, from
   ``departments`` and ``org_users`` (test controls: add, move and remove them).
 
+* Custom group robots: ``POST /robot/send?access_token=&timestamp=&sign=`` checks the robot
+  (``robots``: token -> secret, keywords, blocked IP), the timestamp (within an hour of the
+  fake's now) and ``sign`` (base64 HMAC-SHA256 with key = secret over "timestamp\nsecret"; a
+  bad one is 310000 "sign not match"), a keyword in the message when the robot has keywords
+  (310000 "keywords not in content"), the IP rule (310000 "ip ... not in whitelist"), and 20
+  posts a minute per robot (410100, then muted for 10 minutes). Posts land in ``group_posts``.
+
 Every delivered message is recorded in ``messages`` (one per user per task), so a test can
 assert exactly one. Time is the fake's own ``now()`` (wall time plus ``offset``): ``advance``
 jumps it, e.g. past a token's expiry or into the next day.
@@ -204,6 +211,11 @@ class FakeDingTalk:
     departments: dict[int, tuple[str, int]] = field(default_factory=dict)  # id -> (name, parent)
     org_users: dict[str, dict[str, Any]] = field(default_factory=dict)  # userid -> {name, mobile, depts}
     robot_sends: list[RobotSend] = field(default_factory=list)
+    robots: dict[str, dict[str, Any]] = field(default_factory=dict)  # token -> {secret, keywords, ip_blocked}
+    group_posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (robot token, message)
+    robot_rejected: int = 0
+    _robot_minute: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    _robot_muted: dict[str, float] = field(default_factory=dict)
     robot_max_users: int = 20
     robot_flow_controlled: set[str] = field(default_factory=set)  # batchSend lists them as limited
     callback_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
@@ -239,7 +251,7 @@ class FakeDingTalk:
                 robot_code=self.robot_code,
                 callback_token=SecretStr(self.callback_token),
                 callback_aes_key=SecretStr(self.callback_aes_key),
-                **extra,
+                **{"group_robots": True, **extra},
             )
         }
 
@@ -250,6 +262,17 @@ class FakeDingTalk:
         """The platform invalidates every token early (an app secret reset, say)."""
         self._tokens.clear()
         self._api_tokens.clear()
+
+    def new_robot(self, keywords: list[str] | None = None) -> dict[str, str]:
+        """A group's custom robot; returns the unit-level contact target for it."""
+        token = secrets.token_hex(32)
+        secret = "SEC" + secrets.token_hex(32)
+        self.robots[token] = {"secret": secret, "keywords": keywords or [], "ip_blocked": False}
+        return {"webhook": f"{self.base_url}/robot/send?access_token={token}", "secret": secret}
+
+    def posts_to(self, target: dict[str, str]) -> list[dict[str, Any]]:
+        token = target["webhook"].split("access_token=")[1]
+        return [m for t, m in self.group_posts if t == token]
 
     def dinged(self, remind_type: int | None = None) -> dict[str, int]:
         """How many DINGs each user got (of one remind type, or all)."""
@@ -643,6 +666,46 @@ class FakeDingTalk:
             result["next_cursor"] = cursor + size
         return web.json_response({"errcode": 0, "errmsg": "ok", "result": result, "request_id": "x"})
 
+    async def robot_post(self, request: web.Request) -> web.Response:
+        token = request.query.get("access_token", "")
+        robot = self.robots.get(token)
+        if robot is None:
+            self.robot_rejected += 1
+            return _error(300001, "token is not exist")
+        timestamp, given = request.query.get("timestamp", ""), request.query.get("sign", "")
+        now = self.now()
+        if not timestamp.isdigit() or abs(now - int(timestamp) / 1000) > 3600:
+            self.robot_rejected += 1
+            return _error(310000, "invalid timestamp")
+        mac = hmac.new(robot["secret"].encode(), f"{timestamp}\n{robot['secret']}".encode(), hashlib.sha256)
+        if not hmac.compare_digest(base64.b64encode(mac.digest()).decode(), given):
+            self.robot_rejected += 1
+            return _error(310000, "sign not match")
+        if robot["ip_blocked"]:
+            self.robot_rejected += 1
+            return _error(310000, "ip 127.0.0.1 not in whitelist")
+        body = await self._body(request)
+        kind = body.get("msgtype") if body else None
+        if (
+            body is None
+            or kind not in ("text", "link", "markdown", "actionCard", "feedCard")
+            or kind not in body
+        ):
+            return _error(40035, "msgtype and its object are required")
+        content = json.dumps(body[kind], ensure_ascii=False)
+        if robot["keywords"] and not any(k in content for k in robot["keywords"]):
+            self.robot_rejected += 1
+            return _error(310000, "keywords not in content")
+        if self._robot_muted.get(token, 0.0) > now:
+            return _error(410100, "send too fast, exceed 20 times per minute")
+        window = self._robot_minute[token] = [t for t in self._robot_minute[token] if t > now - 60]
+        if len(window) >= 20:
+            self._robot_muted[token] = now + 600
+            return _error(410100, "send too fast, exceed 20 times per minute")
+        window.append(now)
+        self.group_posts.append((token, body))
+        return web.json_response({"errcode": 0, "errmsg": "ok"})
+
     async def start(self) -> FakeDingTalk:
         app = web.Application()
         app.router.add_get("/gettoken", self.gettoken)
@@ -650,6 +713,7 @@ class FakeDingTalk:
         app.router.add_post(f"{base}/asyncsend_v2", self.asyncsend)
         app.router.add_post(f"{base}/getsendresult", self.getsendresult)
         app.router.add_post(f"{base}/recall", self.recall)
+        app.router.add_post("/robot/send", self.robot_post)
         app.router.add_post("/topapi/v2/department/listsub", self.listsub)
         app.router.add_post("/topapi/v2/user/list", self.user_list)
         app.router.add_post("/v1.0/oauth2/accessToken", self.api_token)
