@@ -10,7 +10,7 @@ units loses those memberships, and -- when DingTalk itself no longer lists them 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from notifier.db.pool import Connection, Pool
 from notifier.domain.org_import import OrgSnapshot
@@ -132,16 +132,23 @@ async def known_userids(conn: Connection, userids: list[str]) -> dict[str, str]:
 
 
 async def run(
-    pool: Pool, userids: list[str], snapshot_for: Callable[[dict[str, str]], OrgSnapshot], dry_run: bool
+    pool: Pool,
+    userids: list[str],
+    snapshot_for: Callable[[dict[str, str]], OrgSnapshot],
+    dry_run: bool,
+    on_applied: Callable[[Connection, dict[str, int]], Awaitable[None]] | None = None,
 ) -> dict[str, int]:
     """Build the snapshot (knowing which members hold these userids already) and apply it in one
-    transaction; a dry run rolls it back and reports what it would have changed."""
+    transaction (``on_applied`` runs in it: the audit entry); a dry run rolls it back and reports
+    what it would have changed."""
     async with pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
         try:
             snap = snapshot_for(await known_userids(conn, userids))
             counts = await apply(conn, snap)
+            if on_applied is not None and not dry_run:
+                await on_applied(conn, counts)
         except BaseException:
             await transaction.rollback()
             raise

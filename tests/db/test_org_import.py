@@ -251,3 +251,39 @@ async def asyncio_to_thread(fn: object, argv: list[str]) -> None:
     import asyncio
 
     await asyncio.to_thread(fn, argv)  # type: ignore[arg-type]
+
+
+async def test_the_import_endpoint_is_admin_only_and_audited(
+    dt_settings: Settings, db: asyncpg.Connection, fake: FakeDingTalk
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from notifier.app import create_app
+    from tests.conftest import auth
+
+    async with TestClient(TestServer(create_app(dt_settings), host="127.0.0.1")) as client:
+        resp = await client.post(
+            "/v1/imports/dingtalk", json={"dry_run": True, "root_unit": "org"}, headers=auth()
+        )
+        body = await resp.json()
+        assert resp.status == 200 and body["dry_run"] is True and body["changes"]["members_created"] == 250
+        assert await db.fetchval("SELECT count(*) FROM members") == 0
+        resp = await client.post("/v1/imports/dingtalk", json={"root_unit": "org"}, headers=auth())
+        assert resp.status == 200 and (await resp.json())["changes"]["members_created"] == 250
+        assert await db.fetchval("SELECT count(*) FROM audit_log WHERE action = 'import.dingtalk'") == 1
+        resp = await client.post("/v1/imports/dingtalk", json={"root_unit": "org"}, headers=auth())
+        assert (await resp.json())["changes"] == ZERO
+        # A service key may not import; a bad root unit id is a 422 naming it.
+        resp = await client.post(
+            "/v1/api-keys", json={"name": "svc", "role": "service", "unit_id": "org"}, headers=auth()
+        )
+        token = (await resp.json())["token"]
+        resp = await client.post("/v1/imports/dingtalk", json={}, headers=auth(token))
+        assert resp.status == 403
+        resp = await client.post("/v1/imports/dingtalk", json={"root_unit": "a b"}, headers=auth())
+        assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "root_unit"
+        # DingTalk refusing us is a 502 with the reason, nothing written.
+        fake.token_responses.append(40096)
+        fake.revoke_tokens()
+        resp = await client.post("/v1/imports/dingtalk", json={"root_unit": "org"}, headers=auth())
+        assert resp.status == 502 and "40096" in (await resp.json())["detail"]
