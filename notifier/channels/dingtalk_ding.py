@@ -102,7 +102,7 @@ def parse_failed(value: object) -> dict[str, str]:
                 user = entry.get("userId") or entry.get("userid")
                 if isinstance(user, str) and USER_ID.fullmatch(user):
                     reason = entry.get("reason") or entry.get("errorMsg") or entry.get("code")
-                    failed[user] = provider_text(f"DingTalk: {reason}") if reason else default  # type: ignore[assignment]
+                    failed[user] = (provider_text(f"DingTalk: {reason}") if reason else None) or default
     return failed
 
 
