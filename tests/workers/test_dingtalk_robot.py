@@ -218,3 +218,31 @@ def test_the_signature_is_dingtalks() -> None:
         hmac.new(b"SECabc", b"1700000000000\nSECabc", hashlib.sha256).digest()
     ).decode()
     assert sign("SECabc", 1_700_000_000_000) == expected
+
+
+async def test_a_notice_only_for_the_group_is_posted_and_fans_out(
+    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+) -> None:
+    await org(db, 3, unit="b1")
+    robot = fake.new_robot()
+    await set_robot(deps, "b1", robot)
+    status, body = await api(
+        deps,
+        "POST",
+        "/v1/notices",
+        {
+            "kind": "notice",
+            "title": "群通知",
+            "body": "b",
+            "audience": {"units": ["b1"]},
+            "channels": ["dingtalk_robot"],
+        },
+    )
+    assert status == 202, body
+    await fanout_notice(deps, body["id"])
+    await tick_once(deps)
+    assert len(fake.posts_to(robot)) == 1
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE notice_id = $1", body["id"]) == 0
+    status, shown = await api(deps, "GET", f"/v1/notices/{body['id']}")
+    # Posted in the group only: nobody is a recipient, so nothing waits on a read.
+    assert status == 200 and shown["state"] == "active" and shown["counts"]["recipients"] == 0, shown
