@@ -39,6 +39,11 @@ FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
 WHERE contacts.id = r.id AND contacts.disabled_at IS NULL"""
 
 
+async def contact_channel(conn: Connection, channel: str) -> str:
+    """Whose contacts a channel uses (schemas/0017 ``contact_channel``: a DING uses ``dingtalk``'s)."""
+    return str(await conn.fetchval("SELECT contact_channel($1)", channel))
+
+
 async def add(conn: Connection, member_id: str, channel: str, target: Any) -> Record:
     row = await conn.fetchrow(ADD, member_id, channel, target)
     assert row is not None

@@ -164,3 +164,21 @@ async def test_a_mode_on_a_step_without_a_ding_is_a_422_naming_the_step(
     problem = await send(deps, bad, status=422)
     assert any(e["field"].startswith("escalation.steps[0]") for e in problem["errors"]), problem
     assert await db.fetchval("SELECT count(*) FROM notices") == 0
+
+
+async def test_contacts_for_channels_that_use_others_are_refused(
+    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+) -> None:
+    (member,) = await org(db, 1)
+    async with TestClient(TestServer(create_app(deps.settings, deps.channels), host="127.0.0.1")) as client:
+        for channel, target, says in [
+            ("dingtalk_ding", "dingm1", "through their dingtalk contact"),
+            ("dingtalk_robot", fake.new_robot(), "unit-level"),
+        ]:
+            resp = await client.post(
+                f"/v1/members/{member}/contacts", json={"channel": channel, "target": target}, headers=auth()
+            )
+            problem = await resp.json()
+            assert resp.status == 422 and problem["errors"][0]["field"] == "channel", problem
+            assert says in problem["errors"][0]["message"]
+    assert await db.fetchval("SELECT count(*) FROM contacts WHERE channel <> 'dingtalk'") == 0
