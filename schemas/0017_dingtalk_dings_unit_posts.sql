@@ -1,4 +1,4 @@
--- DingTalk, part two: DINGs (robot/ding/send) and their recall; robot one-to-one message timers.
+-- DingTalk, part two: DINGs (robot/ding/send) and their recall; robot one-to-one message timers; unit-level contacts and group posts.
 
 -- Which contact channel a delivery channel reaches a member through: a DING goes to the same
 -- DingTalk userid as a work notification, so ``dingtalk_ding`` uses the member's ``dingtalk``
