@@ -45,14 +45,22 @@ WHERE p.id = due.id AND n.id = p.notice_id
 RETURNING p.id, p.notice_id, p.unit_id, p.channel, p.contact_id, p.attempts, p.wait_reason, n.kind, n.title, n.body,
           (SELECT c.target FROM unit_contacts c WHERE c.id = p.contact_id AND c.disabled_at IS NULL) AS target"""
 
-# After the send: sent, failed (with why), or queued again after a wait (throttled / retry).
-#   $1 ids  $2 states  $3 errors  $4 retry in (seconds)  $5 wait reasons
+# After the send: sent, failed (with why), or queued again after a wait (throttled / retry); a
+# final outcome is on the notice's timeline (group_posted / group_post_failed) in the same
+# statement.   $1 ids  $2 states  $3 errors  $4 retry in (seconds)  $5 wait reasons
 FINISH = """
-UPDATE unit_posts p SET state = r.state, error = r.error, wait_reason = r.reason,
-    next_attempt_at = (SELECT notifier_now()) + make_interval(secs => coalesce(r.retry_in, 0)),
-    sent_at = CASE WHEN r.state = 'sent' THEN (SELECT notifier_now()) ELSE p.sent_at END
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::text[]) AS r(id, state, error, retry_in, reason)
-WHERE p.id = r.id"""
+WITH done AS (
+    UPDATE unit_posts p SET state = r.state, error = r.error, wait_reason = r.reason,
+        next_attempt_at = (SELECT notifier_now()) + make_interval(secs => coalesce(r.retry_in, 0)),
+        sent_at = CASE WHEN r.state = 'sent' THEN (SELECT notifier_now()) ELSE p.sent_at END
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::text[]) AS r(id, state, error, retry_in, reason)
+    WHERE p.id = r.id
+    RETURNING p.notice_id, p.unit_id, p.channel, p.state, p.error
+)
+INSERT INTO notice_events (notice_id, kind, detail)
+SELECT notice_id, CASE state WHEN 'sent' THEN 'group_posted' ELSE 'group_post_failed' END,
+       jsonb_strip_nulls(jsonb_build_object('unit', unit_id, 'channel', channel, 'error', error))
+FROM done WHERE state IN ('sent', 'failed')"""
 
 # Held back by the robot's rate: queued again for when its slot comes, no attempt spent.
 HOLD = """

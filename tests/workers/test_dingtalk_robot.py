@@ -5,6 +5,7 @@ the robot's limit is a shared rate limit; security refusals are permanent, with 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -158,6 +159,19 @@ async def test_security_refusals_fail_with_the_reason_and_disable_the_robot(
     assert rows["k"][0] == "failed" and "keywords not in content" in (rows["k"][1] or "")
     assert rows["ip"][0] == "failed" and "not in whitelist" in (rows["ip"][1] or "")
     assert rows["sig"][0] == "failed" and "sign not match" in (rows["sig"][1] or "")
+    # The notice's timeline says where it was posted and where not, and why.
+    events = await db.fetch(
+        "SELECT kind, detail FROM notice_events WHERE notice_id = $1 AND kind LIKE 'group_post%' ORDER BY 1",
+        nid,
+    )
+    details = [(e["kind"], json.loads(e["detail"])) for e in events]
+    assert sorted((kind, d["unit"]) for kind, d in details) == [
+        ("group_post_failed", "ip"),
+        ("group_post_failed", "k"),
+        ("group_post_failed", "sig"),
+        ("group_posted", "ok"),
+    ]
+    assert all("error" in d for kind, d in details if kind == "group_post_failed")
     disabled = await db.fetch(
         "SELECT unit_id, disabled_reason FROM unit_contacts WHERE disabled_at IS NOT NULL ORDER BY 1"
     )
