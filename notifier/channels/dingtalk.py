@@ -14,7 +14,7 @@ read comes back from DingTalk itself; with the poll off every member gets a task
 with their link.
 
 With ``robot_messages`` on, the same channel sends robot one-to-one messages instead
-(``/v1.0/robot/oToMessages/batchSend``, new-style token, at most 20 user ids a call): each
+(``notifier.channels.dingtalk_robotmsg``: new-style token, at most 20 user ids a call): each
 member's provider ref is ``{processQueryKey}/{userId}``, reads arrive as ``robot_msg_read`` events
 at the callback route (``notifier.channels.dingtalk_events``), and the read poll asks
 ``oToMessages/readStatus`` as the backstop. Invalid staff ids fail (contact disabled);
@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
 
 import aiohttp
 
@@ -60,15 +58,15 @@ from notifier.channels.base import (
     TransientError,
     provider_text,
 )
-from notifier.channels.dingtalk_api import DingTalkApi
+from notifier.channels.dingtalk_api import USER_ID, DingTalkApi
 from notifier.channels.dingtalk_events import DingTalkEvents, robot_ref
+from notifier.channels.dingtalk_robotmsg import MAX_USERS_PER_CALL, RobotMessages, RobotSend
 from notifier.channels.http import transport_error
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
 
 MAX_USERS_PER_TASK = 100  # the largest task whose send result (reads) DingTalk reports
 MAX_MSG_BYTES = 2048
-USER_ID = re.compile(r"[A-Za-z0-9_\-.@$]{1,64}")
 THROTTLE_WAIT = 60.0  # the per-minute limits reset within a minute
 TOKEN_REFRESH_MARGIN = 300.0  # refresh a token this long before DingTalk says it expires
 PARALLEL_CALLS = 4
@@ -76,10 +74,6 @@ REQUEST_TIMEOUT = 10.0
 SEND_PATH = "/topapi/message/corpconversation/asyncsend_v2"
 RESULT_PATH = "/topapi/message/corpconversation/getsendresult"
 RECALL_PATH = "/topapi/message/corpconversation/recall"
-ROBOT_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
-ROBOT_READ_PATH = "/v1.0/robot/oToMessages/readStatus"
-ROBOT_RECALL_PATH = "/v1.0/robot/otoMessages/batchRecall"
-MAX_USERS_PER_ROBOT_CALL = 20  # the docs give 20 and 100: the smaller
 
 THROTTLED = {
     143103: "app per-minute limit",
@@ -215,35 +209,6 @@ def parse_send_result(payload: Any) -> SendResult:
     return SendResult(read, unread, {u: provider_text(r) or "" for u, r in failed.items()}, invalid)
 
 
-def robot_message(msg: dict[str, Any]) -> dict[str, str]:
-    """A work-notification ``msg`` as a robot message's ``msgKey`` / ``msgParam`` (pure)."""
-    if msg["msgtype"] == "action_card":
-        card = msg["action_card"]
-        param = {
-            "title": card["title"],
-            "text": card["markdown"],
-            "singleTitle": card["single_title"],
-            "singleURL": card["single_url"],
-        }
-        key = "sampleActionCard"
-    else:
-        param, key = {"title": msg["markdown"]["title"], "text": msg["markdown"]["text"]}, "sampleMarkdown"
-    return {"msgKey": key, "msgParam": json.dumps(param, ensure_ascii=False, separators=(",", ":"))}
-
-
-def parse_read_status(payload: Any) -> dict[str, bool]:
-    """``readStatus`` as user id -> read (pure); only well-formed user ids."""
-    entries = payload.get("messageReadInfoList") if isinstance(payload, dict) else None
-    if not isinstance(entries, list):
-        raise TransientError("DingTalk readStatus answered without messageReadInfoList")
-    status: dict[str, bool] = {}
-    for entry in entries:
-        user = entry.get("userId") if isinstance(entry, dict) else None
-        if isinstance(user, str) and USER_ID.fullmatch(user):
-            status[user] = entry.get("readStatus") == "READ"
-    return status
-
-
 class DingTalkChannel:
     id = "dingtalk"
 
@@ -259,9 +224,9 @@ class DingTalkChannel:
         self.robot_messages = config.robot_messages
         if self.robot_messages and not config.robot_code:
             raise ValueError("dingtalk.robot_messages needs dingtalk.robot_code")
-        self._robot_code = config.robot_code
         self._clock = clock or SystemClock()
         self._api = DingTalkApi(config, self._clock)
+        self._robot = RobotMessages(self._api, config.robot_code)
         self._events = DingTalkEvents(config, self._clock)
         self.capabilities = Capabilities(
             max_batch=5 * MAX_USERS_PER_TASK,
@@ -396,48 +361,29 @@ class DingTalkChannel:
                         results.append(Result(item.delivery_id, Outcome.SENT, provider_ref=answer))
         return results
 
-    async def _send_robot_call(self, task: Task) -> dict[str, Any] | ChannelError:
-        link = next(iter(task.users.values()))[0].read_link if len(task.users) == 1 else None
-        body = {
-            "robotCode": self._robot_code,
-            "userIds": list(task.users),
-            **robot_message(build_message(task.notice, link)),
-        }
-        try:
-            payload = await self._api.call("POST", ROBOT_SEND_PATH, body)
-        except ChannelError as exc:
-            return exc
-        if not isinstance(payload.get("processQueryKey"), str) or not payload["processQueryKey"]:
-            return PermanentError("DingTalk accepted the robot message without a processQueryKey")
-        return payload
-
     async def _send_robot(self, valid: list[Outgoing]) -> list[Result]:
-        tasks = plan_tasks(valid, personal_links=False, size=MAX_USERS_PER_ROBOT_CALL)
-        answers = await asyncio.gather(*(self._send_robot_call(t) for t in tasks))
+        tasks = plan_tasks(valid, personal_links=False, size=MAX_USERS_PER_CALL)
+
+        async def one(task: Task) -> RobotSend | ChannelError:
+            link = next(iter(task.users.values()))[0].read_link if len(task.users) == 1 else None
+            return await self._robot.send(list(task.users), build_message(task.notice, link))
+
+        answers = await asyncio.gather(*(one(t) for t in tasks))
         results: list[Result] = []
         for task, answer in zip(tasks, answers, strict=True):
-            said = answer if isinstance(answer, dict) else {}
-            invalid = set(_ids(said.get("invalidStaffIdList")))
-            limited = set(_ids(said.get("flowControlledStaffIdList")))
             for user, items in task.users.items():
+                error = answer if isinstance(answer, ChannelError) else answer.refusal(user)
+                ref = None if isinstance(answer, ChannelError) else robot_ref(answer.process_query_key, user)
                 for item in items:
-                    if isinstance(answer, ChannelError):
-                        results.append(Result.from_error(item.delivery_id, answer))
-                    elif user in invalid:
-                        error = InvalidTarget("DingTalk: invalid staff id (not in the organisation)")
+                    if error is not None:
                         results.append(Result.from_error(item.delivery_id, error))
-                    elif user in limited:
-                        throttled = TransientError("throttled (DingTalk flow control)", THROTTLE_WAIT)
-                        results.append(Result.from_error(item.delivery_id, throttled))
                     else:
-                        ref = robot_ref(str(answer["processQueryKey"]), user)
                         results.append(Result(item.delivery_id, Outcome.SENT, provider_ref=ref))
         return results
 
     async def read_status(self, process_query_key: str) -> dict[str, bool]:
         """Who read a robot message so far (``readStatus``): user id -> read; raises ``ChannelError``."""
-        query = urlencode({"robotCode": self._robot_code, "processQueryKey": process_query_key})
-        return parse_read_status(await self._api.call("GET", f"{ROBOT_READ_PATH}?{query}"))
+        return await self._robot.read_status(process_query_key)
 
     def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
         """DingTalk's encrypted event push (``notifier.channels.dingtalk_events``)."""
@@ -458,9 +404,7 @@ class DingTalkChannel:
     async def recall(self, task_id: str) -> None:
         """Withdraw a task's message from every recipient (within 24 hours); raises ``ChannelError``."""
         if self.robot_messages:
-            await self._api.call(
-                "POST", ROBOT_RECALL_PATH, {"robotCode": self._robot_code, "processQueryKeys": [task_id]}
-            )
+            await self._robot.recall(task_id)
             return
         if not task_id.isdigit():
             raise PermanentError("not a DingTalk task id")

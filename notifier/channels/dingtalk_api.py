@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import aiohttp
@@ -27,6 +28,7 @@ from notifier.channels.http import transport_error
 from notifier.clock import Clock, SystemClock
 from notifier.settings import DingTalkSettings
 
+USER_ID = re.compile(r"[A-Za-z0-9_\-.@$]{1,64}")  # a DingTalk userid, as every DingTalk channel takes it
 TOKEN_PATH = "/v1.0/oauth2/accessToken"  # noqa: S105 - a path, not a secret
 TOKEN_REFRESH_MARGIN = 300.0
 THROTTLE_WAIT = 60.0

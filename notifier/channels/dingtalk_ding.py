@@ -35,8 +35,7 @@ from notifier.channels.base import (
     provider_ref,
     provider_text,
 )
-from notifier.channels.dingtalk import USER_ID
-from notifier.channels.dingtalk_api import DingTalkApi
+from notifier.channels.dingtalk_api import USER_ID, DingTalkApi
 from notifier.clock import Clock
 from notifier.settings import Settings
 

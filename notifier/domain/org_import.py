@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from notifier.channels.dingtalk import USER_ID
+from notifier.channels.dingtalk_api import USER_ID
 from notifier.channels.phone import E164
 
 ID = re.compile(r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff/]{1,128}")
