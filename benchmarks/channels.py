@@ -3,7 +3,8 @@
 Run::
 
     .venv/bin/python -m benchmarks.channels [--messages N] [--voice-messages M] [--rounds R]
-                                            [--channels webhook,webpush,fcm,apns,jpush,sms,voice]
+                                            [--channels webhook,webpush,fcm,apns,jpush,sms,voice,
+                                                        dingtalk,dingtalk_ding,dingtalk_robot]
 
 Defaults: N = 2,000 per case, M = min(N, 2,000) for voice, R = 5 (the fastest round is reported).
 
@@ -11,7 +12,7 @@ Defaults: N = 2,000 per case, M = min(N, 2,000) for voice, R = 5 (the fastest ro
 ``channel/provider`` cases (``sms/twilio``, ``voice/aliyun`` ...).
 
 What it does, per case (webhook, webpush, fcm, apns, jpush, sms/aliyun, sms/twilio, voice/twilio,
-voice/aliyun):
+voice/aliyun, dingtalk/work, dingtalk/robot, dingtalk_ding, dingtalk_robot):
 
 * starts the fake provider from ``tests.fakes`` on 127.0.0.1 exactly as the contract suite does,
   and builds the channel with ``build_registry`` from settings made, as the contract suite's
@@ -57,6 +58,9 @@ from pydantic import SecretStr
 
 from benchmarks.harness.measure import against
 from benchmarks.harness.servers import code_version
+from notifier.channels import dingtalk as dingtalk_channel
+from notifier.channels import dingtalk_api
+from notifier.channels import dingtalk_robot as dingtalk_robot_channel
 from notifier.channels import jpush as jpush_channel
 from notifier.channels import sms as sms_channel
 from notifier.channels import voice as voice_channel
@@ -66,14 +70,27 @@ from notifier.links import read_link
 from notifier.settings import Settings
 from tests.fakes.aliyun import FakeAliyun
 from tests.fakes.apns import ApnsFake
+from tests.fakes.dingtalk import FakeDingTalk
 from tests.fakes.fcm import FakeFcm
 from tests.fakes.jpush import FakeJPush
 from tests.fakes.twilio import FakeTwilio
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.fakes.webpush import FakePushService
 
-CHANNELS = ("webhook", "webpush", "fcm", "apns", "jpush", "sms", "voice")
-PROVIDERS = {"sms": ("aliyun", "twilio"), "voice": ("twilio", "aliyun")}
+CHANNELS = (
+    "webhook",
+    "webpush",
+    "fcm",
+    "apns",
+    "jpush",
+    "sms",
+    "voice",
+    "dingtalk",
+    "dingtalk_ding",
+    "dingtalk_robot",
+)
+# dingtalk/work: work notifications (tasks of 100); dingtalk/robot: robot one-to-one messages (20 a call)
+PROVIDERS = {"sms": ("aliyun", "twilio"), "voice": ("twilio", "aliyun"), "dingtalk": ("work", "robot")}
 DEFAULT_MESSAGES = 2_000
 DEFAULT_VOICE_MESSAGES = 2_000  # voice is as cheap as SMS against a local fake: no need for fewer
 WARMUP_BATCHES = 2  # untimed full batches first: the first may not reach the in-flight limit (FCM's
@@ -330,6 +347,57 @@ async def phone_case(fakes: Fakes, channel_id: str, provider: str, n: int) -> Ca
     )
 
 
+def _dingtalk_fake(fake: FakeDingTalk) -> FakeDingTalk:
+    # The platform's per-minute limits are the channel's waits, not its cost: lifted here, as
+    # the dispatcher's rate limits are left out of every case.
+    fake.app_minute_limit = fake.ding_minute_limit = 10**9
+    fake.daily_cap = 10**9
+    return fake
+
+
+async def dingtalk_case(fakes: Fakes, channel_id: str, provider: str, n: int) -> Case:
+    fake = _dingtalk_fake(FakeDingTalk())
+    await fakes.started(fake.start(), fake.stop)
+    if channel_id == "dingtalk_robot":
+        return Case(
+            label="dingtalk_robot",
+            channel_id="dingtalk_robot",
+            overrides=fake.settings_overrides(),
+            target=lambda i: fake.new_robot(),  # one group each: a robot takes 20 a minute
+            received=lambda: len(fake.group_posts),
+            rejected=lambda: fake.robot_rejected,
+            concurrency=lambda s: dingtalk_robot_channel.PARALLEL_POSTS,
+            messages=n,
+            note="one signed POST per group (HMAC-SHA256 sign per post); the fake verifies each",
+        )
+    if channel_id == "dingtalk_ding":
+        return Case(
+            label="dingtalk_ding",
+            channel_id="dingtalk_ding",
+            overrides=fake.settings_overrides(),
+            target=lambda i: f"bench{i:08d}",
+            received=lambda: sum(len(d.user_ids) for d in fake.dings),
+            rejected=lambda: fake.api_rejected,
+            concurrency=lambda s: dingtalk_api.PARALLEL_CALLS,
+            messages=n,
+            note="app DINGs, 200 receivers a call, new-style token header",
+        )
+    robot = provider == "robot"
+    return Case(
+        label=f"dingtalk/{provider}",
+        channel_id="dingtalk",
+        overrides=fake.settings_overrides(robot_messages=robot),
+        target=lambda i: f"bench{i:08d}",
+        received=lambda: len(fake.messages),
+        rejected=lambda: fake.rejected + fake.api_rejected,
+        concurrency=lambda s: dingtalk_api.PARALLEL_CALLS if robot else dingtalk_channel.PARALLEL_CALLS,
+        messages=n,
+        note="robot one-to-one messages, 20 user ids a call"
+        if robot
+        else "asyncsend_v2, one task per 100 user ids (the read poll's limit)",
+    )
+
+
 def parse_selection(text: str) -> list[str]:
     """``webhook,sms,voice/aliyun`` -> case labels in the canonical order."""
     every = [
@@ -361,6 +429,8 @@ async def build_case(fakes: Fakes, label: str, messages: int, voice_messages: in
     }
     if channel_id in simple:
         return await simple[channel_id](fakes, messages)
+    if channel_id.startswith("dingtalk"):
+        return await dingtalk_case(fakes, channel_id, provider, messages)
     return await phone_case(
         fakes, channel_id, provider, voice_messages if channel_id == "voice" else messages
     )

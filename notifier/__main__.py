@@ -145,6 +145,14 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("vapid-keys", help="print a new VAPID key pair for web push")
     link = sub.add_parser("console-link", help="print a one-time sign-in link to the web console")
     link.add_argument("member", nargs="?", default=None, help="the member (default: the admin)")
+    imp = sub.add_parser("import", help="import the organisation: from DingTalk, or from a CSV table")
+    imp_sub = imp.add_subparsers(dest="source", required=True)
+    imp_dt = imp_sub.add_parser("dingtalk", help="departments, users and their userids from DingTalk")
+    imp_dt.add_argument("--root-unit", default="dingtalk", help="the unit DingTalk's root department is")
+    imp_csv = imp_sub.add_parser("csv", help="unit_path,member_id,name,phone,dingtalk_userid rows")
+    imp_csv.add_argument("file", type=Path)
+    for p in (imp_dt, imp_csv):
+        p.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
     echo = sub.add_parser("echo-webhooks", help="a local receiver that verifies and prints webhooks")
     echo.add_argument("--port", type=int, default=9000)
     args = parser.parse_args(argv)
@@ -174,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
         from notifier.cli import console_link
 
         console_link.run(settings, args.member)
+    elif args.command == "import":
+        _require_servers(settings)
+        from notifier.cli.imports import run_command
+
+        run_command(settings, args)
     elif args.command == "vapid-keys":
         from notifier.channels.webpush import generate_vapid_keys
 

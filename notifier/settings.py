@@ -48,13 +48,26 @@ class JPushSettings(BaseModel):
 
 
 class DingTalkSettings(BaseModel):
-    """An internal app on DingTalk (work notifications): its key, secret and agent id."""
+    """An internal app on DingTalk: its key, secret and agent id (work notifications), its robot
+    code (DINGs), the event subscription's token and AES key (encrypted event push)."""
 
     app_key: str = ""
     app_secret: SecretStr | None = None
     agent_id: int | None = None
+    robot_code: str = ""  # the app's robot: DINGs (robot/ding/send) and robot messages
+    callback_token: SecretStr | None = None  # event subscription: signs the pushed events
+    callback_aes_key: SecretStr | None = None  # event subscription: the 43-character EncodingAESKey
     oapi_url: str = "https://oapi.dingtalk.com"
+    api_url: str = "https://api.dingtalk.com"  # the new-style (v1.0) API
     read_poll: bool = True  # import reads by polling getsendresult (tasks of <= 100 user ids)
+    # Send the ``dingtalk`` channel's messages as robot one-to-one messages (oToMessages/batchSend)
+    # instead of work notifications: reads arrive as robot_msg_read events, readStatus polled as
+    # the backstop. Needs robot_code.
+    robot_messages: bool = False
+    group_robots: bool = False  # the dingtalk_robot channel: units' group chat custom robots
+    group_robot_per_minute: int = Field(default=20, ge=1)  # DingTalk's limit per robot
+    ding_per_minute: int = Field(default=6000, ge=1)  # DING receivers per minute per robot
+    event_max_age_seconds: float = Field(default=3600.0, ge=60)  # older pushed events are refused
 
 
 class TwilioSettings(BaseModel):

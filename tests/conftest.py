@@ -44,7 +44,7 @@ TABLES = ", ".join(
     ]
     + ["member_units", "members", "units"]
     + ["engine_clock", "rate_buckets", "circuit_breakers", "provider_events", "audit_log"]
-    + ["dingtalk_read_polls"]
+    + ["dingtalk_read_polls", "dingtalk_dings", "unit_posts", "unit_contacts"]
     + ["console_sessions", "console_links"]
     + ["unit_budgets", "budget_spend"]
 )

@@ -52,7 +52,10 @@ class ContactList(BaseModel):
     body=ContactIn,
     response=ContactOut,
     status=201,
-    responses={422: "the channel is not one this deployment configures, or the target is not valid for it"},
+    responses={
+        422: "the channel is not one this deployment configures, is reached through another channel's "
+        "contacts or is unit-level, or the target is not valid for it"
+    },
     links={
         "delete_contact": {"member_id": "$request.path.member_id", "contact_id": "$response.body#/id"},
         "list_contacts": {"member_id": "$request.path.member_id"},
@@ -66,6 +69,10 @@ async def add_contact(request: web.Request, call: Call) -> web.Response:
     member_id = request.match_info["member_id"]
     if body.channel not in deps.channels:
         raise invalid("channel", f"unknown channel; one of {', '.join(deps.channels.ids())}")
+    if deps.channels.get(body.channel).capabilities.unit_level:
+        raise invalid(
+            "channel", "a unit-level channel: it is the unit's contact (PUT /v1/units/{unit_id}/contacts)"
+        )
     try:
         target = deps.channels.get(body.channel).validate_target(body.target)
     except InvalidTarget as exc:
@@ -74,6 +81,11 @@ async def add_contact(request: web.Request, call: Call) -> web.Response:
         raise invalid("target", f"target must be at most {MAX_TARGET_BYTES} bytes as JSON")
     async with deps.pool.acquire() as conn, conn.transaction():
         await require_member_owned(conn, p, member_id)
+        through = await contacts.contact_channel(conn, body.channel)
+        if through != body.channel:  # never used: say so rather than store it
+            raise invalid(
+                "channel", f"{body.channel} reaches members through their {through} contact; add that"
+            )
         row = await contacts.add(conn, member_id, body.channel, target)
         shown = (
             target

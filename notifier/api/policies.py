@@ -39,6 +39,7 @@ class StepOut(BaseModel):
     remind: list[str]
     notify: list[str]
     channels: list[str]
+    mode: str | None = None
 
 
 class PolicyOut(BaseModel):

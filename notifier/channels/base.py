@@ -122,6 +122,9 @@ class Capabilities:
     circuit_breaker: bool = False  # one provider account: stop hammering it when it keeps failing
     read_link: bool = False  # the message carries a signed link that records the read when opened
     paid: bool = False  # each send costs money: the units' daily budgets apply (db/budgets.py)
+    # The channel reaches a unit as a whole (its group chat), through a unit-level contact: one
+    # post per (notice, unit), never one delivery per member (the fan-out skips it).
+    unit_level: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,9 @@ class NoticeContent:
     kind: str
     title: str
     body: str
+    # The ``mode`` each escalation step of the notice's policy gives (by step index; None: the
+    # channel's default), e.g. a DingTalk DING by app, SMS or phone call.
+    step_modes: tuple[str | None, ...] = ()
 
     @property
     def urgent(self) -> bool:
@@ -146,6 +152,7 @@ class Outgoing:
     notice: NoticeContent
     attempt: int
     read_link: str | None = None  # signed URL that records the read when opened (for SMS text)
+    mode: str | None = None  # how the escalation step asks for it (a DING's app / sms / phone)
 
 
 @dataclass(slots=True)

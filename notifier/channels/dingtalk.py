@@ -13,6 +13,13 @@ message cannot carry 100 personal links, so a task of several is a ``markdown`` 
 read comes back from DingTalk itself; with the poll off every member gets a task of their own,
 with their link.
 
+With ``robot_messages`` on, the same channel sends robot one-to-one messages instead
+(``notifier.channels.dingtalk_robotmsg``: new-style token, at most 20 user ids a call): each
+member's provider ref is ``{processQueryKey}/{userId}``, reads arrive as ``robot_msg_read`` events
+at the callback route (``notifier.channels.dingtalk_events``), and the read poll asks
+``oToMessages/readStatus`` as the backstop. Invalid staff ids fail (contact disabled);
+flow-controlled ones are retried after THROTTLE_WAIT.
+
 Error mapping (DingTalk answers HTTP 200 with ``{errcode, errmsg}``):
 
     143103 app / 143104 corp per-minute limit, 90002 API limit, -1 busy
@@ -33,13 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from notifier.channels.base import (
+    CallbackReply,
     Capabilities,
     ChannelError,
     InvalidTarget,
@@ -51,13 +58,15 @@ from notifier.channels.base import (
     TransientError,
     provider_text,
 )
+from notifier.channels.dingtalk_api import USER_ID, DingTalkApi
+from notifier.channels.dingtalk_events import DingTalkEvents, robot_ref
+from notifier.channels.dingtalk_robotmsg import MAX_USERS_PER_CALL, RobotMessages, RobotSend
 from notifier.channels.http import transport_error
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
 
 MAX_USERS_PER_TASK = 100  # the largest task whose send result (reads) DingTalk reports
 MAX_MSG_BYTES = 2048
-USER_ID = re.compile(r"[A-Za-z0-9_\-.@$]{1,64}")
 THROTTLE_WAIT = 60.0  # the per-minute limits reset within a minute
 TOKEN_REFRESH_MARGIN = 300.0  # refresh a token this long before DingTalk says it expires
 PARALLEL_CALLS = 4
@@ -142,15 +151,15 @@ class Task:
     users: dict[str, list[Outgoing]] = field(default_factory=dict)
 
 
-def plan_tasks(batch: list[Outgoing], personal_links: bool) -> list[Task]:
+def plan_tasks(batch: list[Outgoing], personal_links: bool, size: int = MAX_USERS_PER_TASK) -> list[Task]:
     """Group items into tasks: one notice (and, with personal links, one member) each, at most
-    100 distinct user ids each."""
+    ``size`` (100) distinct user ids each."""
     tasks: list[Task] = []
     open_task: dict[tuple[NoticeContent, str | None], Task] = {}
     for item in batch:
         key = (item.notice, item.read_link if personal_links else None)
         task = open_task.get(key)
-        if task is None or (item.target not in task.users and len(task.users) >= MAX_USERS_PER_TASK):
+        if task is None or (item.target not in task.users and len(task.users) >= size):
             task = open_task[key] = Task(item.notice, key[1])
             tasks.append(task)
         task.users.setdefault(item.target, []).append(item)
@@ -212,11 +221,17 @@ class DingTalkChannel:
         self._agent_id = config.agent_id
         self._base_url = config.oapi_url.rstrip("/")
         self.read_poll = config.read_poll
+        self.robot_messages = config.robot_messages
+        if self.robot_messages and not config.robot_code:
+            raise ValueError("dingtalk.robot_messages needs dingtalk.robot_code")
         self._clock = clock or SystemClock()
+        self._api = DingTalkApi(config, self._clock)
+        self._robot = RobotMessages(self._api, config.robot_code)
+        self._events = DingTalkEvents(config, self._clock)
         self.capabilities = Capabilities(
             max_batch=5 * MAX_USERS_PER_TASK,
             needs_contact=True,
-            supports_read_confirmation=config.read_poll,
+            supports_read_confirmation=config.read_poll or self.robot_messages,
             supports_recall=True,
             max_attempts=settings.push_max_attempts,
             resend_when_ambiguous=True,
@@ -333,6 +348,8 @@ class DingTalkChannel:
                 valid.append(item if target == item.target else _with_target(item, target))
         if not valid:
             return results
+        if self.robot_messages:
+            return results + await self._send_robot(valid)
         tasks = plan_tasks(valid, personal_links=not self.read_poll)
         answers = await asyncio.gather(*(self._send_task(t) for t in tasks))
         for task, answer in zip(tasks, answers, strict=True):
@@ -344,6 +361,39 @@ class DingTalkChannel:
                         results.append(Result(item.delivery_id, Outcome.SENT, provider_ref=answer))
         return results
 
+    async def _send_robot(self, valid: list[Outgoing]) -> list[Result]:
+        tasks = plan_tasks(valid, personal_links=False, size=MAX_USERS_PER_CALL)
+
+        async def one(task: Task) -> RobotSend | ChannelError:
+            link = next(iter(task.users.values()))[0].read_link if len(task.users) == 1 else None
+            return await self._robot.send(list(task.users), build_message(task.notice, link))
+
+        answers = await asyncio.gather(*(one(t) for t in tasks))
+        results: list[Result] = []
+        for task, answer in zip(tasks, answers, strict=True):
+            for user, items in task.users.items():
+                error = answer if isinstance(answer, ChannelError) else answer.refusal(user)
+                ref = None if isinstance(answer, ChannelError) else robot_ref(answer.process_query_key, user)
+                for item in items:
+                    if error is not None:
+                        results.append(Result.from_error(item.delivery_id, error))
+                    else:
+                        results.append(Result(item.delivery_id, Outcome.SENT, provider_ref=ref))
+        return results
+
+    async def read_status(self, process_query_key: str) -> dict[str, bool]:
+        """Who read a robot message so far (``readStatus``): user id -> read; raises ``ChannelError``."""
+        return await self._robot.read_status(process_query_key)
+
+    def handle_callback(self, url: str, headers: dict[str, str], body: bytes) -> CallbackReply:
+        """DingTalk's encrypted event push (``notifier.channels.dingtalk_events``)."""
+        return self._events.handle(url, body)
+
+    async def oapi(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Any other ``oapi`` call with the app's token (the contacts API of the organisation
+        import); raises the mapped ``ChannelError``."""
+        return await self._call(path, json.dumps(body, ensure_ascii=False).encode())
+
     async def send_result(self, task_id: str) -> SendResult:
         """Who read a task so far (``getsendresult``); raises ``ChannelError``."""
         if not task_id.isdigit():
@@ -353,12 +403,16 @@ class DingTalkChannel:
 
     async def recall(self, task_id: str) -> None:
         """Withdraw a task's message from every recipient (within 24 hours); raises ``ChannelError``."""
+        if self.robot_messages:
+            await self._robot.recall(task_id)
+            return
         if not task_id.isdigit():
             raise PermanentError("not a DingTalk task id")
         body = json.dumps({"agent_id": self._agent_id, "msg_task_id": int(task_id)}).encode()
         await self._call(RECALL_PATH, body)
 
     async def close(self) -> None:
+        await self._api.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

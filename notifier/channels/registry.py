@@ -56,6 +56,10 @@ def build_registry(settings: Settings) -> ChannelRegistry:
     from notifier.channels.apns import configured as apns_configured
     from notifier.channels.dingtalk import DingTalkChannel
     from notifier.channels.dingtalk import configured as dingtalk_configured
+    from notifier.channels.dingtalk_ding import DingTalkDingChannel
+    from notifier.channels.dingtalk_ding import configured as ding_configured
+    from notifier.channels.dingtalk_robot import DingTalkRobotChannel
+    from notifier.channels.dingtalk_robot import configured as robot_configured
     from notifier.channels.fcm import FcmChannel
     from notifier.channels.inapp import InAppChannel
     from notifier.channels.jpush import JPushChannel
@@ -78,6 +82,10 @@ def build_registry(settings: Settings) -> ChannelRegistry:
         registry.register(JPushChannel(settings))
     if dingtalk_configured(settings):
         registry.register(DingTalkChannel(settings))
+    if ding_configured(settings):
+        registry.register(DingTalkDingChannel(settings))
+    if robot_configured(settings):
+        registry.register(DingTalkRobotChannel(settings))
     if settings.sms_provider:
         registry.register(SmsChannel(settings))
     if settings.voice_provider:

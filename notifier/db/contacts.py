@@ -23,10 +23,12 @@ def newest_working(member: str, channel: str, when: str = "true") -> str:
     contact there that is not disabled. A subquery returning ``id`` (one row or none) for a
     ``LEFT JOIN LATERAL (...) k ON true``; the arguments are SQL expressions from the outer
     query, and ``when`` (also SQL) skips the lookup for channels that need no contact.
-    Used by the fan-out, escalation reminders and channel fallback."""
+    Used by the fan-out, escalation reminders and channel fallback. A channel may reach members
+    through another channel's contacts (``contact_channel``, schemas/0017: a DingTalk DING uses
+    the member's ``dingtalk`` userid)."""
     return f"""
         SELECT id FROM contacts
-        WHERE {when} AND contacts.member_id = {member} AND contacts.channel = {channel}
+        WHERE {when} AND contacts.member_id = {member} AND contacts.channel = contact_channel({channel})
           AND contacts.disabled_at IS NULL
         ORDER BY created_at DESC LIMIT 1"""
 
@@ -35,6 +37,11 @@ DISABLE_MANY = """
 UPDATE contacts SET disabled_at = (SELECT notifier_now()), disabled_reason = r.reason
 FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
 WHERE contacts.id = r.id AND contacts.disabled_at IS NULL"""
+
+
+async def contact_channel(conn: Connection, channel: str) -> str:
+    """Whose contacts a channel uses (schemas/0017 ``contact_channel``: a DING uses ``dingtalk``'s)."""
+    return str(await conn.fetchval("SELECT contact_channel($1)", channel))
 
 
 async def add(conn: Connection, member_id: str, channel: str, target: Any) -> Record:

@@ -1,6 +1,6 @@
 """DingTalk read-poll timers (``dingtalk_read_polls``, one row per work-notification task) and the
-deliveries a task carried. The rows are started by a trigger on the write-back
-(schemas/0012_dingtalk_read_polls.sql); the schedule is the SQL function ``dingtalk_poll_delay``."""
+deliveries a task carried; DING recall timers (``dingtalk_dings``, one row per openDingId). The timer rows are started by triggers on the
+write-back (schemas/0012, schemas/0017); the poll schedule is the SQL function ``dingtalk_poll_delay``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,26 @@ UPDATE dingtalk_read_polls p SET
 FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[]) AS r(task_id, ok, error, retry_in)
 WHERE p.task_id = r.task_id"""
 
+# A recalled notice's DINGs are due for withdrawing (once each).
+REQUEST_DING_RECALL = """
+UPDATE dingtalk_dings SET recall_due_at = (SELECT notifier_now())
+WHERE notice_id = ANY($1::uuid[]) AND recalled_at IS NULL AND recall_due_at IS NULL AND recall_error IS NULL"""
+
+CLAIM_DING_RECALLS = """
+UPDATE dingtalk_dings d SET recall_due_at = (SELECT notifier_now()) + make_interval(secs => $2)
+WHERE d.open_ding_id IN (
+    SELECT open_ding_id FROM dingtalk_dings WHERE recall_due_at <= (SELECT notifier_now())
+    ORDER BY recall_due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING d.open_ding_id"""
+
+FINISH_DING_RECALLS = """
+UPDATE dingtalk_dings d SET
+    recalled_at = CASE WHEN r.ok THEN (SELECT notifier_now()) END,
+    recall_error = r.error,
+    recall_due_at = CASE WHEN r.retry_in IS NOT NULL THEN (SELECT notifier_now()) + make_interval(secs => r.retry_in) END
+FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[]) AS r(id, ok, error, retry_in)
+WHERE d.open_ding_id = r.id"""
+
 # Finished timers are kept a week for inspection, then deleted, a bounded batch a time.
 PURGE = """
 DELETE FROM dingtalk_read_polls WHERE task_id IN (
@@ -86,7 +106,9 @@ async def finish(
 
 
 async def request_recall(conn: Connection, notice_ids: list[str]) -> None:
+    """Withdraw on DingTalk what a recalled notice left there: its work notifications and DINGs."""
     await conn.execute(REQUEST_RECALL, notice_ids)
+    await conn.execute(REQUEST_DING_RECALL, notice_ids)
 
 
 async def claim_recalls(conn: Connection | Pool, limit: int, lease_seconds: float) -> list[str]:
@@ -105,3 +127,17 @@ async def finish_recalls(
 
 async def purge(conn: Connection | Pool, limit: int = 1000) -> None:
     await conn.execute(PURGE, limit)
+
+
+async def claim_ding_recalls(conn: Connection | Pool, limit: int, lease_seconds: float) -> list[str]:
+    return [r["open_ding_id"] for r in await conn.fetch(CLAIM_DING_RECALLS, limit, float(lease_seconds))]
+
+
+async def finish_ding_recalls(
+    conn: Connection | Pool,
+    ids: list[str],
+    ok: list[bool],
+    errors: list[str | None],
+    retry_in: list[float | None],
+) -> None:
+    await conn.execute(FINISH_DING_RECALLS, ids, ok, errors, retry_in)

@@ -15,9 +15,18 @@ officer every second.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    model_serializer,
+    model_validator,
+)
 
 MAX_STEPS = 10
 MAX_ROUNDS = 20
@@ -62,6 +71,9 @@ Seconds = Annotated[
     WithJsonSchema({"anyOf": [{"type": "string", "examples": ["PT5M", "PT30S"]}, {"type": "number"}]}),
 ]
 Role = Literal["secretary", "on_duty"]
+Mode = Literal["app", "sms", "phone"]
+# Channels that take a step's ``mode`` (how strongly to remind), with the modes they know.
+MODE_CHANNELS: dict[str, tuple[str, ...]] = {"dingtalk_ding": ("app", "sms", "phone")}
 
 
 class Step(BaseModel):
@@ -75,11 +87,26 @@ class Step(BaseModel):
     channels: list[str] = Field(
         default_factory=list, max_length=8, description="channels for the notify summary"
     )
+    mode: Mode | None = Field(
+        default=None,
+        description="how the reminder reaches them on a channel that offers a choice: a dingtalk_ding "
+        "DING by app (default), sms or phone call",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_default_mode(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A step without a mode is stored and shown as it was before modes existed.
+        data: dict[str, Any] = handler(self)
+        if data.get("mode") is None:
+            data.pop("mode", None)
+        return data
 
     @model_validator(mode="after")
     def _has_action(self) -> Step:
         if not self.remind and not self.notify:
             raise ValueError("a step must remind the unread or notify someone")
+        if self.mode is not None and not any(c in MODE_CHANNELS for c in self.remind):
+            raise ValueError(f"a mode applies to reminders on {', '.join(MODE_CHANNELS)} only")
         if self.notify and not self.channels:
             raise ValueError("a notify step needs channels for the summary")
         if len(set(self.remind)) != len(self.remind) or len(set(self.notify)) != len(self.notify):
@@ -112,6 +139,23 @@ class PolicyRules(BaseModel):
 
 def step_code(round_: int, index: int) -> int:
     return round_ * 100 + index + 1
+
+
+def step_modes(snapshot: dict[str, Any] | None) -> tuple[str | None, ...]:
+    """The ``mode`` of each step of a notice's policy snapshot, by step index (pure)."""
+    steps = snapshot.get("steps") if isinstance(snapshot, dict) else None
+    if not isinstance(steps, list):
+        return ()
+    return tuple(s.get("mode") if isinstance(s, dict) else None for s in steps)
+
+
+def mode_of_step(modes: tuple[str | None, ...], step: int) -> str | None:
+    """The mode a delivery made by ``step`` is sent with (None: the first send, a remind-now
+    press, or a step without one)."""
+    if step <= 0 or is_manual_step(step):
+        return None
+    index = (step - 1) % 100
+    return modes[index] if index < len(modes) else None
 
 
 def cycle_seconds(rules: PolicyRules) -> float:

@@ -24,6 +24,7 @@ from notifier.db import budgets, contacts, deliveries, notices, reports, throttl
 from notifier.db.deliveries import Claimed, Released, Written
 from notifier.db.pool import UNAVAILABLE, Connection, Record, unavailable
 from notifier.db.quiet import quiet_now
+from notifier.domain.escalation import mode_of_step, step_modes
 from notifier.domain.retry import backoff_seconds
 from notifier.links import read_link
 from notifier.settings import Settings
@@ -259,7 +260,16 @@ async def _deliver_batch(
         return read_link(base, secret, content.notice_id, member_id, expires) if caps.read_link else None
 
     outgoing = [
-        Outgoing(c.id, c.member_id, c.target, content, c.attempt, read_link=link(c.member_id)) for c in ready
+        Outgoing(
+            c.id,
+            c.member_id,
+            c.target,
+            content,
+            c.attempt,
+            read_link=link(c.member_id),
+            mode=mode_of_step(content.step_modes, c.step),
+        )
+        for c in ready
     ]
     results = await _send(channel, outgoing)
     by_id = {c.id: c for c in ready}
@@ -446,7 +456,9 @@ async def deliver_notice_channel(deps: WorkerDeps, notice_id: str, channel_id: s
     row = await notices.get(deps.pool, notice_id)
     if row is None:
         return 0
-    content = NoticeContent(str(row["id"]), row["kind"], row["title"], row["body"])
+    content = NoticeContent(
+        str(row["id"]), row["kind"], row["title"], row["body"], step_modes(row["escalation"])
+    )
     batch_size = min(deps.settings.delivery_batch_size, channel.capabilities.max_batch)
     handled = 0
     idle = 0.0

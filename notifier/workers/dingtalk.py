@@ -9,7 +9,7 @@ moves the deliveries, one ``mark_read_many`` records and counts the reads), so a
 every poll is recorded once. A task's timer ends when nobody in it is left unread, when DingTalk
 no longer knows the task, or after its 24-hour window.
 
-Recall: the tasks of a recalled notice are withdrawn on DingTalk, once each.
+Recall: the tasks and DINGs of a recalled notice are withdrawn on DingTalk, once each.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections import defaultdict
 
 from notifier.channels.base import ChannelError, PermanentError, StatusUpdate, TransientError
 from notifier.channels.dingtalk import DingTalkChannel, SendResult
+from notifier.channels.dingtalk_ding import DingTalkDingChannel
+from notifier.channels.dingtalk_events import robot_ref
 from notifier.db import contacts, dingtalk
 from notifier.workers.context import WorkerDeps
 from notifier.workers.reports import apply_reports
@@ -57,6 +59,8 @@ async def poll_dingtalk_reads(deps: WorkerDeps) -> int:
     task_ids = await dingtalk.claim_due(deps.pool, POLLS_PER_TICK, POLL_LEASE_SECONDS)
     if not task_ids:
         return 0
+    if channel.robot_messages:
+        return await _poll_robot_reads(deps, channel, task_ids)
     limit = asyncio.Semaphore(PARALLEL_POLLS)
 
     async def poll(task_id: str) -> SendResult | ChannelError:
@@ -100,6 +104,37 @@ async def poll_dingtalk_reads(deps: WorkerDeps) -> int:
     return len(task_ids)
 
 
+async def _poll_robot_reads(deps: WorkerDeps, channel: DingTalkChannel, keys: list[str]) -> int:
+    """The backstop for robot_msg_read events: ``readStatus`` of each due robot send, as reports
+    on the members' refs ``{processQueryKey}/{userId}`` (a read already pushed changes nothing)."""
+    limit = asyncio.Semaphore(PARALLEL_POLLS)
+
+    async def poll(key: str) -> dict[str, bool] | ChannelError:
+        async with limit:
+            try:
+                return await channel.read_status(key)
+            except ChannelError as exc:
+                return exc
+
+    answers = await asyncio.gather(*(poll(k) for k in keys))
+    updates = [
+        StatusUpdate(robot_ref(key, user), "delivered", read=read)
+        for key, answer in zip(keys, answers, strict=True)
+        if isinstance(answer, dict)
+        for user, read in answer.items()
+    ]
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await apply_reports(conn, "dingtalk", updates)
+        await dingtalk.finish(
+            conn,
+            keys,
+            [all(a.values()) if isinstance(a, dict) else isinstance(a, PermanentError) for a in answers],
+            [None if isinstance(a, dict) else str(a) for a in answers],
+            [a.retry_after if isinstance(a, TransientError) else None for a in answers],
+        )
+    return len(keys)
+
+
 RECALLS_PER_TICK = 50
 RECALL_RETRY_SECONDS = 60.0
 
@@ -135,3 +170,34 @@ async def withdraw_recalled(deps: WorkerDeps) -> int:
         [(a.retry_after or RECALL_RETRY_SECONDS) if isinstance(a, TransientError) else None for a in answers],
     )
     return len(task_ids)
+
+
+async def withdraw_recalled_dings(deps: WorkerDeps) -> int:
+    """Recall on DingTalk the DINGs of recalled notices (a part of the tick), as for tasks."""
+    if "dingtalk_ding" not in deps.channels:
+        return 0
+    channel = deps.channels.get("dingtalk_ding")
+    if not isinstance(channel, DingTalkDingChannel):
+        return 0
+    ids = await dingtalk.claim_ding_recalls(deps.pool, RECALLS_PER_TICK, POLL_LEASE_SECONDS)
+    if not ids:
+        return 0
+    limit = asyncio.Semaphore(PARALLEL_POLLS)
+
+    async def withdraw(open_ding_id: str) -> ChannelError | None:
+        async with limit:
+            try:
+                await channel.recall(open_ding_id)
+            except ChannelError as exc:
+                return exc
+            return None
+
+    answers = await asyncio.gather(*(withdraw(i) for i in ids))
+    await dingtalk.finish_ding_recalls(
+        deps.pool,
+        ids,
+        [a is None for a in answers],
+        [None if a is None else str(a) for a in answers],
+        [(a.retry_after or RECALL_RETRY_SECONDS) if isinstance(a, TransientError) else None for a in answers],
+    )
+    return len(ids)

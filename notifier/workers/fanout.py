@@ -32,6 +32,9 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 return total  # finished already, or another worker holds this notice right now
             try:
                 channels = [deps.channels.get(c) for c in row["channels"]]
+                # A unit-level channel posts once per unit (unit_posts, started when the notice
+                # goes out), not once per member.
+                channels = [c for c in channels if not c.capabilities.unit_level]
             except UnknownChannel as exc:
                 # Configured when the notice was accepted, gone from this deployment now: say so
                 # on the notice instead of retrying forever.

@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from notifier.workers.context import WorkerDeps
-from notifier.workers.dingtalk import poll_dingtalk_reads, withdraw_recalled
+from notifier.workers.dingtalk import poll_dingtalk_reads, withdraw_recalled, withdraw_recalled_dings
 from notifier.workers.escalate import advance_escalations
 from notifier.workers.lessons import send_due_lessons
 from notifier.workers.schedule import release_scheduled
+from notifier.workers.unit_posts import send_unit_posts
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ PARTS: dict[str, Callable[[WorkerDeps], Awaitable[int]]] = {
     "lessons": send_due_lessons,
     "dingtalk_reads": poll_dingtalk_reads,
     "dingtalk_recalls": withdraw_recalled,
+    "dingtalk_ding_recalls": withdraw_recalled_dings,
+    "unit_posts": send_unit_posts,
 }
 
 

@@ -23,7 +23,10 @@ from tests.fakes.webpush import FakePushService
 
 # Every channel the registry can build. A channel added to the registry but not here (and so
 # without a fake provider and a good target) fails test_every_channel_is_covered.
-ALL_CHANNELS = ["inapp", "webhook", "webpush", "fcm", "apns", "jpush", "dingtalk", "sms", "voice"]
+ALL_CHANNELS = [
+    *("inapp", "webhook", "webpush", "fcm", "apns", "jpush"),
+    *("dingtalk", "dingtalk_ding", "dingtalk_robot", "sms", "voice"),
+]
 BAD_TARGETS: list[Any] = [None, 12345, [], {"nonsense": True}, "", "x" * 5000]
 
 
@@ -61,6 +64,8 @@ async def providers(server_urls: tuple[str, str]) -> AsyncIterator[Providers]:
                 "apns": apns.good_target(),
                 "jpush": jpush.good_target(),
                 "dingtalk": dingtalk.good_target(),
+                "dingtalk_ding": dingtalk.good_target(),
+                "dingtalk_robot": dingtalk.new_robot(),
                 "sms": aliyun.good_target(),
                 "voice": twilio.good_target(),
             },

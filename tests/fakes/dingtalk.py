@@ -19,6 +19,39 @@ What it checks and does, as DingTalk does:
   time. After 24 hours a task is gone (errcode 40035).
 * ``POST …/recall {agent_id, msg_task_id}`` within 24 hours.
 
+* New-style API (``api.dingtalk.com``, served on the same port): ``POST /v1.0/oauth2/accessToken
+  {appKey, appSecret}`` -> ``{accessToken, expireIn}`` (tokens of their own, with their own
+  expiry); calls take it in ``x-acs-dingtalk-access-token`` (missing, unknown or expired: 401
+  ``InvalidAuthentication``). ``POST /v1.0/robot/ding/send {robotCode, remindType 1|2|3,
+  receiverUserIdList, content}`` -> ``{openDingId, failedList}``: at most 200 receivers in the
+  app and 20 by SMS or phone (400 otherwise, nothing sent), ``ding_minute_limit`` receivers a
+  minute per robot (403 ``QpsLimitForAppkeyAndApi``); ``ding_failed_users`` come back in
+  ``failedList``. ``POST /v1.0/robot/ding/recall {robotCode, openDingId}``.
+
+* Robot one-to-one messages: ``POST /v1.0/robot/oToMessages/batchSend {robotCode, userIds (<= 20),
+  msgKey, msgParam (a JSON string)}`` -> ``{processQueryKey, invalidStaffIdList,
+  flowControlledStaffIdList}``; ``GET /v1.0/robot/oToMessages/readStatus?robotCode=&processQueryKey=``
+  -> ``{sendStatus, messageReadInfoList[{userId, name, readStatus READ|UNREAD}]}``;
+  ``POST /v1.0/robot/otoMessages/batchRecall {robotCode, processQueryKeys}``.
+* Event push, as DingTalk's HTTP subscription does it (its own implementation of the envelope, so
+  a mistake in ours shows): ``push_event(url, event)`` encrypts (AES-256-CBC, key from the
+  EncodingAESKey, IV its first 16 bytes, PKCS#7 to 32 bytes, random16 + length + message + app
+  key), signs (SHA-1 of sorted token, timestamp, nonce, encrypt) and POSTs; the answer must be
+  the encrypted ``success``, correctly signed, or the push counts as failed (as DingTalk would
+  retry it). ``push_reads(url)`` sends ``robot_msg_read`` for every robot read not pushed yet.
+
+* Contacts API (old-style token): ``POST /topapi/v2/department/listsub {dept_id}`` -> the child
+  departments ``{dept_id, name, parent_id}``; ``POST /topapi/v2/user/list {dept_id, cursor, size
+  <= 100}`` -> ``{has_more, next_cursor, list[{userid, name, mobile, dept_id_list}]}``, from
+  ``departments`` and ``org_users`` (test controls: add, move and remove them).
+
+* Custom group robots: ``POST /robot/send?access_token=&timestamp=&sign=`` checks the robot
+  (``robots``: token -> secret, keywords, blocked IP), the timestamp (within an hour of the
+  fake's now) and ``sign`` (base64 HMAC-SHA256 with key = secret over "timestamp\nsecret"; a
+  bad one is 310000 "sign not match"), a keyword in the message when the robot has keywords
+  (310000 "keywords not in content"), the IP rule (310000 "ip ... not in whitelist"), and 20
+  posts a minute per robot (410100, then muted for 10 minutes). Posts land in ``group_posts``.
+
 Every delivered message is recorded in ``messages`` (one per user per task), so a test can
 assert exactly one. Time is the fake's own ``now()`` (wall time plus ``offset``): ``advance``
 jumps it, e.g. past a token's expiry or into the next day.
@@ -26,6 +59,7 @@ jumps it, e.g. past a token's expiry or into the next day.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import itertools
@@ -36,7 +70,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from pydantic import SecretStr
 
 from notifier.settings import DingTalkSettings
@@ -91,6 +127,58 @@ class Task:
 
 
 @dataclass
+class Ding:
+    open_ding_id: str
+    remind_type: int
+    user_ids: list[str]
+    content: str
+    recalled: bool = False
+
+
+@dataclass
+class RobotSend:
+    process_query_key: str
+    user_ids: list[str]
+    msg_key: str
+    msg_param: dict[str, Any]
+    read: list[str] = field(default_factory=list)
+    pushed: set[str] = field(default_factory=set)  # reads already pushed as events
+    recalled: bool = False
+
+
+def _sign(token: str, timestamp: str, nonce: str, encrypt: str) -> str:
+    return hashlib.sha1("".join(sorted([token, timestamp, nonce, encrypt])).encode()).hexdigest()  # noqa: S324
+
+
+def _seal(aes_key: str, app_key: str, message: str) -> str:
+    key = base64.b64decode(aes_key + "=")
+    data = message.encode()
+    plain = secrets.token_bytes(16) + len(data).to_bytes(4, "big") + data + app_key.encode()
+    pad = 32 - len(plain) % 32
+    plain += bytes([pad]) * pad
+    enc = Cipher(algorithms.AES(key), modes.CBC(key[:16])).encryptor()
+    return base64.b64encode(enc.update(plain) + enc.finalize()).decode()
+
+
+def _open(aes_key: str, app_key: str, sealed: str) -> str | None:
+    key = base64.b64decode(aes_key + "=")
+    dec = Cipher(algorithms.AES(key), modes.CBC(key[:16])).decryptor()
+    plain = dec.update(base64.b64decode(sealed)) + dec.finalize()
+    plain = plain[: -plain[-1]]
+    length = int.from_bytes(plain[16:20], "big")
+    if plain[20 + length :] != app_key.encode():
+        return None
+    return plain[20 : 20 + length].decode()
+
+
+def _api_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message, "requestid": "x"}, status=status)
+
+
+DING_LIMITS = {1: 200, 2: 20, 3: 20}
+
+
+@dataclass
 class FakeDingTalk:
     app_key: str = field(default_factory=lambda: "ding" + secrets.token_hex(8))
     app_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -113,6 +201,30 @@ class FakeDingTalk:
     _task_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(600_000_000_001))
     _minute: list[tuple[float, int]] = field(default_factory=list)
     _day: dict[tuple[str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
+    robot_code: str = field(default_factory=lambda: "dingrobot" + secrets.token_hex(6))
+    ding_minute_limit: int = 6000  # DING receivers per minute per robot
+    ding_failed_users: set[str] = field(default_factory=set)  # DING could not reach them
+    dings: list[Ding] = field(default_factory=list)
+    api_token_requests: int = 0
+    api_rejected: int = 0  # new-style calls refused for a bad token
+    api_responses: list[tuple[int, str]] = field(default_factory=list)  # scripted (status, code) for DINGs
+    departments: dict[int, tuple[str, int]] = field(default_factory=dict)  # id -> (name, parent)
+    org_users: dict[str, dict[str, Any]] = field(default_factory=dict)  # userid -> {name, mobile, depts}
+    robot_sends: list[RobotSend] = field(default_factory=list)
+    robots: dict[str, dict[str, Any]] = field(default_factory=dict)  # token -> {secret, keywords, ip_blocked}
+    group_posts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (robot token, message)
+    robot_rejected: int = 0
+    _robot_minute: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    _robot_muted: dict[str, float] = field(default_factory=dict)
+    robot_max_users: int = 20
+    robot_flow_controlled: set[str] = field(default_factory=set)  # batchSend lists them as limited
+    callback_token: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    callback_aes_key: str = field(
+        default_factory=lambda: base64.b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    )
+    pushes: list[tuple[int, bool]] = field(default_factory=list)  # (HTTP status, reply was a valid success)
+    _api_tokens: dict[str, float] = field(default_factory=dict)
+    _ding_minute: list[tuple[float, int]] = field(default_factory=list)
     _runner: web.AppRunner | None = None
     port: int = 0
 
@@ -135,7 +247,11 @@ class FakeDingTalk:
                 app_secret=SecretStr(app_secret or self.app_secret),
                 agent_id=self.agent_id,
                 oapi_url=self.base_url,
-                **extra,
+                api_url=self.base_url,
+                robot_code=self.robot_code,
+                callback_token=SecretStr(self.callback_token),
+                callback_aes_key=SecretStr(self.callback_aes_key),
+                **{"group_robots": True, **extra},
             )
         }
 
@@ -145,6 +261,27 @@ class FakeDingTalk:
     def revoke_tokens(self) -> None:
         """The platform invalidates every token early (an app secret reset, say)."""
         self._tokens.clear()
+        self._api_tokens.clear()
+
+    def new_robot(self, keywords: list[str] | None = None) -> dict[str, str]:
+        """A group's custom robot; returns the unit-level contact target for it."""
+        token = secrets.token_hex(32)
+        secret = "SEC" + secrets.token_hex(32)
+        self.robots[token] = {"secret": secret, "keywords": keywords or [], "ip_blocked": False}
+        return {"webhook": f"{self.base_url}/robot/send?access_token={token}", "secret": secret}
+
+    def posts_to(self, target: dict[str, str]) -> list[dict[str, Any]]:
+        token = target["webhook"].split("access_token=")[1]
+        return [m for t, m in self.group_posts if t == token]
+
+    def dinged(self, remind_type: int | None = None) -> dict[str, int]:
+        """How many DINGs each user got (of one remind type, or all)."""
+        counts: dict[str, int] = defaultdict(int)
+        for ding in self.dings:
+            if remind_type is None or ding.remind_type == remind_type:
+                for user in ding.user_ids:
+                    counts[user] += 1
+        return dict(counts)
 
     def mark_read(self, user_ids: list[str] | set[str]) -> int:
         """These users open the message (in every task they received it in); returns how many
@@ -154,6 +291,70 @@ class FakeDingTalk:
             for user in task.delivered:
                 if user in wanted and user not in task.read and not task.recalled:
                     task.read.append(user)
+                    n += 1
+        for send in self.robot_sends:
+            for user in send.user_ids:
+                if user in wanted and user not in send.read and not send.recalled:
+                    send.read.append(user)
+                    n += 1
+        return n
+
+    def envelope(
+        self, event: dict[str, Any], timestamp_ms: int | None = None, token: str | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """An event as DingTalk pushes it: the query parameters and the JSON body."""
+        sealed = _seal(self.callback_aes_key, self.app_key, json.dumps(event, ensure_ascii=False))
+        timestamp = str(timestamp_ms if timestamp_ms is not None else int(self.now() * 1000))
+        nonce = secrets.token_hex(6)
+        query = {
+            "msg_signature": _sign(token or self.callback_token, timestamp, nonce, sealed),
+            "timestamp": timestamp,
+            "nonce": nonce,
+        }
+        return query, json.dumps({"encrypt": sealed}).encode()
+
+    def reply_is_success(self, body: bytes) -> bool:
+        """Whether an answer to a push is DingTalk's expected encrypted, signed ``success``."""
+        try:
+            reply = json.loads(body)
+            sealed = reply["encrypt"]
+            signed = _sign(self.callback_token, str(reply["timeStamp"]), str(reply["nonce"]), sealed)
+            return bool(reply["msg_signature"] == signed) and (
+                _open(self.callback_aes_key, self.app_key, sealed) == "success"
+            )
+        except (ValueError, KeyError, TypeError, IndexError):
+            return False
+
+    async def push_event(self, url: str, event: dict[str, Any]) -> tuple[int, bool]:
+        """POST one event to our callback URL; returns (status, answered with a valid success)."""
+        query, body = self.envelope(event)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, params=query, data=body, headers={"content-type": "application/json"}) as resp,
+        ):
+            outcome = (resp.status, resp.status == 200 and self.reply_is_success(await resp.read()))
+        self.pushes.append(outcome)
+        return outcome
+
+    def read_event(self, send: RobotSend, user: str) -> dict[str, Any]:
+        return {
+            "EventType": "robot_msg_read",
+            "userId": user,
+            "unionId": "union" + user,
+            "robotCode": self.robot_code,
+            "processQueryKey": send.process_query_key,
+            "operatTime": int(self.now() * 1000),
+        }
+
+    async def push_reads(self, url: str) -> int:
+        """Push ``robot_msg_read`` for every robot read not pushed yet; returns how many."""
+        n = 0
+        for send in self.robot_sends:
+            for user in send.read:
+                if user not in send.pushed:
+                    status, ok = await self.push_event(url, self.read_event(send, user))
+                    if status == 200 and ok:
+                        send.pushed.add(user)
                     n += 1
         return n
 
@@ -283,6 +484,228 @@ class FakeDingTalk:
         task.recalled = True
         return web.json_response({"errcode": 0, "errmsg": "ok", "request_id": "x"})
 
+    # --- the new-style API ------------------------------------------------------------------
+
+    async def api_token(self, request: web.Request) -> web.Response:
+        self.api_token_requests += 1
+        body = await self._body(request)
+        key = str((body or {}).get("appKey") or "")
+        secret = str((body or {}).get("appSecret") or "")
+        if not key or not secret:
+            return _api_error(400, "MissingappKey", "appKey and appSecret are required")
+        if not (hmac.compare_digest(key, self.app_key) and hmac.compare_digest(secret, self.app_secret)):
+            return _api_error(400, "invalidClientIdOrSecret", "无效的clientId或者clientSecret")
+        now = self.now()
+        live = [(t, exp) for t, exp in self._api_tokens.items() if exp > now]
+        if live:
+            token, expiry = max(live, key=lambda te: te[1])
+        else:
+            token, expiry = secrets.token_hex(16), now + self.token_lifetime
+            self._api_tokens[token] = expiry
+        return web.json_response({"accessToken": token, "expireIn": int(expiry - now)})
+
+    def _api_token_error(self, request: web.Request) -> web.Response | None:
+        expiry = self._api_tokens.get(request.headers.get("x-acs-dingtalk-access-token", ""))
+        if expiry is None or expiry <= self.now():
+            self.api_rejected += 1
+            return _api_error(401, "InvalidAuthentication", "不合法的access_token")
+        return None
+
+    async def ding_send(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        body = await self._body(request)
+        self.calls["ding/send"] += 1
+        if body is None or body.get("robotCode") != self.robot_code:
+            return _api_error(400, "invalidParameter.robotCode", "robotCode is missing or not this app's")
+        kind, users = body.get("remindType"), body.get("receiverUserIdList")
+        if kind not in DING_LIMITS:
+            return _api_error(400, "invalidParameter.remindType", "remindType must be 1, 2 or 3")
+        if not isinstance(users, list) or not users or not all(isinstance(u, str) and u for u in users):
+            return _api_error(400, "invalidParameter.receiverUserIdList", "receivers are required")
+        if len(users) > DING_LIMITS[kind]:
+            return _api_error(400, "invalidParameter.receiverUserIdList", f"at most {DING_LIMITS[kind]}")
+        content = body.get("content")
+        if not isinstance(content, str) or not content:
+            return _api_error(400, "invalidParameter.content", "content is required")
+        if self.api_responses:
+            status, code = self.api_responses.pop(0)
+            return _api_error(status, code, "scripted")
+        now = self.now()
+        self._ding_minute = [(t, n) for t, n in self._ding_minute if t > now - 60]
+        if sum(n for _, n in self._ding_minute) + len(users) > self.ding_minute_limit:
+            return _api_error(403, "QpsLimitForAppkeyAndApi", "调用频率超限")
+        self._ding_minute.append((now, len(users)))
+        failed = sorted({u for u in users if u in self.ding_failed_users})
+        reached = [u for u in dict.fromkeys(users) if u not in failed]
+        ding = Ding("ding" + secrets.token_hex(12), int(kind), reached, content)
+        self.dings.append(ding)
+        return web.json_response(
+            {"openDingId": ding.open_ding_id, "failedList": {"userNotFound": failed} if failed else {}}
+        )
+
+    async def ding_recall(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        body = await self._body(request)
+        self.calls["ding/recall"] += 1
+        if body is None or body.get("robotCode") != self.robot_code:
+            return _api_error(400, "invalidParameter.robotCode", "robotCode is missing or not this app's")
+        ding = next((d for d in self.dings if d.open_ding_id == body.get("openDingId")), None)
+        if ding is None:
+            return _api_error(400, "invalidParameter.openDingId", "no such DING")
+        ding.recalled = True
+        return web.json_response({})
+
+    async def robot_send(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        body = await self._body(request)
+        self.calls["oToMessages/batchSend"] += 1
+        if body is None or body.get("robotCode") != self.robot_code:
+            return _api_error(400, "invalidParameter.robotCode", "robotCode is missing or not this app's")
+        users = body.get("userIds")
+        if not isinstance(users, list) or not users or len(users) > self.robot_max_users:
+            return _api_error(400, "invalidParameter.userIds", f"1..{self.robot_max_users} userIds")
+        try:
+            param = json.loads(body.get("msgParam") or "")
+        except (TypeError, ValueError):
+            return _api_error(400, "invalidParameter.msgParam", "msgParam must be a JSON string")
+        if body.get("msgKey") not in ("sampleText", "sampleMarkdown", "sampleActionCard", "sampleLink"):
+            return _api_error(400, "invalidParameter.msgKey", "unknown msgKey")
+        invalid = [u for u in users if u in self.invalid_users]
+        limited = [u for u in users if u in self.robot_flow_controlled and u not in invalid]
+        reached = [u for u in dict.fromkeys(users) if u not in invalid and u not in limited]
+        send = RobotSend(secrets.token_urlsafe(18), reached, str(body["msgKey"]), param)
+        self.robot_sends.append(send)
+        for user in reached:
+            self.messages.append(DingMessage(user, 0, {"msgKey": send.msg_key, **param}))
+        return web.json_response(
+            {
+                "processQueryKey": send.process_query_key,
+                "invalidStaffIdList": invalid,
+                "flowControlledStaffIdList": limited,
+            }
+        )
+
+    def _robot_send(self, key: object) -> RobotSend | None:
+        return next((r for r in self.robot_sends if r.process_query_key == key), None)
+
+    async def robot_read_status(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        self.calls["oToMessages/readStatus"] += 1
+        send = self._robot_send(request.query.get("processQueryKey"))
+        if request.query.get("robotCode") != self.robot_code or send is None:
+            return _api_error(400, "invalidParameter.processQueryKey", "no such message")
+        read = set(send.read)
+        info = [
+            {"userId": u, "name": u, "readStatus": "READ" if u in read else "UNREAD"} for u in send.user_ids
+        ]
+        return web.json_response({"sendStatus": "SUCCESS", "messageReadInfoList": info})
+
+    async def robot_recall(self, request: web.Request) -> web.Response:
+        if (refused := self._api_token_error(request)) is not None:
+            return refused
+        body = await self._body(request) or {}
+        self.calls["otoMessages/batchRecall"] += 1
+        keys = body.get("processQueryKeys")
+        if body.get("robotCode") != self.robot_code or not isinstance(keys, list):
+            return _api_error(400, "invalidParameter", "robotCode and processQueryKeys are required")
+        ok, failed = [], []
+        for key in keys:
+            send = self._robot_send(key)
+            if send is None:
+                failed.append(key)
+            else:
+                send.recalled = True
+                ok.append(key)
+        return web.json_response({"successResult": ok, "failedResult": {k: "not found" for k in failed}})
+
+    # --- the contacts API --------------------------------------------------------------------
+
+    async def listsub(self, request: web.Request) -> web.Response:
+        if (refused := self._token_error(request)) is not None:
+            return refused
+        self.calls["department/listsub"] += 1
+        body = await self._body(request) or {}
+        parent = body.get("dept_id", 1)
+        if parent != 1 and parent not in self.departments:
+            return _error(60003, "部门不存在")
+        result = [
+            {"dept_id": d, "name": name, "parent_id": p}
+            for d, (name, p) in sorted(self.departments.items())
+            if p == parent
+        ]
+        return web.json_response({"errcode": 0, "errmsg": "ok", "result": result, "request_id": "x"})
+
+    async def user_list(self, request: web.Request) -> web.Response:
+        if (refused := self._token_error(request)) is not None:
+            return refused
+        self.calls["user/list"] += 1
+        body = await self._body(request) or {}
+        dept, cursor, size = body.get("dept_id"), body.get("cursor", 0), body.get("size")
+        if not isinstance(size, int) or not 1 <= size <= 100 or not isinstance(cursor, int):
+            return _error(40035, "size must be 1..100 and cursor a number")
+        if dept != 1 and dept not in self.departments:
+            return _error(60003, "部门不存在")
+        members = [u for u, info in sorted(self.org_users.items()) if dept in info["depts"]]
+        page = members[cursor : cursor + size]
+        more = cursor + size < len(members)
+        listed = [
+            {
+                "userid": u,
+                "name": self.org_users[u]["name"],
+                "mobile": self.org_users[u].get("mobile", ""),
+                "dept_id_list": list(self.org_users[u]["depts"]),
+            }
+            for u in page
+        ]
+        result: dict[str, Any] = {"has_more": more, "list": listed}
+        if more:
+            result["next_cursor"] = cursor + size
+        return web.json_response({"errcode": 0, "errmsg": "ok", "result": result, "request_id": "x"})
+
+    async def robot_post(self, request: web.Request) -> web.Response:
+        token = request.query.get("access_token", "")
+        robot = self.robots.get(token)
+        if robot is None:
+            self.robot_rejected += 1
+            return _error(300001, "token is not exist")
+        timestamp, given = request.query.get("timestamp", ""), request.query.get("sign", "")
+        now = self.now()
+        if not timestamp.isdigit() or abs(now - int(timestamp) / 1000) > 3600:
+            self.robot_rejected += 1
+            return _error(310000, "invalid timestamp")
+        mac = hmac.new(robot["secret"].encode(), f"{timestamp}\n{robot['secret']}".encode(), hashlib.sha256)
+        if not hmac.compare_digest(base64.b64encode(mac.digest()).decode(), given):
+            self.robot_rejected += 1
+            return _error(310000, "sign not match")
+        if robot["ip_blocked"]:
+            self.robot_rejected += 1
+            return _error(310000, "ip 127.0.0.1 not in whitelist")
+        body = await self._body(request)
+        kind = body.get("msgtype") if body else None
+        if (
+            body is None
+            or kind not in ("text", "link", "markdown", "actionCard", "feedCard")
+            or kind not in body
+        ):
+            return _error(40035, "msgtype and its object are required")
+        content = json.dumps(body[kind], ensure_ascii=False)
+        if robot["keywords"] and not any(k in content for k in robot["keywords"]):
+            self.robot_rejected += 1
+            return _error(310000, "keywords not in content")
+        if self._robot_muted.get(token, 0.0) > now:
+            return _error(410100, "send too fast, exceed 20 times per minute")
+        window = self._robot_minute[token] = [t for t in self._robot_minute[token] if t > now - 60]
+        if len(window) >= 20:
+            self._robot_muted[token] = now + 600
+            return _error(410100, "send too fast, exceed 20 times per minute")
+        window.append(now)
+        self.group_posts.append((token, body))
+        return web.json_response({"errcode": 0, "errmsg": "ok"})
+
     async def start(self) -> FakeDingTalk:
         app = web.Application()
         app.router.add_get("/gettoken", self.gettoken)
@@ -290,6 +713,15 @@ class FakeDingTalk:
         app.router.add_post(f"{base}/asyncsend_v2", self.asyncsend)
         app.router.add_post(f"{base}/getsendresult", self.getsendresult)
         app.router.add_post(f"{base}/recall", self.recall)
+        app.router.add_post("/robot/send", self.robot_post)
+        app.router.add_post("/topapi/v2/department/listsub", self.listsub)
+        app.router.add_post("/topapi/v2/user/list", self.user_list)
+        app.router.add_post("/v1.0/oauth2/accessToken", self.api_token)
+        app.router.add_post("/v1.0/robot/ding/send", self.ding_send)
+        app.router.add_post("/v1.0/robot/ding/recall", self.ding_recall)
+        app.router.add_post("/v1.0/robot/oToMessages/batchSend", self.robot_send)
+        app.router.add_get("/v1.0/robot/oToMessages/readStatus", self.robot_read_status)
+        app.router.add_post("/v1.0/robot/otoMessages/batchRecall", self.robot_recall)
         self._runner, self.port = await serve_local(app)
         return self
 

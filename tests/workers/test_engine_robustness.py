@@ -275,6 +275,8 @@ async def test_scheduled_send_survives_restarts_and_a_wiped_redis(
         "lessons": 0,
         "dingtalk_reads": 0,
         "dingtalk_recalls": 0,
+        "dingtalk_ding_recalls": 0,
+        "unit_posts": 0,
     }
     redis = Redis.from_url(settings_sms.redis_url)
     await redis.flushdb()  # every queued job gone; the row is the timer
