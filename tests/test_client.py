@@ -182,3 +182,50 @@ async def test_503_is_retried_a_bounded_number_of_times() -> None:
     async with Client(base, "t", retry=Retry(attempts=2, base=0.01)) as gone:
         with pytest.raises(TransportError):
             await gone.list_units()
+
+
+async def test_the_stream_resumes_across_server_ends_without_repeats(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    short = settings.model_copy(update={"stream_max_seconds": 0.3})
+    app = create_app(short)
+    opened: list[str] = []
+
+    async def count(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path.endswith("/stream"):
+            opened.append(request.headers.get("Last-Event-ID", ""))
+
+    app.on_response_prepare.append(count)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        base = str(server.make_url("")).rstrip("/")
+        async with Client(base, ADMIN_TOKEN) as api, running_worker(short):
+            await org(api)
+            ding = NoticeIn(
+                kind="ding", title="Muster", body="Report in", audience=Audience(units=["county"])
+            )
+            nid = (await api.send(ding)).id
+
+            async def active() -> bool:
+                return (await api.get_notice(nid)).state == "active"
+
+            await wait_until(active)
+            updates = api.stream(nid, unit="county")
+            first = await anext(updates)
+            assert first.data.counts.read == 0
+            nxt = asyncio.ensure_future(anext(updates))
+            await wait_until(lambda: _true(len(opened) >= 3), within=WAIT)  # ended and resumed twice
+            assert not nxt.done()  # a resume with the current version sent nothing
+            assert opened[1:3] == [str(first.version)] * 2
+            await api.read(nid, "west2")
+            async with asyncio.timeout(WAIT):
+                update = await nxt
+            assert update.data.counts.read == 1 and update.version != first.version
+            await updates.aclose()
+    finally:
+        await server.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

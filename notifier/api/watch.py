@@ -180,6 +180,7 @@ class WatchHub:
         loop = asyncio.get_running_loop()
         poll, gap = self.settings.stream_poll_seconds, self.settings.stream_min_interval_seconds
         last_full = last_poll = loop.time()
+        failing = False
         while not self.closed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, last_full + poll - loop.time())):
@@ -204,8 +205,14 @@ class WatchHub:
                     await self.refresh(targets)
                 if forward and self._redis is not None:
                     await hint_changed(self._redis, *forward)
-            except Exception:
-                log.warning("watched counters could not be read; retrying", exc_info=True)
+            except Exception as exc:
+                if not failing:  # once per outage, not once a second
+                    log.warning("watched counters could not be read (%s); retrying", type(exc).__name__)
+                failing = True
+            else:
+                if failing:
+                    log.info("watched counters readable again")
+                failing = False
 
     async def _listen(self) -> None:
         """Hints from the workers (and the other API processes); reconnects while Redis is away."""
