@@ -7,6 +7,8 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -229,3 +231,35 @@ async def test_the_stream_resumes_across_server_ends_without_repeats(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def readme_example() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Live counts, the terminal and the Python client") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```", start)]
+
+
+async def test_the_readme_example_runs(live: str) -> None:
+    code = readme_example()
+    assert len([line for line in code.splitlines() if line.strip()]) <= 12
+    namespace: dict[str, Any] = {}
+    exec(compile(code.replace("http://127.0.0.1:8080", live), "README.md", "exec"), namespace)  # noqa: S102
+    async with Client(live, ADMIN_TOKEN) as api:
+        await org(api)
+        muster = asyncio.ensure_future(namespace["muster"](ADMIN_TOKEN))
+
+        async def sent() -> bool:
+            return bool((await api.list_notices()).items)
+
+        await wait_until(sent)
+        nid = (await api.list_notices()).items[0].id
+
+        async def active() -> bool:
+            return (await api.get_notice(nid)).state == "active"
+
+        await wait_until(active)
+        for m in ("east1", "east2", "west1", "west2"):
+            await api.read(nid, m)
+        async with asyncio.timeout(WAIT):
+            await muster  # it watched until everyone had read
