@@ -4,22 +4,22 @@ process under the same storm with no stream and with one.
     .venv/bin/python -m benchmarks.streams [--streams 1000] [--reads 1500] [--members 3000]
 
 The API runs in its own process (``notifier`` app, as ``serve`` runs it) on loopback, so its CPU is
-read from /proc alone; this process fans the notices out (the worker's own ``fanout_notice``),
-holds the streams (aiohttp, counting ``event: counts`` frames) and posts the receipts (16 at a
-time). Three phases, each on a fresh notice to the same ``--members`` members, each storm the same
-``--reads`` receipts: 0 streams (the baseline: what the storm itself costs), 1 stream, ``--streams``
-streams, after an unreported warm-up storm. Printed per phase: the streams held to the end, the
-updates each stream received (after its first event), the API process's CPU-seconds, and its CPU
-per update per stream: all of it, and what the streams added over the baseline. This one process
-holding every stream and posting every read is the storm's bottleneck with many streams (their
-storm takes longer; the API's CPU is what is measured). Bounded: every wait has a limit. Embedded
-PostgreSQL and Redis unless NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL are set.
+read from /proc alone; this process fans the notices out (the worker's own ``fanout_notice``) and
+posts the receipts (16 at a time); a third process holds the streams (aiohttp, counting
+``event: counts`` frames). Three phases, each on a fresh notice to the same ``--members``
+members, each storm the same ``--reads`` receipts: 0 streams (the baseline: what the storm itself
+costs), 1 stream, ``--streams`` streams, after an unreported warm-up storm. Printed per phase: the
+streams held to the end, the updates each stream received (after its first event), the API
+process's CPU-seconds, and its CPU per update per stream: all of it, and what the streams added
+over the baseline; "storm s" is how long the reads took to post. Bounded: every wait has a limit.
+Embedded PostgreSQL and Redis unless NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL are set.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import statistics
@@ -102,6 +102,37 @@ async def api(
         return await resp.json()
 
 
+async def hold(args: argparse.Namespace) -> None:
+    """The stream holder (``--hold N``): N streams of ``--url``; prints ``open`` once every one has
+    its first event, then ``done [updates after the first, per stream]`` once each has seen
+    ``--reads`` reads."""
+    watchers = [Watcher() for _ in range(args.hold)]
+    headers = {"Authorization": f"Bearer {os.environ['BENCH_TOKEN']}"}
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
+        tasks = [asyncio.create_task(w.run(session, args.url, args.reads)) for w in watchers]
+        async with asyncio.timeout(WAIT_SECONDS):
+            for w in watchers:
+                await w.opened.wait()
+        first = [w.events for w in watchers]
+        print("open", flush=True)
+        async with asyncio.timeout(WAIT_SECONDS):
+            for w in watchers:
+                await w.done.wait()
+        updates = [w.events - f for w, f in zip(watchers, first, strict=True)]
+        print("done", json.dumps({"updates": updates, "held": sum(w.held for w in watchers)}), flush=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def line_of(proc: asyncio.subprocess.Process, expected: str) -> str:
+    assert proc.stdout is not None
+    async with asyncio.timeout(WAIT_SECONDS):
+        line = (await proc.stdout.readline()).decode()
+    if not line.startswith(expected):
+        raise BenchError(f"the stream holder said {line!r}, not {expected!r}")
+    return line[len(expected) :].strip()
+
+
 async def phase(
     name: str,
     n: int,
@@ -114,24 +145,29 @@ async def phase(
     body = {"kind": "notice", "title": "Bench", "body": "Read me", "audience": {"units": ["county"]}}
     nid = (await api(session, base, "POST", "/v1/notices", body, 202))["id"]
     await fanout_notice(deps, nid)
-    watchers = [Watcher() for _ in range(n)]
-    streams_session = aiohttp.ClientSession(
-        headers=session.headers, connector=aiohttp.TCPConnector(limit=0, force_close=True)
-    )
-    tasks = [
-        asyncio.create_task(w.run(streams_session, f"{base}/v1/notices/{nid}/stream?unit=county", args.reads))
-        for w in watchers
-    ]
+    holder = None
+    if n:
+        url = f"{base}/v1/notices/{nid}/stream?unit=county"
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.streams",
+            "--hold",
+            str(n),
+            "--url",
+            url,
+            "--reads",
+            str(args.reads),
+            env={**os.environ, "BENCH_TOKEN": TOKEN},
+            stdout=asyncio.subprocess.PIPE,
+        )
     try:
-        async with asyncio.timeout(WAIT_SECONDS):
-            for w in watchers:
-                await w.opened.wait()
-        first = [w.events for w in watchers]
+        if holder is not None:
+            await line_of(holder, "open")
         cpu0, t0 = _cpu_of(pid), time.monotonic()
-        members = [f"m{i:05d}" for i in range(args.reads)]
         queue: asyncio.Queue[str] = asyncio.Queue()
-        for m in members:
-            queue.put_nowait(m)
+        for i in range(args.reads):
+            queue.put_nowait(f"m{i:05d}")
 
         async def reader() -> None:
             while not queue.empty():
@@ -146,18 +182,17 @@ async def phase(
                 )
 
         await asyncio.gather(*(reader() for _ in range(CONCURRENT_READS)))
-        async with asyncio.timeout(WAIT_SECONDS):
-            for w in watchers:
-                await w.done.wait()
+        storm = time.monotonic() - t0
+        result: dict[str, Any] = {"updates": [], "held": 0}
+        if holder is not None:
+            result = json.loads(await line_of(holder, "done"))
         await asyncio.sleep(1.5)  # the hub's last regular poll, in every phase alike
-        cpu, seconds = _cpu_of(pid) - cpu0, time.monotonic() - t0
-        updates = [w.events - f for w, f in zip(watchers, first, strict=True)]
-        return Phase(name, n, sum(w.held for w in watchers), updates, cpu, seconds)
+        cpu = _cpu_of(pid) - cpu0
+        return Phase(name, n, int(result["held"]), list(result["updates"]), cpu, storm)
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await streams_session.close()
+        if holder is not None and holder.returncode is None:
+            holder.terminate()
+            await holder.wait()
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -242,8 +277,8 @@ def report(args: argparse.Namespace, results: list[Phase], busy: float) -> None:
         f"({CONCURRENT_READS} at a time), one API process"
     )
     print(
-        f"{'phase':14} {'streams':>7} {'held':>5} {'updates/stream':>22} {'API CPU-s':>9} {'wall s':>6} "
-        f"{'added CPU-ms per update per stream':>35}"
+        f"{'phase':14} {'streams':>7} {'held':>5} {'updates/stream':>22} {'API CPU-s':>9} {'storm s':>7} "
+        f"{'API CPU-ms per update per stream: all, added':>45}"
     )
     for r in results:
         ups = r.updates or [0]
@@ -251,9 +286,9 @@ def report(args: argparse.Namespace, results: list[Phase], busy: float) -> None:
         per = "-"
         total_updates = sum(r.updates)
         if total_updates:
-            per = f"{1000 * (r.cpu - base.cpu) / total_updates:.3f}"
+            per = f"{1000 * r.cpu / total_updates:.3f}, {1000 * (r.cpu - base.cpu) / total_updates:.3f}"
         print(
-            f"{r.name:14} {r.streams:>7} {r.held:>5} {spread:>22} {r.cpu:>9.2f} {r.seconds:>6.1f} {per:>35}"
+            f"{r.name:14} {r.streams:>7} {r.held:>5} {spread:>22} {r.cpu:>9.2f} {r.seconds:>7.1f} {per:>45}"
         )
     many = results[-1]
     print(
@@ -270,9 +305,14 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=1500)
     parser.add_argument("--members", type=int, default=3000)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hold", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--url", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve()
+        return
+    if args.hold:
+        asyncio.run(hold(args))
         return
     if args.reads > args.members:
         parser.error("--reads must not exceed --members")

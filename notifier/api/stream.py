@@ -69,10 +69,6 @@ def last_event_id(request: web.Request) -> int | None:
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 20 else None
 
 
-def frame(version: int, data: bytes) -> bytes:
-    return b"id: %d\nevent: counts\ndata: %s\n\n" % (version, data)
-
-
 @routes.route(
     "GET",
     "/v1/notices/{notice_id}/stream",
@@ -140,7 +136,7 @@ async def stream_notice(request: web.Request, view: NoticeView, unit: str | None
                     continue
                 seen = watch.version
                 assert seen is not None
-                await resp.write(frame(seen, watch.data))
+                await resp.write(watch.frame)
                 last_sent = loop.time()
                 continue
             sub.wake.clear()

@@ -80,6 +80,7 @@ class Watch:
     subscribers: set[Subscriber] = field(default_factory=set)
     version: int | None = None
     data: bytes | None = None  # the event's JSON line
+    frame: bytes = b""  # the whole SSE frame of it, built once for every stream
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # the first load, once
 
     def publish(self, data: bytes) -> bool:
@@ -87,6 +88,7 @@ class Watch:
         if version == self.version:
             return False
         self.version, self.data = version, data
+        self.frame = b"id: %d\nevent: counts\ndata: %s\n\n" % (version, data)
         for s in self.subscribers:
             s.wake.set()
         return True
