@@ -277,7 +277,7 @@ def report(args: argparse.Namespace, results: list[Phase], busy: float) -> None:
         f"({CONCURRENT_READS} at a time), one API process"
     )
     print(
-        f"{'phase':14} {'streams':>7} {'held':>5} {'updates/stream':>22} {'API CPU-s':>9} {'storm s':>7} "
+        f"{'phase':14} {'streams':>7} {'held':>5} {'updates/stream':>24} {'API CPU-s':>9} {'storm s':>7} "
         f"{'API CPU-ms per update per stream: all, added':>45}"
     )
     for r in results:
@@ -288,7 +288,7 @@ def report(args: argparse.Namespace, results: list[Phase], busy: float) -> None:
         if total_updates:
             per = f"{1000 * r.cpu / total_updates:.3f}, {1000 * (r.cpu - base.cpu) / total_updates:.3f}"
         print(
-            f"{r.name:14} {r.streams:>7} {r.held:>5} {spread:>22} {r.cpu:>9.2f} {r.seconds:>7.1f} {per:>45}"
+            f"{r.name:14} {r.streams:>7} {r.held:>5} {spread:>24} {r.cpu:>9.2f} {r.seconds:>7.1f} {per:>45}"
         )
     many = results[-1]
     print(
