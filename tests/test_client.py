@@ -17,7 +17,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from notifier.app import create_app
-from notifier.client import Client, Invalid, NotFound, RateLimited, Retry, TransportError, Unavailable
+from notifier.client import (
+    Client,
+    Conflict,
+    Invalid,
+    NotFound,
+    RateLimited,
+    Retry,
+    TransportError,
+    Unavailable,
+)
 from notifier.client.models import Audience, ContactIn, MemberBatchItem, MemberIn, NoticeIn, UnitIn
 from notifier.settings import RateLimits, RoleLimit, Settings
 from tests.conftest import ADMIN_TOKEN, running_worker, wait_until
@@ -263,3 +272,27 @@ async def test_the_readme_example_runs(live: str) -> None:
             await api.read(nid, m)
         async with asyncio.timeout(WAIT):
             await muster  # it watched until everyone had read
+
+
+async def test_a_send_whose_key_is_in_flight_is_retried_not_failed(live: str, db: asyncpg.Connection) -> None:
+    """Another request holding the same Idempotency-Key (here: its lock, held by the test) is 409
+    while it runs; the client waits it out and gets the answer."""
+    async with Client(live, ADMIN_TOKEN) as api:
+        await org(api)
+        ding = NoticeIn(kind="ding", title="Muster", body="Report in", audience=Audience(units=["county"]))
+        lock = "SELECT pg_advisory_lock(hashtextextended($1 || ':' || $2, 727003))"
+        await db.execute(lock, "admin", "in-flight-1")
+        try:
+            async with Client(live, ADMIN_TOKEN, retry=Retry(attempts=1)) as once:
+                with pytest.raises(Conflict) as busy:
+                    await once.send(ding, idempotency_key="in-flight-1")
+                assert busy.value.problem["type"].endswith("/idempotency-in-flight")
+            sending = asyncio.ensure_future(api.send(ding, idempotency_key="in-flight-1"))
+            await asyncio.sleep(0.3)
+        finally:
+            await db.execute(
+                "SELECT pg_advisory_unlock(hashtextextended($1 || ':' || $2, 727003))", "admin", "in-flight-1"
+            )
+        async with asyncio.timeout(WAIT):
+            sent = await sending
+        assert (await api.send(ding, idempotency_key="in-flight-1")).id == sent.id

@@ -1,7 +1,8 @@
 """``Client``: typed async access to the notifier API for integrating services.
 
 Requests and answers are the API's own pydantic models (imported from ``notifier.api``, never
-copied), so the client cannot drift from the server. Answers 429 and 503 are retried with backoff,
+copied), so the client cannot drift from the server. Answers 429 and 503 (and a 409 for a send
+whose Idempotency-Key is still in flight) are retried with backoff,
 honouring ``Retry-After`` (each wait and the number of tries are bounded: ``Retry``); a request
 that may have reached the server is retried after a broken connection only when repeating it is
 harmless (reads, PUTs, receipts, a send with its idempotency key). Errors: notifier/client/errors.py.
@@ -283,9 +284,17 @@ class Client:
                     raise TransportError(f"{method} {path}: {exc!r}") from exc
                 await asyncio.sleep(self._wait(attempt, None))
                 continue
-            if error.status not in RETRY_STATUSES or attempt >= self.retry.attempts:
+            if not _transient(error) or attempt >= self.retry.attempts:
                 raise error
             await asyncio.sleep(self._wait(attempt, error.retry_after))
+
+
+def _transient(error: ApiError) -> bool:
+    """429, 503, and a 409 saying a request with the same Idempotency-Key is still in flight (the
+    first of two concurrent sends: once it is done, the retry replays its answer)."""
+    if error.status in RETRY_STATUSES:
+        return True
+    return error.status == 409 and str(error.problem.get("type", "")).endswith("/idempotency-in-flight")
 
 
 def _params(params: Mapping[str, Any]) -> dict[str, str]:
