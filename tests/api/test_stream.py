@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from notifier.api.stream import WATCHERS
+from notifier.api.watch import Watch
 from notifier.app import create_app
 from notifier.client.sse import EventParser, ServerEvent
 from notifier.db import receipts
@@ -344,3 +345,33 @@ async def test_workers_hint_after_the_fanout_and_after_each_write_back(
         await asyncio.gather(collector, return_exceptions=True)
         await pubsub.aclose()
         await redis.aclose()
+
+
+async def test_streams_of_one_slice_share_one_poll(
+    client: TestClient[Any, Any], org: Org, notice: str
+) -> None:
+    hub = client.app[WATCHERS]
+    streams = [await open_stream(client, notice, org.b1_secretary) for _ in range(20)]
+    streams += [await open_stream(client, notice, query="?unit=c") for _ in range(5)]
+    for s in streams:
+        await s.next()
+    assert len(hub.watches) == 2  # (notice, b1) and (notice, c): one row set each
+    sizes: list[int] = []
+    refresh = hub.refresh
+
+    async def counted(watches: list[Watch]) -> None:
+        sizes.append(len(watches))
+        await refresh(watches)
+
+    hub.refresh = counted
+    loop = asyncio.get_running_loop()
+    polls, started = hub.polls, loop.time()
+    await read(client, notice, "m1b")
+    for s in streams:
+        assert (await s.until(lambda d: d["counts"]["read"] == 1))["counts"]["read"] == 1
+    await asyncio.sleep(1.2)  # a regular poll too
+    # One statement per tick for both slices and all 25 streams: never one per stream or slice.
+    assert hub.polls - polls <= 4 * (loop.time() - started) + 2
+    assert 2 in sizes and max(sizes) == 2, sizes  # the regular poll: both slices in one statement
+    for s in streams:
+        s.resp.close()
