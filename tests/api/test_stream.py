@@ -375,3 +375,15 @@ async def test_streams_of_one_slice_share_one_poll(
     assert 2 in sizes and max(sizes) == 2, sizes  # the regular poll: both slices in one statement
     for s in streams:
         s.resp.close()
+
+
+async def test_a_read_through_the_same_process_needs_no_regular_poll(
+    settings: Settings, client: TestClient[Any, Any], notice: str
+) -> None:
+    slow = settings.model_copy(update={"stream_poll_seconds": 600.0})
+    async with TestClient(TestServer(create_app(slow), host="127.0.0.1")) as c:
+        stream = await open_stream(c, notice)
+        await stream.next()
+        await read(c, notice, "m2a")  # the receipts API tells its own hub
+        assert (await stream.until(lambda d: d["counts"]["read"] == 1))["counts"]["unread"] == 3
+        stream.resp.close()
