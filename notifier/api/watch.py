@@ -99,7 +99,7 @@ class WatchHub:
         self.settings = settings
         self.watches: dict[tuple[str, str | None], Watch] = {}
         self.closed = False
-        self.polls = 0  # statements run (tests and the benchmark read it)
+        self.polls = 0  # statements run (the tests read it)
         self._pool: Pool | None = None
         self._hinted: set[str] = set()
         self._forward: set[str] = set()  # changed here: tell the other API processes
