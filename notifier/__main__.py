@@ -1,4 +1,4 @@
-"""Command line: ``notifier dev | serve | worker | migrate | openapi``.
+"""Command line: ``notifier dev | serve | worker | migrate | openapi | send | status | roll-call``.
 
 ``dev`` is the all-in-one used by ``make run``: embedded PostgreSQL and Redis (unless
 NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL are set), migrations, the API, the worker and its
@@ -155,6 +155,25 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
     echo = sub.add_parser("echo-webhooks", help="a local receiver that verifies and prints webhooks")
     echo.add_argument("--port", type=int, default=9000)
+    remote = argparse.ArgumentParser(add_help=False)  # commands that talk to a running server
+    remote.add_argument("--url", help="the server (default: $NOTIFIER_URL, else http://127.0.0.1:8080)")
+    remote.add_argument("--token", help="an API key (default: $NOTIFIER_TOKEN)")
+    send = sub.add_parser("send", parents=[remote], help="send a notice (and --watch it being read)")
+    send.add_argument("--unit", action="append", required=True, help="a unit to send to (repeatable)")
+    send.add_argument("--title", required=True)
+    send.add_argument("--body", required=True)
+    send.add_argument("--channels", default="inapp", help="comma-separated, in order: inapp,sms")
+    send.add_argument("--escalation", default=None, help="an escalation policy name")
+    send.add_argument("--kind", choices=["ding", "notice"], default="ding")
+    send.add_argument("--idempotency-key", default=None, help="default: a new one (sent once per key)")
+    send.add_argument("--watch", action="store_true", help="show delivered/read live until all have read")
+    status = sub.add_parser("status", parents=[remote], help="a notice's counts, per unit")
+    status.add_argument("notice_id")
+    status.add_argument("--unit", default=None, help="the counts of this unit's subtree")
+    roll = sub.add_parser("roll-call", parents=[remote], help="who has not read a notice, and why")
+    roll.add_argument("notice_id")
+    roll.add_argument("--unit", default=None, help="only this unit's subtree")
+    roll.add_argument("--csv", action="store_true", help="CSV on stdout")
     args = parser.parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -203,6 +222,18 @@ def main(argv: list[str] | None = None) -> None:
         from notifier.cli import doctor
 
         sys.exit(doctor.main(settings))
+    elif args.command == "send":
+        from notifier.cli.send import run_send
+
+        sys.exit(run_send(args))
+    elif args.command == "status":
+        from notifier.cli.status import run_status
+
+        sys.exit(run_status(args))
+    elif args.command == "roll-call":
+        from notifier.cli.rollcall import run_roll_call
+
+        sys.exit(run_roll_call(args))
     elif args.command == "openapi":
         from notifier.app import build_openapi
 

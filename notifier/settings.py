@@ -190,6 +190,9 @@ class Settings(BaseSettings):
     stream_poll_seconds: float = Field(default=1.0, gt=0)
     stream_min_interval_seconds: float = Field(default=0.25, ge=0)
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    # A stream ends after this long and the client reconnects (EventSource does, with Last-Event-ID:
+    # nothing is sent twice), so a revoked key or a caller moved out of the unit stops seeing it.
+    stream_max_seconds: float = Field(default=600.0, gt=0)
 
     # Channels.
     webhook_timeout_seconds: float = 10.0

@@ -7,6 +7,8 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -15,7 +17,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from notifier.app import create_app
-from notifier.client import Client, Invalid, NotFound, RateLimited, Retry, TransportError, Unavailable
+from notifier.client import (
+    Client,
+    Conflict,
+    Invalid,
+    NotFound,
+    RateLimited,
+    Retry,
+    TransportError,
+    Unavailable,
+)
 from notifier.client.models import Audience, ContactIn, MemberBatchItem, MemberIn, NoticeIn, UnitIn
 from notifier.settings import RateLimits, RoleLimit, Settings
 from tests.conftest import ADMIN_TOKEN, running_worker, wait_until
@@ -182,3 +193,106 @@ async def test_503_is_retried_a_bounded_number_of_times() -> None:
     async with Client(base, "t", retry=Retry(attempts=2, base=0.01)) as gone:
         with pytest.raises(TransportError):
             await gone.list_units()
+
+
+async def test_the_stream_resumes_across_server_ends_without_repeats(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    short = settings.model_copy(update={"stream_max_seconds": 0.3})
+    app = create_app(short)
+    opened: list[str] = []
+
+    async def count(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path.endswith("/stream"):
+            opened.append(request.headers.get("Last-Event-ID", ""))
+
+    app.on_response_prepare.append(count)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        base = str(server.make_url("")).rstrip("/")
+        async with Client(base, ADMIN_TOKEN) as api, running_worker(short):
+            await org(api)
+            ding = NoticeIn(
+                kind="ding", title="Muster", body="Report in", audience=Audience(units=["county"])
+            )
+            nid = (await api.send(ding)).id
+
+            async def active() -> bool:
+                return (await api.get_notice(nid)).state == "active"
+
+            await wait_until(active)
+            updates = api.stream(nid, unit="county")
+            first = await anext(updates)
+            assert first.data.counts.read == 0
+            nxt = asyncio.ensure_future(anext(updates))
+            await wait_until(lambda: _true(len(opened) >= 3), within=WAIT)  # ended and resumed twice
+            assert not nxt.done()  # a resume with the current version sent nothing
+            assert opened[1:3] == [str(first.version)] * 2
+            await api.read(nid, "west2")
+            async with asyncio.timeout(WAIT):
+                update = await nxt
+            assert update.data.counts.read == 1 and update.version != first.version
+            await updates.aclose()
+    finally:
+        await server.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def readme_example() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text[text.index("## Live counts, the terminal and the Python client") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("```", start)]
+
+
+async def test_the_readme_example_runs(live: str) -> None:
+    code = readme_example()
+    assert len([line for line in code.splitlines() if line.strip()]) <= 12
+    namespace: dict[str, Any] = {}
+    exec(compile(code.replace("http://127.0.0.1:8080", live), "README.md", "exec"), namespace)  # noqa: S102
+    async with Client(live, ADMIN_TOKEN) as api:
+        await org(api)
+        muster = asyncio.ensure_future(namespace["muster"](ADMIN_TOKEN))
+
+        async def sent() -> bool:
+            return bool((await api.list_notices()).items)
+
+        await wait_until(sent)
+        nid = (await api.list_notices()).items[0].id
+
+        async def active() -> bool:
+            return (await api.get_notice(nid)).state == "active"
+
+        await wait_until(active)
+        for m in ("east1", "east2", "west1", "west2"):
+            await api.read(nid, m)
+        async with asyncio.timeout(WAIT):
+            await muster  # it watched until everyone had read
+
+
+async def test_a_send_whose_key_is_in_flight_is_retried_not_failed(live: str, db: asyncpg.Connection) -> None:
+    """Another request holding the same Idempotency-Key (here: its lock, held by the test) is 409
+    while it runs; the client waits it out and gets the answer."""
+    async with Client(live, ADMIN_TOKEN) as api:
+        await org(api)
+        ding = NoticeIn(kind="ding", title="Muster", body="Report in", audience=Audience(units=["county"]))
+        lock = "SELECT pg_advisory_lock(hashtextextended($1 || ':' || $2, 727003))"
+        await db.execute(lock, "admin", "in-flight-1")
+        try:
+            async with Client(live, ADMIN_TOKEN, retry=Retry(attempts=1)) as once:
+                with pytest.raises(Conflict) as busy:
+                    await once.send(ding, idempotency_key="in-flight-1")
+                assert busy.value.problem["type"].endswith("/idempotency-in-flight")
+            sending = asyncio.ensure_future(api.send(ding, idempotency_key="in-flight-1"))
+            await asyncio.sleep(0.3)
+        finally:
+            await db.execute(
+                "SELECT pg_advisory_unlock(hashtextextended($1 || ':' || $2, 727003))", "admin", "in-flight-1"
+            )
+        async with asyncio.timeout(WAIT):
+            sent = await sending
+        assert (await api.send(ding, idempotency_key="in-flight-1")).id == sent.id

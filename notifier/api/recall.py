@@ -8,6 +8,7 @@ from notifier.api import audit
 from notifier.api.keys import DEPS, principal
 from notifier.api.notices import NoticeOut, load_visible_notice
 from notifier.api.routing import Call, Router, json_response
+from notifier.api.stream import WATCHERS
 from notifier.db import notices, recall
 
 routes = Router()
@@ -33,4 +34,5 @@ async def recall_notice(request: web.Request, call: Call) -> web.Response:
         fresh = await notices.get(conn, notice_id)
         assert fresh is not None
         counts = await notices.counts(conn, notice_id, view.root)
+    request.app[WATCHERS].changed(notice_id)  # committed: cancelled deliveries show on the streams
     return json_response(NoticeOut.model_validate(notices.as_dict(fresh, counts)).model_dump(mode="json"))

@@ -100,6 +100,10 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
         notice_id = str(notice["id"])
         recorded = await receipts.mark_read(conn, notice_id, member_id, "api")
         row = await recipients.get(conn, notice_id, member_id)
+        if row is not None and row["read_at"] is None:
+            # A fan-out chunk committed this recipient between the two statements: read it now.
+            recorded = await receipts.mark_read(conn, notice_id, member_id, "api")
+            row = await recipients.get(conn, notice_id, member_id)
         if row is None:
             if notice["state"] in ("queued", "fanning_out"):
                 raise Problem(

@@ -27,6 +27,7 @@ from notifier.api.principal import Principal
 from notifier.api.problems import Problem
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.slices import load_notice_slice
+from notifier.api.stream import WATCHERS
 from notifier.api.types import Channels, Id, Strict
 from notifier.db import escalations, notices, remind, timeline
 from notifier.db.pool import Connection, Record
@@ -191,6 +192,7 @@ async def remind_notice(request: web.Request, call: Call) -> web.Response:
         )
         if key is not None:
             await conn.execute(notices.IDEMPOTENCY_PUT, owner, key, digest, notice_id, 202, data)
+    request.app[WATCHERS].changed(notice_id)  # committed: the queued reminders show on the streams
     for channel_id, n in wake:
         try:
             await enqueue_deliveries(

@@ -8,7 +8,8 @@ pushed when it changes. Frames::
     data: {"notice_id": ..., "unit": <slice unit>, "counts": {...}, "units": [...]}
 
 The first event goes at once; then one per change, at most one per ``stream_min_interval_seconds``
-(4 a second), with a ``: heartbeat`` comment after ``stream_heartbeat_seconds`` of quiet. The
+(4 a second), with a ``: heartbeat`` comment after ``stream_heartbeat_seconds`` of quiet. After
+``stream_max_seconds`` the stream ends and the client reconnects, authenticated afresh. The
 version is a digest of the data: a client reconnecting with ``Last-Event-ID`` equal to the
 current version is sent nothing until the next change; with any other id, the current state at
 once. The counts come from the app's watcher hub (api/watch.py), shared by every stream of a slice.
@@ -66,10 +67,6 @@ def wants_json(request: web.Request) -> bool:
 def last_event_id(request: web.Request) -> int | None:
     value = request.headers.get("Last-Event-ID", "").strip()
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 20 else None
-
-
-def frame(version: int, data: bytes) -> bytes:
-    return b"id: %d\nevent: counts\ndata: %s\n\n" % (version, data)
 
 
 @routes.route(
@@ -130,7 +127,8 @@ async def stream_notice(request: web.Request, view: NoticeView, unit: str | None
         await hub.load(watch)
         await resp.prepare(request)
         last_sent = -settings.stream_min_interval_seconds
-        while not hub.closed and not sub.gone():
+        end = loop.time() + settings.stream_max_seconds
+        while not hub.closed and not sub.gone() and loop.time() < end:
             if watch.data is not None and watch.version != seen:
                 wait = settings.stream_min_interval_seconds - (loop.time() - last_sent)
                 if wait > 0:  # at most one event per interval; then the latest
@@ -138,15 +136,18 @@ async def stream_notice(request: web.Request, view: NoticeView, unit: str | None
                     continue
                 seen = watch.version
                 assert seen is not None
-                await resp.write(frame(seen, watch.data))
+                await resp.write(watch.frame)
                 last_sent = loop.time()
                 continue
             sub.wake.clear()
             try:
-                async with asyncio.timeout(settings.stream_heartbeat_seconds):
+                async with asyncio.timeout(
+                    min(settings.stream_heartbeat_seconds, max(0.0, end - loop.time()))
+                ):
                     await sub.wake.wait()
             except TimeoutError:
-                await resp.write(HEARTBEAT)
+                if loop.time() < end:
+                    await resp.write(HEARTBEAT)
         with contextlib.suppress(ConnectionError):
             await resp.write_eof()
     except ConnectionError:  # the client went away mid-write

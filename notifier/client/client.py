@@ -1,7 +1,8 @@
 """``Client``: typed async access to the notifier API for integrating services.
 
 Requests and answers are the API's own pydantic models (imported from ``notifier.api``, never
-copied), so the client cannot drift from the server. Answers 429 and 503 are retried with backoff,
+copied), so the client cannot drift from the server. Answers 429 and 503 (and a 409 for a send
+whose Idempotency-Key is still in flight) are retried with backoff,
 honouring ``Retry-After`` (each wait and the number of tries are bounded: ``Retry``); a request
 that may have reached the server is retried after a broken connection only when repeating it is
 harmless (reads, PUTs, receipts, a send with its idempotency key). Errors: notifier/client/errors.py.
@@ -188,9 +189,10 @@ class Client:
     async def stream(
         self, notice_id: str, *, unit: str | None = None, last_event_id: int | None = None
     ) -> AsyncGenerator[Update, None]:
-        """The notice's live counts, one ``Update`` per change, the current state first. A dropped
-        connection is resumed with Last-Event-ID (so nothing is sent twice); it gives up with
-        ``TransportError`` after ``retry.attempts`` failed reconnects in a row."""
+        """The notice's live counts, one ``Update`` per change, the current state first; endless
+        (``break`` or ``aclose()`` to stop). A stream the server ends (it does every
+        ``stream_max_seconds``) or a dropped connection is resumed with Last-Event-ID, so nothing is
+        sent twice; it gives up with ``TransportError`` after ``retry.attempts`` failed connects in a row."""
         failures = 0
         url = f"{self.base_url}/v1/notices/{notice_id}/stream"
         params = _params({"unit": unit})
@@ -211,23 +213,19 @@ class Client:
                             raise error
                         await asyncio.sleep(self._wait(failures, error.retry_after))
                         continue
+                    failures = 0  # open: a later end (a server's periodic one, a restart) starts afresh
                     parser = EventParser()
                     async for raw in resp.content:
                         ev = parser.feed(raw.decode("utf-8").rstrip("\r\n"))
                         if ev is None or ev.event != "counts" or ev.id is None:
                             continue
-                        failures = 0
                         last_event_id = int(ev.id)
                         yield Update(last_event_id, StreamEvent.model_validate_json(ev.data))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failures += 1
                 if failures >= self.retry.attempts:
                     raise TransportError(f"stream of notice {notice_id}: {exc!r}") from exc
-            else:
-                failures += 1  # the server ended the stream (it is shutting down): resume elsewhere
-                if failures >= self.retry.attempts:
-                    raise TransportError(f"stream of notice {notice_id} keeps ending")
-            await asyncio.sleep(self._wait(failures, None))
+            await asyncio.sleep(self._wait(max(1, failures), None))  # then resume from last_event_id
 
     # -- plumbing --------------------------------------------------------------------------
     def _wait(self, attempt: int, retry_after: float | None) -> float:
@@ -286,9 +284,17 @@ class Client:
                     raise TransportError(f"{method} {path}: {exc!r}") from exc
                 await asyncio.sleep(self._wait(attempt, None))
                 continue
-            if error.status not in RETRY_STATUSES or attempt >= self.retry.attempts:
+            if not _transient(error) or attempt >= self.retry.attempts:
                 raise error
             await asyncio.sleep(self._wait(attempt, error.retry_after))
+
+
+def _transient(error: ApiError) -> bool:
+    """429, 503, and a 409 saying a request with the same Idempotency-Key is still in flight (the
+    first of two concurrent sends: once it is done, the retry replays its answer)."""
+    if error.status in RETRY_STATUSES:
+        return True
+    return error.status == 409 and str(error.problem.get("type", "")).endswith("/idempotency-in-flight")
 
 
 def _params(params: Mapping[str, Any]) -> dict[str, str]:

@@ -14,15 +14,18 @@ import asyncpg
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
 from notifier.api.stream import WATCHERS
+from notifier.api.watch import Watch
 from notifier.app import create_app
 from notifier.client.sse import EventParser, ServerEvent
 from notifier.db import receipts
 from notifier.settings import Settings
-from notifier.workers.queue import create_queue, hint_changed
+from notifier.workers.queue import NOTICE_CHANGED, create_queue, hint_changed
 from tests.api.conftest import Org, problem
 from tests.conftest import auth, running_worker, wait_until
+from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.helpers import get, post
 
 WAIT = 15.0  # bound on any single wait (the hub polls every second)
@@ -308,3 +311,79 @@ async def test_accept_json_answers_the_current_event_once(
     )
     assert resp.status == 200 and resp.content_type == "application/json"
     assert await resp.json() == await expected(client, notice, org.b1_secretary, "b1")
+
+
+async def test_workers_hint_after_the_fanout_and_after_each_write_back(
+    client: TestClient[Any, Any], org: Org, settings: Settings, receiver: WebhookReceiver
+) -> None:
+    await post(client, "/v1/members/m1a/contacts", {"channel": "webhook", "target": receiver.url})
+    redis = Redis.from_url(settings.redis_url)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(NOTICE_CHANGED)
+    hints: list[str] = []
+
+    async def collect() -> None:
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is not None:
+                hints.append(message["data"].decode())
+
+    collector = asyncio.create_task(collect())
+    try:
+        async with running_worker(settings):
+            body = {"kind": "notice", "title": "T", "body": "B", "audience": {"members": ["m1a"]}}
+            body["channels"] = ["webhook"]
+            nid = (await post(client, "/v1/notices", body, status=202))["id"]
+
+            async def two() -> bool:  # one from the fan-out (one chunk), one from the delivery's write-back
+                return hints.count(nid) >= 2 and len(receiver.messages) == 1
+
+            await wait_until(two, within=WAIT)
+        assert set(hints) == {nid}
+    finally:
+        collector.cancel()
+        await asyncio.gather(collector, return_exceptions=True)
+        await pubsub.aclose()
+        await redis.aclose()
+
+
+async def test_streams_of_one_slice_share_one_poll(
+    client: TestClient[Any, Any], org: Org, notice: str
+) -> None:
+    hub = client.app[WATCHERS]
+    streams = [await open_stream(client, notice, org.b1_secretary) for _ in range(20)]
+    streams += [await open_stream(client, notice, query="?unit=c") for _ in range(5)]
+    for s in streams:
+        await s.next()
+    assert len(hub.watches) == 2  # (notice, b1) and (notice, c): one row set each
+    sizes: list[int] = []
+    refresh = hub.refresh
+
+    async def counted(watches: list[Watch]) -> None:
+        sizes.append(len(watches))
+        await refresh(watches)
+
+    hub.refresh = counted
+    loop = asyncio.get_running_loop()
+    polls, started = hub.polls, loop.time()
+    await read(client, notice, "m1b")
+    for s in streams:
+        assert (await s.until(lambda d: d["counts"]["read"] == 1))["counts"]["read"] == 1
+    await asyncio.sleep(1.2)  # a regular poll too
+    # One statement per tick for both slices and all 25 streams: never one per stream or slice.
+    assert hub.polls - polls <= 4 * (loop.time() - started) + 2
+    assert 2 in sizes and max(sizes) == 2, sizes  # the regular poll: both slices in one statement
+    for s in streams:
+        s.resp.close()
+
+
+async def test_a_read_through_the_same_process_needs_no_regular_poll(
+    settings: Settings, client: TestClient[Any, Any], notice: str
+) -> None:
+    slow = settings.model_copy(update={"stream_poll_seconds": 600.0})
+    async with TestClient(TestServer(create_app(slow), host="127.0.0.1")) as c:
+        stream = await open_stream(c, notice)
+        await stream.next()
+        await read(c, notice, "m2a")  # the receipts API tells its own hub
+        assert (await stream.until(lambda d: d["counts"]["read"] == 1))["counts"]["unread"] == 3
+        stream.resp.close()
