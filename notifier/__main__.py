@@ -128,7 +128,7 @@ def _require_production(settings: Settings) -> None:
         sys.exit("refusing to start: " + "; ".join(problems) + " (use 'notifier dev' for development)")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="notifier", description=__doc__.splitlines()[0] if __doc__ else None
     )
@@ -174,7 +174,39 @@ def main(argv: list[str] | None = None) -> None:
     roll.add_argument("notice_id")
     roll.add_argument("--unit", default=None, help="only this unit's subtree")
     roll.add_argument("--csv", action="store_true", help="CSV on stdout")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _migrate(settings: Settings, directory: Path | None) -> None:
+    _require_servers(settings)
+    from notifier.db.migrations import SCHEMAS_DIR, MigrationFailed, migrate
+
+    try:
+        applied = asyncio.run(migrate(settings.database_url, directory or SCHEMAS_DIR))
+    except MigrationFailed as exc:
+        if exc.applied:
+            print("applied: " + ", ".join(exc.applied))
+        sys.exit(f"notifier migrate: {exc}")
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+
+
+def _remote(args: argparse.Namespace) -> int:
+    """The commands that talk to a running server (notifier/cli/)."""
+    if args.command == "send":
+        from notifier.cli.send import run_send
+
+        return run_send(args)
+    if args.command == "status":
+        from notifier.cli.status import run_status
+
+        return run_status(args)
+    from notifier.cli.rollcall import run_roll_call
+
+    return run_roll_call(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
 
@@ -187,16 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         _require_production(settings)
         asyncio.run(run_worker(settings))
     elif args.command == "migrate":
-        _require_servers(settings)
-        from notifier.db.migrations import SCHEMAS_DIR, MigrationFailed, migrate
-
-        try:
-            applied = asyncio.run(migrate(settings.database_url, args.dir or SCHEMAS_DIR))
-        except MigrationFailed as exc:
-            if exc.applied:
-                print("applied: " + ", ".join(exc.applied))
-            sys.exit(f"notifier migrate: {exc}")
-        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+        _migrate(settings, args.dir)
     elif args.command == "console-link":
         from notifier.cli import console_link
 
@@ -222,18 +245,8 @@ def main(argv: list[str] | None = None) -> None:
         from notifier.cli import doctor
 
         sys.exit(doctor.main(settings))
-    elif args.command == "send":
-        from notifier.cli.send import run_send
-
-        sys.exit(run_send(args))
-    elif args.command == "status":
-        from notifier.cli.status import run_status
-
-        sys.exit(run_status(args))
-    elif args.command == "roll-call":
-        from notifier.cli.rollcall import run_roll_call
-
-        sys.exit(run_roll_call(args))
+    elif args.command in ("send", "status", "roll-call"):
+        sys.exit(_remote(args))
     elif args.command == "openapi":
         from notifier.app import build_openapi
 
