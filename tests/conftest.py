@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -48,6 +49,17 @@ TABLES = ", ".join(
     + ["console_sessions", "console_links"]
     + ["unit_budgets", "budget_spend"]
 )
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs a ``notifier`` command in-process (``main([...])``) reconfigures the root
+    logger onto the stream pytest captured for that test; later tests would log to a closed file."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
