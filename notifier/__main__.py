@@ -1,8 +1,9 @@
 """Command line: ``notifier dev | serve | worker | migrate | openapi``.
 
 ``dev`` is the all-in-one used by ``make run``: embedded PostgreSQL and Redis (unless
-NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL are set), migrations, the API, the worker and its
-scheduler (the reconciler cron) in one process. Ctrl-C stops everything, servers included.
+NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL are set), migrations, the API in this process and
+``--processes`` worker processes (default: one per CPU; notifier/workers/processes.py) with
+their scheduler (the reconciler cron). Ctrl-C stops everything, servers included.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from notifier.settings import Settings
+from notifier.workers.processes import default_processes, run_event_loop
 
 log = logging.getLogger("notifier")
 
@@ -59,14 +61,25 @@ async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = Non
     await run_supervised(settings, stop if stop is not None else _stop_on_signals())
 
 
-async def run_dev(settings: Settings) -> None:
+async def run_workers(settings: Settings, processes: int) -> None:
+    """``notifier worker``: one worker in this process, or ``processes`` of them as children."""
+    from notifier.workers.processes import run_worker_processes
+
+    if processes == 1:
+        await run_worker(settings)
+    else:
+        await run_worker_processes(settings, processes, _stop_on_signals())
+
+
+async def run_dev(settings: Settings, processes: int) -> None:
     from notifier.db.migrations import migrate
+    from notifier.workers.processes import run_worker_processes
 
     await migrate(settings.database_url)
     stop = _stop_on_signals()
     parts = [
         asyncio.ensure_future(run_api(settings, stop)),
-        asyncio.ensure_future(run_worker(settings, stop)),
+        asyncio.ensure_future(run_worker_processes(settings, processes, stop)),
     ]
     for part in parts:
         # Whichever part ends first (Ctrl-C, or a failure) stops the other in order, so the process
@@ -77,7 +90,7 @@ async def run_dev(settings: Settings) -> None:
             raise outcome
 
 
-def _dev(settings: Settings) -> None:
+def _dev(settings: Settings, processes: int) -> None:
     from notifier.embedded import AlreadyRunning, EmbeddedServers
 
     token = settings.admin_token.get_secret_value() if settings.admin_token else secrets.token_urlsafe(24)
@@ -102,7 +115,7 @@ def _dev(settings: Settings) -> None:
         flush=True,
     )
     try:
-        asyncio.run(run_dev(settings))
+        run_event_loop(run_dev(settings, processes))
     finally:
         if servers is not None:
             servers.stop()
@@ -127,9 +140,11 @@ def main(argv: list[str] | None = None) -> None:
         prog="notifier", description=__doc__.splitlines()[0] if __doc__ else None
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="embedded servers + migrate + API + worker + scheduler")
+    dev = sub.add_parser("dev", help="embedded servers + migrate + API + worker processes + scheduler")
     sub.add_parser("serve", help="the HTTP API")
-    sub.add_parser("worker", help="the arq worker (fan-out, delivery, reconciler cron)")
+    worker = sub.add_parser("worker", help="the arq worker (fan-out, delivery, reconciler cron)")
+    for cmd in (dev, worker):
+        cmd.add_argument("--processes", type=int, default=None, help="worker processes (default: CPU count)")
     mig = sub.add_parser(
         "migrate", help="apply SQL migrations from schemas/ (each file in its own transaction)"
     )
@@ -143,14 +158,17 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("arq").setLevel(logging.WARNING)
     settings = Settings()
 
+    processes = getattr(args, "processes", None)
+    if processes is not None and processes < 1:
+        parser.error("--processes must be at least 1")
     if args.command == "dev":
-        _dev(settings)
+        _dev(settings, processes or default_processes())
     elif args.command == "serve":
         _require_production(settings)
         asyncio.run(run_api(settings))
     elif args.command == "worker":
         _require_production(settings)
-        asyncio.run(run_worker(settings))
+        run_event_loop(run_workers(settings, processes or default_processes()))
     elif args.command == "migrate":
         _require_servers(settings)
         from notifier.db.migrations import SCHEMAS_DIR, MigrationFailed, migrate
