@@ -314,7 +314,8 @@ def report(rounds: list[Round], opts: argparse.Namespace) -> str:
         *(f"  round {i + 1}: {format_round(r, n)}" for i, r in enumerate(rounds)),
         "",
         f"ours / plain client (deliveries/s over requests/s): {mm(speed, '{:.2f}x')}   target >= 1.30x",
-        f"worker CPU per delivery / plain client CPU per request: {mm(worker_ratio, '{:.2f}x')}   target <= 1.20x",
+        f"worker CPU per delivery / plain client CPU per request: {mm(worker_ratio, '{:.2f}x')}"
+        "   target <= 1.20x",
         f"PostgreSQL CPU per delivery: {mm(pg_us, '{:.1f} us')}   target <= 25 us",
         f"failed deliveries: {sum(r.failed for r in rounds)}",
     ]
