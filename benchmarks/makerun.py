@@ -217,9 +217,11 @@ async def wait_ready(dev: Dev, http: aiohttp.ClientSession, processes: int) -> N
     raise BenchError(f"notifier dev not ready within 120s; see {dev.log}")
 
 
-async def send_ding(dev: Dev, http: aiohttp.ClientSession, audience: dict[str, Any]) -> tuple[str, float]:
+async def send_ding(
+    dev: Dev, http: aiohttp.ClientSession, audience: dict[str, Any], channels: list[str] | None = None
+) -> tuple[str, float]:
     body = {"kind": "ding", "title": "Benchmark", "body": "make run benchmark", "audience": audience}
-    body["channels"] = ["webhook"]
+    body["channels"] = channels or ["webhook"]
     headers = {"Authorization": f"Bearer {dev.token}"}
     async with http.post(f"{dev.url}/v1/notices", json=body, headers=headers) as resp:
         text = await resp.text()
@@ -235,14 +237,17 @@ async def run_ours(
     notice_id, start = await send_ding(dev, http, audience)
     deadline = start + 600
     while True:
-        r = await pool.fetchrow(PROGRESS, notice_id)
+        # The receiver's count is shared memory (free to read); the database is asked only once
+        # every message arrived, so the benchmark's polling does not add to PostgreSQL's CPU.
         hooks = receiver.distinct() - hooks0
-        if r["state"] == "active" and r["recipients"] == n and r["final"] == n and hooks >= n:
-            return time.perf_counter() - start, int(r["failed"])
+        if hooks >= n:
+            r = await pool.fetchrow(PROGRESS, notice_id)
+            if r["state"] == "active" and r["recipients"] == n and r["final"] == n:
+                return time.perf_counter() - start, int(r["failed"])
         if time.perf_counter() > deadline:
-            raise BenchError(f"ours not final within 600s: {dict(r)} webhooks={hooks}")
+            raise BenchError(f"ours not final within 600s: webhooks={hooks}")
         dev.check()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.005 if hooks < n else 0.02)
 
 
 async def benchmark(

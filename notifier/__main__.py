@@ -22,7 +22,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from notifier.settings import Settings
-from notifier.workers.processes import default_processes, run_event_loop
+from notifier.workers.processes import default_processes
 
 log = logging.getLogger("notifier")
 
@@ -115,7 +115,7 @@ def _dev(settings: Settings, processes: int) -> None:
         flush=True,
     )
     try:
-        run_event_loop(run_dev(settings, processes))
+        asyncio.run(run_dev(settings, processes))
     finally:
         if servers is not None:
             servers.stop()
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run_api(settings))
     elif args.command == "worker":
         _require_production(settings)
-        run_event_loop(run_workers(settings, processes or default_processes()))
+        asyncio.run(run_workers(settings, processes or default_processes()))
     elif args.command == "migrate":
         _require_servers(settings)
         from notifier.db.migrations import SCHEMAS_DIR, MigrationFailed, migrate

@@ -7,7 +7,7 @@ from typing import Literal
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from notifier.api.auth import members_visible, require_member
 from notifier.api.cursors import decode_time_cursor, encode_time_cursor
@@ -15,7 +15,7 @@ from notifier.api.keys import DEPS, principal
 from notifier.api.notices import load_visible_notice
 from notifier.api.problems import Problem, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
-from notifier.api.types import Id, Strict, parse_uuid
+from notifier.api.types import Id, Strict, Timestamp, parse_uuid
 from notifier.db import inbox as inbox_db
 from notifier.db import notices, receipts, recipients, units
 
@@ -42,7 +42,7 @@ class BatchReceiptIn(Strict):
     notice_id: UUID
     member_id: Id
     type: Literal["read"]
-    at: AwareDatetime | None = Field(
+    at: Timestamp | None = Field(
         default=None, description="when the member read it (an import of reads made elsewhere); default now"
     )
 

@@ -21,9 +21,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Coroutine
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 from notifier.settings import Settings
 
@@ -41,22 +39,12 @@ def default_processes() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
-    """``asyncio.run(main)``, on uvloop when it is installed (a faster loop, same semantics)."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)
-
-
 def _child_main(settings: Settings, parent: int) -> None:
     """A worker process: SIGTERM (from the parent) stops it cleanly; SIGINT is the parent's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("arq").setLevel(logging.WARNING)
-    run_event_loop(_child(settings, parent))
+    asyncio.run(_child(settings, parent))
 
 
 async def _child(settings: Settings, parent: int) -> None:
