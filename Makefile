@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest bench openapi lock clean chromium
 
-$(STAMP): pyproject.toml
+# The runtime dependencies are installed at the versions deploy/requirements.lock pins (the image's),
+# so the tests run what the image ships; the lock's hashes are checked by the image build.
+$(STAMP): pyproject.toml deploy/requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	grep -E '^[A-Za-z0-9]' deploy/requirements.lock | sed 's/ *\\$$//' > $(VENV)/constraints.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -51,7 +54,11 @@ lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet pip-tools
 	$(BIN)/pip-compile --quiet --generate-hashes --strip-extras --no-header --allow-unsafe \
 	  --no-emit-index-url --no-emit-find-links --annotation-style=line -c .venv/tested.txt \
-	  -o deploy/requirements.lock pyproject.toml
+	  -o .venv/requirements.lock pyproject.toml
+	{ printf '%s\n' '# The exact dependencies the test suite runs with (runtime only), every wheel hashed: the' \
+	  '# Dockerfile installs them with --require-hashes. Regenerate with `make lock` after changing' \
+	  '# pyproject.toml dependencies (pip-compile, constrained to the versions in .venv).'; \
+	  cat .venv/requirements.lock; } > deploy/requirements.lock
 
 clean:
 	rm -rf $(VENV) .notifier .mypy_cache .ruff_cache .pytest_cache

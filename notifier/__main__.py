@@ -1,8 +1,9 @@
 """Command line: ``notifier dev | serve | worker | migrate | openapi | send | status | roll-call``.
 
 ``dev`` is the all-in-one used by ``make run``: embedded PostgreSQL and Redis (unless
-NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL are set), migrations, the API, the worker and its
-scheduler (the reconciler cron) in one process. Ctrl-C stops everything, servers included.
+NOTIFIER_DATABASE_URL / NOTIFIER_REDIS_URL are set), migrations, the API in this process and
+``--processes`` worker processes (default: one per CPU; notifier/workers/processes.py) with
+their scheduler (the reconciler cron). Ctrl-C stops everything, servers included.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import SecretStr
 
 from notifier.logs import configure as configure_logging
 from notifier.settings import Settings
+from notifier.workers.processes import default_processes
 
 log = logging.getLogger("notifier")
 
@@ -60,8 +62,19 @@ async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = Non
     await run_supervised(settings, stop if stop is not None else _stop_on_signals())
 
 
-async def run_dev(settings: Settings) -> None:
+async def run_workers(settings: Settings, processes: int) -> None:
+    """``notifier worker``: one worker in this process, or ``processes`` of them as children."""
+    from notifier.workers.processes import run_worker_processes
+
+    if processes == 1:
+        await run_worker(settings)
+    else:
+        await run_worker_processes(settings, processes, _stop_on_signals())
+
+
+async def run_dev(settings: Settings, processes: int) -> None:
     from notifier.db.migrations import migrate
+    from notifier.workers.processes import run_worker_processes
 
     await migrate(settings.database_url)
     from notifier.cli.console_link import print_admin_link
@@ -70,7 +83,7 @@ async def run_dev(settings: Settings) -> None:
     stop = _stop_on_signals()
     parts = [
         asyncio.ensure_future(run_api(settings, stop)),
-        asyncio.ensure_future(run_worker(settings, stop)),
+        asyncio.ensure_future(run_worker_processes(settings, processes, stop)),
     ]
     for part in parts:
         # Whichever part ends first (Ctrl-C, or a failure) stops the other in order, so the process
@@ -81,7 +94,7 @@ async def run_dev(settings: Settings) -> None:
             raise outcome
 
 
-def _dev(settings: Settings) -> None:
+def _dev(settings: Settings, processes: int) -> None:
     from notifier.embedded import AlreadyRunning, EmbeddedServers
 
     token = settings.admin_token.get_secret_value() if settings.admin_token else secrets.token_urlsafe(24)
@@ -108,7 +121,7 @@ def _dev(settings: Settings) -> None:
         flush=True,
     )
     try:
-        asyncio.run(run_dev(settings))
+        asyncio.run(run_dev(settings, processes))
     finally:
         if servers is not None:
             servers.stop()
@@ -133,9 +146,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="notifier", description=__doc__.splitlines()[0] if __doc__ else None
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="embedded servers + migrate + API + worker + scheduler")
+    dev = sub.add_parser("dev", help="embedded servers + migrate + API + worker processes + scheduler")
     sub.add_parser("serve", help="the HTTP API")
-    sub.add_parser("worker", help="the arq worker (fan-out, delivery, reconciler cron)")
+    worker = sub.add_parser("worker", help="the arq worker (fan-out, delivery, reconciler cron)")
+    for cmd in (dev, worker):
+        cmd.add_argument("--processes", type=int, default=None, help="worker processes (default: CPU count)")
     mig = sub.add_parser(
         "migrate", help="apply SQL migrations from schemas/ (each file in its own transaction)"
     )
@@ -206,18 +221,21 @@ def _remote(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    processes = getattr(args, "processes", None)
+    if processes is not None and processes < 1:
+        parser.error("--processes must be at least 1")
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-
     if args.command == "dev":
-        _dev(settings)
+        _dev(settings, processes or default_processes())
     elif args.command == "serve":
         _require_production(settings)
         asyncio.run(run_api(settings))
     elif args.command == "worker":
         _require_production(settings)
-        asyncio.run(run_worker(settings))
+        asyncio.run(run_workers(settings, processes or default_processes()))
     elif args.command == "migrate":
         _migrate(settings, args.dir)
     elif args.command == "console-link":

@@ -36,7 +36,7 @@ def start_worker(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
         **extra,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "notifier", "worker"],
+        [sys.executable, "-m", "notifier", "worker", "--processes", "1"],  # one process: the one killed
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

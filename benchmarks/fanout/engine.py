@@ -74,7 +74,7 @@ async def run_ours(
 
 
 async def phase(bench: Bench, opts: Options, root: str, log_dir: Path) -> list[CaseResult]:
-    argv = [sys.executable, "-m", "notifier", "worker"]
+    argv = [sys.executable, "-m", "notifier", "worker", "--processes", "1"]
     async with with_workers(bench, "notifier worker", argv, opts.workers, log_dir) as bench:
         warm = min(WARMUP_MEMBERS, opts.members)
         audience = {"members": [member_id(bench.prefix, i) for i in range(warm)]}

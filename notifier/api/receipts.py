@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Literal
+from uuid import UUID
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -12,10 +13,10 @@ from notifier.api.auth import members_visible, require_member
 from notifier.api.cursors import decode_time_cursor, encode_time_cursor
 from notifier.api.keys import DEPS, principal
 from notifier.api.notices import load_visible_notice
-from notifier.api.problems import Problem, invalid, not_found
+from notifier.api.problems import Problem, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.stream import WATCHERS
-from notifier.api.types import Id, Strict, parse_uuid
+from notifier.api.types import Id, Strict, Timestamp, parse_uuid
 from notifier.db import inbox as inbox_db
 from notifier.db import notices, receipts, recipients, units
 
@@ -33,6 +34,34 @@ class ReceiptOut(BaseModel):
     type: str
     read_at: datetime
     recorded: bool = Field(description="true when this request recorded the first read")
+
+
+BATCH_MAX = 10_000
+
+
+class BatchReceiptIn(Strict):
+    notice_id: UUID
+    member_id: Id
+    type: Literal["read"]
+    at: Timestamp | None = Field(
+        default=None, description="when the member read it (an import of reads made elsewhere); default now"
+    )
+
+
+class BatchIn(Strict):
+    receipts: list[BatchReceiptIn] = Field(min_length=1, max_length=BATCH_MAX)
+
+
+class BatchItemOut(BaseModel):
+    index: int = Field(description="the item's position in the request")
+    status: Literal["recorded", "already_read", "not_found"]
+
+
+class BatchOut(BaseModel):
+    recorded: int
+    already_read: int
+    not_found: int
+    results: list[BatchItemOut]
 
 
 class InboxQuery(Strict):
@@ -121,6 +150,76 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
             notice_id=notice_id, member_id=member_id, type="read", read_at=row["read_at"], recorded=recorded
         ).model_dump(mode="json")
     )
+
+
+@routes.route(
+    "POST",
+    "/v1/receipts:batch",
+    summary="Record up to 10,000 read receipts in one call (idempotent)",
+    tag="receipts",
+    body=BatchIn,
+    response=BatchOut,
+    responses={
+        422: "an item is invalid (its field named with its index, e.g. receipts[3].at), "
+        "an ``at`` lies in the future, or more than 10,000 items; nothing is recorded",
+    },
+)
+async def post_receipts_batch(request: web.Request, call: Call) -> web.Response:
+    """Each item is checked as the single receipt is (the notice in the caller's own units, the
+    member visible to it; a member key only for itself): one the caller may not record, or whose
+    member did not receive the notice, is ``not_found`` and the others are recorded."""
+    p = principal(request)
+    p.require("admin", "service", "member")
+    items = call.body_as(BatchIn).receipts
+    deps = request.app[DEPS]
+    async with deps.pool.acquire() as conn, conn.transaction():
+        now = await receipts.now(conn)
+        late = [
+            (f"receipts[{i}].at", "must not be in the future")
+            for i, r in enumerate(items)
+            if r.at and r.at > now
+        ]
+        if late:
+            raise invalid_many(late)
+        notice_ids = sorted({str(r.notice_id) for r in items})
+        if p.role == "member":  # its own reads: of the notices it received (the recipient rows say)
+            allowed = set(notice_ids)
+        else:
+            allowed = set()
+            for nid in notice_ids:  # the notices of one call are few: an import is per notice
+                try:
+                    allowed.add(str((await load_visible_notice(conn, p, nid, own=True)).id))
+                except Problem:
+                    continue
+        visible = await members_visible(conn, p, sorted({r.member_id for r in items}))
+        wanted = [i for i, r in enumerate(items) if str(r.notice_id) in allowed and r.member_id in visible]
+        recorded = await receipts.mark_read_many(
+            conn,
+            [str(items[i].notice_id) for i in wanted],
+            [items[i].member_id for i in wanted],
+            "api",
+            [items[i].at for i in wanted],
+        )
+        got = {(str(r["notice_id"]), r["member_id"]) for r in recorded}
+        readers = await receipts.read_pairs(
+            conn, [str(items[i].notice_id) for i in wanted], [items[i].member_id for i in wanted]
+        )
+    for changed in sorted({nid for nid, _ in got}):  # committed: live streams may show them now
+        request.app[WATCHERS].changed(changed)
+    results: list[BatchItemOut] = []
+    first: set[tuple[str, str]] = set()
+    for i, r in enumerate(items):
+        pair = (str(r.notice_id), r.member_id)
+        if pair in got and pair not in first:
+            first.add(pair)
+            status: Literal["recorded", "already_read", "not_found"] = "recorded"
+        elif pair in readers and str(r.notice_id) in allowed and r.member_id in visible:
+            status = "already_read"
+        else:
+            status = "not_found"
+        results.append(BatchItemOut(index=i, status=status))
+    tally = {k: sum(1 for x in results if x.status == k) for k in ("recorded", "already_read", "not_found")}
+    return json_response(BatchOut(results=results, **tally).model_dump(mode="json"))
 
 
 @routes.route(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ from notifier.channels.base import (
     Capabilities,
     ChannelError,
     InvalidTarget,
+    NoticeContent,
     Outcome,
     Outgoing,
     PermanentError,
@@ -51,9 +53,35 @@ def decode_secret(secret: str) -> bytes:
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode()
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode(), hashlib.sha256)
+    mac.update(body)  # the body as sent, never re-serialised (and not copied)
+    return "v1," + base64.b64encode(mac.digest()).decode()
+
+
+def _json(value: str) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _notice_parts(notice: NoticeContent) -> tuple[bytes, bytes]:
+    """The body around the member id, serialised once per notice (a batch of 500 shares it)."""
+    head = b'{"notice_id":' + _json(notice.notice_id) + b',"member_id":'
+    tail = (
+        b',"kind":'
+        + _json(notice.kind)
+        + b',"title":'
+        + _json(notice.title)
+        + b',"body":'
+        + _json(notice.body)
+        + b"}"
+    )
+    return head, tail
+
+
+def build_body(item: Outgoing) -> bytes:
+    """``{"notice_id", "member_id", "kind", "title", "body"}`` as compact JSON (pure)."""
+    head, tail = _notice_parts(item.notice)
+    return head + _json(item.member_id) + tail
 
 
 def build_request(
@@ -66,17 +94,7 @@ def build_request(
         keys = [decode_secret(target["secret"])]
     else:
         keys = [default_key] if isinstance(default_key, bytes) else list(default_key)
-    body = json.dumps(
-        {
-            "notice_id": item.notice.notice_id,
-            "member_id": item.member_id,
-            "kind": item.notice.kind,
-            "title": item.notice.title,
-            "body": item.notice.body,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
+    body = build_body(item)
     msg_id = f"msg_{item.delivery_id}"
     headers = {
         "content-type": "application/json",

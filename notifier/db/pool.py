@@ -42,8 +42,22 @@ async def _init_connection(conn: Any) -> None:
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+# The workers' sessions plan every execution with its parameters (a custom plan). Their statements
+# take arrays of a batch (500 ids, members, states); a cached generic plan guesses 10 elements and
+# the statistics' "no row is 'sending'", and chose plans whose cost grows with the whole table:
+# a 500-row write-back went from 10 ms to 175 ms after the first ANALYZE of a busy deliveries
+# table (benchmarks/pg_delivery.py). Planning once per batch costs well under a microsecond per
+# row. It also governs the triggers those statements fire (PL/pgSQL plans through the same cache).
+# The API keeps generic plans: its statements are single-row and planning per request would cost.
+WORKER_SESSION = {"plan_cache_mode": "force_custom_plan"}
+
+
 async def create_pool(
-    settings: Settings, *, min_size: int | None = None, max_size: int | None = None
+    settings: Settings,
+    *,
+    min_size: int | None = None,
+    max_size: int | None = None,
+    server_settings: dict[str, str] | None = None,
 ) -> Pool:
     pool = await asyncpg.create_pool(
         settings.database_url,
@@ -51,6 +65,7 @@ async def create_pool(
         max_size=settings.db_pool_max if max_size is None else max_size,
         init=_init_connection,
         command_timeout=60,
+        server_settings=server_settings,
     )
     assert pool is not None
     return pool

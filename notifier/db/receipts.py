@@ -3,6 +3,8 @@ notice's counters and in each unit's, with its time-to-read bucket)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from notifier import metrics
 from notifier.db.deliveries import MOOT_AFTER_READ
 from notifier.db.pool import Connection, Record
@@ -12,13 +14,18 @@ from notifier.db.pool import Connection, Record
 # Set-based: one statement for any number of (notice, member) pairs, locked in one order so
 # concurrent batches never deadlock.
 MARK_READ = f"""
-WITH p AS (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[]) AS p(notice_id, member_id)),
+WITH p AS (
+    -- one row per pair; a pair read twice in one call: its earliest reading
+    SELECT DISTINCT ON (notice_id, member_id) * FROM unnest($1::uuid[], $2::text[], $4::timestamptz[]) AS p(notice_id, member_id, at)
+    ORDER BY notice_id, member_id, at NULLS LAST
+),
 l AS (
-    SELECT t.notice_id, t.member_id FROM recipients t JOIN p ON t.notice_id = p.notice_id AND t.member_id = p.member_id
+    SELECT t.notice_id, t.member_id, p.at FROM recipients t JOIN p ON t.notice_id = p.notice_id AND t.member_id = p.member_id
     WHERE t.read_at IS NULL ORDER BY t.notice_id, t.member_id FOR UPDATE OF t
 ),
 r AS (
-    UPDATE recipients t SET read_at = (SELECT notifier_now()), read_via = $3
+    -- read at the time given (an import of reads made elsewhere), never later than now
+    UPDATE recipients t SET read_at = least(l.at, (SELECT notifier_now())), read_via = $3
     FROM l WHERE t.notice_id = l.notice_id AND t.member_id = l.member_id AND t.read_at IS NULL
     RETURNING t.notice_id, t.member_id, t.units, t.direct_units, t.read_at,
               read_bucket(t.read_at - t.created_at) AS bucket
@@ -66,10 +73,36 @@ async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str) 
 
 
 async def mark_read_many(
-    conn: Connection, notice_ids: list[str], member_ids: list[str], via: str
+    conn: Connection,
+    notice_ids: list[str],
+    member_ids: list[str],
+    via: str,
+    at: list[datetime | None] | None = None,
 ) -> list[Record]:
-    """Record (and count) first reads; returns the pairs this call recorded."""
-    recorded = list(await conn.fetch(MARK_READ, notice_ids, member_ids, via))
+    """Record (and count) first reads (at ``at``, capped at now; default now); returns the pairs
+    this call recorded."""
+    times = at if at is not None else [None] * len(notice_ids)
+    recorded = list(await conn.fetch(MARK_READ, notice_ids, member_ids, via, times))
     if recorded:
         metrics.RECEIPTS.labels(via).inc(len(recorded))
     return recorded
+
+
+# Of these (notice, member) pairs, the recipients who have read (whenever that was recorded).
+READ_PAIRS = """
+SELECT t.notice_id, t.member_id FROM recipients t
+JOIN (SELECT DISTINCT * FROM unnest($1::uuid[], $2::text[]) AS p(notice_id, member_id)) p
+  ON t.notice_id = p.notice_id AND t.member_id = p.member_id
+WHERE t.read_at IS NOT NULL"""
+
+
+async def read_pairs(conn: Connection, notice_ids: list[str], member_ids: list[str]) -> set[tuple[str, str]]:
+    rows = await conn.fetch(READ_PAIRS, notice_ids, member_ids)
+    return {(str(r["notice_id"]), str(r["member_id"])) for r in rows}
+
+
+async def now(conn: Connection) -> datetime:
+    """The engine clock (tests shift it)."""
+    value = await conn.fetchval("SELECT notifier_now()")
+    assert isinstance(value, datetime)
+    return value

@@ -27,7 +27,7 @@ from arq import cron
 from arq.worker import Worker, func
 
 from notifier.channels.registry import build_registry
-from notifier.db.pool import create_pool
+from notifier.db.pool import WORKER_SESSION, create_pool
 from notifier.metrics import POOLS, start_worker_metrics
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
@@ -55,7 +55,9 @@ RESTART_BACKOFF_SECONDS = (0.5, 10.0)  # first and longest pause before starting
 
 def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, Any]:
     async def on_startup(ctx: dict[str, Any]) -> None:
-        pool = await create_pool(settings, min_size=2, max_size=max(4, settings.db_pool_max))
+        pool = await create_pool(
+            settings, min_size=2, max_size=max(4, settings.db_pool_max), server_settings=WORKER_SESSION
+        )
         queue = await create_queue(settings)
         ctx["deps"] = WorkerDeps(settings, pool, queue, build_registry(settings))
         POOLS.track(ctx["deps"].pool, "worker")

@@ -199,3 +199,25 @@ async def _retry_after_is_honoured(
     wait = await db.fetchval("SELECT extract(epoch FROM next_attempt_at - updated_at) FROM deliveries")
     assert 30 <= float(wait) <= 31
     assert receiver.messages == []
+
+
+def test_the_body_built_once_per_notice_is_the_json_of_the_whole_message() -> None:
+    """The notice's parts are serialised once and shared by the batch; the bytes (which are
+    signed) are exactly the compact JSON of the whole message, escapes and non-ASCII included."""
+    import json as _json
+
+    from notifier.channels.base import NoticeContent, Outgoing
+    from notifier.channels.webhook import build_body
+
+    notice = NoticeContent("n-1", "ding", 'Fire "drill" 火警 \\ \u2028', "line\nbreak\t\x00")
+    for member in ("m-1", 'm"2', "成员-3"):
+        body = build_body(Outgoing(1, member, {"url": "http://x"}, notice, 1))
+        want = {
+            "notice_id": "n-1",
+            "member_id": member,
+            "kind": "ding",
+            "title": notice.title,
+            "body": notice.body,
+        }
+        assert body == _json.dumps(want, ensure_ascii=False, separators=(",", ":")).encode()
+        assert _json.loads(body) == want

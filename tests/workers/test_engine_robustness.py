@@ -186,7 +186,7 @@ def worker_env(settings: Settings, twilio_fake: FakeTwilio) -> dict[str, str]:
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "notifier", "worker"],
+        [sys.executable, "-m", "notifier", "worker", "--processes", "1"],  # one process: the one killed
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,0 +1,203 @@
+"""Read receipts end to end through the API (``notifier dev``), against ``GET /healthz`` from the
+same clients in the same run.
+
+Run::
+
+    .venv/bin/python -m benchmarks.receipts [--members 50000] [--clients 32] [--seconds 5]
+
+* an in-app DING to N members (embedded servers, ``notifier dev --processes 1``), until active;
+* **batch**: ``POST /v1/receipts:batch`` with 10,000 distinct reads per call, one call after
+  another, for half the members: receipts/s end to end (the 200 comes after the commit), and the
+  counters checked afterwards (``read`` equals the reads sent);
+* **single**: ``--clients`` concurrent loopback clients, each posting ``POST /v1/notices/{id}/
+  receipts`` for the next unread member, for ``--seconds`` (bounded: one request in flight per
+  client); rate, p50 and p99;
+* **baseline**: the same clients on ``GET /healthz`` for the same time, before and after.
+
+Targets (issue 13): batch >= 20,000 receipts/s; single >= 2,000/s with p99 <= 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from pydantic import SecretStr
+
+from benchmarks.fanout.org import create_org, member_id
+from benchmarks.harness.servers import BenchError, code_version, connected, servers, stop_on_sigterm
+from benchmarks.makerun import Dev, send_ding, wait_ready
+from notifier.settings import Settings
+
+BATCH = 10_000
+
+
+async def closed_loop(
+    clients: int, seconds: float, one: Callable[[aiohttp.ClientSession], Awaitable[bool]]
+) -> tuple[float, list[float], int]:
+    """``clients`` loops of ``one`` for ``seconds``: (requests/s, latencies in ms, failures)."""
+    latencies: list[float] = []
+    failures = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def client() -> None:
+            nonlocal failures
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                ok = await one(http)
+                latencies.append((time.perf_counter() - t) * 1000)
+                failures += not ok
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+    return len(latencies) / elapsed, latencies, failures
+
+
+def p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def benchmark(opts: argparse.Namespace, settings: Settings, tmp: Path) -> list[str]:
+    async with connected(settings) as (pool, _queue):
+        prefix = "rc" + secrets.token_hex(3)
+        root = await create_org(pool, prefix, opts.members, "http://127.0.0.1:9/hook")
+        dev = Dev(settings, 1, tmp / "dev.log")
+        lines: list[str] = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                await wait_ready(dev, http, 1)
+                headers = {"Authorization": f"Bearer {dev.token}"}
+                ding = {"units": [root]}
+                notice_id, _ = await send_ding_inapp(dev, http, ding)
+                deadline = time.monotonic() + 300
+                while True:
+                    n = await pool.fetchval(
+                        "SELECT coalesce(sum(recipients), 0) FROM notice_counts WHERE notice_id = $1",
+                        notice_id,
+                    )
+                    state = await pool.fetchval("SELECT state FROM notices WHERE id = $1", notice_id)
+                    if n == opts.members and state == "active":
+                        break
+                    if time.monotonic() > deadline:
+                        raise BenchError("the in-app notice did not fan out within 300s")
+                    dev.check()
+                    await asyncio.sleep(0.1)
+
+                async def healthz(h: aiohttp.ClientSession) -> bool:
+                    async with h.get(f"{dev.url}/healthz") as resp:
+                        await resp.read()
+                        return resp.status == 200
+
+                base1, base_lat1, _ = await closed_loop(opts.clients, opts.seconds, healthz)
+
+                # batch: half the members, 10,000 per call
+                half = opts.members // 2
+                t0 = time.perf_counter()
+                for start in range(0, half, BATCH):
+                    items = [
+                        {"notice_id": notice_id, "member_id": member_id(prefix, i), "type": "read"}
+                        for i in range(start, min(half, start + BATCH))
+                    ]
+                    async with http.post(
+                        f"{dev.url}/v1/receipts:batch", json={"receipts": items}, headers=headers
+                    ) as resp:
+                        body = await resp.json()
+                        if resp.status != 200 or body["recorded"] != len(items):
+                            raise BenchError(f"batch answered {resp.status}: {str(body)[:300]}")
+                batch_s = time.perf_counter() - t0
+                read = await pool.fetchval(
+                    "SELECT coalesce(sum(read), 0) FROM notice_counts WHERE notice_id = $1", notice_id
+                )
+                if read != half:
+                    raise BenchError(f"counters: read={read}, sent {half}")
+
+                # single: the other half, one member per request
+                nxt = iter(range(half, opts.members))
+
+                async def single(h: aiohttp.ClientSession) -> bool:
+                    i = next(nxt, None)
+                    if i is None:
+                        return False
+                    body = {"member_id": member_id(prefix, i), "type": "read"}
+                    async with h.post(
+                        f"{dev.url}/v1/notices/{notice_id}/receipts", json=body, headers=headers
+                    ) as resp:
+                        await resp.read()
+                        return resp.status == 200
+
+                single_rate, single_lat, single_fail = await closed_loop(opts.clients, opts.seconds, single)
+                base2, base_lat2, _ = await closed_loop(opts.clients, opts.seconds, healthz)
+        except BaseException:
+            print(dev.log.read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
+        finally:
+            await asyncio.to_thread(dev.stop)
+        base = statistics.median([base1, base2])
+        batch_rate = half / batch_s
+        lines += [
+            "",
+            f"receipts benchmark: {opts.members:,} in-app recipients, notifier dev --processes 1, "
+            f"{opts.clients} clients, {opts.seconds:.0f}s per phase, code {code_version()}",
+            f"baseline GET /healthz: {base1:,.0f}/s before, {base2:,.0f}/s after "
+            f"(p99 {p(base_lat1, 0.99):.1f} / {p(base_lat2, 0.99):.1f} ms)",
+            f"batch POST /v1/receipts:batch ({BATCH:,}/call): {half:,} reads in {batch_s:.2f}s = "
+            f"{batch_rate:,.0f} receipts/s ({batch_rate / base:.1f}x healthz requests/s); counters right"
+            f"   target >= 20,000/s",
+            f"single POST .../receipts: {single_rate:,.0f}/s ({single_rate / base:.2f}x healthz), "
+            f"p50 {p(single_lat, 0.5):.1f} ms, p99 {p(single_lat, 0.99):.1f} ms, failures {single_fail}"
+            f"   target >= 2,000/s, p99 <= 50 ms",
+        ]
+        return lines
+
+
+async def send_ding_inapp(
+    dev: Dev, http: aiohttp.ClientSession, audience: dict[str, Any]
+) -> tuple[str, float]:
+    return await send_ding(dev, http, audience, channels=["inapp"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.receipts", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument("--members", type=int, default=50_000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    opts = parser.parse_args(argv)
+    stop_on_sigterm()
+    try:
+        with contextlib.ExitStack() as stack:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="notifier-receipts-")))
+            db_url, redis_url = stack.enter_context(servers(tmp))
+            settings = Settings(
+                database_url=db_url,
+                redis_url=redis_url,
+                queue_name=f"notifier:receipts:{secrets.token_hex(4)}",
+                webhook_secret=SecretStr("whsec_" + "A" * 32),
+                allow_private_targets=True,
+            )
+            print("\n".join(asyncio.run(benchmark(opts, settings, tmp))), flush=True)
+    except KeyboardInterrupt:
+        return 130
+    except BenchError as exc:
+        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
