@@ -13,7 +13,7 @@ import hashlib
 
 from notifier.db.lessons import effective_cte
 from notifier.db.pool import Connection, Record
-from notifier.db.units import subtree
+from notifier.db.units import audience_members, subtree
 
 INSERT_LINK = """
 INSERT INTO console_links (id, member_id, expires_at)
@@ -64,16 +64,7 @@ DELETE FROM console_links WHERE expires_at < notifier_now() - interval '1 day'""
 
 # The people an audience reaches: the members of the units' subtrees and the named members,
 # counted once each -- the set the fan-out statement (db/fanout.py) resolves.
-AUDIENCE_COUNT = (
-    "WITH RECURSIVE "
-    + subtree("$1")
-    + """
-SELECT count(*) FROM (
-    SELECT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id
-    UNION
-    SELECT m.id FROM members m WHERE m.id = ANY($2::text[])
-) a"""
-)
+AUDIENCE_COUNT = "WITH RECURSIVE " + subtree("$1") + " SELECT count(*) FROM " + audience_members("$2") + " a"
 
 TIMEZONE = effective_cte("SELECT $1::text AS unit_id") + " SELECT tz FROM eff"
 

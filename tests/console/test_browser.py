@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 from playwright.async_api import expect
 
+from notifier.cli.console_link import make_link
 from notifier.console.pages import CSP
 from tests.console.conftest import Live
 
@@ -197,3 +198,58 @@ async def test_a_member_confirms_a_ding_and_reads_a_notice_in_the_inbox(
         assert manifest.ok and (await manifest.json())["scope"] == "/m/"
     finally:
         await context.close()
+
+
+async def test_the_admin_signs_in_by_the_dev_link_sends_in_chinese_and_watches_it_live(
+    live: Live, browser: Any, db: asyncpg.Connection
+) -> None:
+    """The issue's "Done when": the link ``make run`` prints signs the admin in; a DING made in
+    zh-CN (no creating unit: the admin's) shows its per-branch bars moving and its state tag and
+    actions following the notice as receipts and a recall arrive through the API -- no reload."""
+    await build_branch(live)
+    assert live.settings.database_url
+    link, _ = await make_link(live.settings, live.settings.database_url, None)  # as `notifier dev` prints
+    context = await browser.new_context(locale="zh-CN", viewport={"width": 1200, "height": 900})
+    try:
+        page = await sign_in_by(context, link)
+        await page.goto(live.url + "/console/send")
+        await page.fill("#title", "紧急集合")
+        await page.fill("#body", "全体民警立即到指挥中心集合。")
+        await page.check('input[name=units][value="c"]')
+        await expect(page.locator("#count")).to_contain_text("12", timeout=WAIT_MS)
+        await page.click("button[name=step][value=review]")
+        await page.click("#send-now")
+        await page.wait_for_url("**/console/notices/*")
+        notice_id = page.url.rsplit("/", 1)[1]
+        assert await db.fetchval("SELECT scope_unit_id FROM notices WHERE id = $1", notice_id) is None
+        assert not untranslated(await page.content())
+        await page.evaluate("window.__noReload = 1")
+
+        await expect(page.locator("[data-count=recipients]")).to_have_text("12", timeout=WAIT_MS)
+        await expect(page.locator("#state")).to_have_text("已发出", timeout=WAIT_MS)
+        await expect(page.locator("form.remind")).to_be_visible()
+        for m in ("m00", "m01", "m10", "x1"):
+            await live.api("POST", f"/v1/notices/{notice_id}/receipts", {"type": "read", "member_id": m})
+        # b0: 3 of its 10 (nine in groups, its secretary); b1: 1 of its 2.
+        await expect(page.locator("rect.bar-fill[data-unit=b0]")).to_have_attribute(
+            "width", re.compile(r"^30(\.0*)?$"), timeout=WAIT_MS
+        )
+        await expect(page.locator("[data-rate=b1]")).to_have_text("50%", timeout=WAIT_MS)
+        await expect(page.locator("[data-read=b0]")).to_have_text("3/10")
+
+        await live.api("POST", f"/v1/notices/{notice_id}/recall")
+        await expect(page.locator("#state")).to_have_text("已撤回", timeout=WAIT_MS)
+        await expect(page.locator("form.remind")).to_be_hidden()
+        await expect(page.locator("form.recall")).to_be_hidden()
+        await expect(page.locator("p.remind-inactive")).to_be_visible()
+        assert await page.evaluate("window.__noReload") == 1  # the same document all along
+    finally:
+        await context.close()
+
+
+async def sign_in_by(context: Any, link: str) -> Any:
+    page = await context.new_page()
+    await page.goto(link)
+    await page.click("#continue")
+    await page.wait_for_url("**/console/notices")
+    return page
