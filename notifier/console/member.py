@@ -98,7 +98,15 @@ async def use_read_link(request: web.Request) -> web.StreamResponse:
         expires = datetime.fromtimestamp(claims.expires_at, UTC)
         if not await console.use_once(conn, once, claims.member_id, expires):
             return error_page(request, 403, t(request, "signin.used_link"))
-        sid = await start(conn, request, member_id=claims.member_id, key_id=None, role="member", unit_id=None)
+        sid = await start(
+            conn,
+            request,
+            member_id=claims.member_id,
+            key_id=None,
+            role="member",
+            unit_id=None,
+            by="read_link",
+        )
     response = web.HTTPSeeOther(f"/m/notices/{claims.notice_id}")
     set_cookie(request, response, sid)
     raise response
