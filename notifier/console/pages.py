@@ -83,7 +83,9 @@ def render(request: web.Request, template: str, context: dict[str, Any], status:
 
 
 def error_page(request: web.Request, status: int, detail: str | None = None) -> web.Response:
-    key = {403: "error.forbidden", 404: "error.not_found", 409: "error.conflict"}.get(status, "error.invalid")
+    key = {403: "error.forbidden", 404: "error.not_found", 409: "error.conflict", 429: "error.too_many"}.get(
+        status, "error.invalid"
+    )
     return render(request, "error.html", {"status": status, "key": key, "detail": detail}, status=status)
 
 
@@ -94,7 +96,12 @@ def page(*, console_roles: bool = True, member: bool = False) -> Callable[[PageH
     def wrap(handler: PageHandler) -> web_handler:
         async def run(request: web.Request) -> web.StreamResponse:
             request[UNREAD] = request.clone()  # before the body is read (apicall.py)
-            session = await load(request)
+            try:
+                session = await load(request)
+            except Problem as problem:  # 429: the session's rate limit
+                page_ = error_page(request, problem.status)
+                page_.headers.update(problem.headers or {})
+                return page_
             if session is None:
                 if request.method == "POST":
                     return error_page(request, 403)

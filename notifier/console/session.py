@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from notifier.api import ratelimit
 from notifier.api.audit import member_units, record_as
 from notifier.api.keys import DEPS
 from notifier.api.principal import Principal
@@ -123,9 +124,20 @@ async def load(request: web.Request) -> Session | None:
         return None
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
-        row = await console.touch_session(conn, session_id, float(deps.settings.console_idle_seconds))
+        limits = deps.settings.rate_limits.by_role()
+        row = await console.touch_session(
+            conn,
+            session_id,
+            float(deps.settings.console_idle_seconds),
+            {role: (lim.per_second, lim.burst) for role, lim in limits.items()},
+        )
         if row is None or not row["key_usable"]:
             return None
+        if row["limited"]:  # as an API key's requests are (api/ratelimit.py)
+            rate = ratelimit.state(row, limits[row["role"]])
+            request[ratelimit.RATE_STATE] = rate
+            if not row["allowed"]:
+                raise ratelimit.too_many_requests(rate)
         member_id = row["member_id"]
         units = (
             tuple(await console.secretary_of(conn, member_id)) if member_id and row["key_id"] is None else ()
