@@ -10,6 +10,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from aiohttp.test_utils import TestClient
@@ -324,3 +325,29 @@ async def test_signing_in_and_out_of_the_console_is_audited(
 
 async def s1_key(client: TestClient[Any, Any]) -> str:
     return await issue_key(client, {"name": "b1 desk", "role": "secretary", "unit_id": "b1"})
+
+
+async def test_member_pages_show_times_in_the_members_own_time_zone(
+    client: TestClient[Any, Any], db: asyncpg.Connection, settings: Settings
+) -> None:
+    """The member's zone (db/quiet.py's rule: their own, else inherited from their units), not the
+    default Asia/Shanghai."""
+    await org(client)
+    await put(client, "/v1/units/c", {"name": "市委", "parent_id": None, "timezone": "Europe/London"})
+    body = {"kind": "notice", "title": "t", "body": "b", "audience": {"members": ["m0"]}}
+    nid = (await post(client, "/v1/notices", body, status=202))["id"]
+    async with running_worker(settings):
+        await fanned_out(db, nid)
+    created = await db.fetchval("SELECT created_at FROM notices WHERE id = $1", nid)
+
+    def shown(tz: str) -> str:
+        return str(created.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M"))
+
+    await sign_in(client, "m0")
+    for path in ("/m/", f"/m/notices/{nid}"):
+        html = await (await client.get(path)).text()
+        assert f"<time>{shown('Europe/London')}</time>" in html, path
+    batch = [{"id": "m0", "name": "民警0", "units": ["b0"], "timezone": "America/New_York"}]
+    await post(client, "/v1/members:batch", {"members": batch}, status=200)
+    html = await (await client.get("/m/")).text()
+    assert f"<time>{shown('America/New_York')}</time>" in html
