@@ -351,3 +351,26 @@ async def test_member_pages_show_times_in_the_members_own_time_zone(
     await post(client, "/v1/members:batch", {"members": batch}, status=200)
     html = await (await client.get("/m/")).text()
     assert f"<time>{shown('America/New_York')}</time>" in html
+
+
+async def test_the_read_link_a_message_carries_leads_to_the_members_inbox_once(
+    client: TestClient[Any, Any], db: asyncpg.Connection, worker: None, settings: Settings
+) -> None:
+    """The /r/ page links the same token's one-time inbox sign-in; a preview fetch of either
+    records no read and signs nobody in."""
+    await org(client)
+    body = {"kind": "ding", "title": "集合", "body": "x", "audience": {"members": ["m0"]}}
+    nid = (await post(client, "/v1/notices", body, status=202))["id"]
+    await fanned_out(db, nid)
+    secret = settings.link_secret.get_secret_value().encode()
+    token = make_token(secret, nid, "m0", int(time.time()) + 3600)
+    preview = {"User-Agent": "Slackbot-LinkExpanding 1.0"}
+    page = await client.get(f"/r/{token}", headers=preview)
+    assert page.status == 200 and f'href="/m/r/{token}"' in await page.text()
+    pre = await csrf_of(client, f"/m/r/{token}")
+    assert await db.fetchval("SELECT read_at FROM recipients WHERE notice_id = $1", nid) is None
+    assert await db.fetchval("SELECT count(*) FROM console_sessions") == 0
+    resp = await client.post(f"/m/r/{token}", data={"csrf": pre}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == f"/m/notices/{nid}"
+    assert (await client.get("/m/")).status == 200
+    assert await db.fetchval("SELECT read_at FROM recipients WHERE notice_id = $1", nid) is None
