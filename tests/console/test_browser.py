@@ -253,3 +253,31 @@ async def sign_in_by(context: Any, link: str) -> Any:
     await page.click("#continue")
     await page.wait_for_url("**/console/notices")
     return page
+
+
+async def test_the_inbox_registers_its_service_worker(live: Live, browser: Any) -> None:
+    """Enabling web push registers the member pages' service worker (scope /m/). The subscription
+    itself cannot be tested here: headless Chromium has no push service (pushManager.subscribe
+    fails "Registration failed - permission denied" in --headless and --headless=new alike, even
+    with the notifications permission granted), and a stubbed PushManager would prove nothing."""
+    await build_branch(live)
+    context = await browser.new_context(locale="en-US", permissions=["notifications"])
+    try:
+        page = await context.new_page()
+        await page.goto(await live.link("m00"))
+        await page.click("#continue")
+        await page.wait_for_url("**/m/")
+        assert await page.evaluate("navigator.serviceWorker.getRegistrations().then(rs => rs.length)") == 0
+        await page.click("#push-enable")
+        await expect(page.locator("#push-state")).not_to_have_text("", timeout=WAIT_MS)
+        scopes = await page.evaluate(
+            "navigator.serviceWorker.getRegistrations().then(rs => rs.map(r => r.scope))"
+        )
+        assert scopes == [live.url + "/m/"]
+        script = await page.evaluate(
+            "navigator.serviceWorker.getRegistration('/m/')"
+            ".then(r => (r.active || r.waiting || r.installing).scriptURL)"
+        )
+        assert script == live.url + "/m/sw.js"
+    finally:
+        await context.close()
