@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from playwright.async_api import expect
 
-from notifier.cli.console_link import make_link
+from notifier.cli.console_link import print_admin_link
 from notifier.console.pages import CSP
 from tests.console.conftest import Live
 
@@ -201,14 +202,16 @@ async def test_a_member_confirms_a_ding_and_reads_a_notice_in_the_inbox(
 
 
 async def test_the_admin_signs_in_by_the_dev_link_sends_in_chinese_and_watches_it_live(
-    live: Live, browser: Any, db: asyncpg.Connection
+    live: Live, browser: Any, db: asyncpg.Connection, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The issue's "Done when": the link ``make run`` prints signs the admin in; a DING made in
     zh-CN (no creating unit: the admin's) shows its per-branch bars moving and its state tag and
     actions following the notice as receipts and a recall arrive through the API -- no reload."""
     await build_branch(live)
-    assert live.settings.database_url
-    link, _ = await make_link(live.settings, live.settings.database_url, None)  # as `notifier dev` prints
+    await print_admin_link(live.settings)  # what `make run` (`notifier dev`) prints at start
+    printed = re.search(r"console: (\S+)", capsys.readouterr().out)
+    assert printed is not None and printed.group(1).startswith(live.url + "/console/in/")
+    link = printed.group(1)
     context = await browser.new_context(locale="zh-CN", viewport={"width": 1200, "height": 900})
     try:
         page = await sign_in_by(context, link)
