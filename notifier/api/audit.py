@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from notifier.api.auth import require_unit
 from notifier.api.cursors import NOT_OURS, decode_cursor, encode_cursor, event_id
 from notifier.api.keys import DEPS, principal
+from notifier.api.principal import Principal
 from notifier.api.problems import invalid
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Strict, Timestamp
@@ -51,7 +52,20 @@ async def record(
 ) -> None:
     """Write one entry for the change being made on ``conn`` (call it inside the change's
     transaction, so the entry and the change commit or roll back together)."""
-    p = principal(request)
+    await record_as(conn, request, principal(request), action, target_type, target_id, units, details)
+
+
+async def record_as(
+    conn: Connection,
+    request: web.Request,
+    p: Principal,
+    action: str,
+    target_type: str,
+    target_id: str,
+    units: Iterable[str | None],
+    details: dict[str, Any] | None = None,
+) -> None:
+    """``record`` for an actor the request is not authenticated as yet: a console sign-in."""
     await audit.insert(
         conn,
         key_id=p.key_id,

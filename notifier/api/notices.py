@@ -75,6 +75,10 @@ class Counts(BaseModel):
     unread: int
 
 
+# A notice's life: scheduled -> queued -> fanning_out -> active, or recalled / failed.
+NoticeState = Literal["scheduled", "queued", "fanning_out", "active", "recalled", "failed"]
+
+
 class NoticeOut(BaseModel):
     id: str
     kind: str
@@ -83,7 +87,7 @@ class NoticeOut(BaseModel):
     audience: Audience
     channels: list[str]
     fallback: bool
-    state: Literal["scheduled", "queued", "fanning_out", "active", "recalled", "failed"]
+    state: NoticeState
     send_at: datetime | None = None
     expires_at: datetime | None = None
     recalled_at: datetime | None = None

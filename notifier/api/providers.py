@@ -170,4 +170,8 @@ async def open_read_link(request: web.Request, call: Call) -> web.Response:
     if read:  # committed: the live streams of this notice may show it now
         request.app[WATCHERS].changed(claims.notice_id)
     paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in str(notice["body"]).split("\n") if p.strip())
-    return _page(200, str(notice["title"]), paragraphs + "<p class=note>✓ 已读 — read receipt recorded.</p>")
+    # The same token signs the member in to their inbox, once, by the button on that page (a GET
+    # of it -- a preview -- signs nobody in): console/member.py use_read_link.
+    inbox = f'<p><a href="/m/r/{html.escape(request.match_info["token"])}">收件箱 — open my inbox</a></p>'
+    note = "<p class=note>✓ 已读 — read receipt recorded.</p>"
+    return _page(200, str(notice["title"]), paragraphs + note + inbox)

@@ -5,7 +5,7 @@ pushed when it changes. Frames::
 
     id: <version>
     event: counts
-    data: {"notice_id": ..., "unit": <slice unit>, "counts": {...}, "units": [...]}
+    data: {"notice_id": ..., "unit": <slice unit>, "state": ..., "counts": {...}, "units": [...]}
 
 The first event goes at once; then one per change, at most one per ``stream_min_interval_seconds``
 (4 a second), with a ``: heartbeat`` comment after ``stream_heartbeat_seconds`` of quiet. After
@@ -28,10 +28,10 @@ from pydantic import BaseModel, Field
 
 from notifier.api.auth import require_unit
 from notifier.api.keys import DEPS, SETTINGS, principal
-from notifier.api.notices import Counts, load_visible_notice
+from notifier.api.notices import Counts, NoticeState, load_visible_notice
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Strict
-from notifier.api.unit_counts import UnitRow
+from notifier.api.unit_counts import UnitRow, unit_parent
 from notifier.api.watch import Subscriber, WatchHub, event_data
 from notifier.db import unit_counts
 from notifier.db.visibility import NoticeView
@@ -55,6 +55,7 @@ class StreamEvent(BaseModel):
 
     notice_id: str
     unit: str | None = Field(description="the slice: whose subtree the counts are of (null: all)")
+    state: NoticeState = Field(description="the notice's state, as GET /v1/notices/{notice_id} has it")
     counts: Counts = Field(description="as GET /v1/notices/{notice_id}?unit= has them")
     units: list[UnitRow] = Field(description="as GET /v1/notices/{notice_id}/units?parent=<unit> has them")
 
@@ -104,9 +105,10 @@ async def notice_stream(request: web.Request, call: Call) -> web.StreamResponse:
 
 
 def slice_of(view: NoticeView, unit: str | None) -> tuple[str | None, str | None]:
-    """(the slice unit, the roll-up parent): as GET /v1/notices/{id} and /units choose them."""
+    """(the slice unit, the roll-up parent): as GET /v1/notices/{id} and /units choose them; for an
+    admin's notice with no creating unit, its first audience unit (as the console's page shows)."""
     slice_unit = unit or view.root
-    return slice_unit, slice_unit or view.row["scope_unit_id"]
+    return slice_unit, slice_unit or unit_parent(view.row)
 
 
 async def stream_notice(request: web.Request, view: NoticeView, unit: str | None) -> web.StreamResponse:

@@ -170,6 +170,15 @@ class Rollup(BaseModel):
     units: list[UnitRow]
 
 
+def unit_parent(notice: Record) -> str | None:
+    """The roll-up parent for a caller bound to no unit (an admin), when it names none: the unit
+    that created the notice, else its first audience unit (the page and the stream agree on it)."""
+    if notice["scope_unit_id"] is not None:
+        return str(notice["scope_unit_id"])
+    units = notice["audience"].get("units") or []
+    return str(units[0]) if units else None
+
+
 @routes.route(
     "GET",
     "/v1/notices/{notice_id}/units",

@@ -39,8 +39,8 @@ LISTEN_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)  # reconnecting to Redis for hints: 
 
 
 def event_data(notice_id: str, unit: str | None, rows: list[Record]) -> dict[str, Any]:
-    """A stream event's JSON: the slice's counts (as GET /v1/notices/{id}?unit= has them) and the
-    roll-up rows (as GET /v1/notices/{id}/units?parent= has them)."""
+    """A stream event's JSON: the notice's state, the slice's counts (as GET /v1/notices/{id}?unit=
+    has them) and the roll-up rows (as GET /v1/notices/{id}/units?parent= has them)."""
     head, rollup = rows[0], rows[1:]
     counts = {c: int(head[c]) for c in ("recipients", "queued", "sent", "delivered", "failed", "cancelled")}
     counts["read"] = int(head["read"])
@@ -48,6 +48,7 @@ def event_data(notice_id: str, unit: str | None, rows: list[Record]) -> dict[str
     return {
         "notice_id": notice_id,
         "unit": unit,
+        "state": head["state"],
         "counts": Counts.model_validate(counts).model_dump(mode="json"),
         "units": rollup_rows(rollup),
     }

@@ -88,7 +88,7 @@ async def use_read_link(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
     token = request.match_info["token"]
     try:
-        claims = read_token(deps.settings.link_secret.get_secret_value().encode(), token, time.time())
+        claims = read_token(deps.settings.link_keys(), token, time.time())  # rotation-aware, as /r/
     except BadLink:
         return error_page(request, 403, t(request, "signin.bad_link"))
     once = str(uuid.UUID(bytes=hashlib.sha256(b"notifier:inbox:" + token.encode()).digest()[:16]))
@@ -98,7 +98,15 @@ async def use_read_link(request: web.Request) -> web.StreamResponse:
         expires = datetime.fromtimestamp(claims.expires_at, UTC)
         if not await console.use_once(conn, once, claims.member_id, expires):
             return error_page(request, 403, t(request, "signin.used_link"))
-        sid = await start(conn, request, member_id=claims.member_id, key_id=None, role="member", unit_id=None)
+        sid = await start(
+            conn,
+            request,
+            member_id=claims.member_id,
+            key_id=None,
+            role="member",
+            unit_id=None,
+            by="read_link",
+        )
     response = web.HTTPSeeOther(f"/m/notices/{claims.notice_id}")
     set_cookie(request, response, sid)
     raise response

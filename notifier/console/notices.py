@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, time
-from typing import Any
+from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -71,21 +71,14 @@ async def list_notices(request: web.Request, session: Session) -> web.Response:
     )
 
 
-def _rollup_parent(p: Principal, notice: dict[str, Any], scope_unit: str | None) -> str | None:
-    if p.scope_root is not None:
-        return None  # the API's default: the caller's unit
-    units = notice["audience"]["units"]
-    return scope_unit or (units[0] if units else None)
-
-
 async def notice_data(request: web.Request, p: Principal) -> dict[str, Any]:
     """The notice, its per-unit roll-up and its roll-call, as this caller sees them."""
     notice = await call(request, p, notices_api.get_notice, query=notices_api.NoticeQuery())
     rollup: dict[str, Any] = {"units": []}
     async with request.app[DEPS].pool.acquire() as conn:
         row = await notices_db.get(conn, notice["id"])
-    scope = None if row is None else row["scope_unit_id"]
-    parent = _rollup_parent(p, notice, scope)
+    # The API's default for a bound caller (its unit); for an admin, the stream's (stream.slice_of).
+    parent = None if p.scope_root is not None or row is None else unit_counts_api.unit_parent(row)
     if p.scope_root is not None or parent is not None:
         rollup = await call(
             request, p, unit_counts_api.notice_units, query=unit_counts_api.RollupQuery(parent=parent)
@@ -101,6 +94,7 @@ async def show_notice(request: web.Request, session: Session) -> web.Response:
     context = {
         **data,
         "channels": channels,
+        "states": get_args(notices_api.NoticeState),
         "remind_key": str(uuid.uuid4()),
         "done": request.query.get("done"),
         "n": request.query.get("n"),

@@ -21,7 +21,7 @@ from notifier.api.problems import Problem
 from notifier.console import charts, i18n
 from notifier.console.apicall import UNREAD
 from notifier.console.session import CSRF_FIELD, CSRF_HEADER, SESSION, Session, csrf_ok, load
-from notifier.db import console
+from notifier.db import console, quiet
 from notifier.db.quiet import DEFAULT_TIMEZONE
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,21 @@ def render(request: web.Request, template: str, context: dict[str, Any], status:
 
 
 def error_page(request: web.Request, status: int, detail: str | None = None) -> web.Response:
-    key = {403: "error.forbidden", 404: "error.not_found", 409: "error.conflict"}.get(status, "error.invalid")
+    key = {403: "error.forbidden", 404: "error.not_found", 409: "error.conflict", 429: "error.too_many"}.get(
+        status, "error.invalid"
+    )
     return render(request, "error.html", {"status": status, "key": key, "detail": detail}, status=status)
+
+
+async def _set_timezone(request: web.Request, session: Session, member_page: bool) -> None:
+    """Times in the reader's zone: a member's page in theirs (db/quiet.py's rule), a console
+    page in its unit's; else the default."""
+    if member_page and session.member_id is not None:
+        async with request.app[DEPS].pool.acquire() as conn:
+            request[TZ] = await quiet.member_timezone(conn, session.member_id)
+    elif session.principal.unit_id is not None:
+        async with request.app[DEPS].pool.acquire() as conn:
+            request[TZ] = await console.timezone(conn, session.principal.unit_id)
 
 
 def page(*, console_roles: bool = True, member: bool = False) -> Callable[[PageHandler], web_handler]:
@@ -94,7 +107,12 @@ def page(*, console_roles: bool = True, member: bool = False) -> Callable[[PageH
     def wrap(handler: PageHandler) -> web_handler:
         async def run(request: web.Request) -> web.StreamResponse:
             request[UNREAD] = request.clone()  # before the body is read (apicall.py)
-            session = await load(request)
+            try:
+                session = await load(request)
+            except Problem as problem:  # 429: the session's rate limit
+                page_ = error_page(request, problem.status)
+                page_.headers.update(problem.headers or {})
+                return page_
             if session is None:
                 if request.method == "POST":
                     return error_page(request, 403)
@@ -116,9 +134,7 @@ def page(*, console_roles: bool = True, member: bool = False) -> Callable[[PageH
                 if not csrf_ok(session, given):
                     log.info("refused a console post without a valid CSRF token")
                     return error_page(request, 403, t(request, "error.csrf"))
-            if p.unit_id is not None:
-                async with request.app[DEPS].pool.acquire() as conn:
-                    request[TZ] = await console.timezone(conn, p.unit_id)
+            await _set_timezone(request, session, member)
             try:
                 return await handler(request, session)
             except Problem as problem:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from notifier.api import ratelimit
+from notifier.api.audit import member_units, record_as
 from notifier.api.keys import DEPS
 from notifier.api.principal import Principal
 from notifier.db import console
@@ -67,8 +69,10 @@ async def start(
     key_id: str | None,
     role: str,
     unit_id: str | None,
+    by: str,
 ) -> str:
-    """A new session (its cookie value): the caller sets the cookie on its response."""
+    """A new session (its cookie value): the caller sets the cookie on its response. The sign-in
+    is audited (``console.sign_in``: by link, or by an API key when ``key_id``/``role`` admin say so)."""
     session_id = secrets.token_urlsafe(32)
     await console.purge(conn)
     await console.insert_session(
@@ -81,7 +85,19 @@ async def start(
         csrf=secrets.token_urlsafe(32),
         ttl=float(request.app[DEPS].settings.console_session_seconds),
     )
+    p = Principal(key_id, role, unit_id, member_id)
+    await _audit(conn, request, p, "console.sign_in", {"by": by})
     return session_id
+
+
+async def _audit(
+    conn: Connection, request: web.Request, p: Principal, action: str, details: dict[str, str]
+) -> None:
+    """An entry about a session: about the member's units (or the key's) -- what their
+    secretaries may read in the audit log."""
+    units = [p.unit_id, *(await member_units(conn, p.member_id) if p.member_id else [])]
+    target = ("member", p.member_id) if p.member_id else ("api_key", p.key_id or "admin")
+    await record_as(conn, request, p, action, target[0], target[1], units, details)
 
 
 async def start_for_member(conn: Connection, request: web.Request, member_id: str | None) -> tuple[str, str]:
@@ -89,13 +105,17 @@ async def start_for_member(conn: Connection, request: web.Request, member_id: st
     one, else a member (their inbox); ``member_id`` None: the bootstrap admin. (session id, home)"""
     if member_id is None:
         return await start(
-            conn, request, member_id=None, key_id=None, role="admin", unit_id=None
+            conn, request, member_id=None, key_id=None, role="admin", unit_id=None, by="link"
         ), "/console/"
     units = await console.secretary_of(conn, member_id)
     if units:
-        sid = await start(conn, request, member_id=member_id, key_id=None, role="secretary", unit_id=units[0])
+        sid = await start(
+            conn, request, member_id=member_id, key_id=None, role="secretary", unit_id=units[0], by="link"
+        )
         return sid, "/console/"
-    return await start(conn, request, member_id=member_id, key_id=None, role="member", unit_id=None), "/m/"
+    return await start(
+        conn, request, member_id=member_id, key_id=None, role="member", unit_id=None, by="link"
+    ), "/m/"
 
 
 async def load(request: web.Request) -> Session | None:
@@ -104,9 +124,20 @@ async def load(request: web.Request) -> Session | None:
         return None
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
-        row = await console.touch_session(conn, session_id, float(deps.settings.console_idle_seconds))
+        limits = deps.settings.rate_limits.by_role()
+        row = await console.touch_session(
+            conn,
+            session_id,
+            float(deps.settings.console_idle_seconds),
+            {role: (lim.per_second, lim.burst) for role, lim in limits.items()},
+        )
         if row is None or not row["key_usable"]:
             return None
+        if row["limited"]:  # as an API key's requests are (api/ratelimit.py)
+            rate = ratelimit.state(row, limits[row["role"]])
+            request[ratelimit.RATE_STATE] = rate
+            if not row["allowed"]:
+                raise ratelimit.too_many_requests(rate)
         member_id = row["member_id"]
         units = (
             tuple(await console.secretary_of(conn, member_id)) if member_id and row["key_id"] is None else ()
@@ -125,8 +156,9 @@ async def load(request: web.Request) -> Session | None:
 
 
 async def end(request: web.Request, session: Session) -> None:
-    async with request.app[DEPS].pool.acquire() as conn:
+    async with request.app[DEPS].pool.acquire() as conn, conn.transaction():
         await console.end_session(conn, session.id)
+        await _audit(conn, request, session.principal, "console.sign_out", {})
 
 
 def csrf_ok(session: Session, given: str | None) -> bool:

@@ -92,8 +92,10 @@ async def sign_in_with_key(request: web.Request) -> web.StreamResponse:
         pre = _pre_token(request)
         page_ = render(request, "sign_in.html", {"pre": pre, "error": "signin.bad_key"}, status=401)
         return _with_pre_cookie(request, page_, pre)
-    async with deps.pool.acquire() as conn:
-        sid = await start(conn, request, member_id=member_id, key_id=key_id, role=role, unit_id=unit_id)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        sid = await start(
+            conn, request, member_id=member_id, key_id=key_id, role=role, unit_id=unit_id, by="key"
+        )
     response = web.HTTPSeeOther("/console/")
     set_cookie(request, response, sid)
     raise response

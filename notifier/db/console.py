@@ -13,7 +13,8 @@ import hashlib
 
 from notifier.db.lessons import effective_cte
 from notifier.db.pool import Connection, Record
-from notifier.db.units import subtree
+from notifier.db.throttle import API_BUCKET_TAKE
+from notifier.db.units import audience_members, subtree
 
 INSERT_LINK = """
 INSERT INTO console_links (id, member_id, expires_at)
@@ -39,16 +40,30 @@ INSERT INTO console_sessions (id_hash, member_id, key_id, role, unit_id, csrf, e
 VALUES ($1, $2, $3, $4, $5, $6, notifier_now() + make_interval(secs => $7))"""
 
 # $1 id hash  $2 idle seconds. Touches the session and says whether its role still holds.
-TOUCH_SESSION = """
-UPDATE console_sessions s SET last_seen_at = notifier_now()
-WHERE s.id_hash = $1 AND s.ended_at IS NULL AND s.expires_at > notifier_now()
-  AND s.last_seen_at > notifier_now() - make_interval(secs => $2)
-RETURNING s.member_id, s.key_id, s.role, s.unit_id, s.csrf,
-    (s.role <> 'secretary' OR s.key_id IS NOT NULL OR EXISTS (
-        SELECT 1 FROM unit_secretaries us WHERE us.unit_id = s.unit_id AND us.member_id = s.member_id)) AS role_holds,
-    (s.key_id IS NULL OR EXISTS (
-        SELECT 1 FROM api_keys k WHERE k.id = s.key_id AND k.revoked_at IS NULL
-          AND (k.expires_at IS NULL OR k.expires_at > notifier_now()))) AS key_usable"""
+# A request of a session: keeps it alive and takes a token from its rate bucket -- the key's own
+# bucket for a session opened with a key, else one per member (all their sessions together), with
+# the role's limits ($3..$5: roles, rates, bursts; the bootstrap admin's sessions are not limited,
+# as its token is not). Composes db/throttle.py API_BUCKET_TAKE, as api_keys.AUTHENTICATE does.
+TOUCH_SESSION = f"""
+WITH s AS (
+    UPDATE console_sessions s SET last_seen_at = notifier_now()
+    WHERE s.id_hash = $1 AND s.ended_at IS NULL AND s.expires_at > notifier_now()
+      AND s.last_seen_at > notifier_now() - make_interval(secs => $2)
+    RETURNING s.member_id, s.key_id, s.role, s.unit_id, s.csrf,
+        (s.role <> 'secretary' OR s.key_id IS NOT NULL OR EXISTS (
+            SELECT 1 FROM unit_secretaries us WHERE us.unit_id = s.unit_id AND us.member_id = s.member_id)) AS role_holds,
+        (s.key_id IS NULL OR EXISTS (
+            SELECT 1 FROM api_keys k WHERE k.id = s.key_id AND k.revoked_at IS NULL
+              AND (k.expires_at IS NULL OR k.expires_at > notifier_now()))) AS key_usable
+), api_limit AS (
+    SELECT coalesce(s.key_id::text, 'console-member:' || s.member_id) AS key_id, l.rate, l.burst
+    FROM s JOIN unnest($3::text[], $4::float8[], $5::float8[]) AS l(role, rate, burst) ON l.role = s.role
+    WHERE s.key_id IS NOT NULL OR s.member_id IS NOT NULL
+), {API_BUCKET_TAKE}
+SELECT s.*, NOT EXISTS (SELECT 1 FROM api_limit) OR EXISTS (SELECT 1 FROM api_bucket) AS allowed,
+       coalesce((SELECT tokens FROM api_bucket), (SELECT tokens FROM api_bucket_seen), 0) AS tokens_left,
+       EXISTS (SELECT 1 FROM api_limit) AS limited
+FROM s"""
 
 END_SESSION = "UPDATE console_sessions SET ended_at = notifier_now() WHERE id_hash = $1 AND ended_at IS NULL"
 
@@ -64,16 +79,7 @@ DELETE FROM console_links WHERE expires_at < notifier_now() - interval '1 day'""
 
 # The people an audience reaches: the members of the units' subtrees and the named members,
 # counted once each -- the set the fan-out statement (db/fanout.py) resolves.
-AUDIENCE_COUNT = (
-    "WITH RECURSIVE "
-    + subtree("$1")
-    + """
-SELECT count(*) FROM (
-    SELECT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id
-    UNION
-    SELECT m.id FROM members m WHERE m.id = ANY($2::text[])
-) a"""
-)
+AUDIENCE_COUNT = "WITH RECURSIVE " + subtree("$1") + " SELECT count(*) FROM " + audience_members("$2") + " a"
 
 TIMEZONE = effective_cte("SELECT $1::text AS unit_id") + " SELECT tz FROM eff"
 
@@ -126,8 +132,19 @@ async def insert_session(
     await conn.execute(INSERT_SESSION, session_hash(session_id), member_id, key_id, role, unit_id, csrf, ttl)
 
 
-async def touch_session(conn: Connection, session_id: str, idle: float) -> Record | None:
-    return await conn.fetchrow(TOUCH_SESSION, session_hash(session_id), idle)
+async def touch_session(
+    conn: Connection, session_id: str, idle: float, limits: dict[str, tuple[float, float]]
+) -> Record | None:
+    """The live session (``allowed``: its bucket had a token; ``limited``: it has a bucket)."""
+    roles = sorted(limits)
+    return await conn.fetchrow(
+        TOUCH_SESSION,
+        session_hash(session_id),
+        idle,
+        roles,
+        [limits[r][0] for r in roles],
+        [limits[r][1] for r in roles],
+    )
 
 
 async def end_session(conn: Connection, session_id: str) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from notifier.db.contacts import newest_working
 from notifier.db.pool import Connection, Record
-from notifier.db.units import ancestors, subtree
+from notifier.db.units import ancestors, audience_members, subtree
 
 # One fan-out chunk, entirely inside PostgreSQL: resolve the audience (unit subtrees + named
 # members, deduplicated, next `limit` member ids after the cursor), plan one delivery per
@@ -25,11 +25,7 @@ FANOUT_CHUNK = (
     + f""",
 clock AS (SELECT notifier_now() AS now),
 aud AS (
-    SELECT member_id FROM (
-        SELECT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id
-        UNION
-        SELECT m.id FROM members m WHERE m.id = ANY($3::text[])
-    ) a
+    SELECT member_id FROM {audience_members("$3")} a
     WHERE $4::text IS NULL OR member_id > $4
     ORDER BY member_id LIMIT $5
 ),

@@ -15,9 +15,14 @@ from notifier.db.units import ancestors
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 
-QUIET_UNTIL = f"""
+
+def member_settings_cte(members: str) -> str:
+    """``WITH RECURSIVE`` ending in ``eff(member_id, tz, qs, qe)``: one row per membership of
+    the members the ``text[]`` parameter ``members`` lists (one row for a member with no unit),
+    with the member's own settings winning over the nearest unit's (the rule above)."""
+    return f"""
 WITH RECURSIVE m AS (
-    SELECT id AS member_id, timezone, quiet_start, quiet_end FROM members WHERE id = ANY($1::text[])
+    SELECT id AS member_id, timezone, quiet_start, quiet_end FROM members WHERE id = ANY({members}::text[])
 ),
 -- One path per membership (a member with no unit: one path, their own settings only).
 paths AS (
@@ -37,7 +42,12 @@ eff AS (
            CASE WHEN m.quiet_start IS NOT NULL THEN m.quiet_end ELSE i.qe END AS qe
     FROM paths p JOIN m ON m.member_id = p.member_id
     LEFT JOIN inherited i ON i.member_id = p.member_id AND i.start_id = p.unit_id
-),
+)"""
+
+
+QUIET_UNTIL = (
+    member_settings_cte("$1")
+    + """,
 loc AS (
     SELECT member_id, tz, qs, qe, (SELECT notifier_now()) AT TIME ZONE tz AS local FROM eff WHERE qs IS NOT NULL
 )
@@ -49,12 +59,24 @@ FROM loc
 WHERE CASE WHEN qs < qe THEN local::time >= qs AND local::time < qe
            ELSE local::time >= qs OR local::time < qe END
 GROUP BY member_id"""
+)
+
+# The one time zone a member's pages show: their own, else their units' (the one most of their
+# memberships inherit; a tie goes to the first by name, so the order of unit ids never matters).
+MEMBER_TIMEZONE = (
+    member_settings_cte("ARRAY[$1::text]")
+    + " SELECT tz FROM eff GROUP BY tz ORDER BY count(*) DESC, tz LIMIT 1"
+)
 
 
 # Cheap (partial indexes): does anyone have quiet hours at all?
 ANY_QUIET_HOURS = """
 SELECT EXISTS (SELECT 1 FROM units WHERE quiet_start IS NOT NULL)
     OR EXISTS (SELECT 1 FROM members WHERE quiet_start IS NOT NULL)"""
+
+
+async def member_timezone(conn: Connection, member_id: str) -> str:
+    return str(await conn.fetchval(MEMBER_TIMEZONE, member_id) or DEFAULT_TIMEZONE)
 
 
 async def quiet_now(conn: Connection, member_ids: list[str]) -> dict[str, float]:

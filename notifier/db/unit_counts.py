@@ -146,8 +146,8 @@ WITH keys AS (
     SELECT keys.k, keys.notice_id, u.id, u.name, true FROM keys JOIN units u ON u.id = keys.parent_id
 )
 SELECT * FROM (
-SELECT keys.k, NULL::text AS unit_id, NULL::text AS name, NULL::boolean AS direct, c.*
-FROM keys CROSS JOIN LATERAL (
+SELECT keys.k, NULL::text AS unit_id, NULL::text AS name, NULL::boolean AS direct, n.state, c.*
+FROM keys JOIN notices n ON n.id = keys.notice_id CROSS JOIN LATERAL (
     SELECT {_ALL_SUMS}, {_BUCKET_SUMS}, NULL::timestamptz AS last_read_at
     FROM (
         SELECT {_COUNT_COLUMNS}, 0 AS read_1m, 0 AS read_5m, 0 AS read_15m, 0 AS read_30m, 0 AS read_60m,
@@ -160,7 +160,7 @@ FROM keys CROSS JOIN LATERAL (
     ) k
 ) c
 UNION ALL
-SELECT rows.k, rows.unit_id, rows.name, rows.direct, c.*
+SELECT rows.k, rows.unit_id, rows.name, rows.direct, NULL::text, c.*
 FROM rows CROSS JOIN LATERAL (
     SELECT {_ALL_SUMS}, {_BUCKET_SUMS}, max(k.last_read_at) AS last_read_at
     FROM notice_unit_counts k
@@ -173,7 +173,8 @@ ORDER BY k, unit_id IS NOT NULL, read::float8 / nullif(recipients, 0) ASC NULLS 
 async def watched(
     conn: Connection | Pool, keys: list[tuple[str, str | None, str | None]]
 ) -> list[list[Record]]:
-    """For each (notice, slice unit, roll-up parent): [its counts row, *its roll-up rows]."""
+    """For each (notice, slice unit, roll-up parent): [its counts row (with the notice's state),
+    *its roll-up rows]."""
     rows = await conn.fetch(WATCHED, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
     out: list[list[Record]] = [[] for _ in keys]
     for r in rows:

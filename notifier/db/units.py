@@ -33,6 +33,17 @@ def subtree(roots: str) -> str:
 )"""
 
 
+def audience_members(members: str) -> str:
+    """A notice's audience as a subquery yielding ``member_id``: the members of every unit in
+    ``sub`` (the ``subtree`` CTE over the audience units) UNION the members the ``text[]`` parameter
+    ``members`` names. The fan-out and the console's live recipient count both use it."""
+    return f"""(
+    SELECT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id
+    UNION
+    SELECT m.id FROM members m WHERE m.id = ANY({members}::text[])
+)"""
+
+
 def ancestors(starts: str, key: str, *, stop_at: str | None = None) -> str:
     """The recursive CTE ``up(<key>, id, parent_id, depth)`` (put it after ``WITH RECURSIVE``): for
     each row ``(key, unit_id)`` the query ``starts`` gives, that unit and every unit above it,

@@ -118,3 +118,30 @@ def test_every_authenticated_operation_documents_429_with_its_headers() -> None:
             "RateLimit-Remaining",
             "RateLimit-Reset",
         }
+
+
+async def test_a_console_session_is_limited_like_a_key_of_its_role(
+    api: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    """A secretary signed in by link gets the secretary's burst across all their sessions, then a
+    429 page with Retry-After; another member's session has its own bucket; time refills it."""
+    from tests.console.test_console import org, sign_in
+
+    await org(api)
+    await sign_in(api, "s0")
+    for remaining in (2, 1, 0):
+        resp = await api.get("/console/notices", allow_redirects=False)
+        assert resp.status == 200
+        assert resp.headers["RateLimit-Remaining"] == str(remaining)
+    refused = await api.get("/console/notices", allow_redirects=False)
+    assert refused.status == 429 and refused.headers["Retry-After"] == "2"
+    assert refused.content_type == "text/html"
+    await sign_in(api, "s0")  # a second session of the same member: the same bucket
+    assert (await api.get("/console/notices", allow_redirects=False)).status == 429
+    api.session.cookie_jar.clear()
+    await sign_in(api, "s1")
+    assert (await api.get("/console/notices", allow_redirects=False)).status == 200
+    await advance_clock(db, 2)
+    api.session.cookie_jar.clear()
+    await sign_in(api, "s0")
+    assert (await api.get("/console/notices", allow_redirects=False)).status == 200

@@ -96,14 +96,12 @@ async def expected(
 ) -> dict[str, Any]:
     """What the two GET endpoints say, composed as the stream's event must be."""
     q = f"?unit={unit}" if unit else ""
-    counts = (await get(client, f"/v1/notices/{nid}{q}", token=token))["counts"]
-    # An admin's notice, created by no unit, has no default roll-up parent: no rows unless ?unit=.
-    units = (
-        []
-        if unit is None
-        else (await get(client, f"/v1/notices/{nid}/units?parent={unit}", token=token))["units"]
-    )
-    return {"notice_id": nid, "unit": unit, "counts": counts, "units": units}
+    notice = await get(client, f"/v1/notices/{nid}{q}", token=token)
+    # An admin's notice, created by no unit, rolls up over its first audience unit unless ?unit=.
+    parent = unit or notice["audience"]["units"][0]
+    units = (await get(client, f"/v1/notices/{nid}/units?parent={parent}", token=token))["units"]
+    counts = notice["counts"]
+    return {"notice_id": nid, "unit": unit, "state": notice["state"], "counts": counts, "units": units}
 
 
 async def test_the_counts_change_on_the_stream_while_receipts_arrive(
@@ -301,6 +299,22 @@ async def test_a_worker_hint_wakes_the_hub_before_its_regular_poll(
         data = got[0]
         assert data["counts"]["unread"] == 3
         stream.resp.close()
+
+
+async def test_an_admins_notice_streams_its_first_audience_units_rows_and_its_state(
+    client: TestClient[Any, Any], org: Org, notice: str
+) -> None:
+    """No creating unit: the rows are those the console's page renders (parent: the first audience
+    unit), and the notice's state rides along, so a recall shows without a reload."""
+    stream = await open_stream(client, notice)
+    first = await stream.until(lambda d: True)
+    assert first == await expected(client, notice, None, None)
+    assert {"b1", "b2"} <= {u["unit_id"] for u in first["units"]} and first["state"] == "active"
+    resp = await client.post(f"/v1/notices/{notice}/recall", headers=auth())
+    assert resp.status == 200, await resp.text()
+    recalled = await stream.until(lambda d: d["state"] == "recalled")
+    assert recalled == await expected(client, notice, None, None)
+    stream.resp.close()
 
 
 async def test_accept_json_answers_the_current_event_once(

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from playwright.async_api import expect
 
+from notifier.cli.console_link import print_admin_link
 from notifier.console.pages import CSP
 from tests.console.conftest import Live
 
@@ -195,5 +197,90 @@ async def test_a_member_confirms_a_ding_and_reads_a_notice_in_the_inbox(
         assert await read_at(notice) is not None
         manifest = await page.request.get(f"{live.url}/m/manifest.webmanifest")
         assert manifest.ok and (await manifest.json())["scope"] == "/m/"
+    finally:
+        await context.close()
+
+
+async def test_the_admin_signs_in_by_the_dev_link_sends_in_chinese_and_watches_it_live(
+    live: Live, browser: Any, db: asyncpg.Connection, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's "Done when": the link ``make run`` prints signs the admin in; a DING made in
+    zh-CN (no creating unit: the admin's) shows its per-branch bars moving and its state tag and
+    actions following the notice as receipts and a recall arrive through the API -- no reload."""
+    await build_branch(live)
+    await print_admin_link(live.settings)  # what `make run` (`notifier dev`) prints at start
+    printed = re.search(r"console: (\S+)", capsys.readouterr().out)
+    assert printed is not None and printed.group(1).startswith(live.url + "/console/in/")
+    link = printed.group(1)
+    context = await browser.new_context(locale="zh-CN", viewport={"width": 1200, "height": 900})
+    try:
+        page = await sign_in_by(context, link)
+        await page.goto(live.url + "/console/send")
+        await page.fill("#title", "紧急集合")
+        await page.fill("#body", "全体民警立即到指挥中心集合。")
+        await page.check('input[name=units][value="c"]')
+        await expect(page.locator("#count")).to_contain_text("12", timeout=WAIT_MS)
+        await page.click("button[name=step][value=review]")
+        await page.click("#send-now")
+        await page.wait_for_url("**/console/notices/*")
+        notice_id = page.url.rsplit("/", 1)[1]
+        assert await db.fetchval("SELECT scope_unit_id FROM notices WHERE id = $1", notice_id) is None
+        assert not untranslated(await page.content())
+        await page.evaluate("window.__noReload = 1")
+
+        await expect(page.locator("[data-count=recipients]")).to_have_text("12", timeout=WAIT_MS)
+        await expect(page.locator("#state")).to_have_text("已发出", timeout=WAIT_MS)
+        await expect(page.locator("form.remind")).to_be_visible()
+        for m in ("m00", "m01", "m10", "x1"):
+            await live.api("POST", f"/v1/notices/{notice_id}/receipts", {"type": "read", "member_id": m})
+        # b0: 3 of its 10 (nine in groups, its secretary); b1: 1 of its 2.
+        await expect(page.locator("rect.bar-fill[data-unit=b0]")).to_have_attribute(
+            "width", re.compile(r"^30(\.0*)?$"), timeout=WAIT_MS
+        )
+        await expect(page.locator("[data-rate=b1]")).to_have_text("50%", timeout=WAIT_MS)
+        await expect(page.locator("[data-read=b0]")).to_have_text("3/10")
+
+        await live.api("POST", f"/v1/notices/{notice_id}/recall")
+        await expect(page.locator("#state")).to_have_text("已撤回", timeout=WAIT_MS)
+        await expect(page.locator("form.remind")).to_be_hidden()
+        await expect(page.locator("form.recall")).to_be_hidden()
+        await expect(page.locator("p.remind-inactive")).to_be_visible()
+        assert await page.evaluate("window.__noReload") == 1  # the same document all along
+    finally:
+        await context.close()
+
+
+async def sign_in_by(context: Any, link: str) -> Any:
+    page = await context.new_page()
+    await page.goto(link)
+    await page.click("#continue")
+    await page.wait_for_url("**/console/notices")
+    return page
+
+
+async def test_the_inbox_registers_its_service_worker(live: Live, browser: Any) -> None:
+    """Enabling web push registers the member pages' service worker (scope /m/). The subscription
+    itself cannot be tested here: headless Chromium has no push service (pushManager.subscribe
+    fails "Registration failed - permission denied" in --headless and --headless=new alike, even
+    with the notifications permission granted), and a stubbed PushManager would prove nothing."""
+    await build_branch(live)
+    context = await browser.new_context(locale="en-US", permissions=["notifications"])
+    try:
+        page = await context.new_page()
+        await page.goto(await live.link("m00"))
+        await page.click("#continue")
+        await page.wait_for_url("**/m/")
+        assert await page.evaluate("navigator.serviceWorker.getRegistrations().then(rs => rs.length)") == 0
+        await page.click("#push-enable")
+        await expect(page.locator("#push-state")).not_to_have_text("", timeout=WAIT_MS)
+        scopes = await page.evaluate(
+            "navigator.serviceWorker.getRegistrations().then(rs => rs.map(r => r.scope))"
+        )
+        assert scopes == [live.url + "/m/"]
+        script = await page.evaluate(
+            "navigator.serviceWorker.getRegistration('/m/')"
+            ".then(r => (r.active || r.waiting || r.installing).scriptURL)"
+        )
+        assert script == live.url + "/m/sw.js"
     finally:
         await context.close()

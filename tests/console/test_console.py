@@ -10,16 +10,18 @@ import re
 import time
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from aiohttp.test_utils import TestClient
 
 from notifier.console.i18n import LANGS, catalogue
 from notifier.console.pages import CSP
+from notifier.db import console as console_db
 from notifier.links import make_token
 from notifier.settings import Settings
 from tests.api.conftest import issue_key
-from tests.conftest import advance_clock, auth, wait_until
+from tests.conftest import advance_clock, auth, running_worker, wait_until
 from tests.helpers import post, put
 
 CATALOGUES = Path(__file__).resolve().parents[2] / "notifier" / "console" / "i18n"
@@ -272,3 +274,103 @@ async def test_a_read_link_opens_the_inbox_once_without_recording_the_read(
     assert (await client.post(path, data={"csrf": pre}, allow_redirects=False)).status == 403  # once
     forged = make_token(b"another secret", nid, "m0", int(time.time()) + 3600)
     assert (await client.post(f"/m/r/{forged}", data={"csrf": pre}, allow_redirects=False)).status == 403
+
+
+async def test_the_live_recipient_count_is_the_fan_outs_audience(
+    client: TestClient[Any, Any], db: asyncpg.Connection, settings: Settings
+) -> None:
+    """One audience rule (db/units.audience_members): overlapping units and named members already
+    inside them count once, on the send form as in the fan-out."""
+    await org(client)
+    units, members = ["b0", "c"], ["m0", "x1"]
+    count = await console_db.audience_count(db, units, members)
+    body = {"kind": "ding", "title": "t", "body": "b", "audience": {"units": units, "members": members}}
+    nid = (await post(client, "/v1/notices", body, status=202))["id"]
+    async with running_worker(settings):
+        await fanned_out(db, nid)
+    assert count == 5
+    assert await db.fetchval("SELECT count(*) FROM recipients WHERE notice_id = $1", nid) == count
+
+
+async def test_signing_in_and_out_of_the_console_is_audited(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    """By link and by pasted key, and the sign-out: in GET /v1/audit, readable by the unit's keys."""
+    await org(client)
+    await sign_in(client, "s0")
+    csrf = await csrf_of(client, "/console/notices")
+    assert (await client.post("/console/sign-out", data={"csrf": csrf}, allow_redirects=False)).status == 303
+    key = await issue_key(client, {"name": "b0 desk", "role": "secretary", "unit_id": "b0"})
+    pre = await csrf_of(client, "/console/sign-in")
+    resp = await client.post("/console/sign-in", data={"csrf": pre, "token": key}, allow_redirects=False)
+    assert resp.status == 303
+    bad = await client.post("/console/sign-in", data={"csrf": pre, "token": "nope"}, allow_redirects=False)
+    assert bad.status == 401
+    key_id = str(await db.fetchval("SELECT id FROM api_keys WHERE name = 'b0 desk'"))
+
+    entries = (await (await client.get("/v1/audit?limit=100", headers=auth(key))).json())["items"]
+    console_entries = [
+        (e["action"], e["actor_role"], e["actor_member_id"], e["actor_key_id"], e["details"], e["unit_ids"])
+        for e in reversed(entries)
+        if e["action"].startswith("console.")
+    ]
+    assert console_entries == [
+        ("console.sign_in", "secretary", "s0", None, {"by": "link"}, ["b0"]),
+        ("console.sign_out", "secretary", "s0", None, {}, ["b0"]),
+        ("console.sign_in", "secretary", None, key_id, {"by": "key"}, ["b0"]),
+    ]
+    s1_view = await client.get("/v1/audit?limit=100", headers=auth(await s1_key(client)))
+    assert not [e for e in (await s1_view.json())["items"] if e["action"].startswith("console.")]
+
+
+async def s1_key(client: TestClient[Any, Any]) -> str:
+    return await issue_key(client, {"name": "b1 desk", "role": "secretary", "unit_id": "b1"})
+
+
+async def test_member_pages_show_times_in_the_members_own_time_zone(
+    client: TestClient[Any, Any], db: asyncpg.Connection, settings: Settings
+) -> None:
+    """The member's zone (db/quiet.py's rule: their own, else inherited from their units), not the
+    default Asia/Shanghai."""
+    await org(client)
+    await put(client, "/v1/units/c", {"name": "市委", "parent_id": None, "timezone": "Europe/London"})
+    body = {"kind": "notice", "title": "t", "body": "b", "audience": {"members": ["m0"]}}
+    nid = (await post(client, "/v1/notices", body, status=202))["id"]
+    async with running_worker(settings):
+        await fanned_out(db, nid)
+    created = await db.fetchval("SELECT created_at FROM notices WHERE id = $1", nid)
+
+    def shown(tz: str) -> str:
+        return str(created.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M"))
+
+    await sign_in(client, "m0")
+    for path in ("/m/", f"/m/notices/{nid}"):
+        html = await (await client.get(path)).text()
+        assert f"<time>{shown('Europe/London')}</time>" in html, path
+    batch = [{"id": "m0", "name": "民警0", "units": ["b0"], "timezone": "America/New_York"}]
+    await post(client, "/v1/members:batch", {"members": batch}, status=200)
+    html = await (await client.get("/m/")).text()
+    assert f"<time>{shown('America/New_York')}</time>" in html
+
+
+async def test_the_read_link_a_message_carries_leads_to_the_members_inbox_once(
+    client: TestClient[Any, Any], db: asyncpg.Connection, worker: None, settings: Settings
+) -> None:
+    """The /r/ page links the same token's one-time inbox sign-in; a preview fetch of either
+    records no read and signs nobody in."""
+    await org(client)
+    body = {"kind": "ding", "title": "集合", "body": "x", "audience": {"members": ["m0"]}}
+    nid = (await post(client, "/v1/notices", body, status=202))["id"]
+    await fanned_out(db, nid)
+    secret = settings.link_secret.get_secret_value().encode()
+    token = make_token(secret, nid, "m0", int(time.time()) + 3600)
+    preview = {"User-Agent": "Slackbot-LinkExpanding 1.0"}
+    page = await client.get(f"/r/{token}", headers=preview)
+    assert page.status == 200 and f'href="/m/r/{token}"' in await page.text()
+    pre = await csrf_of(client, f"/m/r/{token}")
+    assert await db.fetchval("SELECT read_at FROM recipients WHERE notice_id = $1", nid) is None
+    assert await db.fetchval("SELECT count(*) FROM console_sessions") == 0
+    resp = await client.post(f"/m/r/{token}", data={"csrf": pre}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == f"/m/notices/{nid}"
+    assert (await client.get("/m/")).status == 200
+    assert await db.fetchval("SELECT read_at FROM recipients WHERE notice_id = $1", nid) is None

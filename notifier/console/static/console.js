@@ -23,7 +23,20 @@
       live.querySelectorAll('[data-read="' + id + '"]').forEach(function (el) { el.textContent = u.read + "/" + u.recipients; });
       live.querySelectorAll('[data-unread="' + id + '"]').forEach(function (el) { el.textContent = String(u.unread); });
     });
+    applyState(msg.state);
     live.setAttribute("data-version", String((Number(live.getAttribute("data-version")) || 0) + 1));
+  }
+
+  // The notice's state: its tag, and which of the actions (data-states) it allows.
+  function applyState(state) {
+    var tag = document.getElementById("state");
+    if (!state || !tag || tag.getAttribute("data-state") === state) { return; }
+    tag.className = tag.className.replace(/\bstate-\S+/, "state-" + state);
+    tag.setAttribute("data-state", state);
+    tag.textContent = tag.getAttribute("data-label-" + state) || state;
+    document.querySelectorAll("[data-states]").forEach(function (el) {
+      el.hidden = el.getAttribute("data-states").split(" ").indexOf(state) < 0;
+    });
   }
 
   document.addEventListener("htmx:sseBeforeMessage", function (e) {
