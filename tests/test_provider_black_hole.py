@@ -26,6 +26,9 @@ from tests.faultproxy import FaultProxy
 
 MEMBERS = 12
 COOL_DOWN = 60.0  # breaker_base_seconds: far longer than the test, so only the clock jump ends it
+# The send bound: short enough to open the breaker quickly, long enough that a live fake answering
+# on a loaded 2-core machine is never taken for a black hole (0.5 s re-opened it after recovery).
+TIMEOUT = 2.0
 
 
 @pytest.fixture
@@ -52,7 +55,7 @@ async def test_a_black_holed_provider_opens_the_breaker_and_recovers_by_itself(
     tuned = settings.model_copy(
         update={
             **overrides,
-            "provider_timeout_seconds": 0.5,
+            "provider_timeout_seconds": TIMEOUT,
             "breaker_threshold": 2,
             "breaker_base_seconds": COOL_DOWN,
             "delivery_batch_size": 3,
@@ -91,7 +94,7 @@ async def test_a_black_holed_provider_opens_the_breaker_and_recovers_by_itself(
                 )
 
             await wait_until(all_held, within=30)
-            # Two bounded batches (0.5 s each, plus backoff) opened it: not 2 x 10 s.
+            # Two bounded batches (TIMEOUT each, plus backoff) opened it: not 2 x 10 s.
             assert asyncio.get_running_loop().time() - started < 15
             assert proxy.accepted >= 1 and fcm.messages == []
             opened = await db.fetchrow("SELECT open_until FROM circuit_breakers WHERE key = 'fcm'")
