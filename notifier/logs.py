@@ -103,6 +103,26 @@ def configure(log_format: str = "text", level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("arq").setLevel(logging.WARNING)
+    quiet_leaky_libraries()
+
+
+# Libraries that log what they carry, and the least level at which they do not: httpx logs each
+# request's URL at INFO (APNs puts the device token in the path); hpack and h2 (HTTP/2) every
+# header at DEBUG (``:path`` again, the provider JWT in ``authorization``); httpcore its events.
+LEAKY_LOGGERS = {
+    "httpx": logging.WARNING,
+    "httpcore": logging.INFO,
+    "hpack": logging.INFO,
+    "h2": logging.INFO,
+}
+
+
+def quiet_leaky_libraries() -> None:
+    """Keep the leaky libraries above the levels at which they leak, whatever the root level
+    (called by ``configure`` and by the channels that use them)."""
+    for name, least in LEAKY_LOGGERS.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.level, least))
 
 
 def mask(target: str) -> str:

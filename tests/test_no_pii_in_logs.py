@@ -32,10 +32,13 @@ from tests.conftest import (
     running_worker,
     wait_until,
 )
+from tests.fakes.apns import ApnsFake
 from tests.fakes.dingtalk import FakeDingTalk
 from tests.fakes.fcm import FakeFcm
+from tests.fakes.jpush import FakeJPush
 from tests.fakes.twilio import FakeTwilio
 from tests.fakes.webhook_receiver import Reply, WebhookReceiver
+from tests.fakes.webpush import FakePushService
 
 BODY = "Muster at the east gate, bring the ledger 7Q."
 TITLE = "Drill 42"
@@ -50,6 +53,20 @@ async def fcm() -> AsyncIterator[FakeFcm]:
     await fake.stop()
 
 
+@pytest.fixture
+async def pushes() -> AsyncIterator[tuple[ApnsFake, FakeJPush, FakePushService]]:
+    """The other push providers the tests register: APNs, JPush, a browser push service."""
+    apns, jpush, webpush = (
+        await ApnsFake().start(),
+        await FakeJPush().start(),
+        await FakePushService().start(),
+    )
+    yield apns, jpush, webpush
+    await apns.stop()
+    await jpush.stop()
+    await webpush.stop()
+
+
 def formatted(record: logging.LogRecord) -> str:
     text = logging.Formatter("%(name)s %(levelname)s %(message)s").format(record)
     return text + repr(record.args) + repr(getattr(record, "__dict__", {}))
@@ -61,13 +78,24 @@ async def test_a_day_of_sends_failures_and_callbacks_logs_no_pii_or_secret(
     twilio_fake: FakeTwilio,
     fcm: FakeFcm,
     receiver: WebhookReceiver,
+    pushes: tuple[ApnsFake, FakeJPush, FakePushService],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, every level
+    apns, jpush, webpush = pushes
     settings: Settings = make_settings(
-        server_urls, **twilio_fake.settings_overrides(), **fcm.settings_overrides(), webhook_max_attempts=3
+        server_urls,
+        **twilio_fake.settings_overrides(),
+        **fcm.settings_overrides(),
+        **apns.settings_overrides(),
+        **jpush.settings_overrides(),
+        **webpush.settings_overrides(),
+        webhook_max_attempts=3,
     )
     tokens = {m: fcm.good_target() for m in ("m1", "m2", "m3", "bad")}
+    devices = {m: apns.good_target()[:-2] + f"{i:02x}" for i, m in enumerate(PHONES)}
+    registrations = {m: jpush.good_target() for m in PHONES}
+    browsers = {m: webpush.good_target() for m in PHONES}
     secrets_seen: list[str] = [
         ADMIN_TOKEN,
         WEBHOOK_SECRET,
@@ -77,6 +105,11 @@ async def test_a_day_of_sends_failures_and_callbacks_logs_no_pii_or_secret(
         settings.link_secret.get_secret_value(),
         twilio_fake.auth_token,
         *tokens.values(),
+        *devices.values(),
+        *registrations.values(),
+        jpush.master_secret,
+        *(b["endpoint"].rsplit("/", 1)[1] for b in browsers.values()),
+        *(b["keys"][k] for b in browsers.values() for k in ("p256dh", "auth")),
         *PHONES.values(),
         *(p.removeprefix("+") for p in PHONES.values()),
         BODY,
@@ -102,6 +135,9 @@ async def test_a_day_of_sends_failures_and_callbacks_logs_no_pii_or_secret(
                 ("sms", PHONES[m]),
                 ("voice", PHONES[m]),
                 ("fcm", tokens[m]),
+                ("apns", devices[m]),
+                ("jpush", registrations[m]),
+                ("webpush", browsers[m]),
                 (
                     "webhook",
                     {"url": f"{receiver.url}/{m}", "secret": OWN_SECRET} if m == "m3" else receiver.url,
@@ -133,7 +169,7 @@ async def test_a_day_of_sends_failures_and_callbacks_logs_no_pii_or_secret(
             "title": TITLE,
             "body": BODY,
             "audience": {"units": ["u"]},
-            "channels": ["inapp", "fcm", "webhook", "sms", "voice"],
+            "channels": ["inapp", "fcm", "apns", "jpush", "webpush", "webhook", "sms", "voice"],
             "escalation": "p",
         }
         nid = (await call("POST", "/v1/notices", ding, token=key["token"], status=202))["id"]
@@ -143,7 +179,7 @@ async def test_a_day_of_sends_failures_and_callbacks_logs_no_pii_or_secret(
                 "SELECT count(*) FROM deliveries WHERE notice_id = $1 AND state IN ('queued', 'sending')", nid
             )
             rows = await db.fetchval("SELECT count(*) FROM deliveries WHERE notice_id = $1", nid)
-            return bool(pending == 0 and rows >= 5 * len(PHONES))
+            return bool(pending == 0 and rows >= 8 * len(PHONES))
 
         await wait_until(settled, within=40)
         failed = await db.fetchval(
