@@ -26,6 +26,7 @@ LOG_CONTEXT: contextvars.ContextVar[dict[str, str] | None] = contextvars.Context
 # What a caller's X-Request-ID may be: a UUID, a trace id, a ULID -- letters, digits and ._:=+/-,
 # at most 128 (no spaces, quotes or "@": nothing that breaks a log line or reads as an address).
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:=+/-]{0,127}")
+SHOWN_TAIL = 4  # characters of a phone number or contact target that logs and the audit log keep
 # Fields a record may carry through ``extra=`` that the JSON line shows.
 CONTEXT_FIELDS = ("notice_id", "channel", "delivery_id", "unit_id", "job", "http")
 
@@ -102,3 +103,31 @@ def configure(log_format: str = "text", level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("arq").setLevel(logging.WARNING)
+    quiet_leaky_libraries()
+
+
+# Libraries that log what they carry, and the least level at which they do not: httpx logs each
+# request's URL at INFO (APNs puts the device token in the path); hpack and h2 (HTTP/2) every
+# header at DEBUG (``:path`` again, the provider JWT in ``authorization``); httpcore its events.
+LEAKY_LOGGERS = {
+    "httpx": logging.WARNING,
+    "httpcore": logging.INFO,
+    "hpack": logging.INFO,
+    "h2": logging.INFO,
+}
+
+
+def quiet_leaky_libraries() -> None:
+    """Keep the leaky libraries above the levels at which they leak, whatever the root level
+    (called by ``configure`` and by the channels that use them)."""
+    for name, least in LEAKY_LOGGERS.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.level, least))
+
+
+def mask(target: str) -> str:
+    """A phone number or contact target (e-mail, device token, URL) with all but its last four
+    characters hidden -- ``+8613812348000`` -> ``***8000``: enough to tell two apart in a log or
+    the audit log, not enough to call or write to. The one rule for masking, used everywhere."""
+    tail = target[-SHOWN_TAIL:] if len(target) > 2 * SHOWN_TAIL else ""
+    return "***" + tail

@@ -144,6 +144,10 @@ class Settings(BaseSettings):
     http_max_line_size: int = Field(default=8190, ge=256)  # request line and each header line
     http_max_field_size: int = Field(default=8190, ge=256)  # one header's value
     http_max_headers: int = Field(default=64, ge=8)
+    # POST /v1/imports/dingtalk runs inside the request: fetching DingTalk's organisation must end
+    # within this, or the request is a 504 with nothing written (`notifier import dingtalk`, with
+    # its progress, is for organisations too large for one request).
+    import_request_timeout_seconds: float = Field(default=120.0, gt=0)
 
     rate_limits: RateLimits = Field(default_factory=RateLimits)
 

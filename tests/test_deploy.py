@@ -122,7 +122,7 @@ def test_compose_has_the_services_images_volumes_and_health_checks() -> None:
 async def test_compose_commands_are_real_cli_commands() -> None:
     services = compose()["services"]
     commands = {tuple(services[name]["command"]) for name in APP_SERVICES}
-    assert commands == {("migrate",), ("serve",), ("worker",)}
+    assert commands == {("migrate",), ("serve",), ("worker", "--processes", "1")}
     for command in commands:
         code, out = await cli(*command, "--help")
         assert code == 0, out
@@ -145,6 +145,23 @@ def test_compose_environment_names_real_settings_and_the_required_secrets() -> N
     # The worker health check reaches its metrics server: bound to all interfaces in the container.
     for name in ("worker-1", "worker-2"):
         assert services[name]["environment"]["NOTIFIER_WORKER_METRICS_HOST"] == "0.0.0.0"
+
+
+def test_compose_runs_two_single_process_workers_and_prometheus_scrapes_each() -> None:
+    """Issue 14's "the API and two workers": two worker services of one process each (a worker
+    alone starts one per CPU, on ports nothing scrapes), each one's metrics port a target."""
+    services = compose()["services"]
+    workers = sorted(name for name, s in services.items() if s.get("command", [None])[0] == "worker")
+    assert workers == ["worker-1", "worker-2"]
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    [job] = [j for j in scrape["scrape_configs"] if j["job_name"] == "notifier-worker"]
+    targets = {t for c in job["static_configs"] for t in c["targets"]}
+    for name in workers:
+        s = services[name]
+        assert s["command"] == ["worker", "--processes", "1"], name
+        port = s["environment"]["NOTIFIER_WORKER_METRICS_PORT"]
+        assert s["expose"] == [port] and f"{name}:{port}" in targets, (name, targets)
+    assert len(targets) == len(workers)
 
 
 async def test_the_dockerfile_is_pinned_locked_non_root_and_checks_readyz() -> None:

@@ -6,7 +6,7 @@ An entry names the actor (key id -- none for the bootstrap admin token --, role,
 member), the action and its target, the units it is about, when (``notifier_now()``) and the
 caller's address as the server saw it (``X-Forwarded-For`` is not trusted). ``details`` holds
 what helps an investigation and nothing secret: never a token, a message body or a full phone
-number or address (``mask``).
+number or address (``notifier.logs.mask``).
 """
 
 from __future__ import annotations
@@ -30,15 +30,6 @@ from notifier.db import audit, members
 from notifier.db.pool import Connection, Record
 
 routes = Router()
-
-SHOWN_TAIL = 4  # characters of a contact target kept in the log
-
-
-def mask(target: str) -> str:
-    """A contact target (phone number, e-mail, device token, URL) with all but its last characters
-    hidden: enough to tell two apart, not enough to call or write to."""
-    tail = target[-SHOWN_TAIL:] if len(target) > 2 * SHOWN_TAIL else ""
-    return "***" + tail
 
 
 async def record(

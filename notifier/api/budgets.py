@@ -1,4 +1,5 @@
-"""/v1/units/{unit_id}/budgets: the cost guard's daily budgets for paid channels (SMS, voice).
+"""/v1/units/{unit_id}/budgets: the cost guard's daily budgets for paid channels (SMS, voice,
+DingTalk DINGs by SMS -- ``dingtalk_ding.sms`` -- and by phone -- ``dingtalk_ding.phone``).
 
 A budget caps what one channel may send per local day for the notices of a unit and every unit
 below it (db/budgets.py). Beyond it deliveries wait, queued as ``budget_exhausted`` with the time
@@ -27,8 +28,9 @@ from notifier.db import budgets
 
 routes = Router()
 
-PAID_CHANNELS = ("sms", "voice")
-PaidChannel = Literal["sms", "voice"]
+# A DING by SMS or by phone has its own budget; in the app it is free (channels.base.budget_key).
+PAID_CHANNELS = ("sms", "voice", "dingtalk_ding.sms", "dingtalk_ding.phone")
+PaidChannel = Literal["sms", "voice", "dingtalk_ding.sms", "dingtalk_ding.phone"]
 
 
 class BudgetIn(Strict):
@@ -81,7 +83,7 @@ async def list_budgets(request: web.Request, call: Call) -> web.Response:
     tag="organisation",
     body=BudgetIn,
     response=BudgetOut,
-    responses={422: "channel is not a paid channel (sms, voice)"},
+    responses={422: "channel is not a paid channel (sms, voice, dingtalk_ding.sms, dingtalk_ding.phone)"},
 )
 async def put_budget(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

@@ -17,6 +17,7 @@ from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Strict, parse_uuid
 from notifier.channels.base import InvalidTarget
 from notifier.db import contacts
+from notifier.logs import mask
 
 routes = Router()
 
@@ -99,7 +100,7 @@ async def add_contact(request: web.Request, call: Call) -> web.Response:
             "contact",
             str(row["id"]),
             await audit.member_units(conn, member_id),
-            {"member_id": member_id, "channel": body.channel, "target": audit.mask(shown)},
+            {"member_id": member_id, "channel": body.channel, "target": mask(shown)},
         )
     return json_response(
         ContactOut.model_validate(contacts.as_dict(row)).model_dump(mode="json"),

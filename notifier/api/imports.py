@@ -1,8 +1,16 @@
 """/v1/imports/dingtalk: the organisation imported from DingTalk (admin only): the department
 tree and users through the contacts API, applied by ``notifier.db.imports`` exactly as
-``notifier import dingtalk`` does (idempotent; ``dry_run`` reports what would change)."""
+``notifier import dingtalk`` does (idempotent; ``dry_run`` reports what would change).
+
+It runs inside the request, bounded: fetching the organisation must end within
+``import_request_timeout_seconds`` (120 s) or the answer is a 504 and nothing is written (the
+fetch comes before the one transaction that applies it). The answer is the summary: how many
+departments and users were fetched and what changed. An organisation too large for that is
+imported with ``notifier import dingtalk``, which shows its progress as it goes."""
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -26,8 +34,14 @@ class ImportIn(Strict):
     root_unit: Id = Field(default="dingtalk", description="the unit DingTalk's root department is")
 
 
+class Fetched(BaseModel):
+    departments: int = Field(description="departments read from DingTalk (below the root)")
+    users: int = Field(description="users read from DingTalk")
+
+
 class ImportOut(BaseModel):
     dry_run: bool
+    fetched: Fetched
     changes: dict[str, int] = Field(description="units, members, memberships and contacts changed")
 
 
@@ -41,6 +55,7 @@ class ImportOut(BaseModel):
     responses={
         404: "DingTalk (the dingtalk channel) is not configured on this deployment",
         502: "DingTalk refused or failed the contacts API calls (the reason is given)",
+        504: "fetching the organisation took longer than the import's bound; nothing was written",
     },
 )
 async def import_dingtalk(request: web.Request, call: Call) -> web.Response:
@@ -52,9 +67,19 @@ async def import_dingtalk(request: web.Request, call: Call) -> web.Response:
     if not isinstance(channel, DingTalkChannel):
         raise not_found("dingtalk channel")
     try:
-        departments, users = await fetch_org(channel, lambda _line: None)
+        async with asyncio.timeout(deps.settings.import_request_timeout_seconds):
+            departments, users = await fetch_org(channel, lambda _line: None)
     except ChannelError as exc:
         raise Problem(502, "Bad Gateway", f"DingTalk: {exc}", type_="provider-error") from None
+    except TimeoutError:
+        raise Problem(
+            504,
+            "Gateway Timeout",
+            f"DingTalk's organisation was not fetched within "
+            f"{deps.settings.import_request_timeout_seconds:g} s; nothing was written. "
+            "Import it with `notifier import dingtalk`, which shows its progress.",
+            type_="import-timeout",
+        ) from None
     userids = [u["userid"] for u in users if isinstance(u.get("userid"), str)]
     changes = await imports.run(
         deps.pool,
@@ -67,4 +92,6 @@ async def import_dingtalk(request: web.Request, call: Call) -> web.Response:
             await audit.record(
                 conn, request, "import.dingtalk", "organisation", body.root_unit, [None], changes
             )
-    return json_response(ImportOut(dry_run=body.dry_run, changes=changes).model_dump(mode="json"))
+    fetched = Fetched(departments=len(departments), users=len(users))
+    out = ImportOut(dry_run=body.dry_run, fetched=fetched, changes=changes)
+    return json_response(out.model_dump(mode="json"))

@@ -46,6 +46,7 @@ from notifier.channels.base import (
 from notifier.channels.http import retry_after as parse_retry_after
 from notifier.channels.jwt import es256, load_private_key
 from notifier.clock import Clock, SystemClock
+from notifier.logs import quiet_leaky_libraries
 from notifier.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -273,6 +274,7 @@ class ApnsChannel:
         if not configured(settings) or apns.key_p8 is None:
             raise ValueError("APNs needs settings.apns.key_p8, key_id, team_id and topic")
         self._clock = clock or SystemClock()
+        quiet_leaky_libraries()  # HTTP/2's hpack would log each device token at DEBUG
         self.capabilities = Capabilities(
             max_batch=500,
             needs_contact=True,

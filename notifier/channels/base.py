@@ -122,9 +122,21 @@ class Capabilities:
     circuit_breaker: bool = False  # one provider account: stop hammering it when it keeps failing
     read_link: bool = False  # the message carries a signed link that records the read when opened
     paid: bool = False  # each send costs money: the units' daily budgets apply (db/budgets.py)
+    # The modes whose sends cost money when the channel itself is free (a DING by SMS or phone):
+    # each has its own budget, named ``<channel>.<mode>`` (``budget_key``).
+    paid_modes: frozenset[str] = frozenset()
     # The channel reaches a unit as a whole (its group chat), through a unit-level contact: one
     # post per (notice, unit), never one delivery per member (the fan-out skips it).
     unit_level: bool = False
+
+
+def budget_key(channel_id: str, caps: Capabilities, mode: str | None) -> str | None:
+    """The budget a send of ``channel_id`` in ``mode`` is charged to (None: it is free)."""
+    if caps.paid:
+        return channel_id
+    if mode is not None and mode in caps.paid_modes:
+        return f"{channel_id}.{mode}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

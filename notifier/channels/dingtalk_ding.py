@@ -122,6 +122,9 @@ class DingTalkDingChannel:
             resend_when_ambiguous=False,  # a second phone call is not harmless
             rate_per_second=config.ding_per_minute / 60.0,  # receivers per minute per robot
             circuit_breaker=True,
+            paid_modes=frozenset(
+                {"sms", "phone"}
+            ),  # DingTalk bills a DING by SMS or phone; in the app it is free
         )
 
     def validate_target(self, target: Any) -> Any:

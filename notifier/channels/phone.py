@@ -28,6 +28,7 @@ from notifier.channels.base import (
     TransientError,
 )
 from notifier.channels.http import retry_after as parse_retry_after
+from notifier.logs import mask
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -37,13 +38,6 @@ def validate_e164(target: Any) -> str:
     if not isinstance(target, str) or not E164.fullmatch(target):
         raise InvalidTarget("target must be an E.164 phone number like +8613800138000", field="target")
     return target
-
-
-def mask(number: str) -> str:
-    """+8613812348000 -> +86138****8000: enough to tell numbers apart in logs, not to dial them."""
-    if len(number) <= 8:
-        return number[:2] + "****"
-    return number[:6] + "****" + number[-4:]
 
 
 _DIGIT_RUN = re.compile(r"\+?\d[\d ]{6,}\d")

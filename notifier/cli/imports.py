@@ -1,6 +1,7 @@
 """``notifier import dingtalk`` and ``notifier import csv FILE``: the organisation, imported.
 
-Both print progress to stderr and, at the end, what changed (or, with ``--dry-run``, what would
+Both print progress to stderr (departments and users fetched, rows read, rows applied: counts
+only, no PII) and, at the end, what changed (or, with ``--dry-run``, what would
 change: the same transaction, rolled back). Both are idempotent: a second run prints zeros.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -22,6 +24,11 @@ from notifier.domain.org_import import ImportError_, from_csv, from_dingtalk
 from notifier.settings import Settings
 
 
+def printer(err: TextIO) -> Callable[[str], None]:
+    """Progress lines (counts only, never a name, number or id) to ``err``, as they come."""
+    return lambda line: print(line, file=err, flush=True)
+
+
 def report(counts: dict[str, int], dry_run: bool, out: TextIO) -> None:
     head = "would change (dry run, nothing written):" if dry_run else "changed:"
     print(head + " " + ", ".join(f"{k}={v}" for k, v in counts.items()), file=out, flush=True)
@@ -33,25 +40,34 @@ async def import_dingtalk(
     if not dingtalk_configured(settings):
         raise SystemExit("set NOTIFIER_DINGTALK__APP_KEY, __APP_SECRET and __AGENT_ID to import from it")
     channel = DingTalkChannel(settings)
+    progress = printer(err)
     try:
-        departments, users = await fetch_org(channel, lambda line: print(line, file=err, flush=True))
+        departments, users = await fetch_org(channel, progress)
     finally:
         await channel.close()
     userids = [u["userid"] for u in users if isinstance(u.get("userid"), str)]
     pool = await create_pool(settings)
     try:
         return await imports.run(
-            pool, userids, lambda known: from_dingtalk(departments, users, known, root_unit), dry_run
+            pool,
+            userids,
+            lambda known: from_dingtalk(departments, users, known, root_unit),
+            dry_run,
+            progress=progress,
         )
     finally:
         await pool.close()
 
 
-async def import_csv(settings: Settings, text: str, dry_run: bool) -> dict[str, int]:
+async def import_csv(
+    settings: Settings, text: str, dry_run: bool, err: TextIO = sys.stderr
+) -> dict[str, int]:
     snap = from_csv(text)
+    progress = printer(err)
+    progress(f"rows read: {len(snap.people)} members in {len(snap.units)} units")
     pool = await create_pool(settings)
     try:
-        return await imports.run(pool, [], lambda _known: snap, dry_run)
+        return await imports.run(pool, [], lambda _known: snap, dry_run, progress=progress)
     finally:
         await pool.close()
 

@@ -1,4 +1,7 @@
-"""unit_budgets and budget_spend: the cost guard on paid channels (SMS, voice).
+"""unit_budgets and budget_spend: the cost guard on paid channels (SMS, voice, DINGs by SMS/phone).
+
+A budget's ``channel`` is the channel's id, or ``<channel>.<mode>`` for a paid mode of a free
+channel (``dingtalk_ding.sms``, ``dingtalk_ding.phone``: ``channels.base.budget_key``).
 
 A budget on a unit caps the sends a channel makes per local day for every notice scoped to that
 unit or below it: the nearest unit up the tree with a budget for the channel governs, and its
@@ -93,7 +96,7 @@ ORDER BY b.channel"""
 RELEASE_HELD = f"""
 WITH RECURSIVE {subtree("ARRAY[$1::text]")}
 UPDATE deliveries d SET next_attempt_at = (SELECT notifier_now()), updated_at = (SELECT notifier_now())
-WHERE d.state = 'queued' AND d.wait_reason = 'budget_exhausted' AND d.channel = $2
+WHERE d.state = 'queued' AND d.wait_reason = 'budget_exhausted' AND d.channel = split_part($2, '.', 1)
   AND d.notice_id IN (SELECT id FROM notices WHERE scope_unit_id IN (SELECT id FROM sub))"""
 
 

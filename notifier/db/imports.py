@@ -92,8 +92,15 @@ WHERE member_id = ANY($1::text[]) AND channel = 'dingtalk' AND disabled_at IS NU
 DEPARTED_REASON = "no longer in the organisation on DingTalk (import)"
 
 
-async def apply(conn: Connection, snap: OrgSnapshot) -> dict[str, int]:
-    """Apply the snapshot inside the caller's transaction; returns what changed."""
+def _quiet(_line: str) -> None:
+    pass
+
+
+async def apply(
+    conn: Connection, snap: OrgSnapshot, progress: Callable[[str], None] = _quiet
+) -> dict[str, int]:
+    """Apply the snapshot inside the caller's transaction; returns what changed. ``progress`` is
+    told the rows applied after each statement (counts only: no names, numbers or ids)."""
     await conn.execute(LOCK)
     counts: dict[str, int] = {}
     if snap.root is not None:
@@ -103,18 +110,21 @@ async def apply(conn: Connection, snap: OrgSnapshot) -> dict[str, int]:
     assert row is not None
     counts["units_created"] = counts.get("units_created", 0) + row["created"]
     counts["units_updated"] = row["updated"]
+    progress(f"units applied: {len(snap.units)}")
     people = list(snap.people.values())
     row = await conn.fetchrow(
         MEMBERS, [p.member_id for p in people], [p.name for p in people], [p.phone for p in people]
     )
     assert row is not None
     counts["members_created"], counts["members_updated"] = row["created"], row["updated"]
+    progress(f"members applied: {len(people)}")
     pairs = [(p.member_id, u) for p in people for u in p.units]
     row = await conn.fetchrow(MEMBERSHIPS, [m for m, _ in pairs], [u for _, u in pairs], list(snap.units))
     assert row is not None
     counts["memberships_added"], counts["memberships_removed"] = row["joined"], row["left_"]
     departed: list[str] = list(row["departed"])
     counts["members_detached"] = len(departed)
+    progress(f"memberships applied: {len(pairs)}")
     with_userid = [p for p in people if p.userid]
     row = await conn.fetchrow(CONTACTS, [p.member_id for p in with_userid], [p.userid for p in with_userid])
     assert row is not None
@@ -124,6 +134,7 @@ async def apply(conn: Connection, snap: OrgSnapshot) -> dict[str, int]:
         gone = [m for m in departed if m not in snap.people]
         status = await conn.execute(DEPARTED_CONTACTS, gone, DEPARTED_REASON)
         counts["contacts_disabled"] = int(status.split()[-1])
+    progress(f"contacts applied: {len(with_userid)}")
     return counts
 
 
@@ -137,6 +148,7 @@ async def run(
     snapshot_for: Callable[[dict[str, str]], OrgSnapshot],
     dry_run: bool,
     on_applied: Callable[[Connection, dict[str, int]], Awaitable[None]] | None = None,
+    progress: Callable[[str], None] = _quiet,
 ) -> dict[str, int]:
     """Build the snapshot (knowing which members hold these userids already) and apply it in one
     transaction (``on_applied`` runs in it: the audit entry); a dry run rolls it back and reports
@@ -146,7 +158,7 @@ async def run(
         await transaction.start()
         try:
             snap = snapshot_for(await known_userids(conn, userids))
-            counts = await apply(conn, snap)
+            counts = await apply(conn, snap, progress)
             if on_applied is not None and not dry_run:
                 await on_applied(conn, counts)
         except BaseException:

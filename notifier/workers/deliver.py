@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from notifier import metrics
-from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result
+from notifier.channels.base import Channel, NoticeContent, Outcome, Outgoing, Result, budget_key
 from notifier.db import budgets, contacts, deliveries, notices, reports, throttle
 from notifier.db.deliveries import Claimed, Released, Written
 from notifier.db.pool import UNAVAILABLE, Connection, Record, unavailable
@@ -161,30 +161,52 @@ async def gate(
             Released(c.id, c.attempt, "throttled", w) for c, w in zip(fresh, waits, strict=True) if w > 0
         ]
         go = paid + [c for c, w in zip(fresh, waits, strict=True) if w <= 0]
-    if caps.paid and go:
-        # Last: only what really leaves is charged. Beyond the budget a row waits for the day's
-        # end (or an admin's raise), visibly; the notice's other channels are not affected.
-        charge = await budgets.charge(conn, content.notice_id, channel.id, len(go))
-        if charge.allowed < len(go):
-            over, go = go[charge.allowed :], go[: charge.allowed]
-            wait = max(charge.resets_in, 1.0)
-            held += [Released(c.id, c.attempt, "budget_exhausted", wait) for c in over]
-            told = await budgets.exhausted(conn, content.notice_id, channel.id, charge, len(over))
-            log.warning(
-                "%s budget of unit %s spent (%s a day): %d deliveries held for %.0fs, %d secretaries told",
-                channel.id,
-                charge.unit_id,
-                charge.daily_limit,
-                len(over),
-                wait,
-                len(told),
-            )
+    if (caps.paid or caps.paid_modes) and go:
+        # Last: only what really leaves is charged.
+        over = await charge_budgets(conn, channel, content, go)
+        waiting = {r.id for r in over}
+        go = [c for c in go if c.id not in waiting]
+        held += over
     await deliveries.release(conn, held)
     for reason, n in Counter(h.reason for h in held).items():
         metrics.HELD.labels(channel.id, reason).inc(n)
     if caps.per_target_limit is not None or not caps.resend_when_ambiguous:
         await conn.execute(deliveries.HANDED_OVER, [c.id for c in go])
     return go
+
+
+async def charge_budgets(
+    conn: Connection, channel: Channel, content: NoticeContent, go: list[Claimed]
+) -> list[Released]:
+    """Charge each send to its budget (a DING by SMS or phone to its mode's, in the app to none):
+    returns the rows beyond a budget, which wait for the day's end (or an admin's raise),
+    visibly; the notice's free channels and modes are not affected."""
+    by_key: dict[str, list[Claimed]] = {}
+    for c in go:
+        key = budget_key(channel.id, channel.capabilities, mode_of_step(content.step_modes, c.step))
+        if key is not None:
+            by_key.setdefault(key, []).append(c)
+    return [r for key in sorted(by_key) for r in await _charge(conn, content, key, by_key[key])]
+
+
+async def _charge(conn: Connection, content: NoticeContent, key: str, rows: list[Claimed]) -> list[Released]:
+    """Charge ``rows`` to the budget ``key``; returns those that wait for the budget."""
+    charge = await budgets.charge(conn, content.notice_id, key, len(rows))
+    if charge.allowed >= len(rows):
+        return []
+    over = rows[charge.allowed :]
+    wait = max(charge.resets_in, 1.0)
+    told = await budgets.exhausted(conn, content.notice_id, key, charge, len(over))
+    log.warning(
+        "%s budget of unit %s spent (%s a day): %d deliveries held for %.0fs, %d secretaries told",
+        key,
+        charge.unit_id,
+        charge.daily_limit,
+        len(over),
+        wait,
+        len(told),
+    )
+    return [Released(c.id, c.attempt, "budget_exhausted", wait) for c in over]
 
 
 def moot_after_read(c: Claimed) -> bool:
@@ -201,6 +223,7 @@ def needs_gate(channel: Channel, content: NoticeContent, claimed: list[Claimed])
         or caps.per_target_limit
         or caps.rate_per_second
         or caps.paid
+        or caps.paid_modes
         or not caps.resend_when_ambiguous
         or any(moot_after_read(c) for c in claimed)
     )

@@ -75,6 +75,10 @@ async def _every_change(client: Client, token: str, db: asyncpg.Connection) -> d
     new_key = await post(
         client, "/v1/api-keys", {"name": "g1c desk", "role": "secretary", "unit_id": "g1c"}, token=token
     )
+    rotated = await post(
+        client, f"/v1/api-keys/{new_key['id']}/rotate", {"previous_valid_for": 60}, token=token, status=200
+    )
+    assert rotated["token"] != new_key["token"]
     resp = await client.delete(f"/v1/api-keys/{new_key['id']}", headers=auth(token))
     assert resp.status == 204
     notice = await post(
@@ -115,6 +119,7 @@ ACTIONS = [
     "policy.delete",
     "roster.put",
     "api_key.create",
+    "api_key.rotate",
     "api_key.revoke",
     "notice.create",
     "notice.remind",
@@ -147,6 +152,34 @@ async def test_every_change_is_recorded_with_who_what_when_and_where(
         "channel": "webhook",
         "target": "***0042",
     }
+
+
+async def test_an_admins_budget_and_lesson_changes_are_recorded_for_the_unit(
+    client: Client, db: asyncpg.Connection, org: Org
+) -> None:
+    """The changes only an admin makes (the cost guard's budgets) and the unit's lessons are on
+    record too, readable by the unit's own keys."""
+    await db.execute("TRUNCATE audit_log")
+    await put(client, "/v1/units/b1/budgets/sms", {"daily_limit": 10})
+    await put(client, "/v1/units/b1/budgets/dingtalk_ding.phone", {"daily_limit": 5})
+    resp = await client.delete("/v1/units/b1/budgets/sms", headers=auth())
+    assert resp.status == 204, await resp.text()
+    lesson = {"title": "Lesson", "body": "Read the charter."}
+    await put(client, "/v1/units/b1/lessons/2030-03-02", lesson, token=org.b1_service)
+    await put(client, "/v1/units/b1/lessons/2030-03-02", {**lesson, "title": "L2"}, token=org.b1_service)
+    resp = await client.delete("/v1/units/b1/lessons/2030-03-02", headers=auth(org.b1_service))
+    assert resp.status == 204, await resp.text()
+    page = await _entries(client, "?limit=500", token=org.b1_secretary)
+    assert [(e["action"], e["unit_ids"]) for e in reversed(page["items"])] == [
+        ("budget.put", ["b1"]),
+        ("budget.put", ["b1"]),
+        ("budget.delete", ["b1"]),
+        ("lesson.create", ["b1"]),
+        ("lesson.update", ["b1"]),
+        ("lesson.delete", ["b1"]),
+    ]
+    assert [e["actor_key_id"] for e in reversed(page["items"])][:3] == [None] * 3  # the admin's
+    assert page["items"][-2]["details"]["channel"] == "dingtalk_ding.phone"
 
 
 async def test_no_entry_holds_a_token_a_message_or_a_full_address(

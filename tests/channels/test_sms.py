@@ -20,9 +20,10 @@ from notifier.channels.base import (
     StatusUpdate,
     TransientError,
 )
-from notifier.channels.phone import FormPoster, is_gsm7, mask, segment_count
+from notifier.channels.phone import FormPoster, is_gsm7, redact, segment_count
 from notifier.channels.sms import SmsChannel, sms_text
 from notifier.clock import FrozenClock
+from notifier.logs import mask
 from notifier.settings import AliyunSettings, Settings, TwilioSettings
 from tests.conftest import make_settings
 from tests.fakes.aliyun import FakeAliyun, expected_signature
@@ -450,4 +451,7 @@ async def test_aliyun_report_needs_the_url_token(aliyun_fake: FakeAliyun) -> Non
 
 
 def test_masking() -> None:
-    assert mask("+8613812348000") == "+86138****8000"
+    assert mask("+8613812348000") == "***8000"  # one rule: the last four only (notifier.logs)
+    assert "138" not in redact("invalid number +86 138 1234 8000") and "***8000" in redact(
+        "to +8613812348000"
+    )

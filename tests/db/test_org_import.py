@@ -287,3 +287,59 @@ async def test_the_import_endpoint_is_admin_only_and_audited(
         fake.revoke_tokens()
         resp = await client.post("/v1/imports/dingtalk", json={"root_unit": "org"}, headers=auth())
         assert resp.status == 502 and "40096" in (await resp.json())["detail"]
+
+
+async def test_both_imports_show_their_progress_on_stderr_without_pii(
+    dt_settings: Settings, settings: Settings, db: asyncpg.Connection, fake: FakeDingTalk
+) -> None:
+    """Issue 10: "Progress is shown for large imports" -- departments and users fetched, rows
+    read and rows applied, as counts; never a name, a mobile number or a user id."""
+    err = io.StringIO()
+    await import_dingtalk(dt_settings, "org", False, err=err)
+    lines = err.getvalue().splitlines()
+    assert lines == [
+        "departments: 2",
+        "departments: 3",
+        "departments: 3",
+        "users: 250 from 4/4 departments",
+        "units applied: 4",
+        "members applied: 250",
+        "memberships applied: 251",
+        "contacts applied: 250",
+    ]
+    err = io.StringIO()
+    await import_csv(settings, CSV, dry_run=True, err=err)
+    assert err.getvalue().splitlines() == [
+        "rows read: 3 members in 4 units",
+        "units applied: 4",
+        "members applied: 3",
+        "memberships applied: 4",
+        "contacts applied: 1",
+    ]
+    shown = err.getvalue() + "\n".join(lines)
+    people = [*(u["name"] for u in fake.org_users.values()), *fake.org_users, "王芳", "wangfang", "m1"]
+    leaks = [p for p in people if p in shown] + [m for m in ("138", "139") if m in shown]
+    assert not leaks, leaks
+
+
+async def test_the_import_endpoint_answers_a_summary_within_its_bound(
+    dt_settings: Settings, db: asyncpg.Connection, fake: FakeDingTalk
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from notifier.app import create_app
+    from tests.conftest import auth
+
+    async with TestClient(TestServer(create_app(dt_settings), host="127.0.0.1")) as client:
+        resp = await client.post("/v1/imports/dingtalk", json={"root_unit": "org"}, headers=auth())
+        body = await resp.json()
+        assert resp.status == 200 and body["fetched"] == {"departments": 3, "users": 250}, body
+    # Beyond the bound: a 504 naming the CLI, nothing written (the fetch precedes the transaction).
+    await db.execute("TRUNCATE members, units CASCADE")
+    bounded = dt_settings.model_copy(update={"import_request_timeout_seconds": 0.001})
+    async with TestClient(TestServer(create_app(bounded), host="127.0.0.1")) as client:
+        resp = await client.post("/v1/imports/dingtalk", json={"root_unit": "org"}, headers=auth())
+        problem = await resp.json()
+        assert resp.status == 504 and "notifier import dingtalk" in problem["detail"], problem
+    assert await db.fetchval("SELECT count(*) FROM members") == 0
+    assert await db.fetchval("SELECT count(*) FROM audit_log WHERE action = 'import.dingtalk'") == 1

@@ -6,6 +6,7 @@ them -- and a recall withdraws the tasks and the DINGs. The engine clock is move
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -190,3 +191,73 @@ async def test_contacts_for_channels_that_use_others_are_refused(
             assert resp.status == 422 and problem["errors"][0]["field"] == "channel", problem
             assert says in problem["errors"][0]["message"]
     assert await db.fetchval("SELECT count(*) FROM contacts WHERE channel <> 'dingtalk'") == 0
+
+
+async def api(deps: WorkerDeps, method: str, path: str, body: Any, token: str | None = None) -> Any:
+    async with TestClient(TestServer(create_app(deps.settings, deps.channels), host="127.0.0.1")) as client:
+        resp = await client.request(method, path, json=body, headers=auth(token) if token else auth())
+        return resp.status, await resp.json()
+
+
+async def test_dings_by_phone_count_against_the_units_budget_and_dings_in_the_app_are_free(
+    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+) -> None:
+    """Issue 14's cost guard on ``dingtalk_ding``: a DING by phone (or SMS) is paid, each mode with
+    its own daily budget; beyond it the calls wait as ``budget_exhausted``; the same notice's
+    DINGs in the app and its work notifications are never held by it."""
+    members = await org(db, 5)
+    status, problem = await api(deps, "PUT", "/v1/units/u/budgets/dingtalk_ding", {"daily_limit": 1})
+    assert status == 422 and problem["errors"][0]["field"] == "channel", problem  # the app mode is free
+    status, budget = await api(deps, "PUT", "/v1/units/u/budgets/dingtalk_ding.phone", {"daily_limit": 2})
+    assert status == 200 and budget["channel"] == "dingtalk_ding.phone", budget
+    status, sms = await api(deps, "PUT", "/v1/units/u/budgets/dingtalk_ding.sms", {"daily_limit": 0})
+    assert status == 200, sms  # another mode's budget, spent already: it does not touch the phone's
+    status, key = await api(deps, "POST", "/v1/api-keys", {"name": "u", "role": "service", "unit_id": "u"})
+    assert status == 201, key
+    body = {**ESCALATING_DING, "channels": ["dingtalk", "dingtalk_ding"]}
+    nid = (await send_as(deps, body, key["token"]))["id"]
+    await fanout_notice(deps, nid)
+    await deliver_notice_channel(deps, nid, "dingtalk")
+    await deliver_notice_channel(deps, nid, "dingtalk_ding")
+    assert fake.dinged(remind_type=1) == {user_of(m): 1 for m in members}  # in the app: free
+
+    await advance_clock(db, 600)
+    assert (await tick_once(deps))["escalations"] == 1
+    await deliver_notice_channel(deps, nid, "dingtalk_ding")
+    assert len(fake.dinged(remind_type=3)) == 2 and fake.dinged(remind_type=2) == {}
+    rows = await db.fetch(
+        "SELECT channel, step, state, wait_reason, count(*) AS n FROM deliveries WHERE notice_id = $1 "
+        "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3",
+        nid,
+    )
+    assert [tuple(r) for r in rows] == [
+        ("dingtalk", 0, "delivered", None, 5),
+        ("dingtalk_ding", 0, "sent", None, 5),
+        ("dingtalk_ding", 1, "queued", "budget_exhausted", 3),
+        ("dingtalk_ding", 1, "sent", None, 2),
+    ]
+    events = await db.fetch(
+        "SELECT detail FROM notice_events WHERE notice_id = $1 AND kind = 'budget_exhausted'", nid
+    )
+    assert [json.loads(e["detail"])["channel"] for e in events] == ["dingtalk_ding.phone"]
+    status, listed = await api(deps, "GET", "/v1/units/u/budgets", None)
+    assert status == 200
+    assert {b["channel"]: b["used_today"] for b in listed["items"]} == {
+        "dingtalk_ding.phone": 2,
+        "dingtalk_ding.sms": 0,
+    }
+
+    # An admin's override frees the held calls at once; they go, once each.
+    until = (await db.fetchval("SELECT notifier_now() + interval '1 hour'")).isoformat()
+    status, _ = await api(
+        deps, "PUT", "/v1/units/u/budgets/dingtalk_ding.phone", {"daily_limit": 2, "override_until": until}
+    )
+    assert status == 200
+    await deliver_notice_channel(deps, nid, "dingtalk_ding")
+    assert fake.dinged(remind_type=3) == {user_of(m): 1 for m in members}
+
+
+async def send_as(deps: WorkerDeps, body: dict[str, Any], token: str) -> dict[str, Any]:
+    status, answer = await api(deps, "POST", "/v1/notices", body, token)
+    assert status == 202, answer
+    return dict(answer)
