@@ -48,6 +48,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/notices", notices.list_notices)
     r.add_get("/console/notices/{notice_id}", notices.show_notice)
     r.add_get("/console/notices/{notice_id}/stream", notices.notice_stream)
+    r.add_get("/console/notices/{notice_id}/roll-call", notices.roll_call_fragment)
     r.add_get("/console/notices/{notice_id}/roll-call.csv", notices.roll_call_csv)
     r.add_get("/console/notices/{notice_id}/recipients/{member_id}", notices.member_timeline)
     r.add_post("/console/notices/{notice_id}/remind", notices.remind_now)

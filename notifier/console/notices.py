@@ -103,6 +103,16 @@ async def show_notice(request: web.Request, session: Session) -> web.Response:
 
 
 @page()
+async def roll_call_fragment(request: web.Request, session: Session) -> web.Response:
+    """htmx: the roll-call section alone, re-fetched as the stream's counts change (console.js
+    throttles it to one fetch per 2 s); its empty message follows the notice's state."""
+    p = session.principal
+    notice = await call(request, p, notices_api.get_notice, query=notices_api.NoticeQuery())
+    roll = await call(request, p, rollcall_api.roll_call, query=rollcall_api.RollCallQuery(limit=500))
+    return render(request, "_rollcall.html", {"notice": notice, "roll": roll})
+
+
+@page()
 async def notice_stream(request: web.Request, session: Session) -> web.StreamResponse:
     """Server-Sent Events of the notice's counts for this session's slice: the API's own stream
     (api/stream.py), same visibility, same frames."""

@@ -89,8 +89,12 @@ async def test_a_secretary_sends_a_ding_and_watches_it_read_live(
         assert await db.fetchval("SELECT count(*) FROM notices") == 1
         await page.evaluate("window.__noReload = 1")
 
-        # Live: counters and the per-group bars change as receipts arrive through the API.
+        # Live: counters and the per-group bars change as receipts arrive through the API; the
+        # roll-call (rendered while the notice was still queued) follows them without a reload.
+        roll = page.locator("#roll-call ul.roll li")
         await expect(page.locator("[data-count=recipients]")).to_have_text("9", timeout=WAIT_MS)
+        await expect(roll).to_have_count(9, timeout=WAIT_MS)
+        assert await page.locator("#roll-empty").count() == 0
         for m in ("m00", "m01", "m10"):
             await live.api("POST", f"/v1/notices/{notice_id}/receipts", {"type": "read", "member_id": m})
         await expect(page.locator("[data-count=read]")).to_have_text("3", timeout=WAIT_MS)
@@ -98,13 +102,18 @@ async def test_a_secretary_sends_a_ding_and_watches_it_read_live(
         await expect(bar).to_have_attribute("width", re.compile(r"^66\.6"), timeout=WAIT_MS)
         assert await page.inner_text("[data-count=unread]") == "6"
         assert await page.inner_text("[data-rate=g1]") == "33%"
+        unread = sorted(m for ms in groups.values() for m in ms if m not in ("m00", "m01", "m10"))
+        await expect(roll).to_have_count(len(unread), timeout=WAIT_MS)  # the readers are gone from it
+        listed = await page.eval_on_selector_all(
+            "#roll-call ul.roll li", "els => els.map(e => e.dataset.member)"
+        )
+        assert sorted(listed) == unread
         assert await page.evaluate("window.__noReload") == 1  # the same document all along
         await page.screenshot(path=str(output / "console-notice.png"), full_page=True)
 
         # Roll-call: exactly the unread, each with a reason.
         await page.reload()
         listed = await page.eval_on_selector_all("ul.roll li", "els => els.map(e => e.dataset.member)")
-        unread = sorted(m for ms in groups.values() for m in ms if m not in ("m00", "m01", "m10"))
         assert sorted(listed) == unread
         assert await page.locator("ul.roll .reason-delivered").count() == len(unread)
         assert not untranslated(await page.content())
@@ -148,6 +157,8 @@ async def test_a_secretary_sends_a_ding_and_watches_it_read_live(
             response = await sibling.goto(f"{live.url}/console/notices/{notice_id}")
             assert response.status == 404
             response = await sibling.goto(f"{live.url}/console/notices/{notice_id}/roll-call.csv")
+            assert response.status == 404
+            response = await sibling.goto(f"{live.url}/console/notices/{notice_id}/roll-call")
             assert response.status == 404
         finally:
             await other.close()

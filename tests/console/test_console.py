@@ -374,3 +374,41 @@ async def test_the_read_link_a_message_carries_leads_to_the_members_inbox_once(
     assert resp.status == 303 and resp.headers["Location"] == f"/m/notices/{nid}"
     assert (await client.get("/m/")).status == 200
     assert await db.fetchval("SELECT read_at FROM recipients WHERE notice_id = $1", nid) is None
+
+
+async def test_the_empty_roll_call_says_what_is_true_in_each_state(
+    client: TestClient[Any, Any], db: asyncpg.Connection, settings: Settings
+) -> None:
+    """Queued (no worker yet, no recipients): "not sent yet", never "everyone has read"; fanned
+    out with everyone read: "everyone has read"; recalled: "recalled". The page and its roll-call
+    fragment (what htmx re-fetches) say the same, in both catalogues."""
+    await org(client)
+    desk = await issue_key(client, {"name": "b0 desk", "role": "secretary", "unit_id": "b0"})
+    body = {"kind": "notice", "title": "学习", "body": "材料", "audience": {"units": ["b0"]}}
+    nid = (await post(client, "/v1/notices", body, token=desk, status=202))["id"]
+    await sign_in(client, "s0")
+
+    async def empty_says(key: str) -> None:
+        for lang in LANGS:
+            client.session.cookie_jar.update_cookies({"lang": lang})
+            for path in (f"/console/notices/{nid}", f"/console/notices/{nid}/roll-call"):
+                resp = await client.get(path)
+                html = await resp.text()
+                assert resp.status == 200, (path, html[:300])
+                assert resp.headers["Content-Security-Policy"] == CSP
+                assert catalogue(lang)[f"notice.roll_empty.{key}"] in html, (lang, path, key)
+                others = [
+                    s for s in catalogue(lang) if s.startswith("notice.roll_empty.") and s[-len(key) :] != key
+                ]
+                assert not any(catalogue(lang)[o] in html for o in others), (lang, path, key)
+                assert '<ul class="roll"' not in html
+
+    assert await db.fetchval("SELECT state FROM notices WHERE id = $1", nid) == "queued"
+    await empty_says("queued")
+    async with running_worker(settings):
+        await fanned_out(db, nid)
+    for m in ("s0", "m0", "m1"):
+        await post(client, f"/v1/notices/{nid}/receipts", {"type": "read", "member_id": m}, status=200)
+    await empty_says("active")
+    await post(client, f"/v1/notices/{nid}/recall", {}, status=200)
+    await empty_says("recalled")

@@ -24,7 +24,21 @@
       live.querySelectorAll('[data-unread="' + id + '"]').forEach(function (el) { el.textContent = String(u.unread); });
     });
     applyState(msg.state);
+    refreshRollCall();
     live.setAttribute("data-version", String((Number(live.getAttribute("data-version")) || 0) + 1));
+  }
+
+  // The roll-call follows the counts: a "rollcall-refresh" event (the section's hx-trigger) at
+  // most once per ROLL_MS, the last change of a burst caught by a trailing refresh.
+  var ROLL_MS = 2000, rollLast = 0, rollTimer = null;
+  function refreshRollCall() {
+    if (!document.getElementById("roll-call") || rollTimer !== null) { return; }
+    var wait = Math.max(0, rollLast + ROLL_MS - Date.now());
+    rollTimer = setTimeout(function () {
+      rollTimer = null;
+      rollLast = Date.now();
+      document.body.dispatchEvent(new CustomEvent("rollcall-refresh"));
+    }, wait);
   }
 
   // The notice's state: its tag, and which of the actions (data-states) it allows.
