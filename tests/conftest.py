@@ -164,6 +164,25 @@ async def advance_clock(db: asyncpg.Connection, seconds: float) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def frozen_clock(db: asyncpg.Connection) -> AsyncIterator[None]:
+    """Stop the engine's clock where it is: notifier_now() moves only by advance_clock, so a
+    test's "not due yet, due one second later" does not depend on how fast a loaded machine runs.
+    The function is put back afterwards (it is shared by every test of the session)."""
+    original = await db.fetchval("SELECT pg_get_functiondef('notifier_now()'::regprocedure)")
+    base = await db.fetchval("SELECT now()")
+    await db.execute(
+        "CREATE OR REPLACE FUNCTION notifier_now() RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE"
+        " AS $$"
+        f" SELECT '{base.isoformat()}'::timestamptz"
+        " + coalesce((SELECT offset_interval FROM engine_clock), interval '0') $$"
+    )
+    try:
+        yield
+    finally:
+        await db.execute(original)
+
+
 @pytest.fixture
 async def twilio_fake() -> AsyncIterator[FakeTwilio]:
     fake = await FakeTwilio().start()

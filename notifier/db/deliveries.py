@@ -100,6 +100,23 @@ CANCEL_MOOT_QUEUED = _MOOT.format(
 # read itself cannot cancel the row.
 CANCEL_MOOT_CLAIMED = _MOOT.format(which="d.id = ANY($1::bigint[]) AND d.state = 'sending'", moot="true")
 
+# What the claim skipped because the member has read: a reminder made by a step whose snapshot
+# predated a read (the read's own cancel could not see the uncommitted reminder) is cancelled
+# here, when a pass finds nothing more to claim, instead of lying queued until the reconciler's
+# sweep. Any row the last (empty) claim skipped as moot is seen read by this later statement.
+# Rows someone else holds are theirs (a claim's gate, a read's cancel).
+CANCEL_MOOT_SKIPPED = f"""
+UPDATE deliveries d SET state = 'cancelled', wait_reason = NULL, lease_until = NULL, updated_at = (SELECT notifier_now()),
+    error = 'read before it went out'
+WHERE d.id IN (
+    SELECT m.id FROM deliveries m
+    WHERE m.notice_id = $1 AND m.channel = $2 AND m.state = 'queued' AND {MOOT_AFTER_READ.format(d="m")}
+      AND m.next_attempt_at <= (SELECT notifier_now())
+      AND EXISTS (SELECT 1 FROM recipients r
+                  WHERE r.notice_id = m.notice_id AND r.member_id = m.member_id AND r.read_at IS NOT NULL)
+    ORDER BY m.id
+    FOR UPDATE OF m SKIP LOCKED)"""
+
 # Passing the gate is handing over: from here a lost worker means "maybe sent" (SMS, voice),
 # and the per-contact cap counts the message.
 HANDED_OVER = "UPDATE deliveries SET sent_at = (SELECT notifier_now()) WHERE id = ANY($1::bigint[]) AND state = 'sending'"
@@ -245,6 +262,11 @@ async def due_groups(
     conn: Connection | Pool, stalled_for: float, channels: list[str], limit: int = 200
 ) -> list[Record]:
     return list(await conn.fetch(DUE_GROUPS, limit, stalled_for, channels))
+
+
+async def cancel_skipped(pool: Pool, notice_id: str, channel: str) -> None:
+    """Cancel the due rows of a notice's channel that a claim skipped because the member has read."""
+    await pool.execute(CANCEL_MOOT_SKIPPED, notice_id, channel)
 
 
 async def cancel_moot(conn: Connection, ids: list[int] | None = None) -> list[Record]:

@@ -492,6 +492,7 @@ async def deliver_notice_channel(deps: WorkerDeps, notice_id: str, channel_id: s
         started = loop.time()
         claimed = await deliveries.claim(deps.pool, notice_id, channel_id, batch_size, lease_seconds)
         if not claimed:
+            await deliveries.cancel_skipped(deps.pool, notice_id, channel_id)
             due_in = await deliveries.next_due_in(deps.pool, notice_id, channel_id)
             if due_in is None or due_in > idle_limit or idle >= idle_limit:
                 return handled

@@ -19,7 +19,7 @@ from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.fanout import fanout_notice
 from notifier.workers.queue import create_queue
 from notifier.workers.tick import tick_once
-from tests.conftest import advance_clock, auth, make_settings
+from tests.conftest import advance_clock, auth, frozen_clock, make_settings
 from tests.fakes.dingtalk import FakeDingTalk
 
 
@@ -89,8 +89,15 @@ async def polls(db: asyncpg.Connection) -> dict[str, tuple[int, bool]]:
     return {r["task_id"]: (r["polls"], r["done"]) for r in rows}
 
 
+@pytest.fixture
+async def frozen(db: asyncpg.Connection) -> AsyncIterator[None]:
+    """The poll schedule is checked to the second: the engine's clock moves only by the jumps."""
+    async with frozen_clock(db):
+        yield
+
+
 async def test_reads_on_dingtalk_become_our_receipts(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    frozen: None, deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
 ) -> None:
     members = await org(db, 300)
     nid = await notice(deps, db)
