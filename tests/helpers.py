@@ -1,12 +1,33 @@
-"""Builders for organisations used across tests."""
+"""Builders for organisations and worker environments used across tests."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from notifier.channels.registry import build_registry
+from notifier.db.pool import create_pool
+from notifier.settings import Settings
+from notifier.workers.context import WorkerDeps
+from notifier.workers.queue import create_queue
 from tests.conftest import auth
+
+
+@contextlib.asynccontextmanager
+async def worker_deps(settings: Settings) -> AsyncIterator[WorkerDeps]:
+    """What a worker runs with (channels, pool, queue) for ``settings``, closed afterwards."""
+    registry = build_registry(settings)
+    pool = await create_pool(settings)
+    queue = await create_queue(settings)
+    try:
+        yield WorkerDeps(settings, pool, queue, registry)
+    finally:
+        await registry.close()
+        await queue.aclose()
+        await pool.close()
 
 
 async def put(client: TestClient[Any, Any], path: str, body: dict[str, Any], token: str | None = None) -> Any:

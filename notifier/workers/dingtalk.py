@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 
 from notifier.channels.base import ChannelError, PermanentError, StatusUpdate, TransientError
 from notifier.channels.dingtalk import DingTalkChannel, SendResult
@@ -139,6 +140,30 @@ RECALLS_PER_TICK = 50
 RECALL_RETRY_SECONDS = 60.0
 
 
+async def _withdraw(ids: list[str], recall: Callable[[str], Awaitable[None]]) -> list[ChannelError | None]:
+    """Each id recalled on DingTalk (a few at a time); what DingTalk refused, per id."""
+    limit = asyncio.Semaphore(PARALLEL_POLLS)
+
+    async def one(item: str) -> ChannelError | None:
+        async with limit:
+            try:
+                await recall(item)
+            except ChannelError as exc:
+                return exc
+            return None
+
+    return list(await asyncio.gather(*(one(i) for i in ids)))
+
+
+def _outcomes(answers: list[ChannelError | None]) -> tuple[list[bool], list[str | None], list[float | None]]:
+    """(done, error, retry in seconds) per answer: a transient refusal is tried again later."""
+    return (
+        [a is None for a in answers],
+        [None if a is None else str(a) for a in answers],
+        [(a.retry_after or RECALL_RETRY_SECONDS) if isinstance(a, TransientError) else None for a in answers],
+    )
+
+
 async def withdraw_recalled(deps: WorkerDeps) -> int:
     """Recall on DingTalk the tasks of recalled notices (a part of the tick); returns how many
     were tried. A throttled or failed-to-connect recall is tried again; a refusal (the task is
@@ -151,24 +176,8 @@ async def withdraw_recalled(deps: WorkerDeps) -> int:
     task_ids = await dingtalk.claim_recalls(deps.pool, RECALLS_PER_TICK, POLL_LEASE_SECONDS)
     if not task_ids:
         return 0
-    limit = asyncio.Semaphore(PARALLEL_POLLS)
-
-    async def withdraw(task_id: str) -> ChannelError | None:
-        async with limit:
-            try:
-                await channel.recall(task_id)
-            except ChannelError as exc:
-                return exc
-            return None
-
-    answers = await asyncio.gather(*(withdraw(t) for t in task_ids))
-    await dingtalk.finish_recalls(
-        deps.pool,
-        task_ids,
-        [a is None for a in answers],
-        [None if a is None else str(a) for a in answers],
-        [(a.retry_after or RECALL_RETRY_SECONDS) if isinstance(a, TransientError) else None for a in answers],
-    )
+    answers = await _withdraw(task_ids, channel.recall)
+    await dingtalk.finish_recalls(deps.pool, task_ids, *_outcomes(answers))
     return len(task_ids)
 
 
@@ -182,22 +191,6 @@ async def withdraw_recalled_dings(deps: WorkerDeps) -> int:
     ids = await dingtalk.claim_ding_recalls(deps.pool, RECALLS_PER_TICK, POLL_LEASE_SECONDS)
     if not ids:
         return 0
-    limit = asyncio.Semaphore(PARALLEL_POLLS)
-
-    async def withdraw(open_ding_id: str) -> ChannelError | None:
-        async with limit:
-            try:
-                await channel.recall(open_ding_id)
-            except ChannelError as exc:
-                return exc
-            return None
-
-    answers = await asyncio.gather(*(withdraw(i) for i in ids))
-    await dingtalk.finish_ding_recalls(
-        deps.pool,
-        ids,
-        [a is None for a in answers],
-        [None if a is None else str(a) for a in answers],
-        [(a.retry_after or RECALL_RETRY_SECONDS) if isinstance(a, TransientError) else None for a in answers],
-    )
+    answers = await _withdraw(ids, channel.recall)
+    await dingtalk.finish_ding_recalls(deps.pool, ids, *_outcomes(answers))
     return len(ids)

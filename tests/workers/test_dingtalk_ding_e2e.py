@@ -16,14 +16,13 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
 from notifier.channels.registry import build_registry
-from notifier.db.pool import create_pool
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.fanout import fanout_notice
-from notifier.workers.queue import create_queue
 from notifier.workers.tick import tick_once
 from tests.conftest import advance_clock, auth, make_settings
 from tests.fakes.dingtalk import FakeDingTalk
+from tests.helpers import worker_deps
 from tests.workers.test_dingtalk_reads import counts, org, recall_via_api, user_of
 
 
@@ -39,13 +38,8 @@ async def deps(
     server_urls: tuple[str, str], db: asyncpg.Connection, fake: FakeDingTalk
 ) -> AsyncIterator[WorkerDeps]:
     settings = make_settings(server_urls, **fake.settings_overrides(), delivery_idle_wait_seconds=0.0)
-    registry = build_registry(settings)
-    pool = await create_pool(settings)
-    queue = await create_queue(settings)
-    yield WorkerDeps(settings, pool, queue, registry)
-    await registry.close()
-    await queue.aclose()
-    await pool.close()
+    async with worker_deps(settings) as d:
+        yield d
 
 
 async def send(deps: WorkerDeps, body: dict[str, Any], status: int = 202) -> dict[str, Any]:

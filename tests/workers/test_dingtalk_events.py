@@ -18,13 +18,11 @@ from aiohttp.test_utils import TestServer
 from notifier.app import create_app
 from notifier.channels import dingtalk_crypto as crypto
 from notifier.channels.base import InvalidSignature
-from notifier.channels.registry import build_registry
-from notifier.db.pool import create_pool
 from notifier.workers.context import WorkerDeps
-from notifier.workers.queue import create_queue
 from notifier.workers.tick import tick_once
 from tests.conftest import advance_clock, make_settings
 from tests.fakes.dingtalk import FakeDingTalk
+from tests.helpers import worker_deps
 from tests.workers.test_dingtalk_reads import counts, notice, org, recall_via_api, user_of
 
 
@@ -42,13 +40,8 @@ async def deps(
     settings = make_settings(
         server_urls, **fake.settings_overrides(robot_messages=True), delivery_idle_wait_seconds=0.0
     )
-    registry = build_registry(settings)
-    pool = await create_pool(settings)
-    queue = await create_queue(settings)
-    yield WorkerDeps(settings, pool, queue, registry)
-    await registry.close()
-    await queue.aclose()
-    await pool.close()
+    async with worker_deps(settings) as d:
+        yield d
 
 
 @pytest.fixture

@@ -18,18 +18,16 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from notifier.channels.registry import build_registry
 from notifier.db import escalations, recipients, timeline
-from notifier.db.pool import create_pool
 from notifier.domain.escalation import PolicyRules
 from notifier.links import make_token
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.fanout import fanout_notice
-from notifier.workers.queue import create_queue
 from notifier.workers.tick import tick_once
 from tests.conftest import advance_clock, auth, make_settings
 from tests.fakes.twilio import FakeTwilio
+from tests.helpers import worker_deps
 from tests.workers.test_delivery_layer import ScriptedChannel, make_members, make_notice
 
 Env = tuple[WorkerDeps, ScriptedChannel]
@@ -139,13 +137,8 @@ async def phone_deps(
         voice_per_phone_limit=2,
         voice_per_phone_window_seconds=600.0,
     )
-    registry = build_registry(settings)
-    pool = await create_pool(settings)
-    queue = await create_queue(settings)
-    yield WorkerDeps(settings, pool, queue, registry)
-    await registry.close()
-    await queue.aclose()
-    await pool.close()
+    async with worker_deps(settings) as d:
+        yield d
 
 
 async def test_calls_to_one_number_are_capped_like_sms(

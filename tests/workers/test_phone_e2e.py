@@ -15,17 +15,15 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
-from notifier.channels.registry import build_registry
-from notifier.db.pool import create_pool
 from notifier.links import make_token
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_notice_channel
 from notifier.workers.fanout import fanout_notice
-from notifier.workers.queue import create_queue
 from tests.conftest import advance_clock, auth, make_settings
 from tests.fakes.twilio import FakeTwilio
 from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.helpers import worker_deps
 
 PHONE_BROWSER = "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126 Mobile"
 
@@ -35,13 +33,8 @@ async def deps(
     server_urls: tuple[str, str], db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> AsyncIterator[WorkerDeps]:
     settings = make_settings(server_urls, **twilio_fake.settings_overrides(), delivery_idle_wait_seconds=0.0)
-    registry = build_registry(settings)
-    pool = await create_pool(settings)
-    queue = await create_queue(settings)
-    yield WorkerDeps(settings, pool, queue, registry)
-    await registry.close()
-    await queue.aclose()
-    await pool.close()
+    async with worker_deps(settings) as d:
+        yield d
 
 
 async def org(db: asyncpg.Connection, n: int, channel: str) -> None:
