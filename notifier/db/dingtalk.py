@@ -43,42 +43,39 @@ UPDATE dingtalk_read_polls SET recall_due_at = (SELECT notifier_now())
 WHERE notice_id = ANY($1::uuid[]) AND recalled_at IS NULL AND recall_due_at IS NULL
   AND sent_at > (SELECT notifier_now()) - interval '24 hours'"""
 
-CLAIM_RECALLS = """
-UPDATE dingtalk_read_polls p SET recall_due_at = (SELECT notifier_now()) + make_interval(secs => $2)
-WHERE p.task_id IN (
-    SELECT task_id FROM dingtalk_read_polls WHERE recall_due_at <= (SELECT notifier_now())
-    ORDER BY recall_due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING p.task_id"""
 
-# After a recall call: done (withdrawn, or refused for good: the error says why), or again later.
-#   $1 task ids  $2 withdrawn  $3 error  $4 retry in (seconds, NULL when final)
-FINISH_RECALLS = """
-UPDATE dingtalk_read_polls p SET
+def _claim_recalls(table: str, key: str) -> str:
+    """Due recalls of ``table`` (keyed by ``key``), leased for $2 seconds, at most $1."""
+    return f"""
+UPDATE {table} t SET recall_due_at = (SELECT notifier_now()) + make_interval(secs => $2)
+WHERE t.{key} IN (
+    SELECT {key} FROM {table} WHERE recall_due_at <= (SELECT notifier_now())
+    ORDER BY recall_due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING t.{key}"""
+
+
+def _finish_recalls(table: str, key: str) -> str:
+    """After recall calls: done (withdrawn, or refused for good: the error says why), or again
+    later. $1 keys  $2 withdrawn  $3 error  $4 retry in (seconds, NULL when final)."""
+    return f"""
+UPDATE {table} t SET
     recalled_at = CASE WHEN r.ok THEN (SELECT notifier_now()) END,
     recall_error = r.error,
     recall_due_at = CASE WHEN r.retry_in IS NOT NULL THEN (SELECT notifier_now()) + make_interval(secs => r.retry_in) END
-FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[]) AS r(task_id, ok, error, retry_in)
-WHERE p.task_id = r.task_id"""
+FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[]) AS r(id, ok, error, retry_in)
+WHERE t.{key} = r.id"""
+
+
+CLAIM_RECALLS = _claim_recalls("dingtalk_read_polls", "task_id")
+FINISH_RECALLS = _finish_recalls("dingtalk_read_polls", "task_id")
 
 # A recalled notice's DINGs are due for withdrawing (once each).
 REQUEST_DING_RECALL = """
 UPDATE dingtalk_dings SET recall_due_at = (SELECT notifier_now())
 WHERE notice_id = ANY($1::uuid[]) AND recalled_at IS NULL AND recall_due_at IS NULL AND recall_error IS NULL"""
 
-CLAIM_DING_RECALLS = """
-UPDATE dingtalk_dings d SET recall_due_at = (SELECT notifier_now()) + make_interval(secs => $2)
-WHERE d.open_ding_id IN (
-    SELECT open_ding_id FROM dingtalk_dings WHERE recall_due_at <= (SELECT notifier_now())
-    ORDER BY recall_due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING d.open_ding_id"""
-
-FINISH_DING_RECALLS = """
-UPDATE dingtalk_dings d SET
-    recalled_at = CASE WHEN r.ok THEN (SELECT notifier_now()) END,
-    recall_error = r.error,
-    recall_due_at = CASE WHEN r.retry_in IS NOT NULL THEN (SELECT notifier_now()) + make_interval(secs => r.retry_in) END
-FROM unnest($1::text[], $2::bool[], $3::text[], $4::float8[]) AS r(id, ok, error, retry_in)
-WHERE d.open_ding_id = r.id"""
+CLAIM_DING_RECALLS = _claim_recalls("dingtalk_dings", "open_ding_id")
+FINISH_DING_RECALLS = _finish_recalls("dingtalk_dings", "open_ding_id")
 
 # Finished timers are kept a week for inspection, then deleted, a bounded batch a time.
 PURGE = """
