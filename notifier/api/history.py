@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from notifier.api.auth import require_member
 from notifier.api.cursors import decode_time_cursor, encode_time_cursor
 from notifier.api.keys import DEPS, principal
+from notifier.api.notices import NoticeKind
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Timestamp, parse_uuid
 from notifier.db import history
@@ -28,7 +29,7 @@ routes = Router()
 class HistoryQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=False)
 
-    kind: Literal["ding", "notice", "lesson", "meeting"] | None = None
+    kind: NoticeKind | None = None
     from_: Timestamp | None = Field(default=None, alias="from", description="received at or after")
     to: Timestamp | None = Field(default=None, description="received before")
     limit: int = Field(default=100, ge=1, le=1000)

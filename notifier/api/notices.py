@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -195,8 +196,17 @@ async def _check_audience(conn: Connection, p: Principal, audience: Audience) ->
         raise invalid_many(errors[:100])
 
 
-def _request_hash(body: NoticeIn) -> bytes:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+NoticeKind = Literal["ding", "notice", "lesson", "meeting", "exam"]
+"""Every kind a notice can have. ``POST /v1/notices`` takes the first three; ``meeting`` and ``exam``
+notices are created by their own endpoints (with what they carry besides the notice)."""
+
+CreateFn = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def request_digest(body: BaseModel, *extra: str) -> bytes:
+    """The hash an Idempotency-Key is bound to: the body as canonical JSON (and any ``extra``)."""
+    value: Any = [body.model_dump(mode="json"), *extra] if extra else body.model_dump(mode="json")
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).digest()
 
 
@@ -234,12 +244,19 @@ async def _escalation(
     return rules.snapshot(row["name"]), None
 
 
-async def _create(conn: Connection, deps: AppDeps, p: Principal, body: NoticeIn) -> dict[str, Any]:
+async def insert_notice(
+    conn: Connection, deps: AppDeps, p: Principal, body: NoticeIn, *, kind: NoticeKind | None = None
+) -> dict[str, Any]:
+    """Check and store one notice (inside the caller's transaction): its NoticeOut as a dict.
+
+    The one path every notice takes, whatever endpoint creates it: ``kind`` overrides the body's
+    for endpoints that create a ``meeting`` or ``exam`` notice along with their own rows. After the
+    commit, call :func:`wake_fanout` with the answer."""
     await _check_audience(conn, p, body.audience)
     escalation, missing_policy = await _escalation(conn, deps, p, body)
     row = await notices.insert(
         conn,
-        kind=body.kind,
+        kind=kind or body.kind,
         title=body.title,
         body=body.body,
         audience=body.audience.model_dump(),
@@ -292,13 +309,11 @@ async def create_notice(request: web.Request, call: Call) -> web.Response:
     require_channels(deps, body.channels)
     key = idempotency_key(request)
     async with deps.pool.acquire() as conn, conn.transaction():
-        if key is None:
-            data = await _create(conn, deps, p, body)
-        else:
-            data = await _create_idempotent(conn, deps, p, key, body)
-            if data.get("_replayed"):
-                data.pop("_replayed")
-                return json_response(data, status=202, headers={"Idempotent-Replayed": "true"})
+        data, replayed = await create_once(
+            conn, deps, p, key, request_digest(body), lambda: insert_notice(conn, deps, p, body)
+        )
+        if replayed:
+            return json_response(data, status=202, headers={"Idempotent-Replayed": "true"})
         # About the creating unit and the units addressed; never the title or body.
         await audit.record(
             conn,
@@ -309,16 +324,21 @@ async def create_notice(request: web.Request, call: Call) -> web.Response:
             [p.scope_root, *body.audience.units],
             {"kind": body.kind, "channels": list(body.channels), "state": data["state"]},
         )
+    await wake_fanout(deps, data, body.send_at)
+    return json_response(data, status=202, headers={"Location": f"/v1/notices/{data['id']}"})
+
+
+async def wake_fanout(deps: AppDeps, data: dict[str, Any], send_at: datetime | None) -> None:
+    """After the commit of a new notice: wake the fan-out now, or the tick at ``send_at``.
+
+    Best effort: the reconciler finds a notice whose wake-up was lost in PostgreSQL."""
     try:
         if data["state"] == "queued":
             await enqueue_fanout(deps.queue, data["id"])
-        elif data["state"] == "scheduled":  # the tick releases it at send_at; wake it then
-            await wake_tick_in(
-                deps.queue, (body.send_at - datetime.now(UTC)).total_seconds() if body.send_at else 0
-            )
-    except Exception:  # the reconciler finds the notice in PostgreSQL; nothing is lost
+        elif data["state"] == "scheduled":
+            await wake_tick_in(deps.queue, (send_at - datetime.now(UTC)).total_seconds() if send_at else 0)
+    except Exception:
         log.warning("could not enqueue fan-out for notice %s; the reconciler will", data["id"], exc_info=True)
-    return json_response(data, status=202, headers={"Location": f"/v1/notices/{data['id']}"})
 
 
 def require_channels(deps: AppDeps, channels: list[str]) -> None:
@@ -354,11 +374,16 @@ async def previous_answer(
     return dict(previous["response_body"])
 
 
-async def _create_idempotent(
-    conn: Connection, deps: AppDeps, p: Principal, key: str, body: NoticeIn
-) -> dict[str, Any]:
-    # The advisory lock is held to the end of this transaction: a concurrent request with the
-    # same key cannot take it and gets 409 instead of a second notice.
+async def create_once(
+    conn: Connection, deps: AppDeps, p: Principal, key: str | None, digest: bytes, create: CreateFn
+) -> tuple[dict[str, Any], bool]:
+    """Run ``create`` (which must store a notice and answer with its ``id``) once per Idempotency-Key,
+    inside the caller's transaction: (answer, replayed). Without a key, ``create`` just runs.
+
+    The advisory lock is held to the end of the transaction: a concurrent request with the same key
+    cannot take it and gets 409 instead of a second notice. A key reused with another body: 422."""
+    if key is None:
+        return await create(), False
     if not await conn.fetchval(notices.IDEMPOTENCY_LOCK, p.owner, key):
         raise Problem(
             409,
@@ -366,14 +391,12 @@ async def _create_idempotent(
             "a request with this Idempotency-Key is still being processed",
             type_="idempotency-in-flight",
         )
-    digest = _request_hash(body)
     replay = await previous_answer(conn, p.owner, key, digest, float(deps.settings.idempotency_ttl_seconds))
     if replay is not None:
-        replay["_replayed"] = True
-        return replay
-    data = await _create(conn, deps, p, body)
+        return replay, True
+    data = await create()
     await conn.execute(notices.IDEMPOTENCY_PUT, p.owner, key, digest, data["id"], 202, data)
-    return data
+    return data, False
 
 
 async def load_visible_notice(

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from notifier.api.auth import require_unit
 from notifier.api.cursors import decode_time_cursor, encode_time_cursor
 from notifier.api.keys import DEPS, principal
-from notifier.api.notices import load_visible_notice
+from notifier.api.notices import NoticeKind, load_visible_notice
 from notifier.api.problems import invalid
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Strict, Timestamp, parse_uuid
@@ -50,7 +50,7 @@ class NoticeListQuery(Strict):
         description="notices created under or reaching this unit's subtree, with its counts "
         "(inside the caller's units); default: the caller's unit (an admin: every notice)",
     )
-    kind: Literal["ding", "notice", "lesson", "meeting"] | None = None
+    kind: NoticeKind | None = None
     state: NoticeState | None = None
     created_after: Timestamp | None = None
     created_before: Timestamp | None = None

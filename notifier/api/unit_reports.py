@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from notifier.api.auth import require_unit
 from notifier.api.keys import DEPS, principal
 from notifier.api.lessons import Day
+from notifier.api.notices import NoticeKind
 from notifier.api.problems import invalid
 from notifier.api.routing import Call, Router
 from notifier.api.unit_counts import Bucket
@@ -37,7 +38,7 @@ class ReportQuery(BaseModel):
     bucket: Literal["day", "week", "month"] = Field(
         default="week", description="series buckets: days, ISO weeks (from Monday) or calendar months"
     )
-    kind: Literal["ding", "notice", "lesson", "meeting"] | None = Field(
+    kind: NoticeKind | None = Field(
         default=None,
         description="only notices of this kind (lessons_read_rate is of the lessons in any case)",
     )
