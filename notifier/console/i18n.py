@@ -1,4 +1,7 @@
-"""The console's message catalogues (i18n/<lang>.json): zh-CN by default, English on request.
+"""The console's message catalogues: zh-CN by default, English on request.
+
+A language's catalogue is ``i18n/<lang>.json`` merged with every ``i18n/<part>.<lang>.json`` (one
+part per area of the pages, e.g. ``study.zh-CN.json``); a key defined twice is an error.
 
 The language is the ``lang`` cookie (the toggle), else the first of Accept-Language we have,
 else zh-CN. A key missing from a catalogue renders as ``⟦key⟧`` (and is logged), so a page with
@@ -24,8 +27,17 @@ MISSING = "⟦{}⟧"
 
 @cache
 def catalogue(lang: str) -> dict[str, str]:
-    text = resources.files("notifier.console").joinpath(f"i18n/{lang}.json").read_text("utf-8")
-    data: dict[str, str] = json.loads(text)
+    folder = resources.files("notifier.console").joinpath("i18n")
+    names = [f"{lang}.json"] + sorted(
+        f.name for f in folder.iterdir() if f.name.endswith(f".{lang}.json") and f.name != f"{lang}.json"
+    )
+    data: dict[str, str] = {}
+    for name in names:
+        part: dict[str, str] = json.loads(folder.joinpath(name).read_text("utf-8"))
+        twice = sorted(data.keys() & part.keys())
+        if twice:
+            raise ValueError(f"console catalogue {name} defines keys again: {', '.join(twice[:5])}")
+        data.update(part)
     return data
 
 
