@@ -245,8 +245,12 @@ async def unit_place(conn: Connection, unit_id: str) -> tuple[str | None, str]:
 VIEW_COLUMNS = """id, notice_id, member_id, opened_at, closed_at, visible_seconds,
     least(extract(epoch FROM coalesce(closed_at, (SELECT notifier_now())) - opened_at)::float8,
           coalesce(visible_seconds, 'infinity'::float8)) AS dwell_seconds"""
+# At most MAX_VIEWS views of one notice per member: a page opens one each time it is shown.
+MAX_VIEWS = 200
 OPEN_VIEW = f"""
-INSERT INTO notice_views (notice_id, member_id, opened_at) VALUES ($1, $2, (SELECT notifier_now()))
+INSERT INTO notice_views (notice_id, member_id, opened_at)
+SELECT $1, $2, (SELECT notifier_now())
+WHERE (SELECT count(*) FROM notice_views WHERE member_id = $2 AND notice_id = $1) < {MAX_VIEWS}
 RETURNING {VIEW_COLUMNS}"""
 # A view still open takes the page's visible time (it can only shorten the dwell) and, with $5, closes.
 UPDATE_VIEW = f"""
@@ -257,10 +261,9 @@ WHERE id = $1 AND notice_id = $2 AND member_id = $3
 RETURNING {VIEW_COLUMNS}"""
 
 
-async def open_view(conn: Connection, notice_id: str, member_id: str) -> Record:
-    row = await conn.fetchrow(OPEN_VIEW, notice_id, member_id)
-    assert row is not None
-    return row
+async def open_view(conn: Connection, notice_id: str, member_id: str) -> Record | None:
+    """The new view; None when the member has opened MAX_VIEWS of this notice already."""
+    return await conn.fetchrow(OPEN_VIEW, notice_id, member_id)
 
 
 async def update_view(
