@@ -14,10 +14,11 @@ the notice open that long by the server's clock (``notice_views``; a view still 
 to now, and a page's own ``visible_seconds`` can only shorten it). Too short: no row is written,
 so a later close that reaches the dwell earns the point then.
 
-Concurrency: the first statement takes a transaction advisory lock per (member, code), only for
-members whose organisation has the rule; the second reads the day's total after that lock (a new
-snapshot), so two concurrent awards cannot both pass the cap. An organisation without the rule
-costs the one first statement and takes no lock.
+Cost and concurrency: a gate (is there any rule of this code at all?) comes first, so a
+deployment without points pays one index probe. Then the first statement finds the rules and
+takes a transaction advisory lock per (member, code), only for members whose organisation has
+the rule; the second reads the day's total after that lock (a new snapshot), so two concurrent
+awards cannot both pass the cap.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ rule AS (
 )
 SELECT rule.member_id, rule.root_unit_id, rule.points, rule.daily_cap, rule.min_dwell_seconds, zone.tz{locked}
 FROM rule JOIN zone ON zone.member_id = rule.member_id
-WHERE EXISTS (SELECT 1 FROM point_rules WHERE code = $2)
 ORDER BY rule.member_id"""
     )
 
@@ -125,13 +125,24 @@ async def award(
     return sum(got.values())
 
 
+# The gate: without any rule of the code there is nothing to walk (one index probe, so a
+# deployment without points pays a round trip and no planning of the statements below).
+ANY_RULE = "SELECT EXISTS (SELECT 1 FROM point_rules WHERE code = $1)"
+
+
 async def award_many(
     conn: Connection, member_ids: list[str], code: str, sources: list[str], *, at: datetime | None = None
 ) -> dict[tuple[str, str], int]:
-    """``award`` for many (member, source) pairs in two statements; {(member, source): points}
-    for the pairs that earned a ledger row (a row of 0 points: the cap was reached)."""
-    if not member_ids:
+    """``award`` for many (member, source) pairs; {(member, source): points} for the pairs that
+    earned a ledger row (a row of 0 points: the cap was reached)."""
+    if not member_ids or not await conn.fetchval(ANY_RULE, code):
         return {}
+    return await _award(conn, member_ids, code, sources, at)
+
+
+async def _award(
+    conn: Connection, member_ids: list[str], code: str, sources: list[str], at: datetime | None
+) -> dict[tuple[str, str], int]:
     rules = {r["member_id"]: r for r in await conn.fetch(RULES, sorted(set(member_ids)), code)}
     if not rules:
         return {}
@@ -139,18 +150,17 @@ async def award_many(
     cols: list[list[Any]] = [[] for _ in range(7)]
     for m, s in items:
         r = rules[m]
-        for col, value in zip(
-            cols,
-            (m, s, r["root_unit_id"], r["points"], r["daily_cap"], r["min_dwell_seconds"], r["tz"]),
-            strict=True,
-        ):
+        row = (m, s, r["root_unit_id"], r["points"], r["daily_cap"], r["min_dwell_seconds"], r["tz"])
+        for col, value in zip(cols, row, strict=True):
             col.append(value)
     rows = await conn.fetch(AWARD, code, at, *cols)
     return {(r["member_id"], r["source"]): int(r["points"]) for r in rows}
 
 
-# The lesson notices among these (notice, member) pairs: the ones a read earns `lesson_read` for.
-LESSONS = "SELECT id FROM notices WHERE id = ANY($1::uuid[]) AND kind = 'lesson'"
+# The lesson notices among these, when any organisation has a lesson_read rule (else none).
+LESSONS = """
+SELECT id FROM notices WHERE id = ANY($1::uuid[]) AND kind = 'lesson'
+  AND EXISTS (SELECT 1 FROM point_rules WHERE code = 'lesson_read')"""
 
 
 async def award_lesson_reads(conn: Connection, notice_ids: list[str], member_ids: list[str]) -> int:
@@ -162,7 +172,7 @@ async def award_lesson_reads(conn: Connection, notice_ids: list[str], member_ids
     pairs = [(m, f"notice:{n}") for n, m in zip(notice_ids, member_ids, strict=True) if n in lessons]
     if not pairs:
         return 0
-    got = await award_many(conn, [m for m, _ in pairs], "lesson_read", [s for _, s in pairs])
+    got = await _award(conn, [m for m, _ in pairs], "lesson_read", [s for _, s in pairs], None)
     return sum(got.values())
 
 
