@@ -6,10 +6,11 @@ Run::
 
     .venv/bin/python -m benchmarks.points_award [--members 2000] [--rounds 3]
 
-For each of ``--members`` recipients of a lesson (committee -> 3 branches -> 15 groups), one
-transaction each: ``mark_read`` alone (baseline), ``mark_read`` + ``award`` with no rule in the
-organisation, and ``mark_read`` + ``award`` with a ``lesson_read`` rule (cap 6, no dwell). Prints
-the median and p99 per transaction and the hook's median cost.
+For each of ``--members`` recipients of four lessons (committee -> 3 branches -> 15 groups), one
+transaction per variant, interleaved: ``mark_read`` alone (baseline), + ``SELECT 1`` (what one
+more round trip costs), + ``award`` of a code without any rule (a deployment without points), +
+``award`` of a ``lesson_read`` rule (cap 6, no dwell). Prints the median and p99 per transaction
+and the hook's median cost.
 """
 
 from __future__ import annotations
@@ -63,27 +64,38 @@ async def setup(pool: Pool, members: int) -> list[str]:
     return ids
 
 
-async def run(pool: Pool, notice_id: str, members: int, hook: bool | None) -> list[float]:
-    """One transaction per member: mark_read, then award (hook True) or ``SELECT 1`` (None: what
-    one more round trip costs), or nothing (False)."""
-    out = []
+VARIANTS = (
+    "mark_read alone",
+    "mark_read + SELECT 1",
+    "mark_read + award, no rules",
+    "mark_read + award, a rule",
+)
+
+
+async def run(pool: Pool, notices: list[str], members: int) -> list[list[float]]:
+    """Per member, one transaction of each variant in turn (interleaved, so a neighbour's load
+    falls on all four alike): mark_read alone; + ``SELECT 1`` (one more round trip); + award of a
+    code no organisation has a rule for; + award of ``lesson_read``, which organisation c has."""
+    out: list[list[float]] = [[] for _ in VARIANTS]
     async with pool.acquire() as conn:
         for i in range(members):
-            t = time.perf_counter()
-            async with conn.transaction():
-                await receipts.mark_read(conn, notice_id, f"m{i}", "api")
-                if hook:
-                    await points.award(conn, f"m{i}", "lesson_read", f"notice:{notice_id}")
-                elif hook is None:
-                    await conn.fetchval("SELECT 1")
-            out.append((time.perf_counter() - t) * 1000)
+            for v, notice_id in enumerate(notices):
+                t = time.perf_counter()
+                async with conn.transaction():
+                    await receipts.mark_read(conn, notice_id, f"m{i}", "api")
+                    if v == 1:
+                        await conn.fetchval("SELECT 1")
+                    elif v >= 2:
+                        code = "lesson_read" if v == 3 else "no_such_rule"
+                        await points.award(conn, f"m{i}", code, f"notice:{notice_id}")
+                out[v].append((time.perf_counter() - t) * 1000)
     return out
 
 
 def figures(label: str, ms: list[float]) -> float:
     median = statistics.median(ms)
     p99 = sorted(ms)[int(len(ms) * 0.99) - 1]
-    print(f"  {label:<34} median {median:6.3f} ms   p99 {p99:6.3f} ms")
+    print(f"  {label:<30} median {median:6.3f} ms   p99 {p99:6.3f} ms")
     return median
 
 
@@ -93,19 +105,19 @@ async def main(members: int, rounds: int) -> None:
             database_url=db_url, redis_url=redis_url, admin_token=SecretStr("bench-token-0123")
         )
         async with connected(settings) as (pool, _):
-            print(f"points.award on the receipt path ({code_version()}), {members} reads per kind")
+            print(f"points.award on the receipt path ({code_version()}), {members} reads per variant")
             for r in range(rounds):
-                a, b, c, d = await setup(pool, members)
-                print(f"round {r + 1}")
-                base = figures("mark_read alone", await run(pool, a, members, hook=False))
-                trip = figures("mark_read + SELECT 1", await run(pool, d, members, hook=None))
-                none = figures("mark_read + award, no rules", await run(pool, b, members, hook=True))
+                notices = await setup(pool, members)
                 async with pool.acquire() as conn:
                     await conn.execute(
                         "INSERT INTO point_rules (root_unit_id, code, points, daily_cap)"
                         " VALUES ('c', 'lesson_read', 1, 6)"
                     )
-                ruled = figures("mark_read + award, lesson_read rule", await run(pool, c, members, hook=True))
+                print(f"round {r + 1}")
+                base, trip, none, ruled = (
+                    figures(label, ms)
+                    for label, ms in zip(VARIANTS, await run(pool, notices, members), strict=True)
+                )
                 print(
                     f"  added (median): one round trip +{trip - base:.3f} ms, award without rules"
                     f" +{none - base:.3f} ms, with a rule +{ruled - base:.3f} ms"
