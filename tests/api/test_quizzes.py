@@ -141,7 +141,7 @@ async def test_a_member_takes_a_quiz_scored_at_once_and_never_sees_the_key(
         "SELECT read_at, read_via FROM recipients WHERE notice_id = $1::uuid AND member_id = 'm1a'",
         quiz["notice_id"],
     )
-    assert row["read_at"] is not None and row["read_via"] == "quiz"
+    assert row is not None and row["read_at"] is not None and row["read_via"] == "quiz"
 
 
 async def test_review_answers_shows_right_answers_and_after_close_nothing_until_close(
@@ -204,7 +204,7 @@ async def test_time_limit_auto_submits_at_the_deadline_by_touch_and_by_the_tick(
         assert await submit_overdue(deps) == 1
         assert await submit_overdue(deps) == 0
     row = await db.fetchrow("SELECT score, auto_submitted FROM quiz_attempts WHERE id = $1::uuid", b["id"])
-    assert (row["score"], row["auto_submitted"]) == (1, True)
+    assert row is not None and (row["score"], row["auto_submitted"]) == (1, True)
     again = await client.post(f"{base}/attempts", headers=auth(org.m1a_member))
     await problem(again, 409)  # no attempts left
 
@@ -262,7 +262,7 @@ async def test_bad_answers_are_422_naming_the_field_and_nothing_is_saved(
             resp = await client.request(method, path, json={"answers": answers}, headers=auth(org.m1a_member))
             await problem(resp, 422, errors)
     row = await db.fetchrow("SELECT answers, submitted_at FROM quiz_attempts WHERE id = $1::uuid", a["id"])
-    assert (row["answers"], row["submitted_at"]) == ("{}", None)
+    assert row is not None and (row["answers"], row["submitted_at"]) == ("{}", None)
 
 
 async def test_quiz_rules_are_422_naming_the_field(
