@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
@@ -70,9 +71,12 @@ async def test_submit_grades_by_the_quiz_method(pool: Pool, db: asyncpg.Connecti
         qid = str(quiz["id"])
         ids = []
         was_final = False
-        for (answers, secs), final in zip(
-            [({"q1": True}, 2), ({"q1": True, "q2": " X "}, 5), ({"q2": "x"}, 9)], finals, strict=True
-        ):
+        tries: list[tuple[dict[str, Any], int]] = [
+            ({"q1": True}, 2),
+            ({"q1": True, "q2": " X "}, 5),
+            ({"q2": "x"}, 9),
+        ]
+        for (answers, secs), final in zip(tries, finals, strict=True):
             a = await quizzes.start(conn, qid, "m", 1)
             ids.append(a["id"])
             await advance_clock(db, secs)
