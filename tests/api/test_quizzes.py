@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from notifier.settings import Settings
 from notifier.workers.fanout import fanout_notice
+from notifier.workers.lessons import send_due_lessons
 from notifier.workers.quizzes import submit_overdue
 from tests.api.conftest import Org, issue_key, problem
 from tests.conftest import advance_clock, auth
@@ -366,3 +367,45 @@ async def test_points_on_the_first_final_result_once(
         await submit_overdue(deps)
     got = [tuple(r) for r in await db.fetch(ledger)]
     assert sorted(got) == sorted([*expected, ("m1a", "quiz_partial", f"quiz:{open_ended['id']}", 1)])
+
+
+async def test_a_lesson_carries_its_quiz_and_the_submitted_attempt_reads_the_lesson(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    quiz = await call(client, "POST", "/v1/quizzes", org.b1_service, quiz_body(notice=None), status=201)
+    other = await call(client, "POST", "/v1/quizzes", org.b2_service, quiz_body(notice=None), status=201)
+    # Today's local date in Asia/Shanghai (the default zone); its 08:00 lesson time reached.
+    day = await db.fetchval("SELECT (notifier_now() AT TIME ZONE 'Asia/Shanghai')::date")
+    wait = await db.fetchval(
+        "SELECT extract(epoch FROM (($1::date + time '08:00') AT TIME ZONE 'Asia/Shanghai')"
+        " - notifier_now())",
+        day,
+    )
+    if wait > 0:
+        await advance_clock(db, float(wait) + 1)
+    path = f"/v1/units/b1/lessons/{day.isoformat()}"
+    lesson = {"title": "第一课", "body": "Read, then take the quiz."}
+    resp = await client.put(path, json={**lesson, "quiz_id": other["id"]}, headers=auth(org.b1_service))
+    await problem(resp, 422, [{"field": "quiz_id", "message": "unknown quiz"}])
+    saved = await call(client, "PUT", path, org.b1_service, {**lesson, "quiz_id": quiz["id"]}, status=201)
+    assert saved["quiz_id"] == quiz["id"]
+    base = f"/v1/quizzes/{quiz['id']}"
+    await problem(await client.get(base, headers=auth(org.m1a_member)), 404)  # not sent yet
+    async with worker_deps(settings) as deps:
+        assert await send_due_lessons(deps) == 1
+        sent = await call(client, "GET", path, org.b1_service)
+        await fanout_notice(deps, sent["notice_id"])
+    assert (await call(client, "GET", base, org.b1_service))["notice_id"] == sent["notice_id"]
+    a = await call(client, "POST", f"{base}/attempts", org.m1a_member, status=201)
+    await call(client, "POST", f"{base}/attempts/{a['id']}/submit", org.m1a_member, {"answers": {"q1": "b"}})
+    row = await db.fetchrow(
+        "SELECT read_via FROM recipients WHERE notice_id = $1::uuid AND member_id = 'm1a'", sent["notice_id"]
+    )
+    assert row is not None and row["read_via"] == "quiz"
+    # Edited after it went out, keeping its quiz: fine; another lesson cannot take that quiz.
+    await call(
+        client, "PUT", path, org.b1_service, {**lesson, "title": "第一课 (rev.)", "quiz_id": quiz["id"]}
+    )
+    tomorrow = f"/v1/units/b1/lessons/{(day + timedelta(days=1)).isoformat()}"
+    again = await client.put(tomorrow, json={**lesson, "quiz_id": quiz["id"]}, headers=auth(org.b1_service))
+    await problem(again, 422)
