@@ -491,9 +491,7 @@ async def _member_quiz(conn: Connection, request: web.Request) -> tuple[Principa
     if view != "member":
         raise Problem(403, "Forbidden", "only the members it went out to take a quiz", type_="forbidden")
     assert p.member_id is not None
-    qid = str(quiz["id"])
-    await quizzes.lock_member(conn, qid, p.member_id)
-    await engine.settle(conn, quiz_id=qid, member_id=p.member_id)
+    await engine.settle_member(conn, str(quiz["id"]), p.member_id)
     return p, quiz, p.member_id
 
 
@@ -620,8 +618,7 @@ async def get_quiz(request: web.Request, call: Call) -> web.Response:
         if view == "member":
             assert p.member_id is not None
             qid = str(quiz["id"])
-            await quizzes.lock_member(conn, qid, p.member_id)
-            await engine.settle(conn, quiz_id=qid, member_id=p.member_id)
+            await engine.settle_member(conn, qid, p.member_id)
             now = await receipts.now(conn)
             mine = _mine(
                 quiz,
@@ -694,8 +691,7 @@ async def get_attempt(request: web.Request, call: Call) -> web.Response:
         if a is None or (view == "member" and a["member_id"] != p.member_id):
             raise not_found("attempt")
         qid, member = str(quiz["id"]), a["member_id"]
-        await quizzes.lock_member(conn, qid, member)
-        if await engine.settle(conn, quiz_id=qid, member_id=member):
+        if await engine.settle_member(conn, qid, member):
             a = await quizzes.attempt(conn, qid, str(a["id"]))
             assert a is not None
         now = await receipts.now(conn)

@@ -120,7 +120,9 @@ async def test_a_member_takes_a_quiz_scored_at_once_and_never_sees_the_key(
     )
     seen.append(saved)
     assert saved["answers"] == {"q1": "b", "q4": "wrong"} and saved["score"] is None
-    seen.append(await call(client, "GET", f"{base}/attempts/{aid}", member))
+    reloaded = await call(client, "GET", f"{base}/attempts/{aid}", member)
+    seen.append(reloaded)
+    assert reloaded["questions"] == attempt["questions"]  # stable on reload
 
     done = await call(
         client,
@@ -303,6 +305,9 @@ async def test_creation_is_idempotent_per_key(
         assert second.headers.get("Idempotent-Replayed") == "true"
     assert await db.fetchval("SELECT count(*) FROM quizzes") == 2
     assert await db.fetchval("SELECT count(*) FROM notices") == 1
+    exam = await call(client, "POST", "/v1/quizzes", org.b1_service, quiz_body(kind="exam"), status=201)
+    kinds = "SELECT kind FROM notices WHERE id = $1::uuid"
+    assert (exam["kind"], await db.fetchval(kinds, exam["notice_id"])) == ("exam", "exam")
 
 
 async def test_everyone_out_of_reach_gets_404(
