@@ -249,10 +249,6 @@ def _closed(what: str, detail: str) -> Problem:
         200: Reply("the open attempt, resumed"),
         409: "the quiz is not open yet, or closed; no attempts left",
     },
-    links={
-        "save_answers": {"quiz_id": "$request.path.quiz_id", "attempt_id": "$response.body#/id"},
-        "submit_attempt": {"quiz_id": "$request.path.quiz_id", "attempt_id": "$response.body#/id"},
-    },
 )
 async def start_attempt(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
