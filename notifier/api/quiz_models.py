@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StrictBool, StrictStr, model_validator
 
 from notifier.api.notices import Audience
 from notifier.api.problems import invalid_many
@@ -21,7 +21,8 @@ MAX_QUESTIONS = 200
 MAX_OPTIONS = 26
 MAX_ACCEPTED = 20
 
-Answer = str | bool | list[str]
+# Strict: 1 is not true, nor 2 an option id.
+Answer = StrictStr | StrictBool | list[StrictStr]
 
 
 # --- request bodies -----------------------------------------------------------------------------

@@ -63,8 +63,8 @@ def quiz_body(**over: Any) -> dict[str, Any]:
 async def send_quiz(
     client: TestClient[Any, Any], settings: Settings, token: str, **over: Any
 ) -> dict[str, Any]:
-    """Create a quiz as ``token`` and fan its notice out (b1's members m1a, m1b receive it)."""
-    resp = await client.post("/v1/quizzes", json=quiz_body(**over), headers=auth(token))
+    """Create a quiz as ``token`` (empty: the admin) and fan its notice out (to b1: m1a, m1b)."""
+    resp = await client.post("/v1/quizzes", json=quiz_body(**over), headers=auth(token) if token else auth())
     assert resp.status == 201, await resp.text()
     quiz: dict[str, Any] = await resp.json()
     async with worker_deps(settings) as deps:
@@ -335,6 +335,16 @@ async def test_everyone_out_of_reach_gets_404(
     assert (await call(client, "GET", base, org.b1_secretary))["view"] == "owner"
     assert (await call(client, "GET", attempt, org.b1_secretary))["id"] == a["id"]
     await problem(await client.post(f"{base}/attempts", headers=auth(org.b1_secretary)), 403)
+    # A quiz the county sent to branch 1: its secretary reads it without the key, not the attempts.
+    county = await send_quiz(client, settings, "")
+    read = await call(client, "GET", f"/v1/quizzes/{county['id']}", org.b1_secretary)
+    assert read["view"] == "reader" and read["questions"]
+    assert_no_key(read)
+    theirs = await call(client, "POST", f"/v1/quizzes/{county['id']}/attempts", org.m1a_member, status=201)
+    path = f"/v1/quizzes/{county['id']}/attempts/{theirs['id']}"
+    await problem(await client.get(path, headers=auth(org.b1_secretary)), 404)
+    for token in (b2_secretary, org.b2_service, org.m2a_member):
+        await problem(await client.get(f"/v1/quizzes/{county['id']}", headers=auth(token)), 404)
     missing = "/v1/quizzes/00000000-0000-0000-0000-000000000000"
     await problem(await client.get(missing, headers=auth()), 404)
     await problem(await client.get("/v1/quizzes/not-a-uuid", headers=auth()), 404)
