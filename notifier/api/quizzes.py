@@ -40,8 +40,16 @@ from notifier.api.notices import (
 )
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem, not_found
-from notifier.api.quiz_models import AnswersIn, AttemptOut, QuizIn, QuizOut, check_answers, check_quiz
-from notifier.api.quiz_views import attempt_view, mine_view, quiz_view
+from notifier.api.quiz_models import AnswersIn as AnswersIn
+from notifier.api.quiz_models import AttemptOut as AttemptOut
+from notifier.api.quiz_models import QuestionIn as QuestionIn
+from notifier.api.quiz_models import QuizIn as QuizIn
+from notifier.api.quiz_models import QuizOut as QuizOut
+from notifier.api.quiz_models import check_answers as check_answers
+from notifier.api.quiz_models import check_quiz as check_quiz
+from notifier.api.quiz_views import attempt_view as attempt_view
+from notifier.api.quiz_views import mine_view
+from notifier.api.quiz_views import quiz_view as quiz_view
 from notifier.api.routing import Call, Reply, Router, json_response
 from notifier.api.types import parse_uuid
 from notifier.db import quizzes, receipts, units
@@ -51,6 +59,8 @@ from notifier.domain import scoring
 from notifier.workers import quizzes as engine
 
 routes = Router()
+# The bodies and views are re-exported ("X as X" above): the exam slice and the pages import them
+# from here, with the handlers.
 
 
 # --- loading as the caller ----------------------------------------------------------------------
