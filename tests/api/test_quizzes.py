@@ -387,6 +387,7 @@ async def test_points_on_the_first_final_result_once(
 async def test_a_lesson_carries_its_quiz_and_the_submitted_attempt_reads_the_lesson(
     client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
 ) -> None:
+    await db.execute("INSERT INTO point_rules (root_unit_id, code, points) VALUES ('c', 'lesson_read', 1)")
     quiz = await call(client, "POST", "/v1/quizzes", org.b1_service, quiz_body(notice=None), status=201)
     other = await call(client, "POST", "/v1/quizzes", org.b2_service, quiz_body(notice=None), status=201)
     # Today's local date in Asia/Shanghai (the default zone); its 08:00 lesson time reached.
@@ -417,6 +418,11 @@ async def test_a_lesson_carries_its_quiz_and_the_submitted_attempt_reads_the_les
         "SELECT read_via FROM recipients WHERE notice_id = $1::uuid AND member_id = 'm1a'", sent["notice_id"]
     )
     assert row is not None and row["read_via"] == "quiz"
+    # ... and a lesson read like any other: lesson_read (this rule asks no dwell).
+    earned = (
+        "SELECT points FROM point_awards WHERE member_id = 'm1a' AND code = 'lesson_read' AND source = $1"
+    )
+    assert await db.fetchval(earned, f"notice:{sent['notice_id']}") == 1
     # Edited after it went out, keeping its quiz: fine; another lesson cannot take that quiz.
     await call(
         client, "PUT", path, org.b1_service, {**lesson, "title": "第一课 (rev.)", "quiz_id": quiz["id"]}
