@@ -4,6 +4,7 @@ scored on submit; the answer key absent from every member-visible response; atte
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -430,3 +431,28 @@ async def test_a_lesson_carries_its_quiz_and_the_submitted_attempt_reads_the_les
     tomorrow = f"/v1/units/b1/lessons/{(day + timedelta(days=1)).isoformat()}"
     again = await client.put(tomorrow, json={**lesson, "quiz_id": quiz["id"]}, headers=auth(org.b1_service))
     await problem(again, 422)
+
+
+async def test_concurrent_starts_and_submits_make_one_attempt_and_one_result(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    quiz = await send_quiz(client, settings, org.b1_secretary)
+    base = f"/v1/quizzes/{quiz['id']}"
+    starts = await asyncio.gather(
+        *(client.post(f"{base}/attempts", headers=auth(org.m1a_member)) for _ in range(4))
+    )
+    assert sorted(r.status for r in starts) == [200, 200, 200, 201]
+    ids = {(await r.json())["id"] for r in starts}
+    assert len(ids) == 1
+    aid = ids.pop()
+    body = {"answers": {"q1": "b"}}
+    submits = await asyncio.gather(
+        *(
+            client.post(f"{base}/attempts/{aid}/submit", json=body, headers=auth(org.m1a_member))
+            for _ in range(3)
+        )
+    )
+    assert sorted(r.status for r in submits) == [200, 409, 409]  # the others brought answers too late
+    row = await db.fetchrow("SELECT attempts, score FROM quiz_results WHERE quiz_id = $1::uuid", quiz["id"])
+    assert row is not None and (row["attempts"], row["score"]) == (1, 2)
+    assert await db.fetchval("SELECT count(*) FROM quiz_attempts") == 1
