@@ -319,6 +319,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "notice_id": _UUID,
     "key_id": _UUID,
     "contact_id": _UUID,
+    "quiz_id": _UUID,
+    "attempt_id": _UUID,
     "rule_id": _UUID,
     "view_id": _UUID,
     "date": {"type": "string", "format": "date", "description": "a local date, YYYY-MM-DD"},
