@@ -14,6 +14,7 @@ then the mean score of participants.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -265,8 +266,8 @@ async def _staff_view(
     body = {
         **_head(quiz),
         "unit_id": parent,
-        "summary": branch_row(summary, has_pass_mark=has_pass).__dict__ | {"rank": None},
-        "branches": [b.__dict__ for b in rank_branches(branch_counts, has_pass_mark=has_pass)],
+        "summary": asdict(branch_row(summary, has_pass_mark=has_pass)),
+        "branches": [asdict(b) for b in rank_branches(branch_counts, has_pass_mark=has_pass)],
         "members": [_member(r, pass_mark) for r in rows[:limit]],
         "next_cursor": encode_cursor(str(offset + limit)) if more else None,
         "me": None,
@@ -274,7 +275,9 @@ async def _staff_view(
     return RankingOut.model_validate(body).model_dump(mode="json")
 
 
-async def _member_view(conn: Connection, p: Principal, quiz: Record, limit: int, offset: int) -> dict[str, Any]:
+async def _member_view(
+    conn: Connection, p: Principal, quiz: Record, limit: int, offset: int
+) -> dict[str, Any]:
     assert p.member_id is not None
     if quiz["notice_id"] is None or await recipients.get(conn, str(quiz["notice_id"]), p.member_id) is None:
         raise not_found("quiz")
