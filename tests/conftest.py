@@ -49,6 +49,7 @@ TABLES = ", ".join(
     + ["console_sessions", "console_links"]
     + ["unit_budgets", "budget_spend"]
     + ["quiz_results", "quiz_attempts", "quizzes"]
+    + ["point_rules", "point_awards", "notice_views"]
     + ["exams", "exam_excused", "ranking_settings"]
 )
 
