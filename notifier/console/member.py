@@ -30,7 +30,7 @@ from notifier.console.apicall import as_principal, call
 from notifier.console.pages import error_page, page, render, t
 from notifier.console.session import Session, set_cookie, start
 from notifier.console.signin import _pre_ok, _pre_token, _with_pre_cookie
-from notifier.db import console, contacts, notices, recipients
+from notifier.db import console, contacts, exams, notices, recipients
 from notifier.links import BadLink, read_token
 
 INBOX_SIZE = 50
@@ -63,7 +63,9 @@ async def _addressed(request: web.Request, member_id: str, notice_id: str) -> tu
 async def show(request: web.Request, session: Session) -> web.Response:
     assert session.member_id is not None
     notice, read = await _addressed(request, session.member_id, request.match_info["notice_id"])
-    return render(request, "member_notice.html", {"notice": notice, "read": read})
+    async with request.app[DEPS].pool.acquire() as conn:  # a quiz or test it carries (study pages)
+        quiz = await exams.quiz_of_notice(conn, str(notice["id"]))
+    return render(request, "member_notice.html", {"notice": notice, "read": read, "quiz": quiz})
 
 
 @page(console_roles=False, member=True)
