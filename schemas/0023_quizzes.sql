@@ -76,3 +76,6 @@ CREATE INDEX quiz_results_member_idx ON quiz_results (member_id);
 -- A lesson's quiz is a quiz row (its notice is the lesson's); lessons.quiz (free-form JSON) stays
 -- readable for lessons written before.
 ALTER TABLE lessons ADD COLUMN quiz_id uuid REFERENCES quizzes (id) ON DELETE SET NULL;
+
+-- An Idempotency-Key of POST /v1/quizzes names the quiz's notice, or none (a quiz not sent yet).
+ALTER TABLE idempotency_keys ALTER COLUMN notice_id DROP NOT NULL;

@@ -375,10 +375,19 @@ async def previous_answer(
 
 
 async def create_once(
-    conn: Connection, deps: AppDeps, p: Principal, key: str | None, digest: bytes, create: CreateFn
+    conn: Connection,
+    deps: AppDeps,
+    p: Principal,
+    key: str | None,
+    digest: bytes,
+    create: CreateFn,
+    *,
+    notice_of: Callable[[dict[str, Any]], str | None] = lambda data: str(data["id"]),
 ) -> tuple[dict[str, Any], bool]:
-    """Run ``create`` (which must store a notice and answer with its ``id``) once per Idempotency-Key,
+    """Run ``create`` (which stores a notice and answers with its ``id``) once per Idempotency-Key,
     inside the caller's transaction: (answer, replayed). Without a key, ``create`` just runs.
+    ``notice_of``: the notice an answer created, when its ``id`` is another row's (a quiz sent
+    with a notice, or none: the key then lives its TTL, not its notice's life).
 
     The advisory lock is held to the end of the transaction: a concurrent request with the same key
     cannot take it and gets 409 instead of a second notice. A key reused with another body: 422."""
@@ -395,7 +404,7 @@ async def create_once(
     if replay is not None:
         return replay, True
     data = await create()
-    await conn.execute(notices.IDEMPOTENCY_PUT, p.owner, key, digest, data["id"], 202, data)
+    await conn.execute(notices.IDEMPOTENCY_PUT, p.owner, key, digest, notice_of(data), 202, data)
     return data, False
 
 

