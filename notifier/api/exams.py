@@ -80,20 +80,10 @@ class ExamOut(BaseModel):
 
 
 def _quiz_in(body: ExamIn) -> QuizIn:
-    return QuizIn(
-        title=body.title,
-        kind="exam",
-        questions=body.questions,
-        shuffle_questions=body.shuffle_questions,
-        shuffle_options=body.shuffle_options,
-        attempts_allowed=1,
-        grading="first",
-        time_limit_seconds=body.time_limit_seconds,
-        opens_at=body.opens_at,
-        closes_at=body.closes_at,
-        review=body.review,
-        pass_mark=body.pass_mark,
-    )
+    fields = ("title", "questions", "shuffle_questions", "shuffle_options", "time_limit_seconds")
+    fields += ("opens_at", "closes_at", "review", "pass_mark")
+    data = body.model_dump(mode="json", include=set(fields))
+    return QuizIn.model_validate(data | {"kind": "exam", "attempts_allowed": 1, "grading": "first"})
 
 
 def reminder_steps(body: ExamIn, start: datetime) -> tuple[PolicyRules | None, list[datetime]]:
@@ -246,7 +236,11 @@ async def list_exams(request: web.Request, call: Call) -> web.Response:
     more = len(rows) > q.limit
     rows = rows[: q.limit]
     items = [
-        {**{k: v for k, v in dict(r).items() if k != "id"}, "quiz_id": str(r["id"]), "notice_id": str(r["notice_id"])}
+        {
+            **{k: v for k, v in dict(r).items() if k != "id"},
+            "quiz_id": str(r["id"]),
+            "notice_id": str(r["notice_id"]),
+        }
         for r in rows
     ]
     next_cursor = encode_time_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None

@@ -21,12 +21,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from multidict import MultiDictProxy
+from multidict import MultiDictProxy, MultiMapping
 from pydantic import ValidationError
 
 from notifier.api import exams as exams_api
+from notifier.api import notices as notices_api
 from notifier.api import quizzes as quizzes_api
 from notifier.api import rankings as rankings_api
+from notifier.api import rollcall as rollcall_api
 from notifier.api.keys import DEPS
 from notifier.api.principal import Principal
 from notifier.api.problems import invalid
@@ -92,7 +94,7 @@ def _local(request: web.Request, value: str) -> datetime | None:
     return datetime.fromisoformat(value).replace(tzinfo=ZoneInfo(request.get(TZ, DEFAULT_TIMEZONE)))
 
 
-def _values(form: MultiDictProxy[Any]) -> dict[str, Any]:
+def _values(form: MultiDictProxy[Any] | MultiMapping[str]) -> dict[str, Any]:
     def text(name: str) -> str:
         value = form.get(name, "")
         return value.strip() if isinstance(value, str) else ""
@@ -133,7 +135,9 @@ def _exam_in(request: web.Request, values: dict[str, Any]) -> exams_api.ExamIn:
     )
 
 
-def _form(request: web.Request, values: dict[str, Any], errors: list[str], units_: list[Any]) -> dict[str, Any]:
+def _form(
+    request: web.Request, values: dict[str, Any], errors: list[str], units_: list[Any]
+) -> dict[str, Any]:
     return {"values": values, "errors": errors, "units": units_}
 
 
@@ -146,7 +150,7 @@ async def list_exams(request: web.Request, session: Session) -> web.Response:
 
 @page()
 async def new_exam(request: web.Request, session: Session) -> web.Response:
-    values = _values(MultiDictProxy(request.query.copy()))
+    values = _values(request.query)
     values |= {"remind_days": "3"} if "remind_days" not in request.query else {}
     units_ = await _unit_choices(request, session.principal)
     return render(request, "study_exam_new.html", _form(request, values, [], units_))
@@ -168,7 +172,7 @@ async def create_exam(request: web.Request, session: Session) -> web.StreamRespo
     except ValueError:
         errors = [t(request, "study.bad_value")]
     else:
-        headers = {exams_api.IDEMPOTENCY_HEADER: values["key"]}
+        headers = {notices_api.IDEMPOTENCY_HEADER: values["key"]}
         created = await call(request, p, exams_api.create_exam, body=body, headers=headers)
         raise web.HTTPSeeOther(f"/console/quizzes/{created['quiz']['id']}/ranking")
     units_ = await _unit_choices(request, p)
@@ -194,7 +198,7 @@ async def show_ranking(request: web.Request, session: Session) -> web.Response:
 
 @page()
 async def ranking_csv(request: web.Request, session: Session) -> web.StreamResponse:
-    sub = as_principal(request, session.principal, {"Accept": rankings_api.CSV_TYPE})
+    sub = as_principal(request, session.principal, {"Accept": rollcall_api.CSV_TYPE})
     query = _ranking_query(request, 100)
     return await rankings_api.get_ranking(sub, Call(None, query))
 
@@ -250,7 +254,9 @@ async def member_attempt(request: web.Request, session: Session) -> web.Response
     if quiz["kind"] == "exam" and attempt["state"] == "submitted" and attempt["result"]:
         ranking = await call(request, p, rankings_api.get_ranking, query=rankings_api.RankingQuery())
     saved = request.query.get("saved") == "1"
-    return render(request, "study_attempt.html", {"quiz": quiz, "a": attempt, "ranking": ranking, "saved": saved})
+    return render(
+        request, "study_attempt.html", {"quiz": quiz, "a": attempt, "ranking": ranking, "saved": saved}
+    )
 
 
 @page(console_roles=False, member=True)

@@ -15,6 +15,7 @@ from notifier.db import quizzes
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.fanout import fanout_notice
+from tests.api.conftest import org  # noqa: F401 - the scoped organisation, for these tests too
 from tests.helpers import post, put, worker_deps
 
 QUESTIONS: list[dict[str, Any]] = [
