@@ -59,7 +59,6 @@ async def take(client: TestClient[Any, Any], quiz_id: str, token: str, answers: 
 async def test_a_monthly_test_reminds_only_those_who_have_not_taken_it(
     client: TestClient[Any, Any], db: asyncpg.Connection, deps: WorkerDeps, org: Org
 ) -> None:
-    m1b = await issue_key(client, {"name": "m1b phone", "role": "member", "member_id": "m1b"})
     created = await send_exam(client, deps, token=org.b1_service)
     quiz, notice = created["quiz"], created["notice"]
     assert notice["kind"] == "exam" and quiz["kind"] == "exam" and quiz["attempts_allowed"] == 1
@@ -130,7 +129,8 @@ async def test_after_the_close_results_are_frozen(
         await db.execute("UPDATE quiz_attempts SET score = 0 WHERE id = $1", open_["id"])
     with pytest.raises(asyncpg.CheckViolationError, match="frozen"):
         await db.execute(
-            "INSERT INTO quiz_attempts (quiz_id, member_id, n, seed, started_at) VALUES ($1, 'm2a', 1, 1, now())",
+            "INSERT INTO quiz_attempts (quiz_id, member_id, n, seed, started_at)"
+            " VALUES ($1, 'm2a', 1, 1, now())",
             quiz_id,
         )
     assert (await get(client, f"/v1/quizzes/{quiz_id}/ranking"))["members"] == ranking["members"]
