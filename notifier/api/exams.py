@@ -80,9 +80,9 @@ class ExamOut(BaseModel):
 
 
 def _quiz_in(body: ExamIn) -> QuizIn:
-    fields = ("title", "questions", "shuffle_questions", "shuffle_options", "time_limit_seconds")
-    fields += ("opens_at", "closes_at", "review", "pass_mark")
-    data = body.model_dump(mode="json", include=set(fields))
+    fields = {"title", "questions", "shuffle_questions", "shuffle_options", "time_limit_seconds"}
+    fields |= {"opens_at", "closes_at", "review", "pass_mark"}
+    data = body.model_dump(mode="json", include=fields)
     return QuizIn.model_validate(data | {"kind": "exam", "attempts_allowed": 1, "grading": "first"})
 
 
