@@ -18,7 +18,7 @@ from notifier.api.problems import Problem, not_found
 from notifier.api.routing import Call, Reply, Router, body_deadline
 from notifier.api.stream import WATCHERS
 from notifier.channels.base import InvalidSignature, ReceivesCallbacks
-from notifier.db import notices, receipts, recipients
+from notifier.db import notices, points, receipts, recipients
 from notifier.links import BadLink, read_token
 from notifier.workers.reports import apply_reports
 
@@ -165,6 +165,8 @@ async def open_read_link(request: web.Request, call: Call) -> web.Response:
         # escalation for someone who never saw it.
         if not is_preview_fetch(request):
             read = await receipts.mark_read(conn, claims.notice_id, claims.member_id, "link")
+            if read and notice["kind"] == "lesson":
+                await points.award(conn, claims.member_id, "lesson_read", f"notice:{claims.notice_id}")
         else:
             read = False
     if read:  # committed: the live streams of this notice may show it now

@@ -18,7 +18,7 @@ from notifier.api.routing import Call, Router, json_response
 from notifier.api.stream import WATCHERS
 from notifier.api.types import Id, Strict, Timestamp, parse_uuid
 from notifier.db import inbox as inbox_db
-from notifier.db import notices, receipts, recipients, units
+from notifier.db import notices, points, receipts, recipients, units
 
 routes = Router()
 
@@ -143,6 +143,8 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
                     headers={"Retry-After": "1"},
                 )
             raise not_found("recipient")
+        if recorded and notice["kind"] == "lesson":  # the lesson's study point, in the read's transaction
+            await points.award(conn, member_id, "lesson_read", f"notice:{notice_id}")
     if recorded:  # committed: the live streams of this notice may show it now
         request.app[WATCHERS].changed(notice_id)
     return json_response(
@@ -199,6 +201,9 @@ async def post_receipts_batch(request: web.Request, call: Call) -> web.Response:
             [items[i].member_id for i in wanted],
             "api",
             [items[i].at for i in wanted],
+        )
+        await points.award_lesson_reads(
+            conn, [str(r["notice_id"]) for r in recorded], [r["member_id"] for r in recorded]
         )
         got = {(str(r["notice_id"]), r["member_id"]) for r in recorded}
         readers = await receipts.read_pairs(

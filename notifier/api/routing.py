@@ -321,6 +321,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "contact_id": _UUID,
     "quiz_id": _UUID,
     "attempt_id": _UUID,
+    "rule_id": _UUID,
+    "view_id": _UUID,
     "date": {"type": "string", "format": "date", "description": "a local date, YYYY-MM-DD"},
     "channel": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z0-9_-]+$"},
     "token": {

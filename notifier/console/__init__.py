@@ -13,7 +13,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from notifier.console import member, notices, send, signin, study, units
+from notifier.console import member, notices, points, send, signin, study, units
 from notifier.console.pages import add_security_headers
 
 HERE = Path(__file__).parent
@@ -59,6 +59,7 @@ def setup(app: web.Application) -> None:
     r.add_post("/console/send/edit", send.send_edit)
     r.add_get("/console/units", units.show_units)
     r.add_get("/console/reports", units.show_reports)
+    r.add_get("/console/points", points.show_points)
     r.add_get("/console/exams", study.list_exams)
     r.add_get("/console/exams/new", study.new_exam)
     r.add_post("/console/exams", study.create_exam)
@@ -72,6 +73,8 @@ def setup(app: web.Application) -> None:
     r.add_get("/m/", member.inbox)
     r.add_get("/m/notices/{notice_id}", member.show)
     r.add_post("/m/notices/{notice_id}/read", member.mark_read)
+    r.add_post("/m/notices/{notice_id}/views", points.open_view)
+    r.add_post("/m/notices/{notice_id}/views/{view_id}", points.update_view)
     r.add_get("/m/r/{token}", member.from_read_link)
     r.add_post("/m/r/{token}", member.use_read_link)
     r.add_get("/m/manifest.webmanifest", member.manifest)

@@ -26,6 +26,7 @@ from notifier.api.principal import Principal
 from notifier.api.problems import Problem, not_found
 from notifier.api.types import parse_uuid
 from notifier.channels.base import InvalidTarget
+from notifier.console import points
 from notifier.console.apicall import as_principal, call
 from notifier.console.pages import error_page, page, render, t
 from notifier.console.session import Session, set_cookie, start
@@ -46,7 +47,10 @@ async def inbox(request: web.Request, session: Session) -> web.Response:
     p = member_principal(session)
     query = receipts_api.InboxQuery(limit=INBOX_SIZE, cursor=request.query.get("cursor") or None)
     data = await call(request, p, receipts_api.inbox, query=query, match={"member_id": p.member_id or ""})
-    return render(request, "inbox.html", {"items": data["items"], "next_cursor": data["next_cursor"]})
+    mine = await points.my_points(request, session)
+    return render(
+        request, "inbox.html", {"items": data["items"], "next_cursor": data["next_cursor"], "my_points": mine}
+    )
 
 
 async def _addressed(request: web.Request, member_id: str, notice_id: str) -> tuple[dict[str, object], bool]:
@@ -63,9 +67,11 @@ async def _addressed(request: web.Request, member_id: str, notice_id: str) -> tu
 async def show(request: web.Request, session: Session) -> web.Response:
     assert session.member_id is not None
     notice, read = await _addressed(request, session.member_id, request.match_info["notice_id"])
+    lesson = await points.lesson_state(request, session.member_id, notice)
     async with request.app[DEPS].pool.acquire() as conn:  # a quiz or test it carries (study pages)
         quiz = await exams.quiz_of_notice(conn, str(notice["id"]))
-    return render(request, "member_notice.html", {"notice": notice, "read": read, "quiz": quiz})
+    context = {"notice": notice, "read": read, "lesson_points": lesson, "quiz": quiz}
+    return render(request, "member_notice.html", context)
 
 
 @page(console_roles=False, member=True)

@@ -22,16 +22,26 @@ costs the one first statement and takes no lock.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from notifier.db.pool import Connection
-from notifier.db.quiet import member_settings_cte
+from notifier.db.pool import Connection, Record
+from notifier.db.quiet import DEFAULT_TIMEZONE, member_settings_cte
+from notifier.db.units import ANCESTORS_CTE, ancestors, subtree
 
-# The members' rule `code` ($2) and time zone, locked per (member, code) in member order.
-RULES = (
-    member_settings_cte("$1")
-    + """,
+
+def _rules(lock: bool) -> str:
+    """The rule ``code`` ($2) of each member's ($1) organisation and the member's time zone; with
+    ``lock``, a transaction advisory lock per (member, code), taken in member order."""
+    locked = (
+        ",\n       pg_advisory_xact_lock(hashtextextended('points:' || rule.member_id || ':' || $2::text, 0))"
+        " AS locked"
+        if lock
+        else ""
+    )
+    return (
+        member_settings_cte("$1")
+        + f""",
 zone AS (
     SELECT DISTINCT ON (member_id) member_id, tz FROM eff GROUP BY member_id, tz
     ORDER BY member_id, count(*) DESC, tz
@@ -43,12 +53,15 @@ rule AS (
     WHERE up.parent_id IS NULL
     ORDER BY up.path[1], r.root_unit_id
 )
-SELECT rule.member_id, rule.root_unit_id, rule.points, rule.daily_cap, rule.min_dwell_seconds, zone.tz,
-       pg_advisory_xact_lock(hashtextextended('points:' || rule.member_id || ':' || $2::text, 0)) AS locked
+SELECT rule.member_id, rule.root_unit_id, rule.points, rule.daily_cap, rule.min_dwell_seconds, zone.tz{locked}
 FROM rule JOIN zone ON zone.member_id = rule.member_id
 WHERE EXISTS (SELECT 1 FROM point_rules WHERE code = $2)
 ORDER BY rule.member_id"""
-)
+    )
+
+
+RULES = _rules(lock=True)
+MEMBER_RULE = _rules(lock=False)
 
 # The dwell of a member on a notice: their longest view, by the server's clock up to $at, never
 # longer than the page said it was visible.
@@ -151,3 +164,166 @@ async def award_lesson_reads(conn: Connection, notice_ids: list[str], member_ids
         return 0
     got = await award_many(conn, [m for m, _ in pairs], "lesson_read", [s for _, s in pairs])
     return sum(got.values())
+
+
+async def member_rule(conn: Connection, member_id: str, code: str) -> Record | None:
+    """The rule ``code`` a member earns under (no lock: for showing it)."""
+    return await conn.fetchrow(MEMBER_RULE, [member_id], code)
+
+
+EARNED = "SELECT points FROM point_awards WHERE member_id = $1 AND code = $2 AND source = $3"
+
+
+async def earned(conn: Connection, member_id: str, code: str, source: str) -> int | None:
+    """The points this source earned the member under ``code`` (None: no ledger row yet)."""
+    value = await conn.fetchval(EARNED, member_id, code, source)
+    return None if value is None else int(value)
+
+
+# --- rules -----------------------------------------------------------------------------------
+
+RULE_COLUMNS = "id, root_unit_id, code, name, points, daily_cap, min_dwell_seconds, created_at, updated_at"
+LIST_RULES = f"""
+SELECT {RULE_COLUMNS} FROM point_rules WHERE ($1::text IS NULL OR root_unit_id = $1) ORDER BY root_unit_id, code"""
+GET_RULE = f"SELECT {RULE_COLUMNS} FROM point_rules WHERE id = $1"
+INSERT_RULE = f"""
+INSERT INTO point_rules (root_unit_id, code, name, points, daily_cap, min_dwell_seconds, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, (SELECT notifier_now()), (SELECT notifier_now()))
+ON CONFLICT (root_unit_id, code) DO NOTHING
+RETURNING {RULE_COLUMNS}"""
+UPDATE_RULE = f"""
+UPDATE point_rules SET name = $2, points = $3, daily_cap = $4, min_dwell_seconds = $5,
+    updated_at = (SELECT notifier_now())
+WHERE id = $1 RETURNING {RULE_COLUMNS}"""
+DELETE_RULE = f"DELETE FROM point_rules WHERE id = $1 RETURNING {RULE_COLUMNS}"
+
+
+async def list_rules(conn: Connection, root_unit_id: str | None) -> list[Record]:
+    return list(await conn.fetch(LIST_RULES, root_unit_id))
+
+
+async def get_rule(conn: Connection, rule_id: str) -> Record | None:
+    return await conn.fetchrow(GET_RULE, rule_id)
+
+
+async def insert_rule(
+    conn: Connection, root_unit_id: str, code: str, name: str | None, pts: int, cap: int | None, dwell: int
+) -> Record | None:
+    """The new rule; None when the organisation already has one with this code."""
+    return await conn.fetchrow(INSERT_RULE, root_unit_id, code, name, pts, cap, dwell)
+
+
+async def update_rule(
+    conn: Connection, rule_id: str, name: str | None, pts: int, cap: int | None, dwell: int
+) -> Record | None:
+    return await conn.fetchrow(UPDATE_RULE, rule_id, name, pts, cap, dwell)
+
+
+async def delete_rule(conn: Connection, rule_id: str) -> Record | None:
+    return await conn.fetchrow(DELETE_RULE, rule_id)
+
+
+# A unit's organisation (the root above it) and effective time zone, by one walk up.
+PLACE = (
+    ANCESTORS_CTE
+    + f"""
+SELECT (SELECT id FROM up WHERE parent_id IS NULL ORDER BY depth DESC LIMIT 1) AS root,
+       coalesce((SELECT u.timezone FROM up JOIN units u ON u.id = up.id
+                 WHERE u.timezone IS NOT NULL ORDER BY up.depth LIMIT 1), '{DEFAULT_TIMEZONE}') AS tz"""
+)
+
+
+async def unit_place(conn: Connection, unit_id: str) -> tuple[str | None, str]:
+    """(the organisation's root unit id -- None for an unknown unit, the unit's time zone)."""
+    row = await conn.fetchrow(PLACE, unit_id)
+    assert row is not None
+    return row["root"], str(row["tz"])
+
+
+# --- views -----------------------------------------------------------------------------------
+
+VIEW_COLUMNS = """id, notice_id, member_id, opened_at, closed_at, visible_seconds,
+    least(extract(epoch FROM coalesce(closed_at, (SELECT notifier_now())) - opened_at)::float8,
+          coalesce(visible_seconds, 'infinity'::float8)) AS dwell_seconds"""
+OPEN_VIEW = f"""
+INSERT INTO notice_views (notice_id, member_id, opened_at) VALUES ($1, $2, (SELECT notifier_now()))
+RETURNING {VIEW_COLUMNS}"""
+# A view still open takes the page's visible time (it can only shorten the dwell) and, with $5, closes.
+UPDATE_VIEW = f"""
+UPDATE notice_views SET visible_seconds = CASE WHEN closed_at IS NULL THEN coalesce($4, visible_seconds)
+                                               ELSE visible_seconds END,
+    closed_at = CASE WHEN closed_at IS NULL AND $5 THEN (SELECT notifier_now()) ELSE closed_at END
+WHERE id = $1 AND notice_id = $2 AND member_id = $3
+RETURNING {VIEW_COLUMNS}"""
+
+
+async def open_view(conn: Connection, notice_id: str, member_id: str) -> Record:
+    row = await conn.fetchrow(OPEN_VIEW, notice_id, member_id)
+    assert row is not None
+    return row
+
+
+async def update_view(
+    conn: Connection, view_id: str, notice_id: str, member_id: str, visible: float | None, close: bool
+) -> Record | None:
+    return await conn.fetchrow(UPDATE_VIEW, view_id, notice_id, member_id, visible, close)
+
+
+# --- reading the ledger ----------------------------------------------------------------------
+
+LEDGER = """
+SELECT code, source, points, day, awarded_at FROM point_awards
+WHERE member_id = $1 AND day >= $2 AND day < $3 AND ($4::text IS NULL OR root_unit_id = $4)
+ORDER BY awarded_at DESC, id DESC LIMIT $5"""
+MEMBER_TOTALS = """
+SELECT code, sum(points) FILTER (WHERE day >= $2 AND day < $3) AS total,
+       count(*) FILTER (WHERE day >= $2 AND day < $3) AS actions,
+       sum(points) FILTER (WHERE day = $4) AS today,
+       sum(points) FILTER (WHERE day >= date_trunc('month', $4)::date AND day <= $4) AS month
+FROM point_awards
+WHERE member_id = $1 AND ($5::text IS NULL OR root_unit_id = $5)
+  AND ((day >= $2 AND day < $3) OR (day >= date_trunc('month', $4)::date AND day <= $4))
+GROUP BY code ORDER BY code"""
+
+
+async def ledger(
+    conn: Connection, member_id: str, start: date, end: date, root: str | None, limit: int
+) -> list[Record]:
+    return list(await conn.fetch(LEDGER, member_id, start, end, root, limit))
+
+
+async def member_totals(
+    conn: Connection, member_id: str, start: date, end: date, today: date, root: str | None
+) -> list[Record]:
+    """Per code: points and actions in [start, end), points today and this month (local)."""
+    return list(await conn.fetch(MEMBER_TOTALS, member_id, start, end, today, root))
+
+
+# Per child unit of $1 (and the unit itself, unit_id NULL): members of its subtree, those who
+# earned at least a point of organisation $2 in [$3, $4), and their points. A member of two
+# child units counts in each, once in the unit's own row.
+UNIT_POINTS = f"""
+WITH RECURSIVE {subtree("ARRAY[$1::text]")},
+{ancestors("SELECT id, id FROM sub", "unit_id", stop_at="$1::text")},
+mem AS (SELECT DISTINCT mu.member_id, mu.unit_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id),
+branch AS (
+    SELECT DISTINCT mem.member_id, up.id AS child FROM mem JOIN up ON up.unit_id = mem.unit_id
+    WHERE up.parent_id = $1
+),
+pts AS (
+    SELECT a.member_id, sum(a.points) AS points FROM point_awards a
+    WHERE a.member_id IN (SELECT member_id FROM mem) AND a.root_unit_id = $2 AND a.day >= $3 AND a.day < $4
+    GROUP BY a.member_id
+)
+SELECT NULL::text AS unit_id, NULL::text AS name, count(*) AS members,
+       count(p.member_id) FILTER (WHERE p.points > 0) AS participants, coalesce(sum(p.points), 0) AS total
+FROM (SELECT DISTINCT member_id FROM mem) m LEFT JOIN pts p ON p.member_id = m.member_id
+UNION ALL
+SELECT k.id, k.name, count(b.member_id), count(p.member_id) FILTER (WHERE p.points > 0), coalesce(sum(p.points), 0)
+FROM units k LEFT JOIN branch b ON b.child = k.id LEFT JOIN pts p ON p.member_id = b.member_id
+WHERE k.parent_id = $1
+GROUP BY k.id, k.name"""
+
+
+async def unit_points(conn: Connection, unit_id: str, root: str, start: date, end: date) -> list[Record]:
+    return list(await conn.fetch(UNIT_POINTS, unit_id, root, start, end))
