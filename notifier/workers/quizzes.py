@@ -20,7 +20,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from notifier.db import quizzes, receipts
+from notifier.db import points, quizzes, receipts
 from notifier.db.pool import Connection, Record
 from notifier.domain import scoring
 from notifier.workers.context import WorkerDeps
@@ -45,17 +45,21 @@ def scored(
     }
 
 
-async def award(conn: Connection, results: list[Record]) -> None:
-    """Points for results final for the first time: full marks or some points, once per quiz."""
+async def award(conn: Connection, results: list[Record]) -> int:
+    """Points for results final for the first time: ``quiz_full`` for full marks, ``quiz_partial``
+    for some points, once per (member, quiz) -- the ledger's key; the points awarded."""
+    by_code: dict[str, list[Record]] = {"quiz_full": [], "quiz_partial": []}
     for r in results:
-        if r["score"] <= 0:
-            continue
-        code = "quiz_full" if r["score"] >= r["max_score"] else "quiz_partial"
-        await _award(conn, r["member_id"], code, f"quiz:{r['quiz_id']}")
-
-
-async def _award(conn: Connection, member_id: str, code: str, source: str) -> int:
-    return 0
+        if r["score"] > 0:
+            by_code["quiz_full" if r["score"] >= r["max_score"] else "quiz_partial"].append(r)
+    total = 0
+    for code, rows in by_code.items():
+        if rows:
+            got = await points.award_many(
+                conn, [r["member_id"] for r in rows], code, [f"quiz:{r['quiz_id']}" for r in rows]
+            )
+            total += sum(got.values())
+    return total
 
 
 async def submit(conn: Connection, rows: list[dict[str, Any]]) -> list[Record]:

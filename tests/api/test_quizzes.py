@@ -332,3 +332,37 @@ async def test_everyone_out_of_reach_gets_404(
     missing = "/v1/quizzes/00000000-0000-0000-0000-000000000000"
     await problem(await client.get(missing, headers=auth()), 404)
     await problem(await client.get("/v1/quizzes/not-a-uuid", headers=auth()), 404)
+
+
+async def test_points_on_the_first_final_result_once(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    await db.execute(
+        "INSERT INTO point_rules (root_unit_id, code, points)"
+        " VALUES ('c', 'quiz_full', 2), ('c', 'quiz_partial', 1)"
+    )
+    right = {"q1": "b", "q2": ["a", "b", "c"], "q3": True, "q4": "井冈山精神key"}
+    m1b = await member_key(client, "m1b")
+    once = await send_quiz(client, settings, org.b1_secretary, attempts_allowed=1)
+    base = f"/v1/quizzes/{once['id']}"
+    for token, answers in ((org.m1a_member, right), (m1b, {"q1": "b"})):
+        a = await call(client, "POST", f"{base}/attempts", token, status=201)
+        await call(client, "POST", f"{base}/attempts/{a['id']}/submit", token, {"answers": answers})
+        await call(client, "POST", f"{base}/attempts/{a['id']}/submit", token, {})  # a retry earns nothing
+    # Unlimited attempts: final (and earning) only when the quiz closes -- the tick finalises it.
+    closes = (datetime.now().astimezone() + timedelta(hours=1)).isoformat()
+    open_ended = await send_quiz(client, settings, org.b1_secretary, closes_at=closes)
+    base = f"/v1/quizzes/{open_ended['id']}"
+    a = await call(client, "POST", f"{base}/attempts", org.m1a_member, status=201)
+    await call(client, "POST", f"{base}/attempts/{a['id']}/submit", org.m1a_member, {"answers": {"q3": True}})
+    ledger = "SELECT member_id, code, source, points FROM point_awards ORDER BY member_id, source"
+    expected = [
+        ("m1a", "quiz_full", f"quiz:{once['id']}", 2),
+        ("m1b", "quiz_partial", f"quiz:{once['id']}", 1),
+    ]
+    assert [tuple(r) for r in await db.fetch(ledger)] == expected
+    await advance_clock(db, 3601)
+    async with worker_deps(settings) as deps:
+        await submit_overdue(deps)
+    got = [tuple(r) for r in await db.fetch(ledger)]
+    assert sorted(got) == sorted([*expected, ("m1a", "quiz_partial", f"quiz:{open_ended['id']}", 1)])
