@@ -88,10 +88,12 @@ async def _unit_choices(request: web.Request, p: Principal) -> list[dict[str, An
     ]
 
 
-def _local(request: web.Request, value: str) -> datetime | None:
+def _local(request: web.Request, value: str) -> str | None:
+    """A datetime-local field, in the unit's time zone, as the API's ISO 8601 text."""
     if not value:
         return None
-    return datetime.fromisoformat(value).replace(tzinfo=ZoneInfo(request.get(TZ, DEFAULT_TIMEZONE)))
+    local = datetime.fromisoformat(value).replace(tzinfo=ZoneInfo(request.get(TZ, DEFAULT_TIMEZONE)))
+    return local.isoformat()
 
 
 def _values(form: MultiDictProxy[Any] | MultiMapping[str]) -> dict[str, Any]:
