@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from tests.conftest import ADMIN_TOKEN
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## Walk-through with curl", "## A secretary's morning")
+SECTIONS = ("## Walk-through with curl", "## A secretary's morning", "## Study points")
 
 
 def readme_script() -> str:

@@ -520,6 +520,7 @@ def _view_out(row: Record, earned: int | None) -> dict[str, object]:
     status=201,
     responses={
         404: "the notice or the recipient is unknown or outside your reach",
+        409: "the member has opened this notice too many times already",
         422: "member_id is required unless a member key records its own view",
     },
 )
@@ -530,6 +531,13 @@ async def open_view(request: web.Request, call: Call) -> web.Response:
     async with request.app[DEPS].pool.acquire() as conn, conn.transaction():
         notice, member_id = await _viewer(conn, p, request, body.member_id)
         row = await points.open_view(conn, str(notice["id"]), member_id)
+        if row is None:
+            raise Problem(
+                409,
+                "Conflict",
+                f"at most {points.MAX_VIEWS} views of a notice per member",
+                type_="too-many-views",
+            )
         earned = await points.earned(conn, member_id, LESSON_READ, f"notice:{notice['id']}")
     return json_response(_view_out(row, earned), status=201)
 

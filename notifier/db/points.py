@@ -14,33 +14,29 @@ the notice open that long by the server's clock (``notice_views``; a view still 
 to now, and a page's own ``visible_seconds`` can only shorten it). Too short: no row is written,
 so a later close that reaches the dwell earns the point then.
 
-Concurrency: the first statement takes a transaction advisory lock per (member, code), only for
-members whose organisation has the rule; the second reads the day's total after that lock (a new
-snapshot), so two concurrent awards cannot both pass the cap. An organisation without the rule
-costs the one first statement and takes no lock.
+Cost and concurrency: two statements. The first is a gate -- is there any rule of this code at
+all? -- that, when there is, takes a transaction advisory lock per (member, code); without one
+(a deployment without points) the award costs that one index probe. The second finds each
+member's rule and time zone, checks the dwell and writes the ledger rows; it starts after the
+lock, so its snapshot holds every award committed before it and two concurrent awards cannot
+both pass the cap.
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
 
 from notifier.db.pool import Connection, Record
 from notifier.db.quiet import DEFAULT_TIMEZONE, member_settings_cte
 from notifier.db.units import ANCESTORS_CTE, ancestors, subtree
 
 
-def _rules(lock: bool) -> str:
-    """The rule ``code`` ($2) of each member's ($1) organisation and the member's time zone; with
-    ``lock``, a transaction advisory lock per (member, code), taken in member order."""
-    locked = (
-        ",\n       pg_advisory_xact_lock(hashtextextended('points:' || rule.member_id || ':' || $2::text, 0))"
-        " AS locked"
-        if lock
-        else ""
-    )
+def _rules(members: str, code: str) -> str:
+    """``WITH RECURSIVE`` ending in ``zone(member_id, tz)`` and ``rule(member_id, root_unit_id,
+    points, daily_cap, min_dwell_seconds)``: the rule ``code`` of the organisation of each member
+    the ``text[]`` parameter ``members`` lists, and the member's time zone."""
     return (
-        member_settings_cte("$1")
+        member_settings_cte(members)
         + f""",
 zone AS (
     SELECT DISTINCT ON (member_id) member_id, tz FROM eff GROUP BY member_id, tz
@@ -49,19 +45,29 @@ zone AS (
 rule AS (
     SELECT DISTINCT ON (up.path[1]) up.path[1] AS member_id, r.root_unit_id, r.points, r.daily_cap,
            r.min_dwell_seconds
-    FROM up JOIN point_rules r ON r.root_unit_id = up.id AND r.code = $2
+    FROM up JOIN point_rules r ON r.root_unit_id = up.id AND r.code = {code}
     WHERE up.parent_id IS NULL
     ORDER BY up.path[1], r.root_unit_id
-)
-SELECT rule.member_id, rule.root_unit_id, rule.points, rule.daily_cap, rule.min_dwell_seconds, zone.tz{locked}
-FROM rule JOIN zone ON zone.member_id = rule.member_id
-WHERE EXISTS (SELECT 1 FROM point_rules WHERE code = $2)
-ORDER BY rule.member_id"""
+)"""
     )
 
 
-RULES = _rules(lock=True)
-MEMBER_RULE = _rules(lock=False)
+MEMBER_RULE = (
+    _rules("$1", "$2")
+    + """
+SELECT rule.member_id, rule.root_unit_id, rule.points, rule.daily_cap, rule.min_dwell_seconds, zone.tz
+FROM rule JOIN zone ON zone.member_id = rule.member_id"""
+)
+
+# The gate, and the lock: when any organisation has a rule of code $2, a transaction advisory
+# lock per (member, code) for the members $1, taken in member order; true when taken. Without
+# such a rule it is one index probe and the award ends here.
+GATE = """
+SELECT count(*) > 0 FROM (
+    SELECT pg_advisory_xact_lock(hashtextextended('points:' || m || ':' || $2::text, 0))
+    FROM (SELECT DISTINCT m FROM unnest($1::text[]) AS m ORDER BY m) ms
+    WHERE EXISTS (SELECT 1 FROM point_rules WHERE code = $2)
+) l"""
 
 # The dwell of a member on a notice: their longest view, by the server's clock up to $at, never
 # longer than the page said it was visible.
@@ -76,26 +82,30 @@ DWELL = """(
     ) s
 )"""
 
-# Award code $1 at $2 (NULL: now) for the items $3.. (one per member and source, with the rule
-# found by RULES); the day's earlier points counted after the lock, the batch's own in order.
-AWARD = f"""
-WITH t AS (SELECT coalesce($2::timestamptz, (SELECT notifier_now())) AS at),
+# Award code $2 at $4 (NULL: now) for the members $1 and sources $3 (pairwise), under each
+# member's organisation's rule; run after GATE's lock, so its snapshot holds every award committed
+# before: the day's earlier points count against the cap, and the call's own in order.
+AWARD = (
+    _rules("$1", "$2")
+    + f""",
+t AS (SELECT coalesce($4::timestamptz, (SELECT notifier_now())) AS at),
 c AS (
-    SELECT c.*, (t.at AT TIME ZONE c.tz)::date AS day
-    FROM t, unnest($3::text[], $4::text[], $5::text[], $6::int[], $7::int[], $8::int[], $9::text[])
-         WITH ORDINALITY AS c (member_id, source, root_unit_id, points, daily_cap, min_dwell, tz, ord)
+    SELECT i.member_id, i.source, i.ord, rule.root_unit_id, rule.points, rule.daily_cap,
+           rule.min_dwell_seconds AS min_dwell, (t.at AT TIME ZONE zone.tz)::date AS day
+    FROM t, unnest($1::text[], $3::text[]) WITH ORDINALITY AS i (member_id, source, ord)
+    JOIN rule ON rule.member_id = i.member_id JOIN zone ON zone.member_id = i.member_id
 ),
 fresh AS (
     SELECT DISTINCT ON (c.member_id, c.source) c.* FROM c, t
     WHERE NOT EXISTS (SELECT 1 FROM point_awards a
-                      WHERE a.member_id = c.member_id AND a.code = $1 AND a.source = c.source)
+                      WHERE a.member_id = c.member_id AND a.code = $2 AND a.source = c.source)
       AND (c.min_dwell = 0 OR coalesce({DWELL.format(c="c")}, 0) >= c.min_dwell)
     ORDER BY c.member_id, c.source, c.ord
 ),
 earlier AS (
     SELECT a.member_id, a.day, sum(a.points) AS points FROM point_awards a
     JOIN (SELECT DISTINCT member_id, day FROM fresh) f ON f.member_id = a.member_id AND f.day = a.day
-    WHERE a.code = $1 GROUP BY a.member_id, a.day
+    WHERE a.code = $2 GROUP BY a.member_id, a.day
 ),
 ranked AS (
     SELECT f.*, coalesce(e.points, 0)
@@ -105,7 +115,7 @@ ranked AS (
 ),
 ins AS (
     INSERT INTO point_awards (member_id, code, source, root_unit_id, points, day, awarded_at)
-    SELECT r.member_id, $1, r.source, r.root_unit_id,
+    SELECT r.member_id, $2, r.source, r.root_unit_id,
            CASE WHEN r.daily_cap IS NULL THEN r.points ELSE greatest(0, least(r.points, r.daily_cap - r.before)) END,
            r.day, t.at
     FROM ranked r, t ORDER BY r.ord
@@ -113,6 +123,7 @@ ins AS (
     RETURNING member_id, source, points
 )
 SELECT member_id, source, points FROM ins"""
+)
 
 
 async def award(
@@ -128,29 +139,20 @@ async def award(
 async def award_many(
     conn: Connection, member_ids: list[str], code: str, sources: list[str], *, at: datetime | None = None
 ) -> dict[tuple[str, str], int]:
-    """``award`` for many (member, source) pairs in two statements; {(member, source): points}
-    for the pairs that earned a ledger row (a row of 0 points: the cap was reached)."""
-    if not member_ids:
+    """``award`` for many (member, source) pairs in two statements (one without any rule of the
+    code); {(member, source): points} for the pairs that earned a ledger row (0 points: the cap
+    was reached)."""
+    if not member_ids or not await conn.fetchval(GATE, member_ids, code):
         return {}
-    rules = {r["member_id"]: r for r in await conn.fetch(RULES, sorted(set(member_ids)), code)}
-    if not rules:
-        return {}
-    items = [(m, s) for m, s in zip(member_ids, sources, strict=True) if m in rules]
-    cols: list[list[Any]] = [[] for _ in range(7)]
-    for m, s in items:
-        r = rules[m]
-        for col, value in zip(
-            cols,
-            (m, s, r["root_unit_id"], r["points"], r["daily_cap"], r["min_dwell_seconds"], r["tz"]),
-            strict=True,
-        ):
-            col.append(value)
-    rows = await conn.fetch(AWARD, code, at, *cols)
+    rows = await conn.fetch(AWARD, member_ids, code, sources, at)
     return {(r["member_id"], r["source"]): int(r["points"]) for r in rows}
 
 
-# The lesson notices among these (notice, member) pairs: the ones a read earns `lesson_read` for.
-LESSONS = "SELECT id FROM notices WHERE id = ANY($1::uuid[]) AND kind = 'lesson'"
+# The lesson notices among these, when any organisation has a lesson_read rule (else none: no
+# further statement).
+LESSONS = """
+SELECT id FROM notices WHERE id = ANY($1::uuid[]) AND kind = 'lesson'
+  AND EXISTS (SELECT 1 FROM point_rules WHERE code = 'lesson_read')"""
 
 
 async def award_lesson_reads(conn: Connection, notice_ids: list[str], member_ids: list[str]) -> int:
@@ -245,8 +247,12 @@ async def unit_place(conn: Connection, unit_id: str) -> tuple[str | None, str]:
 VIEW_COLUMNS = """id, notice_id, member_id, opened_at, closed_at, visible_seconds,
     least(extract(epoch FROM coalesce(closed_at, (SELECT notifier_now())) - opened_at)::float8,
           coalesce(visible_seconds, 'infinity'::float8)) AS dwell_seconds"""
+# At most MAX_VIEWS views of one notice per member: a page opens one each time it is shown.
+MAX_VIEWS = 200
 OPEN_VIEW = f"""
-INSERT INTO notice_views (notice_id, member_id, opened_at) VALUES ($1, $2, (SELECT notifier_now()))
+INSERT INTO notice_views (notice_id, member_id, opened_at)
+SELECT $1, $2, (SELECT notifier_now())
+WHERE (SELECT count(*) FROM notice_views WHERE member_id = $2 AND notice_id = $1) < {MAX_VIEWS}
 RETURNING {VIEW_COLUMNS}"""
 # A view still open takes the page's visible time (it can only shorten the dwell) and, with $5, closes.
 UPDATE_VIEW = f"""
@@ -257,10 +263,9 @@ WHERE id = $1 AND notice_id = $2 AND member_id = $3
 RETURNING {VIEW_COLUMNS}"""
 
 
-async def open_view(conn: Connection, notice_id: str, member_id: str) -> Record:
-    row = await conn.fetchrow(OPEN_VIEW, notice_id, member_id)
-    assert row is not None
-    return row
+async def open_view(conn: Connection, notice_id: str, member_id: str) -> Record | None:
+    """The new view; None when the member has opened MAX_VIEWS of this notice already."""
+    return await conn.fetchrow(OPEN_VIEW, notice_id, member_id)
 
 
 async def update_view(

@@ -203,6 +203,15 @@ async def test_views_are_the_members_own(
     resp = await client.patch(path, json={"visible_seconds": -1}, headers=auth(org.m1a_member))
     assert [e["field"] for e in (await problem(resp, 422))["errors"]] == ["visible_seconds"]
     assert await db.fetchval("SELECT count(*) FROM notice_views WHERE closed_at IS NOT NULL") == 0
+    # A page opens a view each time it is shown; a script opening thousands is refused.
+    await db.execute(
+        "INSERT INTO notice_views (notice_id, member_id, opened_at)"
+        " SELECT $1, 'm1a', now() FROM generate_series(1, 200 - $2)",
+        to_b1,
+        await db.fetchval("SELECT count(*) FROM notice_views WHERE member_id = 'm1a'"),
+    )
+    await post(client, f"/v1/notices/{to_b1}/views", {}, token=org.m1a_member, status=409)
+    assert await db.fetchval("SELECT count(*) FROM notice_views WHERE member_id = 'm1a'") == 200
 
 
 @pytest.fixture
