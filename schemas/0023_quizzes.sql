@@ -72,6 +72,7 @@ CREATE TABLE quiz_results (
     PRIMARY KEY (quiz_id, member_id)
 );
 CREATE INDEX quiz_results_member_idx ON quiz_results (member_id);
+CREATE INDEX quiz_results_open_idx ON quiz_results (quiz_id) WHERE NOT final;  -- finalised at close
 
 -- A lesson's quiz is a quiz row (its notice is the lesson's); lessons.quiz (free-form JSON) stays
 -- readable for lessons written before.

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import re
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from aiohttp import web
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema, field_validator
@@ -22,10 +23,13 @@ from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema, field_va
 from notifier.api import audit
 from notifier.api.auth import require_unit
 from notifier.api.keys import DEPS, principal
+from notifier.api.principal import Principal
 from notifier.api.problems import Problem, invalid, not_found
+from notifier.api.quizzes import owns
 from notifier.api.routing import Call, Reply, Router, json_response
 from notifier.api.types import Strict
-from notifier.db import lessons
+from notifier.db import lessons, quizzes
+from notifier.db.pool import Connection
 
 routes = Router()
 
@@ -57,7 +61,13 @@ class LessonIn(Strict):
     title: str = Field(min_length=1, max_length=200)
     body: str = Field(min_length=1, max_length=20_000, description="the lesson; under five minutes to read")
     quiz: dict[str, Any] | None = Field(
-        default=None, description=f"kept as given (at most {MAX_QUIZ_BYTES // 1024} KiB of JSON) for quizzes"
+        default=None,
+        description=f"deprecated (use quiz_id): kept as given, at most {MAX_QUIZ_BYTES // 1024} KiB of JSON",
+    )
+    quiz_id: UUID | None = Field(
+        default=None,
+        description="a quiz of yours (POST /v1/quizzes, without a notice) that goes out with the lesson: "
+        "its members take it, and the submitted attempt is their read receipt",
     )
 
     @field_validator("quiz")
@@ -76,6 +86,7 @@ class LessonOut(BaseModel):
     title: str
     body: str
     quiz: dict[str, Any] | None
+    quiz_id: str | None
     send_at: dt.datetime = Field(description="the unit's local lesson time on that date")
     state: Literal["scheduled", "sent", "missed"] = Field(
         description="missed: the day ended before it was sent (past days are never sent late)"
@@ -106,6 +117,16 @@ def _path(request: web.Request) -> tuple[str, dt.date]:
     return request.match_info["unit_id"], day
 
 
+async def _check_quiz(conn: Connection, p: Principal, quiz_id: str, *, kept: bool) -> None:
+    """The lesson's quiz is the caller's (it owns the quiz) and has not gone out with another
+    notice (``kept``: the lesson had it already, and may have taken it out)."""
+    quiz = await quizzes.get(conn, quiz_id)
+    if quiz is None or not await owns(conn, p, quiz):
+        raise invalid("quiz_id", "unknown quiz")
+    if quiz["notice_id"] is not None and not kept:
+        raise invalid("quiz_id", f"this quiz went out already, with notice {quiz['notice_id']}")
+
+
 def _out(row: Any) -> dict[str, Any]:
     return LessonOut.model_validate(lessons.as_dict(row)).model_dump(mode="json")
 
@@ -118,7 +139,11 @@ def _out(row: Any) -> dict[str, Any]:
     body=LessonIn,
     response=LessonOut,
     status=201,
-    responses={200: Reply("replaced"), 409: "this lesson was already sent"},
+    responses={
+        200: Reply("replaced"),
+        409: "this lesson was already sent",
+        422: "quiz_id names no quiz of yours, or one already sent",
+    },
     links={
         "get_lesson": {"unit_id": "$request.path.unit_id", "date": "$request.path.date"},
         "delete_lesson": {"unit_id": "$request.path.unit_id", "date": "$request.path.date"},
@@ -132,7 +157,13 @@ async def put_lesson(request: web.Request, call: Call) -> web.Response:
     async with deps.pool.acquire() as conn, conn.transaction():
         await require_unit(conn, p, request.match_info["unit_id"])
         unit_id, day = _path(request)
-        created = await lessons.upsert(conn, unit_id, day, body.title, body.body, body.quiz)
+        quiz_id = None if body.quiz_id is None else str(body.quiz_id)
+        if quiz_id is not None:
+            current = await lessons.get(conn, unit_id, day)
+            await _check_quiz(
+                conn, p, quiz_id, kept=current is not None and current["quiz_id"] == body.quiz_id
+            )
+        created = await lessons.upsert(conn, unit_id, day, body.title, body.body, body.quiz, quiz_id)
         row = await lessons.get(conn, unit_id, day)
         await audit.record(
             conn,
@@ -141,7 +172,7 @@ async def put_lesson(request: web.Request, call: Call) -> web.Response:
             "lesson",
             f"{unit_id}/{day.isoformat()}",
             [unit_id],
-            {"day": day.isoformat(), "quiz": body.quiz is not None},
+            {"day": day.isoformat(), "quiz": body.quiz is not None, "quiz_id": quiz_id},
         )
     assert row is not None
     return json_response(_out(row), status=201 if created else 200)

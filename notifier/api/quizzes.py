@@ -13,25 +13,23 @@ The answer key never leaves the server in a member's response: an attempt shows 
 its own seeded order without ``answer``; after submitting, what the member sees follows the quiz's
 ``review`` setting -- ``score`` (the score only), ``answers`` (the score, the points of each
 question and the right answers), ``after_close`` (nothing until the quiz closes, then as
-``answers``). Scoring rules: domain/scoring.py. Deadlines and what a submission entails (the
-notice's read receipt, points): workers/quizzes.py.
+``answers``). Bodies and answers: api/quiz_models.py; the views: api/quiz_views.py; scoring
+rules: domain/scoring.py; deadlines and what a submission entails (the notice's read receipt,
+points): workers/quizzes.py.
 """
 
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, model_validator
 
 from notifier.api import audit
 from notifier.api.keys import DEPS, principal
 from notifier.api.notices import (
     IDEMPOTENCY_HEADER,
-    Audience,
     NoticeIn,
     create_once,
     idempotency_key,
@@ -41,411 +39,28 @@ from notifier.api.notices import (
     wake_fanout,
 )
 from notifier.api.principal import Principal
-from notifier.api.problems import Problem, invalid_many, not_found
+from notifier.api.problems import Problem, not_found
+from notifier.api.quiz_models import AnswersIn as AnswersIn
+from notifier.api.quiz_models import AttemptOut as AttemptOut
+from notifier.api.quiz_models import QuestionIn as QuestionIn
+from notifier.api.quiz_models import QuizIn as QuizIn
+from notifier.api.quiz_models import QuizOut as QuizOut
+from notifier.api.quiz_models import check_answers as check_answers
+from notifier.api.quiz_models import check_quiz as check_quiz
+from notifier.api.quiz_views import attempt_view as attempt_view
+from notifier.api.quiz_views import mine_view
+from notifier.api.quiz_views import quiz_view as quiz_view
 from notifier.api.routing import Call, Reply, Router, json_response
-from notifier.api.types import Channels, Id, Name, Strict, Timestamp, parse_uuid
+from notifier.api.types import parse_uuid
 from notifier.db import quizzes, receipts, units
 from notifier.db.pool import Connection, Record
 from notifier.db.visibility import visible_notice
 from notifier.domain import scoring
-from notifier.domain.escalation import PolicyRules
-from notifier.domain.scoring import PartialMode, QuestionType
 from notifier.workers import quizzes as engine
 
 routes = Router()
-
-MAX_QUESTIONS = 200
-MAX_OPTIONS = 26
-MAX_ACCEPTED = 20
-
-Answer = str | bool | list[str]
-
-
-# --- request bodies -----------------------------------------------------------------------------
-
-
-class OptionIn(Strict):
-    id: Id
-    text: str = Field(min_length=1, max_length=1000)
-
-
-class QuestionIn(Strict):
-    id: Id = Field(description="unique in the quiz; answers name questions by it")
-    type: QuestionType
-    text: str = Field(min_length=1, max_length=5000)
-    points: int = Field(ge=1, le=1000)
-    options: list[OptionIn] = Field(
-        default_factory=list, max_length=MAX_OPTIONS, description="single and multiple choice: 2 or more"
-    )
-    answer: Answer = Field(
-        description="the key, never shown to members: single -- the right option's id; multiple -- the "
-        "right options' ids; true_false -- true or false; fill_in -- the accepted answers (compared "
-        "after NFKC normalisation, case folding and collapsing whitespace)"
-    )
-    partial: PartialMode | None = Field(
-        default=None,
-        description="multiple choice only (default all_or_nothing): right_minus_wrong = points x "
-        "max(0, right picks - wrong picks) / right options; half_if_missing = half when a right option "
-        "is missing and nothing wrong is picked (少选得一半分), 0 for any wrong pick",
-    )
-
-
-class QuizNoticeIn(Strict):
-    """Send the quiz now, as a notice (kind ``notice``; an ``exam`` quiz: kind ``exam``)."""
-
-    body: str = Field(min_length=1, max_length=20_000)
-    audience: Audience
-    channels: Channels = Field(default_factory=lambda: ["inapp"], min_length=1, max_length=16)
-    fallback: bool = False
-    escalation: Name | PolicyRules | None = None
-    send_at: Timestamp | None = None
-    expires_at: Timestamp | None = None
-
-    @model_validator(mode="after")
-    def _times(self) -> QuizNoticeIn:
-        if self.expires_at is not None and self.send_at is not None and self.expires_at <= self.send_at:
-            raise ValueError("expires_at must be after send_at")
-        return self
-
-
-class QuizIn(Strict):
-    title: str = Field(min_length=1, max_length=200)
-    kind: Literal["quiz", "exam"] = "quiz"
-    questions: list[QuestionIn] = Field(min_length=1, max_length=MAX_QUESTIONS)
-    shuffle_questions: bool = False
-    shuffle_options: bool = False
-    attempts_allowed: int | None = Field(default=None, ge=1, le=100, description="null: unlimited")
-    grading: Literal["highest", "last", "first", "average"] = "highest"
-    time_limit_seconds: int | None = Field(default=None, ge=10, le=7 * 86400)
-    opens_at: Timestamp | None = None
-    closes_at: Timestamp | None = None
-    review: Literal["score", "answers", "after_close"] = "score"
-    pass_mark: float | None = Field(default=None, ge=0, le=200_000)
-    notice: QuizNoticeIn | None = Field(default=None, description="send it now to an audience")
-
-
-class AnswersIn(Strict):
-    answers: dict[str, Answer | None] = Field(
-        default_factory=dict,
-        max_length=MAX_QUESTIONS,
-        description="{question id: answer}; a question given replaces its saved answer, null clears it",
-    )
-
-
-# --- responses ----------------------------------------------------------------------------------
-
-
-class OptionOut(BaseModel):
-    id: str
-    text: str
-
-
-class QuestionOut(BaseModel):
-    id: str
-    type: QuestionType
-    text: str
-    points: int
-    options: list[OptionOut]
-    partial: PartialMode | None = None
-    answer: Answer | None = Field(default=None, description="the key: only in an owner's view")
-
-
-class ResultOut(BaseModel):
-    score: float
-    max_score: float
-    passed: bool | None = Field(description="score >= pass_mark (null: no pass mark)")
-    attempts: int
-    first_submitted_at: datetime
-    seconds_taken: float | None
-    final: bool = Field(description="it can no longer change")
-
-
-class AttemptBrief(BaseModel):
-    id: str
-    n: int
-    state: Literal["open", "submitted"]
-    started_at: datetime
-    deadline: datetime | None
-    submitted_at: datetime | None
-    auto_submitted: bool
-    score: float | None = Field(description="as the review setting allows")
-
-
-class Mine(BaseModel):
-    attempts: list[AttemptBrief]
-    attempts_left: int | None = Field(description="null: unlimited")
-    result: ResultOut | None = Field(description="the graded result, as the review setting allows")
-
-
-class QuizOut(BaseModel):
-    id: str
-    title: str
-    kind: Literal["quiz", "exam"]
-    view: Literal["owner", "reader", "member"]
-    scope_unit_id: str | None
-    question_count: int
-    max_score: float
-    shuffle_questions: bool
-    shuffle_options: bool
-    attempts_allowed: int | None
-    grading: Literal["highest", "last", "first", "average"]
-    time_limit_seconds: int | None
-    opens_at: datetime | None
-    closes_at: datetime | None
-    review: Literal["score", "answers", "after_close"]
-    pass_mark: float | None
-    notice_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    questions: list[QuestionOut] | None = Field(
-        description="owners and readers; members see them in an attempt"
-    )
-    mine: Mine | None = Field(description="a member's own attempts and result")
-
-
-class ReviewItem(BaseModel):
-    question_id: str
-    points: float = Field(description="points earned")
-    answer: Answer = Field(description="the right answer")
-
-
-class AttemptOut(BaseModel):
-    id: str
-    quiz_id: str
-    member_id: str
-    n: int
-    state: Literal["open", "submitted"]
-    started_at: datetime
-    deadline: datetime | None = Field(
-        description="answers saved after it are refused; it submits itself then"
-    )
-    submitted_at: datetime | None
-    auto_submitted: bool
-    questions: list[QuestionOut] = Field(description="in this attempt's order (stable on reload)")
-    answers: dict[str, Answer]
-    max_score: float
-    score: float | None = Field(description="as the review setting allows")
-    review: list[ReviewItem] | None = Field(description="review 'answers' (or after close): per question")
-    result: ResultOut | None = Field(description="the member's graded result, as the review setting allows")
-
-
-# --- checks -------------------------------------------------------------------------------------
-
-
-def _check_question(i: int, q: QuestionIn) -> list[tuple[str, str]]:
-    at = f"questions[{i}]"
-    errors: list[tuple[str, str]] = []
-    ids = [o.id for o in q.options]
-    for j, oid in enumerate(ids):
-        if oid in ids[:j]:
-            errors.append((f"{at}.options[{j}].id", "duplicate option id"))
-    choice = q.type in ("single", "multiple")
-    if choice and len(ids) < 2:
-        errors.append((f"{at}.options", "a choice question needs at least 2 options"))
-    if not choice and ids:
-        errors.append((f"{at}.options", f"a {q.type} question has no options"))
-    if q.partial is not None and q.type != "multiple":
-        errors.append((f"{at}.partial", "only multiple choice has a partial mode"))
-    a = q.answer
-    if q.type == "single" and not (isinstance(a, str) and a in ids):
-        errors.append((f"{at}.answer", "must be the id of one of its options"))
-    elif q.type == "multiple":
-        if not (isinstance(a, list) and a and all(x in ids for x in a)):
-            errors.append((f"{at}.answer", "must list one or more of its option ids"))
-        elif len(set(a)) != len(a):
-            errors.append((f"{at}.answer", "an option is listed twice"))
-    elif q.type == "true_false" and not isinstance(a, bool):
-        errors.append((f"{at}.answer", "must be true or false"))
-    elif q.type == "fill_in":
-        if not (isinstance(a, list) and 1 <= len(a) <= MAX_ACCEPTED and all(scoring.normalise(x) for x in a)):
-            errors.append((f"{at}.answer", f"must list 1 to {MAX_ACCEPTED} accepted answers, none empty"))
-        elif any(len(x) > 1000 for x in a):
-            errors.append((f"{at}.answer", "an accepted answer is longer than 1000 characters"))
-    return errors
-
-
-def check_quiz(body: QuizIn) -> None:
-    """The rules across fields (422 naming each field as written)."""
-    errors: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for i, q in enumerate(body.questions):
-        if q.id in seen:
-            errors.append((f"questions[{i}].id", "duplicate question id"))
-        seen.add(q.id)
-        errors += _check_question(i, q)
-    if body.opens_at is not None and body.closes_at is not None and body.closes_at <= body.opens_at:
-        errors.append(("closes_at", "must be after opens_at"))
-    if body.review == "after_close" and body.closes_at is None:
-        errors.append(("review", "after_close needs closes_at"))
-    total = sum(q.points for q in body.questions)
-    if body.pass_mark is not None and body.pass_mark > total:
-        errors.append(("pass_mark", f"must not exceed the quiz's {total} points"))
-    if errors:
-        raise invalid_many(errors[:100])
-
-
-def check_answers(questions: list[dict[str, Any]], answers: dict[str, Any]) -> None:
-    """Every answer names a question of the quiz and fits it (422 ``answers.<id>``)."""
-    by_id = {q["id"]: q for q in questions}
-    errors: list[tuple[str, str]] = []
-    for qid, value in answers.items():
-        q = by_id.get(qid)
-        why = "unknown question" if q is None else scoring.check_answer(q, value)
-        if why is not None:
-            errors.append((f"answers.{qid}", why))
-    if errors:
-        raise invalid_many(errors[:100])
-
-
-# --- views --------------------------------------------------------------------------------------
-
-
-def _question(q: dict[str, Any], *, key: bool, options: list[str] | None = None) -> dict[str, Any]:
-    by_id = {o["id"]: o for o in q.get("options", [])}
-    order = options if options is not None else list(by_id)
-    out: dict[str, Any] = {
-        "id": q["id"],
-        "type": q["type"],
-        "text": q["text"],
-        "points": q["points"],
-        "options": [{"id": by_id[o]["id"], "text": by_id[o]["text"]} for o in order],
-    }
-    if q["type"] == "multiple":
-        out["partial"] = q.get("partial") or "all_or_nothing"
-    if key:
-        out["answer"] = q["answer"]
-    return out
-
-
-def seen_after_submit(quiz: Record, now: datetime) -> Literal["score", "answers", "nothing"]:
-    """What a member sees of a submitted attempt, by the quiz's review setting."""
-    if quiz["review"] == "after_close":
-        return "answers" if quiz["closes_at"] is not None and now >= quiz["closes_at"] else "nothing"
-    return "answers" if quiz["review"] == "answers" else "score"
-
-
-def _result(quiz: Record, row: Record | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    mark = quiz["pass_mark"]
-    return {
-        "score": float(row["score"]),
-        "max_score": float(row["max_score"]),
-        "passed": None if mark is None else row["score"] >= mark,
-        "attempts": row["attempts"],
-        "first_submitted_at": row["first_submitted_at"],
-        "seconds_taken": None if row["seconds_taken"] is None else float(row["seconds_taken"]),
-        "final": row["final"],
-    }
-
-
-def _dump(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
-    # exclude_unset: a question without "answer" (every member view) leaves it out, not null
-    return model.model_validate(data).model_dump(mode="json", exclude_unset=True)
-
-
-def quiz_view(quiz: Record, view: str, *, mine: dict[str, Any] | None = None) -> dict[str, Any]:
-    questions = None
-    if view != "member":
-        questions = [_question(q, key=view == "owner") for q in quiz["questions"]]
-    return _dump(
-        QuizOut,
-        {
-            "id": str(quiz["id"]),
-            "title": quiz["title"],
-            "kind": quiz["kind"],
-            "view": view,
-            "scope_unit_id": quiz["scope_unit_id"],
-            "question_count": len(quiz["questions"]),
-            "max_score": float(quiz["max_score"]),
-            "shuffle_questions": quiz["shuffle_questions"],
-            "shuffle_options": quiz["shuffle_options"],
-            "attempts_allowed": quiz["attempts_allowed"],
-            "grading": quiz["grading"],
-            "time_limit_seconds": quiz["time_limit_seconds"],
-            "opens_at": quiz["opens_at"],
-            "closes_at": quiz["closes_at"],
-            "review": quiz["review"],
-            "pass_mark": None if quiz["pass_mark"] is None else float(quiz["pass_mark"]),
-            "notice_id": str(quiz["notice_id"]) if quiz["notice_id"] else None,
-            "created_at": quiz["created_at"],
-            "updated_at": quiz["updated_at"],
-            "questions": questions,
-            "mine": mine,
-        },
-    )
-
-
-def attempt_view(
-    quiz: Record, a: Record, result: Record | None, now: datetime, *, owner: bool
-) -> dict[str, Any]:
-    """An attempt as its member (or, ``owner``, the quiz's owners) sees it."""
-    by_id = {q["id"]: q for q in quiz["questions"]}
-    seed = a["seed"]
-    order = scoring.question_order(seed, list(by_id), quiz["shuffle_questions"])
-    questions = [
-        _question(
-            by_id[qid],
-            key=False,
-            options=scoring.option_order(
-                seed, qid, [o["id"] for o in by_id[qid].get("options", [])], quiz["shuffle_options"]
-            ),
-        )
-        for qid in order
-    ]
-    submitted = a["submitted_at"] is not None
-    seen = "answers" if owner else seen_after_submit(quiz, now)
-    per = a["question_scores"] or {}
-    return _dump(
-        AttemptOut,
-        {
-            "id": str(a["id"]),
-            "quiz_id": str(a["quiz_id"]),
-            "member_id": a["member_id"],
-            "n": a["n"],
-            "state": "submitted" if submitted else "open",
-            "started_at": a["started_at"],
-            "deadline": a["deadline"],
-            "submitted_at": a["submitted_at"],
-            "auto_submitted": a["auto_submitted"],
-            "questions": questions,
-            "answers": a["answers"],
-            "max_score": float(quiz["max_score"]),
-            "score": float(a["score"]) if submitted and seen != "nothing" else None,
-            "review": (
-                [
-                    {"question_id": qid, "points": per.get(qid, 0), "answer": by_id[qid]["answer"]}
-                    for qid in order
-                ]
-                if submitted and seen == "answers"
-                else None
-            ),
-            "result": _result(quiz, result) if seen != "nothing" else None,
-        },
-    )
-
-
-def _mine(quiz: Record, attempts: list[Record], result: Record | None, now: datetime) -> dict[str, Any]:
-    seen = seen_after_submit(quiz, now)
-    used = sum(1 for a in attempts if a["submitted_at"] is not None)
-    allowed = quiz["attempts_allowed"]
-    return {
-        "attempts": [
-            {
-                "id": str(a["id"]),
-                "n": a["n"],
-                "state": "submitted" if a["submitted_at"] is not None else "open",
-                "started_at": a["started_at"],
-                "deadline": a["deadline"],
-                "submitted_at": a["submitted_at"],
-                "auto_submitted": a["auto_submitted"],
-                "score": float(a["score"]) if a["score"] is not None and seen != "nothing" else None,
-            }
-            for a in attempts
-        ],
-        "attempts_left": None if allowed is None else max(0, allowed - used),
-        "result": _result(quiz, result) if seen != "nothing" else None,
-    }
+# The bodies and views are re-exported ("X as X" above): the exam slice and the pages import them
+# from here, with the handlers.
 
 
 # --- loading as the caller ----------------------------------------------------------------------
@@ -491,9 +106,7 @@ async def _member_quiz(conn: Connection, request: web.Request) -> tuple[Principa
     if view != "member":
         raise Problem(403, "Forbidden", "only the members it went out to take a quiz", type_="forbidden")
     assert p.member_id is not None
-    qid = str(quiz["id"])
-    await quizzes.lock_member(conn, qid, p.member_id)
-    await engine.settle(conn, quiz_id=qid, member_id=p.member_id)
+    await engine.settle_member(conn, str(quiz["id"]), p.member_id)
     return p, quiz, p.member_id
 
 
@@ -620,10 +233,9 @@ async def get_quiz(request: web.Request, call: Call) -> web.Response:
         if view == "member":
             assert p.member_id is not None
             qid = str(quiz["id"])
-            await quizzes.lock_member(conn, qid, p.member_id)
-            await engine.settle(conn, quiz_id=qid, member_id=p.member_id)
+            await engine.settle_member(conn, qid, p.member_id)
             now = await receipts.now(conn)
-            mine = _mine(
+            mine = mine_view(
                 quiz,
                 await quizzes.attempts_of(conn, qid, p.member_id),
                 await quizzes.result(conn, qid, p.member_id),
@@ -646,10 +258,6 @@ def _closed(what: str, detail: str) -> Problem:
     responses={
         200: Reply("the open attempt, resumed"),
         409: "the quiz is not open yet, or closed; no attempts left",
-    },
-    links={
-        "save_answers": {"quiz_id": "$request.path.quiz_id", "attempt_id": "$response.body#/id"},
-        "submit_attempt": {"quiz_id": "$request.path.quiz_id", "attempt_id": "$response.body#/id"},
     },
 )
 async def start_attempt(request: web.Request, call: Call) -> web.Response:
@@ -694,8 +302,7 @@ async def get_attempt(request: web.Request, call: Call) -> web.Response:
         if a is None or (view == "member" and a["member_id"] != p.member_id):
             raise not_found("attempt")
         qid, member = str(quiz["id"]), a["member_id"]
-        await quizzes.lock_member(conn, qid, member)
-        if await engine.settle(conn, quiz_id=qid, member_id=member):
+        if await engine.settle_member(conn, qid, member):
             a = await quizzes.attempt(conn, qid, str(a["id"]))
             assert a is not None
         now = await receipts.now(conn)

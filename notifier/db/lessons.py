@@ -93,6 +93,12 @@ ins AS (
     FROM run JOIN due d USING (unit_id, day) JOIN lessons l USING (unit_id, day)
     RETURNING id, scope_unit_id
 ),
+-- The lesson's quiz goes out with it: its members take it through this notice.
+quiz AS (
+    UPDATE quizzes q SET notice_id = run.notice_id, updated_at = (SELECT notifier_now())
+    FROM run JOIN lessons l USING (unit_id, day)
+    WHERE q.id = l.quiz_id AND q.notice_id IS NULL
+),
 -- On the record, in the same statement: the scheduler sent this unit's lesson for this day.
 logged AS (
     INSERT INTO audit_log (actor_key_id, actor_role, action, target_type, target_id, unit_ids, details)
@@ -105,9 +111,9 @@ SELECT id AS notice_id, scope_unit_id AS unit_id FROM ins ORDER BY scope_unit_id
 # --- the API ----------------------------------------------------------------------------------
 
 UPSERT = """
-INSERT INTO lessons (unit_id, day, title, body, quiz) VALUES ($1, $2, $3, $4, $5)
+INSERT INTO lessons (unit_id, day, title, body, quiz, quiz_id) VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (unit_id, day) DO UPDATE SET title = excluded.title, body = excluded.body,
-    quiz = excluded.quiz, updated_at = (SELECT notifier_now())
+    quiz = excluded.quiz, quiz_id = excluded.quiz_id, updated_at = (SELECT notifier_now())
 RETURNING (xmax = 0) AS created"""
 
 # Lessons of one unit with when they go (the local lesson time as an instant) and whether they went:
@@ -117,7 +123,7 @@ RETURNING (xmax = 0) AS created"""
 LIST = (
     effective_cte("SELECT $1::text AS unit_id")
     + """
-SELECT l.unit_id, l.day, l.title, l.body, l.quiz, l.created_at, l.updated_at,
+SELECT l.unit_id, l.day, l.title, l.body, l.quiz, l.quiz_id, l.created_at, l.updated_at,
        (l.day + eff.lesson_time) AT TIME ZONE eff.tz AS send_at, r.notice_id, r.sent_at,
        CASE WHEN r.notice_id IS NOT NULL THEN 'sent'
             WHEN l.day < ((SELECT notifier_now()) AT TIME ZONE eff.tz)::date THEN 'missed'
@@ -150,10 +156,16 @@ async def send(conn: Connection, due: list[dict[str, Any]], channels: list[str])
 
 
 async def upsert(
-    conn: Connection, unit_id: str, day: date, title: str, body: str, quiz: dict[str, Any] | None
+    conn: Connection,
+    unit_id: str,
+    day: date,
+    title: str,
+    body: str,
+    quiz: dict[str, Any] | None,
+    quiz_id: str | None = None,
 ) -> bool:
     """Create or replace the lesson; True when it was created."""
-    return bool(await conn.fetchval(UPSERT, unit_id, day, title, body, quiz))
+    return bool(await conn.fetchval(UPSERT, unit_id, day, title, body, quiz, quiz_id))
 
 
 async def list_for_unit(
@@ -193,6 +205,7 @@ def as_dict(row: Record) -> dict[str, Any]:
         "title": row["title"],
         "body": row["body"],
         "quiz": row["quiz"],
+        "quiz_id": str(row["quiz_id"]) if row["quiz_id"] else None,
         "send_at": row["send_at"].isoformat(),
         "state": row["state"],
         "notice_id": str(row["notice_id"]) if row["notice_id"] else None,

@@ -85,6 +85,10 @@ WHERE q.id = $1 AND EXISTS (SELECT 1 FROM recipients r WHERE r.notice_id = q.not
 # Serialises starting, saving and submitting for one (quiz, member) to the end of the transaction.
 MEMBER_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1::text || ':' || $2, 2023))"
 
+# The member's open attempt, locked (waiting for a tick that is submitting it right now).
+LOCK_OPEN = """
+SELECT id FROM quiz_attempts WHERE quiz_id = $1 AND member_id = $2 AND submitted_at IS NULL FOR UPDATE"""
+
 ATTEMPT_COLUMNS = """a.id, a.quiz_id, a.member_id, a.n, a.seed, a.started_at, a.deadline, a.answers, a.saved_at,
     a.submitted_at, a.auto_submitted, a.score, a.question_scores"""
 
@@ -218,6 +222,10 @@ async def for_member(conn: Connection, quiz_id: str, member_id: str) -> Record |
 
 async def lock_member(conn: Connection, quiz_id: str, member_id: str) -> None:
     await conn.execute(MEMBER_LOCK, quiz_id, member_id)
+
+
+async def lock_open(conn: Connection, quiz_id: str, member_id: str) -> None:
+    await conn.execute(LOCK_OPEN, quiz_id, member_id)
 
 
 async def attempt(conn: Connection, quiz_id: str, attempt_id: str) -> Record | None:

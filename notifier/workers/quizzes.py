@@ -86,6 +86,15 @@ async def settle(
     return len(done)
 
 
+async def settle_member(conn: Connection, quiz_id: str, member_id: str) -> int:
+    """Before a request reads or changes a member's attempts of a quiz: hold them (to the end of
+    the transaction) and submit the open one if its deadline has passed -- after waiting for a
+    tick that is submitting it right now, so the request sees it submitted."""
+    await quizzes.lock_member(conn, quiz_id, member_id)
+    await quizzes.lock_open(conn, quiz_id, member_id)
+    return await settle(conn, quiz_id=quiz_id, member_id=member_id)
+
+
 async def submit_overdue(deps: WorkerDeps) -> int:
     """Tick part: every overdue attempt, as of its deadline."""
     async with deps.pool.acquire() as conn, conn.transaction():

@@ -60,6 +60,7 @@ async def test_put_get_list_and_delete(client: Client, db: asyncpg.Connection, o
         "unit_id": "b1",
         "date": "2030-03-01",
         **LESSON,
+        "quiz_id": None,
         "send_at": "2030-03-01T00:00:00Z",  # 08:00 Asia/Shanghai, the defaults
         "state": "scheduled",
         "notice_id": None,

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from notifier.settings import Settings
 from notifier.workers.fanout import fanout_notice
+from notifier.workers.lessons import send_due_lessons
 from notifier.workers.quizzes import submit_overdue
 from tests.api.conftest import Org, issue_key, problem
 from tests.conftest import advance_clock, auth
@@ -62,8 +63,8 @@ def quiz_body(**over: Any) -> dict[str, Any]:
 async def send_quiz(
     client: TestClient[Any, Any], settings: Settings, token: str, **over: Any
 ) -> dict[str, Any]:
-    """Create a quiz as ``token`` and fan its notice out (b1's members m1a, m1b receive it)."""
-    resp = await client.post("/v1/quizzes", json=quiz_body(**over), headers=auth(token))
+    """Create a quiz as ``token`` (empty: the admin) and fan its notice out (to b1: m1a, m1b)."""
+    resp = await client.post("/v1/quizzes", json=quiz_body(**over), headers=auth(token) if token else auth())
     assert resp.status == 201, await resp.text()
     quiz: dict[str, Any] = await resp.json()
     async with worker_deps(settings) as deps:
@@ -119,7 +120,9 @@ async def test_a_member_takes_a_quiz_scored_at_once_and_never_sees_the_key(
     )
     seen.append(saved)
     assert saved["answers"] == {"q1": "b", "q4": "wrong"} and saved["score"] is None
-    seen.append(await call(client, "GET", f"{base}/attempts/{aid}", member))
+    reloaded = await call(client, "GET", f"{base}/attempts/{aid}", member)
+    seen.append(reloaded)
+    assert reloaded["questions"] == attempt["questions"]  # stable on reload
 
     done = await call(
         client,
@@ -302,6 +305,9 @@ async def test_creation_is_idempotent_per_key(
         assert second.headers.get("Idempotent-Replayed") == "true"
     assert await db.fetchval("SELECT count(*) FROM quizzes") == 2
     assert await db.fetchval("SELECT count(*) FROM notices") == 1
+    exam = await call(client, "POST", "/v1/quizzes", org.b1_service, quiz_body(kind="exam"), status=201)
+    kinds = "SELECT kind FROM notices WHERE id = $1::uuid"
+    assert (exam["kind"], await db.fetchval(kinds, exam["notice_id"])) == ("exam", "exam")
 
 
 async def test_everyone_out_of_reach_gets_404(
@@ -329,6 +335,16 @@ async def test_everyone_out_of_reach_gets_404(
     assert (await call(client, "GET", base, org.b1_secretary))["view"] == "owner"
     assert (await call(client, "GET", attempt, org.b1_secretary))["id"] == a["id"]
     await problem(await client.post(f"{base}/attempts", headers=auth(org.b1_secretary)), 403)
+    # A quiz the county sent to branch 1: its secretary reads it without the key, not the attempts.
+    county = await send_quiz(client, settings, "")
+    read = await call(client, "GET", f"/v1/quizzes/{county['id']}", org.b1_secretary)
+    assert read["view"] == "reader" and read["questions"]
+    assert_no_key(read)
+    theirs = await call(client, "POST", f"/v1/quizzes/{county['id']}/attempts", org.m1a_member, status=201)
+    path = f"/v1/quizzes/{county['id']}/attempts/{theirs['id']}"
+    await problem(await client.get(path, headers=auth(org.b1_secretary)), 404)
+    for token in (b2_secretary, org.b2_service, org.m2a_member):
+        await problem(await client.get(f"/v1/quizzes/{county['id']}", headers=auth(token)), 404)
     missing = "/v1/quizzes/00000000-0000-0000-0000-000000000000"
     await problem(await client.get(missing, headers=auth()), 404)
     await problem(await client.get("/v1/quizzes/not-a-uuid", headers=auth()), 404)
@@ -366,3 +382,45 @@ async def test_points_on_the_first_final_result_once(
         await submit_overdue(deps)
     got = [tuple(r) for r in await db.fetch(ledger)]
     assert sorted(got) == sorted([*expected, ("m1a", "quiz_partial", f"quiz:{open_ended['id']}", 1)])
+
+
+async def test_a_lesson_carries_its_quiz_and_the_submitted_attempt_reads_the_lesson(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    quiz = await call(client, "POST", "/v1/quizzes", org.b1_service, quiz_body(notice=None), status=201)
+    other = await call(client, "POST", "/v1/quizzes", org.b2_service, quiz_body(notice=None), status=201)
+    # Today's local date in Asia/Shanghai (the default zone); its 08:00 lesson time reached.
+    day = await db.fetchval("SELECT (notifier_now() AT TIME ZONE 'Asia/Shanghai')::date")
+    wait = await db.fetchval(
+        "SELECT extract(epoch FROM (($1::date + time '08:00') AT TIME ZONE 'Asia/Shanghai')"
+        " - notifier_now())",
+        day,
+    )
+    if wait > 0:
+        await advance_clock(db, float(wait) + 1)
+    path = f"/v1/units/b1/lessons/{day.isoformat()}"
+    lesson = {"title": "第一课", "body": "Read, then take the quiz."}
+    resp = await client.put(path, json={**lesson, "quiz_id": other["id"]}, headers=auth(org.b1_service))
+    await problem(resp, 422, [{"field": "quiz_id", "message": "unknown quiz"}])
+    saved = await call(client, "PUT", path, org.b1_service, {**lesson, "quiz_id": quiz["id"]}, status=201)
+    assert saved["quiz_id"] == quiz["id"]
+    base = f"/v1/quizzes/{quiz['id']}"
+    await problem(await client.get(base, headers=auth(org.m1a_member)), 404)  # not sent yet
+    async with worker_deps(settings) as deps:
+        assert await send_due_lessons(deps) == 1
+        sent = await call(client, "GET", path, org.b1_service)
+        await fanout_notice(deps, sent["notice_id"])
+    assert (await call(client, "GET", base, org.b1_service))["notice_id"] == sent["notice_id"]
+    a = await call(client, "POST", f"{base}/attempts", org.m1a_member, status=201)
+    await call(client, "POST", f"{base}/attempts/{a['id']}/submit", org.m1a_member, {"answers": {"q1": "b"}})
+    row = await db.fetchrow(
+        "SELECT read_via FROM recipients WHERE notice_id = $1::uuid AND member_id = 'm1a'", sent["notice_id"]
+    )
+    assert row is not None and row["read_via"] == "quiz"
+    # Edited after it went out, keeping its quiz: fine; another lesson cannot take that quiz.
+    await call(
+        client, "PUT", path, org.b1_service, {**lesson, "title": "第一课 (rev.)", "quiz_id": quiz["id"]}
+    )
+    tomorrow = f"/v1/units/b1/lessons/{(day + timedelta(days=1)).isoformat()}"
+    again = await client.put(tomorrow, json={**lesson, "quiz_id": quiz["id"]}, headers=auth(org.b1_service))
+    await problem(again, 422)

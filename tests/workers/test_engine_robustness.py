@@ -277,6 +277,7 @@ async def test_scheduled_send_survives_restarts_and_a_wiped_redis(
         "dingtalk_recalls": 0,
         "dingtalk_ding_recalls": 0,
         "unit_posts": 0,
+        "quiz_deadlines": 0,
     }
     redis = Redis.from_url(settings_sms.redis_url)
     await redis.flushdb()  # every queued job gone; the row is the timer

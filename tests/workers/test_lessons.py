@@ -381,6 +381,7 @@ async def test_quiet_hours_hold_the_lesson_push_until_7_and_a_ding_goes_at_once(
         "dingtalk_recalls": 0,
         "dingtalk_ding_recalls": 0,
         "unit_posts": 0,
+        "quiz_deadlines": 0,
     }
     assert env.pushes() == Counter(
         {("early", lesson_id): 1, ("early", ding_id): 1, ("sleeper", ding_id): 1, ("sleeper", lesson_id): 1}
@@ -434,6 +435,7 @@ async def test_evening_reminder_reaches_only_the_unread_once(env: Env) -> None:
         "dingtalk_recalls": 0,
         "dingtalk_ding_recalls": 0,
         "unit_posts": 0,
+        "quiz_deadlines": 0,
     }
     assert env.pushes() == Counter(
         {(team[0], nid): 1, (team[1], nid): 1, (team[2], nid): 2, (team[3], nid): 2}
