@@ -335,6 +335,11 @@ async def _csv_pages(pool: Pool, quiz: Record, roots: list[str] | None) -> Async
         offset += CSV_PAGE
 
 
+def _plain(value: Decimal | None) -> str:
+    """A score as people write it: 100, 62.5 (never 100.00 or 1E+2)."""
+    return "" if value is None else f"{value.normalize():f}"
+
+
 def _csv_row(row: Record, quiz: Record) -> list[str]:
     score, max_score = row["score"], row["max_score"]
     passed = _passed(score, quiz["pass_mark"])
@@ -344,8 +349,8 @@ def _csv_row(row: Record, quiz: Record) -> list[str]:
         row["name"],
         " ".join(row["direct_units"] or ()),
         "yes" if row["rank"] is not None else "no",
-        "" if score is None else f"{score:f}",
-        "" if max_score is None else f"{max_score:f}",
+        _plain(score),
+        _plain(max_score),
         "" if score is None or not max_score else f"{100 * score / max_score:.1f}",
         "" if passed is None else ("yes" if passed else "no"),
         "" if row["seconds_taken"] is None else f"{row['seconds_taken']:.0f}",
