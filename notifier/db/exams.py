@@ -43,6 +43,7 @@ INSERT INTO ranking_settings (unit_id, show_names) VALUES ($1, $2)
 ON CONFLICT (unit_id) DO UPDATE SET show_names = excluded.show_names, updated_at = notifier_now()
 RETURNING unit_id, show_names, updated_at"""
 
+EXAM_IDS = "SELECT quiz_id::text FROM exams WHERE quiz_id = ANY($1::uuid[])"
 QUIZ_OF_NOTICE = "SELECT id, kind FROM quizzes WHERE notice_id = $1"
 
 # Whether the organisation(s) of member $1 show names on leaderboards: every root above the
@@ -96,6 +97,13 @@ async def put_settings(conn: Connection, unit_id: str, show_names: bool) -> Reco
 
 async def shows_names(conn: Connection, member_id: str) -> bool:
     return bool(await conn.fetchval(SHOWS_NAMES, member_id))
+
+
+async def exam_ids(conn: Connection, quiz_ids: list[str]) -> set[str]:
+    """Which of these quizzes are monthly tests."""
+    if not quiz_ids:
+        return set()
+    return {r[0] for r in await conn.fetch(EXAM_IDS, quiz_ids)}
 
 
 async def quiz_of_notice(conn: Connection, notice_id: str) -> Record | None:

@@ -91,6 +91,7 @@ async def test_after_the_close_results_are_frozen(
     client: TestClient[Any, Any], db: asyncpg.Connection, deps: WorkerDeps, org: Org
 ) -> None:
     m1b = await issue_key(client, {"name": "m1b phone", "role": "member", "member_id": "m1b"})
+    await post(client, "/v1/point-rules", {"unit_id": "c", "code": "exam_taken", "points": 5})
     closes = datetime.now(UTC) + timedelta(days=2)
     created = await send_exam(client, deps, closes_at=closes.isoformat(), remind_before=[], review="score")
     quiz_id = created["quiz"]["id"]
@@ -109,6 +110,11 @@ async def test_after_the_close_results_are_frozen(
     )
     assert row is not None and row["auto_submitted"] and row["score"] == 100
     assert row["submitted_at"] == datetime.fromisoformat(created["quiz"]["closes_at"])
+    # Taking the test earns exam_taken once, whether submitted by hand or at the close.
+    awarded = await db.fetch(
+        "SELECT member_id, points, source FROM point_awards WHERE code = 'exam_taken' ORDER BY 1"
+    )
+    assert [tuple(r) for r in awarded] == [("m1a", 5, f"quiz:{quiz_id}"), ("m1b", 5, f"quiz:{quiz_id}")]
     ranking = await get(client, f"/v1/quizzes/{quiz_id}/ranking")
     assert ranking["closed"] is True
     assert [(m["member_id"], m["rank"], m["score"]) for m in ranking["members"]] == [
