@@ -32,12 +32,14 @@ from notifier.api.notices import (
     require_channels,
     wake_fanout,
 )
-from notifier.api.problems import invalid, invalid_many
+from notifier.api.problems import Problem, invalid, invalid_many, not_found
 from notifier.api.quizzes import QuestionIn, QuizIn, QuizOut, check_quiz, create_quiz_row, quiz_view
+from notifier.api.rankings import load_rankable, staff_slice
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Channels, Strict, Timestamp, parse_uuid
 from notifier.db import exams
 from notifier.db.pool import Connection
+from notifier.db.rankings import recipients_within
 from notifier.domain.escalation import PolicyRules, Seconds, Step, format_duration
 
 routes = Router()
@@ -246,3 +248,80 @@ async def list_exams(request: web.Request, call: Call) -> web.Response:
     next_cursor = encode_time_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
     body = ExamPage.model_validate({"items": items, "next_cursor": next_cursor})
     return json_response(body.model_dump(mode="json"))
+
+
+class ExcuseIn(Strict):
+    reason: str = Field(min_length=1, max_length=500, description="e.g. 病假 (sick leave)")
+
+
+class ExcusedOut(BaseModel):
+    quiz_id: str
+    member_id: str
+    reason: str
+
+
+async def _excusable(conn: Connection, request: web.Request) -> tuple[str, str]:
+    """(test, member) a staff caller may excuse: a test whose notice it sees, not yet closed, and a
+    recipient of it inside the caller's slice; else 404 (409 once closed)."""
+    p = principal(request)
+    p.require("admin", "service", "secretary")
+    quiz = await load_rankable(conn, request.match_info["quiz_id"])
+    if quiz["kind"] != "exam" or quiz["notice_id"] is None:
+        raise not_found("quiz")
+    roots = await staff_slice(conn, p, quiz, None)
+    member_id = request.match_info["member_id"]
+    if member_id not in await recipients_within(conn, str(quiz["notice_id"]), [member_id], roots):
+        raise not_found("member")
+    if quiz["closed"]:
+        raise Problem(409, "Conflict", "the test has closed: who was expected to take it is final")
+    return str(quiz["id"]), member_id
+
+
+@routes.route(
+    "PUT",
+    "/v1/quizzes/{quiz_id}/excused/{member_id}",
+    summary="Excuse a member from a test (leave): not expected, in no denominator",
+    tag="quizzes",
+    body=ExcuseIn,
+    response=ExcusedOut,
+    responses={409: "the test has closed"},
+)
+async def excuse_member(request: web.Request, call: Call) -> web.Response:
+    body = call.body_as(ExcuseIn)
+    async with request.app[DEPS].pool.acquire() as conn, conn.transaction():
+        quiz_id, member_id = await _excusable(conn, request)
+        await exams.excuse(conn, quiz_id, member_id, body.reason)
+        await audit.record(
+            conn,
+            request,
+            "exam.excuse",
+            "quiz",
+            quiz_id,
+            await audit.member_units(conn, member_id),
+            {"member_id": member_id},
+        )
+    return json_response({"quiz_id": quiz_id, "member_id": member_id, "reason": body.reason})
+
+
+@routes.route(
+    "DELETE",
+    "/v1/quizzes/{quiz_id}/excused/{member_id}",
+    summary="Withdraw a member's excuse from a test",
+    tag="quizzes",
+    status=204,
+    responses={409: "the test has closed"},
+)
+async def unexcuse_member(request: web.Request, call: Call) -> web.Response:
+    async with request.app[DEPS].pool.acquire() as conn, conn.transaction():
+        quiz_id, member_id = await _excusable(conn, request)
+        await exams.excuse(conn, quiz_id, member_id, None)
+        await audit.record(
+            conn,
+            request,
+            "exam.unexcuse",
+            "quiz",
+            quiz_id,
+            await audit.member_units(conn, member_id),
+            {"member_id": member_id},
+        )
+    return web.Response(status=204)

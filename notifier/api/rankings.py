@@ -162,7 +162,7 @@ async def load_rankable(conn: Connection, quiz_id: str) -> Record:
     return quiz
 
 
-async def _staff_slice(conn: Connection, p: Principal, quiz: Record, unit: str | None) -> list[str] | None:
+async def staff_slice(conn: Connection, p: Principal, quiz: Record, unit: str | None) -> list[str] | None:
     """The roots of the caller's slice of the test's takers; 404 (quiz) when it may not see it."""
     if quiz["notice_id"] is None:
         if p.is_admin or (p.scope_root and quiz["scope_unit_id"] and p.scope_root == quiz["scope_unit_id"]):
@@ -217,7 +217,7 @@ async def get_ranking(request: web.Request, call: Call) -> web.StreamResponse:
             if q.unit is not None:
                 raise not_found("unit")
             return json_response(await _member_view(conn, p, quiz, q.limit, offset))
-        roots = await _staff_slice(conn, p, quiz, q.unit)
+        roots = await staff_slice(conn, p, quiz, q.unit)
         if wants_csv(request):
             csv_roots = roots
         else:

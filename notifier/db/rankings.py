@@ -70,6 +70,18 @@ LEFT JOIN quiz_results q ON q.quiz_id = $2 AND q.member_id = e.member_id
 GROUP BY rows.unit_id, rows.name"""
 
 
+# Which of members $2 are recipients of notice $1 inside the slice $3 (empty: anywhere).
+WITHIN = """
+SELECT member_id FROM recipients
+WHERE notice_id = $1 AND member_id = ANY($2::text[]) AND (cardinality($3::text[]) = 0 OR units && $3::text[])"""
+
+
+async def recipients_within(
+    conn: Connection, notice_id: str, member_ids: list[str], roots: list[str] | None
+) -> set[str]:
+    return {r["member_id"] for r in await conn.fetch(WITHIN, notice_id, member_ids, roots or [])}
+
+
 async def members(
     conn: Connection,
     notice_id: str,

@@ -193,3 +193,37 @@ async def test_creation_is_idempotent_per_key(
     assert first.status == again.status == 201 and again.headers["Idempotent-Replayed"] == "true"
     assert (await first.json()) == (await again.json())
     assert await db.fetchval("SELECT count(*) FROM exams") == 1
+
+
+async def test_an_excused_member_is_not_expected_and_only_the_branch_may_excuse(
+    client: TestClient[Any, Any], db: asyncpg.Connection, deps: WorkerDeps, org: Org
+) -> None:
+    created = await send_exam(client, deps, audience={"units": ["b1", "b2"]})
+    quiz_id = created["quiz"]["id"]
+    await take(client, quiz_id, org.m1a_member, {"q1": True, "q2": "a"})
+    path = f"/v1/quizzes/{quiz_id}/excused/m1b"
+    leave = {"reason": "病假"}
+    # Not b2's member, not a member's business, not a member the test reached.
+    await problem(await client.put(path, json=leave, headers=auth(org.b2_service)), 404)
+    await problem(await client.put(path, json=leave, headers=auth(org.m1a_member)), 403)
+    resp = await client.put(
+        f"/v1/quizzes/{quiz_id}/excused/nobody", json=leave, headers=auth(org.b1_secretary)
+    )
+    await problem(resp, 404)
+    ok = await client.put(path, json=leave, headers=auth(org.b1_secretary))
+    assert ok.status == 200 and (await ok.json())["reason"] == "病假"
+
+    ranking = await get(client, f"/v1/quizzes/{quiz_id}/ranking?unit=c")
+    b1 = next(b for b in ranking["branches"] if b["unit_id"] == "b1")
+    assert (b1["expected"], b1["participants"], b1["participation_rate"]) == (1, 1, 1.0)
+    assert "m1b" not in [m["member_id"] for m in ranking["members"]]
+    assert ranking["summary"]["expected"] == 3
+
+    gone = await client.delete(path, headers=auth(org.b1_service))
+    assert gone.status == 204
+    ranking = await get(client, f"/v1/quizzes/{quiz_id}/ranking?unit=c")
+    assert next(b for b in ranking["branches"] if b["unit_id"] == "b1")["expected"] == 2
+
+    await advance_clock(db, 11 * DAY)  # closed: who was expected is final
+    await problem(await client.put(path, json=leave, headers=auth()), 409)
+    await problem(await client.delete(path, headers=auth()), 409)

@@ -75,6 +75,15 @@ async def test_a_branch_where_3_of_40_took_it_does_not_top_one_where_38_of_40_di
     assert data["summary"]["expected"] == 82 and data["summary"]["participants"] == 41
     assert "Wilson" in data["rule"]
 
+    # Excuse the 37 who did not take it: 3 of 3 now, a perfect rate on a small sample -- still second.
+    await db.executemany(
+        "INSERT INTO exam_excused (quiz_id, member_id, reason) VALUES ($1, $2, '病假')",
+        [(quiz, m) for m in org["few"][3:]],
+    )
+    data = await get(client, f"/v1/quizzes/{quiz}/ranking?unit=c")
+    ranked = [(b["unit_id"], b["rank"], b["expected"], b["participation_rate"]) for b in data["branches"]]
+    assert ranked == [("most", 1, 40, 0.95), ("few", 2, 3, 1.0), ("none", 3, 2, 0.0)]
+
 
 async def test_who_sees_what_of_a_ranking(
     client: TestClient[Any, Any], db: asyncpg.Connection, deps: WorkerDeps
