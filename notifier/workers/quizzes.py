@@ -9,7 +9,8 @@ attempt still open, so two paths never submit twice.
 
 Every submission, by the member or by the clock, goes through :func:`submit` in the caller's
 transaction: the attempts are scored (domain/scoring.py), stored with the members' graded
-results (db/quizzes.SUBMIT), the quiz's notice is marked read (``via: quiz``) and, when a result
+results (db/quizzes.SUBMIT), the quiz's notice is marked read (``via: quiz``; a lesson's read earns
+``lesson_read`` as on every read path, dwell permitting) and, when a result
 is final for the first time, the member earns ``quiz_full`` (full marks) or ``quiz_partial``
 (some points) once per quiz.
 """
@@ -70,8 +71,12 @@ async def submit(conn: Connection, rows: list[dict[str, Any]]) -> list[Record]:
     done = await quizzes.submit(conn, rows)
     read = [r for r in done if r["notice_id"] is not None]
     if read:
-        await receipts.mark_read_many(
+        recorded = await receipts.mark_read_many(
             conn, [str(r["notice_id"]) for r in read], [r["member_id"] for r in read], "quiz"
+        )
+        # A lesson's quiz: its read is a lesson read like any other (lesson_read, dwell permitting).
+        await points.award_lesson_reads(
+            conn, [str(r["notice_id"]) for r in recorded], [r["member_id"] for r in recorded]
         )
     await award(conn, [r for r in done if r["newly_final"]])
     return done

@@ -4,6 +4,7 @@ scored on submit; the answer key absent from every member-visible response; atte
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -387,6 +388,7 @@ async def test_points_on_the_first_final_result_once(
 async def test_a_lesson_carries_its_quiz_and_the_submitted_attempt_reads_the_lesson(
     client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
 ) -> None:
+    await db.execute("INSERT INTO point_rules (root_unit_id, code, points) VALUES ('c', 'lesson_read', 1)")
     quiz = await call(client, "POST", "/v1/quizzes", org.b1_service, quiz_body(notice=None), status=201)
     other = await call(client, "POST", "/v1/quizzes", org.b2_service, quiz_body(notice=None), status=201)
     # Today's local date in Asia/Shanghai (the default zone); its 08:00 lesson time reached.
@@ -417,6 +419,11 @@ async def test_a_lesson_carries_its_quiz_and_the_submitted_attempt_reads_the_les
         "SELECT read_via FROM recipients WHERE notice_id = $1::uuid AND member_id = 'm1a'", sent["notice_id"]
     )
     assert row is not None and row["read_via"] == "quiz"
+    # ... and a lesson read like any other: lesson_read (this rule asks no dwell).
+    earned = (
+        "SELECT points FROM point_awards WHERE member_id = 'm1a' AND code = 'lesson_read' AND source = $1"
+    )
+    assert await db.fetchval(earned, f"notice:{sent['notice_id']}") == 1
     # Edited after it went out, keeping its quiz: fine; another lesson cannot take that quiz.
     await call(
         client, "PUT", path, org.b1_service, {**lesson, "title": "第一课 (rev.)", "quiz_id": quiz["id"]}
@@ -424,3 +431,28 @@ async def test_a_lesson_carries_its_quiz_and_the_submitted_attempt_reads_the_les
     tomorrow = f"/v1/units/b1/lessons/{(day + timedelta(days=1)).isoformat()}"
     again = await client.put(tomorrow, json={**lesson, "quiz_id": quiz["id"]}, headers=auth(org.b1_service))
     await problem(again, 422)
+
+
+async def test_concurrent_starts_and_submits_make_one_attempt_and_one_result(
+    client: TestClient[Any, Any], settings: Settings, db: asyncpg.Connection, org: Org
+) -> None:
+    quiz = await send_quiz(client, settings, org.b1_secretary)
+    base = f"/v1/quizzes/{quiz['id']}"
+    starts = await asyncio.gather(
+        *(client.post(f"{base}/attempts", headers=auth(org.m1a_member)) for _ in range(4))
+    )
+    assert sorted(r.status for r in starts) == [200, 200, 200, 201]
+    ids = {(await r.json())["id"] for r in starts}
+    assert len(ids) == 1
+    aid = ids.pop()
+    body = {"answers": {"q1": "b"}}
+    submits = await asyncio.gather(
+        *(
+            client.post(f"{base}/attempts/{aid}/submit", json=body, headers=auth(org.m1a_member))
+            for _ in range(3)
+        )
+    )
+    assert sorted(r.status for r in submits) == [200, 409, 409]  # the others brought answers too late
+    row = await db.fetchrow("SELECT attempts, score FROM quiz_results WHERE quiz_id = $1::uuid", quiz["id"])
+    assert row is not None and (row["attempts"], row["score"]) == (1, 2)
+    assert await db.fetchval("SELECT count(*) FROM quiz_attempts") == 1
