@@ -107,7 +107,7 @@ async def test_a_monthly_test_from_the_console_to_the_phone_and_back_ranked(
         )
         await phone.click(f'ul.inbox a[href="/m/notices/{notice_id}"]')
         await phone.wait_for_url(f"**/m/notices/{notice_id}")
-        await asyncio.sleep(1.5)  # the read beacon's moment: a test is not done by reading it
+        await asyncio.sleep(2.5)  # past the read beacon's moment (1.5 s): a test is not done by reading it
         await phone.click("#take-quiz")
         await phone.wait_for_url(f"**/m/quizzes/{quiz_id}")
         await phone.click("#start")

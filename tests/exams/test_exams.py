@@ -19,7 +19,7 @@ from notifier.workers.quizzes import submit_overdue
 from tests.api.conftest import Org, issue_key, problem
 from tests.conftest import advance_clock, auth
 from tests.exams.conftest import QUESTIONS
-from tests.helpers import get, post
+from tests.helpers import get, post, put
 
 DAY = 86400.0
 
@@ -175,8 +175,9 @@ async def test_who_may_create_and_list_tests(
     ],
 )
 async def test_bad_tests_are_422_naming_the_field_and_store_nothing(
-    client: TestClient[Any, Any], db: asyncpg.Connection, org: Org, over: dict[str, Any], field: str
+    client: TestClient[Any, Any], db: asyncpg.Connection, over: dict[str, Any], field: str
 ) -> None:
+    await put(client, "/v1/units/b1", {"name": "Branch b1"})
     body = await problem(await client.post("/v1/exams", json=exam_body(**over), headers=auth()), 422)
     assert field in [e["field"] for e in body["errors"]], body
     assert await db.fetchval("SELECT count(*) FROM notices") == 0
