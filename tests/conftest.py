@@ -50,6 +50,7 @@ TABLES = ", ".join(
     + ["unit_budgets", "budget_spend"]
     + ["quiz_results", "quiz_attempts", "quizzes"]
     + ["point_rules", "point_awards", "notice_views"]
+    + ["exams", "exam_excused", "ranking_settings"]
 )
 
 

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from tests.conftest import ADMIN_TOKEN
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## Walk-through with curl", "## A secretary's morning", "## Study points", "## Quizzes")
+SECTIONS = ("## Walk-through with curl", "## A secretary's morning", "## Study points", "## Quizzes", "## A month of study: the monthly test, its rankings and the CSV")
 
 
 def readme_script() -> str:
@@ -67,3 +67,9 @@ async def test_the_readme_walk_through_and_a_secretarys_morning_work_as_written(
     )
     assert [s["channel"] for s in steps] == ["inapp", "webhook"]
     assert '"unit_id":"branch-3","name":"Branch 3 (Patrol)","own":true,"notices":2' in out.decode()
+    # The month's test: Li Wei took it (100 of 100, rank 1), branch 4's two officers did not; the
+    # appraisal CSV lists all three, Li Wei first.
+    ranking = (tmp_path / "ranking.csv").read_bytes().decode("utf-8")
+    assert ranking.startswith("\ufeffrank,member_id,name,units,taken,score")
+    assert ranking.splitlines()[1].startswith("1,officer-17,Li Wei,branch-3,yes,100,100,100.0,yes,")
+    assert sorted(line.split(",")[1] for line in ranking.splitlines()[2:]) == ["officer-41", "officer-42"]

@@ -124,7 +124,7 @@ def wants_csv(request: web.Request) -> bool:
     return any(part.split(";")[0].strip().lower() == CSV_TYPE for part in accept.split(","))
 
 
-def _cell(value: str) -> str:
+def csv_cell(value: str) -> str:
     """Spreadsheets run a cell starting with = + - @ as a formula: a member's name must not."""
     return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
 
@@ -154,10 +154,10 @@ def _csv_row(row: Record, w: Why) -> list[str]:
         channels,
         steps,
     ]
-    return [_cell(v) for v in values]
+    return [csv_cell(v) for v in values]
 
 
-def _csv_text(rows: list[list[str]]) -> bytes:
+def csv_text(rows: list[list[str]]) -> bytes:
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n").writerows(rows)
     return out.getvalue().encode()
@@ -205,8 +205,8 @@ async def roll_call(request: web.Request, call: Call) -> web.StreamResponse:
         }
     )
     await resp.prepare(request)
-    await resp.write("\ufeff".encode() + _csv_text([list(CSV_COLUMNS)]))
+    await resp.write("\ufeff".encode() + csv_text([list(CSV_COLUMNS)]))
     async for items, _ in pages:
-        await resp.write(_csv_text([_csv_row(r, w) for r, w in items]))
+        await resp.write(csv_text([_csv_row(r, w) for r, w in items]))
     await resp.write_eof()
     return resp

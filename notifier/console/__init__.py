@@ -13,7 +13,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from notifier.console import member, notices, points, send, signin, units
+from notifier.console import member, notices, points, send, signin, study, units
 from notifier.console.pages import add_security_headers
 
 HERE = Path(__file__).parent
@@ -60,6 +60,15 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/units", units.show_units)
     r.add_get("/console/reports", units.show_reports)
     r.add_get("/console/points", points.show_points)
+    r.add_get("/console/exams", study.list_exams)
+    r.add_get("/console/exams/new", study.new_exam)
+    r.add_post("/console/exams", study.create_exam)
+    r.add_get("/console/quizzes/{quiz_id}/ranking", study.show_ranking)
+    r.add_get("/console/quizzes/{quiz_id}/ranking.csv", study.ranking_csv)
+    r.add_get("/m/quizzes/{quiz_id}", study.member_quiz)
+    r.add_post("/m/quizzes/{quiz_id}/attempts", study.member_start)
+    r.add_get("/m/quizzes/{quiz_id}/attempts/{attempt_id}", study.member_attempt)
+    r.add_post("/m/quizzes/{quiz_id}/attempts/{attempt_id}", study.member_answer)
     r.add_get("/m", _to_slash)
     r.add_get("/m/", member.inbox)
     r.add_get("/m/notices/{notice_id}", member.show)

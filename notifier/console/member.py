@@ -31,7 +31,7 @@ from notifier.console.apicall import as_principal, call
 from notifier.console.pages import error_page, page, render, t
 from notifier.console.session import Session, set_cookie, start
 from notifier.console.signin import _pre_ok, _pre_token, _with_pre_cookie
-from notifier.db import console, contacts, notices, recipients
+from notifier.db import console, contacts, exams, notices, recipients
 from notifier.links import BadLink, read_token
 
 INBOX_SIZE = 50
@@ -68,7 +68,10 @@ async def show(request: web.Request, session: Session) -> web.Response:
     assert session.member_id is not None
     notice, read = await _addressed(request, session.member_id, request.match_info["notice_id"])
     lesson = await points.lesson_state(request, session.member_id, notice)
-    return render(request, "member_notice.html", {"notice": notice, "read": read, "lesson_points": lesson})
+    async with request.app[DEPS].pool.acquire() as conn:  # a quiz or test it carries (study pages)
+        quiz = await exams.quiz_of_notice(conn, str(notice["id"]))
+    context = {"notice": notice, "read": read, "lesson_points": lesson, "quiz": quiz}
+    return render(request, "member_notice.html", context)
 
 
 @page(console_roles=False, member=True)

@@ -21,7 +21,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from notifier.db import points, quizzes, receipts
+from notifier.db import exams, points, quizzes, receipts
 from notifier.db.pool import Connection, Record
 from notifier.domain import scoring
 from notifier.workers.context import WorkerDeps
@@ -53,6 +53,9 @@ async def award(conn: Connection, results: list[Record]) -> int:
     for r in results:
         if r["score"] > 0:
             by_code["quiz_full" if r["score"] >= r["max_score"] else "quiz_partial"].append(r)
+    # A monthly test taken earns ``exam_taken`` too, whatever the score (api/exams.py).
+    tests = await exams.exam_ids(conn, sorted({str(r["quiz_id"]) for r in results}))
+    by_code["exam_taken"] = [r for r in results if str(r["quiz_id"]) in tests]
     total = 0
     for code, rows in by_code.items():
         if rows:

@@ -68,7 +68,7 @@
 
   function beacon() {
     var art = document.getElementById("member-notice");
-    if (!art || art.getAttribute("data-read") === "yes" || art.getAttribute("data-kind") === "ding") { return; }
+    if (!art || art.getAttribute("data-read") === "yes" || art.getAttribute("data-kind") === "ding" || art.getAttribute("data-kind") === "exam") { return; }
     var sent = false;
     var send = function () {
       if (sent || document.visibilityState !== "visible") { return; }
