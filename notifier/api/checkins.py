@@ -259,7 +259,7 @@ async def _meeting_for_member(conn: Connection, notice_id: str, member_id: str) 
 @routes.route(
     "GET",
     "/v1/meetings/{notice_id}/checkins",
-    summary="Every check-in attempt at a meeting, accepted and refused, with the reasons",
+    summary="Check-in attempts at a meeting, accepted and refused, with the reasons (a member: their own)",
     tag="meetings",
     query=CheckinQuery,
     response=CheckinPage,
@@ -267,7 +267,7 @@ async def _meeting_for_member(conn: Connection, notice_id: str, member_id: str) 
 )
 async def list_checkins(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
-    p.require("admin", "service", "secretary")
+    p.require("admin", "service", "secretary", "member")
     q = call.query_as(CheckinQuery)
     after = 0
     if q.cursor is not None:
@@ -284,7 +284,7 @@ async def list_checkins(request: web.Request, call: Call) -> web.Response:
             after=after,
             limit=q.limit + 1,
             outcome=q.outcome,
-            member_id=q.member,
+            member_id=p.member_id if p.role == "member" else q.member,
         )
     more = len(rows) > q.limit
     rows = rows[: q.limit]

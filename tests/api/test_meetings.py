@@ -400,8 +400,8 @@ async def test_bola_on_every_endpoint(
     # Check-ins are the member's own: a secretary or service key cannot check in for them ...
     for token in (org.b1_secretary, org.b1_service):
         await problem(await client.post(f"/v1/meetings/{mid}/checkins", json=body, headers=auth(token)), 403)
-    # ... and a member cannot read the secretary's list, nor list meetings.
-    await problem(await client.get(f"/v1/meetings/{mid}/checkins", headers=auth(org.m1a_member)), 403)
+    # ... and a member sees only their own attempts, and cannot list meetings.
+    await problem(await client.get(f"/v1/meetings/{mid}/checkins", headers=auth(org.m2a_member)), 404)
     await problem(await client.get("/v1/meetings", headers=auth(org.m1a_member)), 403)
     # Creating: a member cannot; a secretary cannot hold one in another branch or invite its members.
     await problem(
@@ -435,6 +435,9 @@ async def test_bola_on_every_endpoint(
     assert got["checkins"]["accepted"] == 1 and got["notice"]["counts"]["recipients"] == 2
     everyone = await (await client.get(f"/v1/meetings/{c_meeting['id']}/checkins", headers=auth())).json()
     assert sorted(c["member_id"] for c in everyone["items"]) == ["m1a", "m2a"]
+    path = f"/v1/meetings/{c_meeting['id']}/checkins?member=m1a"
+    own = await (await client.get(path, headers=auth(org.m2a_member))).json()
+    assert [c["member_id"] for c in own["items"]] == ["m2a"]  # ?member= cannot widen a member's view
 
 
 async def test_meeting_types_are_configurable(client: Client, db: asyncpg.Connection, org: Org) -> None:
