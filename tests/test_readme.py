@@ -17,7 +17,11 @@ from aiohttp.test_utils import TestClient
 from tests.conftest import ADMIN_TOKEN
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## Walk-through with curl", "## A secretary's morning")
+SECTIONS = (
+    "## Walk-through with curl",
+    "## A secretary's morning",
+    "## Meetings (三会一课): check-in by place and time",
+)
 
 
 def readme_script() -> str:
@@ -67,3 +71,6 @@ async def test_the_readme_walk_through_and_a_secretarys_morning_work_as_written(
     )
     assert [s["channel"] for s in steps] == ["inapp", "webhook"]
     assert '"unit_id":"branch-3","name":"Branch 3 (Patrol)","own":true,"notices":2' in out.decode()
+    # The meeting: refused 1.2 km away, accepted 250 m away (its venue in GCJ-02, the phone in WGS-84).
+    verdicts = await db.fetch("SELECT verdict, round(distance_m) AS d FROM meeting_checkins ORDER BY id")
+    assert [(v["verdict"], v["d"]) for v in verdicts] == [("outside", 1200), ("ok", 250)]
