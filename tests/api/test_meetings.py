@@ -475,3 +475,16 @@ async def test_checkin_before_the_notice_reaches_the_member(
     )
     await problem(resp, 409)
     assert resp.headers["Retry-After"] == "1"
+
+
+async def test_a_recalled_meeting_takes_no_check_ins(
+    client: Client, db: asyncpg.Connection, deps: WorkerDeps, org: Org
+) -> None:
+    data = await create(client, deps, meeting_body(await now(db) + timedelta(minutes=10)))
+    resp = await client.post(f"/v1/notices/{data['id']}/recall", headers=auth())
+    assert resp.status == 200, await resp.text()
+    near = at(10)
+    body = {"lat": near[0], "lng": near[1], "datum": "wgs84", "accuracy_m": 10}
+    resp = await client.post(f"/v1/meetings/{data['id']}/checkins", json=body, headers=auth(org.m1a_member))
+    assert (await problem(resp, 409))["type"].endswith("meeting-recalled")
+    assert await db.fetchval("SELECT count(*) FROM meeting_checkins") == 0
