@@ -113,7 +113,12 @@ class MeetingIn(Strict):
         max_length=MAX_BSSIDS,
         description="Wi-Fi access points (BSSIDs) at the venue: being on one counts as being there",
     )
-    photo_required: bool = Field(default=False, strict=True)
+    photo_required: bool = Field(
+        default=False,
+        strict=True,
+        description="shown to members; a photo taken at check-in is not attached yet (it comes with the "
+        "meeting record's photo store)",
+    )
 
     @field_validator("bssids")
     @classmethod
