@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from tests.conftest import ADMIN_TOKEN
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## Walk-through with curl", "## A secretary's morning", "## Study points", "## Quizzes", "## A month of study: the monthly test, its rankings and the CSV")
+SECTIONS = ("## Walk-through with curl", "## A secretary's morning", "## Study points", "## Quizzes", "## A month of study: the monthly test, its rankings and the CSV", "## Meetings (三会一课): check-in by place and time")
 
 
 def readme_script() -> str:
@@ -73,3 +73,6 @@ async def test_the_readme_walk_through_and_a_secretarys_morning_work_as_written(
     assert ranking.startswith("\ufeffrank,member_id,name,units,taken,score")
     assert ranking.splitlines()[1].startswith("1,officer-17,Li Wei,branch-3,yes,100,100,100.0,yes,")
     assert sorted(line.split(",")[1] for line in ranking.splitlines()[2:]) == ["officer-41", "officer-42"]
+    # The meeting: refused 1.2 km away, accepted 250 m away (its venue in GCJ-02, the phone in WGS-84).
+    verdicts = await db.fetch("SELECT verdict, round(distance_m) AS d FROM meeting_checkins ORDER BY id")
+    assert [(v["verdict"], v["d"]) for v in verdicts] == [("outside", 1200), ("ok", 250)]

@@ -13,7 +13,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from notifier.console import member, notices, points, send, signin, study, units
+from notifier.console import meetings, member, notices, points, send, signin, study, units
 from notifier.console.pages import add_security_headers
 
 HERE = Path(__file__).parent
@@ -69,6 +69,13 @@ def setup(app: web.Application) -> None:
     r.add_post("/m/quizzes/{quiz_id}/attempts", study.member_start)
     r.add_get("/m/quizzes/{quiz_id}/attempts/{attempt_id}", study.member_attempt)
     r.add_post("/m/quizzes/{quiz_id}/attempts/{attempt_id}", study.member_answer)
+    r.add_get("/console/meetings", meetings.list_meetings)
+    r.add_get("/console/meetings/new", meetings.new_meeting)
+    r.add_post("/console/meetings/new", meetings.create_meeting)
+    r.add_get("/console/meetings/{notice_id}", meetings.show_meeting)
+    r.add_get("/console/meetings/{notice_id}/checkins", meetings.checkins_fragment)
+    r.add_get("/m/meetings/{notice_id}", meetings.member_meeting)
+    r.add_post("/m/meetings/{notice_id}/checkins", meetings.member_checkin)
     r.add_get("/m", _to_slash)
     r.add_get("/m/", member.inbox)
     r.add_get("/m/notices/{notice_id}", member.show)
