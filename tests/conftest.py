@@ -48,6 +48,7 @@ TABLES = ", ".join(
     + ["dingtalk_read_polls", "dingtalk_dings", "unit_posts", "unit_contacts"]
     + ["console_sessions", "console_links"]
     + ["unit_budgets", "budget_spend"]
+    + ["meeting_checkins", "meetings"]
 )
 
 
