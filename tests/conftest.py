@@ -48,7 +48,7 @@ TABLES = ", ".join(
     + ["dingtalk_read_polls", "dingtalk_dings", "unit_posts", "unit_contacts"]
     + ["console_sessions", "console_links"]
     + ["unit_budgets", "budget_spend"]
-    + ["meeting_checkins", "meetings"]
+    + ["meeting_photos", "meeting_records", "meeting_absences", "meeting_checkins", "meetings"]
 )
 
 

@@ -31,7 +31,7 @@ from notifier.api.problems import Problem, invalid, not_found
 from notifier.api.providers import read_capped
 from notifier.api.routing import Call, Reply, Router, json_response
 from notifier.api.types import Strict, parse_uuid
-from notifier.db import records
+from notifier.db import records, units
 from notifier.db.pool import Connection, Record
 from notifier.domain import photos
 from notifier.domain.records import Device, Venue, judge
@@ -45,7 +45,7 @@ class Position(Strict):
     lat: float = Field(ge=-90, le=90)
     lng: float = Field(ge=-180, le=180)
     datum: Literal["wgs84", "gcj02", "bd09"] = Field(
-        description="the datum the position is in: wgs84 (GPS, the browser), gcj02 (AMap, DingTalk), bd09 (Baidu)"
+        description="the position's datum: wgs84 (GPS, the browser), gcj02 (AMap, DingTalk), bd09 (Baidu)"
     )
     accuracy_m: float = Field(gt=0, le=100_000, description="the reported accuracy radius in metres")
 
@@ -78,13 +78,17 @@ REFUSED_422 = (
 )
 
 
-async def load_meeting(conn: Connection, p: Principal, notice_id: str, *, own: bool = False) -> Record:
-    """The meeting as ``venue`` reads it, if the caller sees the notice (``own``: created inside the
-    caller's units), else 404."""
-    view = await load_visible_notice(conn, p, notice_id, own=own)
+async def load_meeting(conn: Connection, p: Principal, notice_id: str, *, write: bool = False) -> Record:
+    """The meeting as ``venue`` reads it, if the caller sees its notice, else 404. ``write``: the
+    caller created it, or the unit holding it lies within the caller's units (its secretary)."""
+    view = await load_visible_notice(conn, p, notice_id)
     row = await records.venue(conn, view.id)
     if row is None:
         raise not_found("meeting")
+    if write and not view.owner:
+        root = p.scope_root
+        if root is None or not await units.is_within(conn, row["unit_id"], root):
+            raise not_found("meeting")
     return row
 
 
@@ -156,7 +160,7 @@ async def put_minutes(request: web.Request, call: Call) -> web.Response:
     body = call.body_as(MinutesIn)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn, conn.transaction():
-        meeting = await load_meeting(conn, p, request.match_info["notice_id"], own=True)
+        meeting = await load_meeting(conn, p, request.match_info["notice_id"], write=True)
         notice_id = str(meeting["notice_id"])
         device, distance = check_place_and_day(meeting, body)
         created = await records.put_minutes(conn, notice_id, body.minutes, device, distance, p.key_id)
@@ -164,7 +168,9 @@ async def put_minutes(request: web.Request, call: Call) -> web.Response:
             conn, request, "meeting.minutes", "notice", notice_id, [p.scope_root], {"created": created}
         )
         data = await record_view(conn, notice_id)
-    return json_response(RecordOut.model_validate(data).model_dump(mode="json"), status=201 if created else 200)
+    return json_response(
+        RecordOut.model_validate(data).model_dump(mode="json"), status=201 if created else 200
+    )
 
 
 @routes.route(
@@ -189,7 +195,7 @@ async def add_photo(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         # Judged before the body is read: a refused upload is not even buffered.
-        meeting = await load_meeting(conn, p, request.match_info["notice_id"], own=True)
+        meeting = await load_meeting(conn, p, request.match_info["notice_id"], write=True)
         check_place_and_day(meeting, at)
     data = await read_capped(request, photos.MAX_PHOTO_BYTES, what="a photo")
     kind = photos.sniff(data)
@@ -197,7 +203,7 @@ async def add_photo(request: web.Request, call: Call) -> web.Response:
         raise invalid("body", "not a JPEG or PNG image (judged by its content, not its Content-Type)")
     async with deps.pool.acquire() as conn, conn.transaction():
         # Again inside the transaction: the day may have ended while the body arrived.
-        meeting = await load_meeting(conn, p, request.match_info["notice_id"], own=True)
+        meeting = await load_meeting(conn, p, request.match_info["notice_id"], write=True)
         notice_id = str(meeting["notice_id"])
         device, distance = check_place_and_day(meeting, at)
         await records.lock_meeting(conn, notice_id)

@@ -452,7 +452,9 @@ def openapi_document(operations: list[Operation], version: str) -> dict[str, Any
         elif op.raw_body:
             item["requestBody"] = {
                 "required": True,
-                "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in op.raw_body},
+                "content": {
+                    media: {"schema": {"type": "string", "format": "binary"}} for media in op.raw_body
+                },
             }
         item["responses"] = _responses(op)
         if op.auth:

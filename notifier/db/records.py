@@ -17,14 +17,11 @@ MAX_PHOTOS = 50  # per meeting
 MAX_ATTENDANCE = 5000  # rows on one attendance list
 
 # The meeting as an upload is judged against it, with the server's clock and the time zone of
-# the unit holding it (its own or inherited; the creating unit when the meeting names none).
+# the unit holding it (its own or inherited).
 VENUE = (
-    effective_cte(
-        "SELECT coalesce(m.scope_unit_id, n.scope_unit_id) AS unit_id FROM meetings m"
-        " JOIN notices n ON n.id = m.notice_id WHERE m.notice_id = $1"
-    )
+    effective_cte("SELECT m.unit_id FROM meetings m WHERE m.notice_id = $1")
     + """
-SELECT m.notice_id, m.starts_at, m.ends_at, m.venue_lat, m.venue_lng, m.venue_datum, m.radius_m,
+SELECT m.notice_id, m.unit_id, m.type, m.starts_at, m.ends_at, m.venue_lat, m.venue_lng, m.venue_datum, m.radius_m,
        m.max_accuracy_m, coalesce((SELECT tz FROM eff LIMIT 1), 'Asia/Shanghai') AS timezone,
        (SELECT notifier_now()) AS now
 FROM meetings m WHERE m.notice_id = $1"""

@@ -52,10 +52,9 @@ REPORT_MEETINGS = (
     + subtree("$1")
     + """,
 mt AS (
-    SELECT m.notice_id, m.type, coalesce(m.scope_unit_id, n.scope_unit_id) AS unit_id, m.starts_at, m.ends_at
-    FROM meetings m JOIN notices n ON n.id = m.notice_id
+    SELECT m.notice_id, m.type, m.unit_id, m.starts_at, m.ends_at
+    FROM meetings m JOIN sub ON sub.id = m.unit_id JOIN notices n ON n.id = m.notice_id
     WHERE m.starts_at >= $2 AND m.starts_at < $3 AND n.recalled_at IS NULL
-      AND coalesce(m.scope_unit_id, n.scope_unit_id) IN (SELECT id FROM sub)
 )
 SELECT mt.notice_id, mt.type, mt.unit_id, (mt.starts_at AT TIME ZONE $4)::date AS day,
        mt.ends_at <= (SELECT notifier_now()) AND (

@@ -18,8 +18,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from notifier.domain import geo
-
-Datum = Literal["wgs84", "gcj02", "bd09"]
+from notifier.domain.geo import Datum
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +76,8 @@ def judge(venue: Venue, device: Device, now: datetime) -> tuple[float, Refusal |
         return distance, Refusal(
             "low-accuracy",
             "accuracy_m",
-            f"the position is accurate to {device.accuracy_m:.0f} m; at most {venue.max_accuracy_m} m is accepted",
+            f"the position is accurate to {device.accuracy_m:.0f} m; "
+            f"at most {venue.max_accuracy_m} m is accepted",
         )
     if distance - device.accuracy_m > venue.radius_m:
         return distance, Refusal(
