@@ -88,6 +88,13 @@ class AttendanceTotals(BaseModel):
     rate: float | None = Field(description="present / (expected - excused) over the held meetings")
 
 
+class ScheduledMeeting(BaseModel):
+    notice_id: str
+    meeting_type: str
+    starts_at: datetime
+    held: bool
+
+
 class UnitReport(BaseModel):
     unit_id: str
     name: str
@@ -99,6 +106,7 @@ class UnitReport(BaseModel):
     overdue: int
     meetings: list[TypeReport]
     attendance: AttendanceTotals
+    schedule: list[ScheduledMeeting] = Field(description="its meetings that start in the quarter")
     behind: bool = Field(description="this unit has an overdue period")
     units_behind_below: int = Field(description="units below this one that are behind")
 
@@ -242,6 +250,15 @@ def build_report(
                     "excused": excused,
                     "rate": attendance_rate(present, expected, excused),
                 },
+                "schedule": [
+                    {
+                        "notice_id": str(m["notice_id"]),
+                        "meeting_type": m["type"],
+                        "starts_at": m["starts_at"],
+                        "held": m["held"],
+                    }
+                    for m in by_unit.get(u["id"], [])
+                ],
                 "behind": overdue > 0,
                 "units_behind_below": 0,
             }

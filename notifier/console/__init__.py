@@ -13,7 +13,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from notifier.console import member, notices, send, signin, units
+from notifier.console import member, notices, records, send, signin, units
 from notifier.console.pages import add_security_headers
 
 HERE = Path(__file__).parent
@@ -59,6 +59,12 @@ def setup(app: web.Application) -> None:
     r.add_post("/console/send/edit", send.send_edit)
     r.add_get("/console/units", units.show_units)
     r.add_get("/console/reports", units.show_reports)
+    r.add_get("/console/meetings/{notice_id}/record", records.show_record)
+    r.add_post("/console/meetings/{notice_id}/minutes", records.post_minutes)
+    r.add_post("/console/meetings/{notice_id}/photos", records.post_photo)
+    r.add_get("/console/meetings/{notice_id}/photos/{photo_id}", records.photo)
+    r.add_post("/console/meetings/{notice_id}/absences", records.post_absence)
+    r.add_get("/console/supervision", records.show_supervision)
     r.add_get("/m", _to_slash)
     r.add_get("/m/", member.inbox)
     r.add_get("/m/notices/{notice_id}", member.show)

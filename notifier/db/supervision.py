@@ -56,7 +56,7 @@ mt AS (
     FROM meetings m JOIN sub ON sub.id = m.unit_id JOIN notices n ON n.id = m.notice_id
     WHERE m.starts_at >= $2 AND m.starts_at < $3 AND n.recalled_at IS NULL
 )
-SELECT mt.notice_id, mt.type, mt.unit_id, (mt.starts_at AT TIME ZONE $4)::date AS day,
+SELECT mt.notice_id, mt.type, mt.unit_id, mt.starts_at, (mt.starts_at AT TIME ZONE $4)::date AS day,
        mt.ends_at <= (SELECT notifier_now()) AND (
            EXISTS (SELECT 1 FROM meeting_checkins k WHERE k.notice_id = mt.notice_id AND k.verdict = 'ok')
            OR EXISTS (SELECT 1 FROM meeting_records x WHERE x.notice_id = mt.notice_id)
