@@ -116,6 +116,16 @@ def check_place_and_day(meeting: Record, at: Position) -> tuple[tuple[float, flo
     return (at.lat, at.lng, at.datum, at.accuracy_m), distance
 
 
+async def read_photo(request: web.Request) -> tuple[bytes, photos.PhotoType]:
+    """The request body as a photo: at most 5 MB (413 without buffering more), JPEG or PNG by its
+    magic bytes (422 naming ``body`` otherwise). For any endpoint that takes a photo."""
+    data = await read_capped(request, photos.MAX_PHOTO_BYTES, what="a photo")
+    kind = photos.sniff(data)
+    if kind is None:
+        raise invalid("body", "not a JPEG or PNG image (judged by its content, not its Content-Type)")
+    return data, kind
+
+
 async def record_view(conn: Connection, notice_id: str) -> dict[str, object]:
     minutes = await records.get_minutes(conn, notice_id)
     return {
@@ -197,10 +207,7 @@ async def add_photo(request: web.Request, call: Call) -> web.Response:
         # Judged before the body is read: a refused upload is not even buffered.
         meeting = await load_meeting(conn, p, request.match_info["notice_id"], write=True)
         check_place_and_day(meeting, at)
-    data = await read_capped(request, photos.MAX_PHOTO_BYTES, what="a photo")
-    kind = photos.sniff(data)
-    if kind is None:
-        raise invalid("body", "not a JPEG or PNG image (judged by its content, not its Content-Type)")
+    data, kind = await read_photo(request)
     async with deps.pool.acquire() as conn, conn.transaction():
         # Again inside the transaction: the day may have ended while the body arrived.
         meeting = await load_meeting(conn, p, request.match_info["notice_id"], write=True)

@@ -63,6 +63,8 @@ async def test_a_secretary_records_a_meeting_at_the_venue_and_is_refused_away_fr
     await build_branch(live)
     meeting = await meeting_for(live, db, "g0")
     await live.api("PUT", "/v1/units/g0/type", {"unit_type": "group"})
+    group = {"unit_type": "group", "meeting_type": "group_meeting", "every": "month", "times": 1}
+    await live.api("PUT", "/v1/meeting-requirements", {"requirements": [group]})
     context = await browser.new_context(
         locale="zh-CN",
         geolocation=position(60),
