@@ -39,18 +39,20 @@ from notifier.domain.records import Device, Venue, judge
 routes = Router()
 
 
-class Position(Strict):
+class DevicePosition(Strict):
     """Where the uploading device is, as its location API reports it."""
 
-    lat: float = Field(ge=-90, le=90)
-    lng: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90, allow_inf_nan=False)
+    lng: float = Field(ge=-180, le=180, allow_inf_nan=False)
     datum: Literal["wgs84", "gcj02", "bd09"] = Field(
         description="the position's datum: wgs84 (GPS, the browser), gcj02 (AMap, DingTalk), bd09 (Baidu)"
     )
-    accuracy_m: float = Field(gt=0, le=100_000, description="the reported accuracy radius in metres")
+    accuracy_m: float = Field(
+        gt=0, le=100_000, allow_inf_nan=False, description="the reported accuracy radius in metres"
+    )
 
 
-class MinutesIn(Position):
+class MinutesIn(DevicePosition):
     minutes: str = Field(min_length=1, max_length=100_000)
 
 
@@ -92,7 +94,7 @@ async def load_meeting(conn: Connection, p: Principal, notice_id: str, *, write:
     return row
 
 
-def check_place_and_day(meeting: Record, at: Position) -> tuple[tuple[float, float, str, float], float]:
+def check_place_and_day(meeting: Record, at: DevicePosition) -> tuple[tuple[float, float, str, float], float]:
     """The device as stored and its distance from the venue; 422 when the record is refused."""
     venue = Venue(
         lat=meeting["venue_lat"],
@@ -188,7 +190,7 @@ async def put_minutes(request: web.Request, call: Call) -> web.Response:
     "/v1/meetings/{notice_id}/record/photos",
     summary="Upload a site photo (the raw JPEG or PNG body), at the venue on the meeting's day",
     tag="meetings",
-    query=Position,
+    query=DevicePosition,
     response=PhotoOut,
     status=201,
     raw_body=photos.ACCEPTED,
@@ -201,7 +203,7 @@ async def put_minutes(request: web.Request, call: Call) -> web.Response:
 async def add_photo(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service", "secretary")
-    at = call.query_as(Position)
+    at = call.query_as(DevicePosition)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         # Judged before the body is read: a refused upload is not even buffered.

@@ -58,13 +58,13 @@ class Requirements(Strict):
     requirements: list[Requirement] = Field(max_length=MAX_REQUIREMENTS)
 
 
-class ReportQuery(Strict):
+class MeetingsReportQuery(Strict):
     quarter: str | None = Field(
         default=None, pattern=QUARTER_PATTERN, description="YYYYQn; default: the current quarter"
     )
 
 
-class PeriodOut(BaseModel):
+class MeetingPeriod(BaseModel):
     period: str = Field(description="2026-10 (a month) or 2026Q4 (the quarter)")
     required: int
     held: int
@@ -72,13 +72,13 @@ class PeriodOut(BaseModel):
     overdue: bool = Field(description="ended with fewer meetings held than required")
 
 
-class TypeReport(BaseModel):
+class MeetingTypeReport(BaseModel):
     meeting_type: str
     every: Literal["month", "quarter"] | None = Field(description="null: held, but not required")
     required: int = Field(description="over the whole quarter")
     held: int
     overdue: int = Field(description="periods that ended short")
-    periods: list[PeriodOut]
+    periods: list[MeetingPeriod]
 
 
 class AttendanceTotals(BaseModel):
@@ -95,7 +95,7 @@ class ScheduledMeeting(BaseModel):
     held: bool
 
 
-class UnitReport(BaseModel):
+class UnitMeetingsReport(BaseModel):
     unit_id: str
     name: str
     parent_id: str | None
@@ -104,7 +104,7 @@ class UnitReport(BaseModel):
     required: int
     held: int
     overdue: int
-    meetings: list[TypeReport]
+    meetings: list[MeetingTypeReport]
     attendance: AttendanceTotals
     schedule: list[ScheduledMeeting] = Field(description="its meetings that start in the quarter")
     behind: bool = Field(description="this unit has an overdue period")
@@ -116,7 +116,7 @@ class SupervisionReport(BaseModel):
     quarter: str
     timezone: str
     as_of: datetime = Field(description="the server clock the report was judged by")
-    units: list[UnitReport]
+    units: list[UnitMeetingsReport]
 
 
 @routes.route(
@@ -301,14 +301,14 @@ def _roll_up(entries: list[dict[str, Any]]) -> None:
     "/v1/units/{unit_id}/meetings/report",
     summary="Supervision: per unit of the subtree, meetings held vs required, overdue, attendance",
     tag="meetings",
-    query=ReportQuery,
+    query=MeetingsReportQuery,
     response=SupervisionReport,
     responses={422: "quarter is before 1970"},
 )
 async def meetings_report(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service", "secretary")
-    q = call.query_as(ReportQuery)
+    q = call.query_as(MeetingsReportQuery)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         unit = await require_unit(conn, p, request.match_info["unit_id"])

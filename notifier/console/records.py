@@ -72,7 +72,7 @@ async def post_photo(request: web.Request, session: Session) -> web.Response:
     in a header): the answer is JSON for the script -- the photo, or the problem's reason."""
     where = {k: request.query[k] for k in ("lat", "lng", "datum", "accuracy_m") if k in request.query}
     try:
-        query = _validated(records_api.Position, where)
+        query = _validated(records_api.DevicePosition, where)
         sub = as_principal(request, session.principal, match=_match(request))
         return await records_api.add_photo(sub, Call(None, query))  # type: ignore[return-value]
     except Problem as problem:
@@ -113,7 +113,7 @@ async def show_supervision(request: web.Request, session: Session) -> web.Respon
     quarter = request.query.get("quarter") or None
     report = None
     if unit_id:
-        query = _validated(supervision_api.ReportQuery, {"quarter": quarter} if quarter else {})
+        query = _validated(supervision_api.MeetingsReportQuery, {"quarter": quarter} if quarter else {})
         report = await call(
             request, p, supervision_api.meetings_report, query=query, match={"unit_id": unit_id}
         )
