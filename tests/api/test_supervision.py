@@ -129,6 +129,10 @@ async def test_the_report_and_the_settings_are_scoped(
     ):
         await problem(resp, 403)
     assert await db.fetchval("SELECT unit_type FROM units WHERE id = 'b1'") is None
+    # A type survives the whole-unit PUT, which knows nothing of it.
+    await put(client, "/v1/units/b1/type", {"unit_type": "branch"})
+    await put(client, "/v1/units/b1", {"name": "Branch b1", "parent_id": "c"})
+    assert by_unit(await get(client, "/v1/units/b1/meetings/report"))["b1"]["unit_type"] == "branch"
     bad = await client.get("/v1/units/c/meetings/report?quarter=2026Q5", headers=auth())
     await problem(bad, 422)
     resp = await client.put(
