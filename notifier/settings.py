@@ -243,6 +243,11 @@ class Settings(BaseSettings):
     console_idle_seconds: int = Field(default=30 * 60, ge=10)  # a session unused this long ends
     console_session_seconds: int = Field(default=12 * 3600, ge=60)  # and ends this long after sign-in
 
+    # Meeting check-ins (POST /v1/meetings/{id}/checkins): a member may retry a refused check-in
+    # within the window, at most this many attempts a minute and this many per meeting in all.
+    checkin_attempts_per_minute: int = Field(default=6, ge=1)
+    checkin_attempts_max: int = Field(default=30, ge=1)
+
     def production_problems(self) -> list[str]:
         """What makes these settings unsafe outside development (empty when fine)."""
         problems = []

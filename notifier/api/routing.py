@@ -326,6 +326,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "photo_id": _UUID,
     "date": {"type": "string", "format": "date", "description": "a local date, YYYY-MM-DD"},
     "channel": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z0-9_-]+$"},
+    "type_code": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z][a-z0-9_]*$"},
     "token": {
         "type": "string",
         "minLength": 1,

@@ -138,6 +138,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT (notice_id, member_id) WHERE verdict = 'ok' DO NOTHING
 RETURNING {CHECKIN_COLUMNS}"""
 
+# One member's attempts at one meeting are taken one at a time (to the end of the transaction), so
+# the retry limits count exactly and a second accepted check-in finds the first.
+LOCK_MEMBER = "SELECT pg_advisory_xact_lock(hashtextextended($1::text || ':' || $2, 727025))"
+
 ACCEPTED = f"SELECT {CHECKIN_COLUMNS} FROM meeting_checkins c WHERE c.notice_id = $1 AND c.member_id = $2 AND c.verdict = 'ok'"
 
 # The member's attempts at this meeting: in all, and since $3 (the retry limits).
@@ -185,6 +189,10 @@ async def insert_checkin(conn: Connection, values: dict[str, Any]) -> Record | N
     )
 
 
+async def lock_member(conn: Connection, notice_id: str, member_id: str) -> None:
+    await conn.execute(LOCK_MEMBER, notice_id, member_id)
+
+
 async def accepted(conn: Connection, notice_id: str, member_id: str) -> Record | None:
     return await conn.fetchrow(ACCEPTED, notice_id, member_id)
 
@@ -206,3 +214,22 @@ async def list_checkins(
     member_id: str | None = None,
 ) -> list[Record]:
     return list(await conn.fetch(LIST_CHECKINS, notice_id, slice_root, after, limit, outcome, member_id))
+
+
+# How many members checked in (accepted; of those, flagged) and how many attempts were refused,
+# counting only members in $2's subtree (NULL: everyone).
+CHECKIN_COUNTS = f"""
+WITH RECURSIVE {subtree("ARRAY[$2::text]")}
+SELECT count(*) FILTER (WHERE c.verdict = 'ok') AS accepted,
+       count(*) FILTER (WHERE c.verdict = 'ok' AND c.flagged) AS flagged,
+       count(*) FILTER (WHERE c.verdict <> 'ok') AS rejected
+FROM meeting_checkins c
+WHERE c.notice_id = $1
+  AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM member_units mu JOIN sub ON sub.id = mu.unit_id
+                                   WHERE mu.member_id = c.member_id))"""
+
+
+async def checkin_counts(conn: Connection, notice_id: str, slice_root: str | None) -> Record:
+    row = await conn.fetchrow(CHECKIN_COUNTS, notice_id, slice_root)
+    assert row is not None
+    return row
