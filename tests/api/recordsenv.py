@@ -1,7 +1,6 @@
-"""A meeting to record: a notice of kind meeting with its meeting row, fanned out to its audience.
-
-``make_meeting`` stores the meeting the way the meetings endpoint does (a notice through the one
-creation path, then its ``meetings`` row) and waits for the fan-out, so recipients exist.
+"""A meeting to record, created by POST /v1/meetings and fanned out (so recipients exist), and
+accepted check-ins at any time of it (``check_in``: for meetings whose window the test does not
+live through; the check-in endpoint itself is used where it can be).
 """
 
 from __future__ import annotations
@@ -36,28 +35,25 @@ async def make_meeting(
     starts: timedelta = timedelta(minutes=-10),
     hours: float = 1,
     at: datetime | None = None,
+    window: timedelta | None = None,
 ) -> str:
-    """A meeting held by ``unit`` for its members, starting ``starts`` from the engine clock (or
-    ``at``); created with ``token`` (admin by default)."""
-    body = {"kind": "notice", "title": "党小组会", "body": "Meeting", "audience": {"units": [unit]}}
-    notice = await post(client, "/v1/notices", body, token=token, status=202)
-    notice_id = str(notice["id"])
+    """A meeting held by ``unit`` for its subtree (POST /v1/meetings), starting ``starts`` from the
+    engine clock (or ``at``); created with ``token`` (admin by default); ``window``: check-ins
+    close that long after the start (default: the API's). Returns once it has fanned out."""
     now: datetime = await db.fetchval("SELECT notifier_now()")
     start = at or now + starts
-    await db.execute("UPDATE notices SET kind = 'meeting' WHERE id = $1", notice_id)
-    await db.execute(
-        """INSERT INTO meetings (notice_id, type, unit_id, scope_unit_id, starts_at, ends_at, venue_lat,
-               venue_lng, venue_datum, checkin_opens_at, checkin_closes_at)
-           SELECT id, $2, $3, scope_unit_id, $4::timestamptz, $5::timestamptz, $6, $7, 'wgs84',
-                  $4::timestamptz - interval '30 minutes', $5::timestamptz
-           FROM notices WHERE id = $1""",
-        notice_id,
-        kind,
-        unit,
-        start,
-        start + timedelta(hours=hours),
-        *VENUE,
-    )
+    body: dict[str, Any] = {
+        "type": kind,
+        "title": "党小组会",
+        "unit_id": unit,
+        "starts_at": start.isoformat(),
+        "ends_at": (start + timedelta(hours=hours)).isoformat(),
+        "venue": {"lat": VENUE[0], "lng": VENUE[1], "datum": "wgs84"},
+    }
+    if window is not None:
+        body["checkin_closes_at"] = (start + window).isoformat()
+    meeting = await post(client, "/v1/meetings", body, token=token)
+    notice_id = str(meeting["id"])
 
     async def fanned_out() -> bool:
         n = await get(client, f"/v1/notices/{notice_id}")

@@ -19,8 +19,8 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from notifier.domain.photos import MAX_PHOTO_BYTES
-from tests.api.conftest import Org, problem
-from tests.api.recordsenv import check_in, make_meeting, near
+from tests.api.conftest import Org, issue_key, problem
+from tests.api.recordsenv import make_meeting, near
 from tests.conftest import advance_clock, auth
 from tests.helpers import get, put
 
@@ -197,9 +197,12 @@ async def test_attendance_counts_the_checked_in_the_late_and_leaves_the_excused_
 ) -> None:
     await put(client, "/v1/members/m1c", {"name": "Officer c", "units": ["g1a"]})
     await put(client, "/v1/members/m1d", {"name": "Officer d", "units": ["g1b"]})
+    m1c = await issue_key(client, {"name": "m1c phone", "role": "member", "member_id": "m1c"})
+    m1d = await issue_key(client, {"name": "m1d phone", "role": "member", "member_id": "m1d"})
     key = org.b1_secretary
-    meeting = await make_meeting(client, db, unit="b1", token=key, starts=timedelta(minutes=-30))
-    # m1a states a leave and comes anyway; the secretary records m1b's; m1c is late; m1d stays away.
+    meeting = await make_meeting(client, db, unit="b1", token=key, starts=timedelta(minutes=10))
+    # m1a states a leave and comes anyway; the secretary records m1b's; m1c is late; m1d tries
+    # from 2 km away (refused) and stays away.
     resp = await client.put(
         f"/v1/meetings/{meeting}/absences/m1a", json={"reason": "出差"}, headers=auth(org.m1a_member)
     )
@@ -208,8 +211,17 @@ async def test_attendance_counts_the_checked_in_the_late_and_leaves_the_excused_
         f"/v1/meetings/{meeting}/absences/m1b", json={"reason": "病假"}, headers=auth(key)
     )
     assert resp.status == 201 and (await resp.json())["leave"]["by_member"] is False
-    await check_in(db, meeting, "m1a")
-    await check_in(db, meeting, "m1c", late=True)
+
+    async def checkin(token: str, metres: float) -> str:
+        where = {k: float(v) if k != "datum" else v for k, v in near(metres).items()}
+        resp = await client.post(f"/v1/meetings/{meeting}/checkins", json=where, headers=auth(token))
+        assert resp.status == 201, await resp.text()
+        return str((await resp.json())["verdict"])
+
+    assert await checkin(org.m1a_member, 30) == "ok"  # 10 minutes before the start
+    assert await checkin(m1d, 2000) == "outside"
+    await advance_clock(db, 12 * 60)
+    assert await checkin(m1c, 30) == "ok"  # 2 minutes after it
     data = await get(client, f"/v1/meetings/{meeting}/attendance", key)
     assert {m["member_id"]: m["status"] for m in data["members"]} == {
         "m1a": "present",
@@ -230,6 +242,7 @@ async def test_attendance_counts_the_checked_in_the_late_and_leaves_the_excused_
     # One group's slice.
     g1b = await get(client, f"/v1/meetings/{meeting}/attendance?unit=g1b", key)
     assert sorted(m["member_id"] for m in g1b["members"]) == ["m1b", "m1d"]
+    assert next(m for m in data["members"] if m["member_id"] == "m1d")["attempts"] == 1
     # After the meeting a member can no longer excuse themselves; the secretary still can.
     await advance_clock(db, 2 * 3600)
     late = await client.put(

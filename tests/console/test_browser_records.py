@@ -35,21 +35,17 @@ def png() -> bytes:
 
 
 async def meeting_for(live: Live, db: asyncpg.Connection, unit: str) -> str:
-    body = {"kind": "notice", "title": "党小组会", "body": "学习党章", "audience": {"units": [unit]}}
-    notice = await live.api("POST", "/v1/notices", body, status=202)
     now: datetime = await db.fetchval("SELECT notifier_now()")
-    await db.execute("UPDATE notices SET kind = 'meeting' WHERE id = $1", notice["id"])
-    await db.execute(
-        """INSERT INTO meetings (notice_id, type, unit_id, starts_at, ends_at, venue_lat, venue_lng,
-               venue_datum, checkin_opens_at, checkin_closes_at)
-           VALUES ($1, 'group_meeting', $2, $3, $4, $5, $6, 'wgs84', $3, $4)""",
-        notice["id"],
-        unit,
-        now - timedelta(minutes=10),
-        now + timedelta(hours=1),
-        *VENUE,
-    )
-    return str(notice["id"])
+    body = {
+        "type": "group_meeting",
+        "title": "党小组会",
+        "unit_id": unit,
+        "starts_at": (now - timedelta(minutes=10)).isoformat(),
+        "ends_at": (now + timedelta(hours=1)).isoformat(),
+        "venue": {"lat": VENUE[0], "lng": VENUE[1], "datum": "wgs84", "name": "党员活动室"},
+    }
+    meeting = await live.api("POST", "/v1/meetings", body, status=201)
+    return str(meeting["id"])
 
 
 def position(metres: float) -> dict[str, float]:
