@@ -13,6 +13,7 @@ import asyncpg
 from playwright.async_api import expect
 
 from notifier.domain import geo
+from tests.conftest import wait_until
 from tests.console.conftest import Live
 from tests.console.test_browser import WAIT_MS, build_branch, sign_in, untranslated
 
@@ -45,6 +46,11 @@ async def meeting_for(live: Live, db: asyncpg.Connection, unit: str) -> str:
         "venue": {"lat": VENUE[0], "lng": VENUE[1], "datum": "wgs84", "name": "党员活动室"},
     }
     meeting = await live.api("POST", "/v1/meetings", body, status=201)
+
+    async def fanned_out() -> bool:
+        return bool((await live.api("GET", f"/v1/notices/{meeting['id']}"))["state"] == "active")
+
+    await wait_until(fanned_out, within=20)
     return str(meeting["id"])
 
 
