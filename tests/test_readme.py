@@ -17,7 +17,11 @@ from aiohttp.test_utils import TestClient
 from tests.conftest import ADMIN_TOKEN
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## Walk-through with curl", "## A secretary's morning")
+SECTIONS = (
+    "## Walk-through with curl",
+    "## A secretary's morning",
+    "## A 党小组会: the notice, check-ins, the record and the committee's report",
+)
 
 
 def readme_script() -> str:
@@ -67,3 +71,11 @@ async def test_the_readme_walk_through_and_a_secretarys_morning_work_as_written(
     )
     assert [s["channel"] for s in steps] == ["inapp", "webhook"]
     assert '"unit_id":"branch-3","name":"Branch 3 (Patrol)","own":true,"notices":2' in out.decode()
+    # The 党小组会: Zhang checked in (late), Wang was outside; the photo from the office was
+    # refused and the one from the venue kept; liu is excused; the group's meeting is held.
+    text = out.decode()
+    assert '"verdict":"ok"' in text and '"verdict":"outside"' in text and "/outside-venue" in text
+    assert await db.fetchval("SELECT count(*) FROM meeting_photos") == 1
+    assert await db.fetchval("SELECT array_agg(member_id) FROM meeting_absences") == ["liu"]
+    assert '"excused":1,"absent":1,"rate":0.5' in text
+    assert re.search(r'"unit_id":"pc-b1-g1".*"schedule":\[\{[^]]*"held":true', text)

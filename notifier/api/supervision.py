@@ -216,7 +216,7 @@ def build_report(
         types: list[dict[str, Any]] = []
         required_types = list(zip(u["req_types"], u["req_every"], u["req_times"], strict=True))
         for code, every, times in required_types:
-            counts = period_counts(quarter, every, times, days.get(code, []), today)
+            counts = period_counts(quarter, every, times, days.get(code, []), today, u["since"])
             types.append(_type_report(code, every, counts))
         for code in sorted(set(days) - {c for c, _, _ in required_types}):
             types.append(
@@ -320,7 +320,7 @@ async def meetings_report(request: web.Request, call: Call) -> web.Response:
             quarter = Quarter.of(today) if q.quarter is None else Quarter.parse(q.quarter)
         except ValueError as exc:
             raise invalid("query.quarter", str(exc)) from None
-        unit_rows = await supervision.report_units(conn, unit["id"])
+        unit_rows = await supervision.report_units(conn, unit["id"], tz_name)
         meeting_rows = await supervision.report_meetings(
             conn, unit["id"], _local_midnight(quarter.start, tz), _local_midnight(quarter.end, tz), tz_name
         )

@@ -25,12 +25,12 @@ INSERT INTO meeting_requirements (unit_type, meeting_type, every, times)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[])"""
 MEETING_TYPES = "SELECT code FROM meeting_types WHERE code = ANY($1::text[])"
 
-# $1 the reporting unit (in an array)
+# $1 the reporting unit (in an array)  $2 its time zone (a unit's first local day: ``since``)
 REPORT_UNITS = (
     "WITH RECURSIVE "
     + subtree("$1")
     + """
-SELECT u.id, u.name, u.parent_id, u.unit_type, sub.depth,
+SELECT u.id, u.name, u.parent_id, u.unit_type, sub.depth, (u.created_at AT TIME ZONE $2)::date AS since,
        coalesce(array_agg(r.meeting_type ORDER BY r.meeting_type) FILTER (WHERE r.meeting_type IS NOT NULL),
                 '{}') AS req_types,
        coalesce(array_agg(r.every ORDER BY r.meeting_type) FILTER (WHERE r.meeting_type IS NOT NULL),
@@ -39,7 +39,7 @@ SELECT u.id, u.name, u.parent_id, u.unit_type, sub.depth,
                 '{}') AS req_times
 FROM sub JOIN units u ON u.id = sub.id
 LEFT JOIN meeting_requirements r ON r.unit_type = u.unit_type
-GROUP BY u.id, u.name, u.parent_id, u.unit_type, sub.depth
+GROUP BY u.id, u.name, u.parent_id, u.unit_type, sub.depth, u.created_at
 ORDER BY sub.depth, u.id"""
 )
 
@@ -104,8 +104,8 @@ async def replace_requirements(conn: Connection, rows: list[tuple[str, str, str,
         await conn.execute(ADD_REQUIREMENTS, list(cols[0]), list(cols[1]), list(cols[2]), list(cols[3]))
 
 
-async def report_units(conn: Connection, unit_id: str) -> list[Record]:
-    return list(await conn.fetch(REPORT_UNITS, [unit_id]))
+async def report_units(conn: Connection, unit_id: str, timezone: str) -> list[Record]:
+    return list(await conn.fetch(REPORT_UNITS, [unit_id], timezone))
 
 
 async def report_meetings(

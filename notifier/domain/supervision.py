@@ -9,7 +9,8 @@ Pure rules, used by db/supervision.py's report and table-tested:
 - A meeting counts for the period its start falls in, and counts as **held** once its end has
   passed and it left evidence: at least one accepted check-in, or a record (minutes or a photo).
 - A period is **overdue** when it has ended (by the server clock) and fewer meetings than required
-  were held in it. A period still running is never overdue, however little happened so far.
+  were held in it. A period still running is never overdue, however little happened so far, and
+  a period that ended before the unit existed is not owed at all.
 - Attendance rate = present / (expected - excused) over the held meetings: members on leave (请假)
   are out of the denominator; a member who was excused and checked in anyway counts as present.
 """
@@ -88,12 +89,23 @@ class PeriodCount:
 
 
 def period_counts(
-    quarter: Quarter, every: Every, times: int, held_starts: list[date], today: date
+    quarter: Quarter,
+    every: Every,
+    times: int,
+    held_starts: list[date],
+    today: date,
+    since: date | None = None,
 ) -> list[PeriodCount]:
     """Each period of the quarter with what was required, what was held (meetings by local start
-    day) and whether it has ended by ``today`` (the local day of the server clock)."""
+    day) and whether it has ended by ``today`` (the local day of the server clock). ``since``: the
+    unit's first local day; a period that ended before it requires nothing."""
     return [
-        PeriodCount(p, times, sum(1 for d in held_starts if p.start <= d < p.end), today >= p.end)
+        PeriodCount(
+            p,
+            0 if since is not None and p.end <= since else times,
+            sum(1 for d in held_starts if p.start <= d < p.end),
+            today >= p.end,
+        )
         for p in quarter.periods(every)
     ]
 

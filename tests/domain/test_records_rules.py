@@ -126,6 +126,9 @@ def test_only_ended_periods_short_of_meetings_are_overdue() -> None:
         ("2026-11", 0, True, True),
         ("2026-12", 1, False, False),
     ]
+    # A unit created in November owed nothing for October.
+    since = period_counts(q, "month", 1, [], today=date(2026, 12, 15), since=date(2026, 11, 3))
+    assert [(c.required, c.overdue) for c in since] == [(0, False), (1, True), (1, False)]
     # A quarterly requirement is judged when the quarter ends, not before.
     assert not period_counts(q, "quarter", 1, [], today=date(2026, 12, 31))[0].overdue
     assert period_counts(q, "quarter", 1, [], today=date(2027, 1, 1))[0].overdue
