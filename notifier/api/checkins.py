@@ -25,7 +25,7 @@ from notifier.api.problems import Problem, invalid, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.stream import WATCHERS
 from notifier.api.types import Id, Strict, Timestamp, parse_uuid
-from notifier.db import meetings, notices, receipts, recipients
+from notifier.db import meetings, receipts, recipients
 from notifier.db.pool import Connection, Record
 from notifier.domain.checkin import Attempt, Fence, Judgement, judge
 from notifier.domain.geo import Datum
@@ -182,7 +182,8 @@ def _too_many(total: int, recent: int, first_recent: datetime | None, now: datet
     status=201,
     responses={
         200: "an accepted check-in already exists: it is answered again (recorded false)",
-        409: "the meeting's notice is still being fanned out; retry after Retry-After seconds",
+        409: "the meeting's notice is still being fanned out (retry after Retry-After seconds), or was "
+        "recalled (the meeting is called off)",
         429: "too many attempts: a minute's limit (Retry-After), or the meeting's limit",
     },
 )
@@ -243,8 +244,7 @@ async def _meeting_for_member(conn: Connection, notice_id: str, member_id: str) 
     if meeting is None:
         raise not_found("meeting")
     if await recipients.get(conn, str(meeting["notice_id"]), member_id) is None:
-        notice = await notices.get(conn, str(meeting["notice_id"]))
-        if notice is not None and notice["state"] in ("queued", "fanning_out", "scheduled"):
+        if meeting["state"] in ("queued", "fanning_out", "scheduled"):
             raise Problem(
                 409,
                 "Conflict",
@@ -253,13 +253,20 @@ async def _meeting_for_member(conn: Connection, notice_id: str, member_id: str) 
                 headers={"Retry-After": "1"},
             )
         raise not_found("meeting")
+    if meeting["recalled_at"] is not None:
+        raise Problem(
+            409,
+            "Conflict",
+            f"this meeting's notice was recalled at {meeting['recalled_at'].isoformat()}: no check-ins",
+            type_="meeting-recalled",
+        )
     return meeting
 
 
 @routes.route(
     "GET",
     "/v1/meetings/{notice_id}/checkins",
-    summary="Every check-in attempt at a meeting, accepted and refused, with the reasons",
+    summary="Check-in attempts at a meeting, accepted and refused, with the reasons (a member: their own)",
     tag="meetings",
     query=CheckinQuery,
     response=CheckinPage,
@@ -267,7 +274,7 @@ async def _meeting_for_member(conn: Connection, notice_id: str, member_id: str) 
 )
 async def list_checkins(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
-    p.require("admin", "service", "secretary")
+    p.require("admin", "service", "secretary", "member")
     q = call.query_as(CheckinQuery)
     after = 0
     if q.cursor is not None:
@@ -284,7 +291,7 @@ async def list_checkins(request: web.Request, call: Call) -> web.Response:
             after=after,
             limit=q.limit + 1,
             outcome=q.outcome,
-            member_id=q.member,
+            member_id=p.member_id if p.role == "member" else q.member,
         )
     more = len(rows) > q.limit
     rows = rows[: q.limit]

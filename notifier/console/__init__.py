@@ -13,7 +13,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from notifier.console import member, notices, records, send, signin, units
+from notifier.console import meetings, member, notices, records, send, signin, units
 from notifier.console.pages import add_security_headers
 
 HERE = Path(__file__).parent
@@ -59,6 +59,13 @@ def setup(app: web.Application) -> None:
     r.add_post("/console/send/edit", send.send_edit)
     r.add_get("/console/units", units.show_units)
     r.add_get("/console/reports", units.show_reports)
+    r.add_get("/console/meetings", meetings.list_meetings)
+    r.add_get("/console/meetings/new", meetings.new_meeting)
+    r.add_post("/console/meetings/new", meetings.create_meeting)
+    r.add_get("/console/meetings/{notice_id}", meetings.show_meeting)
+    r.add_get("/console/meetings/{notice_id}/checkins", meetings.checkins_fragment)
+    r.add_get("/m/meetings/{notice_id}", meetings.member_meeting)
+    r.add_post("/m/meetings/{notice_id}/checkins", meetings.member_checkin)
     r.add_get("/console/meetings/{notice_id}/record", records.show_record)
     r.add_post("/console/meetings/{notice_id}/minutes", records.post_minutes)
     r.add_post("/console/meetings/{notice_id}/photos", records.post_photo)

@@ -55,9 +55,11 @@ RETURNING {MEETING_COLUMNS}"""
 
 GET = f"SELECT {MEETING_COLUMNS} FROM meetings m WHERE m.notice_id = $1"
 
-# A meeting and the engine clock, for judging a check-in (the meeting row is shared-locked so the
-# judgement and the insert see the same settings).
-FOR_CHECKIN = f"SELECT {MEETING_COLUMNS}, (SELECT notifier_now()) AS now FROM meetings m WHERE m.notice_id = $1 FOR SHARE"
+# A meeting, its notice's state and the engine clock, for judging a check-in (the meeting row is
+# shared-locked so the judgement and the insert see the same settings).
+FOR_CHECKIN = f"""
+SELECT {MEETING_COLUMNS}, (SELECT notifier_now()) AS now, n.state, n.recalled_at
+FROM meetings m JOIN notices n ON n.id = m.notice_id WHERE m.notice_id = $1 FOR SHARE OF m"""
 
 # The meetings a caller sees, by start time then id (a keyset page): every meeting for an admin
 # ($1 NULL); else the meetings created inside $1's subtree or whose notice reached $1 (the

@@ -400,8 +400,8 @@ async def test_bola_on_every_endpoint(
     # Check-ins are the member's own: a secretary or service key cannot check in for them ...
     for token in (org.b1_secretary, org.b1_service):
         await problem(await client.post(f"/v1/meetings/{mid}/checkins", json=body, headers=auth(token)), 403)
-    # ... and a member cannot read the secretary's list, nor list meetings.
-    await problem(await client.get(f"/v1/meetings/{mid}/checkins", headers=auth(org.m1a_member)), 403)
+    # ... and a member sees only their own attempts, and cannot list meetings.
+    await problem(await client.get(f"/v1/meetings/{mid}/checkins", headers=auth(org.m2a_member)), 404)
     await problem(await client.get("/v1/meetings", headers=auth(org.m1a_member)), 403)
     # Creating: a member cannot; a secretary cannot hold one in another branch or invite its members.
     await problem(
@@ -435,6 +435,9 @@ async def test_bola_on_every_endpoint(
     assert got["checkins"]["accepted"] == 1 and got["notice"]["counts"]["recipients"] == 2
     everyone = await (await client.get(f"/v1/meetings/{c_meeting['id']}/checkins", headers=auth())).json()
     assert sorted(c["member_id"] for c in everyone["items"]) == ["m1a", "m2a"]
+    path = f"/v1/meetings/{c_meeting['id']}/checkins?member=m1a"
+    own = await (await client.get(path, headers=auth(org.m2a_member))).json()
+    assert [c["member_id"] for c in own["items"]] == ["m2a"]  # ?member= cannot widen a member's view
 
 
 async def test_meeting_types_are_configurable(client: Client, db: asyncpg.Connection, org: Org) -> None:
@@ -472,3 +475,16 @@ async def test_checkin_before_the_notice_reaches_the_member(
     )
     await problem(resp, 409)
     assert resp.headers["Retry-After"] == "1"
+
+
+async def test_a_recalled_meeting_takes_no_check_ins(
+    client: Client, db: asyncpg.Connection, deps: WorkerDeps, org: Org
+) -> None:
+    data = await create(client, deps, meeting_body(await now(db) + timedelta(minutes=10)))
+    resp = await client.post(f"/v1/notices/{data['id']}/recall", headers=auth())
+    assert resp.status == 200, await resp.text()
+    near = at(10)
+    body = {"lat": near[0], "lng": near[1], "datum": "wgs84", "accuracy_m": 10}
+    resp = await client.post(f"/v1/meetings/{data['id']}/checkins", json=body, headers=auth(org.m1a_member))
+    assert (await problem(resp, 409))["type"].endswith("meeting-recalled")
+    assert await db.fetchval("SELECT count(*) FROM meeting_checkins") == 0
