@@ -72,6 +72,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/meetings/{notice_id}/photos/{photo_id}", records.photo)
     r.add_post("/console/meetings/{notice_id}/absences", records.post_absence)
     r.add_get("/console/supervision", records.show_supervision)
+    r.add_post("/m/meetings/{notice_id}/leave", records.member_leave)
     r.add_get("/m", _to_slash)
     r.add_get("/m/", member.inbox)
     r.add_get("/m/notices/{notice_id}", member.show)

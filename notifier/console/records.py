@@ -20,6 +20,7 @@ from notifier.api.keys import DEPS
 from notifier.api.problems import Problem, from_validation_error
 from notifier.api.routing import Call, json_response
 from notifier.console.apicall import as_principal, call
+from notifier.console.member import member_principal
 from notifier.console.pages import page, render
 from notifier.console.session import Session
 from notifier.console.units import tree_order
@@ -100,6 +101,20 @@ async def post_absence(request: web.Request, session: Session) -> web.Response:
         match=_match(request, member_id=member_id),
     )
     raise web.HTTPSeeOther(f"/console/meetings/{request.match_info['notice_id']}/record?done=absence")
+
+
+@page(console_roles=False, member=True)
+async def member_leave(request: web.Request, session: Session) -> web.Response:
+    """A member asks for leave (请假) from a meeting on its page: the reason goes to the API as the
+    member's own principal (the same rules as a member key: invited, before the meeting ends)."""
+    form = await request.post()
+    p = member_principal(session)
+    body = _validated(attendance_api.AbsenceIn, {"reason": form.get("reason", "")})
+    nid = request.match_info["notice_id"]
+    await call(
+        request, p, attendance_api.put_absence, body=body, match=_match(request, member_id=p.member_id or "")
+    )
+    raise web.HTTPSeeOther(f"/m/meetings/{nid}?done=leave")
 
 
 @page()

@@ -127,5 +127,25 @@ async def test_a_secretary_records_a_meeting_at_the_venue_and_is_refused_away_fr
         await expect(page.locator('#supervision tr[data-unit="g0"] .held')).to_have_text(f"0/{owed}")
         await expect(page.locator('#supervision tr[data-unit="b0"]')).to_be_visible()
         assert not untranslated(await page.content())
+        # The meeting's console page leads to its record.
+        await page.goto(f"{live.url}/console/meetings/{meeting}")
+        await page.click("#record-link")
+        await page.wait_for_url(f"**/console/meetings/{meeting}/record")
     finally:
         await context.close()
+    # A member asks for leave on the meeting's page.
+    member = await browser.new_context(locale="zh-CN", viewport={"width": 390, "height": 800})
+    try:
+        page = await member.new_page()
+        await page.goto(await live.link("m01"))
+        await page.click("#continue")
+        await page.wait_for_url("**/m/")
+        await page.goto(f"{live.url}/m/meetings/{meeting}")
+        await page.fill("#leave-form input[name=reason]", "值班")
+        await page.click("#leave-form button")
+        await expect(page.locator("#leave-done")).to_be_visible()
+        assert not untranslated(await page.content())
+        leave = await db.fetchrow("SELECT reason, by_member FROM meeting_absences WHERE member_id = 'm01'")
+        assert leave is not None and (leave["reason"], leave["by_member"]) == ("值班", True)
+    finally:
+        await member.close()
