@@ -10,6 +10,7 @@ from aiohttp import web
 from notifier import __version__, console
 from notifier.api import (
     api_keys,
+    attendance,
     audit,
     budgets,
     checkins,
@@ -33,10 +34,12 @@ from notifier.api import (
     ratelimit,
     recall,
     receipts,
+    records,
     remind,
     rollcall,
     stream,
     summaries,
+    supervision,
     timeline,
     unit_contacts,
     unit_counts,
@@ -92,6 +95,9 @@ RESOURCE_MODULES = (
     providers,
     summaries,
     webpush,
+    records,
+    attendance,
+    supervision,
 )
 
 

@@ -51,7 +51,7 @@ TABLES = ", ".join(
     + ["quiz_results", "quiz_attempts", "quizzes"]
     + ["point_rules", "point_awards", "notice_views"]
     + ["exams", "exam_excused", "ranking_settings"]
-    + ["meeting_checkins", "meetings"]
+    + ["meeting_photos", "meeting_records", "meeting_absences", "meeting_checkins", "meetings"]
 )
 
 

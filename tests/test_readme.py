@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from tests.conftest import ADMIN_TOKEN
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## Walk-through with curl", "## A secretary's morning", "## Study points", "## Quizzes", "## A month of study: the monthly test, its rankings and the CSV", "## Meetings (三会一课): check-in by place and time")
+SECTIONS = ("## Walk-through with curl", "## A secretary's morning", "## Study points", "## Quizzes", "## A month of study: the monthly test, its rankings and the CSV", "## Meetings (三会一课): check-in by place and time", "## A 党小组会: the notice, check-ins, the record and the committee's report")
 
 
 def readme_script() -> str:
@@ -74,5 +74,19 @@ async def test_the_readme_walk_through_and_a_secretarys_morning_work_as_written(
     assert ranking.splitlines()[1].startswith("1,officer-17,Li Wei,branch-3,yes,100,100,100.0,yes,")
     assert sorted(line.split(",")[1] for line in ranking.splitlines()[2:]) == ["officer-41", "officer-42"]
     # The meeting: refused 1.2 km away, accepted 250 m away (its venue in GCJ-02, the phone in WGS-84).
-    verdicts = await db.fetch("SELECT verdict, round(distance_m) AS d FROM meeting_checkins ORDER BY id")
+    verdicts = await db.fetch(
+        "SELECT verdict, round(distance_m) AS d FROM meeting_checkins ORDER BY id LIMIT 2"
+    )
     assert [(v["verdict"], v["d"]) for v in verdicts] == [("outside", 1200), ("ok", 250)]
+    # The 党小组会: Zhang checked in (late), Wang was outside; the photo from the office was
+    # refused and the one from the venue kept; liu is excused; the group's meeting is held.
+    text = out.decode()
+    group = await db.fetch(
+        "SELECT member_id, verdict FROM meeting_checkins WHERE member_id IN ('zhang', 'wang')"
+    )
+    assert {r["member_id"]: r["verdict"] for r in group} == {"zhang": "ok", "wang": "outside"}
+    assert "/outside-venue" in text
+    assert await db.fetchval("SELECT count(*) FROM meeting_photos") == 1
+    assert await db.fetchval("SELECT array_agg(member_id) FROM meeting_absences") == ["liu"]
+    assert '"excused":1,"absent":1,"rate":0.5' in text
+    assert re.search(r'"unit_id":"pc-b1-g1".*"schedule":\[\{[^]]*"held":true', text)

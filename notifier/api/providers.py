@@ -30,22 +30,23 @@ routes = Router()
 MAX_CALLBACK_BYTES = 64 * 1024
 
 
-def _too_large() -> Problem:
-    return Problem(
-        413, "Content Too Large", f"a callback body is at most {MAX_CALLBACK_BYTES} bytes", type_="too-large"
-    )
+def _too_large(what: str, limit: int) -> Problem:
+    return Problem(413, "Content Too Large", f"{what} is at most {limit} bytes", type_="too-large")
 
 
-async def read_capped(request: web.Request, limit: int = MAX_CALLBACK_BYTES) -> bytes:
-    """The request body, or 413 as soon as it is known to exceed ``limit`` (before buffering it)."""
+async def read_capped(
+    request: web.Request, limit: int = MAX_CALLBACK_BYTES, *, what: str = "a callback body"
+) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed ``limit`` (before buffering more
+    than ``limit`` bytes of it); ``what`` names the body in the answer."""
     if request.content_length is not None and request.content_length > limit:
-        raise _too_large()
+        raise _too_large(what, limit)
     body = bytearray()
     async with body_deadline(request):
         async for chunk in request.content.iter_chunked(16 * 1024):
             body += chunk
             if len(body) > limit:
-                raise _too_large()
+                raise _too_large(what, limit)
     return bytes(body)
 
 

@@ -86,6 +86,8 @@ class Operation:
     db: bool = True  # reads PostgreSQL, so it can answer 503 while the database is unreachable
     # Other media types the success body comes in (chosen with Accept), each with its schema.
     alternatives: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Media types of a raw request body the handler reads itself (a photo), documented as binary.
+    raw_body: tuple[str, ...] = ()
 
     @property
     def path_parameters(self) -> list[str]:
@@ -114,6 +116,7 @@ class Router:
         media: str | None = "application/json",
         db: bool = True,
         alternatives: dict[str, dict[str, Any]] | None = None,
+        raw_body: tuple[str, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.operations.append(
@@ -134,6 +137,7 @@ class Router:
                     media,
                     db,
                     alternatives or {},
+                    raw_body,
                 )
             )
             return handler
@@ -323,6 +327,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "attempt_id": _UUID,
     "rule_id": _UUID,
     "view_id": _UUID,
+    "photo_id": _UUID,
     "date": {"type": "string", "format": "date", "description": "a local date, YYYY-MM-DD"},
     "channel": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z0-9_-]+$"},
     "type_code": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z][a-z0-9_]*$"},
@@ -368,7 +373,7 @@ def _generic_replies(op: Operation) -> dict[int, str]:
         )
     if op.path_parameters:
         replies[404] = "not found, or outside the caller's units"
-    if op.body is not None:
+    if op.body is not None or op.raw_body:
         replies[413] = "the body is larger than this service accepts"
     if op.body is not None or op.query is not None or op.path_parameters:
         replies[422] = "invalid input (no string may hold U+0000); errors name each bad field"
@@ -447,6 +452,13 @@ def openapi_document(operations: list[Operation], version: str) -> dict[str, Any
                 "required": True,
                 "content": {
                     "application/json": {"schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}
+                },
+            }
+        elif op.raw_body:
+            item["requestBody"] = {
+                "required": True,
+                "content": {
+                    media: {"schema": {"type": "string", "format": "binary"}} for media in op.raw_body
                 },
             }
         item["responses"] = _responses(op)

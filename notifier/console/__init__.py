@@ -13,7 +13,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from notifier.console import meetings, member, notices, points, send, signin, study, units
+from notifier.console import meetings, member, notices, points, records, send, signin, study, units
 from notifier.console.pages import add_security_headers
 
 HERE = Path(__file__).parent
@@ -76,6 +76,13 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/meetings/{notice_id}/checkins", meetings.checkins_fragment)
     r.add_get("/m/meetings/{notice_id}", meetings.member_meeting)
     r.add_post("/m/meetings/{notice_id}/checkins", meetings.member_checkin)
+    r.add_get("/console/meetings/{notice_id}/record", records.show_record)
+    r.add_post("/console/meetings/{notice_id}/minutes", records.post_minutes)
+    r.add_post("/console/meetings/{notice_id}/photos", records.post_photo)
+    r.add_get("/console/meetings/{notice_id}/photos/{photo_id}", records.photo)
+    r.add_post("/console/meetings/{notice_id}/absences", records.post_absence)
+    r.add_get("/console/supervision", records.show_supervision)
+    r.add_post("/m/meetings/{notice_id}/leave", records.member_leave)
     r.add_get("/m", _to_slash)
     r.add_get("/m/", member.inbox)
     r.add_get("/m/notices/{notice_id}", member.show)

@@ -28,6 +28,7 @@ PROBLEM_TITLES = {
     403: "Forbidden",
     404: "Not Found",
     409: "Conflict",
+    413: "Content Too Large",
     422: "Unprocessable Content",
 }
 # Every table a request could write to; a rejected request must leave all of them as they were.
