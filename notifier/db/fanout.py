@@ -23,7 +23,9 @@ FANOUT_CHUNK = (
     "WITH RECURSIVE "
     + subtree("$2")
     + f""",
-clock AS (SELECT notifier_now() AS now),
+clock AS (  -- the inbox lists the notice at its own time, not the fan-out's (schemas/0029)
+    SELECT notifier_now() AS now, (SELECT coalesce(send_at, created_at) FROM notices WHERE id = $1) AS listed
+),
 aud AS (
     SELECT member_id FROM {audience_members("$3")} a
     WHERE $4::text IS NULL OR member_id > $4
@@ -59,10 +61,10 @@ ins_d AS (
     -- Timestamps set explicitly from one reading of the engine clock: column defaults would call
     -- notifier_now() once per row.
     INSERT INTO deliveries (notice_id, member_id, channel, contact_id, state, attempts, error,
-                            next_attempt_at, created_at, updated_at)
+                            next_attempt_at, created_at, updated_at, listed_at)
     SELECT $1, member_id, channel, contact_id, state, (state = 'delivered')::int,
            CASE WHEN state = 'failed' THEN 'no working contact for this channel' END,
-           clock.now, clock.now, clock.now
+           clock.now, clock.now, clock.now, clock.listed
     FROM plan CROSS JOIN clock
     ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
 ),
