@@ -72,14 +72,31 @@ def test_content_is_cut_and_marked() -> None:
     assert text.startswith("【DING】T\n") and len(text) == MAX_CONTENT_CHARS and text.endswith("…")
 
 
-def test_failed_list_is_read_defensively() -> None:
-    assert parse_failed({"userNotFound": ["a1", "bad id!"], "quota": "b2"}) == {
+def test_failed_list_is_read_per_its_documented_shape() -> None:
+    assert parse_failed({"userNotFound": ["a1", "b2"], "quota": ["c3"]}) == {
         "a1": "DingTalk: userNotFound",
-        "b2": "DingTalk: quota",
+        "b2": "DingTalk: userNotFound",
+        "c3": "DingTalk: quota",
     }
-    assert parse_failed(["a1", 3, None]) == {"a1": "DingTalk did not DING this member"}
-    assert parse_failed([{"userId": "c3", "reason": "x\x00y"}]) == {"c3": "DingTalk: xy"}
-    assert parse_failed(None) == {} and parse_failed("nonsense") == {}
+    assert parse_failed({"x\x00y": ["c3"]}) == {"c3": "DingTalk: xy"}  # provider text is cleaned
+    assert parse_failed(None) == {} and parse_failed({}) == {}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        ["a1"],  # a bare list of user ids
+        [{"userId": "c3", "reason": "x"}],  # a list of objects
+        {"quota": "b2"},  # a reason with one id, not a list
+        {"userNotFound": ["a1", "bad id!"]},  # not a user id
+        {"userNotFound": ["a1", 3]},
+        "nonsense",
+        3,
+    ],
+)
+def test_a_failed_list_of_any_other_shape_is_a_permanent_error(value: object) -> None:
+    with pytest.raises(PermanentError, match="failedList"):
+        parse_failed(value)
 
 
 @pytest.mark.parametrize(
@@ -157,6 +174,16 @@ async def test_failed_receivers_fail_with_the_reason(
     assert results[2].outcome is Outcome.FAILED and results[2].error == "DingTalk: userNotFound"
     assert results[1].outcome is Outcome.SENT and results[3].outcome is Outcome.SENT
     assert dingtalk_fake.dinged(2) == {"u0000": 1, "u0002": 1}
+
+
+async def test_an_undocumented_failed_list_fails_every_receiver_for_good_and_keeps_the_ding_id(
+    dingtalk_fake: FakeDingTalk, channel: DingTalkDingChannel
+) -> None:
+    dingtalk_fake.ding_failed_list = ["u0001"]  # not the documented object of reason -> user ids
+    results = await channel.send(items(users(2), "sms"))
+    (ding,) = dingtalk_fake.dings
+    assert [(r.outcome, r.provider_ref) for r in results] == [(Outcome.FAILED, ding.open_ding_id)] * 2
+    assert all("failedList" in (r.error or "") and "unknown" in (r.error or "") for r in results)
 
 
 async def test_a_revoked_token_is_refetched_once_and_an_expired_one_refreshed(
