@@ -154,26 +154,22 @@ async def test_the_bootstrap_admins_console_sessions_are_limited_like_an_admin_k
     """A console session is a browser's cookie, not the operator's token: the bootstrap admin's
     sessions (signed in with the token) share one bucket with the admin role's limits, as the
     sessions of an admin key share that key's."""
-    from tests.console.test_console import csrf_of
+    from tests.console.test_console import sign_in_with_token
 
-    async def sign_in_with(token: str) -> None:
-        api.session.cookie_jar.clear()
-        pre = await csrf_of(api, "/console/sign-in")
-        resp = await api.post("/console/sign-in", data={"csrf": pre, "token": token}, allow_redirects=False)
-        assert resp.status == 303, await resp.text()
-
-    await sign_in_with(ADMIN_TOKEN)
+    await sign_in_with_token(api, ADMIN_TOKEN)
     for remaining in (2, 1, 0):
         resp = await api.get("/console/notices", allow_redirects=False)
         assert resp.status == 200 and resp.headers["RateLimit-Remaining"] == str(remaining)
     refused = await api.get("/console/notices", allow_redirects=False)
     assert refused.status == 429 and refused.headers["Retry-After"] == "2"
-    await sign_in_with(ADMIN_TOKEN)  # another session of the bootstrap admin: the same bucket
+    await sign_in_with_token(api, ADMIN_TOKEN)  # another session of the bootstrap admin: the same bucket
     assert (await api.get("/console/notices", allow_redirects=False)).status == 429
-    await sign_in_with(await issue_key(api, {"name": "ops", "role": "admin"}))  # a key's own bucket
+    await sign_in_with_token(
+        api, await issue_key(api, {"name": "ops", "role": "admin"})
+    )  # a key's own bucket
     assert (await api.get("/console/notices", allow_redirects=False)).status == 200
     await advance_clock(db, 2)
-    await sign_in_with(ADMIN_TOKEN)
+    await sign_in_with_token(api, ADMIN_TOKEN)
     assert (await api.get("/console/notices", allow_redirects=False)).status == 200
     # The operator's token itself stays unlimited on the API.
     resp = await api.get("/v1/units", headers=auth())
