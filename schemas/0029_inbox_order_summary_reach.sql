@@ -18,3 +18,18 @@ WHERE n.id = d.notice_id AND d.channel = 'inapp';
 
 DROP INDEX deliveries_inbox_idx;
 CREATE INDEX deliveries_inbox_idx ON deliveries (member_id, listed_at DESC, notice_id DESC) WHERE channel = 'inapp';
+
+-- An escalation summary is about someone else's notice: the fan-out no longer lists it under the
+-- units it reaches (a summary to a member shared with another branch showed that branch the title
+-- of a notice it never saw, in the member's history and its notice list). What earlier fan-outs
+-- listed goes; the listing under its creating unit and those above (0010's trigger) stays.
+WITH RECURSIVE up (notice_id, id, parent_id, depth) AS (
+    SELECT n.id, u.id, u.parent_id, 0 FROM notices n JOIN units u ON u.id = n.scope_unit_id
+    WHERE n.parent_notice_id IS NOT NULL
+    UNION ALL
+    SELECT up.notice_id, p.id, p.parent_id, up.depth + 1 FROM up JOIN units p ON p.id = up.parent_id
+    WHERE up.depth < 1000
+)
+DELETE FROM notice_reach r USING notices n
+WHERE n.id = r.notice_id AND n.parent_notice_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM up WHERE up.notice_id = r.notice_id AND up.id = r.unit_id);
