@@ -25,6 +25,7 @@ from notifier.embedded import EmbeddedServers
 from notifier.settings import Settings
 from notifier.workers.settings import create_worker, stop_worker
 from tests.fakes.aliyun import FakeAliyun
+from tests.fakes.dingtalk import FakeDingTalk
 from tests.fakes.twilio import FakeTwilio
 from tests.fakes.webhook_receiver import WebhookReceiver
 
@@ -197,6 +198,14 @@ async def twilio_fake() -> AsyncIterator[FakeTwilio]:
 @pytest.fixture
 async def aliyun_fake() -> AsyncIterator[FakeAliyun]:
     fake = await FakeAliyun().start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+async def dingtalk_fake() -> AsyncIterator[FakeDingTalk]:
+    """The fake DingTalk open platform (work notifications, DING, robots, events, contacts)."""
+    fake = await FakeDingTalk().start()
     yield fake
     await fake.stop()
 

@@ -2,7 +2,8 @@
 DingTalk DINGs by SMS -- ``dingtalk_ding.sms`` -- and by phone -- ``dingtalk_ding.phone``).
 
 A budget caps what one channel may send per local day for the notices of a unit and every unit
-below it (db/budgets.py). Beyond it deliveries wait, queued as ``budget_exhausted`` with the time
+below it, and for an admin's (unscoped) notice what it sends to the members of those units
+(db/budgets.py). Beyond it deliveries wait, queued as ``budget_exhausted`` with the time
 they go (the unit's next midnight), the notice gets a ``budget_exhausted`` event, the unit's
 secretaries get an in-app notice saying so (once per notice, channel and day), and the notice's
 other channels go on unaffected. An admin sets, raises or overrides a budget

@@ -2,9 +2,11 @@
 it -- for a secretary's talk with a member who keeps missing DINGs.
 
 Visible to a key whose subtree holds the member (a member shared with another branch too, as in
-GET /v1/members/{id}), to the member's own key and to admins; anyone else gets 404. Every
-notice that reached the member is listed: under the visibility of issue 8 a notice that reached
-a member of a unit in the caller's subtree is one the caller may see.
+GET /v1/members/{id}), to the member's own key and to admins; anyone else gets 404. The notices
+listed are those the caller may see (db/visibility.py): under the visibility of issue 8 a notice
+that reached a member of a unit in the caller's subtree is one the caller may see -- except an
+escalation summary, which is about someone else's notice: only its creating unit, those above
+and admins see it (and the member's own key: it was sent to them).
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ async def member_history(request: web.Request, call: Call) -> web.Response:
             received_to=q.to,
             after=after,
             limit=q.limit + 1,
+            root=p.scope_root,
         )
     more = len(rows) > q.limit
     rows = rows[: q.limit]

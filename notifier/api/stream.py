@@ -34,6 +34,7 @@ from notifier.api.types import Id, Strict
 from notifier.api.unit_counts import UnitRow, unit_parent
 from notifier.api.watch import Subscriber, WatchHub, event_data
 from notifier.db import unit_counts
+from notifier.db.pool import Connection
 from notifier.db.visibility import NoticeView
 
 routes = Router()
@@ -98,17 +99,17 @@ async def notice_stream(request: web.Request, call: Call) -> web.StreamResponse:
         if q.unit is not None:
             await require_unit(conn, p, q.unit)
         if wants_json(request):
-            unit, parent = slice_of(view, q.unit)
+            unit, parent = await slice_of(conn, view, q.unit)
             (rows,) = await unit_counts.watched(conn, [(view.id, unit, parent)])
             return json_response(event_data(view.id, unit, rows))
     return await stream_notice(request, view, q.unit)
 
 
-def slice_of(view: NoticeView, unit: str | None) -> tuple[str | None, str | None]:
+async def slice_of(conn: Connection, view: NoticeView, unit: str | None) -> tuple[str | None, str | None]:
     """(the slice unit, the roll-up parent): as GET /v1/notices/{id} and /units choose them; for an
-    admin's notice with no creating unit, its first audience unit (as the console's page shows)."""
+    admin's notice with no creating unit, ``unit_parent``'s (as the console's page shows)."""
     slice_unit = unit or view.root
-    return slice_unit, slice_unit or unit_parent(view.row)
+    return slice_unit, slice_unit or await unit_parent(conn, view.row)
 
 
 async def stream_notice(request: web.Request, view: NoticeView, unit: str | None) -> web.StreamResponse:
@@ -120,7 +121,8 @@ async def stream_notice(request: web.Request, view: NoticeView, unit: str | None
     transport = request.transport
     sub = Subscriber(lambda: transport is None or transport.is_closing())
     seen = last_event_id(request)
-    slice_unit, parent = slice_of(view, unit)
+    async with request.app[DEPS].pool.acquire() as conn:
+        slice_unit, parent = await slice_of(conn, view, unit)
     watch = hub.subscribe(view.id, slice_unit, parent, sub)
     resp = web.StreamResponse(
         headers={"Content-Type": EVENT_STREAM, "Cache-Control": "no-store", "X-Accel-Buffering": "no"}

@@ -18,7 +18,8 @@ from notifier.api.problems import invalid
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Id, Strict, Timestamp, parse_uuid
 from notifier.db import unit_counts
-from notifier.db.pool import Record
+from notifier.db.pool import Connection, Record
+from notifier.db.units import common_ancestor
 
 routes = Router()
 
@@ -170,13 +171,15 @@ class Rollup(BaseModel):
     units: list[UnitRow]
 
 
-def unit_parent(notice: Record) -> str | None:
+async def unit_parent(conn: Connection, notice: Record) -> str | None:
     """The roll-up parent for a caller bound to no unit (an admin), when it names none: the unit
-    that created the notice, else its first audience unit (the page and the stream agree on it)."""
+    that created the notice, else the lowest unit holding all its audience units -- one unit:
+    its children; sibling branches: their parent, so every branch gets its bar (the page and the
+    stream agree on it). None for an audience of named members only, or across organisations."""
     if notice["scope_unit_id"] is not None:
         return str(notice["scope_unit_id"])
-    units = notice["audience"].get("units") or []
-    return str(units[0]) if units else None
+    audience = [str(u) for u in notice["audience"].get("units") or []]
+    return await common_ancestor(conn, audience) if audience else None
 
 
 @routes.route(

@@ -12,8 +12,10 @@ The target is the member's DingTalk ``userid``, the same as for ``dingtalk`` wor
 (the contact lookup uses their ``dingtalk`` contact: ``contact_channel`` in schemas/0017).
 
 Errors: the new-style mapping of ``notifier.channels.dingtalk_api``; receivers DingTalk lists
-in ``failedList`` fail with its reason. A dropped connection is ambiguous and not resent (a
-second phone call is not harmless): the delivery is recorded as ``unknown``.
+in ``failedList`` fail with its reason; a ``failedList`` of another shape fails every receiver of
+the call for good, saying so (the DING keeps its id, so a recall still withdraws it). A dropped
+connection is ambiguous and not resent (a second phone call is not harmless): the delivery is
+recorded as ``unknown``.
 """
 
 from __future__ import annotations
@@ -84,24 +86,25 @@ def plan_calls(batch: list[Outgoing]) -> list[Call]:
 
 
 def parse_failed(value: object) -> dict[str, str]:
-    """``failedList`` as user id -> reason (pure). The docs describe it loosely; accepted: a list
-    of user ids, a list of ``{userId, reason}`` objects, or an object of reason -> user ids."""
+    """``failedList`` as user id -> reason (pure). Its documented shape is an object of reason ->
+    list of user ids (``{"userNotFound": ["u1", "u2"]}``; absent, null or ``{}``: none failed).
+    Any other shape raises ``PermanentError``: guessing would report a member as DINGed who was not."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PermanentError(
+            f"DingTalk answered failedList as {type(value).__name__}, not an object of reason -> user ids: "
+            "who was not DINGed is unknown"
+        )
     failed: dict[str, str] = {}
-    default = "DingTalk did not DING this member"
-    if isinstance(value, dict):
-        for reason, users in value.items():
-            for user in users if isinstance(users, list) else [users]:
-                if isinstance(user, str) and USER_ID.fullmatch(user):
-                    failed[user] = provider_text(f"DingTalk: {reason}") or default
-    elif isinstance(value, list):
-        for entry in value:
-            if isinstance(entry, str) and USER_ID.fullmatch(entry):
-                failed[entry] = default
-            elif isinstance(entry, dict):
-                user = entry.get("userId") or entry.get("userid")
-                if isinstance(user, str) and USER_ID.fullmatch(user):
-                    reason = entry.get("reason") or entry.get("errorMsg") or entry.get("code")
-                    failed[user] = (provider_text(f"DingTalk: {reason}") if reason else None) or default
+    for reason, users in value.items():
+        if not isinstance(users, list) or not all(isinstance(u, str) and USER_ID.fullmatch(u) for u in users):
+            raise PermanentError(
+                "DingTalk answered a failedList entry that is not a list of user ids: "
+                "who was not DINGed is unknown"
+            )
+        for user in users:
+            failed[user] = provider_text(f"DingTalk: {reason}") or "DingTalk did not DING this member"
     return failed
 
 
@@ -132,7 +135,7 @@ class DingTalkDingChannel:
             raise InvalidTarget("target must be the member's DingTalk userid: 1..64 letters, digits or _-.@$")
         return target.strip()
 
-    async def _send_call(self, call: Call) -> tuple[str, dict[str, str]] | ChannelError:
+    async def _send_call(self, call: Call) -> tuple[str, dict[str, str] | PermanentError] | ChannelError:
         body = build_send(self._robot_code, call.mode, list(call.users), call.notice)
         try:
             payload = await self._api.call("POST", SEND_PATH, body)
@@ -141,7 +144,10 @@ class DingTalkDingChannel:
         ref = provider_ref(payload.get("openDingId") if isinstance(payload.get("openDingId"), str) else None)
         if ref is None:
             return PermanentError("DingTalk accepted the DING without an openDingId")
-        return ref, parse_failed(payload.get("failedList"))
+        try:
+            return ref, parse_failed(payload.get("failedList"))
+        except PermanentError as exc:
+            return ref, exc  # sent, but to whom is unknown: every receiver fails, the DING stays recallable
 
     async def send(self, batch: list[Outgoing]) -> list[Result]:
         results: list[Result] = []
@@ -162,6 +168,11 @@ class DingTalkDingChannel:
                         results.append(Result.from_error(item.delivery_id, answer))
                         continue
                     ref, failed = answer
+                    if isinstance(failed, PermanentError):
+                        results.append(
+                            Result(item.delivery_id, Outcome.FAILED, str(failed), provider_ref=ref)
+                        )
+                        continue
                     outcome = Outcome.FAILED if user in failed else Outcome.SENT
                     results.append(Result(item.delivery_id, outcome, failed.get(user), provider_ref=ref))
         return results

@@ -77,8 +77,10 @@ async def notice_data(request: web.Request, p: Principal) -> dict[str, Any]:
     rollup: dict[str, Any] = {"units": []}
     async with request.app[DEPS].pool.acquire() as conn:
         row = await notices_db.get(conn, notice["id"])
-    # The API's default for a bound caller (its unit); for an admin, the stream's (stream.slice_of).
-    parent = None if p.scope_root is not None or row is None else unit_counts_api.unit_parent(row)
+        # The API's default for a bound caller (its unit); for an admin, the stream's (stream.slice_of).
+        parent = (
+            None if p.scope_root is not None or row is None else await unit_counts_api.unit_parent(conn, row)
+        )
     if p.scope_root is not None or parent is not None:
         rollup = await call(
             request, p, unit_counts_api.notice_units, query=unit_counts_api.RollupQuery(parent=parent)

@@ -5,10 +5,13 @@ channel (``dingtalk_ding.sms``, ``dingtalk_ding.phone``: ``channels.base.budget_
 
 A budget on a unit caps the sends a channel makes per local day for every notice scoped to that
 unit or below it: the nearest unit up the tree with a budget for the channel governs, and its
-subtree shares it. ``charge`` is called by the delivery gate inside its transaction: it locks
-the day's spend row, takes what the batch may use and says how long until the budget resets.
-A notice without a scope unit (sent by an admin's or a global service key) and a unit without a
-budget anywhere above it are not limited.
+subtree shares it. A notice without a scope unit (sent by an admin's or a global service key) is
+charged per recipient instead: each send to the budget governing the recipient's own units (at
+fan-out, ``recipients.direct_units``; of several, the nearest budget) -- an admin's notice spends
+the budgets of the units it reaches, as those units' own notices would. A send with no budget
+anywhere above is not limited. ``charge`` is called by the delivery gate inside its transaction:
+it locks the day's spend rows (in unit order), takes what the batch may use and says how long
+until each budget resets.
 """
 
 from __future__ import annotations
@@ -22,19 +25,34 @@ from notifier.db.pool import Connection, Record
 from notifier.db.quiet import DEFAULT_TIMEZONE
 from notifier.db.units import ancestors, subtree
 
-# The governing budget of notice $1 on channel $3, its local day, and that day's spend row
-# (created at 0 and locked until the caller's transaction ends).
+# The governing budget unit of each send of a batch: $1 notice  $2 channel  $3 the sends' members.
+# For a scoped notice, the nearest budget up from its scope unit (the same for every send); for
+# one without a scope, the nearest up from the recipient's own units (ties: the lowest unit id).
+GOVERNING = f"""
+WITH RECURSIVE starts AS (
+    SELECT m.member_id, s.unit_id
+    FROM unnest($3::text[]) AS m (member_id)
+    CROSS JOIN (SELECT scope_unit_id FROM notices WHERE id = $1::uuid) n
+    LEFT JOIN recipients r ON n.scope_unit_id IS NULL AND r.notice_id = $1::uuid AND r.member_id = m.member_id
+    CROSS JOIN LATERAL unnest(CASE WHEN n.scope_unit_id IS NOT NULL THEN ARRAY[n.scope_unit_id]
+                                   ELSE coalesce(r.direct_units, '{{}}') END) AS s (unit_id)
+),
+{ancestors("SELECT member_id, unit_id FROM starts", "member")}
+SELECT DISTINCT ON (up.member) up.member AS member_id, b.unit_id
+FROM up JOIN unit_budgets b ON b.unit_id = up.id AND b.channel = $2
+ORDER BY up.member, up.depth, b.unit_id"""
+
+# Unit $1's budget on channel $2, its local day, and that day's spend row (created at 0 and
+# locked until the caller's transaction ends).
 OPEN = f"""
-WITH RECURSIVE {ancestors("SELECT $1::text, scope_unit_id FROM notices WHERE id = $1::uuid", "start")},
+WITH RECURSIVE {ancestors("SELECT $1::text, $1::text", "start")},
 gov AS (
-    SELECT b.unit_id, b.daily_limit, coalesce(b.override_until > (SELECT notifier_now()), false) AS overridden,
-           up.depth
-    FROM up JOIN unit_budgets b ON b.unit_id = up.id AND b.channel = $2
-    ORDER BY up.depth LIMIT 1
+    SELECT b.unit_id, b.daily_limit, coalesce(b.override_until > (SELECT notifier_now()), false) AS overridden
+    FROM unit_budgets b WHERE b.unit_id = $1 AND b.channel = $2
 ),
 zone AS (
     SELECT coalesce(
-        (SELECT u.timezone FROM up JOIN units u ON u.id = up.id JOIN gov ON up.depth >= gov.depth
+        (SELECT u.timezone FROM up JOIN units u ON u.id = up.id
          WHERE u.timezone IS NOT NULL ORDER BY up.depth LIMIT 1),
         '{DEFAULT_TIMEZONE}') AS tz
 ),
@@ -52,14 +70,15 @@ RETURNING s.unit_id, s.day, s.used,
 
 TAKE = "UPDATE budget_spend SET used = used + $4 WHERE unit_id = $1 AND channel = $2 AND day = $3"
 
-# Once per notice, channel and day: the event the notice's page and timeline show.
+# Once per notice, channel, day and governing unit (an unscoped notice meets its recipients' units'
+# budgets): the event the notice's page and timeline show.
 EXHAUSTED_EVENT = """
 INSERT INTO notice_events (notice_id, kind, detail)
 SELECT $1::uuid, 'budget_exhausted', jsonb_build_object(
     'channel', $2::text, 'unit_id', $3::text, 'day', $4::date::text, 'daily_limit', $5::int, 'held', $6::int)
 WHERE NOT EXISTS (
     SELECT 1 FROM notice_events WHERE notice_id = $1::uuid AND kind = 'budget_exhausted'
-      AND detail->>'channel' = $2::text AND detail->>'day' = $4::date::text)
+      AND detail->>'channel' = $2::text AND detail->>'day' = $4::date::text AND detail->>'unit_id' = $3::text)
 RETURNING id"""
 
 # The governing unit's secretaries are told, in-app, the first time a notice meets the spent
@@ -93,40 +112,60 @@ WHERE b.unit_id = $1
 ORDER BY b.channel"""
 
 # Held rows that may go now (a budget raised or overridden): due at once, the gate decides again.
+# The unit's budget held the rows of its subtree's notices, and of unscoped notices those to the
+# members of its subtree.
 RELEASE_HELD = f"""
 WITH RECURSIVE {subtree("ARRAY[$1::text]")}
 UPDATE deliveries d SET next_attempt_at = (SELECT notifier_now()), updated_at = (SELECT notifier_now())
 WHERE d.state = 'queued' AND d.wait_reason = 'budget_exhausted' AND d.channel = split_part($2, '.', 1)
-  AND d.notice_id IN (SELECT id FROM notices WHERE scope_unit_id IN (SELECT id FROM sub))"""
+  AND (d.notice_id IN (SELECT id FROM notices WHERE scope_unit_id IN (SELECT id FROM sub))
+       OR (d.notice_id IN (SELECT id FROM notices WHERE scope_unit_id IS NULL)
+           AND d.member_id IN (SELECT mu.member_id FROM member_units mu JOIN sub ON sub.id = mu.unit_id)))"""
 
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    allowed: int  # how many of the batch may go now
-    unit_id: str | None = None  # the governing unit (None: not limited)
-    day: date | None = None
-    daily_limit: int | None = None
-    resets_in: float = 0.0  # seconds until the governing unit's next local midnight
+    """What one budget lets go of a batch."""
+
+    unit_id: str  # the governing unit
+    day: date
+    daily_limit: int
+    resets_in: float  # seconds until the governing unit's next local midnight
+    held: tuple[int, ...]  # the sends (indexes into the batch) beyond it: they wait
 
 
-async def charge(conn: Connection, notice_id: str, channel: str, n: int) -> Charge:
-    """Take up to ``n`` sends from the budget governing ``notice_id`` on ``channel`` (call inside
-    the transaction that hands the batch over: the spend row stays locked until it ends)."""
-    row = await conn.fetchrow(OPEN, notice_id, channel)
-    if row is None:
-        return Charge(n)
-    left = max(int(row["daily_limit"]) - int(row["used"]), 0)
-    allowed = n if row["overridden"] else min(n, left)
-    if allowed:
-        await conn.execute(TAKE, row["unit_id"], channel, row["day"], allowed)
-    return Charge(allowed, row["unit_id"], row["day"], int(row["daily_limit"]), float(row["resets_in"]))
+async def charge(conn: Connection, notice_id: str, channel: str, members: list[str]) -> list[Charge]:
+    """Take the sends of a batch (to ``members``, in the batch's order) of ``notice_id`` on
+    ``channel`` from the budgets governing them, as far as each goes (call inside the transaction
+    that hands the batch over: the spend rows stay locked until it ends). One ``Charge`` per
+    governing budget; a send no budget governs is not limited and appears in none."""
+    governing = {
+        r["member_id"]: r["unit_id"] for r in await conn.fetch(GOVERNING, notice_id, channel, members)
+    }
+    sends: dict[str, list[int]] = {}
+    for i, member in enumerate(members):
+        if (unit := governing.get(member)) is not None:
+            sends.setdefault(unit, []).append(i)
+    charges = []
+    for unit in sorted(sends):  # one lock order for every transaction
+        row = await conn.fetchrow(OPEN, unit, channel)
+        assert row is not None
+        batch = sends[unit]
+        left = max(int(row["daily_limit"]) - int(row["used"]), 0)
+        allowed = len(batch) if row["overridden"] else min(len(batch), left)
+        if allowed:
+            await conn.execute(TAKE, unit, channel, row["day"], allowed)
+        charges.append(
+            Charge(unit, row["day"], int(row["daily_limit"]), float(row["resets_in"]), tuple(batch[allowed:]))
+        )
+    return charges
 
 
 async def exhausted(conn: Connection, notice_id: str, channel: str, c: Charge, held: int) -> list[str]:
     """Record that ``held`` deliveries of ``notice_id`` wait for the budget; the first time on
     the day, tell the governing unit's secretaries. Returns who was told."""
     first = await conn.fetchval(EXHAUSTED_EVENT, notice_id, channel, c.unit_id, c.day, c.daily_limit, held)
-    if first is None or c.unit_id is None:
+    if first is None:
         return []
     told = (await duty.secretaries_for_units(conn, [c.unit_id])).get(c.unit_id, [])
     if told:

@@ -41,9 +41,11 @@ VALUES ($1, $2, $3, $4, $5, $6, notifier_now() + make_interval(secs => $7))"""
 
 # $1 id hash  $2 idle seconds. Touches the session and says whether its role still holds.
 # A request of a session: keeps it alive and takes a token from its rate bucket -- the key's own
-# bucket for a session opened with a key, else one per member (all their sessions together), with
-# the role's limits ($3..$5: roles, rates, bursts; the bootstrap admin's sessions are not limited,
-# as its token is not). Composes db/throttle.py API_BUCKET_TAKE, as api_keys.AUTHENTICATE does.
+# bucket for a session opened with a key, else one per member (all their sessions together), and
+# one for all the bootstrap admin's sessions, with the role's limits ($3..$5: roles, rates, bursts).
+# The operator's token itself is not limited on the API, but a session is a browser's cookie, and
+# a runaway page or a stolen cookie should meet the admin role's limit like an admin key's session.
+# Composes db/throttle.py API_BUCKET_TAKE, as api_keys.AUTHENTICATE does.
 TOUCH_SESSION = f"""
 WITH s AS (
     UPDATE console_sessions s SET last_seen_at = notifier_now()
@@ -56,9 +58,8 @@ WITH s AS (
             SELECT 1 FROM api_keys k WHERE k.id = s.key_id AND k.revoked_at IS NULL
               AND (k.expires_at IS NULL OR k.expires_at > notifier_now()))) AS key_usable
 ), api_limit AS (
-    SELECT coalesce(s.key_id::text, 'console-member:' || s.member_id) AS key_id, l.rate, l.burst
+    SELECT coalesce(s.key_id::text, 'console-member:' || s.member_id, 'console-admin') AS key_id, l.rate, l.burst
     FROM s JOIN unnest($3::text[], $4::float8[], $5::float8[]) AS l(role, rate, burst) ON l.role = s.role
-    WHERE s.key_id IS NOT NULL OR s.member_id IS NOT NULL
 ), {API_BUCKET_TAKE}
 SELECT s.*, NOT EXISTS (SELECT 1 FROM api_limit) OR EXISTS (SELECT 1 FROM api_bucket) AS allowed,
        coalesce((SELECT tokens FROM api_bucket), (SELECT tokens FROM api_bucket_seen), 0) AS tokens_left,

@@ -128,13 +128,14 @@ SELECT extract(epoch FROM min(next_attempt_at) - (SELECT notifier_now())) FROM d
 WHERE notice_id = $1 AND channel = $2 AND state = 'queued'"""
 
 # With fallback, a delivery that failed for good hands over to the next channel in the notice's
-# order on which the member has a working contact (or that needs none).
+# order on which the member has a working contact (or that needs none); an in-app fallback is
+# listed in the inbox where the failed delivery would have been (its listed_at: schemas/0029).
 #   $1 failed delivery ids  $2 channels needing no contact  $3 channels delivered on insert
 FALLBACK_NEXT = f"""
-INSERT INTO deliveries (notice_id, member_id, channel, step, contact_id, state, attempts)
+INSERT INTO deliveries (notice_id, member_id, channel, step, contact_id, state, attempts, listed_at)
 SELECT d.notice_id, d.member_id, nxt.channel, d.step, nxt.contact_id,
        CASE WHEN nxt.channel = ANY($3::text[]) THEN 'delivered' ELSE 'queued' END,
-       (nxt.channel = ANY($3::text[]))::int
+       (nxt.channel = ANY($3::text[]))::int, d.listed_at
 FROM deliveries d
 JOIN notices n ON n.id = d.notice_id AND n.fallback
 CROSS JOIN LATERAL (

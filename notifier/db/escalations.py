@@ -76,9 +76,9 @@ plan AS (
 ),
 ins AS (
     INSERT INTO deliveries (notice_id, member_id, channel, step, contact_id, state, attempts,
-                            next_attempt_at, created_at, updated_at)
+                            next_attempt_at, created_at, updated_at, listed_at)
     SELECT $1, member_id, $2, $3, contact_id, CASE WHEN $5 THEN 'delivered' ELSE 'queued' END, $5::int,
-           clock.now, clock.now, clock.now
+           clock.now, clock.now, clock.now, clock.now
     FROM plan CROSS JOIN (SELECT notifier_now() AS now) AS clock
     WHERE contact_id IS NOT NULL OR NOT $4
     ORDER BY member_id LIMIT $6

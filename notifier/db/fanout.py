@@ -24,6 +24,13 @@ FANOUT_CHUNK = (
     + subtree("$2")
     + f""",
 clock AS (SELECT notifier_now() AS now),
+notice AS (
+    -- listed_at: the inbox lists the notice at its own time, not the fan-out's (schemas/0029).
+    -- An escalation summary reaches no unit by fan-out: it is about someone else's notice, so
+    -- only its creating unit and those above see it (schemas/0010's trigger), admins always.
+    SELECT created_at, coalesce(send_at, created_at) AS listed_at, parent_notice_id IS NOT NULL AS summary
+    FROM notices WHERE id = $1
+),
 aud AS (
     SELECT member_id FROM {audience_members("$3")} a
     WHERE $4::text IS NULL OR member_id > $4
@@ -59,11 +66,11 @@ ins_d AS (
     -- Timestamps set explicitly from one reading of the engine clock: column defaults would call
     -- notifier_now() once per row.
     INSERT INTO deliveries (notice_id, member_id, channel, contact_id, state, attempts, error,
-                            next_attempt_at, created_at, updated_at)
+                            next_attempt_at, created_at, updated_at, listed_at)
     SELECT $1, member_id, channel, contact_id, state, (state = 'delivered')::int,
            CASE WHEN state = 'failed' THEN 'no working contact for this channel' END,
-           clock.now, clock.now, clock.now
-    FROM plan CROSS JOIN clock
+           clock.now, clock.now, clock.now, notice.listed_at
+    FROM plan CROSS JOIN clock CROSS JOIN notice
     ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
 ),
 roll AS (
@@ -96,7 +103,7 @@ cnt_u AS (
 ),
 reach AS (
     INSERT INTO notice_reach (notice_id, unit_id, created_at)
-    SELECT $1, unit_id, (SELECT created_at FROM notices WHERE id = $1) FROM per_unit WHERE NOT direct
+    SELECT $1, unit_id, notice.created_at FROM per_unit CROSS JOIN notice WHERE NOT direct AND NOT notice.summary
     ON CONFLICT DO NOTHING
 ),
 cnt AS (

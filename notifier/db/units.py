@@ -65,6 +65,15 @@ SUBTREE_CTE = "\nWITH RECURSIVE " + subtree("$1")
 IS_ANCESTOR_OR_SELF = ANCESTORS_CTE + " SELECT EXISTS (SELECT 1 FROM up WHERE id = $2)"
 WITHIN = SUBTREE_CTE + " SELECT id FROM sub WHERE id = ANY($2::text[])"
 SUBTREE_IDS = SUBTREE_CTE + " SELECT id FROM sub"
+# The lowest unit at or above every unit of $1 (units that do not exist are left out): the
+# nearest one whose ancestors-or-self walk every start reaches; none across organisations.
+COMMON_ANCESTOR = (
+    "\nWITH RECURSIVE "
+    + ancestors("SELECT u, u FROM unnest($1::text[]) AS t (u)", "start")
+    + """
+SELECT id FROM up GROUP BY id HAVING count(DISTINCT start) = (SELECT count(DISTINCT start) FROM up)
+ORDER BY min(depth), id LIMIT 1"""
+)
 # Whether unit $1 (and everything below it) still lies within MAX_DEPTH when hung below $2.
 FITS = f"""
 WITH RECURSIVE {ancestors("SELECT $2::text, $2::text", "start")}, {subtree("ARRAY[$1::text]")}
@@ -129,6 +138,13 @@ async def is_within(conn: Connection, unit_id: str, root_id: str) -> bool:
 async def all_within(conn: Connection, unit_ids: list[str], root_id: str) -> set[str]:
     """The subset of ``unit_ids`` that lie in ``root_id``'s subtree."""
     return {r["id"] for r in await conn.fetch(WITHIN, [root_id], unit_ids)}
+
+
+async def common_ancestor(conn: Connection, unit_ids: list[str]) -> str | None:
+    """The lowest unit that is, or lies above, every one of ``unit_ids`` (one unit: itself);
+    None when they share none (different organisations) or none exists."""
+    found = await conn.fetchval(COMMON_ANCESTOR, unit_ids)
+    return None if found is None else str(found)
 
 
 async def subtree_ids(conn: Connection, root_id: str) -> list[str]:

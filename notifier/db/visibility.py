@@ -7,7 +7,9 @@ creating unit and its ancestors are listed there from creation on, so a unit's l
 own notices before they fan out). Of a notice it does not own it sees the content (title, body,
 kind, times, state -- it reached its members) but only R's slice: the counters of R's subtree, the
 recipients in it, and the events naming them. An owner sees its notice whole, its counts still
-those of R's subtree. Admins (``root`` None) see every notice whole.
+those of R's subtree. Admins (``root`` None) see every notice whole. An escalation summary is
+about someone else's notice: the fan-out lists it under no unit it reaches (db/fanout.py), so
+only its creating unit and those above it see it (admins always).
 
 Every notice endpoint goes through ``visible_notice`` (the API's ``load_visible_notice``).
 """

@@ -190,23 +190,25 @@ async def charge_budgets(
 
 
 async def _charge(conn: Connection, content: NoticeContent, key: str, rows: list[Claimed]) -> list[Released]:
-    """Charge ``rows`` to the budget ``key``; returns those that wait for the budget."""
-    charge = await budgets.charge(conn, content.notice_id, key, len(rows))
-    if charge.allowed >= len(rows):
-        return []
-    over = rows[charge.allowed :]
-    wait = max(charge.resets_in, 1.0)
-    told = await budgets.exhausted(conn, content.notice_id, key, charge, len(over))
-    log.warning(
-        "%s budget of unit %s spent (%s a day): %d deliveries held for %.0fs, %d secretaries told",
-        key,
-        charge.unit_id,
-        charge.daily_limit,
-        len(over),
-        wait,
-        len(told),
-    )
-    return [Released(c.id, c.attempt, "budget_exhausted", wait) for c in over]
+    """Charge ``rows`` to the budgets ``key`` governing them; returns those that wait for a budget."""
+    waiting: list[Released] = []
+    for charge in await budgets.charge(conn, content.notice_id, key, [c.member_id for c in rows]):
+        if not charge.held:
+            continue
+        over = [rows[i] for i in charge.held]
+        wait = max(charge.resets_in, 1.0)
+        told = await budgets.exhausted(conn, content.notice_id, key, charge, len(over))
+        log.warning(
+            "%s budget of unit %s spent (%s a day): %d deliveries held for %.0fs, %d secretaries told",
+            key,
+            charge.unit_id,
+            charge.daily_limit,
+            len(over),
+            wait,
+            len(told),
+        )
+        waiting += [Released(c.id, c.attempt, "budget_exhausted", wait) for c in over]
+    return waiting
 
 
 def moot_after_read(c: Claimed) -> bool:

@@ -14,10 +14,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from notifier.app import build_openapi, create_app
 from notifier.settings import RateLimits, RoleLimit, Settings
 from tests.api.conftest import issue_key
-from tests.conftest import advance_clock, auth, make_settings
+from tests.conftest import ADMIN_TOKEN, advance_clock, auth, make_settings
 from tests.helpers import put
 
 LIMITS = RateLimits(
+    admin=RoleLimit(per_second=0.5, burst=3),
     secretary=RoleLimit(per_second=0.5, burst=3),
     service=RoleLimit(per_second=100, burst=100),
 )
@@ -145,3 +146,31 @@ async def test_a_console_session_is_limited_like_a_key_of_its_role(
     api.session.cookie_jar.clear()
     await sign_in(api, "s0")
     assert (await api.get("/console/notices", allow_redirects=False)).status == 200
+
+
+async def test_the_bootstrap_admins_console_sessions_are_limited_like_an_admin_keys(
+    api: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    """A console session is a browser's cookie, not the operator's token: the bootstrap admin's
+    sessions (signed in with the token) share one bucket with the admin role's limits, as the
+    sessions of an admin key share that key's."""
+    from tests.console.test_console import sign_in_with_token
+
+    await sign_in_with_token(api, ADMIN_TOKEN)
+    for remaining in (2, 1, 0):
+        resp = await api.get("/console/notices", allow_redirects=False)
+        assert resp.status == 200 and resp.headers["RateLimit-Remaining"] == str(remaining)
+    refused = await api.get("/console/notices", allow_redirects=False)
+    assert refused.status == 429 and refused.headers["Retry-After"] == "2"
+    await sign_in_with_token(api, ADMIN_TOKEN)  # another session of the bootstrap admin: the same bucket
+    assert (await api.get("/console/notices", allow_redirects=False)).status == 429
+    await sign_in_with_token(
+        api, await issue_key(api, {"name": "ops", "role": "admin"})
+    )  # a key's own bucket
+    assert (await api.get("/console/notices", allow_redirects=False)).status == 200
+    await advance_clock(db, 2)
+    await sign_in_with_token(api, ADMIN_TOKEN)
+    assert (await api.get("/console/notices", allow_redirects=False)).status == 200
+    # The operator's token itself stays unlimited on the API.
+    resp = await api.get("/v1/units", headers=auth())
+    assert resp.status == 200 and "RateLimit-Limit" not in resp.headers

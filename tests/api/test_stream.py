@@ -97,7 +97,7 @@ async def expected(
     """What the two GET endpoints say, composed as the stream's event must be."""
     q = f"?unit={unit}" if unit else ""
     notice = await get(client, f"/v1/notices/{nid}{q}", token=token)
-    # An admin's notice, created by no unit, rolls up over its first audience unit unless ?unit=.
+    # An admin's notice, created by no unit, rolls up over its (here: only) audience unit unless ?unit=.
     parent = unit or notice["audience"]["units"][0]
     units = (await get(client, f"/v1/notices/{nid}/units?parent={parent}", token=token))["units"]
     counts = notice["counts"]

@@ -15,6 +15,9 @@ from tests.api.conftest import count, fields, issue_key, problem, snapshot
 from tests.conftest import auth, wait_until
 from tests.helpers import get, post, put
 
+# Parametrize ids must be the same in every process that collects them (pytest-xdist): no uuid4().
+UNKNOWN_UUID = "5f604abf-07a1-4fde-aedf-5d2be0887f74"
+
 PROBLEMS = "https://notifier.dev/problems/"
 NOTICE = {"kind": "notice", "title": "Meeting", "body": "Friday 9:00", "audience": {"units": ["c"]}}
 
@@ -540,7 +543,7 @@ async def test_wrong_role_is_403_and_stores_nothing(
 # --- notices that are not there -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("notice_id", [str(uuid.uuid4()), "not-a-uuid", "12345", "%20"])
+@pytest.mark.parametrize("notice_id", [UNKNOWN_UUID, "not-a-uuid", "12345", "%20"])
 async def test_unknown_notice_is_404(
     client: TestClient[Any, Any], db: asyncpg.Connection, notice_id: str
 ) -> None:
@@ -603,7 +606,7 @@ async def test_recipients_query_accepts_good_values(
     assert page == {"items": [], "next_cursor": None}
 
 
-@pytest.mark.parametrize("bad_id", ["not-a-uuid", "12345", str(uuid.uuid4())])
+@pytest.mark.parametrize("bad_id", ["not-a-uuid", "12345", UNKNOWN_UUID])
 async def test_unknown_contact_and_api_key_ids_are_404(
     client: TestClient[Any, Any], db: asyncpg.Connection, bad_id: str
 ) -> None:
@@ -629,7 +632,7 @@ def _b64(text: str) -> str:
         "AA",
         _b64("nope"),
         _b64("2026-01-01T00:00:00+00:00|nope"),
-        _b64(f"yesterday|{uuid.uuid4()}"),
+        _b64(f"yesterday|{UNKNOWN_UUID}"),
     ],
 )
 async def test_garbage_inbox_cursor(

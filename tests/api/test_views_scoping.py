@@ -11,6 +11,7 @@ The organisation (see ``tests/api/conftest.py``), plus ``ms``, a member of g1a a
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,12 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from notifier.db import escalations
+from notifier.settings import Settings
+from notifier.workers.fanout import fanout_notice
 from tests.api.conftest import Org, issue_key, problem, snapshot
 from tests.conftest import auth, wait_until
-from tests.helpers import get, post, put
+from tests.helpers import get, post, put, worker_deps
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,41 @@ async def test_member_history_is_visible_where_the_member_belongs(
     await problem(await client.get("/v1/members/m1a/notices", headers=auth(keys.org.b2_service)), 404)
     await problem(await client.get("/v1/members/nobody/notices", headers=auth()), 404)
     await problem(await client.get("/v1/members/ms/notices", headers=auth(keys.revoked)), 401)
+
+
+async def test_an_escalation_summary_in_a_shared_members_history_is_seen_by_its_own_branch_only(
+    client: TestClient[Any, Any], keys: Keys, settings: Settings
+) -> None:
+    """b1's escalation tells ms (also a member of b2) how b1's notice is going: b2, and g1a below
+    b1, must not read that in ms's history nor open it; b1, the committee, admins and ms do."""
+    summary = str(uuid.uuid4())
+    async with worker_deps(settings) as deps:
+        async with deps.pool.acquire() as conn:
+            await escalations.insert_summary(
+                conn,
+                summary,
+                title="未读 3/3: Branch 1 muster",
+                body="3 of 3 recipients have not read",
+                members=["ms"],
+                channels=["inapp"],
+                scope_unit_id="b1",
+                parent_notice_id=keys.b1_notice,
+                parent_step=1,
+            )
+        await fanout_notice(deps, summary)  # (or the running worker's reconciler does it first)
+    await _active(client, summary)
+    titles = ["Committee muster", "Branch 1 muster"]
+    for token in (None, keys.committee, keys.org.b1_secretary, keys.ms_member):
+        page = await get(client, "/v1/members/ms/notices", token=token)
+        assert [i["title"] for i in page["items"]] == ["未读 3/3: Branch 1 muster", *titles], token
+        assert page["items"][0]["summary"] is True
+    for token in (keys.org.b2_service, keys.g1a):
+        page = await get(client, "/v1/members/ms/notices", token=token)
+        assert [i["title"] for i in page["items"]] == titles, token
+        await problem(await client.get(f"/v1/notices/{summary}", headers=auth(token)), 404)
+        listed = await get(client, "/v1/notices", token=token)
+        assert summary not in [n["id"] for n in listed["items"]]
+    assert (await get(client, f"/v1/notices/{summary}", token=keys.org.b1_secretary))["id"] == summary
 
 
 async def test_member_history_says_what_was_read_when_and_pages(

@@ -36,20 +36,13 @@ LESSON = NoticeContent("6f1c1b7e-0000-4000-8000-000000000002", "notice", "Lesson
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeDingTalk]:
-    f = await FakeDingTalk().start()
-    yield f
-    await f.stop()
-
-
-@pytest.fixture
 def clock() -> FrozenClock:
     return FrozenClock(1_800_000_000.0)
 
 
 @pytest.fixture
-async def channel(fake: FakeDingTalk, clock: FrozenClock) -> AsyncIterator[DingTalkChannel]:
-    ch = DingTalkChannel(make_settings(("", ""), **fake.settings_overrides()), clock=clock)
+async def channel(dingtalk_fake: FakeDingTalk, clock: FrozenClock) -> AsyncIterator[DingTalkChannel]:
+    ch = DingTalkChannel(make_settings(("", ""), **dingtalk_fake.settings_overrides()), clock=clock)
     yield ch
     await ch.close()
 
@@ -186,100 +179,117 @@ def test_capabilities_and_configuration(channel: DingTalkChannel) -> None:
 # --- sending, tokens, limits -------------------------------------------------------------
 
 
-async def test_300_members_take_three_tasks_of_100(fake: FakeDingTalk, channel: DingTalkChannel) -> None:
+async def test_300_members_take_three_tasks_of_100(
+    dingtalk_fake: FakeDingTalk, channel: DingTalkChannel
+) -> None:
     targets = users(300)
     results = await channel.send(items(targets))
     assert sorted(r.delivery_id for r in results) == list(range(1, 301))
     assert all(r.outcome is Outcome.SENT for r in results), results[:3]
     assert (
-        fake.calls["asyncsend_v2"] == 3 and sorted(len(t.user_ids) for t in fake.tasks.values()) == [100] * 3
+        dingtalk_fake.calls["asyncsend_v2"] == 3
+        and sorted(len(t.user_ids) for t in dingtalk_fake.tasks.values()) == [100] * 3
     )
-    assert fake.per_user() == {t: 1 for t in targets}
-    assert {r.provider_ref for r in results} == {str(t) for t in fake.tasks}
-    assert all(t.msg["msgtype"] == "markdown" for t in fake.tasks.values())  # no one personal link for 100
-    assert fake.token_requests == 1  # cached across the three calls
+    assert dingtalk_fake.per_user() == {t: 1 for t in targets}
+    assert {r.provider_ref for r in results} == {str(t) for t in dingtalk_fake.tasks}
+    assert all(
+        t.msg["msgtype"] == "markdown" for t in dingtalk_fake.tasks.values()
+    )  # no one personal link for 100
+    assert dingtalk_fake.token_requests == 1  # cached across the three calls
 
 
-async def test_one_member_gets_their_read_link(fake: FakeDingTalk, channel: DingTalkChannel) -> None:
+async def test_one_member_gets_their_read_link(dingtalk_fake: FakeDingTalk, channel: DingTalkChannel) -> None:
     (result,) = await channel.send(items(["solo"]))
     assert result.outcome is Outcome.SENT
-    (task,) = fake.tasks.values()
+    (task,) = dingtalk_fake.tasks.values()
     assert task.msg["action_card"]["single_url"] == "https://n.example/r/tok1"
 
 
 async def test_token_is_refreshed_before_it_expires(
-    fake: FakeDingTalk, channel: DingTalkChannel, clock: FrozenClock
+    dingtalk_fake: FakeDingTalk, channel: DingTalkChannel, clock: FrozenClock
 ) -> None:
     await channel.send(items(["a1"]))
     clock.advance(3600)
     await channel.send(items(["a2"]))
-    assert fake.token_requests == 1
+    assert dingtalk_fake.token_requests == 1
     clock.advance(7200 - 3600 - 299)  # inside the refresh margin, before DingTalk's expiry
-    fake.advance(7200 - 299)
+    dingtalk_fake.advance(7200 - 299)
     await channel.send(items(["a3"]))
-    assert fake.token_requests == 2 and fake.rejected == 0
+    assert dingtalk_fake.token_requests == 2 and dingtalk_fake.rejected == 0
 
 
-async def test_a_revoked_token_is_refetched_once(fake: FakeDingTalk, channel: DingTalkChannel) -> None:
+async def test_a_revoked_token_is_refetched_once(
+    dingtalk_fake: FakeDingTalk, channel: DingTalkChannel
+) -> None:
     await channel.send(items(["a1"]))
-    fake.revoke_tokens()
+    dingtalk_fake.revoke_tokens()
     (result,) = await channel.send(items(["a2"]))
     assert result.outcome is Outcome.SENT
-    assert fake.token_requests == 2 and fake.rejected == 1 and fake.per_user() == {"a1": 1, "a2": 1}
+    assert (
+        dingtalk_fake.token_requests == 2
+        and dingtalk_fake.rejected == 1
+        and dingtalk_fake.per_user() == {"a1": 1, "a2": 1}
+    )
 
 
 async def test_a_token_rejected_twice_fails_without_a_loop(
-    fake: FakeDingTalk, channel: DingTalkChannel
+    dingtalk_fake: FakeDingTalk, channel: DingTalkChannel
 ) -> None:
-    fake.token_lifetime = 0  # every token it issues is already expired
+    dingtalk_fake.token_lifetime = 0  # every token it issues is already expired
     (result,) = await channel.send(items(["a1"]))
     assert result.outcome is Outcome.FAILED and "42001" in (result.error or "")
-    assert fake.token_requests == 2 and fake.rejected == 2 and fake.messages == []
+    assert dingtalk_fake.token_requests == 2 and dingtalk_fake.rejected == 2 and dingtalk_fake.messages == []
 
 
-async def test_wrong_secret_fails_and_sends_nothing(fake: FakeDingTalk) -> None:
-    ch = DingTalkChannel(make_settings(("", ""), **fake.settings_overrides(app_secret="wrong")))
+async def test_wrong_secret_fails_and_sends_nothing(dingtalk_fake: FakeDingTalk) -> None:
+    ch = DingTalkChannel(make_settings(("", ""), **dingtalk_fake.settings_overrides(app_secret="wrong")))
     try:
         results = await ch.send(items(["a1", "a2"]))
     finally:
         await ch.close()
     assert all(r.outcome is Outcome.FAILED and not r.disable_contact for r in results), results
-    assert "40096" in (results[0].error or "") and fake.messages == []
+    assert "40096" in (results[0].error or "") and dingtalk_fake.messages == []
 
 
 async def test_app_per_minute_limit_is_throttled_with_a_wait(
-    fake: FakeDingTalk, channel: DingTalkChannel
+    dingtalk_fake: FakeDingTalk, channel: DingTalkChannel
 ) -> None:
-    fake.app_minute_limit = 150
+    dingtalk_fake.app_minute_limit = 150
     first = await channel.send(items(users(100)))
     second = await channel.send(items(users(100, "v")))
     assert all(r.outcome is Outcome.SENT for r in first)
     assert all(r.outcome is Outcome.RETRY and r.retry_after == THROTTLE_WAIT for r in second), second[:2]
     assert "143103" in (second[0].error or "") and "throttled" in (second[0].error or "")
-    assert len(fake.messages) == 100
-    fake.advance(61)
+    assert len(dingtalk_fake.messages) == 100
+    dingtalk_fake.advance(61)
     assert all(r.outcome is Outcome.SENT for r in await channel.send(items(users(100, "v"))))
 
 
-async def test_corp_per_minute_limit_is_throttled(fake: FakeDingTalk, channel: DingTalkChannel) -> None:
-    fake.responses.append(143104)
+async def test_corp_per_minute_limit_is_throttled(
+    dingtalk_fake: FakeDingTalk, channel: DingTalkChannel
+) -> None:
+    dingtalk_fake.responses.append(143104)
     (result,) = await channel.send(items(["a1"]))
-    assert result.outcome is Outcome.RETRY and result.retry_after == THROTTLE_WAIT and fake.messages == []
+    assert (
+        result.outcome is Outcome.RETRY
+        and result.retry_after == THROTTLE_WAIT
+        and dingtalk_fake.messages == []
+    )
 
 
 async def test_same_content_twice_a_day_fails_with_the_reason(
-    fake: FakeDingTalk, channel: DingTalkChannel
+    dingtalk_fake: FakeDingTalk, channel: DingTalkChannel
 ) -> None:
     targets = users(3)
     await channel.send(items(targets, link=False))
     again = await channel.send(items(targets, link=False))
     assert all(r.outcome is Outcome.FAILED and not r.disable_contact for r in again), again
     assert "143106" in (again[0].error or "") and "same content" in (again[0].error or "")
-    assert fake.per_user() == {t: 1 for t in targets}  # never sent twice, never reported 'sent'
+    assert dingtalk_fake.per_user() == {t: 1 for t in targets}  # never sent twice, never reported 'sent'
 
 
-async def test_daily_cap_fails_with_the_reason(fake: FakeDingTalk, channel: DingTalkChannel) -> None:
-    fake.daily_cap = 1
+async def test_daily_cap_fails_with_the_reason(dingtalk_fake: FakeDingTalk, channel: DingTalkChannel) -> None:
+    dingtalk_fake.daily_cap = 1
     await channel.send(items(["a1"], DING))
     (result,) = await channel.send(items(["a1"], LESSON))
     assert (
@@ -287,38 +297,42 @@ async def test_daily_cap_fails_with_the_reason(fake: FakeDingTalk, channel: Ding
         and "143105" in (result.error or "")
         and "daily cap" in (result.error or "")
     )
-    assert fake.per_user() == {"a1": 1}
+    assert dingtalk_fake.per_user() == {"a1": 1}
 
 
-async def test_reads_and_refusals_come_back_per_task(fake: FakeDingTalk, channel: DingTalkChannel) -> None:
+async def test_reads_and_refusals_come_back_per_task(
+    dingtalk_fake: FakeDingTalk, channel: DingTalkChannel
+) -> None:
     await channel.send(items(["a1", "a2"], link=False))
-    fake.invalid_users.add("nobody")
+    dingtalk_fake.invalid_users.add("nobody")
     results = await channel.send(items(["a1", "a3", "nobody"], link=False))
     assert all(r.outcome is Outcome.SENT for r in results)  # a partly refused task is still a task
     task_id = results[0].provider_ref
     assert task_id is not None
-    fake.mark_read(["a3"])
+    dingtalk_fake.mark_read(["a3"])
     result = await channel.send_result(task_id)
     assert result.read == ["a3"] and result.unread == []
     assert set(result.failed) == {"a1", "nobody"}
     assert "143106" in result.failed["a1"] and "invalid user id" in result.failed["nobody"]
 
 
-async def test_recall_withdraws_the_task(fake: FakeDingTalk, channel: DingTalkChannel) -> None:
+async def test_recall_withdraws_the_task(dingtalk_fake: FakeDingTalk, channel: DingTalkChannel) -> None:
     (result,) = await channel.send(items(["a1"]))
     assert result.provider_ref is not None
     await channel.recall(result.provider_ref)
-    assert fake.tasks[int(result.provider_ref)].recalled
-    fake.advance(24 * 3600 + 1)
+    assert dingtalk_fake.tasks[int(result.provider_ref)].recalled
+    dingtalk_fake.advance(24 * 3600 + 1)
     with pytest.raises(PermanentError, match="40035"):
         await channel.recall(result.provider_ref)
 
 
 async def test_a_throttled_token_request_is_retried_not_failed(
-    fake: FakeDingTalk, channel: DingTalkChannel
+    dingtalk_fake: FakeDingTalk, channel: DingTalkChannel
 ) -> None:
-    fake.token_responses.append(90002)
+    dingtalk_fake.token_responses.append(90002)
     (result,) = await channel.send(items(["a1"]))
-    assert result.outcome is Outcome.RETRY and "90002" in (result.error or "") and fake.messages == []
+    assert (
+        result.outcome is Outcome.RETRY and "90002" in (result.error or "") and dingtalk_fake.messages == []
+    )
     (result,) = await channel.send(items(["a1"]))  # the next attempt gets a token and sends
-    assert result.outcome is Outcome.SENT and fake.per_user() == {"a1": 1}
+    assert result.outcome is Outcome.SENT and dingtalk_fake.per_user() == {"a1": 1}

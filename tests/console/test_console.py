@@ -20,7 +20,7 @@ from notifier.db import console as console_db
 from notifier.links import make_token
 from notifier.settings import Settings
 from tests.api.conftest import issue_key
-from tests.conftest import advance_clock, auth, running_worker, wait_until
+from tests.conftest import ADMIN_TOKEN, advance_clock, auth, running_worker, wait_until
 from tests.helpers import post, put
 
 CATALOGUES = Path(__file__).resolve().parents[2] / "notifier" / "console" / "i18n"
@@ -64,6 +64,14 @@ async def sign_in(client: TestClient[Any, Any], member_id: str) -> str:
     cookie = resp.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
     return resp.headers["Location"]
+
+
+async def sign_in_with_token(client: TestClient[Any, Any], token: str) -> None:
+    """Sign in on the sign-in page with an API key or the bootstrap admin's token (a new session)."""
+    client.session.cookie_jar.clear()
+    pre = await csrf_of(client, "/console/sign-in")
+    resp = await client.post("/console/sign-in", data={"csrf": pre, "token": token}, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
 
 
 def test_both_catalogues_have_the_same_keys() -> None:
@@ -174,6 +182,28 @@ async def test_a_session_sees_what_a_secretary_key_of_its_unit_sees(
     resp = await client.post(f"/console/notices/{nid}/recall", data={"csrf": csrf, "confirm": "yes"})
     assert resp.status == 404
     assert await db.fetchval("SELECT recalled_at FROM notices WHERE id = $1", nid) is None
+
+
+async def test_an_admin_notice_to_sibling_branches_shows_a_bar_for_every_branch(
+    client: TestClient[Any, Any], db: asyncpg.Connection, worker: None
+) -> None:
+    await org(client)
+    body = {"kind": "ding", "title": "集合", "body": "x", "audience": {"units": ["b1", "b0"]}}
+    both = (await post(client, "/v1/notices", body, status=202))["id"]
+    one = (await post(client, "/v1/notices", {**body, "audience": {"units": ["b0"]}}, status=202))["id"]
+    for nid in (both, one):
+        await fanned_out(db, nid)
+    await sign_in_with_token(client, ADMIN_TOKEN)
+
+    async def bars(nid: str) -> dict[str, str]:
+        html = await (await client.get(f"/console/notices/{nid}")).text()
+        return dict(re.findall(r'<td data-read="([^"]+)">([^<]*)</td>', html))
+
+    # Rolled up over their common parent c: each branch its own bar (and c's own members, none).
+    assert await bars(both) == {"b0": "0/3", "b1": "0/2", "c": "0/0"}
+    assert await bars(one) == {"b0": "0/3"}  # one unit: over its own children (it has none) and itself
+    resp = await client.get(f"/v1/notices/{both}/stream", headers={**auth(), "Accept": "application/json"})
+    assert {u["unit_id"] for u in (await resp.json())["units"]} == {"b0", "b1", "c"}  # the stream agrees
 
 
 async def test_posts_without_the_csrf_token_change_nothing(

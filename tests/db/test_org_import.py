@@ -5,7 +5,6 @@ departed one detached with their DingTalk contact disabled -- never deleted with
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -34,16 +33,15 @@ ZERO = {
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeDingTalk]:
-    f = await FakeDingTalk().start()
+def fake(dingtalk_fake: FakeDingTalk) -> FakeDingTalk:
+    f = dingtalk_fake
     # 支部 A (10) with group 12, 支部 B (11); 250 users, so a department takes three pages.
     f.departments = {10: ("一支部", 1), 11: ("二支部", 1), 12: ("一支部第一小组", 10)}
     for i in range(250):
         dept = 10 if i < 150 else 11
         f.org_users[f"u{i:03d}"] = {"name": f"党员{i}", "mobile": f"138{i:08d}", "depts": [dept]}
     f.org_users["u000"]["depts"] = [10, 12]  # in two departments
-    yield f
-    await f.stop()
+    return f
 
 
 @pytest.fixture

@@ -204,6 +204,7 @@ class FakeDingTalk:
     robot_code: str = field(default_factory=lambda: "dingrobot" + secrets.token_hex(6))
     ding_minute_limit: int = 6000  # DING receivers per minute per robot
     ding_failed_users: set[str] = field(default_factory=set)  # DING could not reach them
+    ding_failed_list: Any = None  # when set, answered as failedList verbatim (an undocumented shape)
     dings: list[Ding] = field(default_factory=list)
     api_token_requests: int = 0
     api_rejected: int = 0  # new-style calls refused for a bad token
@@ -540,9 +541,10 @@ class FakeDingTalk:
         reached = [u for u in dict.fromkeys(users) if u not in failed]
         ding = Ding("ding" + secrets.token_hex(12), int(kind), reached, content)
         self.dings.append(ding)
-        return web.json_response(
-            {"openDingId": ding.open_ding_id, "failedList": {"userNotFound": failed} if failed else {}}
-        )
+        failed_list = {"userNotFound": failed} if failed else {}
+        if self.ding_failed_list is not None:
+            failed_list = self.ding_failed_list
+        return web.json_response({"openDingId": ding.open_ding_id, "failedList": failed_list})
 
     async def ding_recall(self, request: web.Request) -> web.Response:
         if (refused := self._api_token_error(request)) is not None:

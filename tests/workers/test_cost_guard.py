@@ -211,3 +211,58 @@ async def test_without_a_budget_up_the_tree_nothing_is_held(env: Env) -> None:
     assert status == 204
     status, _ = await env.call("DELETE", "/v1/units/c/budgets/voice")
     assert status == 404
+
+
+async def test_an_admins_notice_spends_the_budgets_of_the_units_it_reaches(env: Env) -> None:
+    """An admin's notice has no scope unit: each SMS is charged to the budget governing its
+    recipient (b1's for the members of g1 below it), a recipient under no budget is not limited,
+    and raising the budget frees what it held."""
+    await env.db.execute("INSERT INTO members (id, name) VALUES ('top', 'Top')")
+    await env.db.execute("INSERT INTO member_units VALUES ('top', 'c')")  # above b1: no budget
+    await env.db.execute(
+        "INSERT INTO contacts (member_id, channel, target) VALUES ('top', 'sms', '\"+14155559999\"')"
+    )
+    status, budget = await env.call("PUT", "/v1/units/b1/budgets/sms", {"daily_limit": LIMIT})
+    assert status == 200, budget
+    body = {
+        "kind": "ding",
+        "title": "t",
+        "body": "b",
+        "audience": {"units": ["g1"], "members": ["top"]},
+        "channels": ["inapp", "sms"],
+    }
+    status, notice = await env.call("POST", "/v1/notices", body)  # the admin token
+    assert status == 202, notice
+    nid = str(notice["id"])
+    held = MEMBERS - LIMIT
+
+    async def settled() -> bool:
+        return await states(env, nid) == Counter(
+            {
+                ("inapp", "delivered", None): MEMBERS + 1,
+                ("sms", "sent", None): LIMIT + 1,
+                ("sms", "queued", "budget_exhausted"): held,
+            }
+        )
+
+    await wait_until(settled, within=20)
+    assert "+14155559999" in {m.to for m in env.twilio.sms} and len(env.twilio.sms) == LIMIT + 1
+    assert (
+        await env.db.fetchval("SELECT used FROM budget_spend WHERE unit_id = 'b1' AND channel = 'sms'")
+        == LIMIT
+    )
+    events = await env.db.fetch(
+        "SELECT detail FROM notice_events WHERE notice_id = $1 AND kind = 'budget_exhausted'", nid
+    )
+    assert [(json.loads(e["detail"])["unit_id"], json.loads(e["detail"])["held"]) for e in events] == [
+        ("b1", held)
+    ]
+    status, _ = await env.call("PUT", "/v1/units/b1/budgets/sms", {"daily_limit": MEMBERS})
+
+    async def all_sent() -> bool:
+        return (await states(env, nid))[("sms", "sent", None)] == MEMBERS + 1
+
+    await wait_until(all_sent, within=20)
+    assert Counter(m.to for m in env.twilio.sms) == Counter(
+        {**{phone(i): 1 for i in range(MEMBERS)}, "+14155559999": 1}
+    )

@@ -27,17 +27,12 @@ from tests.workers.test_dingtalk_reads import counts, org, recall_via_api, user_
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeDingTalk]:
-    f = await FakeDingTalk().start()
-    yield f
-    await f.stop()
-
-
-@pytest.fixture
 async def deps(
-    server_urls: tuple[str, str], db: asyncpg.Connection, fake: FakeDingTalk
+    server_urls: tuple[str, str], db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> AsyncIterator[WorkerDeps]:
-    settings = make_settings(server_urls, **fake.settings_overrides(), delivery_idle_wait_seconds=0.0)
+    settings = make_settings(
+        server_urls, **dingtalk_fake.settings_overrides(), delivery_idle_wait_seconds=0.0
+    )
     async with worker_deps(settings) as d:
         yield d
 
@@ -61,28 +56,28 @@ ESCALATING_DING = {
 
 
 async def test_reads_come_back_from_dingtalk_and_the_unread_are_called_by_phone(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     members = await org(db, 300)
     nid = (await send(deps, ESCALATING_DING))["id"]
     await fanout_notice(deps, nid)
     await deliver_notice_channel(deps, nid, "dingtalk")
-    assert sorted(len(t.user_ids) for t in fake.tasks.values()) == [100, 100, 100]
+    assert sorted(len(t.user_ids) for t in dingtalk_fake.tasks.values()) == [100, 100, 100]
 
     # 120 read on DingTalk, over time; the read polls bring them in as our receipts.
     readers = members[::5] + members[1::5][:60]
     assert len(set(readers)) == 120
-    fake.mark_read({user_of(m) for m in readers[:70]})
+    dingtalk_fake.mark_read({user_of(m) for m in readers[:70]})
     await advance_clock(db, 10)
     await tick_once(deps)
-    fake.mark_read({user_of(m) for m in readers[70:]})
+    dingtalk_fake.mark_read({user_of(m) for m in readers[70:]})
     await advance_clock(db, 30)
     await tick_once(deps)
     c = await counts(deps, nid)
     assert (c["read"], c["unread"]) == (120, 180)
     rows = await db.fetch("SELECT member_id, read_via FROM recipients WHERE read_at IS NOT NULL ORDER BY 1")
     assert [(r["member_id"], r["read_via"]) for r in rows] == [(m, "dingtalk") for m in sorted(readers)]
-    assert fake.dings == []  # no DING before the step is due
+    assert dingtalk_fake.dings == []  # no DING before the step is due
 
     # Ten minutes after the send the step DINGs the 180 unread by phone, 20 a call, only them.
     await advance_clock(db, 600 - 40)
@@ -107,9 +102,12 @@ async def test_reads_come_back_from_dingtalk_and_the_unread_are_called_by_phone(
     finally:
         await registry.close()
     unread = sorted(set(members) - set(readers))
-    assert fake.dinged(remind_type=3) == {user_of(m): 1 for m in unread}
-    assert sum(len(d.user_ids) for d in fake.dings) == 180 and max(len(d.user_ids) for d in fake.dings) == 20
-    assert fake.dinged(remind_type=1) == {} and fake.dinged(remind_type=2) == {}
+    assert dingtalk_fake.dinged(remind_type=3) == {user_of(m): 1 for m in unread}
+    assert (
+        sum(len(d.user_ids) for d in dingtalk_fake.dings) == 180
+        and max(len(d.user_ids) for d in dingtalk_fake.dings) == 20
+    )
+    assert dingtalk_fake.dinged(remind_type=1) == {} and dingtalk_fake.dinged(remind_type=2) == {}
     rows = await db.fetch(
         "SELECT member_id, state, step, provider_ref FROM deliveries "
         "WHERE notice_id = $1 AND channel = 'dingtalk_ding' ORDER BY member_id",
@@ -117,25 +115,27 @@ async def test_reads_come_back_from_dingtalk_and_the_unread_are_called_by_phone(
     )
     assert [r["member_id"] for r in rows] == unread
     assert {(r["state"], r["step"]) for r in rows} == {("sent", 1)}
-    assert {r["provider_ref"] for r in rows} == {d.open_ding_id for d in fake.dings}
+    assert {r["provider_ref"] for r in rows} == {d.open_ding_id for d in dingtalk_fake.dings}
     assert (await counts(deps, nid))["read"] == 120  # a DING reports no read: nothing invented
 
     # The notice is recalled: its 3 tasks and its DINGs are withdrawn on DingTalk, once each.
     await recall_via_api(deps, nid)
     done = await tick_once(deps)
-    assert (done["dingtalk_recalls"], done["dingtalk_ding_recalls"]) == (3, len(fake.dings))
-    assert all(d.recalled for d in fake.dings) and all(t.recalled for t in fake.tasks.values())
+    assert (done["dingtalk_recalls"], done["dingtalk_ding_recalls"]) == (3, len(dingtalk_fake.dings))
+    assert all(d.recalled for d in dingtalk_fake.dings) and all(
+        t.recalled for t in dingtalk_fake.tasks.values()
+    )
     await recall_via_api(deps, nid)
     await advance_clock(db, 3600)
     done = await tick_once(deps)
     assert (done["dingtalk_recalls"], done["dingtalk_ding_recalls"]) == (0, 0)
-    assert fake.calls["ding/recall"] == len(fake.dings)
+    assert dingtalk_fake.calls["ding/recall"] == len(dingtalk_fake.dings)
     rows = await db.fetch("SELECT recalled_at IS NOT NULL AS ok, recall_error FROM dingtalk_dings")
-    assert [(r["ok"], r["recall_error"]) for r in rows] == [(True, None)] * len(fake.dings)
+    assert [(r["ok"], r["recall_error"]) for r in rows] == [(True, None)] * len(dingtalk_fake.dings)
 
 
 async def test_a_refused_ding_recall_is_recorded_not_retried(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     await org(db, 3)
     nid = (
@@ -145,8 +145,10 @@ async def test_a_refused_ding_recall_is_recorded_not_retried(
     )["id"]
     await fanout_notice(deps, nid)
     await deliver_notice_channel(deps, nid, "dingtalk_ding")
-    assert [(d.remind_type, len(d.user_ids)) for d in fake.dings] == [(1, 3)]  # the first send: in the app
-    fake.dings.clear()  # DingTalk no longer knows the DING
+    assert [(d.remind_type, len(d.user_ids)) for d in dingtalk_fake.dings] == [
+        (1, 3)
+    ]  # the first send: in the app
+    dingtalk_fake.dings.clear()  # DingTalk no longer knows the DING
     await recall_via_api(deps, nid)
     assert (await tick_once(deps))["dingtalk_ding_recalls"] == 1
     (row,) = await db.fetch("SELECT recalled_at, recall_error, recall_due_at FROM dingtalk_dings")
@@ -170,13 +172,13 @@ async def test_a_mode_on_a_step_without_a_ding_is_a_422_naming_the_step(
 
 
 async def test_contacts_for_channels_that_use_others_are_refused(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     (member,) = await org(db, 1)
     async with TestClient(TestServer(create_app(deps.settings, deps.channels), host="127.0.0.1")) as client:
         for channel, target, says in [
             ("dingtalk_ding", "dingm1", "through their dingtalk contact"),
-            ("dingtalk_robot", fake.new_robot(), "unit-level"),
+            ("dingtalk_robot", dingtalk_fake.new_robot(), "unit-level"),
         ]:
             resp = await client.post(
                 f"/v1/members/{member}/contacts", json={"channel": channel, "target": target}, headers=auth()
@@ -194,7 +196,7 @@ async def api(deps: WorkerDeps, method: str, path: str, body: Any, token: str | 
 
 
 async def test_dings_by_phone_count_against_the_units_budget_and_dings_in_the_app_are_free(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     """Issue 14's cost guard on ``dingtalk_ding``: a DING by phone (or SMS) is paid, each mode with
     its own daily budget; beyond it the calls wait as ``budget_exhausted``; the same notice's
@@ -213,12 +215,12 @@ async def test_dings_by_phone_count_against_the_units_budget_and_dings_in_the_ap
     await fanout_notice(deps, nid)
     await deliver_notice_channel(deps, nid, "dingtalk")
     await deliver_notice_channel(deps, nid, "dingtalk_ding")
-    assert fake.dinged(remind_type=1) == {user_of(m): 1 for m in members}  # in the app: free
+    assert dingtalk_fake.dinged(remind_type=1) == {user_of(m): 1 for m in members}  # in the app: free
 
     await advance_clock(db, 600)
     assert (await tick_once(deps))["escalations"] == 1
     await deliver_notice_channel(deps, nid, "dingtalk_ding")
-    assert len(fake.dinged(remind_type=3)) == 2 and fake.dinged(remind_type=2) == {}
+    assert len(dingtalk_fake.dinged(remind_type=3)) == 2 and dingtalk_fake.dinged(remind_type=2) == {}
     rows = await db.fetch(
         "SELECT channel, step, state, wait_reason, count(*) AS n FROM deliveries WHERE notice_id = $1 "
         "GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3",
@@ -248,7 +250,7 @@ async def test_dings_by_phone_count_against_the_units_budget_and_dings_in_the_ap
     )
     assert status == 200
     await deliver_notice_channel(deps, nid, "dingtalk_ding")
-    assert fake.dinged(remind_type=3) == {user_of(m): 1 for m in members}
+    assert dingtalk_fake.dinged(remind_type=3) == {user_of(m): 1 for m in members}
 
 
 async def send_as(deps: WorkerDeps, body: dict[str, Any], token: str) -> dict[str, Any]:

@@ -22,17 +22,12 @@ from tests.helpers import worker_deps
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeDingTalk]:
-    f = await FakeDingTalk().start()
-    yield f
-    await f.stop()
-
-
-@pytest.fixture
 async def deps(
-    server_urls: tuple[str, str], db: asyncpg.Connection, fake: FakeDingTalk
+    server_urls: tuple[str, str], db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> AsyncIterator[WorkerDeps]:
-    settings = make_settings(server_urls, **fake.settings_overrides(), delivery_idle_wait_seconds=0.0)
+    settings = make_settings(
+        server_urls, **dingtalk_fake.settings_overrides(), delivery_idle_wait_seconds=0.0
+    )
     async with worker_deps(settings) as d:
         yield d
 
@@ -90,39 +85,41 @@ async def frozen(db: asyncpg.Connection) -> AsyncIterator[None]:
 
 
 async def test_reads_on_dingtalk_become_our_receipts(
-    frozen: None, deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    frozen: None, deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     members = await org(db, 300)
     nid = await notice(deps, db)
     # Three tasks of 100, one message per member, each task id recorded and given a poll timer.
-    assert sorted(len(t.user_ids) for t in fake.tasks.values()) == [100, 100, 100]
-    assert fake.per_user() == {user_of(m): 1 for m in members}
+    assert sorted(len(t.user_ids) for t in dingtalk_fake.tasks.values()) == [100, 100, 100]
+    assert dingtalk_fake.per_user() == {user_of(m): 1 for m in members}
     refs = await db.fetch("SELECT provider_ref, count(*) FROM deliveries WHERE state = 'sent' GROUP BY 1")
     assert sorted(r["count"] for r in refs) == [100, 100, 100]
-    assert {r["provider_ref"] for r in refs} == {str(t) for t in fake.tasks}
-    assert await polls(db) == {str(t): (0, False) for t in fake.tasks}
+    assert {r["provider_ref"] for r in refs} == {str(t) for t in dingtalk_fake.tasks}
+    assert await polls(db) == {str(t): (0, False) for t in dingtalk_fake.tasks}
 
     # Not due yet: the first poll is 10 s after the send.
     await tick_once(deps)
-    assert fake.calls["getsendresult"] == 0
+    assert dingtalk_fake.calls["getsendresult"] == 0
 
     # 50 read on DingTalk; the poll 10 s later brings them in, and the rest count as delivered.
-    fake.mark_read({user_of(m) for m in members[:50]})
+    dingtalk_fake.mark_read({user_of(m) for m in members[:50]})
     await advance_clock(db, 10)
     assert (await tick_once(deps))["dingtalk_reads"] == 3
     c = await counts(deps, nid)
     assert (c["read"], c["unread"], c["delivered"], c["sent"]) == (50, 250, 300, 0)
 
     # 70 more over the next minutes, on the back-off schedule (30 s, then 1 min).
-    fake.mark_read({user_of(m) for m in members[50:120]})
+    dingtalk_fake.mark_read({user_of(m) for m in members[50:120]})
     await advance_clock(db, 29)
     await tick_once(deps)
-    assert fake.calls["getsendresult"] == 3  # not due until 30 s after the last poll
+    assert dingtalk_fake.calls["getsendresult"] == 3  # not due until 30 s after the last poll
     await advance_clock(db, 1)
     await tick_once(deps)
-    assert fake.calls["getsendresult"] == 6
+    assert dingtalk_fake.calls["getsendresult"] == 6
     # The first task (members 0..99) is all read now: its timer is done.
-    first_task = next(str(t.task_id) for t in fake.tasks.values() if t.user_ids[0] == user_of(members[0]))
+    first_task = next(
+        str(t.task_id) for t in dingtalk_fake.tasks.values() if t.user_ids[0] == user_of(members[0])
+    )
     assert (await polls(db))[first_task] == (2, True)
     # Polled again and again, each read still counts once.
     await advance_clock(db, 60)
@@ -132,54 +129,56 @@ async def test_reads_on_dingtalk_become_our_receipts(
     reads = await db.fetch("SELECT member_id, read_via FROM recipients WHERE read_at IS NOT NULL ORDER BY 1")
     assert [(r["member_id"], r["read_via"]) for r in reads] == [(m, "dingtalk") for m in members[:120]]
     assert await db.fetchval("SELECT sum(read) FROM notice_counts WHERE notice_id = $1", nid) == 120
-    assert fake.rejected == 0 and fake.token_requests == 1
+    assert dingtalk_fake.rejected == 0 and dingtalk_fake.token_requests == 1
 
     # The schedule then backs off to 5 min and every 15 min; a task everyone read is done.
-    fake.mark_read({user_of(m) for m in members[100:200]})  # the second task is now all read
-    second = next(str(t.task_id) for t in fake.tasks.values() if t.user_ids[0] == user_of(members[100]))
+    dingtalk_fake.mark_read({user_of(m) for m in members[100:200]})  # the second task is now all read
+    second = next(
+        str(t.task_id) for t in dingtalk_fake.tasks.values() if t.user_ids[0] == user_of(members[100])
+    )
     await advance_clock(db, 299)
     await tick_once(deps)
-    assert fake.calls["getsendresult"] == 8
+    assert dingtalk_fake.calls["getsendresult"] == 8
     await advance_clock(db, 1)
     await tick_once(deps)
-    assert fake.calls["getsendresult"] == 10
+    assert dingtalk_fake.calls["getsendresult"] == 10
     assert (await polls(db))[second] == (4, True)
     for _ in range(2):
         await advance_clock(db, 900)
         await tick_once(deps)
-    assert fake.calls["getsendresult"] == 12  # one task left unread, polled every 15 minutes
+    assert dingtalk_fake.calls["getsendresult"] == 12  # one task left unread, polled every 15 minutes
     assert (await counts(deps, nid))["read"] == 200
 
     # After 24 hours DingTalk cannot answer: the timers end.
     await advance_clock(db, 24 * 3600)
-    fake.advance(24 * 3600)
+    dingtalk_fake.advance(24 * 3600)
     await tick_once(deps)
     assert all(done for _, done in (await polls(db)).values())
-    before = fake.calls["getsendresult"]
+    before = dingtalk_fake.calls["getsendresult"]
     await advance_clock(db, 3600)
     await tick_once(deps)
-    assert fake.calls["getsendresult"] == before
+    assert dingtalk_fake.calls["getsendresult"] == before
 
 
 async def test_unknown_users_and_duplicates_are_clear_failures_counted_once(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     members = await org(db, 10, unit="a")
     newcomers = await org(db, 5, unit="b", first=10)
     await db.execute("INSERT INTO member_units SELECT unnest($1::text[]), 'b'", members)  # b = all 15
-    fake.invalid_users.add(user_of(newcomers[0]))  # a userid DingTalk does not know
+    dingtalk_fake.invalid_users.add(user_of(newcomers[0]))  # a userid DingTalk does not know
 
     first = await notice(deps, db, unit="a")
     # The same content again the same day: DingTalk refuses it for the 10 who have it.
     again = await notice(deps, db, unit="b")
     # ... and a third time to only those 10: the whole call is refused (143106), nothing sent.
     third = await notice(deps, db, unit="a")
-    assert fake.per_user() == {user_of(m): 1 for m in members + newcomers[1:]}
+    assert dingtalk_fake.per_user() == {user_of(m): 1 for m in members + newcomers[1:]}
     rows = await db.fetch("SELECT state, error FROM deliveries WHERE notice_id = $1", third)
     assert len(rows) == 10 and {r["state"] for r in rows} == {"failed"}
     assert all("143106" in r["error"] and "same content" in r["error"] for r in rows)
 
-    fake.mark_read({user_of(m) for m in members + newcomers})
+    dingtalk_fake.mark_read({user_of(m) for m in members + newcomers})
     for _ in range(3):  # polled three times: nothing counted twice
         await advance_clock(db, 61)
         await tick_once(deps)
@@ -199,7 +198,7 @@ async def test_unknown_users_and_duplicates_are_clear_failures_counted_once(
     assert all("143106" in failed[m] and "same content" in failed[m] for m in members)
     assert (c3["read"], c3["failed"], c3["sent"]) == (0, 10, 0)
     # The refused task was never created, so it has no timer; the two real tasks are done.
-    assert len(fake.tasks) == 2 and all(done for _, done in (await polls(db)).values())
+    assert len(dingtalk_fake.tasks) == 2 and all(done for _, done in (await polls(db)).values())
 
 
 async def recall_via_api(deps: WorkerDeps, nid: str) -> None:
@@ -209,16 +208,16 @@ async def recall_via_api(deps: WorkerDeps, nid: str) -> None:
 
 
 async def test_a_recalled_notice_is_withdrawn_on_dingtalk_once(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     await org(db, 150)
     nid = await notice(deps, db)
     other = await notice(deps, db, title="Another notice")
-    assert len(fake.tasks) == 4
+    assert len(dingtalk_fake.tasks) == 4
     assert (await tick_once(deps))["dingtalk_recalls"] == 0  # nothing recalled yet
     await recall_via_api(deps, nid)
     assert (await tick_once(deps))["dingtalk_recalls"] == 2
-    recalled = {str(t.task_id) for t in fake.tasks.values() if t.recalled}
+    recalled = {str(t.task_id) for t in dingtalk_fake.tasks.values() if t.recalled}
     mine = {
         r["provider_ref"]
         for r in await db.fetch("SELECT DISTINCT provider_ref FROM deliveries WHERE notice_id = $1", nid)
@@ -227,7 +226,7 @@ async def test_a_recalled_notice_is_withdrawn_on_dingtalk_once(
     await recall_via_api(deps, nid)  # recalling again changes nothing
     await advance_clock(db, 3600)
     assert (await tick_once(deps))["dingtalk_recalls"] == 0
-    assert fake.calls["recall"] == 2
+    assert dingtalk_fake.calls["recall"] == 2
     rows = await db.fetch(
         "SELECT recalled_at IS NOT NULL AS ok, recall_error FROM dingtalk_read_polls WHERE notice_id = $1",
         nid,
@@ -236,7 +235,7 @@ async def test_a_recalled_notice_is_withdrawn_on_dingtalk_once(
 
     # A day later DingTalk can no longer withdraw it: recorded with the reason, not retried.
     await advance_clock(db, 23 * 3600 - 60)
-    fake.advance(24 * 3600 + 1)
+    dingtalk_fake.advance(24 * 3600 + 1)
     await recall_via_api(deps, other)
     assert (await tick_once(deps))["dingtalk_recalls"] == 2
     rows = await db.fetch(
@@ -247,4 +246,4 @@ async def test_a_recalled_notice_is_withdrawn_on_dingtalk_once(
     )
     await advance_clock(db, 3600)
     await tick_once(deps)
-    assert fake.calls["recall"] == 4
+    assert dingtalk_fake.calls["recall"] == 4

@@ -25,17 +25,12 @@ from tests.workers.test_dingtalk_reads import org, recall_via_api
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeDingTalk]:
-    f = await FakeDingTalk().start()
-    yield f
-    await f.stop()
-
-
-@pytest.fixture
 async def deps(
-    server_urls: tuple[str, str], db: asyncpg.Connection, fake: FakeDingTalk
+    server_urls: tuple[str, str], db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> AsyncIterator[WorkerDeps]:
-    settings = make_settings(server_urls, **fake.settings_overrides(), delivery_idle_wait_seconds=0.0)
+    settings = make_settings(
+        server_urls, **dingtalk_fake.settings_overrides(), delivery_idle_wait_seconds=0.0
+    )
     async with worker_deps(settings) as d:
         yield d
 
@@ -82,12 +77,12 @@ async def posts(db: asyncpg.Connection, nid: str) -> list[tuple[str, str, str | 
 
 
 async def test_one_post_per_unit_group_never_per_member(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     await org(db, 30, unit="b1")
     await org(db, 20, unit="b2", first=30)
     await org(db, 5, unit="b3", first=50)  # no robot
-    r1, r2 = fake.new_robot(), fake.new_robot()
+    r1, r2 = dingtalk_fake.new_robot(), dingtalk_fake.new_robot()
     await set_robot(deps, "b1", r1)
     await set_robot(deps, "b2", r2)
     status, shown = await api(deps, "GET", "/v1/units/b1/contacts")
@@ -103,19 +98,23 @@ async def test_one_post_per_unit_group_never_per_member(
     assert await posts(db, nid) == [("b1", "queued", None), ("b2", "queued", None)]
     assert (await tick_once(deps))["unit_posts"] == 2
     assert await posts(db, nid) == [("b1", "sent", None), ("b2", "sent", None)]
-    assert len(fake.posts_to(r1)) == 1 and len(fake.posts_to(r2)) == 1 and fake.robot_rejected == 0
-    text = fake.posts_to(r1)[0]["markdown"]["text"]
+    assert (
+        len(dingtalk_fake.posts_to(r1)) == 1
+        and len(dingtalk_fake.posts_to(r2)) == 1
+        and dingtalk_fake.robot_rejected == 0
+    )
+    text = dingtalk_fake.posts_to(r1)[0]["markdown"]["text"]
     assert "支部通知: 周五学习" in text and "三楼会议室" in text
     await advance_clock(db, 3600)
     await tick_once(deps)
-    assert len(fake.group_posts) == 2  # posted once
+    assert len(dingtalk_fake.group_posts) == 2  # posted once
 
 
 async def test_the_robots_20_a_minute_is_a_shared_rate_limit(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     await org(db, 1, unit="b1")
-    robot = fake.new_robot()
+    robot = dingtalk_fake.new_robot()
     await set_robot(deps, "b1", robot)
     notices = [await post_notice(deps, ["b1"], title=f"通知 {i}") for i in range(25)]
     await tick_once(deps)
@@ -125,26 +124,26 @@ async def test_the_robots_20_a_minute_is_a_shared_rate_limit(
     assert len(held) == 15 and {(r["wait_reason"], r["attempts"]) for r in held} == {("throttled", 0)}
     await advance_clock(db, 60)
     await tick_once(deps)
-    assert len(fake.posts_to(robot)) == 20  # never more than 20 in a minute: DingTalk never muted it
+    assert len(dingtalk_fake.posts_to(robot)) == 20  # never more than 20 in a minute: DingTalk never muted it
     await advance_clock(db, 60)
-    fake.advance(61)
+    dingtalk_fake.advance(61)
     await tick_once(deps)
-    assert len(fake.posts_to(robot)) == 25 and fake.robot_rejected == 0
+    assert len(dingtalk_fake.posts_to(robot)) == 25 and dingtalk_fake.robot_rejected == 0
     assert {s for n in notices for _, s, _ in await posts(db, n)} == {"sent"}
 
 
 async def test_security_refusals_fail_with_the_reason_and_disable_the_robot(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     for i, unit in enumerate(("k", "ip", "sig", "ok")):
         await org(db, 1, unit=unit, first=i)
-    await set_robot(deps, "k", fake.new_robot(keywords=["警报"]))
-    blocked = fake.new_robot()
-    fake.robots[blocked["webhook"].split("=")[1]]["ip_blocked"] = True
+    await set_robot(deps, "k", dingtalk_fake.new_robot(keywords=["警报"]))
+    blocked = dingtalk_fake.new_robot()
+    dingtalk_fake.robots[blocked["webhook"].split("=")[1]]["ip_blocked"] = True
     await set_robot(deps, "ip", blocked)
-    wrong = fake.new_robot()
+    wrong = dingtalk_fake.new_robot()
     await set_robot(deps, "sig", {**wrong, "secret": "SEC" + "0" * 64})
-    await set_robot(deps, "ok", fake.new_robot(keywords=["通知"]))
+    await set_robot(deps, "ok", dingtalk_fake.new_robot(keywords=["通知"]))
     nid = await post_notice(deps, ["k", "ip", "sig", "ok"])
     await tick_once(deps)
     rows = {u: (s, e) for u, s, e in await posts(db, nid)}
@@ -172,27 +171,27 @@ async def test_security_refusals_fail_with_the_reason_and_disable_the_robot(
     # A later notice is not posted through a disabled robot; setting it again enables it.
     later = await post_notice(deps, ["k", "ok"])
     assert [u for u, _, _ in await posts(db, later)] == ["ok"]
-    await set_robot(deps, "k", fake.new_robot())
+    await set_robot(deps, "k", dingtalk_fake.new_robot())
     assert await db.fetchval("SELECT disabled_at FROM unit_contacts WHERE unit_id = 'k'") is None
 
 
 async def test_a_recalled_notice_is_not_posted(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     await org(db, 1, unit="b1")
-    await set_robot(deps, "b1", fake.new_robot())
+    await set_robot(deps, "b1", dingtalk_fake.new_robot())
     nid = await post_notice(deps, ["b1"])
     await recall_via_api(deps, nid)
     await tick_once(deps)
     assert await posts(db, nid) == [("b1", "cancelled", "the notice was recalled or expired")]
-    assert fake.group_posts == []
+    assert dingtalk_fake.group_posts == []
 
 
 async def test_bad_unit_contacts_are_422_naming_the_field(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     await org(db, 1, unit="b1")
-    good = fake.new_robot()
+    good = dingtalk_fake.new_robot()
     cases = [
         ({"channel": "dingtalk", "target": good}, "items[0].channel"),
         (
@@ -228,10 +227,10 @@ def test_the_signature_is_dingtalks() -> None:
 
 
 async def test_a_notice_only_for_the_group_is_posted_and_fans_out(
-    deps: WorkerDeps, db: asyncpg.Connection, fake: FakeDingTalk
+    deps: WorkerDeps, db: asyncpg.Connection, dingtalk_fake: FakeDingTalk
 ) -> None:
     await org(db, 3, unit="b1")
-    robot = fake.new_robot()
+    robot = dingtalk_fake.new_robot()
     await set_robot(deps, "b1", robot)
     status, body = await api(
         deps,
@@ -248,7 +247,7 @@ async def test_a_notice_only_for_the_group_is_posted_and_fans_out(
     assert status == 202, body
     await fanout_notice(deps, body["id"])
     await tick_once(deps)
-    assert len(fake.posts_to(robot)) == 1
+    assert len(dingtalk_fake.posts_to(robot)) == 1
     assert await db.fetchval("SELECT count(*) FROM deliveries WHERE notice_id = $1", body["id"]) == 0
     status, shown = await api(deps, "GET", f"/v1/notices/{body['id']}")
     # Posted in the group only: nobody is a recipient, so nothing waits on a read.

@@ -17,9 +17,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from notifier.app import create_app
 from notifier.settings import Settings
+from notifier.workers.context import WorkerDeps
 from notifier.workers.settings import create_worker, stop_worker
+from notifier.workers.tick import tick_once
 from tests.conftest import advance_clock, auth, make_settings, wait_until
 from tests.fakes.twilio import FakeTwilio
+from tests.helpers import worker_deps
 
 Client = TestClient[Any, Any]
 
@@ -40,6 +43,7 @@ class Env:
     db: asyncpg.Connection
     twilio: FakeTwilio
     settings: Settings
+    deps: WorkerDeps  # for a tick run by the test itself (quiet_for)
 
     def phone(self, member_id: str) -> str:
         return phone_of(member_id)
@@ -79,10 +83,15 @@ async def start_worker(settings: Settings) -> tuple[Any, asyncio.Future[Any]]:
 async def env(
     server_urls: tuple[str, str], db: asyncpg.Connection, twilio_fake: FakeTwilio
 ) -> AsyncIterator[Env]:
-    settings = make_settings(server_urls, **twilio_fake.settings_overrides())
+    # Calls at 10 a second (the default) made the 270 calls of a three-step policy take ~30 s of
+    # real time; rate limits have tests of their own (test_phone_e2e.py, test_delivery_layer.py).
+    settings = make_settings(server_urls, voice_rate_per_second=200.0, **twilio_fake.settings_overrides())
     worker, task = await start_worker(settings)
-    async with TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client:
-        yield Env(client, db, twilio_fake, settings)
+    async with (
+        worker_deps(settings) as deps,
+        TestClient(TestServer(create_app(settings), host="127.0.0.1")) as client,
+    ):
+        yield Env(client, db, twilio_fake, settings, deps)
     await stop_worker(worker, task)
 
 
@@ -146,10 +155,21 @@ async def settle(predicate: Callable[[], Awaitable[bool]] | Callable[[], bool], 
     await wait_until(check, within=within)
 
 
-async def quiet_for(env: Env, seconds: float = 2.5) -> None:
-    """Let ticks run (real time) without moving the engine clock: nothing new may go out."""
+async def quiet_for(env: Env) -> None:
+    """Without moving the engine clock nothing new may go out: a tick runs (run here, so it surely
+    happens however loaded the machine, beside the worker's own), whatever it queued is sent or
+    settled, and the providers got nothing more."""
     before = len(env.twilio.messages)
-    await asyncio.sleep(seconds)
+    await tick_once(env.deps)
+
+    async def idle() -> bool:
+        due = await env.db.fetchval(
+            "SELECT count(*) FROM deliveries WHERE state = 'sending' "
+            "OR (state = 'queued' AND next_attempt_at <= notifier_now())"
+        )
+        return bool(due == 0)
+
+    await settle(idle)
     assert len(env.twilio.messages) == before, env.twilio.messages[before:]
 
 
@@ -168,7 +188,7 @@ async def test_three_step_policy_with_a_second_round(env: Env) -> None:
     # 5 min: exactly one SMS to each unread member, none to the readers.
     await advance_clock(env.db, 61)
     await settle(lambda: len(env.twilio.sms) >= 200)
-    await quiet_for(env, 1.5)
+    await quiet_for(env)
     assert env.sms_to() == Counter({phone_of(m): 1 for m in unread})
     assert env.twilio.calls == []
 
@@ -177,14 +197,14 @@ async def test_three_step_policy_with_a_second_round(env: Env) -> None:
     still = unread[50:]
     await advance_clock(env.db, 600)
     await settle(lambda: len(env.twilio.calls) >= 150)
-    await quiet_for(env, 1.5)
+    await quiet_for(env)
     assert env.calls_to() == Counter({phone_of(m): 1 for m in still})
 
     # 30 min: the secretary (b1) and the on-duty officer (found on c, two levels up) each get
     # exactly one summary per channel, with the right numbers.
     await advance_clock(env.db, 900)
     await settle(lambda: env.sms_to()[phone_of("sec")] == 1 and env.calls_to()[phone_of("duty")] == 1)
-    await quiet_for(env, 1.5)
+    await quiet_for(env)
     for who in ("sec", "duty"):
         assert env.sms_to()[phone_of(who)] == 1 and env.calls_to()[phone_of(who)] == 1
     summary_sms = next(m for m in env.twilio.sms if m.to == phone_of("sec"))
@@ -199,7 +219,7 @@ async def test_three_step_policy_with_a_second_round(env: Env) -> None:
     still = still[30:]
     await advance_clock(env.db, 300)
     await settle(lambda: len(env.twilio.sms) >= 200 + 2 + 120)
-    await quiet_for(env, 1.5)
+    await quiet_for(env)
     assert env.sms_to() == Counter(
         {
             **{phone_of(m): 1 for m in unread},
@@ -216,7 +236,7 @@ async def test_three_step_policy_with_a_second_round(env: Env) -> None:
     await settle(lambda: len(env.twilio.calls) >= 150 + 2 + 120)
     await advance_clock(env.db, 900)  # 60 min: notify skipped
     await settle(lambda: _escalation_state(env, nid), within=10)
-    await quiet_for(env, 1.5)
+    await quiet_for(env)
     assert len(env.twilio.sms) == 200 + 2 + 120 and len(env.twilio.calls) == 150 + 2 + 120
     events = [e["kind"] for e in (await env.get(f"/v1/notices/{nid}/events"))["items"]]
     assert events.count("step_fired") == 6
@@ -242,7 +262,7 @@ async def test_nobody_on_duty_anywhere_is_recorded_not_silent(env: Env) -> None:
     events = (await env.get(f"/v1/notices/{nid}/events"))["items"]
     nobody = [e["detail"]["role"] for e in events if e["kind"] == "nobody_to_notify"]
     assert sorted(nobody) == ["on_duty", "secretary"]
-    await quiet_for(env, 1.5)
+    await quiet_for(env)
     assert env.twilio.messages == []
 
 
@@ -270,7 +290,7 @@ async def test_policy_edited_after_the_ding_started_keeps_the_old_steps(env: Env
     await quiet_for(env)  # the edited policy would call now; the snapshot waits for 5 min
     await advance_clock(env.db, 240)
     await settle(lambda: len(env.twilio.sms) >= 2)
-    await quiet_for(env, 1.5)
+    await quiet_for(env)
     assert env.sms_to() == Counter({phone_of(m): 1 for m in members}) and env.twilio.calls == []
     snapshot = (await env.get(f"/v1/notices/{nid}"))["escalation"]
     assert snapshot["policy"] == "urgent-default" and len(snapshot["steps"]) == 3
@@ -286,7 +306,7 @@ async def test_recall_in_the_middle_of_an_escalation_stops_everything(env: Env) 
     assert recalled["state"] == "recalled" and recalled["recalled_at"]
     for _ in range(3):
         await advance_clock(env.db, 900)
-        await quiet_for(env, 1.2)
+        await quiet_for(env)
     assert len(env.twilio.sms) == 5 and env.twilio.calls == []
     # Late reads are still recorded; the inbox shows the notice as recalled.
     await env.read(nid, [members[0]])
