@@ -17,7 +17,15 @@ from aiohttp.test_utils import TestClient
 from tests.conftest import ADMIN_TOKEN
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = ("## Walk-through with curl", "## A secretary's morning", "## Study points", "## Quizzes", "## A month of study: the monthly test, its rankings and the CSV", "## Meetings (三会一课): check-in by place and time", "## A 党小组会: the notice, check-ins, the record and the committee's report")
+SECTIONS = (
+    "## Walk-through with curl",
+    "## A secretary's morning",
+    "## Study points",
+    "## Quizzes",
+    "## A month of study: the monthly test, its rankings and the CSV",
+    "## Meetings (三会一课): check-in by place and time",
+    "## A 党小组会: the notice, check-ins, the record and the committee's report",
+)
 
 
 def readme_script() -> str:
