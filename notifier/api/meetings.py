@@ -311,11 +311,6 @@ def _with_notice(row: Record, notice: dict[str, Any] | Record) -> dict[str, Any]
         "check-in window that closes before it opens or opens after the end; send_at after the end; the "
         "audience outside your reach; the Idempotency-Key used with a different body",
     },
-    links={
-        "get_meeting": {"notice_id": "$response.body#/id"},
-        "list_checkins": {"notice_id": "$response.body#/id"},
-        "post_checkin": {"notice_id": "$response.body#/id"},
-    },
 )
 async def create_meeting(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
