@@ -113,7 +113,12 @@ class MeetingIn(Strict):
         max_length=MAX_BSSIDS,
         description="Wi-Fi access points (BSSIDs) at the venue: being on one counts as being there",
     )
-    photo_required: bool = Field(default=False, strict=True)
+    photo_required: bool = Field(
+        default=False,
+        strict=True,
+        description="shown to members; a photo taken at check-in is not attached yet (it comes with the "
+        "meeting record's photo store)",
+    )
 
     @field_validator("bssids")
     @classmethod
@@ -305,11 +310,6 @@ def _with_notice(row: Record, notice: dict[str, Any] | Record) -> dict[str, Any]
         422: "an unknown meeting type, unit, channel or escalation policy; ends_at not after starts_at; a "
         "check-in window that closes before it opens or opens after the end; send_at after the end; the "
         "audience outside your reach; the Idempotency-Key used with a different body",
-    },
-    links={
-        "get_meeting": {"notice_id": "$response.body#/id"},
-        "list_checkins": {"notice_id": "$response.body#/id"},
-        "post_checkin": {"notice_id": "$response.body#/id"},
     },
 )
 async def create_meeting(request: web.Request, call: Call) -> web.Response:
