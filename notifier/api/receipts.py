@@ -18,7 +18,8 @@ from notifier.api.routing import Call, Router, json_response
 from notifier.api.stream import WATCHERS
 from notifier.api.types import Id, Strict, Timestamp, parse_uuid
 from notifier.db import inbox as inbox_db
-from notifier.db import notices, receipts, recipients, units
+from notifier.db import receipts, units
+from notifier.db.pool import Connection, Record
 
 routes = Router()
 
@@ -115,34 +116,42 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
     else:
         member_id = body.member_id
     assert member_id is not None
-    async with deps.pool.acquire() as conn, conn.transaction():
-        if p.role == "member":
-            nid = parse_uuid(request.match_info["notice_id"])
-            notice = None if nid is None else await notices.get(conn, nid)
-            if notice is None:
-                raise not_found("notice")
-        else:
-            # Recording a read is a change: only the notice's own units (not a branch it reached).
-            notice = (await load_visible_notice(conn, p, request.match_info["notice_id"], own=True)).row
-            if member_id not in await members_visible(conn, p, [member_id]):
-                raise not_found("recipient")
-        notice_id = str(notice["id"])
-        recorded = await receipts.mark_read(conn, notice_id, member_id, "api")
-        row = await recipients.get(conn, notice_id, member_id)
-        if row is not None and row["read_at"] is None:
-            # A fan-out chunk committed this recipient between the two statements: read it now.
-            recorded = await receipts.mark_read(conn, notice_id, member_id, "api")
-            row = await recipients.get(conn, notice_id, member_id)
-        if row is None:
-            if notice["state"] in ("queued", "fanning_out"):
-                raise Problem(
-                    409,
-                    "Conflict",
-                    "the notice is still being fanned out; retry shortly",
-                    type_="not-fanned-out",
-                    headers={"Retry-After": "1"},
-                )
-            raise not_found("recipient")
+    nid = parse_uuid(request.match_info["notice_id"])
+    if nid is None or (p.role != "member" and not p.is_admin and p.scope_root is None):
+        raise not_found("notice")
+
+    # Recording a read is a change: a unit-bound caller only of its own notices (not a branch the
+    # notice reached). One statement checks, records, counts and answers (db/receipts.py RECORD).
+    async def record(conn: Connection, *, lessons: bool) -> Record | None:
+        return await receipts.record(
+            conn, nid, member_id, "api", root=p.scope_root, member_key=p.role == "member", lessons=lessons
+        )
+
+    async with deps.pool.acquire() as conn:
+        row = await record(conn, lessons=False)
+        for _ in range(2):
+            if row is None or not row["recipient"] or row["read_at"] is not None:
+                break
+            if row["kind"] == "lesson":  # left unread by the first statement: its points come with it
+                async with conn.transaction():
+                    row = await record(conn, lessons=True)
+            else:  # another read of this pair committed while this one waited for the row: again
+                row = await record(conn, lessons=False)
+    if row is None:
+        raise not_found("notice")
+    if not row["member_ok"]:
+        raise not_found("recipient")
+    if not row["recipient"]:
+        if row["state"] in ("queued", "fanning_out"):
+            raise Problem(
+                409,
+                "Conflict",
+                "the notice is still being fanned out; retry shortly",
+                type_="not-fanned-out",
+                headers={"Retry-After": "1"},
+            )
+        raise not_found("recipient")
+    notice_id, recorded = str(row["id"]), bool(row["recorded"])
     if recorded:  # committed: the live streams of this notice may show it now
         request.app[WATCHERS].changed(notice_id)
     return json_response(
