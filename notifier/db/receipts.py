@@ -74,6 +74,17 @@ WITH p AS (
     + "\nSELECT notice_id, member_id FROM r"
 )
 
+# The batch's: as MARK_READ, answering for every pair that has a recipient whether this statement
+# recorded its read. A recipient it did not record has read (before, or while this statement
+# waited for its row lock: the lock's re-check of ``read_at IS NULL`` is what left it out).
+MARK_READ_ANSWER = (
+    MARK_READ.rsplit("\nSELECT", 1)[0]
+    + """
+SELECT p.notice_id, p.member_id, r.member_id IS NOT NULL AS recorded
+FROM p JOIN recipients t ON t.notice_id = p.notice_id AND t.member_id = p.member_id
+LEFT JOIN r ON r.notice_id = p.notice_id AND r.member_id = p.member_id"""
+)
+
 # One read receipt in one statement (no transaction of its own: a statement is atomic): whether
 # the caller may record it, the read, its counting and the answer. $1 notice, $2 member, $3 via,
 # $4 the caller's unit (NULL: admin, or a member key), $5 a member key (its own reads: of any
@@ -147,6 +158,23 @@ async def record(
     if row is not None and row["recorded"]:
         metrics.RECEIPTS.labels(via).inc()
     return row
+
+
+async def mark_read_answer(
+    conn: Connection,
+    notice_ids: list[str],
+    member_ids: list[str],
+    via: str,
+    at: list[datetime | None],
+) -> dict[tuple[str, str], bool]:
+    """As ``mark_read_many``, one statement that also answers: for each pair whose member received
+    the notice, whether this call recorded its read (False: it had been read)."""
+    rows = await conn.fetch(MARK_READ_ANSWER, notice_ids, member_ids, via, at)
+    answer = {(str(r["notice_id"]), r["member_id"]): r["recorded"] for r in rows}
+    recorded = sum(answer.values())
+    if recorded:
+        metrics.RECEIPTS.labels(via).inc(recorded)
+    return answer
 
 
 # Of these (notice, member) pairs, the recipients who have read (whenever that was recorded).
