@@ -33,6 +33,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -210,7 +211,25 @@ async def status_under_load(
             dev.check()
     finally:
         storm.stop.set()
-        await asyncio.gather(*tasks)
+        _, stuck = await asyncio.wait(tasks, timeout=10)
+        if stuck:  # a read waiting this long is a finding: say on what
+            rows = await pool.fetch(
+                "SELECT pid, state, wait_event_type, wait_event, now() - xact_start AS xact_for, "
+                "left(query, 120) AS query, pg_blocking_pids(pid) AS blocked_by FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() AND state <> 'idle'"
+            )
+            for r in rows:
+                print(dict(r), file=sys.stderr)
+            if os.environ.get("SCALE_EXPLAIN"):
+                from notifier.db.receipts import RECORD
+
+                async with pool.acquire() as c:
+                    await c.execute("SET plan_cache_mode = force_generic_plan")
+                    await c.execute("PREPARE rec(uuid, text, text, text, bool, bool) AS " + RECORD)
+                    plan = await c.fetch(f"EXPLAIN EXECUTE rec('{notice_id}', 'm0000001', 'api', NULL, false, false)")
+                    print("\n".join(r[0] for r in plan), file=sys.stderr)
+                    await c.execute("DEALLOCATE rec; RESET plan_cache_mode")
+            raise BenchError(f"{len(stuck)} storm clients still waiting 10 s after the storm stopped")
     lines = [
         f"target 6, GET /v1/notices/{{id}} of a {members:,}-recipient notice during its fan-out "
         f"({fanned or float('nan'):.2f}s to active) and a read storm ({storm.recorded:,} batch reads, "
@@ -352,6 +371,8 @@ async def benchmark(opts: argparse.Namespace, settings: Settings, tmp: Path) -> 
                 raise
             finally:
                 await asyncio.to_thread(dev.stop)
+                if opts.keep_log:
+                    await asyncio.to_thread(shutil.copyfile, dev.log, opts.keep_log)
     finally:
         receiver.stop()
     return lines
@@ -364,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--targets", default="4,6,7")
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--keep-log", default="", help="copy notifier dev's log here")
     opts = parser.parse_args(argv)
     stop_on_sigterm()
     try:
