@@ -225,7 +225,8 @@ async def status_under_load(
             ]
             await pool.execute(  # so that what follows is measured without them
                 "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND pid <> pg_backend_pid() AND state = 'active' AND now() - query_start > interval '5 seconds'"
+                "AND pid <> pg_backend_pid() AND state = 'active' "
+                "AND now() - query_start > interval '5 seconds'"
             )
             for task in stuck:
                 task.cancel()
@@ -238,7 +239,8 @@ async def status_under_load(
     ]
     if stuck:
         lines.append(
-            f"  {len(stuck)} storm clients still waiting 10 s after the storm stopped; cancelled statements > 5 s:"
+            f"  {len(stuck)} storm clients still waiting 10 s after the storm stopped; "
+            "cancelled statements > 5 s:"
         )
         lines += [f"    {w}" for w in waiting]
     return lines, notice_id
