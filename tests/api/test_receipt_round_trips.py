@@ -105,3 +105,30 @@ async def test_a_batch_costs_the_same_few_round_trips_whatever_its_size(
         counts.append(len(sent))
     # the notice's visibility, the members', and the one statement that marks, counts and answers
     assert counts == [3, 3]
+
+
+async def test_a_lesson_read_is_recorded_in_its_own_transaction_once(
+    client: TestClient[Any, Any],
+    db: asyncpg.Connection,
+    worker: None,
+    org: Org,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lesson's read is left by the one-statement path for the transaction that also awards its
+    points (``points.award``, same transaction): recorded there, counted once, and a repeat is the
+    one statement again."""
+    body = {"kind": "lesson", "title": "Lesson", "body": "Read me", "audience": {"units": ["c"]}}
+    nid = (await post(client, "/v1/notices", body, status=202))["id"]
+    await _active(client, nid)
+    pool = client.app[DEPS].pool
+    url = f"/v1/notices/{nid}/receipts"
+    with round_trips(monkeypatch, pool) as sent:
+        first = await post(client, url, {"member_id": "m1a", "type": "read"}, status=200)
+    assert first["recorded"] is True and first["read_at"] is not None
+    assert [q.split()[0] for q in sent] == ["WITH", "BEGIN;", "WITH", "COMMIT;"], sent
+    with round_trips(monkeypatch, pool) as sent:
+        again = await post(client, url, {"member_id": "m1a", "type": "read"}, status=200)
+    assert (again["recorded"], again["read_at"]) == (False, first["read_at"])
+    assert len(sent) == 1
+    read = await db.fetchval("SELECT sum(read) FROM notice_counts WHERE notice_id = $1::uuid", nid)
+    assert read == 1
