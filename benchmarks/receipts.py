@@ -12,7 +12,13 @@ Run::
 * **single**: ``--clients`` concurrent loopback clients, each posting ``POST /v1/notices/{id}/
   receipts`` for the next unread member, for ``--seconds`` (bounded: one request in flight per
   client); rate, p50 and p99;
+* **single, service key**: the same with a unit-bound service key (its lookup and rate bucket are
+  one more statement per request);
 * **baseline**: the same clients on ``GET /healthz`` for the same time, before and after.
+
+Every phase also prints the CPU it cost per request (the API process, PostgreSQL with its
+backends, the worker) and the load average when it ended: the machine is shared, and CPU per
+request is the figure that other load skews least.
 
 Targets (issue 13): batch >= 20,000 receipts/s; single >= 2,000/s with p99 <= 50 ms.
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import secrets
 import statistics
 import sys
@@ -35,6 +42,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from benchmarks.fanout.org import create_org, member_id
+from benchmarks.harness.cpu import _tree_cpu, find_server_pids
 from benchmarks.harness.servers import BenchError, code_version, connected, servers, stop_on_sigterm
 from benchmarks.makerun import Dev, send_ding, wait_ready
 from notifier.settings import Settings
@@ -64,6 +72,25 @@ async def closed_loop(
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - t0
     return len(latencies) / elapsed, latencies, failures
+
+
+class Phases:
+    """CPU per phase: the API process, PostgreSQL (with its backends), the worker; and the load."""
+
+    def __init__(self, dev: Dev, postmaster: int | None) -> None:
+        self.dev, self.postmaster = dev, postmaster
+
+    def snap(self) -> tuple[float, float, float]:
+        workers, api = self.dev.cpu()
+        return api, _tree_cpu(self.postmaster) if self.postmaster else 0.0, workers
+
+    def cost(self, before: tuple[float, float, float], n: int) -> str:
+        after = self.snap()
+        api, pg, wk = (1e6 * (a - b) / max(1, n) for a, b in zip(after, before, strict=True))
+        load = os.getloadavg()[0]
+        return (
+            f"CPU/request: API {api:,.0f} us, PostgreSQL {pg:,.0f} us, worker {wk:,.0f} us; load {load:.2f}"
+        )
 
 
 def p(values: list[float], q: float) -> float:
@@ -102,45 +129,72 @@ async def benchmark(opts: argparse.Namespace, settings: Settings, tmp: Path) -> 
                         await resp.read()
                         return resp.status == 200
 
+                postmaster, _ = await find_server_pids(pool, _queue)
+                meter = Phases(dev, postmaster)
+                service = await issue_service_key(dev, http, root)
+                t = meter.snap()
                 base1, base_lat1, _ = await closed_loop(opts.clients, opts.seconds, healthz)
+                cost_base1 = meter.cost(t, int(base1 * opts.seconds))
 
-                # batch: half the members, 10,000 per call
+                # batch: half the members, 10,000 per call, each call's last item a repeat of its first
                 half = opts.members // 2
+                t = meter.snap()
                 t0 = time.perf_counter()
-                for start in range(0, half, BATCH):
+                for start in range(0, half, BATCH - 1):
                     items = [
                         {"notice_id": notice_id, "member_id": member_id(prefix, i), "type": "read"}
-                        for i in range(start, min(half, start + BATCH))
+                        for i in range(start, min(half, start + BATCH - 1))
                     ]
+                    items.append(items[0])
                     async with http.post(
                         f"{dev.url}/v1/receipts:batch", json={"receipts": items}, headers=headers
                     ) as resp:
                         body = await resp.json()
-                        if resp.status != 200 or body["recorded"] != len(items):
+                        if resp.status != 200 or (body["recorded"], body["already_read"]) != (
+                            len(items) - 1,
+                            1,
+                        ):
                             raise BenchError(f"batch answered {resp.status}: {str(body)[:300]}")
                 batch_s = time.perf_counter() - t0
-                read = await pool.fetchval(
-                    "SELECT coalesce(sum(read), 0) FROM notice_counts WHERE notice_id = $1", notice_id
-                )
-                if read != half:
-                    raise BenchError(f"counters: read={read}, sent {half}")
+                cost_batch = meter.cost(t, half)
+                await check_counters(pool, notice_id, half)
 
-                # single: the other half, one member per request
+                # single: the other half, one member per request; an admin's, then a service key's
                 nxt = iter(range(half, opts.members))
 
-                async def single(h: aiohttp.ClientSession) -> bool:
-                    i = next(nxt, None)
-                    if i is None:
-                        return False
-                    body = {"member_id": member_id(prefix, i), "type": "read"}
-                    async with h.post(
-                        f"{dev.url}/v1/notices/{notice_id}/receipts", json=body, headers=headers
-                    ) as resp:
-                        await resp.read()
-                        return resp.status == 200
+                statuses: dict[str, dict[int, int]] = {}
 
-                single_rate, single_lat, single_fail = await closed_loop(opts.clients, opts.seconds, single)
+                def single(token: str) -> Callable[[aiohttp.ClientSession], Awaitable[bool]]:
+                    auth = {"Authorization": f"Bearer {token}"}
+                    seen = statuses.setdefault(token, {})
+
+                    async def one(h: aiohttp.ClientSession) -> bool:
+                        i = next(nxt, None)
+                        if i is None:
+                            return False
+                        body = {"member_id": member_id(prefix, i), "type": "read"}
+                        async with h.post(
+                            f"{dev.url}/v1/notices/{notice_id}/receipts", json=body, headers=auth
+                        ) as resp:
+                            await resp.read()
+                            seen[resp.status] = seen.get(resp.status, 0) + 1
+                            return resp.status == 200
+
+                    return one
+
+                t = meter.snap()
+                single_rate, single_lat, single_fail = await closed_loop(
+                    opts.clients, opts.seconds, single(dev.token)
+                )
+                cost_single = meter.cost(t, len(single_lat))
+                t = meter.snap()
+                svc_rate, svc_lat, svc_fail = await closed_loop(opts.clients, opts.seconds, single(service))
+                cost_svc = meter.cost(t, len(svc_lat))
+                t = meter.snap()
                 base2, base_lat2, _ = await closed_loop(opts.clients, opts.seconds, healthz)
+                cost_base2 = meter.cost(t, int(base2 * opts.seconds))
+                done = half + len(single_lat) - single_fail + len(svc_lat) - svc_fail
+                await check_counters(pool, notice_id, done)
         except BaseException:
             print(dev.log.read_text(errors="replace")[-3000:], file=sys.stderr)
             raise
@@ -154,14 +208,57 @@ async def benchmark(opts: argparse.Namespace, settings: Settings, tmp: Path) -> 
             f"{opts.clients} clients, {opts.seconds:.0f}s per phase, code {code_version()}",
             f"baseline GET /healthz: {base1:,.0f}/s before, {base2:,.0f}/s after "
             f"(p99 {p(base_lat1, 0.99):.1f} / {p(base_lat2, 0.99):.1f} ms)",
-            f"batch POST /v1/receipts:batch ({BATCH:,}/call): {half:,} reads in {batch_s:.2f}s = "
+            f"  before: {cost_base1}",
+            f"  after:  {cost_base2}",
+            f"batch POST /v1/receipts:batch ({BATCH - 1:,} + 1 repeat/call): "
+            f"{half:,} reads in {batch_s:.2f}s = "
             f"{batch_rate:,.0f} receipts/s ({batch_rate / base:.1f}x healthz requests/s); counters right"
             f"   target >= 20,000/s",
-            f"single POST .../receipts: {single_rate:,.0f}/s ({single_rate / base:.2f}x healthz), "
-            f"p50 {p(single_lat, 0.5):.1f} ms, p99 {p(single_lat, 0.99):.1f} ms, failures {single_fail}"
+            f"  {cost_batch} (per receipt)",
+            f"single POST .../receipts, admin token: {single_rate:,.0f}/s "
+            f"({single_rate / base:.2f}x healthz), "
+            f"p50 {p(single_lat, 0.5):.1f} ms, p99 {p(single_lat, 0.99):.1f} ms, "
+            f"answers {statuses.get(dev.token)}"
             f"   target >= 2,000/s, p99 <= 50 ms",
+            f"  {cost_single}",
+            f"single POST .../receipts, service key: {svc_rate:,.0f}/s ({svc_rate / base:.2f}x healthz), "
+            f"p50 {p(svc_lat, 0.5):.1f} ms, p99 {p(svc_lat, 0.99):.1f} ms, answers {statuses.get(service)}",
+            f"  {cost_svc}",
+            f"counters right after every phase ({done:,} reads: notice and per-unit counters equal the rows)",
         ]
         return lines
+
+
+async def issue_service_key(dev: Dev, http: aiohttp.ClientSession, unit: str) -> str:
+    """A service key bound to the benchmark's root unit (its rate limit: 1000/s, burst 5000)."""
+    async with http.post(
+        f"{dev.url}/v1/api-keys",
+        json={"name": "receipts benchmark", "role": "service", "unit_id": unit},
+        headers={"Authorization": f"Bearer {dev.token}"},
+    ) as resp:
+        body = await resp.json()
+        if resp.status != 201:
+            raise BenchError(f"issuing a service key answered {resp.status}: {body}")
+        return str(body["token"])
+
+
+async def check_counters(pool: Any, notice_id: str, reads: int) -> None:
+    """The notice's read counter, and its root unit's, equal the reads recorded and the rows."""
+    rows = await pool.fetchval(
+        "SELECT count(*) FROM recipients WHERE notice_id = $1 AND read_at IS NOT NULL", notice_id
+    )
+    counted = await pool.fetchval(
+        "SELECT coalesce(sum(read), 0) FROM notice_counts WHERE notice_id = $1", notice_id
+    )
+    units = await pool.fetch(
+        "SELECT k.unit_id, sum(k.read) AS read, (SELECT count(*) FROM recipients t WHERE t.notice_id = $1 "
+        "AND t.read_at IS NOT NULL AND k.unit_id = ANY(t.units)) AS rows "
+        "FROM notice_unit_counts k WHERE k.notice_id = $1 AND NOT k.direct GROUP BY k.unit_id",
+        notice_id,
+    )
+    wrong = [(u["unit_id"], u["read"], u["rows"]) for u in units if u["read"] != u["rows"]]
+    if not (rows == counted == reads) or wrong or not units:
+        raise BenchError(f"counters: rows={rows}, read={counted}, sent {reads}; units wrong: {wrong[:5]}")
 
 
 async def send_ding_inapp(

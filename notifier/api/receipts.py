@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from aiohttp import web
@@ -18,7 +18,8 @@ from notifier.api.routing import Call, Router, json_response
 from notifier.api.stream import WATCHERS
 from notifier.api.types import Id, Strict, Timestamp, parse_uuid
 from notifier.db import inbox as inbox_db
-from notifier.db import notices, points, receipts, recipients, units
+from notifier.db import points, receipts, units
+from notifier.db.pool import Connection, Record
 
 routes = Router()
 
@@ -115,36 +116,44 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
     else:
         member_id = body.member_id
     assert member_id is not None
-    async with deps.pool.acquire() as conn, conn.transaction():
-        if p.role == "member":
-            nid = parse_uuid(request.match_info["notice_id"])
-            notice = None if nid is None else await notices.get(conn, nid)
-            if notice is None:
-                raise not_found("notice")
-        else:
-            # Recording a read is a change: only the notice's own units (not a branch it reached).
-            notice = (await load_visible_notice(conn, p, request.match_info["notice_id"], own=True)).row
-            if member_id not in await members_visible(conn, p, [member_id]):
-                raise not_found("recipient")
-        notice_id = str(notice["id"])
-        recorded = await receipts.mark_read(conn, notice_id, member_id, "api")
-        row = await recipients.get(conn, notice_id, member_id)
-        if row is not None and row["read_at"] is None:
-            # A fan-out chunk committed this recipient between the two statements: read it now.
-            recorded = await receipts.mark_read(conn, notice_id, member_id, "api")
-            row = await recipients.get(conn, notice_id, member_id)
-        if row is None:
-            if notice["state"] in ("queued", "fanning_out"):
-                raise Problem(
-                    409,
-                    "Conflict",
-                    "the notice is still being fanned out; retry shortly",
-                    type_="not-fanned-out",
-                    headers={"Retry-After": "1"},
-                )
-            raise not_found("recipient")
-        if recorded and notice["kind"] == "lesson":  # the lesson's study point, in the read's transaction
-            await points.award(conn, member_id, "lesson_read", f"notice:{notice_id}")
+    nid = parse_uuid(request.match_info["notice_id"])
+    if nid is None or (p.role != "member" and not p.is_admin and p.scope_root is None):
+        raise not_found("notice")
+
+    # Recording a read is a change: a unit-bound caller only of its own notices (not a branch the
+    # notice reached). One statement checks, records, counts and answers (db/receipts.py RECORD).
+    async def record(conn: Connection, *, lessons: bool) -> Record | None:
+        return await receipts.record(
+            conn, nid, member_id, "api", root=p.scope_root, member_key=p.role == "member", lessons=lessons
+        )
+
+    async with deps.pool.acquire() as conn:
+        row = await record(conn, lessons=False)
+        for _ in range(2):
+            if row is None or not row["recipient"] or row["read_at"] is not None:
+                break
+            if row["kind"] == "lesson":  # left unread by the first statement: its points come with it
+                async with conn.transaction():
+                    row = await record(conn, lessons=True)
+                    if row is not None and row["recorded"]:  # the study point, in the read's transaction
+                        await points.award(conn, member_id, "lesson_read", f"notice:{row['id']}")
+            else:  # another read of this pair committed while this one waited for the row: again
+                row = await record(conn, lessons=False)
+    if row is None:
+        raise not_found("notice")
+    if not row["member_ok"]:
+        raise not_found("recipient")
+    if not row["recipient"]:
+        if row["state"] in ("queued", "fanning_out"):
+            raise Problem(
+                409,
+                "Conflict",
+                "the notice is still being fanned out; retry shortly",
+                type_="not-fanned-out",
+                headers={"Retry-After": "1"},
+            )
+        raise not_found("recipient")
+    notice_id, recorded = str(row["id"]), bool(row["recorded"])
     if recorded:  # committed: the live streams of this notice may show it now
         request.app[WATCHERS].changed(notice_id)
     return json_response(
@@ -174,16 +183,19 @@ async def post_receipts_batch(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service", "member")
     items = call.body_as(BatchIn).receipts
     deps = request.app[DEPS]
-    async with deps.pool.acquire() as conn, conn.transaction():
-        now = await receipts.now(conn)
-        late = [
-            (f"receipts[{i}].at", "must not be in the future")
-            for i, r in enumerate(items)
-            if r.at and r.at > now
-        ]
-        if late:
-            raise invalid_many(late)
-        notice_ids = sorted({str(r.notice_id) for r in items})
+    pairs = [(str(r.notice_id), r.member_id) for r in items]
+    # The checks only read; the writes (the reads, their points) are one transaction.
+    async with deps.pool.acquire() as conn:
+        if any(r.at is not None for r in items):
+            now = await receipts.now(conn)
+            late = [
+                (f"receipts[{i}].at", "must not be in the future")
+                for i, r in enumerate(items)
+                if r.at and r.at > now
+            ]
+            if late:
+                raise invalid_many(late)
+        notice_ids = sorted({nid for nid, _ in pairs})
         if p.role == "member":  # its own reads: of the notices it received (the recipient rows say)
             allowed = set(notice_ids)
         else:
@@ -193,38 +205,36 @@ async def post_receipts_batch(request: web.Request, call: Call) -> web.Response:
                     allowed.add(str((await load_visible_notice(conn, p, nid, own=True)).id))
                 except Problem:
                     continue
-        visible = await members_visible(conn, p, sorted({r.member_id for r in items}))
-        wanted = [i for i, r in enumerate(items) if str(r.notice_id) in allowed and r.member_id in visible]
-        recorded = await receipts.mark_read_many(
-            conn,
-            [str(items[i].notice_id) for i in wanted],
-            [items[i].member_id for i in wanted],
-            "api",
-            [items[i].at for i in wanted],
-        )
-        await points.award_lesson_reads(
-            conn, [str(r["notice_id"]) for r in recorded], [r["member_id"] for r in recorded]
-        )
-        got = {(str(r["notice_id"]), r["member_id"]) for r in recorded}
-        readers = await receipts.read_pairs(
-            conn, [str(items[i].notice_id) for i in wanted], [items[i].member_id for i in wanted]
-        )
-    for changed in sorted({nid for nid, _ in got}):  # committed: live streams may show them now
+        visible = await members_visible(conn, p, sorted({mid for _, mid in pairs}))
+        wanted = [i for i, (nid, mid) in enumerate(pairs) if nid in allowed and mid in visible]
+        async with conn.transaction():  # the reads and their lessons' study points together
+            answer = await receipts.mark_read_answer(
+                conn,
+                [pairs[i][0] for i in wanted],
+                [pairs[i][1] for i in wanted],
+                "api",
+                [items[i].at for i in wanted],
+            )
+            read_now = [pair for pair, rec in answer.items() if rec]
+            await points.award_lesson_reads(conn, [n for n, _ in read_now], [m for _, m in read_now])
+    for changed in sorted({nid for (nid, _), rec in answer.items() if rec}):  # live streams may show them
         request.app[WATCHERS].changed(changed)
-    results: list[BatchItemOut] = []
+    # Plain dicts, not BatchItemOut models: up to 10,000 of them (BatchOut documents the shape).
+    results: list[dict[str, Any]] = []
+    tally = {"recorded": 0, "already_read": 0, "not_found": 0}
     first: set[tuple[str, str]] = set()
-    for i, r in enumerate(items):
-        pair = (str(r.notice_id), r.member_id)
-        if pair in got and pair not in first:
-            first.add(pair)
-            status: Literal["recorded", "already_read", "not_found"] = "recorded"
-        elif pair in readers and str(r.notice_id) in allowed and r.member_id in visible:
-            status = "already_read"
-        else:
+    for i, pair in enumerate(pairs):
+        rec = answer.get(pair)
+        if rec is None:
             status = "not_found"
-        results.append(BatchItemOut(index=i, status=status))
-    tally = {k: sum(1 for x in results if x.status == k) for k in ("recorded", "already_read", "not_found")}
-    return json_response(BatchOut(results=results, **tally).model_dump(mode="json"))
+        elif rec and pair not in first:
+            first.add(pair)
+            status = "recorded"
+        else:
+            status = "already_read"
+        tally[status] += 1
+        results.append({"index": i, "status": status})
+    return json_response({**tally, "results": results})
 
 
 @routes.route(

@@ -52,6 +52,15 @@ async def _init_connection(conn: Any) -> None:
 WORKER_SESSION = {"plan_cache_mode": "force_custom_plan"}
 
 
+async def _released(conn: Any) -> None:
+    """What a connection goes back to the pool with (asyncpg rolls back an open transaction
+    first). Its default also sends ``RESET ALL; UNLISTEN *; CLOSE ALL; pg_advisory_unlock_all()``,
+    one more round trip per acquire, for session state this code never leaves on a pooled
+    connection: settings are given at connect (``server_settings``) or ``SET LOCAL``, locks are
+    transaction-level (``pg_advisory_xact_lock``), cursors live in transactions, and nothing
+    LISTENs on a pool (the one session lock, the migrations', is on a connection of its own)."""
+
+
 async def create_pool(
     settings: Settings,
     *,
@@ -64,6 +73,7 @@ async def create_pool(
         min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max if max_size is None else max_size,
         init=_init_connection,
+        reset=_released,
         command_timeout=60,
         server_settings=server_settings,
     )

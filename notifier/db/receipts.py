@@ -8,24 +8,22 @@ from datetime import datetime
 from notifier import metrics
 from notifier.db.deliveries import MOOT_AFTER_READ
 from notifier.db.pool import Connection, Record
+from notifier.db.units import ancestors, subtree
 
 # The first read wins, and is counted with it; work that a read makes moot (reminders, held
 # step-0 rows) is cancelled, and the deliveries trigger moves the recipient and the counters.
 # Set-based: one statement for any number of (notice, member) pairs, locked in one order so
 # concurrent batches never deadlock.
-MARK_READ = f"""
-WITH p AS (
-    -- one row per pair; a pair read twice in one call: its earliest reading
-    SELECT DISTINCT ON (notice_id, member_id) * FROM unnest($1::uuid[], $2::text[], $4::timestamptz[]) AS p(notice_id, member_id, at)
-    ORDER BY notice_id, member_id, at NULLS LAST
-),
+# The marking and counting, as CTEs over ``p(notice_id, member_id, at)`` (one row per pair) with
+# the read channel as ``{via}``: shared by the batch statement and the single receipt's.
+MARK = f"""
 l AS (
     SELECT t.notice_id, t.member_id, p.at FROM recipients t JOIN p ON t.notice_id = p.notice_id AND t.member_id = p.member_id
     WHERE t.read_at IS NULL ORDER BY t.notice_id, t.member_id FOR UPDATE OF t
 ),
 r AS (
     -- read at the time given (an import of reads made elsewhere), never later than now
-    UPDATE recipients t SET read_at = least(l.at, (SELECT notifier_now())), read_via = $3
+    UPDATE recipients t SET read_at = least(l.at, (SELECT notifier_now())), read_via = {{via}}
     FROM l WHERE t.notice_id = l.notice_id AND t.member_id = l.member_id AND t.read_at IS NULL
     RETURNING t.notice_id, t.member_id, t.units, t.direct_units, t.read_at,
               read_bucket(t.read_at - t.created_at) AS bucket
@@ -63,8 +61,65 @@ u AS (
         read_15m = k.read_15m + excluded.read_15m, read_30m = k.read_30m + excluded.read_30m,
         read_60m = k.read_60m + excluded.read_60m, read_later = k.read_later + excluded.read_later,
         last_read_at = greatest(k.last_read_at, excluded.last_read_at)
+)"""
+
+MARK_READ = (
+    """
+WITH p AS (
+    -- one row per pair; a pair read twice in one call: its earliest reading
+    SELECT DISTINCT ON (notice_id, member_id) * FROM unnest($1::uuid[], $2::text[], $4::timestamptz[]) AS p(notice_id, member_id, at)
+    ORDER BY notice_id, member_id, at NULLS LAST
+),"""
+    + MARK.format(via="$3")
+    + "\nSELECT notice_id, member_id FROM r"
 )
-SELECT notice_id, member_id FROM r"""
+
+# The batch's: as MARK_READ, answering for every pair that has a recipient whether this statement
+# recorded its read. A recipient it did not record has read (before, or while this statement
+# waited for its row lock: the lock's re-check of ``read_at IS NULL`` is what left it out).
+MARK_READ_ANSWER = (
+    MARK_READ.rsplit("\nSELECT", 1)[0]
+    + """
+SELECT p.notice_id, p.member_id, r.member_id IS NOT NULL AS recorded
+FROM p JOIN recipients t ON t.notice_id = p.notice_id AND t.member_id = p.member_id
+LEFT JOIN r ON r.notice_id = p.notice_id AND r.member_id = p.member_id"""
+)
+
+# One read receipt in one statement (no transaction of its own: a statement is atomic): whether
+# the caller may record it, the read, its counting and the answer. $1 notice, $2 member, $3 via,
+# $4 the caller's unit (NULL: admin, or a member key), $5 a member key (its own reads: of any
+# notice it received; the caller checked $2 is that member), $6 record a lesson's read too (the
+# caller is in a transaction that awards its points; else a lesson's is left for that caller).
+# For a unit-bound caller the notice must be its own (created in its subtree: db/visibility.py's
+# rule, ``owner``) and the member visible to it (a membership in its subtree: db/members.py's).
+# No row: no such notice, or not the caller's. ``member_ok`` false: not a member it may see.
+# ``recipient`` false: the member did not receive it (yet). The answer comes from the statement's
+# snapshot plus what it wrote: an unread ``read_at`` NULL with ``recorded`` false means another
+# read of the pair committed while this one waited for its row lock (the caller runs it again).
+RECORD = (
+    "WITH RECURSIVE n AS (SELECT id, kind, state, scope_unit_id FROM notices WHERE id = $1),\n"
+    + ancestors("SELECT id, scope_unit_id FROM n WHERE $4::text IS NOT NULL", "notice")
+    + ",\n"
+    + subtree("ARRAY[$4::text]")
+    + """,
+ok AS (
+    SELECT n.id, n.kind, n.state,
+           CASE WHEN $5 OR $4::text IS NULL THEN $5 OR EXISTS (SELECT 1 FROM members m WHERE m.id = $2)
+                ELSE EXISTS (SELECT 1 FROM member_units mu JOIN sub ON sub.id = mu.unit_id WHERE mu.member_id = $2)
+           END AS member_ok
+    FROM n WHERE $5 OR $4::text IS NULL OR EXISTS (SELECT 1 FROM up WHERE up.id = $4)
+),
+-- The parameters themselves, not ok's columns: the planner then finds the recipient by its key
+-- (a generic plan joining through ok scanned recipients_unread_idx by member alone, seconds a
+-- statement on a big notice during its fan-out).
+p AS (SELECT $1::uuid AS notice_id, $2::text AS member_id, NULL::timestamptz AS at
+      WHERE EXISTS (SELECT 1 FROM ok WHERE ok.member_ok AND ($6 OR ok.kind <> 'lesson'))),"""
+    + MARK.format(via="$3")
+    + """
+SELECT ok.id, ok.kind, ok.state, ok.member_ok, t.member_id IS NOT NULL AS recipient,
+       EXISTS (SELECT 1 FROM r) AS recorded, coalesce((SELECT r.read_at FROM r), t.read_at) AS read_at
+FROM ok LEFT JOIN recipients t ON ok.member_ok AND t.notice_id = $1 AND t.member_id = $2"""
+)
 
 
 async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str) -> bool:
@@ -86,6 +141,43 @@ async def mark_read_many(
     if recorded:
         metrics.RECEIPTS.labels(via).inc(len(recorded))
     return recorded
+
+
+async def record(
+    conn: Connection,
+    notice_id: str,
+    member_id: str,
+    via: str,
+    *,
+    root: str | None,
+    member_key: bool,
+    lessons: bool,
+) -> Record | None:
+    """One read receipt as ``RECORD`` (one round trip): None when the notice is not the caller's
+    (``root``: its unit, None for an admin; ``member_key``: a member's own read), else the row
+    ``id, kind, state, member_ok, recipient, recorded, read_at``. A lesson's read is recorded only
+    with ``lessons`` (inside the transaction that also awards its points)."""
+    row = await conn.fetchrow(RECORD, notice_id, member_id, via, root, member_key, lessons)
+    if row is not None and row["recorded"]:
+        metrics.RECEIPTS.labels(via).inc()
+    return row
+
+
+async def mark_read_answer(
+    conn: Connection,
+    notice_ids: list[str],
+    member_ids: list[str],
+    via: str,
+    at: list[datetime | None],
+) -> dict[tuple[str, str], bool]:
+    """As ``mark_read_many``, one statement that also answers: for each pair whose member received
+    the notice, whether this call recorded its read (False: it had been read)."""
+    rows = await conn.fetch(MARK_READ_ANSWER, notice_ids, member_ids, via, at)
+    answer = {(str(r["notice_id"]), r["member_id"]): r["recorded"] for r in rows}
+    recorded = sum(answer.values())
+    if recorded:
+        metrics.RECEIPTS.labels(via).inc(recorded)
+    return answer
 
 
 # Of these (notice, member) pairs, the recipients who have read (whenever that was recorded).
