@@ -196,27 +196,37 @@ async def post_receipts_batch(request: web.Request, call: Call) -> web.Response:
             if late:
                 raise invalid_many(late)
         notice_ids = sorted({nid for nid, _ in pairs})
+        lessons: bool = True  # whether a lesson may be among them (its reads earn study points)
         if p.role == "member":  # its own reads: of the notices it received (the recipient rows say)
             allowed = set(notice_ids)
         else:
-            allowed = set()
+            allowed, lessons = set(), False
             for nid in notice_ids:  # the notices of one call are few: an import is per notice
                 try:
-                    allowed.add(str((await load_visible_notice(conn, p, nid, own=True)).id))
+                    view = await load_visible_notice(conn, p, nid, own=True)
                 except Problem:
                     continue
+                allowed.add(str(view.id))
+                lessons = lessons or view.row["kind"] == "lesson"
         visible = await members_visible(conn, p, sorted({mid for _, mid in pairs}))
         wanted = [i for i, (nid, mid) in enumerate(pairs) if nid in allowed and mid in visible]
-        async with conn.transaction():  # the reads and their lessons' study points together
-            answer = await receipts.mark_read_answer(
+
+        async def mark() -> dict[tuple[str, str], bool]:
+            return await receipts.mark_read_answer(
                 conn,
                 [pairs[i][0] for i in wanted],
                 [pairs[i][1] for i in wanted],
                 "api",
                 [items[i].at for i in wanted],
             )
-            read_now = [pair for pair, rec in answer.items() if rec]
-            await points.award_lesson_reads(conn, [n for n, _ in read_now], [m for _, m in read_now])
+
+        if not lessons:  # no study points to award: the one statement is atomic by itself
+            answer = await mark()
+        else:
+            async with conn.transaction():  # the reads and their lessons' study points together
+                answer = await mark()
+                read_now = [pair for pair, rec in answer.items() if rec]
+                await points.award_lesson_reads(conn, [n for n, _ in read_now], [m for _, m in read_now])
     for changed in sorted({nid for (nid, _), rec in answer.items() if rec}):  # live streams may show them
         request.app[WATCHERS].changed(changed)
     # Plain dicts, not BatchItemOut models: up to 10,000 of them (BatchOut documents the shape).

@@ -125,7 +125,8 @@ async def test_a_lesson_read_is_recorded_in_its_own_transaction_once(
     with round_trips(monkeypatch, pool) as sent:
         first = await post(client, url, {"member_id": "m1a", "type": "read"}, status=200)
     assert first["recorded"] is True and first["read_at"] is not None
-    assert [q.split()[0] for q in sent] == ["WITH", "BEGIN;", "WITH", "COMMIT;"], sent
+    # the one statement, then in one transaction the read and its points (the gate: no rule, no more)
+    assert [q.split()[0] for q in sent] == ["WITH", "BEGIN;", "WITH", "SELECT", "COMMIT;"], sent
     with round_trips(monkeypatch, pool) as sent:
         again = await post(client, url, {"member_id": "m1a", "type": "read"}, status=200)
     assert (again["recorded"], again["read_at"]) == (False, first["read_at"])
