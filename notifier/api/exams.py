@@ -137,7 +137,6 @@ async def _start(conn: Connection, body: ExamIn) -> datetime:
         "audience, channels or reminder channels are unknown or out of reach; the Idempotency-Key was "
         "used with a different body",
     },
-    links={"get_ranking": {"quiz_id": "$response.body#/quiz/id"}},
 )
 async def create_exam(request: web.Request, call: Call) -> web.Response:
     p = principal(request)

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from notifier.api import audit
 from notifier.api.auth import require_unit
@@ -121,7 +121,7 @@ class RankingOut(BaseModel):
 
 
 class RankingSettings(Strict):
-    show_names: bool = Field(
+    show_names: StrictBool = Field(
         default=False, description="members see their units' leaderboard with names (default: only their own)"
     )
 
