@@ -90,3 +90,125 @@ async def test_the_write_back_never_scans_the_whole_tables(
             assert scans == {"recipients": 0, "deliveries": 0}
     finally:
         await pool.close()
+
+
+async def _notice(conn: Connection, root: str, channels: list[str], needs_contact: list[bool]) -> str:
+    row = await notices.insert(
+        conn,
+        kind="ding",
+        title="t",
+        body="b",
+        audience={"units": [root]},
+        channels=channels,
+        scope_unit_id=None,
+        created_by=None,
+    )
+    notice_id = str(row["id"])
+    on_insert = [c == "inapp" for c in channels]
+    async with conn.transaction():
+        got = await fanout_db.fanout_chunk(
+            conn, notice_id, [root], [], None, MEMBERS, channels, needs_contact, on_insert
+        )
+    assert got["n"] == MEMBERS
+    return notice_id
+
+
+async def test_the_claim_finds_its_rows_by_key_among_many_finished_ones(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """A claim on a table holding many finished deliveries (older notices, delivered) reads only
+    the batch: joined to its CTE alone, the claimed rows were found again through a hash join over
+    a sequential scan of all of ``deliveries`` (EXPLAIN showed it from ~10,000 rows on)."""
+    pool = await create_pool(settings, min_size=1, max_size=2, server_settings=WORKER_SESSION)
+    try:
+        root = await create_org(pool, "cl", MEMBERS, "http://127.0.0.1:9/hook")
+        async with pool.acquire() as conn:
+            old = await _notice(conn, root, ["webhook"], [True])
+            await conn.execute(
+                "UPDATE deliveries SET state = 'delivered', attempts = 1 WHERE notice_id = $1", old
+            )
+            new = await _notice(conn, root, ["webhook"], [True])
+            await conn.execute("VACUUM (ANALYZE) deliveries, recipients")
+            plan = await conn.fetchval(
+                "EXPLAIN (FORMAT JSON) " + deliveries.CLAIM, new, "webhook", BATCH, 60.0
+            )
+            assert '"Seq Scan"' not in plan, plan
+            claimed = 0
+            async with conn.transaction():
+                before = await _seq_scans(conn)
+                for _ in range(16):
+                    claimed += len(await conn.fetch(deliveries.CLAIM, new, "webhook", BATCH, 60.0))
+                after = await _seq_scans(conn)
+            assert claimed == 16 * BATCH
+            assert after["deliveries"] == before["deliveries"]
+    finally:
+        await pool.close()
+
+
+async def test_a_write_back_that_only_rises_keeps_better_statuses_and_the_counters(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """The one-pass write-back (schemas/0028, raise_only): a webhook delivery reaching 'sent' for
+    a member already delivered in the app leaves them delivered; reaching 'delivered' for one
+    whose app delivery failed moves them; a batch with one failure takes the recompute path. The
+    counters equal the rows after each."""
+    from tests.workers.test_counters import unit_violations, violations
+
+    pool = await create_pool(settings, min_size=1, max_size=2, server_settings=WORKER_SESSION)
+    try:
+        root = await create_org(pool, "rb", 40, "http://127.0.0.1:9/hook")
+        async with pool.acquire() as conn:
+            row = await notices.insert(
+                conn,
+                kind="ding",
+                title="t",
+                body="b",
+                audience={"units": [root]},
+                channels=["inapp", "webhook"],
+                scope_unit_id=None,
+                created_by=None,
+            )
+            notice_id = str(row["id"])
+            async with conn.transaction():
+                await fanout_db.fanout_chunk(
+                    conn, notice_id, [root], [], None, 40, ["inapp", "webhook"], [False, True], [True, False]
+                )
+            # Half the members' app deliveries failed (as if the inbox refused them): they are
+            # only 'queued' by their webhook delivery now.
+            await conn.execute(
+                "UPDATE deliveries SET state = 'failed' WHERE notice_id = $1 AND channel = 'inapp' "
+                "AND member_id IN (SELECT member_id FROM deliveries WHERE notice_id = $1 "
+                "AND channel = 'inapp' ORDER BY member_id LIMIT 20)",
+                notice_id,
+            )
+            assert await violations(db) == []
+
+            async def write(states: list[str]) -> None:
+                rows = await conn.fetch(deliveries.CLAIM, notice_id, "webhook", len(states), 60.0)
+                assert len(rows) == len(states)
+                ordered = sorted(rows, key=lambda r: r["member_id"])
+                async with conn.transaction():
+                    await deliveries.record(
+                        conn,
+                        [
+                            Written(r["id"], r["attempts"], state, None, 0.0, None)
+                            for r, state in zip(ordered, states, strict=True)
+                        ],
+                    )
+                assert await violations(db) == []
+                assert await unit_violations(db) == []
+
+            await write(["sent"] * 10)  # failed in the app: queued -> sent
+            await write(["delivered"] * 10)  # failed in the app: queued -> delivered
+            await write(["sent"] * 10)  # delivered in the app already: stays delivered
+            await write(["failed"] + ["delivered"] * 9)  # one falls: the recompute path
+            statuses = {
+                r["dstatus"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT dstatus, count(*) AS n FROM recipients WHERE notice_id = $1 GROUP BY 1",
+                    notice_id,
+                )
+            }
+            assert statuses == {"sent": 10, "delivered": 30}
+    finally:
+        await pool.close()
