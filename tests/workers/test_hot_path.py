@@ -212,3 +212,57 @@ async def test_a_write_back_that_only_rises_keeps_better_statuses_and_the_counte
             assert statuses == {"sent": 10, "delivered": 30}
     finally:
         await pool.close()
+
+
+async def test_a_fan_out_chunk_never_scans_the_stored_recipients(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """A fan-out chunk's cost does not grow with the recipients of earlier notices: the deliveries
+    insert trigger joined each chunk against all of ``recipients`` (two sequential scans per
+    chunk), although the chunk had written its recipients' statuses itself. The setting that
+    tells the trigger so lasts one statement: a delivery inserted later in the same transaction
+    still raises its recipient."""
+    from tests.workers.test_counters import violations
+
+    pool = await create_pool(settings, min_size=1, max_size=2, server_settings=WORKER_SESSION)
+    try:
+        root = await create_org(pool, "fo", MEMBERS, "http://127.0.0.1:9/hook")
+        async with pool.acquire() as conn:
+            await _notice(conn, root, ["inapp"], [False])  # stored recipients of an older notice
+            await conn.execute("VACUUM (ANALYZE) deliveries, recipients")
+            row = await notices.insert(
+                conn,
+                kind="ding",
+                title="t",
+                body="b",
+                audience={"units": [root]},
+                channels=["webhook"],
+                scope_unit_id=None,
+                created_by=None,
+            )
+            notice_id = str(row["id"])
+            async with conn.transaction():
+                before = await _seq_scans(conn)
+                got = await fanout_db.fanout_chunk(
+                    conn, notice_id, [root], [], None, MEMBERS, ["webhook"], [True], [False]
+                )
+                after = await _seq_scans(conn)
+                assert got["n"] == MEMBERS
+                assert after["recipients"] == before["recipients"]
+                # Later in the transaction: an in-app delivery for one member raises them.
+                await conn.execute(
+                    "INSERT INTO deliveries (notice_id, member_id, channel, state, attempts) "
+                    "SELECT $1, member_id, 'inapp', 'delivered', 1 FROM recipients "
+                    "WHERE notice_id = $1 ORDER BY member_id LIMIT 1",
+                    notice_id,
+                )
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM recipients WHERE notice_id = $1 AND dstatus = 'delivered'",
+                    notice_id,
+                )
+                == 1
+            )
+            assert await violations(db) == []
+    finally:
+        await pool.close()
