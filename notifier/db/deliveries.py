@@ -17,13 +17,17 @@ MOOT_AFTER_READ = "({d}.step > 0 OR {d}.wait_reason IN " + HELD + ")"
 
 # Claim up to $3 due deliveries of one notice on one channel. SKIP LOCKED lets any number of
 # workers share a notice; the lease says how long the claim holds; attempts is the fencing token.
+# $5: claim only ids above it (0: from the start). A job draining a notice passes the last id it
+# claimed, so its index scan starts there instead of stepping again over every row claimed
+# before (their index entries stay until vacuum, and while other jobs' transactions run they
+# cannot be skipped as dead: each claim cost in proportion to the rows claimed before it).
 # The claimed rows are found again by primary key (``= ANY`` of their ids): joined to the CTE
 # alone, a table of many finished rows was planned as a hash join over a sequential scan of all
 # of ``deliveries``, a cost per batch that grew with the table.
 CLAIM = f"""
 WITH c AS (
     SELECT id, wait_reason FROM deliveries
-    WHERE notice_id = $1 AND channel = $2 AND state = 'queued' AND next_attempt_at <= (SELECT notifier_now())
+    WHERE notice_id = $1 AND channel = $2 AND state = 'queued' AND id > $5 AND next_attempt_at <= (SELECT notifier_now())
       -- a reminder or a held row never goes to someone whose read has committed
       AND (NOT {MOOT_AFTER_READ.format(d="deliveries")} OR NOT EXISTS (
           SELECT 1 FROM recipients r
@@ -204,8 +208,10 @@ class Written:
     provider_ref: str | None
 
 
-async def claim(pool: Pool, notice_id: str, channel: str, limit: int, lease_seconds: float) -> list[Claimed]:
-    rows = await pool.fetch(CLAIM, notice_id, channel, limit, lease_seconds)
+async def claim(
+    pool: Pool, notice_id: str, channel: str, limit: int, lease_seconds: float, after: int = 0
+) -> list[Claimed]:
+    rows = await pool.fetch(CLAIM, notice_id, channel, limit, lease_seconds, after)
     return [
         Claimed(
             r["id"], r["member_id"], r["attempts"], r["contact_id"], r["target"], r["prior_wait"], r["step"]

@@ -9,14 +9,20 @@ times, so cached generic plans would be in use."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import asyncpg
 
 from benchmarks.fanout.org import create_org
+from notifier.channels.base import Outcome
 from notifier.db import deliveries, notices, reports
 from notifier.db import fanout as fanout_db
-from notifier.db.deliveries import Written
+from notifier.db.deliveries import Released, Written
 from notifier.db.pool import WORKER_SESSION, Connection, create_pool
 from notifier.settings import Settings
+from notifier.workers.context import WorkerDeps
+from notifier.workers.deliver import deliver_notice_channel
+from tests.workers.test_delivery_layer import ScriptedChannel, make_members, make_notice, states
 
 MEMBERS = 6000
 BATCH = 100
@@ -64,7 +70,7 @@ async def test_the_write_back_never_scans_the_whole_tables(
             # worker's own transaction), so that pg_stat_xact_user_tables counts every scan.
             async with conn.transaction():
                 for _ in range(8):
-                    rows = await conn.fetch(deliveries.CLAIM, ids[-1], "webhook", BATCH, 60.0)
+                    rows = await conn.fetch(deliveries.CLAIM, ids[-1], "webhook", BATCH, 60.0, 0)
                     claimed = [(int(r["id"]), int(r["attempts"])) for r in rows]
                     assert len(claimed) == BATCH
                     before = await _seq_scans(conn)
@@ -130,14 +136,14 @@ async def test_the_claim_finds_its_rows_by_key_among_many_finished_ones(
             new = await _notice(conn, root, ["webhook"], [True])
             await conn.execute("VACUUM (ANALYZE) deliveries, recipients")
             plan = await conn.fetchval(
-                "EXPLAIN (FORMAT JSON) " + deliveries.CLAIM, new, "webhook", BATCH, 60.0
+                "EXPLAIN (FORMAT JSON) " + deliveries.CLAIM, new, "webhook", BATCH, 60.0, 0
             )
             assert '"Seq Scan"' not in plan, plan
             claimed = 0
             async with conn.transaction():
                 before = await _seq_scans(conn)
                 for _ in range(16):
-                    claimed += len(await conn.fetch(deliveries.CLAIM, new, "webhook", BATCH, 60.0))
+                    claimed += len(await conn.fetch(deliveries.CLAIM, new, "webhook", BATCH, 60.0, 0))
                 after = await _seq_scans(conn)
             assert claimed == 16 * BATCH
             assert after["deliveries"] == before["deliveries"]
@@ -184,7 +190,7 @@ async def test_a_write_back_that_only_rises_keeps_better_statuses_and_the_counte
             assert await violations(db) == []
 
             async def write(states: list[str]) -> None:
-                rows = await conn.fetch(deliveries.CLAIM, notice_id, "webhook", len(states), 60.0)
+                rows = await conn.fetch(deliveries.CLAIM, notice_id, "webhook", len(states), 60.0, 0)
                 assert len(rows) == len(states)
                 ordered = sorted(rows, key=lambda r: r["member_id"])
                 async with conn.transaction():
@@ -266,3 +272,33 @@ async def test_a_fan_out_chunk_never_scans_the_stored_recipients(
             assert await violations(db) == []
     finally:
         await pool.close()
+
+
+async def test_a_job_claims_above_its_last_batch_then_looks_behind_it(
+    env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connection
+) -> None:
+    """A draining job claims above the last id it claimed (its scan does not step over every row
+    claimed before); when nothing is left above, it looks from the start again, so a row behind
+    the cursor -- here the first row, retried -- is still sent, exactly once more."""
+    deps, channel = env
+    deps = WorkerDeps(
+        deps.settings.model_copy(update={"delivery_batch_size": 10, "delivery_idle_wait_seconds": 2.0}),
+        deps.pool,
+        deps.queue,
+        deps.channels,
+    )
+    await make_members(db, 30)
+    channel.script = [Outcome.RETRY]  # the first send of the first batch: back to the queue
+    nid = await make_notice(deps, db, ["scripted"])
+    ids = [
+        int(r["id"])
+        for r in await db.fetch("SELECT id FROM deliveries WHERE notice_id = $1 ORDER BY id", nid)
+    ]
+    above = await deliveries.claim(deps.pool, nid, "scripted", 100, 60.0, ids[19])
+    assert sorted(c.id for c in above) == ids[20:]
+    await deliveries.release(deps.pool, [Released(c.id, c.attempt, "retry", 0.0) for c in above])
+
+    assert await deliver_notice_channel(deps, nid, "scripted") == 31
+    assert await states(db, nid) == Counter({"sent": 30})
+    sends = Counter(item.delivery_id for item in channel.sent)
+    assert sends == Counter({**dict.fromkeys(ids, 1), ids[0]: 2})
