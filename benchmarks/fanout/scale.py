@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 from pydantic import SecretStr
 
 from benchmarks.fanout.org import create_org, member_id
@@ -121,7 +122,12 @@ async def run_size(opts: argparse.Namespace, settings: Settings, size: int, tmp:
         postmaster, _ = await find_server_pids(pool, queue)
         prefix = "sc" + secrets.token_hex(3)
         t = time.perf_counter()
-        root = await create_org(pool, prefix, size, "http://127.0.0.1:9/hook")
+        # Setup statements over a million rows outlast the engine pool's command timeout.
+        setup = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1, command_timeout=None)
+        try:
+            root = await create_org(setup, prefix, size, "http://127.0.0.1:9/hook")
+        finally:
+            await setup.close()
         print(f"setup: {size:,} members in {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
         dev = Dev(settings, opts.processes, tmp / f"dev-{size}.log")
         peaks = Peaks()
