@@ -2,8 +2,8 @@
 
 The recipients' statuses it writes are the ones the deliveries trigger would compute (inserted
 deliveries only raise a recipient's status: schemas/0006), so the trigger has nothing to move and
-the statement tells it so (schemas/0028); the recipients themselves are counted here, in the notice's counters and in every unit whose
-subtree holds them (their snapshot of counted units: schemas/0010).
+the statement tells it so (schemas/0028); the recipients themselves are counted here, in the
+notice's counters and in every unit whose subtree holds them (their snapshot of counted units: schemas/0010).
 """
 
 from __future__ import annotations

@@ -154,9 +154,9 @@ async def test_the_claim_finds_its_rows_by_key_among_many_finished_ones(
 async def test_a_write_back_that_only_rises_keeps_better_statuses_and_the_counters(
     db: asyncpg.Connection, settings: Settings
 ) -> None:
-    """The one-pass write-back (schemas/0028, raise_only): a webhook delivery reaching 'sent' for
-    a member already delivered in the app leaves them delivered; reaching 'delivered' for one
-    whose app delivery failed moves them; a batch with one failure takes the recompute path. The
+    """Write-backs that raise recipients and one that lowers one: a webhook delivery reaching
+    'sent' for a member already delivered in the app leaves them delivered; reaching 'delivered'
+    for one whose app delivery failed moves them; a batch with one failure recomputes. The
     counters equal the rows after each."""
     from tests.workers.test_counters import unit_violations, violations
 
