@@ -66,13 +66,18 @@ async def one_notice(conn: Connection, root: str, n: int, batch: int) -> dict[st
     cpu["fanout"] += _cpu_of(pid) - c0
     assert got["n"] == n, got["n"]
     done = 0
+    after = 0  # as a delivery job: each claim looks above the last id it claimed
     while True:
         c0 = _cpu_of(pid)
-        rows = await conn.fetch(deliveries.CLAIM, notice_id, "webhook", batch, 180.0)
+        rows = await conn.fetch(deliveries.CLAIM, notice_id, "webhook", batch, 180.0, after)
         c1 = _cpu_of(pid)
         cpu["claim"] += c1 - c0
+        if not rows and after:
+            after = 0
+            continue
         if not rows:
             break
+        after = max(int(r["id"]) for r in rows)
         written = [Written(r["id"], r["attempts"], "delivered", None, 0.0, None) for r in rows]
         async with conn.transaction():
             changed = await deliveries.record(conn, written)

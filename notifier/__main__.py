@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from notifier.logs import configure as configure_logging
 from notifier.settings import Settings
-from notifier.workers.processes import default_processes
+from notifier.workers.processes import default_processes, run_on_worker_loop
 
 log = logging.getLogger("notifier")
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(run_api(settings))
     elif args.command == "worker":
         _require_production(settings)
-        asyncio.run(run_workers(settings, processes or default_processes()))
+        run_on_worker_loop(settings, run_workers(settings, processes or default_processes()))
     elif args.command == "migrate":
         _migrate(settings, args.dir)
     elif args.command == "console-link":

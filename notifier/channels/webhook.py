@@ -15,6 +15,7 @@ import functools
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,8 +59,26 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac.digest()).decode()
 
 
+# A string of these characters is its own JSON string body (nothing to escape): member ids,
+# almost always, which are encoded once per request.
+_PLAIN = re.compile(r"[A-Za-z0-9 _.:@+/=-]*")
+
+
 def _json(value: str) -> bytes:
+    if _PLAIN.fullmatch(value):
+        return b'"' + value.encode() + b'"'
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _blocked_literal(url: str, allow_private: bool) -> str | None:
+    """Why ``url``'s host may not be reached when it is an IP literal (None: it may, or it is a
+    name, checked after resolution); remembered per URL -- a batch mostly repeats a few."""
+    try:
+        check_literal(urlsplit(url).hostname or "", allow_private)
+    except BlockedAddress as exc:
+        return str(exc)
+    return None
 
 
 @functools.lru_cache(maxsize=64)
@@ -152,13 +171,13 @@ class WebhookChannel:
         session, limit = self._ensure_session()
         try:
             url, headers, body = build_request(item, self._default_key, now)
-            check_literal(urlsplit(url).hostname or "", self._allow_private)
-        except BlockedAddress as exc:
-            return Result(item.delivery_id, Outcome.FAILED, error=str(exc))
+            blocked = _blocked_literal(url, self._allow_private)
         except ChannelError as exc:
             return Result.from_error(item.delivery_id, exc)
         except ValueError:  # a stored URL that no longer parses: that contact is unusable
             return Result.from_error(item.delivery_id, InvalidTarget("url is not a valid URL"))
+        if blocked is not None:
+            return Result(item.delivery_id, Outcome.FAILED, error=blocked)
         async with limit:
             try:
                 async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:

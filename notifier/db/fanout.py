@@ -1,9 +1,9 @@
 """The fan-out statement: a notice's audience becomes recipients and deliveries, in SQL.
 
 The recipients' statuses it writes are the ones the deliveries trigger would compute (inserted
-deliveries only raise a recipient's status: schemas/0006), so the trigger finds nothing to move;
-the recipients themselves are counted here, in the notice's counters and in every unit whose
-subtree holds them (their snapshot of counted units: schemas/0010).
+deliveries only raise a recipient's status: schemas/0006), so the trigger has nothing to move and
+the statement tells it so (schemas/0028); the recipients themselves are counted here, in the
+notice's counters and in every unit whose subtree holds them (their snapshot of counted units: schemas/0010).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ FANOUT_CHUNK = (
     "WITH RECURSIVE "
     + subtree("$2")
     + f""",
-clock AS (SELECT notifier_now() AS now),
+-- The deliveries insert trigger has nothing to move (the docstring): this statement tells it so
+-- (schemas/0028); the trigger clears the setting again.
+clock AS (SELECT notifier_now() AS now, set_config('notifier.fanout_statement', 'on', true) AS fanout),
 notice AS (
     -- listed_at: the inbox lists the notice at its own time, not the fan-out's (schemas/0029).
     -- An escalation summary reaches no unit by fan-out: it is about someone else's notice, so

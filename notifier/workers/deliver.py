@@ -490,9 +490,13 @@ async def deliver_notice_channel(deps: WorkerDeps, notice_id: str, channel_id: s
     idle_limit = deps.settings.delivery_idle_wait_seconds
     lease_seconds = deps.settings.delivery_lease_seconds
     loop = asyncio.get_running_loop()
+    after = 0  # the last id this job claimed: its next claim looks above it first
     while True:
         started = loop.time()
-        claimed = await deliveries.claim(deps.pool, notice_id, channel_id, batch_size, lease_seconds)
+        claimed = await deliveries.claim(deps.pool, notice_id, channel_id, batch_size, lease_seconds, after)
+        if not claimed and after:
+            after = 0  # nothing above: rows behind the cursor (retries, held rows come due) from the start
+            continue
         if not claimed:
             await deliveries.cancel_skipped(deps.pool, notice_id, channel_id)
             due_in = await deliveries.next_due_in(deps.pool, notice_id, channel_id)
@@ -503,6 +507,7 @@ async def deliver_notice_channel(deps: WorkerDeps, notice_id: str, channel_id: s
             await asyncio.sleep(pause)
             continue
         idle = 0.0
+        after = max(c.id for c in claimed)
         lease = LeaseKeeper(deps.pool, claimed, lease_seconds, started)
         await deliver_batch(deps, channel, content, claimed, lease)
         handled += len(claimed)

@@ -21,7 +21,9 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from multiprocessing.process import BaseProcess
+from typing import Any, TypeVar
 
 from notifier.logs import configure as configure_logging
 from notifier.settings import Settings
@@ -30,6 +32,28 @@ log = logging.getLogger(__name__)
 
 STOP_WITHIN = 20.0  # seconds a child gets to shut down cleanly before it is killed
 RESTART_BACKOFF = (0.5, 10.0)  # first and longest pause before a dead child is started again
+
+T = TypeVar("T")
+
+
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The worker's event loop (``worker_event_loop``): uvloop when asked for and installed, else
+    asyncio's (None: the default)."""
+    if settings.worker_event_loop != "uvloop":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # not installed on this platform: asyncio's loop does the same, slower
+        log.info("uvloop is not installed; the worker runs on asyncio's event loop")
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_on_worker_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the worker's event loop."""
+    with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        return runner.run(main)
 
 
 def default_processes() -> int:
@@ -44,7 +68,7 @@ def _child_main(settings: Settings, parent: int) -> None:
     """A worker process: SIGTERM (from the parent) stops it cleanly; SIGINT is the parent's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_format, settings.log_level)  # as the parent's (text or JSON)
-    asyncio.run(_child(settings, parent))
+    run_on_worker_loop(settings, _child(settings, parent))
 
 
 async def _child(settings: Settings, parent: int) -> None:

@@ -9,14 +9,20 @@ times, so cached generic plans would be in use."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import asyncpg
 
 from benchmarks.fanout.org import create_org
+from notifier.channels.base import Outcome
 from notifier.db import deliveries, notices, reports
 from notifier.db import fanout as fanout_db
-from notifier.db.deliveries import Written
+from notifier.db.deliveries import Released, Written
 from notifier.db.pool import WORKER_SESSION, Connection, create_pool
 from notifier.settings import Settings
+from notifier.workers.context import WorkerDeps
+from notifier.workers.deliver import deliver_notice_channel
+from tests.workers.test_delivery_layer import ScriptedChannel, make_members, make_notice, states
 
 MEMBERS = 6000
 BATCH = 100
@@ -64,7 +70,7 @@ async def test_the_write_back_never_scans_the_whole_tables(
             # worker's own transaction), so that pg_stat_xact_user_tables counts every scan.
             async with conn.transaction():
                 for _ in range(8):
-                    rows = await conn.fetch(deliveries.CLAIM, ids[-1], "webhook", BATCH, 60.0)
+                    rows = await conn.fetch(deliveries.CLAIM, ids[-1], "webhook", BATCH, 60.0, 0)
                     claimed = [(int(r["id"]), int(r["attempts"])) for r in rows]
                     assert len(claimed) == BATCH
                     before = await _seq_scans(conn)
@@ -90,3 +96,209 @@ async def test_the_write_back_never_scans_the_whole_tables(
             assert scans == {"recipients": 0, "deliveries": 0}
     finally:
         await pool.close()
+
+
+async def _notice(conn: Connection, root: str, channels: list[str], needs_contact: list[bool]) -> str:
+    row = await notices.insert(
+        conn,
+        kind="ding",
+        title="t",
+        body="b",
+        audience={"units": [root]},
+        channels=channels,
+        scope_unit_id=None,
+        created_by=None,
+    )
+    notice_id = str(row["id"])
+    on_insert = [c == "inapp" for c in channels]
+    async with conn.transaction():
+        got = await fanout_db.fanout_chunk(
+            conn, notice_id, [root], [], None, MEMBERS, channels, needs_contact, on_insert
+        )
+    assert got["n"] == MEMBERS
+    return notice_id
+
+
+async def test_the_claim_finds_its_rows_by_key_among_many_finished_ones(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """A claim on a table holding many finished deliveries (older notices, delivered) reads only
+    the batch: joined to its CTE alone, the claimed rows were found again through a hash join over
+    a sequential scan of all of ``deliveries`` (EXPLAIN showed it from ~10,000 rows on)."""
+    pool = await create_pool(settings, min_size=1, max_size=2, server_settings=WORKER_SESSION)
+    try:
+        root = await create_org(pool, "cl", MEMBERS, "http://127.0.0.1:9/hook")
+        async with pool.acquire() as conn:
+            old = await _notice(conn, root, ["webhook"], [True])
+            await conn.execute(
+                "UPDATE deliveries SET state = 'delivered', attempts = 1 WHERE notice_id = $1", old
+            )
+            new = await _notice(conn, root, ["webhook"], [True])
+            await conn.execute("VACUUM (ANALYZE) deliveries, recipients")
+            plan = await conn.fetchval(
+                "EXPLAIN (FORMAT JSON) " + deliveries.CLAIM, new, "webhook", BATCH, 60.0, 0
+            )
+            assert '"Seq Scan"' not in plan, plan
+            claimed = 0
+            async with conn.transaction():
+                before = await _seq_scans(conn)
+                for _ in range(16):
+                    claimed += len(await conn.fetch(deliveries.CLAIM, new, "webhook", BATCH, 60.0, 0))
+                after = await _seq_scans(conn)
+            assert claimed == 16 * BATCH
+            assert after["deliveries"] == before["deliveries"]
+    finally:
+        await pool.close()
+
+
+async def test_a_write_back_that_only_rises_keeps_better_statuses_and_the_counters(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """Write-backs that raise recipients and one that lowers one: a webhook delivery reaching
+    'sent' for a member already delivered in the app leaves them delivered; reaching 'delivered'
+    for one whose app delivery failed moves them; a batch with one failure recomputes. The
+    counters equal the rows after each."""
+    from tests.workers.test_counters import unit_violations, violations
+
+    pool = await create_pool(settings, min_size=1, max_size=2, server_settings=WORKER_SESSION)
+    try:
+        root = await create_org(pool, "rb", 40, "http://127.0.0.1:9/hook")
+        async with pool.acquire() as conn:
+            row = await notices.insert(
+                conn,
+                kind="ding",
+                title="t",
+                body="b",
+                audience={"units": [root]},
+                channels=["inapp", "webhook"],
+                scope_unit_id=None,
+                created_by=None,
+            )
+            notice_id = str(row["id"])
+            async with conn.transaction():
+                await fanout_db.fanout_chunk(
+                    conn, notice_id, [root], [], None, 40, ["inapp", "webhook"], [False, True], [True, False]
+                )
+            # Half the members' app deliveries failed (as if the inbox refused them): they are
+            # only 'queued' by their webhook delivery now.
+            await conn.execute(
+                "UPDATE deliveries SET state = 'failed' WHERE notice_id = $1 AND channel = 'inapp' "
+                "AND member_id IN (SELECT member_id FROM deliveries WHERE notice_id = $1 "
+                "AND channel = 'inapp' ORDER BY member_id LIMIT 20)",
+                notice_id,
+            )
+            assert await violations(db) == []
+
+            async def write(states: list[str]) -> None:
+                rows = await conn.fetch(deliveries.CLAIM, notice_id, "webhook", len(states), 60.0, 0)
+                assert len(rows) == len(states)
+                ordered = sorted(rows, key=lambda r: r["member_id"])
+                async with conn.transaction():
+                    await deliveries.record(
+                        conn,
+                        [
+                            Written(r["id"], r["attempts"], state, None, 0.0, None)
+                            for r, state in zip(ordered, states, strict=True)
+                        ],
+                    )
+                assert await violations(db) == []
+                assert await unit_violations(db) == []
+
+            await write(["sent"] * 10)  # failed in the app: queued -> sent
+            await write(["delivered"] * 10)  # failed in the app: queued -> delivered
+            await write(["sent"] * 10)  # delivered in the app already: stays delivered
+            await write(["failed"] + ["delivered"] * 9)  # one falls: the recompute path
+            statuses = {
+                r["dstatus"]: r["n"]
+                for r in await conn.fetch(
+                    "SELECT dstatus, count(*) AS n FROM recipients WHERE notice_id = $1 GROUP BY 1",
+                    notice_id,
+                )
+            }
+            assert statuses == {"sent": 10, "delivered": 30}
+    finally:
+        await pool.close()
+
+
+async def test_a_fan_out_chunk_never_scans_the_stored_recipients(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """A fan-out chunk's cost does not grow with the recipients of earlier notices: the deliveries
+    insert trigger joined each chunk against all of ``recipients`` (two sequential scans per
+    chunk), although the chunk had written its recipients' statuses itself. The setting that
+    tells the trigger so lasts one statement: a delivery inserted later in the same transaction
+    still raises its recipient."""
+    from tests.workers.test_counters import violations
+
+    pool = await create_pool(settings, min_size=1, max_size=2, server_settings=WORKER_SESSION)
+    try:
+        root = await create_org(pool, "fo", MEMBERS, "http://127.0.0.1:9/hook")
+        async with pool.acquire() as conn:
+            await _notice(conn, root, ["inapp"], [False])  # stored recipients of an older notice
+            await conn.execute("VACUUM (ANALYZE) deliveries, recipients")
+            row = await notices.insert(
+                conn,
+                kind="ding",
+                title="t",
+                body="b",
+                audience={"units": [root]},
+                channels=["webhook"],
+                scope_unit_id=None,
+                created_by=None,
+            )
+            notice_id = str(row["id"])
+            async with conn.transaction():
+                before = await _seq_scans(conn)
+                got = await fanout_db.fanout_chunk(
+                    conn, notice_id, [root], [], None, MEMBERS, ["webhook"], [True], [False]
+                )
+                after = await _seq_scans(conn)
+                assert got["n"] == MEMBERS
+                assert after["recipients"] == before["recipients"]
+                # Later in the transaction: an in-app delivery for one member raises them.
+                await conn.execute(
+                    "INSERT INTO deliveries (notice_id, member_id, channel, state, attempts) "
+                    "SELECT $1, member_id, 'inapp', 'delivered', 1 FROM recipients "
+                    "WHERE notice_id = $1 ORDER BY member_id LIMIT 1",
+                    notice_id,
+                )
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM recipients WHERE notice_id = $1 AND dstatus = 'delivered'",
+                    notice_id,
+                )
+                == 1
+            )
+            assert await violations(db) == []
+    finally:
+        await pool.close()
+
+
+async def test_a_job_claims_above_its_last_batch_then_looks_behind_it(
+    env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connection
+) -> None:
+    """A draining job claims above the last id it claimed (its scan does not step over every row
+    claimed before); when nothing is left above, it looks from the start again, so a row behind
+    the cursor -- here the first row, retried -- is still sent, exactly once more."""
+    deps, channel = env
+    deps = WorkerDeps(
+        deps.settings.model_copy(update={"delivery_batch_size": 10, "delivery_idle_wait_seconds": 2.0}),
+        deps.pool,
+        deps.queue,
+        deps.channels,
+    )
+    await make_members(db, 30)
+    channel.script = [Outcome.RETRY]  # the first send of the first batch: back to the queue
+    nid = await make_notice(deps, db, ["scripted"])
+    ids = [
+        int(r["id"])
+        for r in await db.fetch("SELECT id FROM deliveries WHERE notice_id = $1 ORDER BY id", nid)
+    ]
+    above = await deliveries.claim(deps.pool, nid, "scripted", 100, 60.0, ids[19])
+    assert sorted(c.id for c in above) == ids[20:]
+    await deliveries.release(deps.pool, [Released(c.id, c.attempt, "retry", 0.0) for c in above])
+
+    assert await deliver_notice_channel(deps, nid, "scripted") == 31
+    assert await states(db, nid) == Counter({"sent": 30})
+    sends = Counter(item.delivery_id for item in channel.sent)
+    assert sends == Counter({**dict.fromkeys(ids, 1), ids[0]: 2})
