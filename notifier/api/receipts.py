@@ -13,6 +13,7 @@ from notifier.api.auth import members_visible, require_member
 from notifier.api.cursors import decode_time_cursor, encode_time_cursor
 from notifier.api.keys import DEPS, principal
 from notifier.api.notices import load_visible_notice
+from notifier.api.principal import Principal
 from notifier.api.problems import Problem, invalid, invalid_many, not_found
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.stream import WATCHERS
@@ -90,6 +91,24 @@ class InboxPage(BaseModel):
     next_cursor: str | None
 
 
+def _reader(p: Principal, body: ReceiptIn) -> str:
+    """Whose read this is: a member key's own (another member is 404), else ``member_id`` (422)."""
+    if p.role == "member":
+        if body.member_id is not None and body.member_id != p.member_id:
+            raise not_found("recipient")
+        assert p.member_id is not None
+        return p.member_id
+    if body.member_id is None:
+        raise invalid("member_id", "required when acting on behalf of a member")
+    return body.member_id
+
+
+async def _lesson_point(conn: Connection, row: Record | None, member_id: str) -> None:
+    """The study point of a lesson read just recorded (call it in the read's transaction)."""
+    if row is not None and row["recorded"]:
+        await points.award(conn, member_id, "lesson_read", f"notice:{row['id']}")
+
+
 @routes.route(
     "POST",
     "/v1/notices/{notice_id}/receipts",
@@ -107,15 +126,7 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service", "member")
     body = call.body_as(ReceiptIn)
     deps = request.app[DEPS]
-    if p.role == "member":
-        if body.member_id is not None and body.member_id != p.member_id:
-            raise not_found("recipient")
-        member_id = p.member_id
-    elif body.member_id is None:
-        raise invalid("member_id", "required when acting on behalf of a member")
-    else:
-        member_id = body.member_id
-    assert member_id is not None
+    member_id = _reader(p, body)
     nid = parse_uuid(request.match_info["notice_id"])
     if nid is None or (p.role != "member" and not p.is_admin and p.scope_root is None):
         raise not_found("notice")
@@ -135,8 +146,7 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
             if row["kind"] == "lesson":  # left unread by the first statement: its points come with it
                 async with conn.transaction():
                     row = await record(conn, lessons=True)
-                    if row is not None and row["recorded"]:  # the study point, in the read's transaction
-                        await points.award(conn, member_id, "lesson_read", f"notice:{row['id']}")
+                    await _lesson_point(conn, row, member_id)
             else:  # another read of this pair committed while this one waited for the row: again
                 row = await record(conn, lessons=False)
     if row is None:
