@@ -119,15 +119,18 @@ class Storm:
         self.stop = asyncio.Event()
         self.status: dict[int, int] = {}
         self.recorded = 0
+        self.singles: list[float] = []  # each single receipt's time, ms
 
     async def single(self, lane: int) -> None:
         i = lane
         while not self.stop.is_set() and i < self.members // 2:
             body = {"member_id": f"m{1 + i:07d}", "type": "read"}
             url = f"{self.dev.url}/v1/notices/{self.notice_id}/receipts"
+            t0 = time.perf_counter()
             async with self.http.post(url, json=body, headers=self.auth) as resp:
                 await resp.read()
                 self.status[resp.status] = self.status.get(resp.status, 0) + 1
+            self.singles.append((time.perf_counter() - t0) * 1000)
             i += 4
 
     async def batches(self) -> None:
@@ -236,6 +239,7 @@ async def status_under_load(
         f"({fanned or float('nan'):.2f}s to active) and a read storm ({storm.recorded:,} batch reads, "
         f"single receipts {storm.status}): {len(reads)} reads, {ms(reads)}; {load()}   target p99 <= 10 ms",
         f"  baseline GET /healthz, interleaved: {ms(base)}",
+        f"  single receipts of the storm (answered): {len(storm.singles)}, {ms(storm.singles)}",
     ]
     if stuck:
         lines.append(

@@ -54,7 +54,7 @@ from notifier.api.problems import problem_middleware
 from notifier.api.routing import Operation, openapi_document
 from notifier.api.watch import WatchHub
 from notifier.channels.registry import ChannelRegistry, build_registry
-from notifier.db.pool import create_pool
+from notifier.db.pool import API_SESSION, create_pool
 from notifier.metrics import POOLS
 from notifier.settings import Settings
 from notifier.workers.queue import create_queue
@@ -114,7 +114,7 @@ CHANNELS = web.AppKey("channels", ChannelRegistry)
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await create_pool(settings)
+    pool = await create_pool(settings, server_settings=API_SESSION)
     POOLS.track(pool, "api")
     queue = await create_queue(settings)
     channels = app[CHANNELS]

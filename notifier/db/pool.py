@@ -48,8 +48,17 @@ async def _init_connection(conn: Any) -> None:
 # a 500-row write-back went from 10 ms to 175 ms after the first ANALYZE of a busy deliveries
 # table (benchmarks/pg_delivery.py). Planning once per batch costs well under a microsecond per
 # row. It also governs the triggers those statements fire (PL/pgSQL plans through the same cache).
-# The API keeps generic plans: its statements are single-row and planning per request would cost.
 WORKER_SESSION = {"plan_cache_mode": "force_custom_plan"}
+# The API's sessions too. A generic plan is cached after a statement's fifth execution on a
+# connection and kept for the connection's life: nothing but an ANALYZE (or DDL) of its tables
+# makes the server plan it again, and no size it grew to since. Prepared while ``deliveries`` was
+# empty, a read receipt's (db/receipts.py) found the deliveries its read made moot by a nested loop
+# over sequential scans of that table, and went on doing so while a 20,000-member fan-out filled
+# it: each receipt seconds to a minute on CPU, then a 503 (benchmarks/scale.py, target 6). A
+# custom plan is made with the table's size of the moment (its pages now, whatever the
+# statistics say) and reaches those rows by index. Its price: planning on every execution, about
+# 1 ms for a receipt statement (0.7-1.3 ms, EXPLAIN's planning time on a loaded 2-core box).
+API_SESSION = {"plan_cache_mode": "force_custom_plan"}
 
 
 async def _released(conn: Any) -> None:
