@@ -44,7 +44,7 @@ async def attach(
     client: TestClient[Any, Any],
     meeting: str,
     checkin: int,
-    data: bytes,
+    data: Any,
     key: str,
     content_type: str = "image/jpeg",
 ) -> Any:
@@ -99,7 +99,7 @@ async def test_photo_required_counts_the_checkin_only_with_its_photo(
     row = await db.fetchrow(
         "SELECT read_via, read_at FROM recipients WHERE notice_id = $1 AND member_id = 'm1a'", meeting
     )
-    assert row["read_via"] == "checkin" and row["read_at"] is not None
+    assert row is not None and row["read_via"] == "checkin" and row["read_at"] is not None
     assert await status_of(client, meeting, "m1a") == "late"  # checked in 10 min after the start
     assert await status_of(client, meeting, "m2a") == "absent"  # still pending
     # The same bytes again answer the check-in; another photo does not replace it.
