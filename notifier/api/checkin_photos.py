@@ -110,6 +110,7 @@ async def attach_photo(request: web.Request, call: Call) -> web.Response:
             if same is not None and bytes(same["sha256"]) == digest:
                 return json_response(checkin_out(row, meeting, recorded=False), status=200)
             raise Problem(409, "Conflict", "this check-in has its photo already", type_="checkin-has-photo")
+        await records.lock_photo_bytes(conn, notice_id, digest)  # two members sending one photo at once
         device = (row["lat"], row["lng"], row["datum"], row["accuracy_m"])
         photo = await records.add_photo(
             conn, notice_id, digest, kind, data, device, row["distance_m"], p.key_id, kind="checkin"

@@ -55,6 +55,11 @@ SELECT {PHOTO_COLUMNS}, kind, true AS created FROM ins
 UNION ALL
 SELECT {PHOTO_COLUMNS}, kind, false FROM meeting_photos
 WHERE notice_id = $1 AND sha256 = $2 AND NOT EXISTS (SELECT 1 FROM ins)"""
+# Uploads of the same bytes to one meeting, one at a time: the second sees the first committed (and
+# ADD_PHOTO's fallback SELECT finds it) instead of a row its snapshot cannot see.
+LOCK_PHOTO_BYTES = (
+    "SELECT pg_advisory_xact_lock(hashtextextended($1::text || ':' || encode($2::bytea, 'hex'), 5173))"
+)
 LIST_PHOTOS = f"SELECT {PHOTO_COLUMNS} FROM meeting_photos WHERE notice_id = $1 AND kind = 'site' ORDER BY uploaded_at, id"
 GET_PHOTO = (
     "SELECT content_type, sha256, data FROM meeting_photos WHERE notice_id = $1 AND id = $2 AND kind = $3"
@@ -138,6 +143,10 @@ async def add_photo(
     )
     assert row is not None
     return row
+
+
+async def lock_photo_bytes(conn: Connection, notice_id: str, sha256: bytes) -> None:
+    await conn.execute(LOCK_PHOTO_BYTES, notice_id, sha256)
 
 
 async def list_photos(conn: Connection, notice_id: str) -> list[Record]:

@@ -11,6 +11,7 @@ The organisation (tests/api/conftest.py)::
 
 from __future__ import annotations
 
+import asyncio
 import io
 from typing import Any
 
@@ -155,3 +156,17 @@ async def test_without_photo_required_the_checkin_counts_and_a_photo_is_optional
     # A member not invited to the meeting: 404, nothing read.
     resp = await attach(client, meeting, mine["id"], JPEG2, org.m2a_member)
     assert resp.status == 404
+
+
+async def test_two_members_sending_one_photo_at_once_one_is_refused(
+    client: TestClient[Any, Any], db: asyncpg.Connection, worker: None, org: Org
+) -> None:
+    meeting = await make_meeting(client, db, unit="c", photo_required=True)
+    mine = await check_in(client, meeting, org.m1a_member)
+    theirs = await check_in(client, meeting, org.m2a_member)
+    answers = await asyncio.gather(
+        attach(client, meeting, mine["id"], JPEG, org.m1a_member),
+        attach(client, meeting, theirs["id"], JPEG, org.m2a_member),
+    )
+    assert sorted(r.status for r in answers) == [201, 409]
+    assert await db.fetchval("SELECT count(*) FROM meeting_checkins WHERE photo_id IS NOT NULL") == 1
