@@ -94,7 +94,15 @@ async def test_the_readme_walk_through_and_a_secretarys_morning_work_as_written(
     )
     assert {r["member_id"]: r["verdict"] for r in group} == {"zhang": "ok", "wang": "outside"}
     assert "/outside-venue" in text
-    assert await db.fetchval("SELECT count(*) FROM meeting_photos") == 1
+    assert await db.fetchval("SELECT count(*) FROM meeting_photos WHERE kind = 'site'") == 1
+    # Li Wei's photo taken at check-in: linked to his accepted check-in, not a site photo.
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM meeting_photos p JOIN meeting_checkins k ON k.photo_id = p.id"
+            " WHERE p.kind = 'checkin' AND k.member_id = 'officer-17' AND k.verdict = 'ok'"
+        )
+        == 1
+    )
     assert await db.fetchval("SELECT array_agg(member_id) FROM meeting_absences") == ["liu"]
     assert '"excused":1,"absent":1,"rate":0.5' in text
     assert re.search(r'"unit_id":"pc-b1-g1".*"schedule":\[\{[^]]*"held":true', text)

@@ -8,6 +8,10 @@ notice's read receipt (``read_via = 'checkin'``), recorded in the same transacti
 accepted check-in answers the first (200, ``recorded: false``). A refused member may retry within
 the window, at most ``checkin_attempts_per_minute`` times a minute and ``checkin_attempts_max``
 times per meeting (429 with Retry-After).
+
+When the meeting has ``photo_required``, an accepted check-in is *pending its photo*
+(``pending_photo: true``): it is kept, but it is neither attendance nor the read receipt until the
+member attaches a photo taken now (api/checkin_photos.py); ``counted`` says which it is.
 """
 
 from __future__ import annotations
@@ -77,6 +81,15 @@ class CheckinOut(BaseModel):
     mock: bool
     client_time: datetime | None
     recorded: bool = Field(description="false when this answers an earlier accepted check-in")
+    photo_required: bool = Field(description="the meeting requires a photo taken at check-in")
+    pending_photo: bool = Field(
+        description="accepted, but the meeting requires a photo and none is attached yet: not counted"
+    )
+    counted: bool = Field(
+        description="counts as attendance and as the read receipt (accepted, with its "
+        "photo when one is required)"
+    )
+    photo_url: str | None = Field(description="the photo attached to this check-in (secretaries; the member)")
 
 
 class CheckinPage(BaseModel):
@@ -127,6 +140,12 @@ def reason(row: Record | dict[str, Any], meeting: Record) -> str:
 
 
 def checkin_out(row: Record, meeting: Record, *, recorded: bool) -> dict[str, Any]:
+    accepted = row["verdict"] == "ok"
+    pending = accepted and meeting["photo_required"] and row["photo_id"] is None
+    said = reason(row, meeting)
+    if pending:
+        said += "; the meeting requires a photo: not counted as attendance (nor read) until it is attached"
+    base = f"/v1/meetings/{row['notice_id']}/checkins/{row['id']}/photo"
     data = {
         "id": row["id"],
         "meeting_id": str(row["notice_id"]),
@@ -134,9 +153,9 @@ def checkin_out(row: Record, meeting: Record, *, recorded: bool) -> dict[str, An
         "member_name": row.get("member_name"),
         "at": row["at"],
         "verdict": row["verdict"],
-        "accepted": row["verdict"] == "ok",
+        "accepted": accepted,
         "flagged": row["flagged"],
-        "reason": reason(row, meeting),
+        "reason": said,
         "distance_m": None if row["distance_m"] is None else round(row["distance_m"], 1),
         "accuracy_m": row["accuracy_m"],
         "radius_m": meeting["radius_m"],
@@ -148,6 +167,10 @@ def checkin_out(row: Record, meeting: Record, *, recorded: bool) -> dict[str, An
         "mock": row["mock"],
         "client_time": row["client_time"],
         "recorded": recorded,
+        "photo_required": meeting["photo_required"],
+        "pending_photo": pending,
+        "counted": accepted and not pending,
+        "photo_url": None if row["photo_id"] is None else base,
     }
     return CheckinOut.model_validate(data).model_dump(mode="json")
 
@@ -195,7 +218,7 @@ async def post_checkin(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
     source = "page" if request.path.startswith("/m/") else "api"  # the member page calls this handler
     async with deps.pool.acquire() as conn, conn.transaction():
-        meeting = await _meeting_for_member(conn, request.match_info["notice_id"], p.member_id)
+        meeting = await meeting_for_member(conn, request.match_info["notice_id"], p.member_id)
         notice_id = str(meeting["notice_id"])
         await meetings.lock_member(conn, notice_id, p.member_id)
         previous = await meetings.accepted(conn, notice_id, p.member_id)
@@ -227,7 +250,9 @@ async def post_checkin(request: web.Request, call: Call) -> web.Response:
             },
         )
         assert row is not None  # the member's lock: no accepted check-in slipped in
-        read = judged.accepted and await receipts.mark_read(conn, notice_id, p.member_id, "checkin")
+        # With photo_required the receipt comes with the photo (api/checkin_photos.py).
+        counted = judged.accepted and not meeting["photo_required"]
+        read = counted and await receipts.mark_read(conn, notice_id, p.member_id, "checkin")
     # committed: the live streams of this meeting may show it now
     if read:
         request.app[WATCHERS].changed(notice_id)
@@ -236,7 +261,7 @@ async def post_checkin(request: web.Request, call: Call) -> web.Response:
     return json_response(checkin_out(row, meeting, recorded=True), status=201)
 
 
-async def _meeting_for_member(conn: Connection, notice_id: str, member_id: str) -> Record:
+async def meeting_for_member(conn: Connection, notice_id: str, member_id: str) -> Record:
     """The meeting (with the engine clock as ``now``) when the member is invited, else 404; 409
     while its notice is still being fanned out and has not reached them yet."""
     nid = parse_uuid(notice_id)

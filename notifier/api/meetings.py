@@ -116,8 +116,8 @@ class MeetingIn(Strict):
     photo_required: bool = Field(
         default=False,
         strict=True,
-        description="shown to members; a photo taken at check-in is not attached yet (it comes with the "
-        "meeting record's photo store)",
+        description="an accepted check-in counts (as attendance and as read) only once the member "
+        "attaches a photo taken at check-in (POST /v1/meetings/{id}/checkins/{checkin_id}/photo)",
     )
 
     @field_validator("bssids")

@@ -254,6 +254,12 @@ async def get_photo(request: web.Request, call: Call) -> web.Response:
         row = None if photo_id is None else await records.get_photo(conn, str(meeting["notice_id"]), photo_id)
     if row is None:
         raise not_found("photo")
+    return photo_response(request, row)
+
+
+def photo_response(request: web.Request, row: Record) -> web.Response:
+    """A stored photo (its type as stored, ``nosniff``, its SHA-256 as a strong ETag; 304 when
+    If-None-Match names it): the record's photos and the check-in photos alike."""
     tag = photos.etag(bytes(row["sha256"]))
     headers = {
         "ETag": tag,

@@ -328,6 +328,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "rule_id": _UUID,
     "view_id": _UUID,
     "photo_id": _UUID,
+    "checkin_id": {"type": "string", "pattern": r"^[0-9]{1,18}$", "description": "a check-in's id"},
     "date": {"type": "string", "format": "date", "description": "a local date, YYYY-MM-DD"},
     "channel": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z0-9_-]+$"},
     "type_code": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": r"^[a-z][a-z0-9_]*$"},

@@ -76,6 +76,8 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/meetings/{notice_id}/checkins", meetings.checkins_fragment)
     r.add_get("/m/meetings/{notice_id}", meetings.member_meeting)
     r.add_post("/m/meetings/{notice_id}/checkins", meetings.member_checkin)
+    r.add_post("/m/meetings/{notice_id}/checkins/{checkin_id}/photo", meetings.member_checkin_photo)
+    r.add_get("/console/meetings/{notice_id}/checkins/{checkin_id}/photo", meetings.checkin_photo)
     r.add_get("/console/meetings/{notice_id}/record", records.show_record)
     r.add_post("/console/meetings/{notice_id}/minutes", records.post_minutes)
     r.add_post("/console/meetings/{notice_id}/photos", records.post_photo)

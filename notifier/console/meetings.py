@@ -4,7 +4,10 @@ The secretary calls a meeting from a form (the venue by its coordinates, with th
 watches its check-ins arrive: the notice's counters over the notice stream (SSE), the attempts --
 accepted and refused, with their reasons -- in a fragment the page re-fetches every few seconds
 (refused attempts change no counter the stream follows). The member's page checks in with the
-browser's geolocation (static/meetings.js) and shows the verdict. Every handler calls the API's
+browser's geolocation (static/meetings.js) and shows the verdict; after an accepted check-in it
+offers a photo taken now (a file input with ``capture``), posted raw to api/checkin_photos.py --
+required on a ``photo_required`` meeting, where the check-in counts only with it; the
+secretary's check-in list links each photo (served in the API's scope). Every handler calls the API's
 own handlers as the session's principal (apicall.py): the same rules, the same scope.
 """
 
@@ -21,13 +24,15 @@ from aiohttp import web
 from multidict import MultiDictProxy
 from pydantic import ValidationError
 
+from notifier.api import checkin_photos as checkin_photos_api
 from notifier.api import checkins as checkins_api
 from notifier.api import meetings as meetings_api
 from notifier.api.keys import DEPS
 from notifier.api.notices import IDEMPOTENCY_HEADER
 from notifier.api.principal import Principal
 from notifier.api.problems import PROBLEM_TYPE, Problem
-from notifier.console.apicall import call
+from notifier.api.routing import Call
+from notifier.console.apicall import as_principal, call
 from notifier.console.member import member_principal
 from notifier.console.pages import TZ, page, render, t, when
 from notifier.console.session import Session
@@ -269,6 +274,30 @@ async def member_checkin(request: web.Request, session: Session) -> web.Response
     out["verdict_text"] = t(request, "meetings.verdict." + out["verdict"])
     out["reason_text"] = reason(request, out)
     return web.json_response(out)
+
+
+def _photo_match(request: web.Request) -> dict[str, str]:
+    return {k: request.match_info[k] for k in ("notice_id", "checkin_id")}
+
+
+@page(console_roles=False, member=True)
+async def member_checkin_photo(request: web.Request, session: Session) -> web.Response:
+    """The page's script posts the photo (the raw file, the CSRF token in a header) for the
+    member's accepted check-in: the API's answer (api/checkin_photos.py) as JSON, problems too."""
+    sub = as_principal(request, member_principal(session), match=_photo_match(request))
+    try:
+        response = await checkin_photos_api.attach_photo(sub, Call(None, None))
+    except Problem as problem:
+        return _problem(problem)
+    assert isinstance(response, web.Response)
+    return response
+
+
+@page()
+async def checkin_photo(request: web.Request, session: Session) -> web.StreamResponse:
+    """A check-in's photo, for the secretary's check-in list (the API's scope rule)."""
+    sub = as_principal(request, session.principal, match=_photo_match(request))
+    return await checkin_photos_api.get_checkin_photo(sub, Call(None, None))
 
 
 def _problem(problem: Problem) -> web.Response:

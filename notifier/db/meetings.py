@@ -235,3 +235,33 @@ async def checkin_counts(conn: Connection, notice_id: str, slice_root: str | Non
     row = await conn.fetchrow(CHECKIN_COUNTS, notice_id, slice_root)
     assert row is not None
     return row
+
+
+# --- check-in photos (stored in meeting_photos as kind 'checkin': db/records.py) -------------------
+
+# One check-in of a meeting, if it is of a member in $3's subtree (NULL: anyone's) and, when $4 is
+# given, that member's own.
+CHECKIN = f"""
+WITH RECURSIVE {subtree("ARRAY[$3::text]")}
+SELECT {CHECKIN_COLUMNS}, mb.name AS member_name
+FROM meeting_checkins c JOIN members mb ON mb.id = c.member_id
+WHERE c.notice_id = $1 AND c.id = $2
+  AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM member_units mu JOIN sub ON sub.id = mu.unit_id
+                                   WHERE mu.member_id = c.member_id))
+  AND ($4::text IS NULL OR c.member_id = $4)"""
+
+# Link a photo to an accepted check-in that has none yet; nothing comes back otherwise.
+LINK_PHOTO = f"""
+UPDATE meeting_checkins c SET photo_id = $3
+WHERE c.notice_id = $1 AND c.id = $2 AND c.verdict = 'ok' AND c.photo_id IS NULL
+RETURNING {CHECKIN_COLUMNS}"""
+
+
+async def checkin(
+    conn: Connection, notice_id: str, checkin_id: int, slice_root: str | None, member_id: str | None
+) -> Record | None:
+    return await conn.fetchrow(CHECKIN, notice_id, checkin_id, slice_root, member_id)
+
+
+async def link_photo(conn: Connection, notice_id: str, checkin_id: int, photo_id: str) -> Record | None:
+    return await conn.fetchrow(LINK_PHOTO, notice_id, checkin_id, photo_id)

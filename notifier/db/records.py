@@ -2,8 +2,8 @@
 
 The venue and day an upload is judged against (``venue``), the minutes (one row per meeting,
 replaced), the photos (bytea, once per meeting and SHA-256), and the attendance list: every
-recipient of the meeting notice, present when they have an accepted check-in, late when the first
-one came after the start, excused when a leave (请假) is recorded and they did not come.
+recipient of the meeting notice, present when they have an accepted check-in (with its photo when
+the meeting requires one: the view ``meeting_presences``), late when that check-in came after the start, excused when a leave (请假) is recorded and they did not come.
 """
 
 from __future__ import annotations
@@ -40,22 +40,30 @@ RETURNING (xmax = 0) AS created"""
 GET_MINUTES = "SELECT minutes, distance_m, created_at, updated_at FROM meeting_records WHERE notice_id = $1"
 
 PHOTO_COLUMNS = "id, sha256, content_type, size, distance_m, uploaded_at"
-COUNT_PHOTOS = "SELECT count(*) FROM meeting_photos WHERE notice_id = $1"
-# Deduplicated by content: the same bytes again answer the photo already stored.
+# The record's photos are the 'site' ones; 'checkin' photos are members' (api/checkin_photos.py).
+COUNT_PHOTOS = "SELECT count(*) FROM meeting_photos WHERE notice_id = $1 AND kind = 'site'"
+# Deduplicated by content: the same bytes again answer the photo already stored (of either kind).
 ADD_PHOTO = f"""
 WITH ins AS (
     INSERT INTO meeting_photos (notice_id, sha256, content_type, size, data, lat, lng, datum, accuracy_m,
-                                distance_m, uploaded_by)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                distance_m, uploaded_by, kind)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
     ON CONFLICT (notice_id, sha256) DO NOTHING
-    RETURNING {PHOTO_COLUMNS}
+    RETURNING {PHOTO_COLUMNS}, kind
 )
-SELECT {PHOTO_COLUMNS}, true AS created FROM ins
+SELECT {PHOTO_COLUMNS}, kind, true AS created FROM ins
 UNION ALL
-SELECT {PHOTO_COLUMNS}, false FROM meeting_photos
+SELECT {PHOTO_COLUMNS}, kind, false FROM meeting_photos
 WHERE notice_id = $1 AND sha256 = $2 AND NOT EXISTS (SELECT 1 FROM ins)"""
-LIST_PHOTOS = f"SELECT {PHOTO_COLUMNS} FROM meeting_photos WHERE notice_id = $1 ORDER BY uploaded_at, id"
-GET_PHOTO = "SELECT content_type, sha256, data FROM meeting_photos WHERE notice_id = $1 AND id = $2"
+# Uploads of the same bytes to one meeting, one at a time: the second sees the first committed (and
+# ADD_PHOTO's fallback SELECT finds it) instead of a row its snapshot cannot see.
+LOCK_PHOTO_BYTES = (
+    "SELECT pg_advisory_xact_lock(hashtextextended($1::text || ':' || encode($2::bytea, 'hex'), 5173))"
+)
+LIST_PHOTOS = f"SELECT {PHOTO_COLUMNS} FROM meeting_photos WHERE notice_id = $1 AND kind = 'site' ORDER BY uploaded_at, id"
+GET_PHOTO = (
+    "SELECT content_type, sha256, data FROM meeting_photos WHERE notice_id = $1 AND id = $2 AND kind = $3"
+)
 
 # $1 meeting  $2 only recipients counted in this unit's subtree (NULL: all)
 ATTENDANCE = f"""
@@ -65,7 +73,9 @@ FROM recipients r
 JOIN members mb ON mb.id = r.member_id
 JOIN meetings mt ON mt.notice_id = r.notice_id
 LEFT JOIN LATERAL (
-    SELECT min(k.at) FILTER (WHERE k.verdict = 'ok') AS first_ok, count(*) AS attempts
+    SELECT (SELECT min(x.at) FROM meeting_presences x WHERE x.notice_id = r.notice_id AND x.member_id = r.member_id)
+               AS first_ok,
+           count(*) AS attempts
     FROM meeting_checkins k WHERE k.notice_id = r.notice_id AND k.member_id = r.member_id
 ) c ON true
 LEFT JOIN meeting_absences a ON a.notice_id = r.notice_id AND a.member_id = r.member_id
@@ -124,21 +134,27 @@ async def add_photo(
     device: tuple[float, float, str, float],
     distance_m: float,
     by: str | None,
+    kind: str = "site",
 ) -> Record:
-    """The stored photo (``created`` false: these bytes were stored for this meeting already)."""
+    """The stored photo (``created`` false: these bytes were stored for this meeting already, as
+    the row's ``kind`` says)."""
     row = await conn.fetchrow(
-        ADD_PHOTO, notice_id, sha256, content_type, len(data), data, *device, distance_m, by
+        ADD_PHOTO, notice_id, sha256, content_type, len(data), data, *device, distance_m, by, kind
     )
     assert row is not None
     return row
+
+
+async def lock_photo_bytes(conn: Connection, notice_id: str, sha256: bytes) -> None:
+    await conn.execute(LOCK_PHOTO_BYTES, notice_id, sha256)
 
 
 async def list_photos(conn: Connection, notice_id: str) -> list[Record]:
     return list(await conn.fetch(LIST_PHOTOS, notice_id))
 
 
-async def get_photo(conn: Connection, notice_id: str, photo_id: str) -> Record | None:
-    return await conn.fetchrow(GET_PHOTO, notice_id, photo_id)
+async def get_photo(conn: Connection, notice_id: str, photo_id: str, kind: str = "site") -> Record | None:
+    return await conn.fetchrow(GET_PHOTO, notice_id, photo_id, kind)
 
 
 async def attendance(conn: Connection, notice_id: str, unit_id: str | None) -> list[Record]:

@@ -58,7 +58,7 @@ mt AS (
 )
 SELECT mt.notice_id, mt.type, mt.unit_id, mt.starts_at, (mt.starts_at AT TIME ZONE $4)::date AS day,
        mt.ends_at <= (SELECT notifier_now()) AND (
-           EXISTS (SELECT 1 FROM meeting_checkins k WHERE k.notice_id = mt.notice_id AND k.verdict = 'ok')
+           EXISTS (SELECT 1 FROM meeting_presences k WHERE k.notice_id = mt.notice_id)
            OR EXISTS (SELECT 1 FROM meeting_records x WHERE x.notice_id = mt.notice_id)
            OR EXISTS (SELECT 1 FROM meeting_photos p WHERE p.notice_id = mt.notice_id)
        ) AS held,
@@ -70,8 +70,8 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE ok.member_id IS NULL AND ab.member_id IS NOT NULL) AS excused
     FROM recipients r
     LEFT JOIN LATERAL (
-        SELECT k.member_id FROM meeting_checkins k
-        WHERE k.notice_id = r.notice_id AND k.member_id = r.member_id AND k.verdict = 'ok' LIMIT 1
+        SELECT k.member_id FROM meeting_presences k
+        WHERE k.notice_id = r.notice_id AND k.member_id = r.member_id LIMIT 1
     ) ok ON true
     LEFT JOIN meeting_absences ab ON ab.notice_id = r.notice_id AND ab.member_id = r.member_id
     WHERE r.notice_id = mt.notice_id

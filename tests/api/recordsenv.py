@@ -36,10 +36,12 @@ async def make_meeting(
     hours: float = 1,
     at: datetime | None = None,
     window: timedelta | None = None,
+    photo_required: bool = False,
 ) -> str:
     """A meeting held by ``unit`` for its subtree (POST /v1/meetings), starting ``starts`` from the
     engine clock (or ``at``); created with ``token`` (admin by default); ``window``: check-ins
-    close that long after the start (default: the API's). Returns once it has fanned out."""
+    close that long after the start (default: the API's); ``photo_required`` as the API takes it.
+    Returns once it has fanned out."""
     now: datetime = await db.fetchval("SELECT notifier_now()")
     start = at or now + starts
     body: dict[str, Any] = {
@@ -49,6 +51,7 @@ async def make_meeting(
         "starts_at": start.isoformat(),
         "ends_at": (start + timedelta(hours=hours)).isoformat(),
         "venue": {"lat": VENUE[0], "lng": VENUE[1], "datum": "wgs84"},
+        "photo_required": photo_required,
     }
     if window is not None:
         body["checkin_closes_at"] = (start + window).isoformat()
