@@ -63,6 +63,8 @@ def setup(app: web.Application) -> None:
     r.add_get("/console/exams", study.list_exams)
     r.add_get("/console/exams/new", study.new_exam)
     r.add_post("/console/exams", study.create_exam)
+    r.add_get("/console/lessons/new", study.new_lesson)
+    r.add_post("/console/lessons", study.create_lesson)
     r.add_get("/console/quizzes/{quiz_id}/ranking", study.show_ranking)
     r.add_get("/console/quizzes/{quiz_id}/ranking.csv", study.ranking_csv)
     r.add_get("/m/quizzes/{quiz_id}", study.member_quiz)

@@ -25,13 +25,14 @@ from multidict import MultiDictProxy, MultiMapping
 from pydantic import ValidationError
 
 from notifier.api import exams as exams_api
+from notifier.api import lessons as lessons_api
 from notifier.api import notices as notices_api
 from notifier.api import quizzes as quizzes_api
 from notifier.api import rankings as rankings_api
 from notifier.api import rollcall as rollcall_api
 from notifier.api.keys import DEPS
 from notifier.api.principal import Principal
-from notifier.api.problems import invalid
+from notifier.api.problems import Problem, invalid
 from notifier.api.routing import Call
 from notifier.console.apicall import as_principal, call
 from notifier.console.pages import TZ, page, render, t
@@ -147,7 +148,12 @@ def _form(
 async def list_exams(request: web.Request, session: Session) -> web.Response:
     query = exams_api.ExamQuery(cursor=request.query.get("cursor") or None)
     data = await call(request, session.principal, exams_api.list_exams, query=query)
-    return render(request, "study_exams.html", {"items": data["items"], "next_cursor": data["next_cursor"]})
+    context = {
+        "items": data["items"],
+        "next_cursor": data["next_cursor"],
+        "principal_role": session.principal.role,
+    }
+    return render(request, "study_exams.html", context)
 
 
 @page()
@@ -179,6 +185,131 @@ async def create_exam(request: web.Request, session: Session) -> web.StreamRespo
         raise web.HTTPSeeOther(f"/console/quizzes/{created['quiz']['id']}/ranking")
     units_ = await _unit_choices(request, p)
     return render(request, "study_exam_new.html", _form(request, values, errors, units_), status=422)
+
+
+# --- the daily lesson with its quiz ----------------------------------------------------------------
+# The quiz is created first (POST /v1/quizzes, without a notice), then the lesson names it
+# (PUT /v1/units/{unit_id}/lessons/{date}). Two handlers cannot share a transaction, so nothing is
+# created until every check that can be made beforehand passes: both bodies validate, the quiz
+# passes check_quiz, the unit is within the session's reach and that day's lesson was not sent.
+# Should the lesson still be refused after that (a race), the page says the quiz was kept; the
+# form keeps its Idempotency-Key, so sending it again replays the same quiz rather than adding one.
+
+
+WRITERS = ("admin", "service")  # who writes lessons (api/lessons.py): secretaries only read them
+
+
+def _lesson_values(form: MultiDictProxy[Any] | MultiMapping[str]) -> dict[str, Any]:
+    def text(name: str) -> str:
+        value = form.get(name, "")
+        return value.strip() if isinstance(value, str) else ""
+
+    return {
+        "unit": text("unit"),
+        "day": text("day"),
+        "title": text("title"),
+        "body": text("body"),
+        "questions": text("questions"),
+        "points": text("points") or "10",
+        "review": text("review") or "answers",
+        "key": text("key") or str(uuid.uuid4()),
+    }
+
+
+LESSON_FIELDS = {"title": "title", "body": "body", "date": "day", "unit_id": "unit", "questions": "questions"}
+
+
+def _problem_errors(request: web.Request, problem: Problem) -> list[str]:
+    """A refusal's fields, named as the form names them."""
+    if not problem.errors:
+        return [problem.detail or problem.title]
+    out = []
+    for e in problem.errors:
+        head = e["field"].split(".")[0].split("[")[0]
+        field = LESSON_FIELDS.get(head, e["field"])
+        out.append(
+            t(request, "study.error", field=t(request, f"study.lesson_field_{field}"), message=e["message"])
+        )
+    return out
+
+
+def _lesson_form(
+    values: dict[str, Any], errors: list[str], units_: list[Any], saved: str = ""
+) -> dict[str, Any]:
+    return {"values": values, "errors": errors, "units": units_, "saved": saved}
+
+
+@page()
+async def new_lesson(request: web.Request, session: Session) -> web.Response:
+    session.principal.require(*WRITERS)
+    values = _lesson_values(request.query)
+    units_ = await _unit_choices(request, session.principal)
+    saved = request.query.get("saved", "")
+    return render(request, "study_lesson_new.html", _lesson_form(values, [], units_, saved))
+
+
+@page()
+async def create_lesson(request: web.Request, session: Session) -> web.StreamResponse:
+    p = session.principal
+    p.require(*WRITERS)  # as PUT .../lessons/{date} does, before the quiz is created
+    values = _lesson_values(await request.post())
+    errors: list[str] = []
+    try:
+        questions = parse_questions(values["questions"], int(values["points"]))
+        quiz = quizzes_api.QuizIn.model_validate(
+            {"title": values["title"], "kind": "quiz", "questions": questions, "review": values["review"]}
+        )
+        quizzes_api.check_quiz(quiz)
+        try:
+            lessons_api.parse_day(values["day"])
+        except ValueError as exc:
+            raise invalid("date", str(exc)) from None
+        lesson = {"title": values["title"], "body": values["body"]}
+        lessons_api.LessonIn.model_validate(lesson)
+        match = {"unit_id": values["unit"], "date": values["day"]}
+        try:  # that day's lesson, if any: a sent one cannot be replaced (409 below, before the quiz)
+            current = await call(request, p, lessons_api.get_lesson, match=match)
+        except Problem as problem:
+            if problem.status != 404:
+                raise
+            if problem.detail != "lesson not found":  # the unit: unknown or out of reach
+                raise invalid("unit_id", problem.detail or "unit not found") from None
+            current = None
+        if current is not None and current["state"] == "sent":
+            raise Problem(409, "Conflict", t(request, "study.lesson_sent"))
+    except QuestionsError as exc:
+        errors = [t(request, "study.bad_question", n=exc.block)]
+    except ValidationError as exc:
+        errors = [
+            t(
+                request,
+                "study.error",
+                field=t(request, f"study.lesson_field_{LESSON_FIELDS.get(str(e['loc'][0]), 'questions')}")
+                if e["loc"]
+                else "",
+                message=e["msg"],
+            )
+            for e in exc.errors()
+        ]
+    except Problem as problem:
+        errors = _problem_errors(request, problem)
+    except ValueError:
+        errors = [t(request, "study.bad_value")]
+    else:
+        headers = {notices_api.IDEMPOTENCY_HEADER: values["key"]}
+        created = await call(request, p, quizzes_api.create_quiz, body=quiz, headers=headers)
+        body = lessons_api.LessonIn.model_validate(lesson | {"quiz_id": created["id"]})
+        try:
+            await call(request, p, lessons_api.put_lesson, body=body, match=match)
+        except Problem as problem:
+            errors = [
+                t(request, "study.lesson_quiz_kept", id=created["id"]),
+                *_problem_errors(request, problem),
+            ]
+        else:
+            raise web.HTTPSeeOther(f"/console/lessons/new?saved={values['unit']}/{values['day']}")
+    units_ = await _unit_choices(request, p)
+    return render(request, "study_lesson_new.html", _lesson_form(values, errors, units_), status=422)
 
 
 def _ranking_query(request: web.Request, limit: int) -> rankings_api.RankingQuery:

@@ -4,6 +4,7 @@ the console form's refusals (nothing stored), and no answer key in any member pa
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +15,8 @@ from aiohttp.test_utils import TestClient
 from notifier.console.study import parse_questions
 from notifier.settings import Settings
 from notifier.workers.fanout import fanout_notice
-from tests.console.test_console import csrf_of, org, sign_in
+from tests.api.conftest import issue_key
+from tests.console.test_console import csrf_of, org, sign_in, sign_in_with_token
 from tests.helpers import post, worker_deps
 
 SECRET = "延安精神KEY"
@@ -125,3 +127,66 @@ async def test_the_console_shows_a_test_to_the_branch_it_was_sent_to_only(
     for path in (f"/console/quizzes/{quiz_id}/ranking", f"/console/quizzes/{quiz_id}/ranking.csv"):
         assert (await client.get(path)).status == 404
     assert f'data-quiz="{quiz_id}"' not in await (await client.get("/console/exams")).text()
+
+
+LESSON_QUIZ = f"红色精神之一\n= 井冈山精神 | {SECRET}\n\n党课是三会一课之一\n= 对"
+
+
+async def stored(db: asyncpg.Connection) -> tuple[int, int]:
+    return await db.fetchval("SELECT count(*) FROM lessons"), await db.fetchval(
+        "SELECT count(*) FROM quizzes"
+    )
+
+
+async def test_the_console_creates_a_daily_lesson_with_its_quiz(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    await org(client)
+    # Lessons are written by admins and service keys (secretaries read them, api/lessons.py): a
+    # secretary's session does not get the form, nor may it post it; a member's is sent to /m/.
+    assert await sign_in(client, "s0") == "/console/"
+    assert (await client.get("/console/lessons/new")).status == 403
+    assert 'id="new-lesson"' not in await (await client.get("/console/exams")).text()
+    csrf = await csrf_of(client, "/console/exams/new")
+    form = {"csrf": csrf, "unit": "b0", "day": "2030-03-01", "title": "第一课", "body": "学习内容"}
+    assert (await client.post("/console/lessons", data=form | {"questions": LESSON_QUIZ})).status == 403
+    assert await sign_in(client, "m0") == "/m/"
+    resp = await client.get("/console/lessons/new", allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/m/"
+    assert await stored(db) == (0, 0)
+
+    service = await issue_key(client, {"name": "b0 hr", "role": "service", "unit_id": "b0"})
+    await sign_in_with_token(client, service)
+    assert 'href="/console/lessons/new"' in await (await client.get("/console/exams")).text()
+    form["csrf"] = await csrf_of(client, "/console/lessons/new")
+    # Refusals name the form's field, and store nothing (neither the quiz nor the lesson).
+    for bad, said in (
+        ({"questions": "题一\n没有选项也没有答案\n\n题二\n= 对"}, "第 1 题"),
+        ({"questions": LESSON_QUIZ, "unit": "b1"}, "单位"),  # not the key's unit
+        ({"questions": LESSON_QUIZ, "day": "2030-13-01"}, "日期"),
+        ({"questions": LESSON_QUIZ, "body": ""}, "课程内容"),
+    ):
+        resp = await client.post("/console/lessons", data=form | bad)
+        errors = re.findall(r'<p class="error" role="alert">([^<]*)</p>', await resp.text())
+        assert resp.status == 422 and len(errors) == 1 and said in errors[0], (bad, errors)
+    assert await stored(db) == (0, 0)
+
+    resp = await client.post(
+        "/console/lessons", data=form | {"questions": LESSON_QUIZ}, allow_redirects=False
+    )
+    assert resp.status == 303, await resp.text()
+    assert "lesson-saved" in await (await client.get(resp.headers["Location"])).text()
+    lesson = await db.fetchrow("SELECT * FROM lessons")
+    assert (
+        lesson is not None
+        and lesson["unit_id"] == "b0"
+        and str(lesson["day"]) == "2030-03-01"
+        and lesson["title"] == "第一课"
+    )
+    quiz = await db.fetchrow("SELECT * FROM quizzes WHERE id = $1", lesson["quiz_id"])
+    assert quiz is not None and quiz["notice_id"] is None and quiz["scope_unit_id"] == "b0"
+    questions = quiz["questions"] if isinstance(quiz["questions"], list) else json.loads(quiz["questions"])
+    assert [(q["type"], q["answer"]) for q in questions] == [
+        ("fill_in", ["井冈山精神", SECRET]),
+        ("true_false", True),
+    ]
