@@ -226,7 +226,7 @@ def _problem_errors(request: web.Request, problem: Problem) -> list[str]:
     out = []
     for e in problem.errors:
         head = e["field"].split(".")[0].split("[")[0]
-        field = LESSON_FIELDS.get(head, e["field"])
+        field = LESSON_FIELDS.get(head, "questions")  # the rest (quiz_id, review) are the quiz's
         out.append(
             t(request, "study.error", field=t(request, f"study.lesson_field_{field}"), message=e["message"])
         )
