@@ -33,7 +33,9 @@ from notifier.api.notices import (
     wake_fanout,
 )
 from notifier.api.problems import Problem, invalid, invalid_many, not_found
-from notifier.api.quizzes import QuestionIn, QuizIn, QuizOut, check_quiz, create_quiz_row, quiz_view
+from notifier.api.quiz_models import QuestionIn, QuizIn, QuizOut, check_quiz
+from notifier.api.quiz_views import quiz_view
+from notifier.api.quizzes import create_quiz_row
 from notifier.api.rankings import load_rankable, staff_slice
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Channels, Strict, Timestamp, parse_uuid

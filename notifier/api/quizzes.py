@@ -40,16 +40,15 @@ from notifier.api.notices import (
 )
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem, not_found
-from notifier.api.quiz_models import AnswersIn as AnswersIn
-from notifier.api.quiz_models import AttemptOut as AttemptOut
-from notifier.api.quiz_models import QuestionIn as QuestionIn
-from notifier.api.quiz_models import QuizIn as QuizIn
-from notifier.api.quiz_models import QuizOut as QuizOut
-from notifier.api.quiz_models import check_answers as check_answers
-from notifier.api.quiz_models import check_quiz as check_quiz
-from notifier.api.quiz_views import attempt_view as attempt_view
-from notifier.api.quiz_views import mine_view
-from notifier.api.quiz_views import quiz_view as quiz_view
+from notifier.api.quiz_models import (
+    AnswersIn,
+    AttemptOut,
+    QuizIn,
+    QuizOut,
+    check_answers,
+    check_quiz,
+)
+from notifier.api.quiz_views import attempt_view, mine_view, quiz_view
 from notifier.api.routing import Call, Reply, Router, json_response
 from notifier.api.types import parse_uuid
 from notifier.db import quizzes, receipts, units

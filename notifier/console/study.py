@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from notifier.api import exams as exams_api
 from notifier.api import lessons as lessons_api
 from notifier.api import notices as notices_api
+from notifier.api import quiz_models
 from notifier.api import quizzes as quizzes_api
 from notifier.api import rankings as rankings_api
 from notifier.api import rollcall as rollcall_api
@@ -256,10 +257,10 @@ async def create_lesson(request: web.Request, session: Session) -> web.StreamRes
     errors: list[str] = []
     try:
         questions = parse_questions(values["questions"], int(values["points"]))
-        quiz = quizzes_api.QuizIn.model_validate(
+        quiz = quiz_models.QuizIn.model_validate(
             {"title": values["title"], "kind": "quiz", "questions": questions, "review": values["review"]}
         )
-        quizzes_api.check_quiz(quiz)
+        quiz_models.check_quiz(quiz)
         try:
             lessons_api.parse_day(values["day"])
         except ValueError as exc:
@@ -398,7 +399,7 @@ async def member_answer(request: web.Request, session: Session) -> web.StreamRes
     p = _member(session)
     form = await request.post()
     attempt = await call(request, p, quizzes_api.get_attempt)
-    body = quizzes_api.AnswersIn(answers=answers_from(form, attempt["questions"]))
+    body = quiz_models.AnswersIn(answers=answers_from(form, attempt["questions"]))
     target = f"/m/quizzes/{attempt['quiz_id']}/attempts/{attempt['id']}"
     if form.get("action") == "submit":
         await call(request, p, quizzes_api.submit_attempt, body=body)
