@@ -66,6 +66,9 @@ SELECT (SELECT count(*) FROM recipients WHERE notice_id = $1 AND read_at IS NULL
 # $7 (NULL: every unread), and also says whom it reached, for the timeline.
 _REMIND = """
 WITH RECURSIVE {sub}
+-- One reading of the engine clock: notifier_now() in the select list (or a column default) is
+-- called once per row and column, four times per reminder (half the statement's time at 90k).
+clock AS MATERIALIZED (SELECT notifier_now() AS now),
 unread AS (
     SELECT r.member_id FROM recipients r WHERE r.notice_id = $1 AND r.read_at IS NULL{within}
 ),
@@ -79,7 +82,7 @@ ins AS (
                             next_attempt_at, created_at, updated_at, listed_at)
     SELECT $1, member_id, $2, $3, contact_id, CASE WHEN $5 THEN 'delivered' ELSE 'queued' END, $5::int,
            clock.now, clock.now, clock.now, clock.now
-    FROM plan CROSS JOIN (SELECT notifier_now() AS now) AS clock
+    FROM plan CROSS JOIN clock
     WHERE contact_id IS NOT NULL OR NOT $4
     ORDER BY member_id LIMIT $6
     ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING
