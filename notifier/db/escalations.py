@@ -34,6 +34,12 @@ ORDER BY e.due_at
 LIMIT 1
 FOR UPDATE OF e SKIP LOCKED"""
 
+# How far away the next step is, for an exact wake-up (the one-second cron tick fires a step up
+# to a second late); NULL: none pending. An index range scan of escalations_due_idx.
+NEXT_DUE = """
+SELECT extract(epoch FROM min(due_at) - (SELECT notifier_now()))
+FROM escalations WHERE state = 'active' AND due_at > (SELECT notifier_now())"""
+
 ADVANCE = """
 UPDATE escalations SET round = $2, next_step = $3, due_at = started_at + make_interval(secs => $4),
     updated_at = (SELECT notifier_now())
@@ -170,6 +176,12 @@ async def start(conn: Connection, notice_id: str, started_at: datetime, first_st
 
 async def claim_due(conn: Connection) -> Record | None:
     return await conn.fetchrow(CLAIM_DUE)
+
+
+async def seconds_to_next_due(conn: Connection) -> float | None:
+    """Seconds until the soonest pending step (None: no step pending)."""
+    seconds = await conn.fetchval(NEXT_DUE)
+    return None if seconds is None else float(seconds)
 
 
 async def advance(conn: Connection, notice_id: str, round_: int, step: int, offset: float) -> None:

@@ -3,16 +3,20 @@ landing between claim and send, and a breaker hit by batches already in flight."
 
 from __future__ import annotations
 
+import time
+
 import asyncpg
+import pytest
 
 from notifier.channels.base import Capabilities, NoticeContent, Outcome, StatusUpdate
 from notifier.db import deliveries, receipts, throttle
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver_batch, deliver_notice_channel
+from notifier.workers.queue import TICK_NOW
 from notifier.workers.reconcile import reconcile_once
 from notifier.workers.reports import apply_reports
-from notifier.workers.tick import tick_once
-from tests.conftest import advance_clock
+from notifier.workers.tick import tick_once, wake_for_next_step
+from tests.conftest import advance_clock, frozen_clock
 from tests.workers.test_delivery_layer import (
     ScriptedChannel,
     make_members,
@@ -138,3 +142,44 @@ async def test_a_batch_of_reports_is_applied_in_one_go(env: Env, db: asyncpg.Con
     assert counts is not None and (counts["read"], counts["delivered"]) == (1, 1)
     parked = await db.fetchval("SELECT count(*) FROM provider_events WHERE provider_ref = 'not-yet-known'")
     assert parked == 1
+
+
+async def _tick_wakeups(deps: WorkerDeps) -> list[float]:
+    """The scores (ms since the epoch, when due) of the early tick wake-ups waiting in Redis."""
+    jobs = await deps.queue.queued_jobs(queue_name=deps.settings.queue_name)
+    return sorted(j.score or 0 for j in jobs if j.function == TICK_NOW)
+
+
+async def test_a_step_due_before_the_next_cron_tick_is_woken_at_its_due_time(
+    env: Env, db: asyncpg.Connection
+) -> None:
+    deps, _ = env
+    await make_members(db, 1)
+    async with frozen_clock(db):
+        nid = await make_notice(
+            deps, db, ["inapp"], escalation={"steps": [{"after": 60, "remind": ["scripted"]}], "repeat": 0}
+        )
+        due_in = float(
+            await db.fetchval(
+                "SELECT extract(epoch FROM due_at - notifier_now()) FROM escalations WHERE notice_id = $1",
+                nid,
+            )
+        )
+        # Ten seconds away: the cron ticks until then look again; no wake-up yet.
+        await advance_clock(db, due_in - 10)
+        before = await _tick_wakeups(deps)
+        assert (await tick_once(deps))["escalations"] == 0
+        assert await wake_for_next_step(deps) is None
+        assert await _tick_wakeups(deps) == before
+        # Due in 0.4 s, before the next cron tick: a wake-up at the due time, not up to 1 s later.
+        await advance_clock(db, 9.6)
+        t0 = time.time()
+        assert (await tick_once(deps))["escalations"] == 0
+        added = [s for s in await _tick_wakeups(deps) if s not in before]
+        assert len(added) == 1
+        assert t0 * 1000 + 300 <= added[0] <= time.time() * 1000 + 500
+        assert await wake_for_next_step(deps) == pytest.approx(0.4, abs=0.001)
+        # Once the step has fired, nothing is pending: no more wake-ups.
+        await advance_clock(db, 0.4)
+        assert (await tick_once(deps))["escalations"] == 1
+        assert await wake_for_next_step(deps) is None
