@@ -12,11 +12,13 @@ against a baseline taken in the same run by the same client.
   2,000), one client times ``GET /v1/notices/{id}`` and, alternately, ``GET /healthz``.
   Target: status p99 <= 10 ms.
 * **7, escalation at scale**: that notice carries a one-step policy (remind in-app after 1 min).
-  Once it is active the engine clock jumps a minute; the step reminds every unread member. Timed:
-  from the jump until the step's event is committed (an upper bound: it includes the wait for the
-  engine's next tick, at most 1 s), and the longest status read and single receipt during the step
-  (probes in a loop, from the jump to 0.5 s after the event). Baseline: the same probes before the
-  jump. Target: the step <= 2 s, no read blocked > 100 ms.
+  Once it is active the engine clock jumps to 1.5 s before the step is due, and from there runs
+  in real time, as in production (where the clock never jumps): the engine's tick, looking one
+  period ahead, wakes itself at the due time. The step reminds every unread member. Timed: from
+  the step's due time until its event is committed (split: until the step's transaction began,
+  from its event's engine time, and the rest), and the longest status read and single receipt
+  during the step (probes in a loop, from the jump to 0.5 s after the event). Baseline: the same
+  probes before the jump. Target: the step <= 2 s, no read blocked > 100 ms.
   Then the root unit's daily lesson (every member, 200 units): the clock jumps to its lesson time;
   timed until the notice is active with every recipient in. Target: <= 2 s after its time.
 
@@ -54,6 +56,8 @@ from notifier.channels.webhook import decode_secret, sign
 from notifier.db.pool import Pool
 from notifier.settings import Settings
 
+# The clock jumps to this long before the step is due; from there it runs in real time.
+STEP_LEAD_SECONDS = 1.5
 SECRET = "whsec_" + "QkVOQ0hNQVJLU0VDUkVUU0VDUkVUU0VDUkVU"
 
 
@@ -281,28 +285,37 @@ async def escalation_step(dev: Dev, http: aiohttp.ClientSession, pool: Pool, not
     gets: list[float] = []
     posts: list[float] = []
 
-    async def watch(t_jump: float) -> None:
-        while time.perf_counter() < t_jump + 60:
+    async def watch(t_due: float) -> None:
+        while time.perf_counter() < t_due + 60:
             n = await pool.fetchval(
                 "SELECT count(*) FROM notice_events WHERE notice_id = $1 AND kind = 'step_fired'", notice_id
             )
             if n:
-                fired.append(time.perf_counter() - t_jump)
+                fired.append(time.perf_counter() - t_due)
                 return
             await asyncio.sleep(0.01)
-        raise BenchError("the escalation step did not fire within 60 s of the clock's jump")
+        raise BenchError("the escalation step did not fire within 60 s of its due time")
 
-    await jump_clock(pool, 61)
-    t_jump = time.perf_counter()
-    watcher = asyncio.create_task(watch(t_jump))
-    await probe(lambda: bool(fired) and time.perf_counter() > t_jump + fired[0] + 0.5, gets, posts)
+    due_in = "SELECT extract(epoch FROM due_at - notifier_now()) FROM escalations WHERE notice_id = $1"
+    due_at = await pool.fetchval("SELECT due_at FROM escalations WHERE notice_id = $1", notice_id)
+    await jump_clock(pool, float(await pool.fetchval(due_in, notice_id)) - STEP_LEAD_SECONDS)
+    t_due = time.perf_counter() + float(await pool.fetchval(due_in, notice_id))
+    watcher = asyncio.create_task(watch(t_due))
+    await probe(lambda: bool(fired) and time.perf_counter() > t_due + fired[0] + 0.5, gets, posts)
     await watcher
     reminded = await pool.fetchval(
         "SELECT count(*) FROM deliveries WHERE notice_id = $1 AND step > 0", notice_id
     )
+    began = await pool.fetchval(  # the event's engine time is its transaction's start
+        "SELECT extract(epoch FROM ev.at - $2::timestamptz) FROM notice_events ev "
+        "WHERE ev.notice_id = $1 AND ev.kind = 'step_fired'",
+        notice_id,
+        due_at,
+    )
     return [
-        f"target 7, escalation step over {unread:,} unread: fired {fired[0]:.2f}s after the clock's jump "
-        f"(includes the wait for the next tick, <= 1 s), {reminded:,} reminded; {load()}   target <= 2 s",
+        f"target 7, escalation step over {unread:,} unread: committed {fired[0]:.2f}s after its due time "
+        f"(its transaction began {float(began):.3f}s after it), {reminded:,} reminded; {load()}"
+        "   target <= 2 s",
         f"  during the step: status {ms(gets)}; single receipt {ms(posts)}   target max <= 100 ms",
         f"  baseline, before the jump: status {ms(quiet_gets)}; single receipt {ms(quiet_posts)}",
     ]
