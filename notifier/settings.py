@@ -190,6 +190,9 @@ class Settings(BaseSettings):
     # ... and no notice's escalation makes more than this many sends (reminders plus summary
     # deliveries); at the ceiling it stops, with an ``escalation_ceiling_reached`` event.
     escalation_max_sends: int = Field(default=100_000, ge=0)
+    # A step reminds at most this many unread per transaction (the rows it locks are held until
+    # its commit, so a read of one of them waits at most one chunk); the rest follow at once.
+    escalation_chunk_size: int = Field(default=5_000, ge=1)
 
     # Live streams (GET /v1/notices/{id}/stream): the API process polls the counters of watched
     # notices this often (a worker's hint polls one early), never one notice more often than

@@ -24,7 +24,7 @@ SELECT extract(epoch FROM $2::timestamptz + make_interval(secs => $3) - (SELECT 
 
 # Claim one due escalation; a second worker skips it instead of waiting.
 CLAIM_DUE = """
-SELECT e.notice_id, e.started_at, e.round, e.next_step, e.due_at, e.sends,
+SELECT e.notice_id, e.started_at, e.round, e.next_step, e.due_at, e.sends, e.step_cursor, e.step_progress,
        n.state AS notice_state, n.escalation, n.expires_at, n.title, n.kind, n.scope_unit_id, n.audience,
        n.expires_at IS NOT NULL AND n.expires_at <= (SELECT notifier_now()) AS expired,
        extract(epoch FROM (SELECT notifier_now()) - e.started_at) AS elapsed
@@ -42,12 +42,24 @@ FROM escalations WHERE state = 'active' AND due_at > (SELECT notifier_now())"""
 
 ADVANCE = """
 UPDATE escalations SET round = $2, next_step = $3, due_at = started_at + make_interval(secs => $4),
-    updated_at = (SELECT notifier_now())
+    step_cursor = NULL, step_progress = NULL, updated_at = (SELECT notifier_now())
 WHERE notice_id = $1"""
+# A chunk of a step is committed: the timer stays due, its step goes on after member $2.
+CONTINUE_STEP = """
+UPDATE escalations SET step_cursor = $2, step_progress = $3, sends = sends + $4, updated_at = (SELECT notifier_now())
+WHERE notice_id = $1"""
+# The last unread member of the chunk after $2 ('': from the first), NULL when the rest fits in one
+# chunk of $3: an index range scan of recipients_unread_idx.
+CHUNK_END = """
+SELECT member_id FROM recipients
+WHERE notice_id = $1 AND read_at IS NULL AND member_id > $2
+ORDER BY member_id OFFSET $3 - 1 LIMIT 1"""
 POSTPONE = """
 UPDATE escalations SET due_at = (SELECT notifier_now()) + make_interval(secs => $2), updated_at = (SELECT notifier_now())
 WHERE notice_id = $1"""
-FINISH = "UPDATE escalations SET state = $2, updated_at = (SELECT notifier_now()) WHERE notice_id = $1 AND state = 'active'"
+FINISH = """
+UPDATE escalations SET state = $2, step_cursor = NULL, step_progress = NULL, updated_at = (SELECT notifier_now())
+WHERE notice_id = $1 AND state = 'active'"""
 ADD_SENDS = "UPDATE escalations SET sends = sends + $2 WHERE notice_id = $1"
 # A remind-now counts in the same ceiling: lock the notice's timer row (made, already finished,
 # for a notice without a policy -- the fan-out has made it before the notice went active) and
@@ -66,7 +78,8 @@ SELECT (SELECT count(*) FROM recipients WHERE notice_id = $1 AND read_at IS NULL
        (SELECT coalesce(sum(recipients), 0) FROM notice_counts WHERE notice_id = $1) AS recipients"""
 
 # Remind the unread on one channel: one delivery per member with a working contact (or none
-# needed), at most $6 of them (the notice's remaining escalation budget, in member order).
+# needed), at most $6 of them (the notice's remaining escalation budget, in member order). A
+# step's REMIND takes one chunk of them: the unread after member $7 up to member $8 (NULL: all).
 # Returns how many were made, how many were wanted, and who has no contact. A secretary's
 # remind-now (REMIND_WITHIN) reminds only the unread who are members of units in the subtrees of
 # $7 (NULL: every unread), and also says whom it reached, for the timeline.
@@ -99,7 +112,12 @@ SELECT (SELECT count(*) FROM ins) AS reached,
        coalesce((SELECT array_agg(member_id ORDER BY member_id) FROM plan WHERE contact_id IS NULL AND $4),
                 '{{}}') AS unreachable{reached}"""
 _CONTACT = newest_working("u.member_id", "$2", when="$4")
-REMIND = _REMIND.format(sub="", within="", contact=_CONTACT, reached="")
+REMIND = _REMIND.format(
+    sub="",
+    within=" AND r.member_id > $7 AND ($8::text IS NULL OR r.member_id <= $8)",
+    contact=_CONTACT,
+    reached="",
+)
 REMIND_WITHIN = _REMIND.format(
     sub=subtree("$7") + ",",
     within="""
@@ -213,6 +231,19 @@ async def counts(conn: Connection, notice_id: str) -> tuple[int, int]:
     return int(row["unread"]), int(row["recipients"])
 
 
+async def chunk_end(conn: Connection, notice_id: str, after: str, size: int) -> str | None:
+    """The last unread member of the chunk of ``size`` after ``after``; None: the rest is one chunk."""
+    end = await conn.fetchval(CHUNK_END, notice_id, after, size)
+    return None if end is None else str(end)
+
+
+async def continue_step(
+    conn: Connection, notice_id: str, cursor: str, progress: dict[str, Any], sends: int
+) -> None:
+    """Commit a chunk of the step: it goes on after ``cursor`` (the timer stays due)."""
+    await conn.execute(CONTINUE_STEP, notice_id, cursor, progress, sends)
+
+
 async def remind(
     conn: Connection,
     notice_id: str,
@@ -222,8 +253,13 @@ async def remind(
     needs_contact: bool,
     delivers_on_insert: bool,
     budget: int,
+    after: str = "",
+    upto: str | None = None,
 ) -> Record:
-    row = await conn.fetchrow(REMIND, notice_id, channel, step, needs_contact, delivers_on_insert, budget)
+    """REMIND the unread after member ``after`` up to ``upto`` (None: to the last)."""
+    row = await conn.fetchrow(
+        REMIND, notice_id, channel, step, needs_contact, delivers_on_insert, budget, after, upto
+    )
     assert row is not None
     return row
 

@@ -8,6 +8,13 @@ never makes that branch's secretaries hear of it. A step that reaches nobody is 
 event (one per step and channel, naming the members), never silently skipped. Reading stops
 everything for that member; recall, expiry or the notice's ceiling on escalation sends
 (``settings.escalation_max_sends``) stops the timer.
+
+A step over many unread reminds them in chunks of ``settings.escalation_chunk_size`` (in member
+order), one transaction each: the reminders' insert locks their recipients' rows until commit,
+so a read of one of them waits for one chunk, not the whole step. Between chunks the timer stays
+due with the step's cursor and progress; the same tick goes straight on with the next chunk, and
+a crash resumes after the last committed one. The step's summary, its ``step_fired`` event and
+the move to the next step come with the last chunk. Recall or expiry between chunks stops it.
 """
 
 from __future__ import annotations
@@ -46,6 +53,31 @@ class Wakeups:
 
     deliveries: list[tuple[str, str, int]] = field(default_factory=list)  # notice, channel, count
     fanouts: list[str] = field(default_factory=list)
+    tag: str = ""  # the delivery jobs' tag: one per chunk of a step
+
+
+@dataclass(slots=True)
+class Progress:
+    """Where a step is, kept on its timer between chunks (``escalations.step_progress``)."""
+
+    unread: int
+    recipients: int
+    reached: dict[str, int] = field(default_factory=dict)
+    chunks: int = 0
+
+    def saved(self) -> dict[str, Any]:
+        return {
+            "unread": self.unread,
+            "recipients": self.recipients,
+            "reached": self.reached,
+            "chunks": self.chunks,
+        }
+
+    @classmethod
+    def load(cls, saved: dict[str, Any]) -> Progress:
+        return cls(
+            int(saved["unread"]), int(saved["recipients"]), dict(saved["reached"]), int(saved["chunks"])
+        )
 
 
 @dataclass(slots=True)
@@ -59,6 +91,9 @@ class Budget:
     def spend(self, n: int) -> None:
         self.used += n
         self.left -= n
+
+
+CHUNK = "chunk"  # a step's chunk was committed, the step goes on (not a step's outcome)
 
 
 async def advance_escalations(deps: WorkerDeps) -> int:
@@ -78,12 +113,11 @@ async def advance_escalations(deps: WorkerDeps) -> int:
                 outcome = "error"
                 await escalations.postpone(conn, row["notice_id"], 60.0)
                 await timeline.record(conn, str(row["notice_id"]), "step_error", {"retry_in": 60})
-        metrics.ESCALATION_STEPS.labels(outcome).inc()  # committed
-        done += 1
+        if outcome != CHUNK:
+            metrics.ESCALATION_STEPS.labels(outcome).inc()  # committed
+            done += 1
         for notice_id, channel, n in wake.deliveries:
-            await enqueue_deliveries(
-                deps.queue, deps.settings, notice_id, channel, n, tag=f"esc{row['round']}"
-            )
+            await enqueue_deliveries(deps.queue, deps.settings, notice_id, channel, n, tag=wake.tag)
         for notice_id in wake.fanouts:
             await enqueue_fanout(deps.queue, notice_id, tag="summary")
     return done
@@ -103,13 +137,18 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
         return "stopped"
     rules = PolicyRules.model_validate({k: v for k, v in row["escalation"].items() if k != "policy"})
     round_, index = row["round"], row["next_step"]
-    unread, recipients = await escalations.counts(conn, notice_id)
-    if not unread:
+    following = next_position(rules, round_, index)
+    cursor: str | None = row["step_cursor"]
+    if cursor is not None:  # the step is under way: its next chunk
+        progress = Progress.load(row["step_progress"])
+    else:
+        progress = Progress(*await escalations.counts(conn, notice_id))
+    if not progress.unread:
         await escalations.finish(conn, notice_id, "done")
         await timeline.record(conn, notice_id, "everyone_read", {"round": round_, "step": index})
         return "done"
-    following = next_position(rules, round_, index)
-    if following is not None and due_offset(rules, *following) <= float(row["elapsed"]):
+    unread, recipients = progress.unread, progress.recipients
+    if cursor is None and following is not None and due_offset(rules, *following) <= float(row["elapsed"]):
         # The engine was down past this step's successor too: catching up must not fire every
         # missed step at once (six calls to one phone in a second). Skip it, on the record.
         await timeline.record(
@@ -122,8 +161,15 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
     code = step_code(round_, index)
     budget = Budget(max(0, deps.settings.escalation_max_sends - int(row["sends"])))
     detail: dict[str, Any] = {"round": round_, "step": index, "unread": unread}
+    wake.tag = f"esc{round_}" + (f".{index}.{progress.chunks}" if cursor is not None else "")
     if step.remind:
-        detail["reminded"] = await _remind(deps, conn, notice_id, step, code, budget, wake)
+        upto = await escalations.chunk_end(conn, notice_id, cursor or "", deps.settings.escalation_chunk_size)
+        await _remind(deps, conn, notice_id, step, code, budget, wake, progress, (cursor, upto))
+        if upto is not None and not budget.reached:  # more unread after this chunk
+            progress.chunks += 1
+            await escalations.continue_step(conn, notice_id, upto, progress.saved(), budget.used)
+            return CHUNK
+        detail["reminded"] = progress.reached
     if step.notify:
         detail["notified"] = await _notify(
             deps, conn, row, step, code, index, (unread, recipients), budget, wake
@@ -153,14 +199,27 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
 
 
 async def _remind(
-    deps: WorkerDeps, conn: Connection, notice_id: str, step: Step, code: int, budget: Budget, wake: Wakeups
-) -> dict[str, int]:
-    reached: dict[str, int] = {}
+    deps: WorkerDeps,
+    conn: Connection,
+    notice_id: str,
+    step: Step,
+    code: int,
+    budget: Budget,
+    wake: Wakeups,
+    progress: Progress,
+    chunk: tuple[str | None, str | None],
+) -> None:
+    """Remind one chunk of the unread (after member ``chunk[0]``, None: the step's first chunk, up
+    to ``chunk[1]``, None: the last) on each channel; adds who was reached to ``progress``."""
+    after, upto = chunk
+    last = upto is None
+    reached = progress.reached
     for channel_id in step.remind:
         if channel_id not in deps.channels:
-            await timeline.record(
-                conn, notice_id, "channel_unavailable", {"channel": channel_id, "step": code}
-            )
+            if after is None:
+                await timeline.record(
+                    conn, notice_id, "channel_unavailable", {"channel": channel_id, "step": code}
+                )
             reached[channel_id] = 0
             continue
         caps = deps.channels.get(channel_id).capabilities
@@ -173,25 +232,28 @@ async def _remind(
             needs_contact=caps.needs_contact,
             delivers_on_insert=caps.delivers_on_insert,
             budget=allowed,
+            after=after or "",
+            upto=upto,
         )
-        n = reached[channel_id] = int(result["reached"])
+        n = int(result["reached"])
+        reached[channel_id] = reached.get(channel_id, 0) + n
         budget.spend(n)
         if int(result["wanted"]) > allowed:
             budget.reached = True  # some of the unread were left out: the ceiling stops it here
-        await timeline.record_for_members(
+        await timeline.record_for_members(  # one event per chunk and channel
             conn,
             notice_id,
             list(result["unreachable"]),
             "not_reached",
             {"channel": channel_id, "step": code, "reason": "no contact"},
         )
-        if n == 0:
+        if n:
+            if not caps.delivers_on_insert:
+                wake.deliveries.append((notice_id, channel_id, n))
+        elif reached[channel_id] == 0 and (last or budget.reached):
             await timeline.record(
                 conn, notice_id, "step_reached_nobody", {"channel": channel_id, "step": code}
             )
-        elif not caps.delivers_on_insert:
-            wake.deliveries.append((notice_id, channel_id, n))
-    return reached
 
 
 async def _notify(

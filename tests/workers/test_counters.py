@@ -230,6 +230,8 @@ class Driver:
             not inapp,
             inapp,
             1_000_000,
+            "",  # the whole step in one chunk: after nobody, up to the last
+            None,
         )
 
     async def read(self) -> None:
@@ -557,7 +559,7 @@ async def test_concurrent_batches_reads_and_reminders_neither_drift_nor_deadlock
 
     async def remind() -> None:
         async with deps.pool.acquire() as conn, conn.transaction():
-            await conn.fetchrow(escalations.REMIND, nid, "scripted", 1, True, False, 1_000_000)
+            await conn.fetchrow(escalations.REMIND, nid, "scripted", 1, True, False, 1_000_000, "", None)
 
     members = [f"m{i:05d}" for i in range(300)]
     await asyncio.gather(
@@ -571,7 +573,7 @@ async def test_concurrent_batches_reads_and_reminders_neither_drift_nor_deadlock
     readers = set(members[::3]) | set(members[::-5])
     late = [m for m in members if m not in readers][:20]  # one batch of read()
     async with deps.pool.acquire() as conn, conn.transaction():
-        await conn.fetchrow(escalations.REMIND, nid, "scripted", 2, True, False, 1_000_000)
+        await conn.fetchrow(escalations.REMIND, nid, "scripted", 2, True, False, 1_000_000, "", None)
     await read(late)
     for _ in range(3):
         await advance_clock(db, 30)
