@@ -163,7 +163,9 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
     detail: dict[str, Any] = {"round": round_, "step": index, "unread": unread}
     wake.tag = f"esc{round_}" + (f".{index}.{progress.chunks}" if cursor is not None else "")
     if step.remind:
-        upto = await escalations.chunk_end(conn, notice_id, cursor or "", deps.settings.escalation_chunk_size)
+        size = deps.settings.escalation_chunk_size
+        one_chunk = cursor is None and unread <= size  # counted just now: no need to look
+        upto = None if one_chunk else await escalations.chunk_end(conn, notice_id, cursor or "", size)
         await _remind(deps, conn, notice_id, step, code, budget, wake, progress, (cursor, upto))
         if upto is not None and not budget.reached:  # more unread after this chunk
             progress.chunks += 1
