@@ -15,10 +15,11 @@ against a baseline taken in the same run by the same client.
   Once it is active the engine clock jumps to 1.5 s before the step is due, and from there runs
   in real time, as in production (where the clock never jumps): the engine's tick, looking one
   period ahead, wakes itself at the due time. The step reminds every unread member. Timed: from
-  the step's due time until its event is committed (split: until the step's transaction began,
-  from its event's engine time, and the rest), and the longest status read and single receipt
-  during the step (probes in a loop, from the jump to 0.5 s after the event). Baseline: the same
-  probes before the jump. Target: the step <= 2 s, no read blocked > 100 ms.
+  the step's due time until its event is committed (and until its first transaction began, from
+  its first reminder's engine time), and the longest status read and single receipt during the
+  step (probes in a loop, from the jump to 0.5 s after the event; the receipts read members the
+  storm left unread, in random order: members the step is reminding). Baseline: the same probes
+  before the jump. Target: the step <= 2 s, no read blocked > 100 ms.
   Then the root unit's daily lesson (every member, 200 units): the clock jumps to its lesson time;
   timed until the notice is active with every recipient in. Target: <= 2 s after its time.
 
@@ -34,6 +35,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import random
 import secrets
 import shutil
 import sys
@@ -259,7 +261,12 @@ async def escalation_step(dev: Dev, http: aiohttp.ClientSession, pool: Pool, not
     unread = await pool.fetchval(
         "SELECT count(*) FROM recipients WHERE notice_id = $1 AND read_at IS NULL", notice_id
     )
-    probe_member = iter(range(1, 10**7))
+    # The probe's receipts read members the storm left unread (it reads from the first and from
+    # the middle up), in random order: members the step is reminding, whose rows it locks.
+    members: int = await pool.fetchval("SELECT count(*) FROM recipients WHERE notice_id = $1", notice_id)
+    unread_tail = list(range(members * 7 // 10 + 1, members + 1))
+    random.Random(13).shuffle(unread_tail)
+    probe_member = iter(unread_tail)
 
     async def status() -> int:
         async with http.get(f"{dev.url}/v1/notices/{notice_id}", headers=auth) as r:
@@ -306,15 +313,15 @@ async def escalation_step(dev: Dev, http: aiohttp.ClientSession, pool: Pool, not
     reminded = await pool.fetchval(
         "SELECT count(*) FROM deliveries WHERE notice_id = $1 AND step > 0", notice_id
     )
-    began = await pool.fetchval(  # the event's engine time is its transaction's start
-        "SELECT extract(epoch FROM ev.at - $2::timestamptz) FROM notice_events ev "
-        "WHERE ev.notice_id = $1 AND ev.kind = 'step_fired'",
+    began = await pool.fetchval(  # a reminder's engine time is its transaction's start
+        "SELECT extract(epoch FROM min(created_at) - $2::timestamptz) FROM deliveries "
+        "WHERE notice_id = $1 AND step > 0",
         notice_id,
         due_at,
     )
     return [
         f"target 7, escalation step over {unread:,} unread: committed {fired[0]:.2f}s after its due time "
-        f"(its transaction began {float(began):.3f}s after it), {reminded:,} reminded; {load()}"
+        f"(its first transaction began {float(began):.3f}s after it), {reminded:,} reminded; {load()}"
         "   target <= 2 s",
         f"  during the step: status {ms(gets)}; single receipt {ms(posts)}   target max <= 100 ms",
         f"  baseline, before the jump: status {ms(quiet_gets)}; single receipt {ms(quiet_posts)}",
