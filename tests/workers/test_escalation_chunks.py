@@ -12,8 +12,8 @@ import json
 import asyncpg
 import pytest
 
+from notifier.db import escalations, receipts
 from notifier.db import recall as recall_db
-from notifier.db import receipts
 from notifier.workers import escalate
 from notifier.workers.context import WorkerDeps
 from notifier.workers.escalate import advance_escalations
@@ -114,3 +114,21 @@ async def test_the_ceiling_on_sends_counts_every_chunk(env: Env, db: asyncpg.Con
     row = await timer(db, nid)
     assert (row["state"], row["step_cursor"], row["sends"]) == ("stopped", None, 5)
     assert await violations(db) == []
+
+
+async def test_a_reminder_statement_reads_the_engine_clock_once_not_per_row(
+    env: Env, db: asyncpg.Connection
+) -> None:
+    deps, _ = env
+    await make_members(db, 6)
+    nid = await make_notice(deps, db, ["inapp"])
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL track_functions = 'all'")
+        row = await escalations.remind(
+            conn, nid, "inapp", 1, needs_contact=False, delivers_on_insert=True, budget=100
+        )
+        calls = await conn.fetchval(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions WHERE funcname = 'notifier_now'"
+        )
+    assert row["reached"] == 6
+    assert calls == 1  # four timestamps per reminder, one reading of the clock for them all
