@@ -5,7 +5,7 @@ roles resolved at that moment (the secretaries of the unread members' units, who
 there or in the nearest ancestor unit) with a summary that is itself a tracked DING. Only the
 units the notice's own audience places the unread in count: a member shared with another branch
 never makes that branch's secretaries hear of it. A step that reaches nobody is recorded as an
-event (one per step and channel, naming the members), never silently skipped. Reading stops
+event (one per step and channel, or chunk, naming the members), never silently skipped. Reading stops
 everything for that member; recall, expiry or the notice's ceiling on escalation sends
 (``settings.escalation_max_sends``) stops the timer.
 
