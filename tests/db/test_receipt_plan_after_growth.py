@@ -13,7 +13,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from notifier.api.keys import DEPS
-from notifier.db.receipts import MARK_READ, MARK_READ_ANSWER, RECORD
+from notifier.db.receipts import MARK_READ, MARK_READ_ANSWER, RECORD, RECORD_IN_UNIT
 
 
 def _seq_scans(node: dict[str, Any]) -> list[str]:
@@ -36,6 +36,11 @@ async def test_receipt_statements_reach_deliveries_by_index_after_the_table_grew
             "(uuid, text, text, text, bool, bool)",
             RECORD,
             f"('{nid}', 'm1', 'api', NULL, false, false)",
+        ),
+        "record_in_unit": (
+            "(uuid, text, text, text, bool, bool)",
+            RECORD_IN_UNIT,
+            f"('{nid}', 'm1', 'api', 'u1', false, false)",
         ),
     }
     await db.execute("ANALYZE deliveries")  # its statistics: empty (a fresh deployment)
