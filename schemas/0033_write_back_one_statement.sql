@@ -9,10 +9,11 @@
 --
 -- Now one statement does it when every recipient of the batch moves up (a webhook batch
 -- written back as delivered: each recipient from queued to delivered): one probe per recipient
--- reads its status in this statement's snapshot, and the update takes the row only if its
--- status is still that one (`r.dstatus = u.old_status` is checked again on the newest version
--- when a concurrent transaction changed the row since the snapshot: READ COMMITTED's recheck),
--- so the counters move by exactly the difference the update made. The update visits the
+-- reads its status in this statement's snapshot, and the update takes that row version only:
+-- when a concurrent transaction changed the row since the snapshot, READ COMMITTED rechecks the
+-- newest version, which matches neither the ctid read nor (checked too) the status read, and
+-- the row is left to the way below. So the counters move by exactly the difference the update
+-- made (tests/workers/test_hot_path.py). The update visits the
 -- recipients in (notice_id, member_id) order, as the locks were taken before.
 --
 -- Everything else goes the old way, in order, under locks and a fresh snapshot (the rows
