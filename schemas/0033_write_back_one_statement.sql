@@ -119,3 +119,7 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+ALTER FUNCTION recipients_follow_updated_deliveries() SET plan_cache_mode = auto;
+ALTER FUNCTION dingtalk_read_polls_start() SET plan_cache_mode = auto;
+ALTER FUNCTION dingtalk_dings_start() SET plan_cache_mode = auto;
