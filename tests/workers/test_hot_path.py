@@ -418,6 +418,7 @@ async def test_a_recipient_moved_by_another_transaction_during_the_write_back_is
             "FROM notice_counts WHERE notice_id = $1",
             notice_id,
         )
+        assert counts is not None
         assert dict(counts) == {"queued": 0, "sent": 0, "delivered": members}
     finally:
         await pool.close()
