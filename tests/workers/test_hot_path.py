@@ -422,3 +422,18 @@ async def test_a_recipient_moved_by_another_transaction_during_the_write_back_is
         assert dict(counts) == {"queued": 0, "sent": 0, "delivered": members}
     finally:
         await pool.close()
+
+
+async def test_the_delivery_triggers_keep_their_plans_on_a_worker_session(db: asyncpg.Connection) -> None:
+    """The worker sessions plan every statement anew (``WORKER_SESSION``: force_custom_plan); the
+    triggers every claim and write-back fires take no parameters, so they carry plan_cache_mode
+    = auto and plan each statement once per connection (schemas/0033)."""
+    rows = await db.fetch(
+        "SELECT proname, proconfig FROM pg_proc WHERE proname = ANY($1::text[])",
+        ["recipients_follow_updated_deliveries", "dingtalk_read_polls_start", "dingtalk_dings_start"],
+    )
+    assert {r["proname"]: r["proconfig"] for r in rows} == {
+        "recipients_follow_updated_deliveries": ["plan_cache_mode=auto"],
+        "dingtalk_read_polls_start": ["plan_cache_mode=auto"],
+        "dingtalk_dings_start": ["plan_cache_mode=auto"],
+    }
