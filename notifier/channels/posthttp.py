@@ -267,6 +267,8 @@ class PostClient:
         host = parts.hostname
         if scheme not in ("http", "https") or not host:
             raise ValueError("not an http(s) URL")
+        if not host.isascii():  # an internationalised name: its ASCII (IDNA) form on the wire
+            host = host.encode("idna").decode("ascii")
         port = parts.port or (443 if scheme == "https" else 80)
         path = quote(parts.path or "/", safe=_PATH_SAFE)
         if parts.query:

@@ -205,3 +205,15 @@ def test_the_client_runs_on_uvloop() -> None:
             await server.stop()
 
     assert uvloop.run(main()) == [200, 200, 200]
+
+
+async def test_a_name_is_resolved_and_each_address_tried(serve: Callable[[Script], Server]) -> None:
+    """``localhost`` may resolve to ::1 first, where nothing listens: the next address is tried."""
+    server = serve(lambda n, _: (OK, False))
+    url = (await server.start()).replace("127.0.0.1", "localhost")
+    client = PostClient(allow_private=True, max_body=1024)
+    try:
+        assert (await client.post(url, {}, b"{}")).status == 200
+    finally:
+        await client.close()
+    assert b"\r\nhost: localhost:" in server.requests[0]
