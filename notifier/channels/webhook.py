@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from notifier.channels.base import (
     Capabilities,
     ChannelError,
@@ -34,7 +32,8 @@ from notifier.channels.base import (
     TransientError,
 )
 from notifier.channels.http import retry_after as parse_retry_after
-from notifier.channels.netguard import BlockedAddress, GuardedResolver, check_literal
+from notifier.channels.netguard import BlockedAddress, check_literal
+from notifier.channels.posthttp import PostClient, ProtocolError, ServerDisconnectedError
 from notifier.channels.urls import parse_target_url
 from notifier.clock import Clock, SystemClock
 from notifier.settings import Settings
@@ -132,10 +131,10 @@ class WebhookChannel:
         self._clock = clock or SystemClock()
         self.capabilities = Capabilities(max_batch=500, max_attempts=settings.webhook_max_attempts)
         self._allow_private = settings.allow_private_targets
-        self._timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout_seconds)
+        self._timeout = settings.webhook_timeout_seconds
         self._concurrency = settings.delivery_concurrency
         self._default_key = [decode_secret(s) for s in settings.webhook_secrets()]
-        self._session: aiohttp.ClientSession | None = None
+        self._client: PostClient | None = None
         self._limit: asyncio.Semaphore | None = None
 
     def validate_target(self, target: Any) -> Any:
@@ -158,17 +157,14 @@ class WebhookChannel:
             normalised["secret"] = secret
         return normalised
 
-    def _ensure_session(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
-        if self._session is None or self._limit is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._concurrency, resolver=GuardedResolver(self._allow_private), ttl_dns_cache=60
-            )
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+    def _ensure_client(self) -> tuple[PostClient, asyncio.Semaphore]:
+        if self._client is None or self._limit is None:
+            self._client = PostClient(self._allow_private, MAX_RESPONSE_BYTES)
             self._limit = asyncio.Semaphore(self._concurrency)
-        return self._session, self._limit
+        return self._client, self._limit
 
     async def _send_one(self, item: Outgoing, now: int) -> Result:
-        session, limit = self._ensure_session()
+        client, limit = self._ensure_client()
         try:
             url, headers, body = build_request(item, self._default_key, now)
             blocked = _blocked_literal(url, self._allow_private)
@@ -180,18 +176,19 @@ class WebhookChannel:
             return Result(item.delivery_id, Outcome.FAILED, error=blocked)
         async with limit:
             try:
-                async with session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-                    await resp.content.read(MAX_RESPONSE_BYTES)  # the status is the answer; cap the rest
-                    status = resp.status
-                    retry_after = parse_retry_after(resp.headers.get("retry-after"), self._clock.time())
+                async with asyncio.timeout(self._timeout):
+                    answer = await client.post(url, headers, body)
             except BlockedAddress as exc:
                 return Result(item.delivery_id, Outcome.FAILED, error=str(exc))
-            except aiohttp.ClientConnectorError as exc:
-                if isinstance(exc.os_error, BlockedAddress):
-                    return Result(item.delivery_id, Outcome.FAILED, error=str(exc.os_error))
-                return Result.from_error(item.delivery_id, TransientError(f"connect failed: {exc.strerror}"))
-            except (TimeoutError, aiohttp.ClientError) as exc:
+            except ValueError:
+                return Result.from_error(item.delivery_id, InvalidTarget("url is not a valid URL"))
+            except (TimeoutError, ServerDisconnectedError, ProtocolError) as exc:
                 return Result.from_error(item.delivery_id, TransientError(f"{type(exc).__name__}"))
+            except OSError as exc:  # connecting: refused, unreachable, TLS
+                reason = exc.strerror or type(exc).__name__
+                return Result.from_error(item.delivery_id, TransientError(f"connect failed: {reason}"))
+        status = answer.status
+        retry_after = parse_retry_after(answer.retry_after, self._clock.time())
         if 200 <= status < 300:
             return Result(item.delivery_id, Outcome.DELIVERED)
         if status in (408, 425, 429) or status >= 500:
@@ -205,6 +202,6 @@ class WebhookChannel:
         return list(await asyncio.gather(*(self._send_one(item, now) for item in batch)))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

@@ -9,6 +9,7 @@ times, so cached generic plans would be in use."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import asyncpg
@@ -302,3 +303,137 @@ async def test_a_job_claims_above_its_last_batch_then_looks_behind_it(
     assert await states(db, nid) == Counter({"sent": 30})
     sends = Counter(item.delivery_id for item in channel.sent)
     assert sends == Counter({**dict.fromkeys(ids, 1), ids[0]: 2})
+
+
+async def _two_channel_notice(conn: Connection, root: str, n: int) -> str:
+    """A notice on webhook and push (push needs no contact here), every delivery queued."""
+    row = await notices.insert(
+        conn,
+        kind="ding",
+        title="t",
+        body="b",
+        audience={"units": [root]},
+        channels=["webhook", "push"],
+        scope_unit_id=None,
+        created_by=None,
+    )
+    notice_id = str(row["id"])
+    async with conn.transaction():
+        got = await fanout_db.fanout_chunk(
+            conn, notice_id, [root], [], None, n, ["webhook", "push"], [True, False], [False, False]
+        )
+    assert got["n"] == n
+    return notice_id
+
+
+async def test_a_batch_whose_recipients_all_rise_is_written_back_in_one_statement(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """A webhook batch written back as delivered moves its recipients and every counter in the
+    write-back's own statement (schemas/0033): set_recipient_status, the per-recipient locking
+    and second probe of the older trigger, is not called at all. A batch in which a recipient
+    falls still takes that path."""
+    from tests.workers.test_counters import violations
+
+    pool = await create_pool(settings, min_size=1, max_size=2, server_settings=WORKER_SESSION)
+    try:
+        root = await create_org(pool, "os", 40, "http://127.0.0.1:9/hook")
+        async with pool.acquire() as conn:
+            await conn.execute("SET track_functions = 'all'")
+            notice_id = await _two_channel_notice(conn, root, 40)
+
+            async def calls(states: list[str]) -> int:
+                rows = await conn.fetch(deliveries.CLAIM, notice_id, "webhook", len(states), 60.0, 0)
+                assert len(rows) == len(states)
+                async with conn.transaction():
+                    await deliveries.record(
+                        conn,
+                        [
+                            Written(r["id"], r["attempts"], state, None, 0.0, None)
+                            for r, state in zip(rows, states, strict=True)
+                        ],
+                    )
+                    n = await conn.fetchval(
+                        "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
+                        "WHERE funcname = 'set_recipient_status'"
+                    )
+                assert await violations(db) == []
+                return int(n)
+
+            assert await calls(["delivered"] * 20) == 0
+            assert await calls(["failed"] + ["delivered"] * 19) == 1
+            delivered = await conn.fetchval(
+                "SELECT sum(delivered) FROM notice_counts WHERE notice_id = $1", notice_id
+            )
+            assert delivered == 39
+    finally:
+        await pool.close()
+
+
+async def test_a_recipient_moved_by_another_transaction_during_the_write_back_is_counted_once(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """While a push batch's write-back (queued -> sent) holds its recipients, a webhook batch is
+    written back as delivered for the same members: its statement read them as 'queued', waits,
+    and finds them 'sent' once the push batch commits. Those recipients are moved from 'sent'
+    (not from 'queued' a second time): every counter equals the rows, nothing deadlocks."""
+    from tests.workers.test_counters import violations
+
+    members = 30
+    pool = await create_pool(settings, min_size=2, max_size=3, server_settings=WORKER_SESSION)
+    try:
+        root = await create_org(pool, "cc", members, "http://127.0.0.1:9/hook")
+        async with pool.acquire() as a, pool.acquire() as b:
+            notice_id = await _two_channel_notice(a, root, members)
+            pushed = await a.fetch(deliveries.CLAIM, notice_id, "push", members, 60.0, 0)
+            hooked = await b.fetch(deliveries.CLAIM, notice_id, "webhook", members, 60.0, 0)
+            assert len(pushed) == len(hooked) == members
+            tx = a.transaction()
+            await tx.start()
+            await deliveries.record(
+                a, [Written(r["id"], r["attempts"], "sent", None, 0.0, None) for r in pushed]
+            )
+
+            async def webhook_write_back() -> None:
+                async with b.transaction():
+                    await deliveries.record(
+                        b, [Written(r["id"], r["attempts"], "delivered", None, 0.0, None) for r in hooked]
+                    )
+
+            waiting = asyncio.create_task(webhook_write_back())
+            b_pid = b.get_server_pid()
+            for _ in range(200):  # until the webhook write-back waits for the push batch's locks
+                if await db.fetchval(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", b_pid
+                ):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the webhook write-back never waited for the push batch")
+            await tx.commit()
+            await asyncio.wait_for(waiting, 30)
+        assert await violations(db) == []
+        counts = await db.fetchrow(
+            "SELECT sum(queued) AS queued, sum(sent) AS sent, sum(delivered) AS delivered "
+            "FROM notice_counts WHERE notice_id = $1",
+            notice_id,
+        )
+        assert counts is not None
+        assert dict(counts) == {"queued": 0, "sent": 0, "delivered": members}
+    finally:
+        await pool.close()
+
+
+async def test_the_delivery_triggers_keep_their_plans_on_a_worker_session(db: asyncpg.Connection) -> None:
+    """The worker sessions plan every statement anew (``WORKER_SESSION``: force_custom_plan); the
+    triggers every claim and write-back fires take no parameters, so they carry plan_cache_mode
+    = auto and plan each statement once per connection (schemas/0033)."""
+    rows = await db.fetch(
+        "SELECT proname, proconfig FROM pg_proc WHERE proname = ANY($1::text[])",
+        ["recipients_follow_updated_deliveries", "dingtalk_read_polls_start", "dingtalk_dings_start"],
+    )
+    assert {r["proname"]: r["proconfig"] for r in rows} == {
+        "recipients_follow_updated_deliveries": ["plan_cache_mode=auto"],
+        "dingtalk_read_polls_start": ["plan_cache_mode=auto"],
+        "dingtalk_dings_start": ["plan_cache_mode=auto"],
+    }
