@@ -1,7 +1,13 @@
 """Fan-out: turn a notice's audience into recipients and deliveries, chunk by chunk, in SQL.
 
-Each chunk commits on its own (cursor on the notice row), so a killed worker resumes where the
-last commit left off, and delivery of the first chunk starts while later chunks are planned.
+Each chunk commits on its own (a cursor), so a killed worker resumes where the last commit left
+off, and delivery of the first chunk starts while later chunks are planned. The first chunk runs
+alone, the notice row locked (a notice that fits in it is done then). When more remain, the
+rest of the audience is split into ``fanout_parts`` disjoint parts (schemas/0032), each with its
+own cursor, and as many jobs fan them out at once, each part claimed by one of them at a time.
+A part's chunk holds the notice row FOR SHARE, so a recall waits for the chunks under way and
+cancels their deliveries too; the part that finds every other part done sets the notice
+'active' and starts its escalation, exactly once.
 """
 
 from __future__ import annotations
@@ -14,22 +20,30 @@ from notifier.db import fanout as fanout_db
 from notifier.db import notices, timeline
 from notifier.workers.context import WorkerDeps
 from notifier.workers.escalate import start_escalation
-from notifier.workers.queue import enqueue_deliveries, hint_changed, wake_tick_in
+from notifier.workers.queue import enqueue_deliveries, enqueue_fanout, hint_changed, wake_tick_in
 
 log = logging.getLogger(__name__)
 
 
 async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
-    """Fan the notice out completely; returns the number of recipients this call added."""
+    """Fan the notice out (all of it, or the parts no other job holds); returns the number of
+    recipients this call added."""
     chunk_size = deps.settings.fanout_chunk_size
     total = 0
     chunk_no = 0
     while True:
         first_step_in: float | None = None
+        split_into = 0
         async with deps.pool.acquire() as conn, conn.transaction():
+            part = None
             row = await conn.fetchrow(notices.CLAIM_FANOUT, notice_id)
-            if row is None:
-                return total  # finished already, or another worker holds this notice right now
+            if row is None:  # split into parts, finished, or another worker holds it right now
+                part = await fanout_db.claim_part(conn, notice_id)
+                if part is None:
+                    return total
+                row = await conn.fetchrow(notices.SHARE_FANOUT, notice_id)
+                if row is None:  # recalled (or failed) meanwhile
+                    return total
             try:
                 channels = [deps.channels.get(c) for c in row["channels"]]
                 # A unit-level channel posts once per unit (unit_posts, started when the notice
@@ -44,33 +58,47 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 )
                 log.error("notice %s names channel %s, which is not configured", notice_id, exc)
                 return total
+            cursor = row["fanout_cursor"] if part is None else part["cursor"]
             result = await fanout_db.fanout_chunk(
                 conn,
                 notice_id,
                 units=list(row["audience"].get("units", [])),
                 members=list(row["audience"].get("members", [])),
-                cursor=row["fanout_cursor"],
+                cursor=cursor,
                 limit=chunk_size,
                 channels=[c.id for c in channels],
                 needs_contact=[c.capabilities.needs_contact for c in channels],
                 on_insert=[c.capabilities.delivers_on_insert for c in channels],
                 fallback=row["fallback"],
+                parts=1 if part is None else part["parts"],
+                part=0 if part is None else part["part"],
             )
             n: int = result["n"]
             done = n < chunk_size
+            last = result["last_member"] or cursor
+            if part is None and not done and deps.settings.fanout_parts > 1:
+                split_into = deps.settings.fanout_parts
+                await fanout_db.split(conn, notice_id, split_into, last)
+            elif part is not None:
+                others_left = await fanout_db.advance_part(conn, notice_id, part["part"], last, done)
+                done = done and others_left == 0
             if done and row["escalation"] is not None:
                 first_step_in = await start_escalation(conn, notice_id, row["went_out_at"], row["escalation"])
-            await conn.execute(
-                notices.ADVANCE_FANOUT,
-                notice_id,
-                result["last_member"] or row["fanout_cursor"],
-                "active" if done else "fanning_out",
-            )
+            if part is None or done:
+                await conn.execute(
+                    notices.ADVANCE_FANOUT,
+                    notice_id,
+                    last if part is None else row["fanout_cursor"],
+                    "active" if done else "fanning_out",
+                )
         total += n
         await hint_changed(deps.queue, notice_id)  # live streams: poll its counters now
+        tag = f"f{chunk_no}" if part is None else f"p{part['part']}f{chunk_no}"
         for channel in result["queued_channels"]:
-            await enqueue_deliveries(deps.queue, deps.settings, notice_id, channel, n, tag=f"f{chunk_no}")
+            await enqueue_deliveries(deps.queue, deps.settings, notice_id, channel, n, tag=tag)
         chunk_no += 1
+        for k in range(1, split_into):  # this job takes a part too, on its next turn
+            await enqueue_fanout(deps.queue, notice_id, tag=f"part{k}")
         if done and first_step_in is not None:
             await wake_tick_in(deps.queue, first_step_in)
         if done:
