@@ -31,6 +31,7 @@ PART_OF = "mod(hashtext({member}) & 2147483647, {parts})"
 # before they are expanded to units, not per member.
 #   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 limit
 #   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback  $10 parts  $11 part
+#   $12 upper bound (inclusive) of the member ids, or NULL
 FANOUT_CHUNK = (
     "WITH RECURSIVE "
     + subtree("$2")
@@ -45,6 +46,7 @@ notice AS (
 aud AS (
     SELECT member_id FROM {audience_members("$3")} a
     WHERE ($4::text IS NULL OR member_id > $4)
+      AND ($12::text IS NULL OR member_id <= $12)
       AND ($10::int = 1 OR {PART_OF.format(member="member_id", parts="$10::int")} = $11::int)
     ORDER BY member_id LIMIT $5
 ),
@@ -189,9 +191,11 @@ async def fanout_chunk(
     *,
     parts: int = 1,
     part: int = 0,
+    upper: str | None = None,
 ) -> Record:
-    """One chunk of the notice's part ``part`` of ``parts`` (the whole audience by default),
-    counted; call inside a transaction. The row: ``n``, ``last_member``, ``queued_channels``."""
+    """One chunk of the notice's part ``part`` of ``parts`` (the whole audience by default): the
+    next ``limit`` members above ``cursor`` (up to ``upper``), counted; call inside a
+    transaction. The row: ``n``, ``last_member``, ``queued_channels``."""
     row = await conn.fetchrow(
         FANOUT_CHUNK,
         notice_id,
@@ -205,6 +209,7 @@ async def fanout_chunk(
         fallback,
         parts,
         part,
+        upper,
     )
     assert row is not None
     if parts > 1:  # a notice's first chunk runs alone (its row locked); its parts run together
@@ -246,6 +251,18 @@ WITH adv AS (
     WHERE notice_id = $1 AND part = $2
 )
 SELECT count(*) FROM fanout_parts WHERE notice_id = $1 AND part <> $2 AND NOT done"""
+
+
+# Where a part's next chunk ends: the member id `$2` membership rows above the cursor (NULL:
+# fewer remain, the chunk reaches the end). A walk of the primary key's index, so every chunk of
+# a part resolves only the audience within its own range, never all of it above the cursor
+# again (which made the cost of a big notice grow with the square of its audience).
+PART_BOUND = "SELECT member_id FROM member_units WHERE member_id > $1 ORDER BY member_id OFFSET $2 LIMIT 1"
+
+
+async def part_bound(conn: Connection, cursor: str, rows: int) -> str | None:
+    bound: str | None = await conn.fetchval(PART_BOUND, cursor, rows - 1)
+    return bound
 
 
 async def split(conn: Connection, notice_id: str, parts: int, cursor: str) -> None:

@@ -4,7 +4,8 @@ Each chunk commits on its own (a cursor), so a killed worker resumes where the l
 off, and delivery of the first chunk starts while later chunks are planned. The first chunk runs
 alone, the notice row locked (a notice that fits in it is done then). When more remain, the
 rest of the audience is split into ``fanout_parts`` disjoint parts (schemas/0032), each with its
-own cursor, and as many jobs fan them out at once, each part claimed by one of them at a time.
+own cursor (the first chunk is small then: ``fanout_first_chunk_size``), and as many jobs fan
+them out at once, each part claimed by one of them at a time.
 A part's chunk holds the notice row FOR SHARE, so a recall waits for the chunks under way and
 cancels their deliveries too; the part that finds every other part done sets the notice
 'active' and starts its escalation, exactly once.
@@ -18,6 +19,7 @@ from typing import Any
 from notifier.channels.registry import UnknownChannel
 from notifier.db import fanout as fanout_db
 from notifier.db import notices, timeline
+from notifier.db.pool import Connection, Record
 from notifier.workers.context import WorkerDeps
 from notifier.workers.escalate import start_escalation
 from notifier.workers.queue import enqueue_deliveries, enqueue_fanout, hint_changed, wake_tick_in
@@ -25,10 +27,25 @@ from notifier.workers.queue import enqueue_deliveries, enqueue_fanout, hint_chan
 log = logging.getLogger(__name__)
 
 
+async def _window(
+    deps: WorkerDeps, conn: Connection, row: Record, part: Record | None, named: int
+) -> tuple[str | None, int, str | None]:
+    """The next chunk: (cursor, limit, upper bound)."""
+    chunk_size = deps.settings.fanout_chunk_size
+    if part is None:
+        if deps.settings.fanout_parts > 1:
+            return row["fanout_cursor"], min(chunk_size, deps.settings.fanout_first_chunk_size), None
+        return row["fanout_cursor"], chunk_size, None
+    # A part's chunk: those of the members of the next chunk_size x parts membership rows above
+    # its cursor that fall in this part (about chunk_size), all of them (and the named members
+    # in that range who belong to no unit).
+    upper = await fanout_db.part_bound(conn, part["cursor"], chunk_size * part["parts"])
+    return part["cursor"], chunk_size * part["parts"] + named, upper
+
+
 async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
     """Fan the notice out (all of it, or the parts no other job holds); returns the number of
     recipients this call added."""
-    chunk_size = deps.settings.fanout_chunk_size
     total = 0
     chunk_no = 0
     while True:
@@ -58,25 +75,27 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 )
                 log.error("notice %s names channel %s, which is not configured", notice_id, exc)
                 return total
-            cursor = row["fanout_cursor"] if part is None else part["cursor"]
+            members = list(row["audience"].get("members", []))
+            cursor, limit, upper = await _window(deps, conn, row, part, len(members))
             result = await fanout_db.fanout_chunk(
                 conn,
                 notice_id,
                 units=list(row["audience"].get("units", [])),
-                members=list(row["audience"].get("members", [])),
+                members=members,
                 cursor=cursor,
-                limit=chunk_size,
+                limit=limit,
                 channels=[c.id for c in channels],
                 needs_contact=[c.capabilities.needs_contact for c in channels],
                 on_insert=[c.capabilities.delivers_on_insert for c in channels],
                 fallback=row["fallback"],
                 parts=1 if part is None else part["parts"],
                 part=0 if part is None else part["part"],
+                upper=upper,
             )
             n: int = result["n"]
-            done = n < chunk_size
-            last = result["last_member"] or cursor
-            if part is None and not done and deps.settings.fanout_parts > 1:
+            done = n < limit if part is None else upper is None
+            last = (result["last_member"] or cursor) if upper is None else upper
+            if part is None and not done and last is not None and deps.settings.fanout_parts > 1:
                 split_into = deps.settings.fanout_parts
                 await fanout_db.split(conn, notice_id, split_into, last)
             elif part is not None:

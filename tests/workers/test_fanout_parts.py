@@ -34,7 +34,8 @@ async def parts_env(env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connect
     deps, _ = env
     await make_members(db, MEMBERS)
     await db.execute(
-        "INSERT INTO units (id, name, parent_id) VALUES ('b1', 'B1', 'u'), ('b2', 'B2', 'u'), ('c1', 'C1', 'b1')"
+        "INSERT INTO units (id, name, parent_id) "
+        "VALUES ('b1', 'B1', 'u'), ('b2', 'B2', 'u'), ('c1', 'C1', 'b1')"
     )
     await db.execute(
         "UPDATE member_units SET unit_id = (ARRAY['u', 'b1', 'b2', 'c1'])[1 + substr(member_id, 2)::int % 4]"
@@ -69,7 +70,8 @@ async def new_notice(
         )
     return str(
         await db.fetchval(
-            "INSERT INTO notices (kind, title, body, audience, channels, escalation, parent_notice_id, parent_step) "
+            "INSERT INTO notices "
+            "(kind, title, body, audience, channels, escalation, parent_notice_id, parent_step) "
             "VALUES ('ding', 't', 'b', '{\"units\": [\"u\"]}', ARRAY['inapp', 'scripted'], $1::jsonb, $2, "
             "CASE WHEN $2::uuid IS NOT NULL THEN 1 END) RETURNING id",
             snapshot,
@@ -111,7 +113,8 @@ def hook_advance_part(monkeypatch: pytest.MonkeyPatch, hook: Hook) -> None:
 async def waiting_on_lock(db: asyncpg.Connection) -> bool:
     return bool(
         await db.fetchval(
-            "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            "SELECT count(*) > 0 FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
         )
     )
 
@@ -231,12 +234,12 @@ async def test_a_recall_during_the_parts_cancels_everything(
     assert await fanout_notice(deps, nid) == 0  # a later job finds the notice recalled
     recipients, _, _ = await rows_per_member(db, nid)
     assert CHUNK < recipients < MEMBERS  # the first part's chunk was written, nothing after the recall
-    states = dict(
-        await db.fetch(
-            "SELECT state, count(*) FROM deliveries WHERE notice_id = $1 AND channel = 'scripted' GROUP BY 1",
-            nid,
-        )
+    rows = await db.fetch(
+        "SELECT state, count(*) AS n FROM deliveries "
+        "WHERE notice_id = $1 AND channel = 'scripted' GROUP BY 1",
+        nid,
     )
+    states = {r["state"]: r["n"] for r in rows}
     assert states == {"cancelled": recipients}
     assert await db.fetchval("SELECT state FROM notices WHERE id = $1", nid) == "recalled"
     assert await db.fetchval("SELECT count(*) FROM escalations WHERE notice_id = $1", nid) == 0
