@@ -22,40 +22,69 @@ from notifier.db.units import ancestors, audience_members, subtree
 PART_OF = "mod(hashtext({member}) & 2147483647, {parts})"
 
 # One fan-out chunk, entirely inside PostgreSQL: resolve the audience (unit subtrees + named
-# members, deduplicated, next `limit` member ids of this part after the cursor), plan one
-# delivery per (member, channel) with the member's newest working contact, insert deliveries
-# and recipients (ON CONFLICT DO NOTHING makes a re-run harmless) and return what the inserted
-# recipients add to the counters, per unit already summed: members with the same direct units
-# share their units (the ancestors are walked once per unit of the chunk, their union taken
-# once per distinct set of direct units), and the per-unit counts are summed over those groups
-# before they are expanded to units, not per member.
+# members, deduplicated), plan one delivery per (member, channel) with the member's newest
+# working contact, insert deliveries and recipients (ON CONFLICT DO NOTHING makes a re-run
+# harmless) and return what the inserted recipients add to the counters, per unit already
+# summed: members with the same direct units share their units (the ancestors are walked once
+# per unit of the chunk, their union taken once per distinct set of direct units), and the
+# per-unit counts are summed over those groups before they are expanded to units, not per
+# member. Two ways to find the chunk's members (CTEs aud, direct and the walk's starts):
+#
+# FANOUT_CHUNK, a notice's first chunks: the next `limit` audience members above the cursor,
+# found through the audience's units (a small audience in a big organisation reads only its own).
 #   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 limit
+#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback
+_FIRST = f"""
+aud AS (
+    SELECT member_id FROM {audience_members("$3")} a
+    WHERE $4::text IS NULL OR member_id > $4
+    ORDER BY member_id LIMIT $5
+),
+aud_mu AS (SELECT mu.member_id, mu.unit_id FROM member_units mu JOIN aud a ON a.member_id = mu.member_id),
+{ancestors("SELECT DISTINCT unit_id, unit_id FROM aud_mu", "start")},
+direct AS (
+    SELECT member_id, array_agg(unit_id ORDER BY unit_id) AS direct_units FROM aud_mu GROUP BY member_id
+),"""
+# FANOUT_PART_CHUNK, a chunk of a part (schemas/0032): the members of this part among those in
+# the member-id range ($4, $5] (bounded by PART_BOUND), read in one pass over that range of
+# member_units -- every membership of a member in range at once (their direct units), the
+# audience those with one in the audience's subtree or named -- and the named members of that
+# range who belong to no unit. No sort of the audience, no second look-up of memberships.
+#   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 upper bound or NULL
 #   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback  $10 parts  $11 part
-#   $12 upper bound (inclusive) of the member ids, or NULL
-FANOUT_CHUNK = (
+_PART = f"""
+mu_range AS (
+    SELECT mu.member_id, mu.unit_id, mu.unit_id IN (SELECT id FROM sub) AS in_aud FROM member_units mu
+    WHERE mu.member_id > $4 AND ($5::text IS NULL OR mu.member_id <= $5)
+      AND {PART_OF.format(member="mu.member_id", parts="$10::int")} = $11::int
+),
+direct AS (
+    SELECT member_id, array_agg(unit_id ORDER BY unit_id) AS direct_units FROM mu_range
+    GROUP BY member_id HAVING bool_or(in_aud) OR member_id = ANY($3::text[])
+),
+aud AS (
+    SELECT member_id FROM direct
+    UNION ALL
+    SELECT m.id FROM members m
+    WHERE m.id = ANY($3::text[]) AND m.id > $4 AND ($5::text IS NULL OR m.id <= $5)
+      AND {PART_OF.format(member="m.id", parts="$10::int")} = $11::int
+      AND NOT EXISTS (SELECT 1 FROM member_units mu WHERE mu.member_id = m.id)
+),
+{ancestors("SELECT DISTINCT unit_id, unit_id FROM mu_range", "start")},"""
+_COMMON_HEAD = (
     "WITH RECURSIVE "
     + subtree("$2")
-    + f""",
+    + """,
 -- The deliveries insert trigger has nothing to move (the docstring): this statement tells it so
 -- (schemas/0028); the trigger clears the setting again.
 clock AS (SELECT notifier_now() AS now, set_config('notifier.fanout_statement', 'on', true) AS fanout),
 notice AS (
     -- listed_at: the inbox lists the notice at its own time, not the fan-out's (schemas/0029).
     SELECT coalesce(send_at, created_at) AS listed_at FROM notices WHERE id = $1
-),
-aud AS (
-    SELECT member_id FROM {audience_members("$3")} a
-    WHERE ($4::text IS NULL OR member_id > $4)
-      AND ($12::text IS NULL OR member_id <= $12)
-      AND ($10::int = 1 OR {PART_OF.format(member="member_id", parts="$10::int")} = $11::int)
-    ORDER BY member_id LIMIT $5
-),
-aud_mu AS (SELECT mu.member_id, mu.unit_id FROM member_units mu JOIN aud a ON a.member_id = mu.member_id),
-{ancestors("SELECT DISTINCT unit_id, unit_id FROM aud_mu", "start")},
+),"""
+)
+_COMMON_UNITS = """
 unit_up AS (SELECT start AS unit_id, array_agg(DISTINCT id) AS ups FROM up GROUP BY start),
-direct AS (
-    SELECT member_id, array_agg(unit_id ORDER BY unit_id) AS direct_units FROM aud_mu GROUP BY member_id
-),
 combo AS (
     SELECT c.direct_units, array_agg(DISTINCT x.id ORDER BY x.id) AS units
     FROM (SELECT DISTINCT direct_units FROM direct) c
@@ -67,7 +96,8 @@ combo AS (
 counted AS (
     SELECT d.member_id, c.units, d.direct_units FROM direct d JOIN combo c ON c.direct_units = d.direct_units
 ),
-ch AS (
+"""
+_COMMON_TAIL = f"""ch AS (
     SELECT * FROM unnest($6::text[], $7::bool[], $8::bool[]) WITH ORDINALITY AS c(channel, needs_contact, on_insert, ord)
 ),
 plan_all AS (
@@ -137,7 +167,10 @@ FROM (SELECT array_agg(unit_id ORDER BY unit_id, direct) AS unit_ids, array_agg(
              array_agg(failed ORDER BY unit_id, direct) AS faileds
       FROM per_unit) u
 """
-)
+
+
+FANOUT_CHUNK = _COMMON_HEAD + _FIRST + _COMMON_UNITS + _COMMON_TAIL
+FANOUT_PART_CHUNK = _COMMON_HEAD + _PART + _COMMON_UNITS + _COMMON_TAIL
 
 # Serialises the counting of one notice's chunks (its own statement, so the counting statement
 # after it, and the report-slot trigger it fires, see every other part's committed counts).
@@ -193,24 +226,39 @@ async def fanout_chunk(
     part: int = 0,
     upper: str | None = None,
 ) -> Record:
-    """One chunk of the notice's part ``part`` of ``parts`` (the whole audience by default): the
-    next ``limit`` members above ``cursor`` (up to ``upper``), counted; call inside a
-    transaction. The row: ``n``, ``last_member``, ``queued_channels``."""
-    row = await conn.fetchrow(
-        FANOUT_CHUNK,
-        notice_id,
-        units,
-        members,
-        cursor,
-        limit,
-        channels,
-        needs_contact,
-        on_insert,
-        fallback,
-        parts,
-        part,
-        upper,
-    )
+    """One chunk, counted; call inside a transaction: the next ``limit`` audience members above
+    ``cursor`` or, with ``parts``, those of part ``part`` in (``cursor``, ``upper``]. The row:
+    ``n``, ``last_member``, ``queued_channels``."""
+    row: Record | None
+    if parts > 1:
+        assert cursor is not None
+        row = await conn.fetchrow(
+            FANOUT_PART_CHUNK,
+            notice_id,
+            units,
+            members,
+            cursor,
+            upper,
+            channels,
+            needs_contact,
+            on_insert,
+            fallback,
+            parts,
+            part,
+        )
+    else:
+        row = await conn.fetchrow(
+            FANOUT_CHUNK,
+            notice_id,
+            units,
+            members,
+            cursor,
+            limit,
+            channels,
+            needs_contact,
+            on_insert,
+            fallback,
+        )
     assert row is not None
     if parts > 1:  # a notice's first chunk runs alone (its row locked); its parts run together
         await conn.execute(LOCK_COUNTING, notice_id)
@@ -242,9 +290,8 @@ CLAIM_PART = """
 SELECT part, parts, cursor FROM fanout_parts WHERE notice_id = $1 AND NOT done
 ORDER BY part LIMIT 1 FOR UPDATE SKIP LOCKED"""
 # Advance a part; returns how many OTHER parts are not done. Run after fanout_chunk (which takes
-# LOCK_COUNTING for a part) in the same transaction: the
-# statement's snapshot then holds every other part's committed state, so exactly one part -- the
-# last to finish -- sees none left.
+# LOCK_COUNTING for a part) in the same transaction: the statement's snapshot then holds every
+# other part's committed state, so exactly one part -- the last to finish -- sees none left.
 ADVANCE_PART = """
 WITH adv AS (
     UPDATE fanout_parts SET cursor = $3, done = $4, updated_at = (SELECT notifier_now())
