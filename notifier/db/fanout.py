@@ -6,8 +6,8 @@ the statement tells it so (schemas/0028); the recipients themselves are counted 
 transaction, in the notice's counters and in every unit whose subtree holds them (their snapshot
 of counted units: schemas/0010).
 
-A big notice fans out in parts at once (schemas/0032): each chunk statement resolves only its
-part of the audience (a hash of the member id), and the counting statement after it runs under
+A big notice fans out in parts at once (schemas/0032): each part is a range of member ids, each
+chunk statement resolves only its own range, and the counting statement after it runs under
 a per-notice lock, so that the report slots' "first recipients of this notice in this unit"
 check (schemas/0011) sees the other parts' committed counts.
 """
@@ -17,9 +17,6 @@ from __future__ import annotations
 from notifier.db.contacts import newest_working
 from notifier.db.pool import Connection, Record
 from notifier.db.units import ancestors, audience_members, subtree
-
-# The part of the audience a member falls in, of `parts`: the same everywhere, any id.
-PART_OF = "mod(hashtext({member}) & 2147483647, {parts})"
 
 # One fan-out chunk, entirely inside PostgreSQL: resolve the audience (unit subtrees + named
 # members, deduplicated), plan one delivery per (member, channel) with the member's newest
@@ -45,18 +42,17 @@ aud_mu AS (SELECT mu.member_id, mu.unit_id FROM member_units mu JOIN aud a ON a.
 direct AS (
     SELECT member_id, array_agg(unit_id ORDER BY unit_id) AS direct_units FROM aud_mu GROUP BY member_id
 ),"""
-# FANOUT_PART_CHUNK, a chunk of a part (schemas/0032): the members of this part among those in
-# the member-id range ($4, $5] (bounded by PART_BOUND), read in one pass over that range of
+# FANOUT_PART_CHUNK, a chunk of a part (schemas/0032): the audience members in the member-id
+# range ($4, $5] (bounded by PART_BOUND; NULL: no end), read in one pass over that range of
 # member_units -- every membership of a member in range at once (their direct units), the
 # audience those with one in the audience's subtree or named -- and the named members of that
 # range who belong to no unit. No sort of the audience, no second look-up of memberships.
 #   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 upper bound or NULL
-#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback  $10 parts  $11 part
+#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback
 _PART = f"""
 mu_range AS (
     SELECT mu.member_id, mu.unit_id, mu.unit_id IN (SELECT id FROM sub) AS in_aud FROM member_units mu
     WHERE mu.member_id > $4 AND ($5::text IS NULL OR mu.member_id <= $5)
-      AND {PART_OF.format(member="mu.member_id", parts="$10::int")} = $11::int
 ),
 direct AS (
     SELECT member_id, array_agg(unit_id ORDER BY unit_id) AS direct_units FROM mu_range
@@ -67,7 +63,6 @@ aud AS (
     UNION ALL
     SELECT m.id FROM members m
     WHERE m.id = ANY($3::text[]) AND m.id > $4 AND ($5::text IS NULL OR m.id <= $5)
-      AND {PART_OF.format(member="m.id", parts="$10::int")} = $11::int
       AND NOT EXISTS (SELECT 1 FROM member_units mu WHERE mu.member_id = m.id)
 ),
 {ancestors("SELECT DISTINCT unit_id, unit_id FROM mu_range", "start")},"""
@@ -222,15 +217,14 @@ async def fanout_chunk(
     on_insert: list[bool],
     fallback: bool = False,
     *,
-    parts: int = 1,
-    part: int = 0,
+    in_part: bool = False,
     upper: str | None = None,
 ) -> Record:
     """One chunk, counted; call inside a transaction: the next ``limit`` audience members above
-    ``cursor`` or, with ``parts``, those of part ``part`` in (``cursor``, ``upper``]. The row:
+    ``cursor`` or, ``in_part``, all of them in (``cursor``, ``upper``]. The row:
     ``n``, ``last_member``, ``queued_channels``."""
     row: Record | None
-    if parts > 1:
+    if in_part:
         assert cursor is not None
         row = await conn.fetchrow(
             FANOUT_PART_CHUNK,
@@ -243,8 +237,6 @@ async def fanout_chunk(
             needs_contact,
             on_insert,
             fallback,
-            parts,
-            part,
         )
     else:
         row = await conn.fetchrow(
@@ -260,7 +252,7 @@ async def fanout_chunk(
             fallback,
         )
     assert row is not None
-    if parts > 1:  # a notice's first chunk runs alone (its row locked); its parts run together
+    if in_part:  # a notice's first chunk runs alone (its row locked); its parts run together
         await conn.execute(LOCK_COUNTING, notice_id)
     await conn.execute(
         COUNT_CHUNK,
@@ -279,15 +271,26 @@ async def fanout_chunk(
     return row
 
 
-# fanout_parts (schemas/0032): a big notice's audience above its first chunk, in disjoint parts.
+# fanout_parts (schemas/0032): a big notice's audience above its first chunk, in `parts`
+# consecutive ranges of member ids, (cursor, upper], cut where the membership rows above the
+# cursor (member_units' primary key: two index walks, not the audience) divide evenly. None when
+# no membership row lies above the cursor (the fan-out goes on serially then).
 #   $1 notice  $2 parts  $3 cursor (the first chunk's last member)
 SPLIT = """
-INSERT INTO fanout_parts (notice_id, part, parts, cursor)
-SELECT $1, p, $2, $3 FROM generate_series(0, $2 - 1) AS p
+WITH n AS (SELECT count(*) AS c FROM member_units WHERE member_id > $3),
+cut AS (
+    SELECT k, (SELECT member_id FROM member_units WHERE member_id > $3 ORDER BY member_id
+               OFFSET n.c * k / $2 LIMIT 1) AS at
+    FROM n CROSS JOIN generate_series(1, $2 - 1) AS k WHERE n.c > 0
+)
+INSERT INTO fanout_parts (notice_id, part, parts, cursor, upper)
+SELECT $1, p, $2, CASE WHEN p = 0 THEN $3 ELSE (SELECT at FROM cut WHERE k = p) END,
+       (SELECT at FROM cut WHERE k = p + 1)
+FROM n CROSS JOIN generate_series(0, $2 - 1) AS p WHERE n.c > 0
 ON CONFLICT DO NOTHING"""
 # A part of the notice nobody fans out right now (a second worker skips it instead of waiting).
 CLAIM_PART = """
-SELECT part, parts, cursor FROM fanout_parts WHERE notice_id = $1 AND NOT done
+SELECT part, parts, cursor, upper FROM fanout_parts WHERE notice_id = $1 AND NOT done
 ORDER BY part LIMIT 1 FOR UPDATE SKIP LOCKED"""
 # Advance a part; returns how many OTHER parts are not done. Run after fanout_chunk (which takes
 # LOCK_COUNTING for a part) in the same transaction: the statement's snapshot then holds every
@@ -300,20 +303,27 @@ WITH adv AS (
 SELECT count(*) FROM fanout_parts WHERE notice_id = $1 AND part <> $2 AND NOT done"""
 
 
-# Where a part's next chunk ends: the member id `$2` membership rows above the cursor (NULL:
-# fewer remain, the chunk reaches the end). A walk of the primary key's index, so every chunk of
-# a part resolves only the audience within its own range, never all of it above the cursor
-# again (which made the cost of a big notice grow with the square of its audience).
-PART_BOUND = "SELECT member_id FROM member_units WHERE member_id > $1 ORDER BY member_id OFFSET $2 LIMIT 1"
+# Where a part's next chunk ends: the member id `$2` membership rows above the cursor, or the
+# part's own end `$3` when that comes first (`last`: this chunk finishes the part). A walk of
+# the primary key's index, so each chunk resolves only the audience within its own range, never
+# all of it above the cursor again (which made a big notice's cost grow with its square).
+PART_BOUND = """
+SELECT CASE WHEN b.last THEN $3 ELSE b.at END AS upper, b.last
+FROM (SELECT x.at, x.at IS NULL OR ($3::text IS NOT NULL AND x.at >= $3) AS last
+      FROM (SELECT (SELECT member_id FROM member_units WHERE member_id > $1 ORDER BY member_id
+                    OFFSET $2 LIMIT 1) AS at) x) b"""
 
 
-async def part_bound(conn: Connection, cursor: str, rows: int) -> str | None:
-    bound: str | None = await conn.fetchval(PART_BOUND, cursor, rows - 1)
-    return bound
+async def part_bound(conn: Connection, cursor: str, rows: int, end: str | None) -> tuple[str | None, bool]:
+    """(upper bound of the chunk, whether it is the part's last)."""
+    row = await conn.fetchrow(PART_BOUND, cursor, rows - 1, end)
+    assert row is not None
+    return row["upper"], bool(row["last"])
 
 
-async def split(conn: Connection, notice_id: str, parts: int, cursor: str) -> None:
-    await conn.execute(SPLIT, notice_id, parts, cursor)
+async def split(conn: Connection, notice_id: str, parts: int, cursor: str) -> bool:
+    """Whether the notice is in parts now."""
+    return str(await conn.execute(SPLIT, notice_id, parts, cursor)) != "INSERT 0 0"
 
 
 async def claim_part(conn: Connection, notice_id: str) -> Record | None:

@@ -3,9 +3,9 @@
 Each chunk commits on its own (a cursor), so a killed worker resumes where the last commit left
 off, and delivery of the first chunk starts while later chunks are planned. The first chunk runs
 alone, the notice row locked (a notice that fits in it is done then). When more remain, the
-rest of the audience is split into ``fanout_parts`` disjoint parts (schemas/0032), each with its
-own cursor (the first chunk is small then: ``fanout_first_chunk_size``), and as many jobs fan
-them out at once, each part claimed by one of them at a time.
+rest of the audience is split into ``fanout_parts`` ranges of member ids (schemas/0032), each
+with its own cursor (the first chunk is small then: ``fanout_first_chunk_size``), and as many
+jobs fan them out at once, each part claimed by one of them at a time.
 A part's chunk holds the notice row FOR SHARE, so a recall waits for the chunks under way and
 cancels their deliveries too; the part that finds every other part done sets the notice
 'active' and starts its escalation, exactly once.
@@ -27,20 +27,31 @@ from notifier.workers.queue import enqueue_deliveries, enqueue_fanout, hint_chan
 log = logging.getLogger(__name__)
 
 
+async def _claim(conn: Connection, notice_id: str) -> tuple[Record | None, Record | None]:
+    """(the notice, the part claimed or None for the whole notice); no notice: nothing to do."""
+    row = await conn.fetchrow(notices.CLAIM_FANOUT, notice_id)
+    if row is not None:
+        return row, None
+    # Split into parts, finished, or another worker holds it right now.
+    part = await fanout_db.claim_part(conn, notice_id)
+    if part is None:
+        return None, None
+    return await conn.fetchrow(notices.SHARE_FANOUT, notice_id), part  # None: recalled meanwhile
+
+
 async def _window(
     deps: WorkerDeps, conn: Connection, row: Record, part: Record | None, named: int
-) -> tuple[str | None, int, str | None]:
-    """The next chunk: (cursor, limit, upper bound)."""
+) -> tuple[str | None, int, str | None, bool]:
+    """The next chunk: (cursor, limit, upper bound, whether it is the part's last)."""
     chunk_size = deps.settings.fanout_chunk_size
     if part is None:
         if deps.settings.fanout_parts > 1:
-            return row["fanout_cursor"], min(chunk_size, deps.settings.fanout_first_chunk_size), None
-        return row["fanout_cursor"], chunk_size, None
-    # A part's chunk: those of the members of the next chunk_size x parts membership rows above
-    # its cursor that fall in this part (about chunk_size), all of them (and the named members
-    # in that range who belong to no unit).
-    upper = await fanout_db.part_bound(conn, part["cursor"], chunk_size * part["parts"])
-    return part["cursor"], chunk_size * part["parts"] + named, upper
+            return row["fanout_cursor"], min(chunk_size, deps.settings.fanout_first_chunk_size), None, False
+        return row["fanout_cursor"], chunk_size, None, False
+    # A part's chunk: the members of the next chunk_size membership rows above its cursor, within
+    # the part, all of them (and the named members in that range who belong to no unit).
+    upper, last = await fanout_db.part_bound(conn, part["cursor"], chunk_size, part["upper"])
+    return part["cursor"], chunk_size + named, upper, last
 
 
 async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
@@ -52,15 +63,9 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
         first_step_in: float | None = None
         split_into = 0
         async with deps.pool.acquire() as conn, conn.transaction():
-            part = None
-            row = await conn.fetchrow(notices.CLAIM_FANOUT, notice_id)
-            if row is None:  # split into parts, finished, or another worker holds it right now
-                part = await fanout_db.claim_part(conn, notice_id)
-                if part is None:
-                    return total
-                row = await conn.fetchrow(notices.SHARE_FANOUT, notice_id)
-                if row is None:  # recalled (or failed) meanwhile
-                    return total
+            row, part = await _claim(conn, notice_id)
+            if row is None:
+                return total
             try:
                 channels = [deps.channels.get(c) for c in row["channels"]]
                 # A unit-level channel posts once per unit (unit_posts, started when the notice
@@ -76,7 +81,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 log.error("notice %s names channel %s, which is not configured", notice_id, exc)
                 return total
             members = list(row["audience"].get("members", []))
-            cursor, limit, upper = await _window(deps, conn, row, part, len(members))
+            cursor, limit, upper, last_chunk = await _window(deps, conn, row, part, len(members))
             result = await fanout_db.fanout_chunk(
                 conn,
                 notice_id,
@@ -88,16 +93,15 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 needs_contact=[c.capabilities.needs_contact for c in channels],
                 on_insert=[c.capabilities.delivers_on_insert for c in channels],
                 fallback=row["fallback"],
-                parts=1 if part is None else part["parts"],
-                part=0 if part is None else part["part"],
+                in_part=part is not None,
                 upper=upper,
             )
             n: int = result["n"]
-            done = n < limit if part is None else upper is None
-            last = (result["last_member"] or cursor) if upper is None else upper
+            done = n < limit if part is None else last_chunk
+            last = upper if upper is not None else (result["last_member"] or cursor)
             if part is None and not done and last is not None and deps.settings.fanout_parts > 1:
-                split_into = deps.settings.fanout_parts
-                await fanout_db.split(conn, notice_id, split_into, last)
+                if await fanout_db.split(conn, notice_id, deps.settings.fanout_parts, last):
+                    split_into = deps.settings.fanout_parts
             elif part is not None:
                 others_left = await fanout_db.advance_part(conn, notice_id, part["part"], last, done)
                 done = done and others_left == 0

@@ -44,13 +44,12 @@ async def parts_env(env: tuple[WorkerDeps, ScriptedChannel], db: asyncpg.Connect
         "INSERT INTO member_units (member_id, unit_id) SELECT id, 'b2' FROM members "
         "WHERE substr(id, 2)::int % 8 = 3"  # in c1 and in b2
     )
-    # A unit the first chunk does not reach, whose members both parts' first chunks hold: each
-    # part's recipients there may be the notice's first in it.
+    # A unit the first chunk (m00000-m00099) does not reach, with members all along both parts'
+    # ranges: each part's first recipients there may be the notice's first in it.
     await db.execute("INSERT INTO units (id, name, parent_id) VALUES ('d1', 'D1', 'b2')")
-    await db.execute("DELETE FROM member_units WHERE substr(member_id, 2)::int BETWEEN 100 AND 199")
-    await db.execute(
-        "INSERT INTO member_units SELECT id, 'd1' FROM members WHERE substr(id, 2)::int BETWEEN 100 AND 199"
-    )
+    spread = "substr({id}, 2)::int >= 100 AND substr({id}, 2)::int % 10 = 9"
+    await db.execute("DELETE FROM member_units WHERE " + spread.format(id="member_id"))
+    await db.execute("INSERT INTO member_units SELECT id, 'd1' FROM members WHERE " + spread.format(id="id"))
     tuned = deps.settings.model_copy(update={"fanout_chunk_size": CHUNK, "fanout_parts": 2})
     return WorkerDeps(tuned, deps.pool, deps.queue, deps.channels)
 
