@@ -275,7 +275,7 @@ async def fanout_chunk(
 # consecutive ranges of member ids, (cursor, upper], cut where the membership rows above the
 # cursor (member_units' primary key: two index walks, not the audience) divide evenly. None when
 # no membership row lies above the cursor (the fan-out goes on serially then).
-#   $1 notice  $2 parts  $3 cursor (the first chunk's last member)
+#   $1 notice  $2 parts  $3 cursor (the first chunk's last member, '' for the start)
 SPLIT = """
 WITH n AS (SELECT count(*) AS c FROM member_units WHERE member_id > $3),
 cut AS (
@@ -319,6 +319,20 @@ async def part_bound(conn: Connection, cursor: str, rows: int, end: str | None) 
     row = await conn.fetchrow(PART_BOUND, cursor, rows - 1, end)
     assert row is not None
     return row["upper"], bool(row["last"])
+
+
+# At most how many members the audience has (its membership rows, each member counted once per
+# unit, plus the named members): an index-only count, no deduplication.
+AUDIENCE_ESTIMATE = (
+    "WITH RECURSIVE "
+    + subtree("$1")
+    + """
+SELECT (SELECT count(*) FROM member_units WHERE unit_id IN (SELECT id FROM sub)) + cardinality($2::text[])"""
+)
+
+
+async def audience_estimate(conn: Connection, units: list[str], members: list[str]) -> int:
+    return int(await conn.fetchval(AUDIENCE_ESTIMATE, units, members))
 
 
 async def split(conn: Connection, notice_id: str, parts: int, cursor: str) -> bool:

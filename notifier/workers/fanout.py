@@ -39,6 +39,19 @@ async def _claim(conn: Connection, notice_id: str) -> tuple[Record | None, Recor
     return await conn.fetchrow(notices.SHARE_FANOUT, notice_id), part  # None: recalled meanwhile
 
 
+async def _split_at_once(
+    deps: WorkerDeps, conn: Connection, notice_id: str, row: Record, units: list[str], members: list[str]
+) -> bool:
+    """A notice not started yet whose audience (a count of its membership rows, no sort) exceeds
+    the first chunk is split into parts at once: no serial first chunk resolving the whole
+    audience to find its first few thousand members."""
+    if deps.settings.fanout_parts == 1 or row["fanout_cursor"] is not None:
+        return False
+    if await fanout_db.audience_estimate(conn, units, members) <= deps.settings.fanout_first_chunk_size:
+        return False
+    return await fanout_db.split(conn, notice_id, deps.settings.fanout_parts, "")
+
+
 async def _window(
     deps: WorkerDeps, conn: Connection, row: Record, part: Record | None, named: int
 ) -> tuple[str | None, int, str | None, bool]:
@@ -80,26 +93,31 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 )
                 log.error("notice %s names channel %s, which is not configured", notice_id, exc)
                 return total
+            units = list(row["audience"].get("units", []))
             members = list(row["audience"].get("members", []))
-            cursor, limit, upper, last_chunk = await _window(deps, conn, row, part, len(members))
-            result = await fanout_db.fanout_chunk(
-                conn,
-                notice_id,
-                units=list(row["audience"].get("units", [])),
-                members=members,
-                cursor=cursor,
-                limit=limit,
-                channels=[c.id for c in channels],
-                needs_contact=[c.capabilities.needs_contact for c in channels],
-                on_insert=[c.capabilities.delivers_on_insert for c in channels],
-                fallback=row["fallback"],
-                in_part=part is not None,
-                upper=upper,
-            )
-            n: int = result["n"]
-            done = n < limit if part is None else last_chunk
-            last = upper if upper is not None else (result["last_member"] or cursor)
-            if part is None and not done and last is not None and deps.settings.fanout_parts > 1:
+            n, queued_channels, done, last = 0, [], False, row["fanout_cursor"]
+            if part is None and await _split_at_once(deps, conn, notice_id, row, units, members):
+                split_into = deps.settings.fanout_parts
+            else:
+                cursor, limit, upper, last_chunk = await _window(deps, conn, row, part, len(members))
+                result = await fanout_db.fanout_chunk(
+                    conn,
+                    notice_id,
+                    units=units,
+                    members=members,
+                    cursor=cursor,
+                    limit=limit,
+                    channels=[c.id for c in channels],
+                    needs_contact=[c.capabilities.needs_contact for c in channels],
+                    on_insert=[c.capabilities.delivers_on_insert for c in channels],
+                    fallback=row["fallback"],
+                    in_part=part is not None,
+                    upper=upper,
+                )
+                n, queued_channels = result["n"], result["queued_channels"]
+                done = n < limit if part is None else last_chunk
+                last = upper if upper is not None else (result["last_member"] or cursor)
+            if part is None and not done and not split_into and deps.settings.fanout_parts > 1:
                 if await fanout_db.split(conn, notice_id, deps.settings.fanout_parts, last):
                     split_into = deps.settings.fanout_parts
             elif part is not None:
@@ -117,7 +135,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
         total += n
         await hint_changed(deps.queue, notice_id)  # live streams: poll its counters now
         tag = f"f{chunk_no}" if part is None else f"p{part['part']}f{chunk_no}"
-        for channel in result["queued_channels"]:
+        for channel in queued_channels:
             await enqueue_deliveries(deps.queue, deps.settings, notice_id, channel, n, tag=tag)
         chunk_no += 1
         for k in range(1, split_into):  # this job takes a part too, on its next turn

@@ -243,3 +243,22 @@ async def test_a_recall_during_the_parts_cancels_everything(
     assert await db.fetchval("SELECT state FROM notices WHERE id = $1", nid) == "recalled"
     assert await db.fetchval("SELECT count(*) FROM escalations WHERE notice_id = $1", nid) == 0
     assert await violations(db) == []
+
+
+async def test_a_notice_whose_audience_exceeds_the_first_chunk_is_split_at_once(
+    parts_env: WorkerDeps, db: asyncpg.Connection
+) -> None:
+    """Its membership rows counted (no sort of the audience) exceed the first chunk: no serial
+    first chunk runs, the parts start from the first member; two jobs at once finish it."""
+    settings = parts_env.settings.model_copy(update={"fanout_first_chunk_size": CHUNK})
+    deps = WorkerDeps(settings, parts_env.pool, parts_env.queue, parts_env.channels)
+    nid = await new_notice(db, {"steps": [{"after": 600, "remind": ["scripted"]}], "repeat": 0})
+    got = await asyncio.gather(fanout_notice(deps, nid), fanout_notice(deps, nid))
+    assert sum(got) == MEMBERS
+    assert await rows_per_member(db, nid) == (MEMBERS, MEMBERS, 2 * MEMBERS)
+    notice = await db.fetchrow("SELECT state, fanout_cursor FROM notices WHERE id = $1", nid)
+    assert notice is not None and notice["state"] == "active" and notice["fanout_cursor"] is None
+    parts = await db.fetch("SELECT part, done FROM fanout_parts WHERE notice_id = $1 ORDER BY part", nid)
+    assert [tuple(p) for p in parts] == [(0, True), (1, True)]
+    assert await db.fetchval("SELECT count(*) FROM escalations WHERE notice_id = $1", nid) == 1
+    assert await violations(db) == []
