@@ -262,3 +262,32 @@ async def test_a_notice_whose_audience_exceeds_the_first_chunk_is_split_at_once(
     assert [tuple(p) for p in parts] == [(0, True), (1, True)]
     assert await db.fetchval("SELECT count(*) FROM escalations WHERE notice_id = $1", nid) == 1
     assert await violations(db) == []
+
+
+async def test_parts_reach_named_members_in_other_units_and_in_none(
+    parts_env: WorkerDeps, db: asyncpg.Connection
+) -> None:
+    """A part finds its audience in its range of memberships: members of the audience's subtree,
+    and the named members -- also one whose units lie outside it, and ones in no unit at all
+    (the last ids, in the last part's open range)."""
+    settings = parts_env.settings.model_copy(update={"fanout_first_chunk_size": CHUNK})
+    deps = WorkerDeps(settings, parts_env.pool, parts_env.queue, parts_env.channels)
+    await db.execute("INSERT INTO members (id, name) VALUES ('z1', 'Z'), ('z2', 'Z')")
+    named = ["m00002", "m00398", "z1", "z2"]  # in b2, in b2, in no unit
+    nid = str(
+        await db.fetchval(
+            "INSERT INTO notices (kind, title, body, audience, channels) "
+            "VALUES ('ding', 't', 'b', jsonb_build_object('units', '[\"b1\"]'::jsonb, 'members', $1::jsonb), "
+            "ARRAY['inapp']) RETURNING id",
+            json.dumps(named),
+        )
+    )
+    want = {
+        r["member_id"]
+        for r in await db.fetch("SELECT member_id FROM member_units WHERE unit_id IN ('b1', 'c1')")
+    } | set(named)
+    assert await fanout_notice(deps, nid) == len(want)
+    assert await db.fetchval("SELECT count(*) FROM fanout_parts WHERE notice_id = $1", nid) == 2
+    rows = await db.fetch("SELECT member_id FROM recipients WHERE notice_id = $1", nid)
+    assert {r["member_id"] for r in rows} == want
+    assert await violations(db) == []
