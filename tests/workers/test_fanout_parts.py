@@ -16,11 +16,13 @@ import asyncpg
 import pytest
 
 from notifier.db import fanout as fanout_db
+from notifier.db import notices
 from notifier.db import recall as recall_db
 from notifier.db.pool import Connection
 from notifier.domain.escalation import PolicyRules
 from notifier.workers.context import WorkerDeps
 from notifier.workers.fanout import fanout_notice
+from tests.conftest import advance_clock
 from tests.workers.test_counters import violations
 from tests.workers.test_delivery_layer import ScriptedChannel, make_members
 
@@ -291,3 +293,21 @@ async def test_parts_reach_named_members_in_other_units_and_in_none(
     rows = await db.fetch("SELECT member_id FROM recipients WHERE notice_id = $1", nid)
     assert {r["member_id"] for r in rows} == want
     assert await violations(db) == []
+
+
+async def test_a_notice_whose_parts_move_is_not_stalled(
+    parts_env: WorkerDeps, db: asyncpg.Connection
+) -> None:
+    """The parts do not touch the notice row (they hold it FOR SHARE): the reconciler looks at
+    their rows too before it wakes a fan-out again."""
+    nid = await new_notice(db)
+    await db.execute("UPDATE notices SET state = 'fanning_out' WHERE id = $1", nid)
+    await advance_clock(db, 600)
+    await db.execute(
+        "INSERT INTO fanout_parts (notice_id, part, parts, cursor) "
+        "VALUES ($1, 0, 2, ''), ($1, 1, 2, 'm00300')",
+        nid,
+    )
+    assert await notices.stalled_fanouts(db, 60) == []
+    await advance_clock(db, 600)
+    assert await notices.stalled_fanouts(db, 60) == [nid]
