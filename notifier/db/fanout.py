@@ -275,17 +275,18 @@ async def fanout_chunk(
 # consecutive ranges of member ids, (cursor, upper], cut where the membership rows above the
 # cursor (member_units' primary key: two index walks, not the audience) divide evenly. None when
 # no membership row lies above the cursor (the fan-out goes on serially then).
-#   $1 notice  $2 parts  $3 cursor (the first chunk's last member, '' for the start)
+#   $1 notice  $2 parts  $3 cursor (the first chunk's last member, or below the audience's first)
+#   $4 the audience's last member id (NULL: unknown)
 SPLIT = """
-WITH n AS (SELECT count(*) AS c FROM member_units WHERE member_id > $3),
+WITH n AS (SELECT count(*) AS c FROM member_units WHERE member_id > $3 AND ($4::text IS NULL OR member_id <= $4)),
 cut AS (
-    SELECT k, (SELECT member_id FROM member_units WHERE member_id > $3 ORDER BY member_id
-               OFFSET n.c * k / $2 LIMIT 1) AS at
+    SELECT k, (SELECT member_id FROM member_units WHERE member_id > $3 AND ($4::text IS NULL OR member_id <= $4)
+               ORDER BY member_id OFFSET n.c * k / $2 LIMIT 1) AS at
     FROM n CROSS JOIN generate_series(1, $2 - 1) AS k WHERE n.c > 0
 )
 INSERT INTO fanout_parts (notice_id, part, parts, cursor, upper)
 SELECT $1, p, $2, CASE WHEN p = 0 THEN $3 ELSE (SELECT at FROM cut WHERE k = p) END,
-       (SELECT at FROM cut WHERE k = p + 1)
+       CASE WHEN p = $2 - 1 THEN $4 ELSE (SELECT at FROM cut WHERE k = p + 1) END
 FROM n CROSS JOIN generate_series(0, $2 - 1) AS p WHERE n.c > 0
 ON CONFLICT DO NOTHING"""
 # A part of the notice nobody fans out right now (a second worker skips it instead of waiting).
@@ -322,22 +323,33 @@ async def part_bound(conn: Connection, cursor: str, rows: int, end: str | None) 
 
 
 # At most how many members the audience has (its membership rows, each member counted once per
-# unit, plus the named members): an index-only count, no deduplication.
+# unit, plus the named members: an index-only walk, no deduplication), and the span of member
+# ids it lies in: `start` below its first (the member id before it, '' for none), `last` its last.
 AUDIENCE_ESTIMATE = (
     "WITH RECURSIVE "
     + subtree("$1")
-    + """
-SELECT (SELECT count(*) FROM member_units WHERE unit_id IN (SELECT id FROM sub)) + cardinality($2::text[])"""
+    + """,
+a AS (
+    SELECT count(*) + cardinality($2::text[]) AS n,
+           least(min(member_id), (SELECT min(x) FROM unnest($2::text[]) AS x)) AS first,
+           greatest(max(member_id), (SELECT max(x) FROM unnest($2::text[]) AS x)) AS last
+    FROM member_units WHERE unit_id IN (SELECT id FROM sub)
+)
+SELECT a.n, a.last, coalesce((SELECT max(member_id) FROM member_units WHERE member_id < a.first), '') AS start
+FROM a"""
 )
 
 
-async def audience_estimate(conn: Connection, units: list[str], members: list[str]) -> int:
-    return int(await conn.fetchval(AUDIENCE_ESTIMATE, units, members))
+async def audience_estimate(conn: Connection, units: list[str], members: list[str]) -> Record:
+    """The row: ``n``, ``start``, ``last``."""
+    row = await conn.fetchrow(AUDIENCE_ESTIMATE, units, members)
+    assert row is not None
+    return row
 
 
-async def split(conn: Connection, notice_id: str, parts: int, cursor: str) -> bool:
-    """Whether the notice is in parts now."""
-    return str(await conn.execute(SPLIT, notice_id, parts, cursor)) != "INSERT 0 0"
+async def split(conn: Connection, notice_id: str, parts: int, cursor: str, last: str | None = None) -> bool:
+    """Whether the notice is in parts now: ranges of the member ids above ``cursor`` (up to ``last``)."""
+    return str(await conn.execute(SPLIT, notice_id, parts, cursor, last)) != "INSERT 0 0"
 
 
 async def claim_part(conn: Connection, notice_id: str) -> Record | None:

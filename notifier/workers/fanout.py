@@ -47,9 +47,12 @@ async def _split_at_once(
     audience to find its first few thousand members."""
     if deps.settings.fanout_parts == 1 or row["fanout_cursor"] is not None:
         return False
-    if await fanout_db.audience_estimate(conn, units, members) <= deps.settings.fanout_first_chunk_size:
+    audience = await fanout_db.audience_estimate(conn, units, members)
+    if audience["n"] <= deps.settings.fanout_first_chunk_size:
         return False
-    return await fanout_db.split(conn, notice_id, deps.settings.fanout_parts, "")
+    # The parts cover the audience's span of member ids only, not the whole organisation's.
+    parts = deps.settings.fanout_parts
+    return await fanout_db.split(conn, notice_id, parts, audience["start"], audience["last"])
 
 
 async def _window(
