@@ -172,6 +172,12 @@ class Settings(BaseSettings):
     worker_max_jobs: int = 64
     worker_poll_delay: float = Field(default=0.02, le=0.05)
     fanout_chunk_size: int = Field(default=50_000, ge=100)
+    # A notice with more than one chunk's audience fans out the rest in this many parts at once
+    # (disjoint, each its own job and PostgreSQL backend: notifier/workers/fanout.py); 1: serially.
+    fanout_parts: int = Field(default=2, ge=1, le=64)
+    # With parts, the first chunk (run alone, before the split) is at most this big: a notice
+    # that fits is done in it, a bigger one is split early.
+    fanout_first_chunk_size: int = Field(default=5_000, ge=100)
     delivery_batch_size: int = Field(default=500, ge=1)
     delivery_parallel_jobs: int = Field(default=8, ge=1)
     delivery_concurrency: int = Field(default=256, ge=1)  # in-flight sends per worker process

@@ -34,6 +34,7 @@ WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNpZ25pbmcta2V5LTAx"
 TABLES = ", ".join(
     [
         "idempotency_keys",
+        "fanout_parts",
         "notice_counts",
         "notice_unit_counts",
         "unit_report_slots",

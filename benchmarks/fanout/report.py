@@ -20,6 +20,7 @@ def format_report(
         f"fan-out benchmark: {opts.members:,} members, {opts.workers} worker process(es), "
         f"{os.cpu_count()} CPUs, code {code_version()}",
         f"worker settings: fanout_chunk_size={settings.fanout_chunk_size} "
+        f"fanout_parts={settings.fanout_parts} fanout_first_chunk_size={settings.fanout_first_chunk_size} "
         f"delivery_batch_size={settings.delivery_batch_size} "
         f"delivery_parallel_jobs={settings.delivery_parallel_jobs} "
         f"delivery_concurrency={settings.delivery_concurrency} worker_max_jobs={settings.worker_max_jobs} "

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import os
 import secrets
 import statistics
 import sys
@@ -176,7 +177,8 @@ def report(results: list[SizeResult], opts: argparse.Namespace) -> str:
     lines = [
         "",
         f"in-app fan-out scale: notifier dev --processes {opts.processes}, {opts.repeat} rounds per size "
-        f"(median; min in brackets), code {code_version()}",
+        f"(median; min in brackets), code {code_version()}, "
+        f"fanout_parts={os.environ.get('NOTIFIER_FANOUT_PARTS', Settings().fanout_parts)}",
         f"{'recipients':>10} {'s to final':>18} {'s per 100k':>10} {'vs linear':>9} {'failed':>6} "
         f"{'CPU us/recipient pg/workers':>27}  " + "  ".join(f"{r:>12}" for r in roles),
     ]
@@ -212,7 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--million", action="store_true", help="add the 1,000,000 size (minutes)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--processes", type=int, default=2, help="notifier dev --processes")
+    parser.add_argument(
+        "--parts", type=int, default=None, help="fanout_parts of notifier dev (default: its own; 1: serial)"
+    )
     opts = parser.parse_args(argv)
+    if opts.parts is not None:
+        os.environ["NOTIFIER_FANOUT_PARTS"] = str(opts.parts)  # notifier dev inherits the environment
     sizes = sorted(
         {int(s) for s in opts.sizes.split(",") if s.strip()} | ({1_000_000} if opts.million else set())
     )
