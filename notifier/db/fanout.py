@@ -305,19 +305,23 @@ SELECT count(*) FROM fanout_parts WHERE notice_id = $1 AND part <> $2 AND NOT do
 
 
 # Where a part's next chunk ends: the member id `$2` membership rows above the cursor, or the
-# part's own end `$3` when that comes first (`last`: this chunk finishes the part). A walk of
-# the primary key's index, so each chunk resolves only the audience within its own range, never
-# all of it above the cursor again (which made a big notice's cost grow with its square).
+# part's own end `$3` when that comes first -- or when less than a quarter chunk would be left
+# after it (`$4` rows: no small last chunk of its own); `last`: this chunk finishes the part. A
+# walk of the primary key's index, so each chunk resolves only the audience within its own
+# range, never all of it above the cursor again (which made a big notice's cost grow with its
+# square).
 PART_BOUND = """
 SELECT CASE WHEN b.last THEN $3 ELSE b.at END AS upper, b.last
-FROM (SELECT x.at, x.at IS NULL OR ($3::text IS NOT NULL AND x.at >= $3) AS last
+FROM (SELECT x.at, x.beyond IS NULL OR ($3::text IS NOT NULL AND x.beyond >= $3) AS last
       FROM (SELECT (SELECT member_id FROM member_units WHERE member_id > $1 ORDER BY member_id
-                    OFFSET $2 LIMIT 1) AS at) x) b"""
+                    OFFSET $2 LIMIT 1) AS at,
+                   (SELECT member_id FROM member_units WHERE member_id > $1 ORDER BY member_id
+                    OFFSET $4 LIMIT 1) AS beyond) x) b"""
 
 
 async def part_bound(conn: Connection, cursor: str, rows: int, end: str | None) -> tuple[str | None, bool]:
     """(upper bound of the chunk, whether it is the part's last)."""
-    row = await conn.fetchrow(PART_BOUND, cursor, rows - 1, end)
+    row = await conn.fetchrow(PART_BOUND, cursor, rows - 1, end, rows + rows // 4 - 1)
     assert row is not None
     return row["upper"], bool(row["last"])
 

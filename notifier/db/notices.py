@@ -38,16 +38,12 @@ SELECT coalesce(sum(recipients), 0)::bigint AS recipients, coalesce(sum(queued),
        coalesce(sum(read), 0)::bigint AS read
 FROM notice_unit_counts WHERE notice_id = $1 AND unit_id = $2 AND NOT direct"""
 
-# A chunk's sorts, hashes and CTE results stay in memory (at the default 4MB a 50,000-member
-# chunk sorted and stored them on disk); the claim sets it for its transaction only.
-FANOUT_WORK_MEM = "64MB"
-
 # Claim a notice for one fan-out chunk; a second worker skips it instead of waiting. Once split
 # into parts (schemas/0032) the parts are claimed instead: a split committed before this
 # statement is in its snapshot, one under way holds the row (skipped).
-CLAIM_FANOUT = f"""
+CLAIM_FANOUT = """
 SELECT id, audience, channels, fallback, fanout_cursor, state, escalation,
-       coalesce(send_at, created_at) AS went_out_at, set_config('work_mem', '{FANOUT_WORK_MEM}', true) AS work_mem
+       coalesce(send_at, created_at) AS went_out_at
 FROM notices
 WHERE id = $1 AND state IN ('queued', 'fanning_out')
   AND NOT EXISTS (SELECT 1 FROM fanout_parts p WHERE p.notice_id = notices.id)
@@ -56,9 +52,9 @@ FOR UPDATE SKIP LOCKED"""
 # A part of a notice fanned out in parts (schemas/0032) holds the notice row FOR SHARE while its
 # chunk runs: the parts run together, and a recall (which UPDATEs the row) waits for the chunks
 # under way and cancels their deliveries too; a part claimed after it sees the notice recalled.
-SHARE_FANOUT = f"""
+SHARE_FANOUT = """
 SELECT id, audience, channels, fallback, fanout_cursor, state, escalation,
-       coalesce(send_at, created_at) AS went_out_at, set_config('work_mem', '{FANOUT_WORK_MEM}', true) AS work_mem
+       coalesce(send_at, created_at) AS went_out_at
 FROM notices
 WHERE id = $1 AND state IN ('queued', 'fanning_out') FOR SHARE"""
 

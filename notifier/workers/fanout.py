@@ -47,6 +47,8 @@ async def _split_at_once(
     audience to find its first few thousand members."""
     if deps.settings.fanout_parts == 1 or row["fanout_cursor"] is not None:
         return False
+    if not units and len(members) <= deps.settings.fanout_first_chunk_size:
+        return False  # named members only, few: no need to ask (a one-member DING, say)
     audience = await fanout_db.audience_estimate(conn, units, members)
     if audience["n"] <= deps.settings.fanout_first_chunk_size:
         return False
