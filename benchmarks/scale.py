@@ -20,8 +20,10 @@ against a baseline taken in the same run by the same client.
   step (probes in a loop, from the jump to 0.5 s after the event; the receipts read members the
   storm left unread, in random order: members the step is reminding). Baseline: the same probes
   before the jump. Target: the step <= 2 s, no read blocked > 100 ms.
-  Then the root unit's daily lesson (every member, 200 units): the clock jumps to its lesson time;
-  timed until the notice is active with every recipient in. Target: <= 2 s after its time.
+  Then the root unit's daily lesson (every member, 200 units): the clock jumps to 1.5 s before its
+  lesson time and runs in real time from there (the tick's look-ahead wakes the engine at the
+  lesson time, as in production); timed from the lesson time until the notice is active with
+  every recipient in. Target: <= 2 s after its time.
 
 Each figure is printed with the load average when it was taken: the machine is shared.
 Bounded: every wait has a deadline, every loop a count or an end.
@@ -339,7 +341,8 @@ async def jump_clock(pool: Pool, seconds: float) -> None:
 
 async def daily_lesson(dev: Dev, http: aiohttp.ClientSession, pool: Pool, members: int) -> list[str]:
     """The root unit's lesson (its subtree: every member, 200 units) at its lesson time: the clock
-    jumps to that time, and the time until every recipient is in and the notice active is taken."""
+    jumps to just before that time and runs in real time; the time from the lesson time until every
+    recipient is in and the notice active is taken."""
     now: dt.datetime = await pool.fetchval("SELECT notifier_now()")
     at = (now + dt.timedelta(minutes=2)).astimezone(dt.UTC).replace(second=0, microsecond=0)
     await pool.execute("UPDATE units SET timezone = 'UTC', lesson_time = $1 WHERE id = 'root'", at.time())
@@ -348,8 +351,11 @@ async def daily_lesson(dev: Dev, http: aiohttp.ClientSession, pool: Pool, member
     async with http.put(f"{dev.url}/v1/units/root/lessons/{at.date()}", json=lesson, headers=auth) as resp:
         if resp.status != 201:
             raise BenchError(f"PUT lesson answered {resp.status}: {await resp.text()}")
-    await jump_clock(pool, (at - await pool.fetchval("SELECT notifier_now()")).total_seconds())
-    t_due = time.perf_counter()
+    lead = (at - await pool.fetchval("SELECT notifier_now()")).total_seconds() - STEP_LEAD_SECONDS
+    await jump_clock(pool, lead)
+    t_due = time.perf_counter() + float(
+        await pool.fetchval("SELECT extract(epoch FROM $1::timestamptz - notifier_now())", at)
+    )
     sent = final = None
     while time.perf_counter() < t_due + 60:
         row = await pool.fetchrow(
@@ -369,7 +375,7 @@ async def daily_lesson(dev: Dev, http: aiohttp.ClientSession, pool: Pool, member
         raise BenchError("the lesson did not fan out within 60 s of its time")
     return [
         f"target 7, daily lesson to {members:,} members in 200 units: notice {sent:.2f}s and every recipient "
-        f"in, active, {final:.2f}s after its time (includes the wait for the next tick, <= 1 s); {load()}"
+        f"in, active, {final:.2f}s after its time (the engine woken at its time); {load()}"
         "   target <= 2 s",
     ]
 

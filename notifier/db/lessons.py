@@ -144,8 +144,32 @@ RUN = "SELECT notice_id, sent_at FROM lesson_runs WHERE unit_id = $1 AND day = $
 DELETE = "DELETE FROM lessons WHERE unit_id = $1 AND day = $2"
 
 
+# Seconds until the soonest lesson of a local today that is not due yet (NULL: none today), for
+# the tick's look-ahead (workers/tick.py): the same candidates and effective settings as DUE.
+NEXT_DUE = (
+    effective_cte(
+        """
+    SELECT DISTINCT l.unit_id FROM lessons l
+    WHERE l.day BETWEEN ((SELECT notifier_now()) AT TIME ZONE 'UTC')::date - 1
+                    AND ((SELECT notifier_now()) AT TIME ZONE 'UTC')::date + 1
+      AND NOT EXISTS (SELECT 1 FROM lesson_runs r WHERE r.unit_id = l.unit_id AND r.day = l.day)"""
+    )
+    + """
+SELECT extract(epoch FROM min((l.day + eff.lesson_time) AT TIME ZONE eff.tz) - (SELECT notifier_now()))::float8
+FROM eff JOIN lessons l ON l.unit_id = eff.unit_id AND l.day = ((SELECT notifier_now()) AT TIME ZONE eff.tz)::date
+WHERE (SELECT notifier_now()) < (l.day + eff.lesson_time) AT TIME ZONE eff.tz
+  AND NOT EXISTS (SELECT 1 FROM lesson_runs r WHERE r.unit_id = l.unit_id AND r.day = l.day)"""
+)
+
+
 async def due(conn: Connection, limit: int) -> list[Record]:
     return list(await conn.fetch(DUE, limit))
+
+
+async def seconds_to_next_due(conn: Connection) -> float | None:
+    """Seconds until the soonest lesson still to come today (None: none)."""
+    seconds = await conn.fetchval(NEXT_DUE)
+    return None if seconds is None else float(seconds)
 
 
 async def send(conn: Connection, due: list[dict[str, Any]], channels: list[str]) -> list[Record]:

@@ -4,9 +4,10 @@ Every timer is a PostgreSQL row with a due time. Each part claims due rows with
 ``FOR UPDATE SKIP LOCKED`` and acts in one transaction per row, so two workers or two schedulers
 never act twice, and a crash leaves the row due for the next tick.
 
-After its parts a tick looks one period ahead: an escalation step due before the next cron tick
-gets a wake-up at its due time (``wake_tick_in``), so it fires on time instead of up to a
-second late. The cron tick stays the guarantee; the wake-up only makes it punctual.
+After its parts a tick looks one period ahead: an escalation step, a daily lesson or a scheduled
+notice due before the next cron tick gets a wake-up at its due time (``wake_tick_in``), so it
+goes out on time instead of up to a second late. The cron tick stays the guarantee; the wake-up
+only makes it punctual.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from notifier.db import escalations
+from notifier.db import escalations, lessons, schedule
 from notifier.workers.context import WorkerDeps
 from notifier.workers.dingtalk import poll_dingtalk_reads, withdraw_recalled, withdraw_recalled_dings
 from notifier.workers.escalate import advance_escalations
@@ -55,17 +56,23 @@ async def tick_once(deps: WorkerDeps) -> dict[str, int]:
             log.exception("tick part %s failed; its timers stay due for the next tick", name)
             done[name] = 0
     try:
-        await wake_for_next_step(deps)
+        await wake_for_next_timer(deps)
     except Exception:
-        log.exception("tick look-ahead failed; the next cron tick fires the step")
+        log.exception("tick look-ahead failed; the next cron tick fires what is due")
     return done
 
 
-async def wake_for_next_step(deps: WorkerDeps) -> float | None:
-    """Wake the engine at the next escalation step's due time when that comes before the next
-    cron tick; returns the seconds it was woken in (None: not woken)."""
+# The timers a tick looks ahead for: each answers the seconds to its soonest due row (None: none).
+NEXT_DUE = (escalations.seconds_to_next_due, lessons.seconds_to_next_due, schedule.seconds_to_next_due)
+
+
+async def wake_for_next_timer(deps: WorkerDeps) -> float | None:
+    """Wake the engine at the due time of the next escalation step, daily lesson or scheduled
+    notice when that comes before the next cron tick; returns the seconds it was woken in (None:
+    not woken)."""
     async with deps.pool.acquire() as conn:
-        seconds = await escalations.seconds_to_next_due(conn)
+        found = [s for s in [await next_due(conn) for next_due in NEXT_DUE] if s is not None]
+    seconds = min(found, default=None)
     if seconds is None or seconds > LOOK_AHEAD_SECONDS:
         return None
     await wake_tick_in(deps.queue, seconds)

@@ -15,7 +15,7 @@ from notifier.workers.deliver import deliver_batch, deliver_notice_channel
 from notifier.workers.queue import TICK_NOW
 from notifier.workers.reconcile import reconcile_once
 from notifier.workers.reports import apply_reports
-from notifier.workers.tick import tick_once, wake_for_next_step
+from notifier.workers.tick import tick_once, wake_for_next_timer
 from tests.conftest import advance_clock, frozen_clock
 from tests.workers.test_delivery_layer import (
     ScriptedChannel,
@@ -169,7 +169,7 @@ async def test_a_step_due_before_the_next_cron_tick_is_woken_at_its_due_time(
         await advance_clock(db, due_in - 10)
         before = await _tick_wakeups(deps)
         assert (await tick_once(deps))["escalations"] == 0
-        assert await wake_for_next_step(deps) is None
+        assert await wake_for_next_timer(deps) is None
         assert await _tick_wakeups(deps) == before
         # Due in 0.4 s, before the next cron tick: a wake-up at the due time, not up to 1 s later.
         await advance_clock(db, 9.6)
@@ -178,8 +178,29 @@ async def test_a_step_due_before_the_next_cron_tick_is_woken_at_its_due_time(
         added = [s for s in await _tick_wakeups(deps) if s not in before]
         assert len(added) == 1
         assert t0 * 1000 + 300 <= added[0] <= time.time() * 1000 + 500
-        assert await wake_for_next_step(deps) == pytest.approx(0.4, abs=0.001)
+        assert await wake_for_next_timer(deps) == pytest.approx(0.4, abs=0.001)
         # Once the step has fired, nothing is pending: no more wake-ups.
         await advance_clock(db, 0.4)
         assert (await tick_once(deps))["escalations"] == 1
-        assert await wake_for_next_step(deps) is None
+        assert await wake_for_next_timer(deps) is None
+
+
+async def test_a_scheduled_notice_due_before_the_next_cron_tick_is_woken_at_its_send_time(
+    env: Env, db: asyncpg.Connection
+) -> None:
+    deps, _ = env
+    await make_members(db, 1)
+    async with frozen_clock(db):
+        send_at = await db.fetchval("SELECT notifier_now() + interval '1 minute'")
+        await db.execute(
+            "INSERT INTO notices (kind, title, body, audience, channels, send_at, state) "
+            "VALUES ('notice', 't', 'b', '{\"units\": [\"u\"]}', '{inapp}', $1, 'scheduled')",
+            send_at,
+        )
+        await advance_clock(db, 50)
+        assert await wake_for_next_timer(deps) is None  # ten seconds away: the cron ticks look again
+        await advance_clock(db, 9.7)
+        assert await wake_for_next_timer(deps) == pytest.approx(0.3, abs=0.001)
+        await advance_clock(db, 0.3)
+        assert (await tick_once(deps))["scheduled"] == 1
+        assert await wake_for_next_timer(deps) is None  # released: nothing waits

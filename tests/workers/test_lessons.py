@@ -29,7 +29,7 @@ from notifier.workers.fanout import fanout_notice
 from notifier.workers.lessons import send_due_lessons
 from notifier.workers.queue import create_queue
 from notifier.workers.settings import create_worker, stop_worker
-from notifier.workers.tick import tick_once
+from notifier.workers.tick import tick_once, wake_for_next_timer
 from tests.conftest import advance_clock, auth, make_settings, wait_until
 from tests.fakes.fcm import FakeFcm
 
@@ -471,3 +471,25 @@ async def test_without_push_channels_the_lesson_is_inbox_only_and_never_reminds(
         assert list(row["channels"]) == ["inapp"] and row["escalation"] is None
     finally:
         await close_deps(deps)
+
+
+async def test_the_tick_looks_ahead_to_a_lesson_due_before_its_next_run(env: Env) -> None:
+    # The lesson time in the unit's own time zone; the look-ahead answers the seconds to it, and a
+    # tick 0.4 s before it wakes the engine at that time (workers/tick.py), not up to 1 s late.
+    await unit(env, "ny", timezone="America/New_York", lesson_time="08:00")
+    at = await next_local(env.db, NEW_YORK, 8, 0)
+    await lesson(env, "ny", at.date())
+    await lesson(env, "ny", at.date() + dt.timedelta(days=1))  # tomorrow's: not today's, not looked at
+    await go_to(env.db, at - dt.timedelta(seconds=30))
+    async with env.deps.pool.acquire() as conn:
+        ahead = await lessons.seconds_to_next_due(conn)
+    assert ahead is not None and 29.0 < ahead <= 30.0
+    assert await wake_for_next_timer(env.deps) is None  # beyond the next cron tick
+    await go_to(env.db, at - dt.timedelta(seconds=0.4))
+    woken = await wake_for_next_timer(env.deps)
+    assert woken is not None and 0.3 < woken <= 0.4
+    await go_to(env.db, at)
+    assert await send_due_lessons(env.deps) == 1
+    async with env.deps.pool.acquire() as conn:
+        assert await lessons.seconds_to_next_due(conn) is None  # today's went out; tomorrow's is not today
+    assert await wake_for_next_timer(env.deps) is None
