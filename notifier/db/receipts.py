@@ -99,27 +99,20 @@ LEFT JOIN r ON r.notice_id = p.notice_id AND r.member_id = p.member_id"""
 #
 # MARK's work for one pair, written for one pair: the API's sessions plan every execution
 # (db/pool.py API_SESSION), and planning was most of a receipt's cost (0.65 ms of 1.9 ms of
-# backend CPU with MARK's batch shape and the unit walks an admin does not need). Here every
-# table is reached by the parameters themselves (recipients and deliveries by $1, $2: by index
-# whatever the statistics say), the one row is locked by its UPDATE (nothing to order), and the
-# counters take 1 and its bucket without grouping. The unit walks are in the unit-bound variant only.
-_ONE = f"""
+# backend CPU with MARK's batch shape and the unit walks an admin does not need). Here the
+# recipient is reached by the parameters themselves (by its key whatever the statistics say),
+# the one row is locked by its UPDATE (nothing to order), the moot deliveries are a function's
+# (schemas/0031), and the counters take 1 and its bucket without grouping. The unit walks are
+# in the unit-bound variant only. ``cancelled``: how many deliveries the read made moot.
+_ONE = """
 r AS (
     UPDATE recipients t SET read_at = (SELECT notifier_now()), read_via = $3
     WHERE t.notice_id = $1 AND t.member_id = $2 AND t.read_at IS NULL
       AND EXISTS (SELECT 1 FROM ok WHERE ok.member_ok AND ($6 OR ok.kind <> 'lesson'))
     RETURNING t.notice_id, t.units, t.direct_units, t.read_at, read_bucket(t.read_at - t.created_at) AS bucket
 ),
--- MARK's c (why SKIP LOCKED: there)
-c AS (
-    UPDATE deliveries d SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,
-        updated_at = (SELECT notifier_now())
-    WHERE d.id IN (
-        SELECT m.id FROM deliveries m
-        WHERE m.notice_id = $1 AND m.member_id = $2 AND m.state = 'queued' AND {MOOT_AFTER_READ.format(d="m")}
-          AND EXISTS (SELECT 1 FROM r)
-        FOR UPDATE OF m SKIP LOCKED)
-),
+-- the deliveries it makes moot (schemas/0031: MARK's c, planned once per session)
+c AS (SELECT cancel_moot_deliveries($1, $2, r.read_at) AS n FROM r),
 k AS (
     INSERT INTO notice_counts AS k (notice_id, shard, read) SELECT notice_id, notice_count_shard(), 1 FROM r
     ON CONFLICT (notice_id, shard) DO UPDATE SET read = k.read + excluded.read
@@ -139,7 +132,8 @@ u AS (
         last_read_at = greatest(k.last_read_at, excluded.last_read_at)
 )
 SELECT ok.id, ok.kind, ok.state, ok.member_ok, t.member_id IS NOT NULL AS recipient,
-       EXISTS (SELECT 1 FROM r) AS recorded, coalesce((SELECT r.read_at FROM r), t.read_at) AS read_at
+       EXISTS (SELECT 1 FROM r) AS recorded, coalesce((SELECT r.read_at FROM r), t.read_at) AS read_at,
+       (SELECT c.n FROM c) AS cancelled
 FROM ok LEFT JOIN recipients t ON ok.member_ok AND t.notice_id = $1 AND t.member_id = $2"""
 
 # An admin's ($4 NULL) or a member key's ($5): no unit to walk.
