@@ -33,6 +33,9 @@ own AS (SELECT $2::text IS NULL OR EXISTS (SELECT 1 FROM up WHERE up.id = $2) AS
 SELECT n.*, own.owner FROM n CROSS JOIN own
 WHERE own.owner OR EXISTS (SELECT 1 FROM notice_reach r WHERE r.notice_id = n.id AND r.unit_id = $2)"""
 )
+# An admin's ($1 notice): every notice, whole. No unit walk to plan (the API plans every
+# execution: db/pool.py API_SESSION; GET /v1/notices/{id} is a status poll).
+VISIBLE_TO_ADMIN = "SELECT " + NOTICE_COLUMNS + ", true AS owner FROM notices WHERE id = $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,10 @@ async def visible_notice(conn: Connection, notice_id: str, root: str | None) -> 
     """The notice ``notice_id`` (a UUID) as a caller bound to unit ``root`` sees it, or None when
     that caller may not see it at all. ``root`` None means an admin (no bound): callers without
     any reach over notices (member keys) must not call this."""
-    row = await conn.fetchrow(VISIBLE, notice_id, root)
+    if root is None:
+        row = await conn.fetchrow(VISIBLE_TO_ADMIN, notice_id)
+    else:
+        row = await conn.fetchrow(VISIBLE, notice_id, root)
     if row is None:
         return None
     return NoticeView(row=row, root=root, owner=bool(row["owner"]))
