@@ -23,7 +23,7 @@ from notifier.api.routing import Call, Router, json_response
 from notifier.api.types import Channels, Id, Name, Strict, parse_uuid
 from notifier.db import notices, policies, recipients, timeline, units
 from notifier.db.pool import Connection, Record
-from notifier.db.visibility import NoticeView, visible_notice
+from notifier.db.visibility import NoticeView, visible_notice, visible_notice_with_counts
 from notifier.domain.escalation import PolicyRules
 from notifier.workers.queue import enqueue_fanout, wake_tick_in
 
@@ -443,10 +443,18 @@ async def get_notice(request: web.Request, call: Call) -> web.Response:
     q = call.query_as(NoticeQuery)
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
-        view = await load_visible_notice(conn, p, request.match_info["notice_id"])
-        if q.unit is not None:
+        if q.unit is None:  # the status poll: the notice and its counts in one round trip
+            nid = parse_uuid(request.match_info["notice_id"])
+            if not p.is_admin and p.scope_root is None:
+                raise not_found("notice")
+            found = None if nid is None else await visible_notice_with_counts(conn, nid, p.scope_root)
+            if found is None:
+                raise not_found("notice")
+            view, counts = found
+        else:
+            view = await load_visible_notice(conn, p, request.match_info["notice_id"])
             await require_unit(conn, p, q.unit)
-        counts = await notices.counts(conn, view.id, q.unit or view.root)
+            counts = await notices.counts(conn, view.id, q.unit)
     return json_response(NoticeOut.model_validate(notices.as_dict(view.row, counts)).model_dump(mode="json"))
 
 

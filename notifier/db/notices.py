@@ -125,6 +125,16 @@ async def get(conn: Connection | Pool, notice_id: str) -> Record | None:
     return await conn.fetchrow(GET, notice_id)
 
 
+COUNT_KEYS = ("recipients", "queued", "sent", "delivered", "failed", "cancelled", "read")
+
+
+def counts_of(row: Record) -> dict[str, int]:
+    """The counts of a row with COUNTS' columns (and maybe others), with ``unread``."""
+    result = {k: int(row[k]) for k in COUNT_KEYS}
+    result["unread"] = result["recipients"] - result["read"]
+    return result
+
+
 async def counts(conn: Connection | Pool, notice_id: str, unit_id: str | None = None) -> dict[str, int]:
     """The notice's counts: of every recipient, or (``unit_id``) of those in that unit's subtree."""
     row = await (
@@ -133,9 +143,7 @@ async def counts(conn: Connection | Pool, notice_id: str, unit_id: str | None = 
         else conn.fetchrow(UNIT_COUNTS, notice_id, unit_id)
     )
     assert row is not None
-    result = {k: int(v) for k, v in row.items()}
-    result["unread"] = result["recipients"] - result["read"]
-    return result
+    return counts_of(row)
 
 
 async def stalled_fanouts(conn: Connection | Pool, older_than: float, limit: int = 100) -> list[str]:

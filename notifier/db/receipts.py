@@ -31,14 +31,18 @@ r AS (
 -- A delivery locked by someone else is in flight (claimed, or being written back): waiting for
 -- it here would lock recipient then delivery, the reverse of every delivery write (and its
 -- trigger), and deadlock. Skipped, it is not sent: the claim and the gate check the read, and the
--- reconciler's sweep cancels it if it comes back to the queue.
+-- reconciler's sweep cancels it if it comes back to the queue. Each read's rows by its key (a
+-- lateral probe): joined, a plan that guessed one read scanned every queued delivery for each of
+-- the 10,000 reads of a batch (13 million rows compared, 3 s: benchmarks/receipts at 50,000).
 c AS (
     UPDATE deliveries d SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,
         updated_at = (SELECT notifier_now())
     WHERE d.id IN (
-        SELECT m.id FROM deliveries m JOIN r ON m.notice_id = r.notice_id AND m.member_id = r.member_id
-        WHERE m.state = 'queued' AND {MOOT_AFTER_READ.format(d="m")}
-        FOR UPDATE OF m SKIP LOCKED)
+        SELECT x.id FROM r CROSS JOIN LATERAL (
+            SELECT m.id FROM deliveries m
+            WHERE m.notice_id = r.notice_id AND m.member_id = r.member_id AND m.state = 'queued'
+              AND {MOOT_AFTER_READ.format(d="m")}
+            FOR UPDATE OF m SKIP LOCKED) x)
 ),
 k AS (
     INSERT INTO notice_counts AS k (notice_id, shard, read)
@@ -77,12 +81,13 @@ WITH p AS (
 # The batch's: as MARK_READ, answering for every pair that has a recipient whether this statement
 # recorded its read. A recipient it did not record has read (before, or while this statement
 # waited for its row lock: the lock's re-check of ``read_at IS NULL`` is what left it out).
+# ``IN`` (a hashed subplan), not a join with r: r's row count is a guess (one), and a plan that
+# believed it looped over r for every pair (10,000 x 10,000 comparisons, 13 s for a batch).
 MARK_READ_ANSWER = (
     MARK_READ.rsplit("\nSELECT", 1)[0]
     + """
-SELECT p.notice_id, p.member_id, r.member_id IS NOT NULL AS recorded
-FROM p JOIN recipients t ON t.notice_id = p.notice_id AND t.member_id = p.member_id
-LEFT JOIN r ON r.notice_id = p.notice_id AND r.member_id = p.member_id"""
+SELECT p.notice_id, p.member_id, (p.notice_id, p.member_id) IN (SELECT r.notice_id, r.member_id FROM r) AS recorded
+FROM p JOIN recipients t ON t.notice_id = p.notice_id AND t.member_id = p.member_id"""
 )
 
 # One read receipt in one statement (no transaction of its own: a statement is atomic): whether
@@ -99,27 +104,20 @@ LEFT JOIN r ON r.notice_id = p.notice_id AND r.member_id = p.member_id"""
 #
 # MARK's work for one pair, written for one pair: the API's sessions plan every execution
 # (db/pool.py API_SESSION), and planning was most of a receipt's cost (0.65 ms of 1.9 ms of
-# backend CPU with MARK's batch shape and the unit walks an admin does not need). Here every
-# table is reached by the parameters themselves (recipients and deliveries by $1, $2: by index
-# whatever the statistics say), the one row is locked by its UPDATE (nothing to order), and the
-# counters take 1 and its bucket without grouping. The unit walks are in the unit-bound variant only.
-_ONE = f"""
+# backend CPU with MARK's batch shape and the unit walks an admin does not need). Here the
+# recipient is reached by the parameters themselves (by its key whatever the statistics say),
+# the one row is locked by its UPDATE (nothing to order), the moot deliveries are a function's
+# (schemas/0031), and the counters take 1 and its bucket without grouping. The unit walks are
+# in the unit-bound variant only. ``cancelled``: how many deliveries the read made moot.
+_ONE = """
 r AS (
     UPDATE recipients t SET read_at = (SELECT notifier_now()), read_via = $3
     WHERE t.notice_id = $1 AND t.member_id = $2 AND t.read_at IS NULL
       AND EXISTS (SELECT 1 FROM ok WHERE ok.member_ok AND ($6 OR ok.kind <> 'lesson'))
     RETURNING t.notice_id, t.units, t.direct_units, t.read_at, read_bucket(t.read_at - t.created_at) AS bucket
 ),
--- MARK's c (why SKIP LOCKED: there)
-c AS (
-    UPDATE deliveries d SET state = 'cancelled', error = 'read before it went out', wait_reason = NULL,
-        updated_at = (SELECT notifier_now())
-    WHERE d.id IN (
-        SELECT m.id FROM deliveries m
-        WHERE m.notice_id = $1 AND m.member_id = $2 AND m.state = 'queued' AND {MOOT_AFTER_READ.format(d="m")}
-          AND EXISTS (SELECT 1 FROM r)
-        FOR UPDATE OF m SKIP LOCKED)
-),
+-- the deliveries it makes moot (schemas/0031: MARK's c, planned once per session)
+c AS (SELECT cancel_moot_deliveries($1, $2, r.read_at) AS n FROM r),
 k AS (
     INSERT INTO notice_counts AS k (notice_id, shard, read) SELECT notice_id, notice_count_shard(), 1 FROM r
     ON CONFLICT (notice_id, shard) DO UPDATE SET read = k.read + excluded.read
@@ -139,7 +137,8 @@ u AS (
         last_read_at = greatest(k.last_read_at, excluded.last_read_at)
 )
 SELECT ok.id, ok.kind, ok.state, ok.member_ok, t.member_id IS NOT NULL AS recipient,
-       EXISTS (SELECT 1 FROM r) AS recorded, coalesce((SELECT r.read_at FROM r), t.read_at) AS read_at
+       EXISTS (SELECT 1 FROM r) AS recorded, coalesce((SELECT r.read_at FROM r), t.read_at) AS read_at,
+       (SELECT c.n FROM c) AS cancelled
 FROM ok LEFT JOIN recipients t ON ok.member_ok AND t.notice_id = $1 AND t.member_id = $2"""
 
 # An admin's ($4 NULL) or a member key's ($5): no unit to walk.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from notifier.db.notices import NOTICE_COLUMNS
+from notifier.db.notices import COUNTS, NOTICE_COLUMNS, UNIT_COUNTS, counts_of
 from notifier.db.pool import Connection, Record
 from notifier.db.units import ancestors
 
@@ -32,6 +32,22 @@ VISIBLE = (
 own AS (SELECT $2::text IS NULL OR EXISTS (SELECT 1 FROM up WHERE up.id = $2) AS owner)
 SELECT n.*, own.owner FROM n CROSS JOIN own
 WHERE own.owner OR EXISTS (SELECT 1 FROM notice_reach r WHERE r.notice_id = n.id AND r.unit_id = $2)"""
+)
+# An admin's ($1 notice): every notice, whole. No unit walk to plan (the API plans every
+# execution: db/pool.py API_SESSION; GET /v1/notices/{id} is a status poll).
+VISIBLE_TO_ADMIN = "SELECT " + NOTICE_COLUMNS + ", true AS owner FROM notices WHERE id = $1"
+
+# The same with the counts the caller sees (db/notices.py COUNTS: an admin's, of the whole
+# notice; UNIT_COUNTS: of the caller's subtree, $2) in the one round trip: the status read.
+_SELECT = "SELECT n.*, own.owner FROM n CROSS JOIN own"
+assert _SELECT in VISIBLE
+VISIBLE_WITH_COUNTS = VISIBLE.replace(
+    _SELECT,
+    _SELECT + " CROSS JOIN LATERAL (" + UNIT_COUNTS.replace("notice_id = $1", "notice_id = n.id") + ") c",
+).replace("SELECT n.*, own.owner FROM", "SELECT n.*, own.owner, c.* FROM", 1)
+VISIBLE_TO_ADMIN_WITH_COUNTS = (
+    "SELECT n.*, true AS owner, c.* FROM (SELECT " + NOTICE_COLUMNS + " FROM notices WHERE id = $1) n"
+    " CROSS JOIN LATERAL (" + COUNTS.replace("notice_id = $1", "notice_id = n.id") + ") c"
 )
 
 
@@ -57,7 +73,23 @@ async def visible_notice(conn: Connection, notice_id: str, root: str | None) -> 
     """The notice ``notice_id`` (a UUID) as a caller bound to unit ``root`` sees it, or None when
     that caller may not see it at all. ``root`` None means an admin (no bound): callers without
     any reach over notices (member keys) must not call this."""
-    row = await conn.fetchrow(VISIBLE, notice_id, root)
+    if root is None:
+        row = await conn.fetchrow(VISIBLE_TO_ADMIN, notice_id)
+    else:
+        row = await conn.fetchrow(VISIBLE, notice_id, root)
     if row is None:
         return None
     return NoticeView(row=row, root=root, owner=bool(row["owner"]))
+
+
+async def visible_notice_with_counts(
+    conn: Connection, notice_id: str, root: str | None
+) -> tuple[NoticeView, dict[str, int]] | None:
+    """As ``visible_notice``, with the counts that caller sees (of its subtree; an admin's: all)."""
+    if root is None:
+        row = await conn.fetchrow(VISIBLE_TO_ADMIN_WITH_COUNTS, notice_id)
+    else:
+        row = await conn.fetchrow(VISIBLE_WITH_COUNTS, notice_id, root)
+    if row is None:
+        return None
+    return NoticeView(row=row, root=root, owner=bool(row["owner"])), counts_of(row)

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from notifier.api.keys import DEPS
 from tests.api.conftest import Org
 from tests.api.test_scoping import _active, _notice_by
-from tests.helpers import post
+from tests.helpers import get, post
 
 
 @contextlib.contextmanager
@@ -133,3 +133,27 @@ async def test_a_lesson_read_is_recorded_in_its_own_transaction_once(
     assert len(sent) == 1
     read = await db.fetchval("SELECT sum(read) FROM notice_counts WHERE notice_id = $1::uuid", nid)
     assert read == 1
+
+
+async def test_the_status_read_is_one_round_trip_and_one_more_for_a_key(
+    client: TestClient[Any, Any], worker: None, org: Org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /v1/notices/{id} (the status poll): the notice, whether the caller sees it, and its counts
+    (a unit key's: of its subtree) in one statement."""
+    nid = await _notice_by(client, None, {"units": ["c"]})
+    await _active(client, nid)
+    pool = client.app[DEPS].pool
+    await post(client, f"/v1/notices/{nid}/receipts", {"member_id": "m1a", "type": "read"}, status=200)
+    url = f"/v1/notices/{nid}"
+    await get(client, url)  # warm: statements prepared
+    await get(client, url, token=org.b1_service)
+    with round_trips(monkeypatch, pool) as sent:
+        whole = await get(client, url)
+    assert len(sent) == 1, sent
+    with round_trips(monkeypatch, pool) as sent:
+        branch = await get(client, url, token=org.b1_service)
+    assert len(sent) == 2, sent  # the key's lookup and rate bucket, then the status
+    assert whole["counts"]["recipients"] == 4 and whole["counts"]["read"] == 1
+    assert branch["counts"]["recipients"] == 2 and branch["counts"]["read"] == 1
+    own = await _notice_by(client, org.b1_service, {"units": ["b1"]})
+    await get(client, f"/v1/notices/{own}", token=org.b2_service, status=404)  # not seen: not found

@@ -6,6 +6,7 @@ on CPU for up to 60 s (then a 503) (benchmarks/scale.py)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -13,7 +14,10 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from notifier.api.keys import DEPS
+from notifier.db.deliveries import MOOT_AFTER_READ
+from notifier.db.pool import API_SESSION
 from notifier.db.receipts import MARK_READ, MARK_READ_ANSWER, RECORD, RECORD_IN_UNIT
+from notifier.settings import Settings
 
 
 def _seq_scans(node: dict[str, Any]) -> list[str]:
@@ -65,3 +69,61 @@ async def test_receipt_statements_reach_deliveries_by_index_after_the_table_grew
         for name in statements:
             await api.execute(f"DEALLOCATE {name}")
     assert scanned == dict.fromkeys(statements, 0)
+
+
+def _nested_plans(messages: list[str]) -> list[dict[str, Any]]:
+    """The plans auto_explain logged (format json), one per statement run."""
+    plans = []
+    for m in messages:
+        if "{" in m:
+            plans.append(json.loads(m[m.index("{") :])["Plan"])
+    return plans
+
+
+async def test_the_single_receipts_moot_deliveries_are_found_by_index_after_the_table_grew(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The single receipt cancels what its read makes moot in cancel_moot_deliveries
+    (schemas/0031), whose plans a session makes once and keeps: made while ``deliveries`` was
+    empty, they still reach a member's rows by index once it holds 20,000."""
+    nid = str(uuid.uuid4())
+    await db.execute("ANALYZE deliveries")
+    api = await asyncpg.connect(settings.database_url, server_settings=API_SESSION)  # as the API's pool
+    try:
+        for _ in range(6):  # planned (and kept) while the table is empty
+            assert await api.fetchval("SELECT cancel_moot_deliveries($1, 'm3', now())", nid) == 0
+        await db.execute(
+            "INSERT INTO deliveries (notice_id, member_id, channel, state, step, wait_reason)"
+            " SELECT $1::uuid, 'm' || g, 'sms', 'queued', g % 2,"
+            " CASE WHEN g % 3 = 0 THEN 'quiet_hours' END FROM generate_series(1, 20000) g",
+            nid,
+        )
+        await db.execute(  # m3's reminder row, another one and a sent one the read leaves alone
+            "INSERT INTO deliveries (notice_id, member_id, channel, state, step)"
+            " VALUES ($1, 'm3', 'sms', 'sent', 0), ($1, 'm3', 'email', 'queued', 1)",
+            nid,
+        )
+        logged: list[str] = []
+        api.add_log_listener(lambda _c, m: logged.append(m.message))
+        await api.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_format = json;"
+            " SET auto_explain.log_nested_statements = on; SET auto_explain.log_level = log;"
+            " SET client_min_messages = log"
+        )
+        assert await api.fetchval("SELECT cancel_moot_deliveries($1, 'm3', now())", nid) == 2
+        await api.execute("RESET client_min_messages")
+    finally:
+        await api.close()
+    plans = _nested_plans(logged)
+    assert len(plans) >= 3, logged  # the check, the update, the call (and the triggers' statements)
+    assert [_seq_scans(p).count("deliveries") for p in plans] == [0] * len(plans)
+    assert await db.fetchval(
+        "SELECT array_agg(state || ':' || step ORDER BY channel, step) FROM deliveries"
+        " WHERE notice_id = $1 AND member_id = 'm3'",
+        nid,
+    ) == ["cancelled:1", "sent:0", "cancelled:1"]
+
+
+async def test_cancel_moot_deliveries_holds_the_rule_of_moot_after_read(db: asyncpg.Connection) -> None:
+    source = await db.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'cancel_moot_deliveries'")
+    assert source.count(MOOT_AFTER_READ.format(d="m")) == 2
