@@ -67,6 +67,9 @@ async def run_workers(settings: Settings, processes: int) -> None:
     from notifier.workers.processes import run_worker_processes
 
     if processes == 1:
+        from notifier.workers.priority import lower_own_priority
+
+        lower_own_priority(settings.worker_nice)  # this process is the worker: requests first
         await run_worker(settings)
     else:
         await run_worker_processes(settings, processes, _stop_on_signals())

@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     # The worker processes' event loop: uvloop (libuv) spends less CPU per HTTP request and per
     # database round trip than asyncio's own; "asyncio" where uvloop is not installed or wanted.
     worker_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Worker processes run at this niceness, and so do their backends of a PostgreSQL on this
+    # host: a big fan-out does not make read receipts and status reads wait (workers/priority.py).
+    # 0 keeps the priority they were started with.
+    worker_nice: int = Field(default=10, ge=0, le=19)
     # A crashed worker's batch is handed back after this long. A live worker renews it every third
     # of it while the batch is in flight, and retries a failed write-back for as long as it holds.
     delivery_lease_seconds: float = 180.0

@@ -123,6 +123,20 @@ async def test_dev_runs_worker_processes_and_ctrl_c_stops_them_all(
             # The worker processes deliver (the API process runs no worker).
             await wait_until(_sync(lambda: len(receiver.messages) >= 4), within=60)
 
+        # Requests first (workers/priority.py): the workers run at the configured niceness, and so
+        # do their backends of this (local) PostgreSQL; the API process and other sessions do not.
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert {os.getpriority(os.PRIO_PROCESS, w) for w in first} == {max(base, Settings().worker_nice)}
+        assert os.getpriority(os.PRIO_PROCESS, dev.pid) == base
+        backends = [
+            r["pid"]
+            for r in await db.fetch("SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'")
+        ]
+        niced = [pid for pid in backends if os.getpriority(os.PRIO_PROCESS, pid) > base]
+        assert len(niced) >= 4, (backends, niced)  # two per worker pool at least
+        assert os.getpriority(os.PRIO_PROCESS, db.get_server_pid()) == base
+        assert len(backends) > len(niced) + 1  # the API's sessions keep their priority
+
         # A worker killed from outside is replaced; N holds.
         victim = sorted(first)[0]
         os.kill(victim, signal.SIGKILL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -76,12 +77,20 @@ async def create_pool(
     min_size: int | None = None,
     max_size: int | None = None,
     server_settings: dict[str, str] | None = None,
+    on_connect: Callable[[Any], Awaitable[None]] | None = None,
 ) -> Pool:
+    """The pool; ``on_connect`` runs once on every new connection, after the codecs."""
+
+    async def init(conn: Any) -> None:
+        await _init_connection(conn)
+        if on_connect is not None:
+            await on_connect(conn)
+
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=settings.db_pool_min if min_size is None else min_size,
         max_size=settings.db_pool_max if max_size is None else max_size,
-        init=_init_connection,
+        init=init,
         reset=_released,
         command_timeout=60,
         server_settings=server_settings,

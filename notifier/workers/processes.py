@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from notifier.logs import configure as configure_logging
 from notifier.settings import Settings
+from notifier.workers.priority import lower_own_priority
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def _child_main(settings: Settings, parent: int) -> None:
     """A worker process: SIGTERM (from the parent) stops it cleanly; SIGINT is the parent's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(settings.log_format, settings.log_level)  # as the parent's (text or JSON)
+    lower_own_priority(settings.worker_nice)  # requests first (workers/priority.py)
     run_on_worker_loop(settings, _child(settings, parent))
 
 

@@ -33,6 +33,7 @@ from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver
 from notifier.workers.fanout import fanout
+from notifier.workers.priority import backend_priority_init
 from notifier.workers.queue import (
     DELIVER,
     FANOUT,
@@ -56,7 +57,11 @@ RESTART_BACKOFF_SECONDS = (0.5, 10.0)  # first and longest pause before starting
 def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, Any]:
     async def on_startup(ctx: dict[str, Any]) -> None:
         pool = await create_pool(
-            settings, min_size=2, max_size=max(4, settings.db_pool_max), server_settings=WORKER_SESSION
+            settings,
+            min_size=2,
+            max_size=max(4, settings.db_pool_max),
+            server_settings=WORKER_SESSION,
+            on_connect=backend_priority_init(settings.database_url),
         )
         queue = await create_queue(settings)
         ctx["deps"] = WorkerDeps(settings, pool, queue, build_registry(settings))

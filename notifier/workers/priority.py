@@ -1,0 +1,80 @@
+"""Background work yields the CPU to requests.
+
+A worker process lowers its own scheduling priority (``worker_nice``): fanning out and delivering
+a big notice may keep every core busy for seconds, and a member's read receipt or a secretary's
+status read, served by the API process, should not wait behind it. On one machine with an
+embedded or local PostgreSQL (``make run``, a small deployment) the database work a worker asks
+for runs in the worker's own backends, so the worker lowers their priority too -- the API's
+backends keep theirs. A backend is only touched when the server is on this host (a Unix socket
+or a loopback address) and the process with that id is a PostgreSQL process of this user; a
+remote server's backends are its own machine's business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+
+def lower_own_priority(nice: int) -> int:
+    """Raise this process's niceness to ``nice`` (never lower it); returns the niceness now."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError:
+            log.warning("could not lower the worker's scheduling priority", exc_info=True)
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def database_is_local(database_url: str) -> bool:
+    """Whether the server of ``database_url`` runs on this host (a Unix socket or loopback)."""
+    parts = urlsplit(database_url)
+    host = parts.hostname
+    if host is None:  # libpq's default (a socket), or ?host=/path
+        return True
+    if host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_postgres(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() in ("postgres", "postmaster")
+    except OSError:
+        return False
+
+
+def lower_backend_priority(pid: int) -> bool:
+    """Give the local PostgreSQL backend ``pid`` this process's niceness when that is lower
+    priority than its own; True when it was changed."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice <= 0 or not _is_postgres(pid):
+        return False
+    with contextlib.suppress(OSError):  # gone, or not ours
+        if os.getpriority(os.PRIO_PROCESS, pid) < nice:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+            return True
+    return False
+
+
+def backend_priority_init(database_url: str) -> Any:
+    """An asyncpg pool ``init`` step for a worker's pool: its backends share the worker's
+    (lowered) priority when the server is local; None when there is nothing to do."""
+    if os.getpriority(os.PRIO_PROCESS, 0) <= 0 or not database_is_local(database_url):
+        return None
+
+    async def init(conn: Any) -> None:
+        lower_backend_priority(conn.get_server_pid())
+
+    return init
