@@ -208,10 +208,9 @@ class _Connection(asyncio.Protocol):
             if self._length == -1:  # a trailer line: skipped
                 del self._buf[: line_end + 2]
                 continue
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProtocolError("invalid chunk size") from None
+            if not size_text or len(size_text) > 16 or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise ProtocolError("invalid chunk size")  # hex digits only: no sign, prefix or '_'
+            size = int(size_text, 16)
             del self._buf[: line_end + 2]
             if size == 0:
                 self._length = -1  # trailers, then a blank line
@@ -227,7 +226,7 @@ class _Connection(asyncio.Protocol):
 def _headers(lines: list[bytes]) -> tuple[int | None, bool, bytes | None, str | None]:
     """(Content-Length, chunked, the Connection token, Retry-After) of a response head."""
     length: int | None = None
-    chunked = False
+    coding: bytes | None = None  # the Transfer-Encoding list, lower case
     connection: bytes | None = None
     retry_after: str | None = None
     for line in lines:
@@ -241,12 +240,22 @@ def _headers(lines: list[bytes]) -> tuple[int | None, bool, bytes | None, str | 
                 raise ProtocolError("invalid Content-Length")
             length = int(text)
         elif key == b"transfer-encoding":
-            chunked = value.strip().lower().endswith(b"chunked")
+            # Several headers are one list; chunked must be the last coding (RFC 9112 6.1).
+            codings = (coding if coding is not None else b"") + b"," + value.strip().lower()
+            coding = codings.strip(b", ")
         elif key == b"connection":
             connection = value.strip().lower()
         elif key == b"retry-after":
             retry_after = value.strip().decode("latin-1")
-    return length, chunked, connection, retry_after
+    if coding is None:
+        return length, False, connection, retry_after
+    # A Transfer-Encoding overrides Content-Length; a response with both is read as chunked and
+    # its connection not reused (RFC 9112 6.3: it may be a smuggling attempt). Chunked not last:
+    # the body ends when the connection closes.
+    chunked = coding.rsplit(b",", 1)[-1].strip() == b"chunked"
+    if length is not None or not chunked:
+        connection = b"close"
+    return None, chunked, connection, retry_after
 
 
 class PostClient:

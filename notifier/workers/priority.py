@@ -6,8 +6,9 @@ status read, served by the API process, should not wait behind it. On one machin
 embedded or local PostgreSQL (``make run``, a small deployment) the database work a worker asks
 for runs in the worker's own backends, so the worker lowers their priority too -- the API's
 backends keep theirs. A backend is only touched when the server is on this host (a Unix socket
-or a loopback address) and the process with that id is a PostgreSQL process of this user; a
-remote server's backends are its own machine's business.
+or a loopback address) and the process with that id is a PostgreSQL backend whose title names
+this connection's client port; a remote server's backends are its own machine's
+business.
 """
 
 from __future__ import annotations
@@ -48,18 +49,24 @@ def database_is_local(database_url: str) -> bool:
         return False
 
 
-def _is_postgres(pid: int) -> bool:
+def is_our_backend(pid: int, client: str) -> bool:
+    """Whether ``pid`` is the PostgreSQL backend serving the connection whose client end is
+    ``client`` (``"[local]"`` on a Unix socket, else ``"(<port>)"``), as the backend's process
+    title shows it: not a pid of another host or container, not the postmaster (whose children
+    would inherit its priority), not a pooler. (The embedded server may run as its own user;
+    renicing another user's process needs the right to, or fails harmlessly.)"""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() in ("postgres", "postmaster")
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
+    return title.startswith("postgres: ") and client in title
 
 
-def lower_backend_priority(pid: int) -> bool:
-    """Give the local PostgreSQL backend ``pid`` this process's niceness when that is lower
-    priority than its own; True when it was changed."""
+def lower_backend_priority(pid: int, client: str) -> bool:
+    """Give the local PostgreSQL backend ``pid`` (serving ``client``: ``is_our_backend``) this
+    process's niceness when that is lower priority than its own; True when it was changed."""
     nice = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice <= 0 or not _is_postgres(pid):
+    if nice <= 0 or not is_our_backend(pid, client):
         return False
     with contextlib.suppress(OSError):  # gone, or not ours
         if os.getpriority(os.PRIO_PROCESS, pid) < nice:
@@ -75,6 +82,7 @@ def backend_priority_init(database_url: str) -> Any:
         return None
 
     async def init(conn: Any) -> None:
-        lower_backend_priority(conn.get_server_pid())
+        port = await conn.fetchval("SELECT inet_client_port()")  # NULL on a Unix socket
+        lower_backend_priority(conn.get_server_pid(), "[local]" if port is None else f"({port})")
 
     return init

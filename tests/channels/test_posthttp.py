@@ -164,6 +164,10 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(
         (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", ProtocolError),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", ServerDisconnectedError),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", ProtocolError),
+        # chunk sizes are hex digits only: Python's int() would take these
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n\r\n", ProtocolError),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nab\r\n0\r\n\r\n", ProtocolError),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n", ProtocolError),
         (b"", ServerDisconnectedError),
     ],
 )
@@ -217,3 +221,42 @@ async def test_a_name_is_resolved_and_each_address_tried(serve: Callable[[Script
     finally:
         await client.close()
     assert b"\r\nhost: localhost:" in server.requests[0]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # Transfer-Encoding and Content-Length both: read as chunked, the connection not reused
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        # chunked not the last coding (nor a look-alike): the body runs until the server closes
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\nabc",
+        # several Transfer-Encoding headers are one list: gzip then chunked is chunked
+    ],
+)
+async def test_doubtful_framings_end_the_connection(serve: Callable[[Script], Server], answer: bytes) -> None:
+    server = serve(
+        lambda n, _: (answer, n == 0 and b"Content-Length: 3" not in answer) if n == 0 else (OK, False)
+    )
+    url = await server.start()
+    client = PostClient(allow_private=True, max_body=1024)
+    try:
+        assert (await asyncio.wait_for(client.post(url, {}, b"{}"), 5)).status == 200
+        assert (await asyncio.wait_for(client.post(url, {}, b"{}"), 5)).status == 200
+    finally:
+        await client.close()
+    assert server.connections == 2  # the first connection was not reused
+
+
+async def test_transfer_encoding_headers_are_one_list(serve: Callable[[Script], Server]) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer += b"2\r\nab\r\n0\r\n\r\n"
+    server = serve(lambda n, _: (answer if n == 0 else OK, False))
+    url = await server.start()
+    client = PostClient(allow_private=True, max_body=1024)
+    try:
+        assert (await asyncio.wait_for(client.post(url, {}, b"{}"), 5)).status == 200
+        assert (await asyncio.wait_for(client.post(url, {}, b"{}"), 5)).status == 200
+    finally:
+        await client.close()
+    assert server.connections == 1  # chunked, read to its end: the connection kept
