@@ -54,7 +54,7 @@ SELECT id, name, role, unit_id, member_id, expires_at,
        EXISTS (SELECT 1 FROM api_bucket) AS allowed,
        coalesce((SELECT tokens FROM api_bucket), (SELECT tokens FROM api_bucket_seen), 0) AS tokens_left
 FROM k"""
-# AUTHENTICATE as the one statement of authenticate_key() (schemas/0036, which holds its text: a
+# AUTHENTICATE as the one statement of authenticate_key() (schemas/0035, which holds its text: a
 # test compares): the API's sessions plan every execution (db/pool.py API_SESSION), and planning
 # AUTHENTICATE was most of what a key cost the database per request; the function's plan is made
 # once per session, by index whatever the tables' size then. Only this call is planned each time.

@@ -1,4 +1,4 @@
-"""An API key's lookup (db/api_keys.py AUTHENTICATE, run as authenticate_key(): schemas/0036) is
+"""An API key's lookup (db/api_keys.py AUTHENTICATE, run as authenticate_key(): schemas/0035) is
 planned once per session and keeps reaching the key and its rate bucket by index however much
 ``api_keys`` and ``rate_buckets`` grew since: the API's sessions plan every other statement on every
 execution (db/pool.py API_SESSION), which was most of what a key cost per request."""
