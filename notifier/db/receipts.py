@@ -108,7 +108,9 @@ FROM p JOIN recipients t ON t.notice_id = p.notice_id AND t.member_id = p.member
 # backend CPU as one statement of CTEs); the function's are planned once per session, by index
 # whatever the tables' size when they were (force_generic_plan, enable_seqscan = off). Only this
 # call is planned per execution, a function scan (tests/db/test_receipt_plan_after_growth.py pins
-# both). Its unit walks are units.ancestors / units.subtree written out (a test compares).
+# both). It moves its units' report slots itself (the slots' triggers stand aside for it:
+# tests/api/test_receipt_counts.py). Its unit walks are units.ancestors / units.subtree written
+# out (a test compares).
 RECORD = "SELECT * FROM record_receipt($1, $2, $3, $4, $5, $6)"
 # record_receipt's walks, as units.py writes them (over its variables): the notice's scope unit
 # and its ancestors, the caller's unit and its subtree.
