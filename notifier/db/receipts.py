@@ -98,73 +98,25 @@ FROM p JOIN recipients t ON t.notice_id = p.notice_id AND t.member_id = p.member
 # For a unit-bound caller the notice must be its own (created in its subtree: db/visibility.py's
 # rule, ``owner``) and the member visible to it (a membership in its subtree: db/members.py's).
 # No row: no such notice, or not the caller's. ``member_ok`` false: not a member it may see.
-# ``recipient`` false: the member did not receive it (yet). The answer comes from the statement's
-# snapshot plus what it wrote: an unread ``read_at`` NULL with ``recorded`` false means another
-# read of the pair committed while this one waited for its row lock (the caller runs it again).
+# ``recipient`` false: the member did not receive it (yet). An unread ``read_at`` NULL with
+# ``recorded`` false: a lesson's read left for the caller's transaction (or, rarely, another read
+# of the pair seen mid-commit: the caller runs it again). ``cancelled``: how many deliveries the
+# read made moot.
 #
-# MARK's work for one pair, written for one pair: the API's sessions plan every execution
-# (db/pool.py API_SESSION), and planning was most of a receipt's cost (0.65 ms of 1.9 ms of
-# backend CPU with MARK's batch shape and the unit walks an admin does not need). Here the
-# recipient is reached by the parameters themselves (by its key whatever the statistics say),
-# the one row is locked by its UPDATE (nothing to order), the moot deliveries are a function's
-# (schemas/0031), and the counters take 1 and its bucket without grouping. The unit walks are
-# in the unit-bound variant only. ``cancelled``: how many deliveries the read made moot.
-_ONE = """
-r AS (
-    UPDATE recipients t SET read_at = (SELECT notifier_now()), read_via = $3
-    WHERE t.notice_id = $1 AND t.member_id = $2 AND t.read_at IS NULL
-      AND EXISTS (SELECT 1 FROM ok WHERE ok.member_ok AND ($6 OR ok.kind <> 'lesson'))
-    RETURNING t.notice_id, t.units, t.direct_units, t.read_at, read_bucket(t.read_at - t.created_at) AS bucket
-),
--- the deliveries it makes moot (schemas/0031: MARK's c, planned once per session)
-c AS (SELECT cancel_moot_deliveries($1, $2, r.read_at) AS n FROM r),
-k AS (
-    INSERT INTO notice_counts AS k (notice_id, shard, read) SELECT notice_id, notice_count_shard(), 1 FROM r
-    ON CONFLICT (notice_id, shard) DO UPDATE SET read = k.read + excluded.read
-),
-u AS (
-    INSERT INTO notice_unit_counts AS k (notice_id, unit_id, direct, shard, read, read_1m, read_5m, read_15m,
-                                         read_30m, read_60m, read_later, last_read_at)
-    SELECT r.notice_id, x.unit_id, x.direct, notice_count_shard(), 1, (r.bucket = 1)::int, (r.bucket = 2)::int,
-           (r.bucket = 3)::int, (r.bucket = 4)::int, (r.bucket = 5)::int, (r.bucket = 6)::int, r.read_at
-    FROM r, (SELECT unnest(units) AS unit_id, false AS direct FROM r
-             UNION SELECT unnest(direct_units), true FROM r) x
-    ORDER BY x.unit_id, x.direct
-    ON CONFLICT (notice_id, unit_id, direct, shard) DO UPDATE SET read = k.read + excluded.read,
-        read_1m = k.read_1m + excluded.read_1m, read_5m = k.read_5m + excluded.read_5m,
-        read_15m = k.read_15m + excluded.read_15m, read_30m = k.read_30m + excluded.read_30m,
-        read_60m = k.read_60m + excluded.read_60m, read_later = k.read_later + excluded.read_later,
-        last_read_at = greatest(k.last_read_at, excluded.last_read_at)
-)
-SELECT ok.id, ok.kind, ok.state, ok.member_ok, t.member_id IS NOT NULL AS recipient,
-       EXISTS (SELECT 1 FROM r) AS recorded, coalesce((SELECT r.read_at FROM r), t.read_at) AS read_at,
-       (SELECT c.n FROM c) AS cancelled
-FROM ok LEFT JOIN recipients t ON ok.member_ok AND t.notice_id = $1 AND t.member_id = $2"""
-
-# An admin's ($4 NULL) or a member key's ($5): no unit to walk.
-RECORD = (
-    """WITH n AS (SELECT id, kind, state FROM notices WHERE id = $1),
-ok AS (
-    SELECT n.id, n.kind, n.state, $5 OR EXISTS (SELECT 1 FROM members m WHERE m.id = $2) AS member_ok
-    FROM n WHERE $5 OR $4::text IS NULL
-),"""
-    + _ONE
-)
-
-# A unit-bound caller's ($4).
-RECORD_IN_UNIT = (
-    "WITH RECURSIVE n AS (SELECT id, kind, state, scope_unit_id FROM notices WHERE id = $1),\n"
-    + ancestors("SELECT id, scope_unit_id FROM n", "notice")
-    + ",\n"
-    + subtree("ARRAY[$4::text]")
-    + """,
-ok AS (
-    SELECT n.id, n.kind, n.state,
-           $5 OR EXISTS (SELECT 1 FROM member_units mu JOIN sub ON sub.id = mu.unit_id WHERE mu.member_id = $2)
-           AS member_ok
-    FROM n WHERE $5 OR EXISTS (SELECT 1 FROM up WHERE up.id = $4)
-),"""
-    + _ONE
+# Its steps are the statements of record_receipt() (schemas/0035): the API's sessions plan every
+# execution (db/pool.py API_SESSION), and planning was most of a receipt's cost (~1.2 ms of
+# backend CPU as one statement of CTEs); the function's are planned once per session, by index
+# whatever the tables' size when they were (force_generic_plan, enable_seqscan = off). Only this
+# call is planned per execution, a function scan (tests/db/test_receipt_plan_after_growth.py pins
+# both). It moves its units' report slots itself (the slots' triggers stand aside for it:
+# tests/api/test_receipt_counts.py). Its unit walks are units.ancestors / units.subtree written
+# out (a test compares).
+RECORD = "SELECT * FROM record_receipt($1, $2, $3, $4, $5, $6)"
+# record_receipt's walks, as units.py writes them (over its variables): the notice's scope unit
+# and its ancestors, the caller's unit and its subtree.
+RECORD_WALKS = (
+    ancestors("SELECT nid, n_scope", "notice"),
+    subtree("ARRAY[root]"),
 )
 
 
@@ -199,12 +151,11 @@ async def record(
     member_key: bool,
     lessons: bool,
 ) -> Record | None:
-    """One read receipt as ``RECORD`` / ``RECORD_IN_UNIT`` (one round trip): None when the notice is not the caller's
+    """One read receipt as ``RECORD`` (one round trip): None when the notice is not the caller's
     (``root``: its unit, None for an admin; ``member_key``: a member's own read), else the row
     ``id, kind, state, member_ok, recipient, recorded, read_at``. A lesson's read is recorded only
     with ``lessons`` (inside the transaction that also awards its points)."""
-    sql = RECORD if root is None or member_key else RECORD_IN_UNIT
-    row = await conn.fetchrow(sql, notice_id, member_id, via, root, member_key, lessons)
+    row = await conn.fetchrow(RECORD, notice_id, member_id, via, root, member_key, lessons)
     if row is not None and row["recorded"]:
         metrics.RECEIPTS.labels(via).inc()
     return row

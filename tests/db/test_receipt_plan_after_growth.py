@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from notifier.api.keys import DEPS
 from notifier.db.deliveries import MOOT_AFTER_READ
 from notifier.db.pool import API_SESSION
-from notifier.db.receipts import MARK_READ, MARK_READ_ANSWER, RECORD, RECORD_IN_UNIT
+from notifier.db.receipts import MARK_READ, MARK_READ_ANSWER, RECORD, RECORD_WALKS
 from notifier.settings import Settings
 
 
@@ -36,16 +36,6 @@ async def test_receipt_statements_reach_deliveries_by_index_after_the_table_grew
     statements = {
         "mark_read": ("(uuid[], text[], text, timestamptz[])", MARK_READ, many),
         "mark_read_answer": ("(uuid[], text[], text, timestamptz[])", MARK_READ_ANSWER, many),
-        "record": (
-            "(uuid, text, text, text, bool, bool)",
-            RECORD,
-            f"('{nid}', 'm1', 'api', NULL, false, false)",
-        ),
-        "record_in_unit": (
-            "(uuid, text, text, text, bool, bool)",
-            RECORD_IN_UNIT,
-            f"('{nid}', 'm1', 'api', 'u1', false, false)",
-        ),
     }
     await db.execute("ANALYZE deliveries")  # its statistics: empty (a fresh deployment)
     assert client.app is not None
@@ -71,6 +61,14 @@ async def test_receipt_statements_reach_deliveries_by_index_after_the_table_grew
     assert scanned == dict.fromkeys(statements, 0)
 
 
+def _relations(node: dict[str, Any]) -> set[str]:
+    """The relations this plan (node) reads or writes."""
+    found = {node["Relation Name"]} if "Relation Name" in node else set()
+    for child in node.get("Plans", []):
+        found |= _relations(child)
+    return found
+
+
 def _nested_plans(messages: list[str]) -> list[dict[str, Any]]:
     """The plans auto_explain logged (format json), one per statement run."""
     plans = []
@@ -83,9 +81,9 @@ def _nested_plans(messages: list[str]) -> list[dict[str, Any]]:
 async def test_the_single_receipts_moot_deliveries_are_found_by_index_after_the_table_grew(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    """The single receipt cancels what its read makes moot in cancel_moot_deliveries
-    (schemas/0031), whose plans a session makes once and keeps: made while ``deliveries`` was
-    empty, they still reach a member's rows by index once it holds 20,000."""
+    """The single receipt (record_receipt, schemas/0035) cancels what its read makes moot in
+    cancel_moot_deliveries (schemas/0031), whose plans a session makes once and keeps: made while
+    ``deliveries`` was empty, they still reach a member's rows by index once it holds 20,000."""
     nid = str(uuid.uuid4())
     await db.execute("ANALYZE deliveries")
     api = await asyncpg.connect(settings.database_url, server_settings=API_SESSION)  # as the API's pool
@@ -127,3 +125,83 @@ async def test_the_single_receipts_moot_deliveries_are_found_by_index_after_the_
 async def test_cancel_moot_deliveries_holds_the_rule_of_moot_after_read(db: asyncpg.Connection) -> None:
     source = await db.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'cancel_moot_deliveries'")
     assert source.count(MOOT_AFTER_READ.format(d="m")) == 2
+
+
+async def test_the_single_receipts_statements_are_planned_once_and_by_index_after_the_tables_grew(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """The single receipt's statements (RECORD: record_receipt, schemas/0035) are planned once per
+    session (generic plans: the parameters are not in them) and kept; made while every table it
+    reads was nearly empty, they still reach rows by index once ``recipients``, ``deliveries``,
+    ``members`` and ``member_units`` hold 20,000 rows each (no ANALYZE since)."""
+    nid = str(uuid.uuid4())
+    await db.execute("INSERT INTO units (id, name, parent_id) VALUES ('r', 'R', NULL), ('b', 'B', 'r')")
+    await db.execute("INSERT INTO members (id, name) SELECT 'm' || g, 'M' FROM generate_series(1, 3) g")
+    await db.execute(
+        "INSERT INTO member_units (member_id, unit_id) SELECT 'm' || g, 'b' FROM generate_series(1, 3) g"
+    )
+    await db.execute(
+        "INSERT INTO notices (id, kind, title, body, audience, channels, scope_unit_id, state)"
+        " VALUES ($1, 'notice', 'T', 'B', '{}', '{in_app}', 'b', 'active')",
+        nid,
+    )
+    await db.execute(
+        "INSERT INTO recipients (notice_id, member_id, dstatus, units, direct_units)"
+        " SELECT $1, 'm' || g, 'queued', '{b,r}', '{b}' FROM generate_series(1, 3) g",
+        nid,
+    )
+    await db.execute("ANALYZE")  # their statistics: (nearly) empty
+    calls = [("m1", None), ("m1", None), ("m2", "b"), ("m2", "r"), ("m9", "b"), ("m9", None)]
+    api = await asyncpg.connect(settings.database_url, server_settings=API_SESSION)  # as the API's pool
+    try:
+        for mid, root in calls:  # every path, planned (and kept) while the tables are small
+            await api.fetchrow(RECORD, nid, mid, "api", root, False, False)
+        await db.execute(
+            "INSERT INTO members (id, name) SELECT 'x' || g, 'X' FROM generate_series(1, 20000) g;"
+            " INSERT INTO member_units (member_id, unit_id)"
+            " SELECT 'x' || g, 'b' FROM generate_series(1, 20000) g"
+        )
+        await db.execute(
+            "INSERT INTO recipients (notice_id, member_id, dstatus, units, direct_units)"
+            " SELECT $1, 'x' || g, 'queued', '{b,r}', '{b}' FROM generate_series(1, 20000) g",
+            nid,
+        )
+        await db.execute(
+            "INSERT INTO deliveries (notice_id, member_id, channel, state, step, wait_reason)"
+            " SELECT $1::uuid, 'x' || g, 'sms', 'queued', g % 2,"
+            " CASE WHEN g % 3 = 0 THEN 'quiet_hours' END FROM generate_series(1, 20000) g",
+            nid,
+        )
+        logged: list[str] = []
+        api.add_log_listener(lambda _c, m: logged.append(m.message))
+        await api.execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_format = json;"
+            " SET auto_explain.log_nested_statements = on; SET auto_explain.log_level = log;"
+            " SET client_min_messages = log"
+        )
+        answers: list[Any] = [  # a unit key's read with a reminder to cancel, an admin's, one already read
+            await api.fetchrow(RECORD, nid, mid, "api", root, False, False)
+            for mid, root in [("x3", "r"), ("x4", None), ("m1", None)]
+        ]
+        await api.execute("RESET client_min_messages")
+    finally:
+        await api.close()
+    assert [(a["member_ok"], a["recipient"], a["recorded"], a["cancelled"]) for a in answers] == [
+        (True, True, True, 1),
+        (True, True, True, 0),
+        (True, True, False, None),
+    ]
+    plans = _nested_plans(logged)
+    assert len(plans) >= 10, logged  # the function's statements (and its triggers'), and the calls
+    # by index (engine_clock: notifier_now()'s one row)
+    assert {t for p in plans for t in _seq_scans(p)} <= {"engine_clock"}
+    # generic: the parameters are not in the plans of its statements (a custom plan has them as
+    # constants); the foreign keys' checks of notices (the server's own) are planned as it likes
+    custom = [p for p in plans if any(f"'{v}'" in json.dumps(p) for v in (nid, "x3", "x4"))]
+    assert [sorted(_relations(p)) for p in custom if _relations(p) != {"notices"}] == []
+    assert {r for p in plans for r in _relations(p)} >= {"recipients", "deliveries", "member_units", "units"}
+
+
+async def test_record_receipt_walks_the_tree_as_units_py_does(db: asyncpg.Connection) -> None:
+    source = await db.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'record_receipt'")
+    assert [source.count(walk) for walk in RECORD_WALKS] == [1, 1]
