@@ -112,10 +112,10 @@ BEGIN
     END IF;
     recipient := true;
     read_at := r_at;
-    cancelled := cancel_moot_deliveries(nid, mid, r_at);
-    INSERT INTO notice_counts AS k (notice_id, shard, read) VALUES (nid, notice_count_shard(), 1)
-    ON CONFLICT (notice_id, shard) DO UPDATE SET read = k.read + excluded.read;
-    -- in every unit the recipient is counted in (its fan-out snapshot), with the time it took
+    -- The counter rows in the order the batch's statement (MARK) takes them -- its unreferenced
+    -- CTEs run last to first: the units' (u), the notice's (k), then the moot deliveries (c) --
+    -- so a receipt and a batch on the same shard wait for each other instead of deadlocking.
+    -- In every unit the recipient is counted in (its fan-out snapshot), with the time it took:
     INSERT INTO notice_unit_counts AS k (notice_id, unit_id, direct, shard, read, read_1m, read_5m, read_15m,
                                          read_30m, read_60m, read_later, last_read_at)
     SELECT nid, x.unit_id, x.direct, notice_count_shard(), 1, (r_bucket = 1)::int, (r_bucket = 2)::int,
@@ -127,6 +127,8 @@ BEGIN
         read_15m = k.read_15m + excluded.read_15m, read_30m = k.read_30m + excluded.read_30m,
         read_60m = k.read_60m + excluded.read_60m, read_later = k.read_later + excluded.read_later,
         last_read_at = greatest(k.last_read_at, excluded.last_read_at);
+    INSERT INTO notice_counts AS k (notice_id, shard, read) VALUES (nid, notice_count_shard(), 1)
+    ON CONFLICT (notice_id, shard) DO UPDATE SET read = k.read + excluded.read;
     -- and in its units' report slots (the triggers above stand aside; 0031's "reads only" path:
     -- each unit the recipient is counted in, not the direct ones, at the notice's report key)
     SELECT rk.kind, rk.slot INTO s_kind, s_slot FROM notice_report_key(nid) rk;
@@ -142,6 +144,8 @@ BEGIN
             read_30m = s.read_30m + excluded.read_30m, read_60m = s.read_60m + excluded.read_60m,
             read_later = s.read_later + excluded.read_later;
     END IF;
+    -- last, as MARK's c: its triggers move counter rows this transaction already holds
+    cancelled := cancel_moot_deliveries(nid, mid, r_at);
     RETURN NEXT;
 END
 $$;

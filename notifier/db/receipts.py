@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import asyncpg
+
 from notifier import metrics
 from notifier.db.deliveries import MOOT_AFTER_READ
 from notifier.db.pool import Connection, Record
@@ -119,6 +121,8 @@ RECORD_WALKS = (
     subtree("ARRAY[root]"),
 )
 
+DEADLOCK_RETRIES = 2
+
 
 async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str) -> bool:
     """Record (and count) the first read; True when this call recorded it."""
@@ -154,8 +158,16 @@ async def record(
     """One read receipt as ``RECORD`` (one round trip): None when the notice is not the caller's
     (``root``: its unit, None for an admin; ``member_key``: a member's own read), else the row
     ``id, kind, state, member_ok, recipient, recorded, read_at``. A lesson's read is recorded only
-    with ``lessons`` (inside the transaction that also awards its points)."""
-    row = await conn.fetchrow(RECORD, notice_id, member_id, via, root, member_key, lessons)
+    with ``lessons`` (inside the transaction that also awards its points). Outside a transaction
+    the statement is atomic, so a deadlock (another transaction took the same counter rows in
+    another order: the fan-out's counting does) undid all of it and it runs again."""
+    for attempt in range(DEADLOCK_RETRIES + 1):
+        try:
+            row = await conn.fetchrow(RECORD, notice_id, member_id, via, root, member_key, lessons)
+            break
+        except asyncpg.DeadlockDetectedError:
+            if conn.is_in_transaction() or attempt == DEADLOCK_RETRIES:
+                raise
     if row is not None and row["recorded"]:
         metrics.RECEIPTS.labels(via).inc()
     return row
