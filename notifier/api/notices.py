@@ -413,13 +413,19 @@ async def load_visible_notice(
 ) -> NoticeView:
     """The notice as this caller may see it (db/visibility.py has the rule), else 404. ``own``:
     only a notice created inside the caller's subtree (changing it, e.g. recall)."""
-    nid = parse_uuid(notice_id)
-    if not p.is_admin and p.scope_root is None:  # member keys: their inbox, not the notice API
-        raise not_found("notice")
-    view = None if nid is None else await visible_notice(conn, nid, p.scope_root)
+    view = await visible_notice(conn, notice_id_for(p, notice_id), p.scope_root)
     if view is None or (own and not view.owner):
         raise not_found("notice")
     return view
+
+
+def notice_id_for(p: Principal, notice_id: str) -> str:
+    """The notice id of a path as this caller may ask for one, else 404: a UUID, and a caller of
+    the notice API (member keys have their inbox instead)."""
+    nid = parse_uuid(notice_id)
+    if nid is None or (not p.is_admin and p.scope_root is None):
+        raise not_found("notice")
+    return nid
 
 
 class NoticeQuery(Strict):
@@ -444,10 +450,8 @@ async def get_notice(request: web.Request, call: Call) -> web.Response:
     deps = request.app[DEPS]
     async with deps.pool.acquire() as conn:
         if q.unit is None:  # the status poll: the notice and its counts in one round trip
-            nid = parse_uuid(request.match_info["notice_id"])
-            if not p.is_admin and p.scope_root is None:
-                raise not_found("notice")
-            found = None if nid is None else await visible_notice_with_counts(conn, nid, p.scope_root)
+            nid = notice_id_for(p, request.match_info["notice_id"])
+            found = await visible_notice_with_counts(conn, nid, p.scope_root)
             if found is None:
                 raise not_found("notice")
             view, counts = found

@@ -37,6 +37,14 @@ eff AS (
 )"""
 
 
+# The units with a lesson dated within a day of the UTC date (every time zone's "today" lies there)
+# that has no run yet: the only units DUE and NEXT_DUE walk up the tree for.
+UNSENT_CANDIDATES = """
+    SELECT DISTINCT l.unit_id FROM lessons l
+    WHERE l.day BETWEEN ((SELECT notifier_now()) AT TIME ZONE 'UTC')::date - 1
+                    AND ((SELECT notifier_now()) AT TIME ZONE 'UTC')::date + 1
+      AND NOT EXISTS (SELECT 1 FROM lesson_runs r WHERE r.unit_id = l.unit_id AND r.day = l.day)"""
+
 # Every unit whose lesson for its local today is due (its local lesson time has come) and not yet
 # sent. Candidates are lessons dated within a day of the UTC date (every time zone's "today" lies
 # there) without a run; only they walk up the tree. A lesson row being edited right now is skipped
@@ -46,13 +54,7 @@ eff AS (
 # remind_after: seconds from the lesson time to the reminder time (computed on instants, so a
 # daylight-saving change is honoured), only while the reminder time still lies ahead.
 DUE = (
-    effective_cte(
-        """
-    SELECT DISTINCT l.unit_id FROM lessons l
-    WHERE l.day BETWEEN ((SELECT notifier_now()) AT TIME ZONE 'UTC')::date - 1
-                    AND ((SELECT notifier_now()) AT TIME ZONE 'UTC')::date + 1
-      AND NOT EXISTS (SELECT 1 FROM lesson_runs r WHERE r.unit_id = l.unit_id AND r.day = l.day)"""
-    )
+    effective_cte(UNSENT_CANDIDATES)
     + """
 SELECT l.unit_id, l.day, (l.day + eff.lesson_time) AT TIME ZONE eff.tz AS due_at,
        CASE WHEN eff.reminder_time > eff.lesson_time
@@ -147,13 +149,7 @@ DELETE = "DELETE FROM lessons WHERE unit_id = $1 AND day = $2"
 # Seconds until the soonest lesson of a local today that is not due yet (NULL: none today), for
 # the tick's look-ahead (workers/tick.py): the same candidates and effective settings as DUE.
 NEXT_DUE = (
-    effective_cte(
-        """
-    SELECT DISTINCT l.unit_id FROM lessons l
-    WHERE l.day BETWEEN ((SELECT notifier_now()) AT TIME ZONE 'UTC')::date - 1
-                    AND ((SELECT notifier_now()) AT TIME ZONE 'UTC')::date + 1
-      AND NOT EXISTS (SELECT 1 FROM lesson_runs r WHERE r.unit_id = l.unit_id AND r.day = l.day)"""
-    )
+    effective_cte(UNSENT_CANDIDATES)
     + """
 SELECT extract(epoch FROM min((l.day + eff.lesson_time) AT TIME ZONE eff.tz) - (SELECT notifier_now()))::float8
 FROM eff JOIN lessons l ON l.unit_id = eff.unit_id AND l.day = ((SELECT notifier_now()) AT TIME ZONE eff.tz)::date
