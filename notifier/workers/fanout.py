@@ -123,7 +123,9 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                 done = n < limit if part is None else last_chunk
                 last = upper if upper is not None else (result["last_member"] or cursor)
             if part is None and not done and not split_into and deps.settings.fanout_parts > 1:
-                if await fanout_db.split(conn, notice_id, deps.settings.fanout_parts, last):
+                # the parts end at the audience's last member id, not the organisation's
+                end = (await fanout_db.audience_estimate(conn, units, members))["last"]
+                if await fanout_db.split(conn, notice_id, deps.settings.fanout_parts, last, end):
                     split_into = deps.settings.fanout_parts
             elif part is not None:
                 others_left = await fanout_db.advance_part(conn, notice_id, part["part"], last, done)

@@ -313,3 +313,30 @@ async def test_a_notice_whose_parts_move_is_not_stalled(
     assert await notices.stalled_fanouts(db, 60) == []
     await advance_clock(db, 600)
     assert await notices.stalled_fanouts(db, 60) == [nid]
+
+
+async def test_an_audience_that_exactly_fills_the_first_chunk_is_not_split_over_the_organisation(
+    parts_env: WorkerDeps, db: asyncpg.Connection
+) -> None:
+    """Not split at once (it fits the first chunk), yet the full first chunk cannot tell it was
+    the last: the rest is split up to the audience's last member, so no parts walk the
+    memberships of the whole organisation above it (here: none left, no parts at all)."""
+    size = int(await db.fetchval("SELECT count(DISTINCT member_id) FROM member_units WHERE unit_id = 'c1'"))
+    assert size >= 100 and await db.fetchval(
+        "SELECT max(member_id) FROM member_units WHERE unit_id = 'c1'"
+    ) < (await db.fetchval("SELECT max(member_id) FROM member_units"))
+    settings = parts_env.settings.model_copy(
+        update={"fanout_chunk_size": size, "fanout_first_chunk_size": size}
+    )
+    deps = WorkerDeps(settings, parts_env.pool, parts_env.queue, parts_env.channels)
+    nid = str(
+        await db.fetchval(
+            "INSERT INTO notices (kind, title, body, audience, channels) "
+            "VALUES ('ding', 't', 'b', '{\"units\": [\"c1\"]}', ARRAY['inapp']) RETURNING id"
+        )
+    )
+    assert await fanout_notice(deps, nid) == size
+    assert await db.fetchval("SELECT count(*) FROM fanout_parts WHERE notice_id = $1", nid) == 0
+    assert await db.fetchval("SELECT state FROM notices WHERE id = $1", nid) == "active"
+    assert (await rows_per_member(db, nid))[0] == size
+    assert await violations(db) == []
