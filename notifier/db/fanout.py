@@ -183,11 +183,12 @@ per_unit AS (
     SELECT * FROM unnest($6::text[], $7::bool[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
         AS u (unit_id, direct, n, queued, delivered, failed)
 ),
-cnt_u AS (
-    INSERT INTO notice_unit_counts AS k (notice_id, unit_id, direct, shard, recipients, queued, delivered, failed)
-    SELECT $1, unit_id, direct, notice_count_shard(), n, queued, delivered, failed
-    FROM per_unit ORDER BY unit_id, direct
-    ON CONFLICT (notice_id, unit_id, direct, shard) DO UPDATE SET
+-- The counter rows in the receipts' order (db/receipts.py MARK): the units' (this statement's
+-- own INSERT, run first), then the notice's -- unreferenced CTEs run after it, last to first.
+cnt AS (
+    INSERT INTO notice_counts AS k (notice_id, shard, recipients, queued, delivered, failed)
+    VALUES ($1, notice_count_shard(), $2, $3, $4, $5)
+    ON CONFLICT (notice_id, shard) DO UPDATE SET
         recipients = k.recipients + excluded.recipients, queued = k.queued + excluded.queued,
         delivered = k.delivered + excluded.delivered, failed = k.failed + excluded.failed
 ),
@@ -196,13 +197,12 @@ reach AS (
     SELECT $1, unit_id, notice.created_at FROM per_unit CROSS JOIN notice WHERE NOT direct AND NOT notice.summary
     ON CONFLICT DO NOTHING
 )
-INSERT INTO notice_counts (notice_id, shard, recipients, queued, delivered, failed)
-VALUES ($1, notice_count_shard(), $2, $3, $4, $5)
-ON CONFLICT (notice_id, shard) DO UPDATE SET
-    recipients = notice_counts.recipients + excluded.recipients,
-    queued = notice_counts.queued + excluded.queued,
-    delivered = notice_counts.delivered + excluded.delivered,
-    failed = notice_counts.failed + excluded.failed"""
+INSERT INTO notice_unit_counts AS k (notice_id, unit_id, direct, shard, recipients, queued, delivered, failed)
+SELECT $1, unit_id, direct, notice_count_shard(), n, queued, delivered, failed
+FROM per_unit ORDER BY unit_id, direct
+ON CONFLICT (notice_id, unit_id, direct, shard) DO UPDATE SET
+    recipients = k.recipients + excluded.recipients, queued = k.queued + excluded.queued,
+    delivered = k.delivered + excluded.delivered, failed = k.failed + excluded.failed"""
 
 
 async def fanout_chunk(

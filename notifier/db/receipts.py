@@ -181,8 +181,15 @@ async def mark_read_answer(
     at: list[datetime | None],
 ) -> dict[tuple[str, str], bool]:
     """As ``mark_read_many``, one statement that also answers: for each pair whose member received
-    the notice, whether this call recorded its read (False: it had been read)."""
-    rows = await conn.fetch(MARK_READ_ANSWER, notice_ids, member_ids, via, at)
+    the notice, whether this call recorded its read (False: it had been read). Outside a
+    transaction a deadlock undid the whole statement, which runs again (as ``record``)."""
+    for attempt in range(DEADLOCK_RETRIES + 1):
+        try:
+            rows = await conn.fetch(MARK_READ_ANSWER, notice_ids, member_ids, via, at)
+            break
+        except asyncpg.DeadlockDetectedError:
+            if conn.is_in_transaction() or attempt == DEADLOCK_RETRIES:
+                raise
     answer = {(str(r["notice_id"]), r["member_id"]): r["recorded"] for r in rows}
     recorded = sum(answer.values())
     if recorded:

@@ -22,7 +22,8 @@ from notifier.db.pool import Connection
 from notifier.domain.escalation import PolicyRules
 from notifier.workers.context import WorkerDeps
 from notifier.workers.fanout import fanout_notice
-from tests.conftest import advance_clock
+from tests.api.test_receipt_lock_order import PINNED, REAL
+from tests.conftest import advance_clock, wait_until
 from tests.workers.test_counters import violations
 from tests.workers.test_delivery_layer import ScriptedChannel, make_members
 
@@ -339,4 +340,47 @@ async def test_an_audience_that_exactly_fills_the_first_chunk_is_not_split_over_
     assert await db.fetchval("SELECT count(*) FROM fanout_parts WHERE notice_id = $1", nid) == 0
     assert await db.fetchval("SELECT state FROM notices WHERE id = $1", nid) == "active"
     assert (await rows_per_member(db, nid))[0] == size
+    assert await violations(db) == []
+
+
+async def test_a_chunks_counting_takes_the_units_counts_before_the_notices(
+    parts_env: WorkerDeps, db: asyncpg.Connection, server_urls: tuple[str, str]
+) -> None:
+    """As the receipts do (tests/api/test_receipt_lock_order.py): a batch of reads holding a
+    unit's counter row of the same shard makes the chunk's counting wait for it without the
+    chunk holding the notice's counter row, so the batch then gets that one at once (in the
+    reverse order the two deadlocked)."""
+    settings = parts_env.settings.model_copy(update={"fanout_chunk_size": MEMBERS + 1})
+    deps = WorkerDeps(settings, parts_env.pool, parts_env.queue, parts_env.channels)
+    nid = await new_notice(db)
+    # The two counter rows exist (zeros) so that the batch's updates take no lock on the notice
+    # row (a new counter row's foreign key check would, and the claim would skip the notice).
+    await db.execute(
+        "INSERT INTO notice_unit_counts (notice_id, unit_id, direct, shard) VALUES ($1, 'u', false, 0)", nid
+    )
+    await db.execute("INSERT INTO notice_counts (notice_id, shard) VALUES ($1, 0)", nid)
+    batch = await asyncpg.connect(server_urls[0])
+    await db.execute(PINNED)
+    try:
+        tx = batch.transaction()
+        await tx.start()
+        await batch.execute("SET LOCAL lock_timeout = '300ms'")
+        await batch.execute(
+            "UPDATE notice_unit_counts SET read = read WHERE notice_id = $1 AND unit_id = 'u' AND NOT direct",
+            nid,
+        )
+        fanned = asyncio.ensure_future(fanout_notice(deps, nid))
+
+        async def blocked() -> bool:
+            if fanned.done():
+                raise AssertionError(f"the fan-out did not wait: {fanned.result()}")
+            return await waiting_on_lock(db)
+
+        await wait_until(blocked, within=10)
+        await batch.execute("UPDATE notice_counts SET read = read WHERE notice_id = $1 AND shard = 0", nid)
+        await tx.commit()
+        assert await asyncio.wait_for(fanned, 10) == MEMBERS
+    finally:
+        await db.execute(REAL)
+        await batch.close()
     assert await violations(db) == []
