@@ -3,7 +3,9 @@ notice's counters and in each unit's, with its time-to-read bucket)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 import asyncpg
 
@@ -122,6 +124,20 @@ RECORD_WALKS = (
 )
 
 DEADLOCK_RETRIES = 2
+T = TypeVar("T")
+
+
+async def _again_after_deadlock(conn: Connection, run: Callable[[], Awaitable[T]]) -> T:
+    """``run()`` (one statement), again after a deadlock when outside a transaction: the
+    statement is atomic, so the deadlock undid all of it (another transaction took the same
+    counter rows in another order). Inside one, the caller's transaction is lost: raised."""
+    for _ in range(DEADLOCK_RETRIES):
+        try:
+            return await run()
+        except asyncpg.DeadlockDetectedError:
+            if conn.is_in_transaction():
+                raise
+    return await run()
 
 
 async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str) -> bool:
@@ -158,16 +174,11 @@ async def record(
     """One read receipt as ``RECORD`` (one round trip): None when the notice is not the caller's
     (``root``: its unit, None for an admin; ``member_key``: a member's own read), else the row
     ``id, kind, state, member_ok, recipient, recorded, read_at``. A lesson's read is recorded only
-    with ``lessons`` (inside the transaction that also awards its points). Outside a transaction
-    the statement is atomic, so a deadlock (another transaction took the same counter rows in
-    another order: the fan-out's counting does) undid all of it and it runs again."""
-    for attempt in range(DEADLOCK_RETRIES + 1):
-        try:
-            row = await conn.fetchrow(RECORD, notice_id, member_id, via, root, member_key, lessons)
-            break
-        except asyncpg.DeadlockDetectedError:
-            if conn.is_in_transaction() or attempt == DEADLOCK_RETRIES:
-                raise
+    with ``lessons`` (inside the transaction that also awards its points). Run again after a
+    deadlock outside a transaction (``_again_after_deadlock``)."""
+    row = await _again_after_deadlock(
+        conn, lambda: conn.fetchrow(RECORD, notice_id, member_id, via, root, member_key, lessons)
+    )
     if row is not None and row["recorded"]:
         metrics.RECEIPTS.labels(via).inc()
     return row
@@ -181,15 +192,11 @@ async def mark_read_answer(
     at: list[datetime | None],
 ) -> dict[tuple[str, str], bool]:
     """As ``mark_read_many``, one statement that also answers: for each pair whose member received
-    the notice, whether this call recorded its read (False: it had been read). Outside a
-    transaction a deadlock undid the whole statement, which runs again (as ``record``)."""
-    for attempt in range(DEADLOCK_RETRIES + 1):
-        try:
-            rows = await conn.fetch(MARK_READ_ANSWER, notice_ids, member_ids, via, at)
-            break
-        except asyncpg.DeadlockDetectedError:
-            if conn.is_in_transaction() or attempt == DEADLOCK_RETRIES:
-                raise
+    the notice, whether this call recorded its read (False: it had been read). Run again after a
+    deadlock outside a transaction, as ``record``."""
+    rows = await _again_after_deadlock(
+        conn, lambda: conn.fetch(MARK_READ_ANSWER, notice_ids, member_ids, via, at)
+    )
     answer = {(str(r["notice_id"]), r["member_id"]): r["recorded"] for r in rows}
     recorded = sum(answer.values())
     if recorded:
