@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
 from aiohttp import web
 
@@ -39,7 +39,7 @@ from notifier.api.notices import (
     wake_fanout,
 )
 from notifier.api.principal import Principal
-from notifier.api.problems import Problem, not_found
+from notifier.api.problems import Problem, invalid, not_found
 from notifier.api.quiz_models import (
     AnswersIn,
     AttemptOut,
@@ -166,7 +166,8 @@ async def create_quiz_row(conn: Connection, p: Principal, body: QuizIn, notice_i
     headers={IDEMPOTENCY_HEADER: "Replays the first response for the same key and body (24 h)"},
     responses={
         409: "a request with this Idempotency-Key is still being processed",
-        422: "a question's options, answer or partial mode do not fit its type; ids repeat; closes_at "
+        422: "kind is exam (a monthly test is made with POST /v1/exams); a question's options, answer or "
+        "partial mode do not fit its type; ids repeat; closes_at "
         "is not after opens_at; review after_close without closes_at; pass_mark above the points; the "
         "notice's audience, channels or escalation are unknown or out of reach; the Idempotency-Key "
         "was used with a different body",
@@ -177,12 +178,15 @@ async def create_quiz(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service", "secretary")
     body = call.body_as(QuizIn)
+    if body.kind == "exam":
+        # An exam is a quiz with its test (window, one attempt, reminders, ranking: the exams
+        # row) and a notice of kind exam; made here it would have none of them.
+        raise invalid("kind", "a monthly test (kind exam) is created with POST /v1/exams")
     check_quiz(body)
     deps = request.app[DEPS]
     notice_in = None
     if body.notice is not None:
         require_channels(deps, body.notice.channels)
-        kind: Literal["notice", "exam"] = "exam" if body.kind == "exam" else "notice"
         notice_in = NoticeIn.model_validate(
             {"kind": "notice", "title": body.title, **body.notice.model_dump(exclude_none=True)}
         )
@@ -192,7 +196,7 @@ async def create_quiz(request: web.Request, call: Call) -> web.Response:
     async def create() -> dict[str, Any]:
         nonlocal notice
         if notice_in is not None:
-            notice = await insert_notice(conn, deps, p, notice_in, kind=kind)
+            notice = await insert_notice(conn, deps, p, notice_in)
         row = await create_quiz_row(conn, p, body, notice["id"] if notice else None)
         return quiz_view(row, "owner")
 

@@ -17,7 +17,7 @@ from notifier.workers.fanout import fanout_notice
 from notifier.workers.lessons import send_due_lessons
 from notifier.workers.quizzes import submit_overdue
 from tests.api.conftest import Org, issue_key, problem
-from tests.conftest import advance_clock, auth
+from tests.conftest import ADMIN_TOKEN, advance_clock, auth
 from tests.helpers import worker_deps
 
 # Key values no member-visible body may hold: accepted fill-in answers, and the key field itself.
@@ -306,9 +306,25 @@ async def test_creation_is_idempotent_per_key(
         assert second.headers.get("Idempotent-Replayed") == "true"
     assert await db.fetchval("SELECT count(*) FROM quizzes") == 2
     assert await db.fetchval("SELECT count(*) FROM notices") == 1
-    exam = await call(client, "POST", "/v1/quizzes", org.b1_service, quiz_body(kind="exam"), status=201)
-    kinds = "SELECT kind FROM notices WHERE id = $1::uuid"
-    assert (exam["kind"], await db.fetchval(kinds, exam["notice_id"])) == ("exam", "exam")
+
+
+async def test_an_exam_is_not_made_here_but_with_post_exams(
+    client: TestClient[Any, Any], db: asyncpg.Connection, org: Org
+) -> None:
+    """A quiz of kind exam made here would lack its test (no exams row: no tie-break, no
+    reminders, no frozen results nor ranking) and go out as an exam notice: 422 naming kind and
+    the endpoint that makes exams, and nothing stored -- no quiz, notice, key or audit entry."""
+    tables = ("quizzes", "exams", "notices", "idempotency_keys", "audit_log")
+    count = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t}) AS {t}" for t in tables)
+    before = dict(await db.fetchrow(count) or {})
+    message = "a monthly test (kind exam) is created with POST /v1/exams"
+    for i, body in enumerate((quiz_body(kind="exam"), quiz_body(kind="exam", notice=None))):
+        for token in (org.b1_service, ADMIN_TOKEN):
+            headers = {**auth(token), "Idempotency-Key": f"exam-{i}"}
+            resp = await client.post("/v1/quizzes", json=body, headers=headers)
+            await problem(resp, 422, [{"field": "kind", "message": message}])
+    assert dict(await db.fetchrow(count) or {}) == before
+    assert before["quizzes"] == before["notices"] == 0
 
 
 async def test_everyone_out_of_reach_gets_404(
