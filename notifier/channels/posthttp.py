@@ -12,11 +12,19 @@ any answer byte arrived is replaced once (a webhook carries its ``webhook-id``: 
 
 Names are resolved through the SSRF guard (``netguard.GuardedResolver``) on every new connection;
 redirects are never followed; ``https`` verifies certificates with the system's default context.
+Credentials in a URL (``https://user:pass@host/...``) go as HTTP Basic authorization, as aiohttp
+sent them; never on the request line nor in Host, and this module logs nothing.
+
+Idle connections: reused newest first; one unused for ``IDLE_SECONDS`` is closed. After a burst
+a host keeps at most ``MAX_IDLE_PER_HOST`` of them: the others are closed ``SPARE_SECONDS`` after
+their answer unless used again by then (the next batch, milliseconds later, reuses them rather
+than connecting again). A sweep on a timer does this, also for hosts never posted to again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import socket
 import ssl
@@ -24,12 +32,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from notifier.channels.netguard import GuardedResolver, check_literal
 
 MAX_HEAD_BYTES = 64 * 1024
 IDLE_SECONDS = 15.0  # a pooled connection unused this long is closed rather than reused
+# Kept idle per host once a burst is over (per worker process): enough for a receiver's steady
+# trickle, without holding a small receiver's sockets (a thread each on many servers) for
+# IDLE_SECONDS after every burst -- one process may have delivery_concurrency (256) at once.
+MAX_IDLE_PER_HOST = 16
+SPARE_SECONDS = 1.0  # how long the idle connections beyond that cap wait for the next batch
 _NO_BODY = frozenset({204, 304})
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
 
@@ -258,14 +271,35 @@ def _headers(lines: list[bytes]) -> tuple[int | None, bool, bytes | None, str | 
     return None, chunked, connection, retry_after
 
 
+def basic_authorization(parts: SplitResult) -> str:
+    """The ``Authorization`` value for a URL's user information (percent-decoded, UTF-8)."""
+    user = unquote(parts.username or "")
+    if ":" in user:  # RFC 7617: the user-id cannot hold a colon (the password may)
+        raise ValueError("the user name in the URL holds ':'")
+    secret = f"{user}:{unquote(parts.password or '')}".encode()
+    return "Basic " + base64.b64encode(secret).decode("ascii")
+
+
 class PostClient:
     """POST bodies to http(s) URLs over pooled keep-alive connections."""
 
-    def __init__(self, allow_private: bool, max_body: int) -> None:
+    def __init__(
+        self,
+        allow_private: bool,
+        max_body: int,
+        *,
+        idle_per_host: int = MAX_IDLE_PER_HOST,
+        idle_seconds: float = IDLE_SECONDS,
+        spare_seconds: float = SPARE_SECONDS,
+    ) -> None:
         self._resolver = GuardedResolver(allow_private)
         self._allow_private = allow_private
         self._max_body = max_body
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._idle_per_host = idle_per_host
+        self._idle_seconds = idle_seconds
+        self._spare_seconds = spare_seconds
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}  # newest last
+        self._sweep: asyncio.TimerHandle | None = None
         self._ssl: ssl.SSLContext | None = None
 
     async def post(self, url: str, headers: Mapping[str, str], body: bytes) -> Answer:
@@ -286,6 +320,8 @@ class PostClient:
         if parts.port is not None and parts.port != (443 if scheme == "https" else 80):
             host_header += f":{parts.port}"
         lines = [f"POST {path} HTTP/1.1", f"host: {host_header}"]
+        if "@" in parts.netloc and not any(k.lower() == "authorization" for k in headers):
+            lines.append(f"authorization: {basic_authorization(parts)}")
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(f"content-length: {len(body)}")
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
@@ -309,6 +345,8 @@ class PostClient:
             raise
         if not conn.closed:
             self._idle.setdefault(key, []).append(conn)
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(self._spare_seconds, self._trim)
         return answer
 
     def _take_idle(self, key: tuple[str, str, int]) -> _Connection | None:
@@ -316,10 +354,33 @@ class PostClient:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.used_at < IDLE_SECONDS:
+            if not conn.closed and now - conn.used_at < self._idle_seconds:
                 return conn
             conn.close()
         return None
+
+    def _trim(self) -> None:
+        """Close what the pool no longer keeps: connections closed by the server or idle for
+        ``idle_seconds``, and per host those beyond ``idle_per_host`` (the oldest first) once
+        idle for ``spare_seconds``; again on a timer while any connection is idle."""
+        self._sweep = None
+        now = time.monotonic()
+        for key, idle in list(self._idle.items()):
+            kept: list[_Connection] = []
+            for conn in reversed(idle):  # newest first
+                age = now - conn.used_at
+                stale = conn.closed or age >= self._idle_seconds
+                if stale or (len(kept) >= self._idle_per_host and age >= self._spare_seconds):
+                    conn.close()
+                else:
+                    kept.append(conn)
+            if kept:
+                kept.reverse()
+                self._idle[key] = kept
+            else:
+                del self._idle[key]
+        if self._idle:
+            self._sweep = asyncio.get_running_loop().call_later(self._spare_seconds, self._trim)
 
     async def _connect(self, scheme: str, host: str, port: int) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -356,6 +417,9 @@ class PostClient:
         raise last or OSError(f"no address for {host}")
 
     async def close(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

@@ -1,11 +1,13 @@
 """The webhook channel's HTTP/1.1 client (notifier/channels/posthttp.py) against raw TCP servers
 that answer byte for byte as scripted: framings (Content-Length, chunked, until close), kept-alive
 connections reused, a connection the server closed while idle replaced, bodies beyond the cap
-not read, answers that are not HTTP refused; and the same on uvloop, the workers' event loop."""
+not read, answers that are not HTTP refused; a URL's credentials sent as Basic authorization; idle
+connections beyond the per-host cap closed after a burst; and the same on uvloop."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -13,6 +15,7 @@ import uvloop
 
 from notifier.channels.netguard import BlockedAddress
 from notifier.channels.posthttp import PostClient, ProtocolError, ServerDisconnectedError
+from tests.conftest import wait_until
 
 # How a scripted server answers the n-th request (0-based) of a connection: bytes to write, and
 # whether to close the connection afterwards.
@@ -23,6 +26,7 @@ class Server:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.connections = 0
+        self.closed = 0  # connections the client closed (or that ended)
         self.requests: list[bytes] = []
         self._server: asyncio.Server | None = None
 
@@ -47,6 +51,7 @@ class Server:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.closed += 1
             writer.close()
 
     async def start(self) -> str:
@@ -260,3 +265,82 @@ async def test_transfer_encoding_headers_are_one_list(serve: Callable[[Script], 
     finally:
         await client.close()
     assert server.connections == 1  # chunked, read to its end: the connection kept
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "credentials"),
+    [
+        ("hook-user:s3cr%3At%40x", b"hook-user:s3cr:t@x"),  # percent-decoded, ':' allowed in it
+        ("%E5%BC%A0:p%C3%A4ss", "张:päss".encode()),  # UTF-8
+        ("token", b"token:"),  # a user alone
+        (":only-pass", b":only-pass"),
+    ],
+)
+async def test_credentials_in_the_url_go_as_basic_authorization(
+    serve: Callable[[Script], Server], userinfo: str, credentials: bytes
+) -> None:
+    """As aiohttp sent them; the request line and Host carry no trace of them."""
+    server = serve(lambda n, _: (OK, False))
+    url = (await server.start()).replace("http://", f"http://{userinfo}@")
+    client = PostClient(allow_private=True, max_body=1024)
+    try:
+        assert (await client.post(url, {"webhook-id": "msg_1"}, b"{}")).status == 200
+    finally:
+        await client.close()
+    head = server.requests[0].split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert head[0] == b"POST /hook?x=1 HTTP/1.1"
+    assert head[1].startswith(b"host: 127.0.0.1:")
+    assert head.count(b"authorization: Basic " + base64.b64encode(credentials)) == 1
+    assert userinfo.encode() not in server.requests[0]
+    assert credentials not in server.requests[0]  # only in base64
+
+
+async def test_a_user_name_holding_a_colon_is_refused() -> None:
+    client = PostClient(allow_private=True, max_body=1024)
+    try:
+        with pytest.raises(ValueError, match="user name"):
+            await client.post("http://a%3Ab:c@127.0.0.1:9/hook", {}, b"{}")
+    finally:
+        await client.close()
+
+
+async def test_after_a_burst_a_host_keeps_its_cap_of_idle_connections(
+    serve: Callable[[Script], Server],
+) -> None:
+    server = serve(lambda n, _: (OK, False))
+    url = await server.start()
+    client = PostClient(allow_private=True, max_body=1024, idle_per_host=2, spare_seconds=0.2)
+    try:
+        for _ in range(3):  # bursts in a row (batches) reuse every connection: none opened again
+            answers = await asyncio.gather(*(client.post(url, {}, b"{}") for _ in range(6)))
+            assert [a.status for a in answers] == [200] * 6
+            assert (server.connections, server.closed) == (6, 0)
+
+        async def trimmed() -> bool:
+            return server.closed >= 4
+
+        await wait_until(trimmed, within=5)
+        await asyncio.sleep(0.5)  # more sweeps: the two newest stay
+        assert (server.connections, server.closed) == (6, 4)
+        assert [(await client.post(url, {}, b"{}")).status for _ in range(2)] == [200, 200]
+        assert server.connections == 6  # the kept two were reused
+    finally:
+        await client.close()
+
+
+async def test_idle_connections_to_a_host_never_posted_to_again_are_closed(
+    serve: Callable[[Script], Server],
+) -> None:
+    server = serve(lambda n, _: (OK, False))
+    url = await server.start()
+    client = PostClient(allow_private=True, max_body=1024, idle_seconds=0.3, spare_seconds=0.1)
+    try:
+        await asyncio.gather(*(client.post(url, {}, b"{}") for _ in range(3)))
+        assert server.connections == 3
+
+        async def all_closed() -> bool:
+            return server.closed == 3
+
+        await wait_until(all_closed, within=5)
+    finally:
+        await client.close()

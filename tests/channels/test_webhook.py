@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import asyncpg
@@ -107,6 +108,30 @@ async def test_status_mapping(
     assert result.outcome is outcome, result
     if status == 429:
         assert result.retry_after == 7.0
+
+
+async def test_credentials_in_the_url_go_as_basic_auth_and_are_never_logged(
+    receiver: WebhookReceiver, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver behind HTTP Basic authorization, its credentials in the URL (percent-encoded):
+    sent in the Authorization header as aiohttp sent them; wrong ones are the receiver's 401. No
+    log line and no result holds the password, in any form."""
+    caplog.set_level(logging.DEBUG)
+    receiver.basic = ("hook-user", "pä ss:w0rd")
+    good = receiver.url.replace("http://", "http://hook-user:p%C3%A4%20ss%3Aw0rd@")
+    bad = receiver.url.replace("http://", "http://hook-user:Wrong-Pass-77@")
+    channel = WebhookChannel(settings)
+    try:
+        results = await channel.send(
+            [Outgoing(1, "m1", {"url": good}, CONTENT, 1), Outgoing(2, "m2", {"url": bad}, CONTENT, 1)]
+        )
+    finally:
+        await channel.close()
+    outcomes = [(r.outcome, r.error) for r in results]
+    assert outcomes == [(Outcome.DELIVERED, None), (Outcome.FAILED, "HTTP 401")]
+    assert receiver.per_member() == {"m1": 1} and receiver.unauthorised == 1
+    for secret in ("pä ss:w0rd", "p%C3%A4%20ss%3Aw0rd", "Wrong-Pass-77", "hook-user:"):
+        assert secret not in caplog.text
 
 
 async def test_unreachable_receiver_is_transient(settings: Settings) -> None:

@@ -5,7 +5,8 @@ code (headers from ``headers_for[status]``), or a ``Reply`` with its own headers
 answer accepts the message (it is recorded in ``messages``). Every signed request is counted per
 member in ``requests``; unsigned or badly signed ones are counted in ``rejected`` and answered 401.
 ``on_request`` (async, given the payload) runs before each answer: a test's hook into the moment
-a request is in flight.
+a request is in flight. ``basic`` (user, password): requests must carry them as HTTP Basic
+authorization; the others are counted in ``unauthorised`` and answered 401.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class WebhookReceiver:
     delay: float = 0.0  # seconds to hold each request, to make in-flight work observable
     requests: Counter[str] = field(default_factory=Counter)  # member -> signed requests received
     on_request: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    basic: tuple[str, str] | None = None
+    unauthorised: int = 0
     _runner: web.AppRunner | None = None
     port: int = 0
 
@@ -80,6 +83,11 @@ class WebhookReceiver:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.basic is not None:
+            expected = "Basic " + base64.b64encode(":".join(self.basic).encode()).decode()
+            if not hmac.compare_digest(request.headers.get("Authorization", ""), expected):
+                self.unauthorised += 1
+                return web.Response(status=401)
         if self.delay:
             await asyncio.sleep(self.delay)
         msg_id = request.headers.get("webhook-id", "")
