@@ -76,7 +76,7 @@ class QuizIn(Strict):
     title: str = Field(min_length=1, max_length=200)
     kind: Literal["quiz", "exam"] = Field(
         default="quiz",
-        description="quiz; exam only as POST /v1/exams makes it (here: 422, kind names that endpoint)",
+        description="quiz; exam is refused here (422): a monthly test is made with POST /v1/exams",
     )
     questions: list[QuestionIn] = Field(min_length=1, max_length=MAX_QUESTIONS)
     shuffle_questions: bool = False

@@ -166,11 +166,10 @@ async def create_quiz_row(conn: Connection, p: Principal, body: QuizIn, notice_i
     headers={IDEMPOTENCY_HEADER: "Replays the first response for the same key and body (24 h)"},
     responses={
         409: "a request with this Idempotency-Key is still being processed",
-        422: "kind is exam (a monthly test is made with POST /v1/exams); a question's options, answer or "
-        "partial mode do not fit its type; ids repeat; closes_at "
-        "is not after opens_at; review after_close without closes_at; pass_mark above the points; the "
-        "notice's audience, channels or escalation are unknown or out of reach; the Idempotency-Key "
-        "was used with a different body",
+        422: "kind is exam (a monthly test is made with POST /v1/exams); a question's options, answer "
+        "or partial mode do not fit its type; ids repeat; closes_at is not after opens_at; review "
+        "after_close without closes_at; pass_mark above the points; the notice's audience, channels "
+        "or escalation are unknown or out of reach; the Idempotency-Key was used with a different body",
     },
     links={"get_quiz": {"quiz_id": "$response.body#/id"}},
 )
