@@ -52,6 +52,7 @@ from notifier.api.auth import auth_middleware
 from notifier.api.keys import DEPS, SETTINGS, AppDeps
 from notifier.api.middleware import add_headers, observe_middleware
 from notifier.api.problems import problem_middleware
+from notifier.api.receipts_group import RECEIPTS_GROUP, ReceiptGroup
 from notifier.api.routing import Operation, openapi_document
 from notifier.api.watch import WatchHub
 from notifier.channels.registry import ChannelRegistry, build_registry
@@ -139,6 +140,16 @@ async def _watchers(app: web.Application) -> AsyncIterator[None]:
         await hub.stop()
 
 
+async def _receipts_group(app: web.Application) -> AsyncIterator[None]:
+    """The group commit of single read receipts (api/receipts_group.py); its flushes end first."""
+    group = ReceiptGroup(app[DEPS].pool, app[stream.WATCHERS].changed, flushes=app[SETTINGS].receipt_flushes)
+    app[RECEIPTS_GROUP] = group
+    try:
+        yield
+    finally:
+        await group.close()
+
+
 async def _end_streams(app: web.Application) -> None:
     # on_shutdown runs before the server waits for its handlers: open streams end now.
     app[stream.WATCHERS].close_streams()
@@ -175,6 +186,7 @@ def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> w
     app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_watchers)
+    app.cleanup_ctx.append(_receipts_group)
     app.on_shutdown.append(_end_streams)
     for module in RESOURCE_MODULES:
         module.routes.install(app)
