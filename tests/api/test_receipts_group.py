@@ -131,9 +131,8 @@ async def test_receipts_of_different_callers_in_one_flush_each_get_their_own_ans
         "recipient not found",
     ]
     assert answers[7]["read_at"] == answers[8]["read_at"]
-    assert await db.fetch(
-        "SELECT member_id, source, points FROM point_awards WHERE code = 'lesson_read'"
-    ) == [("m1b", f"notice:{lesson}", 1)]
+    awards = await db.fetch("SELECT member_id, source, points FROM point_awards WHERE code = 'lesson_read'")
+    assert [tuple(r) for r in awards] == [("m1b", f"notice:{lesson}", 1)]
     reads = await db.fetch(
         "SELECT notice_id::text AS n, member_id FROM recipients WHERE read_at IS NOT NULL ORDER BY 1, 2"
     )
@@ -156,7 +155,7 @@ async def test_a_failing_or_cancelled_receipt_costs_the_others_nothing(
     once, and counted."""
     nid = await _notice_by(client, None, {"units": ["c"]})
     await _active(client, nid)
-    group = client.app[RECEIPTS_GROUP]
+    group: ReceiptGroup = client.app[RECEIPTS_GROUP]
 
     def receipt(member_id: str) -> Awaitable[Any]:
         return group.record(nid, member_id, root=None, member_key=False)
@@ -191,7 +190,7 @@ async def test_many_concurrent_receipts_and_a_batch_deadlock_never_and_count_rig
     nb1 = await _notice_by(client, org.b1_service, {"units": ["b1"]})
     await _active(client, nid)
     await _active(client, nb1)
-    calls = [(nid, m, None) for m in ("m1a", "m1b", "m2a", "m2b")] * 5
+    calls: list[tuple[str, str, str | None]] = [(nid, m, None) for m in ("m1a", "m1b", "m2a", "m2b")] * 5
     calls += [(nb1, m, org.b1_service) for m in ("m1a", "m1b")] * 5
     items = [{"notice_id": n, "member_id": m, "type": "read"} for n, m, _ in calls[::3]]
     batch = asyncio.ensure_future(post(client, "/v1/receipts:batch", {"receipts": items}, status=200))
