@@ -190,7 +190,8 @@ async def test_many_concurrent_receipts_and_a_batch_deadlock_never_and_count_rig
     nb1 = await _notice_by(client, org.b1_service, {"units": ["b1"]})
     await _active(client, nid)
     await _active(client, nb1)
-    calls: list[tuple[str, str, str | None]] = [(nid, m, None) for m in ("m1a", "m1b", "m2a", "m2b")] * 5
+    admin: str | None = None
+    calls = [(nid, m, admin) for m in ("m1a", "m1b", "m2a", "m2b")] * 5
     calls += [(nb1, m, org.b1_service) for m in ("m1a", "m1b")] * 5
     items = [{"notice_id": n, "member_id": m, "type": "read"} for n, m, _ in calls[::3]]
     batch = asyncio.ensure_future(post(client, "/v1/receipts:batch", {"receipts": items}, status=200))
