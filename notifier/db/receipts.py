@@ -3,15 +3,11 @@ notice's counters and in each unit's, with its time-to-read bucket)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar
-
-import asyncpg
 
 from notifier import metrics
 from notifier.db.deliveries import MOOT_AFTER_READ
-from notifier.db.pool import Connection, Record
+from notifier.db.pool import Connection, Record, again_after_deadlock
 from notifier.db.units import ancestors, subtree
 
 # The first read wins, and is counted with it; work that a read makes moot (reminders, held
@@ -129,22 +125,6 @@ RECORD_WALKS = (
     subtree("ARRAY[root]"),
 )
 
-DEADLOCK_RETRIES = 2
-T = TypeVar("T")
-
-
-async def _again_after_deadlock(conn: Connection, run: Callable[[], Awaitable[T]]) -> T:
-    """``run()`` (one statement), again after a deadlock when outside a transaction: the
-    statement is atomic, so the deadlock undid all of it (another transaction took the same
-    counter rows in another order). Inside one, the caller's transaction is lost: raised."""
-    for _ in range(DEADLOCK_RETRIES):
-        try:
-            return await run()
-        except asyncpg.DeadlockDetectedError:
-            if conn.is_in_transaction():
-                raise
-    return await run()
-
 
 async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str) -> bool:
     """Record (and count) the first read; True when this call recorded it."""
@@ -198,8 +178,8 @@ async def record_many(
     when the notice is not the caller's (``roots``: its unit, None for an admin; ``member_keys``: a
     member's own read), else the row ``id, kind, state, member_ok, recipient, recorded, read_at,
     cancelled``. Lessons' reads are recorded only with ``lessons`` (inside the transaction that also
-    awards their points). Run again after a deadlock outside a transaction (``_again_after_deadlock``)."""
-    rows = await _again_after_deadlock(
+    awards their points). Run again after a deadlock outside a transaction (``again_after_deadlock``)."""
+    rows = await again_after_deadlock(
         conn, lambda: conn.fetch(RECORD_MANY, notice_ids, member_ids, via, roots, member_keys, lessons)
     )
     recorded = sum(1 for r in rows if r["recorded"])
@@ -218,7 +198,7 @@ async def mark_read_answer(
     """As ``mark_read_many``, one statement that also answers: for each pair whose member received
     the notice, whether this call recorded its read (False: it had been read). Run again after a
     deadlock outside a transaction, as ``record``."""
-    rows = await _again_after_deadlock(
+    rows = await again_after_deadlock(
         conn, lambda: conn.fetch(MARK_READ_ANSWER, notice_ids, member_ids, via, at)
     )
     answer = {(str(r["notice_id"]), r["member_id"]): r["recorded"] for r in rows}
