@@ -7,7 +7,8 @@ A flush takes whatever is queued when it starts; while flushes are in flight (at
 ``flushes``, each on a connection of its own) new items queue for the next one. So a lone item
 goes at once (no added delay at low load), and under load each flush carries the items that
 arrived during the previous one. An error fails only the items it belongs to: after a failure
-the flush runs its items not yet answered one by one. A flush is a task of its own: a caller
+the flush runs its items not yet answered one by one (not when the database is unavailable or
+timed out: that fails them all at once, as it would each). A flush is a task of its own: a caller
 that is cancelled cancels nothing of the others; its item, once taken into a flush, is carried
 out with it, else never sent.
 """
@@ -18,7 +19,7 @@ import asyncio
 import logging
 from typing import Any, Generic, TypeVar
 
-from notifier.db.pool import Connection, Pool
+from notifier.db.pool import Connection, Pool, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,8 @@ class GroupCommit(Generic[Item]):
     async def _flush(self, conn: Connection, batch: list[Item]) -> None:
         try:
             await self.run(conn, batch)
-        except Exception:
-            if len(batch) == 1:
+        except Exception as exc:
+            if len(batch) == 1 or unavailable(exc):  # the database is away (or slow): so for each
                 raise
             log.warning(
                 "a group of %d %s failed; running them one by one", len(batch), self.name, exc_info=True

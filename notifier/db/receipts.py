@@ -185,7 +185,7 @@ async def record_many(
     recorded = sum(1 for r in rows if r["recorded"])
     if recorded:
         metrics.RECEIPTS.labels(via).inc(recorded)
-    return [None if r["id"] is None else r for r in rows]
+    return [None if r["id"] is None else r for r in sorted(rows, key=lambda r: int(r["i"]))]
 
 
 async def mark_read_answer(

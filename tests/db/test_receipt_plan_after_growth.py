@@ -81,7 +81,7 @@ def _nested_plans(messages: list[str]) -> list[dict[str, Any]]:
 async def test_the_single_receipts_moot_deliveries_are_found_by_index_after_the_table_grew(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    """The single receipt (record_receipt, schemas/0035) cancels what its read makes moot in
+    """The single receipt (record_receipts, schemas/0036) cancels what its read makes moot in
     cancel_moot_deliveries (schemas/0031), whose plans a session makes once and keeps: made while
     ``deliveries`` was empty, they still reach a member's rows by index once it holds 20,000."""
     nid = str(uuid.uuid4())
