@@ -23,7 +23,7 @@ from pydantic import SecretStr
 
 from notifier.logs import configure as configure_logging
 from notifier.settings import Settings
-from notifier.workers.processes import default_processes, run_on_worker_loop
+from notifier.workers.processes import default_processes, run_on_api_loop, run_on_worker_loop
 
 log = logging.getLogger("notifier")
 
@@ -124,7 +124,7 @@ def _dev(settings: Settings, processes: int) -> None:
         flush=True,
     )
     try:
-        asyncio.run(run_dev(settings, processes))
+        run_on_api_loop(settings, run_dev(settings, processes))
     finally:
         if servers is not None:
             servers.stop()
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         _dev(settings, processes or default_processes())
     elif args.command == "serve":
         _require_production(settings)
-        asyncio.run(run_api(settings))
+        run_on_api_loop(settings, run_api(settings))
     elif args.command == "worker":
         _require_production(settings)
         run_on_worker_loop(settings, run_workers(settings, processes or default_processes()))

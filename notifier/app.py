@@ -48,10 +48,11 @@ from notifier.api import (
     units,
     webpush,
 )
-from notifier.api.auth import auth_middleware
+from notifier.api.auth import KEY_LOOKUPS, KeyLookups, auth_middleware
 from notifier.api.keys import DEPS, SETTINGS, AppDeps
 from notifier.api.middleware import add_headers, observe_middleware
 from notifier.api.problems import problem_middleware
+from notifier.api.receipts_group import RECEIPTS_GROUP, ReceiptGroup
 from notifier.api.routing import Operation, openapi_document
 from notifier.api.watch import WatchHub
 from notifier.channels.registry import ChannelRegistry, build_registry
@@ -139,6 +140,22 @@ async def _watchers(app: web.Application) -> AsyncIterator[None]:
         await hub.stop()
 
 
+async def _group_commits(app: web.Application) -> AsyncIterator[None]:
+    """The group commits of key lookups (api/auth.py) and single read receipts
+    (api/receipts_group.py); their flushes end before the pool closes."""
+    settings, pool = app[SETTINGS], app[DEPS].pool
+    limits = {role: (lim.per_second, lim.burst) for role, lim in settings.rate_limits.by_role().items()}
+    app[KEY_LOOKUPS] = lookups = KeyLookups(pool, limits, flushes=settings.group_commit_flushes)
+    app[RECEIPTS_GROUP] = receipts_group = ReceiptGroup(
+        pool, app[stream.WATCHERS].changed, flushes=settings.group_commit_flushes
+    )
+    try:
+        yield
+    finally:
+        await receipts_group.close()
+        await lookups.close()
+
+
 async def _end_streams(app: web.Application) -> None:
     # on_shutdown runs before the server waits for its handlers: open streams end now.
     app[stream.WATCHERS].close_streams()
@@ -175,6 +192,7 @@ def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> w
     app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_watchers)
+    app.cleanup_ctx.append(_group_commits)
     app.on_shutdown.append(_end_streams)
     for module in RESOURCE_MODULES:
         module.routes.install(app)

@@ -184,6 +184,13 @@ class Settings(BaseSettings):
     # The worker processes' event loop: uvloop (libuv) spends less CPU per HTTP request and per
     # database round trip than asyncio's own; "asyncio" where uvloop is not installed or wanted.
     worker_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # The API's (``notifier serve`` and ``notifier dev``), for the same reason: a read receipt
+    # costs less of the API process's CPU on it (benchmarks/receipts.py).
+    api_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Single read receipts, and API keys' lookups, arriving together are made by one statement
+    # (api/group_commit.py): at most this many such flushes of each at once per API process, each
+    # on a connection of its own.
+    group_commit_flushes: int = Field(default=2, ge=1, le=16)
     # Worker processes run at this niceness, and so do their backends of a PostgreSQL on this
     # host: a big fan-out does not make read receipts and status reads wait (workers/priority.py).
     # 0 keeps the priority they were started with.

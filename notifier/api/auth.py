@@ -16,17 +16,51 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from notifier.api import ratelimit
+from notifier.api.group_commit import GroupCommit, Queued
 from notifier.api.keys import DEPS, PRINCIPAL
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem, forbidden, not_found
 from notifier.db import api_keys, members, units
-from notifier.db.pool import Connection, Record
+from notifier.db.pool import Connection, Pool, Record
 
 # /metrics checks its own token (api/metrics.py).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/metrics", "/console", "/m"})
 # Authenticated by other means: provider signatures (callbacks), HMAC-signed read links, and the
 # console's and member pages' own sessions (notifier/console/session.py).
 PUBLIC_PREFIXES = ("/v1/providers/", "/r/", "/console/", "/m/")
+
+
+class _Lookup(Queued[Record | None]):
+    __slots__ = ("token",)
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+
+class KeyLookups(GroupCommit[_Lookup]):
+    """The API keys' lookups (with their rate buckets' takes) of concurrent requests, made by one
+    statement (api/group_commit.py): one pool acquire and round trip per group, not per request."""
+
+    name = "key lookups"
+
+    def __init__(self, pool: Pool, limits: dict[str, tuple[float, float]], *, flushes: int) -> None:
+        super().__init__(pool, flushes=flushes)
+        self.limits = limits
+
+    async def authenticate(self, token: str) -> Record | None:
+        """``api_keys.authenticate`` of this token."""
+        item = _Lookup(token)
+        self.submit(item)
+        return await item.done
+
+    async def run(self, conn: Connection, items: list[_Lookup]) -> None:
+        rows = await api_keys.authenticate_many(conn, [i.token for i in items], self.limits)
+        for item, row in zip(items, rows, strict=True):
+            item.settle(row)
+
+
+KEY_LOOKUPS = web.AppKey("key_lookups", KeyLookups)
 
 
 def unauthorized(detail: str) -> Problem:
@@ -58,9 +92,7 @@ async def auth_middleware(
         principal = Principal(None, "admin")
     else:
         limits = deps.settings.rate_limits.by_role()
-        row = await api_keys.authenticate(
-            deps.pool, token, {role: (lim.per_second, lim.burst) for role, lim in limits.items()}
-        )
+        row = await request.app[KEY_LOOKUPS].authenticate(token)
         if row is None:
             raise unauthorized("unknown or revoked token")
         rate = ratelimit.state(row, limits[row["role"]])

@@ -15,12 +15,12 @@ from notifier.api.keys import DEPS, principal
 from notifier.api.notices import load_visible_notice
 from notifier.api.principal import Principal
 from notifier.api.problems import Problem, invalid, invalid_many, not_found
+from notifier.api.receipts_group import RECEIPTS_GROUP
 from notifier.api.routing import Call, Router, json_response
 from notifier.api.stream import WATCHERS
 from notifier.api.types import Id, Strict, Timestamp, parse_uuid
 from notifier.db import inbox as inbox_db
 from notifier.db import points, receipts, units
-from notifier.db.pool import Connection, Record
 
 routes = Router()
 
@@ -103,12 +103,6 @@ def _reader(p: Principal, body: ReceiptIn) -> str:
     return body.member_id
 
 
-async def _lesson_point(conn: Connection, row: Record | None, member_id: str) -> None:
-    """The study point of a lesson read just recorded (call it in the read's transaction)."""
-    if row is not None and row["recorded"]:
-        await points.award(conn, member_id, "lesson_read", f"notice:{row['id']}")
-
-
 @routes.route(
     "POST",
     "/v1/notices/{notice_id}/receipts",
@@ -125,30 +119,18 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
     p = principal(request)
     p.require("admin", "service", "member")
     body = call.body_as(ReceiptIn)
-    deps = request.app[DEPS]
     member_id = _reader(p, body)
     nid = parse_uuid(request.match_info["notice_id"])
     if nid is None or (p.role != "member" and not p.is_admin and p.scope_root is None):
         raise not_found("notice")
 
     # Recording a read is a change: a unit-bound caller only of its own notices (not a branch the
-    # notice reached). One statement checks, records, counts and answers (db/receipts.py RECORD).
-    async def record(conn: Connection, *, lessons: bool) -> Record | None:
-        return await receipts.record(
-            conn, nid, member_id, "api", root=p.scope_root, member_key=p.role == "member", lessons=lessons
-        )
-
-    async with deps.pool.acquire() as conn:
-        row = await record(conn, lessons=False)
-        for _ in range(2):
-            if row is None or not row["recipient"] or row["read_at"] is not None:
-                break
-            if row["kind"] == "lesson":  # left unread by the first statement: its points come with it
-                async with conn.transaction():
-                    row = await record(conn, lessons=True)
-                    await _lesson_point(conn, row, member_id)
-            else:  # another read of this pair committed while this one waited for the row: again
-                row = await record(conn, lessons=False)
+    # notice reached). One statement checks, records, counts and answers, with the other receipts
+    # that arrive meanwhile (api/receipts_group.py, db/receipts.py RECORD_MANY); it also tells the
+    # live streams of the notice once the read is committed.
+    row = await request.app[RECEIPTS_GROUP].record(
+        str(nid), member_id, root=p.scope_root, member_key=p.role == "member"
+    )
     if row is None:
         raise not_found("notice")
     if not row["member_ok"]:
@@ -164,8 +146,6 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
             )
         raise not_found("recipient")
     notice_id, recorded = str(row["id"]), bool(row["recorded"])
-    if recorded:  # committed: the live streams of this notice may show it now
-        request.app[WATCHERS].changed(notice_id)
     return json_response(
         ReceiptOut(
             notice_id=notice_id, member_id=member_id, type="read", read_at=row["read_at"], recorded=recorded

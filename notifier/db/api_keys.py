@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from notifier.db.pool import Connection, Pool, Record
+from notifier.db.pool import Connection, Pool, Record, again_after_deadlock
 from notifier.db.throttle import API_BUCKET_TAKE
 
 LAST_USED_RESOLUTION_SECONDS = 60
@@ -59,6 +59,13 @@ FROM k"""
 # AUTHENTICATE was most of what a key cost the database per request; the function's plan is made
 # once per session, by index whatever the tables' size then. Only this call is planned each time.
 AUTHENTICATE_CALL = "SELECT * FROM authenticate_key($1, $2, $3, $4, $5)"
+# Many lookups in one statement (the API's group commit of them, api/auth.py): each token's by
+# authenticate_key() in turn, so each takes from its bucket after the ones before it; in the
+# tokens' order, so that concurrent groups take their keys' buckets in one order. ``i``: the
+# token's position (1-based); no key for it: a row of NULLs.
+AUTHENTICATE_MANY = """
+SELECT h.i, a.* FROM (SELECT * FROM unnest($1::bytea[]) WITH ORDINALITY AS h (token_hash, i) ORDER BY 1, 2) h
+LEFT JOIN LATERAL authenticate_key(h.token_hash, $2, $3, $4, $5) a ON true"""
 
 # Which keys a unit-bound caller may see and revoke, given its reach ($1: the unit ids of its
 # subtree; NULL for an admin, who sees every key): keys bound to a unit in reach, and member keys
@@ -148,6 +155,30 @@ async def authenticate(pool: Pool, token: str, limits: dict[str, tuple[float, fl
         [limits[r][0] for r in roles],
         [limits[r][1] for r in roles],
     )
+
+
+async def authenticate_many(
+    conn: Connection, tokens: list[str], limits: dict[str, tuple[float, float]]
+) -> list[Record | None]:
+    """``authenticate`` for each token, in one statement (run again after a deadlock); the answers
+    in the tokens' order (None: no usable key)."""
+    roles = list(limits)
+    rows = await again_after_deadlock(
+        conn,
+        lambda: conn.fetch(
+            AUTHENTICATE_MANY,
+            [hash_token(t) for t in tokens],
+            float(LAST_USED_RESOLUTION_SECONDS),
+            roles,
+            [limits[r][0] for r in roles],
+            [limits[r][1] for r in roles],
+        ),
+    )
+    answers: list[Record | None] = [None] * len(tokens)
+    for row in rows:
+        if row["id"] is not None:
+            answers[row["i"] - 1] = row
+    return answers
 
 
 async def get_in_scope(conn: Connection, key_id: str, reach: list[str] | None) -> Record | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -25,6 +25,23 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,  # refused, reset, unreachable (ConnectionError and its relatives)
     TimeoutError,  # connecting or a statement timed out
 )
+
+
+DEADLOCK_RETRIES = 2
+T = TypeVar("T")
+
+
+async def again_after_deadlock(conn: Connection, run: Callable[[], Awaitable[T]]) -> T:
+    """``run()`` (one statement), again after a deadlock when outside a transaction: the
+    statement is atomic, so the deadlock undid all of it (another transaction took the same
+    rows in another order). Inside one, the caller's transaction is lost: raised."""
+    for _ in range(DEADLOCK_RETRIES):
+        try:
+            return await run()
+        except asyncpg.DeadlockDetectedError:
+            if conn.is_in_transaction():
+                raise
+    return await run()
 
 
 def unavailable(exc: BaseException) -> bool:

@@ -3,15 +3,11 @@ notice's counters and in each unit's, with its time-to-read bucket)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar
-
-import asyncpg
 
 from notifier import metrics
 from notifier.db.deliveries import MOOT_AFTER_READ
-from notifier.db.pool import Connection, Record
+from notifier.db.pool import Connection, Record, again_after_deadlock
 from notifier.db.units import ancestors, subtree
 
 # The first read wins, and is counted with it; work that a read makes moot (reminders, held
@@ -94,50 +90,40 @@ SELECT p.notice_id, p.member_id, (p.notice_id, p.member_id) IN (SELECT r.notice_
 FROM p JOIN recipients t ON t.notice_id = p.notice_id AND t.member_id = p.member_id"""
 )
 
-# One read receipt in one statement (no transaction of its own: a statement is atomic): whether
-# the caller may record it, the read, its counting and the answer. $1 notice, $2 member, $3 via,
-# $4 the caller's unit (NULL: admin, or a member key), $5 a member key (its own reads: of any
-# notice it received; the caller checked $2 is that member), $6 record a lesson's read too (the
-# caller is in a transaction that awards its points; else a lesson's is left for that caller).
+# Read receipts, many in one statement (no transaction of its own: a statement is atomic): for
+# each item whether the caller may record it, the read, its counting and the answer: record_receipts()
+# (schemas/0036), which the API's group commit of single receipts calls (api/receipts_group.py).
+# Its arguments, item by item: $1 notices, $2 members, $4 the caller's unit (NULL: admin, or a
+# member key), $5 a member key (its own reads: of any notice it received; the caller checked the
+# member is that key's); $3 the read channel, $6 record lessons' reads too (the caller is in a
+# transaction that awards their points; else a lesson's is left for that caller).
 # For a unit-bound caller the notice must be its own (created in its subtree: db/visibility.py's
 # rule, ``owner``) and the member visible to it (a membership in its subtree: db/members.py's).
-# No row: no such notice, or not the caller's. ``member_ok`` false: not a member it may see.
-# ``recipient`` false: the member did not receive it (yet). An unread ``read_at`` NULL with
-# ``recorded`` false: a lesson's read left for the caller's transaction (or, rarely, another read
-# of the pair seen mid-commit: the caller runs it again). ``cancelled``: how many deliveries the
-# read made moot.
+# Each row, in the items' order: ``id`` NULL: no such notice, or not the caller's. ``member_ok``
+# false: not a member it may see. ``recipient`` false: the member did not receive it (yet). An
+# unread ``read_at`` NULL with ``recorded`` false: a lesson's read left for the caller's transaction
+# (or, rarely, another read of the pair seen mid-commit: the caller runs it again). ``cancelled``:
+# how many deliveries the read made moot. The same pair twice: the first item records it.
 #
-# Its steps are the statements of record_receipt() (schemas/0035): the API's sessions plan every
-# execution (db/pool.py API_SESSION), and planning was most of a receipt's cost (~1.2 ms of
-# backend CPU as one statement of CTEs); the function's are planned once per session, by index
-# whatever the tables' size when they were (force_generic_plan, enable_seqscan = off). Only this
-# call is planned per execution, a function scan (tests/db/test_receipt_plan_after_growth.py pins
-# both). It moves its units' report slots itself (the slots' triggers stand aside for it:
-# tests/api/test_receipt_counts.py). Its unit walks are units.ancestors / units.subtree written
-# out (a test compares).
-RECORD = "SELECT * FROM record_receipt($1, $2, $3, $4, $5, $6)"
-# record_receipt's walks, as units.py writes them (over its variables): the notice's scope unit
+# Its steps are a function's statements: the API's sessions plan every execution (db/pool.py
+# API_SESSION), and planning was most of a receipt's cost (~1.2 ms of backend CPU as one statement
+# of CTEs); the function's are planned once per session, by index whatever the tables' size when
+# they were (force_generic_plan, enable_seqscan = off). Only this call is planned per execution, a
+# function scan (tests/db/test_receipt_plan_after_growth.py pins both). It moves its units' report
+# slots itself (the slots' triggers stand aside for it: tests/api/test_receipt_counts.py). Its
+# unit walks are units.ancestors / units.subtree written out (a test compares).
+RECORD_MANY = "SELECT * FROM record_receipts($1::uuid[], $2::text[], $3, $4::text[], $5::boolean[], $6)"
+# One receipt: $1 notice, $2 member, $3 via, $4 root, $5 member key, $6 lessons; no row: not found.
+RECORD = (
+    "SELECT * FROM record_receipts(ARRAY[$1::uuid], ARRAY[$2::text], $3, ARRAY[$4::text], ARRAY[$5::boolean], $6)"
+    " WHERE id IS NOT NULL"
+)
+# record_receipts' walks, as units.py writes them (over its variables): the notice's scope unit
 # and its ancestors, the caller's unit and its subtree.
 RECORD_WALKS = (
     ancestors("SELECT nid, n_scope", "notice"),
     subtree("ARRAY[root]"),
 )
-
-DEADLOCK_RETRIES = 2
-T = TypeVar("T")
-
-
-async def _again_after_deadlock(conn: Connection, run: Callable[[], Awaitable[T]]) -> T:
-    """``run()`` (one statement), again after a deadlock when outside a transaction: the
-    statement is atomic, so the deadlock undid all of it (another transaction took the same
-    counter rows in another order). Inside one, the caller's transaction is lost: raised."""
-    for _ in range(DEADLOCK_RETRIES):
-        try:
-            return await run()
-        except asyncpg.DeadlockDetectedError:
-            if conn.is_in_transaction():
-                raise
-    return await run()
 
 
 async def mark_read(conn: Connection, notice_id: str, member_id: str, via: str) -> bool:
@@ -171,17 +157,35 @@ async def record(
     member_key: bool,
     lessons: bool,
 ) -> Record | None:
-    """One read receipt as ``RECORD`` (one round trip): None when the notice is not the caller's
-    (``root``: its unit, None for an admin; ``member_key``: a member's own read), else the row
-    ``id, kind, state, member_ok, recipient, recorded, read_at``. A lesson's read is recorded only
-    with ``lessons`` (inside the transaction that also awards its points). Run again after a
-    deadlock outside a transaction (``_again_after_deadlock``)."""
-    row = await _again_after_deadlock(
-        conn, lambda: conn.fetchrow(RECORD, notice_id, member_id, via, root, member_key, lessons)
+    """One read receipt as ``RECORD``: ``record_many`` of one item."""
+    got = await record_many(
+        conn, [notice_id], [member_id], via, roots=[root], member_keys=[member_key], lessons=lessons
     )
-    if row is not None and row["recorded"]:
-        metrics.RECEIPTS.labels(via).inc()
-    return row
+    return got[0]
+
+
+async def record_many(
+    conn: Connection,
+    notice_ids: list[str],
+    member_ids: list[str],
+    via: str,
+    *,
+    roots: list[str | None],
+    member_keys: list[bool],
+    lessons: bool,
+) -> list[Record | None]:
+    """Read receipts as ``RECORD_MANY`` (one round trip), an answer per item in their order: None
+    when the notice is not the caller's (``roots``: its unit, None for an admin; ``member_keys``: a
+    member's own read), else the row ``id, kind, state, member_ok, recipient, recorded, read_at,
+    cancelled``. Lessons' reads are recorded only with ``lessons`` (inside the transaction that also
+    awards their points). Run again after a deadlock outside a transaction (``again_after_deadlock``)."""
+    rows = await again_after_deadlock(
+        conn, lambda: conn.fetch(RECORD_MANY, notice_ids, member_ids, via, roots, member_keys, lessons)
+    )
+    recorded = sum(1 for r in rows if r["recorded"])
+    if recorded:
+        metrics.RECEIPTS.labels(via).inc(recorded)
+    return [None if r["id"] is None else r for r in sorted(rows, key=lambda r: int(r["i"]))]
 
 
 async def mark_read_answer(
@@ -194,7 +198,7 @@ async def mark_read_answer(
     """As ``mark_read_many``, one statement that also answers: for each pair whose member received
     the notice, whether this call recorded its read (False: it had been read). Run again after a
     deadlock outside a transaction, as ``record``."""
-    rows = await _again_after_deadlock(
+    rows = await again_after_deadlock(
         conn, lambda: conn.fetch(MARK_READ_ANSWER, notice_ids, member_ids, via, at)
     )
     answer = {(str(r["notice_id"]), r["member_id"]): r["recorded"] for r in rows}

@@ -37,23 +37,34 @@ RESTART_BACKOFF = (0.5, 10.0)  # first and longest pause before a dead child is 
 T = TypeVar("T")
 
 
-def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The worker's event loop (``worker_event_loop``): uvloop when asked for and installed, else
-    asyncio's (None: the default)."""
-    if settings.worker_event_loop != "uvloop":
+def event_loop_factory(choice: str, part: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``choice`` names (``worker_event_loop``, ``api_event_loop``): uvloop when asked
+    for and installed, else asyncio's (None: the default). ``part`` names who runs on it (logs)."""
+    if choice != "uvloop":
         return None
     try:
         import uvloop
     except ImportError:  # not installed on this platform: asyncio's loop does the same, slower
-        log.info("uvloop is not installed; the worker runs on asyncio's event loop")
+        log.info("uvloop is not installed; the %s runs on asyncio's event loop", part)
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
 
 
+def loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The worker's event loop (``worker_event_loop``)."""
+    return event_loop_factory(settings.worker_event_loop, "worker")
+
+
 def run_on_worker_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the worker's event loop."""
     with asyncio.Runner(loop_factory=loop_factory(settings)) as runner:
+        return runner.run(main)
+
+
+def run_on_api_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the API's event loop (``api_event_loop``): ``serve`` and ``dev``."""
+    with asyncio.Runner(loop_factory=event_loop_factory(settings.api_event_loop, "API")) as runner:
         return runner.run(main)
 
 

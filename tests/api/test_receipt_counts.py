@@ -1,6 +1,6 @@
 """A single read receipt counts its read where the batch's does: the notice's counters, each
 unit's (with its time-to-read bucket) and the units' report slots, which the single receipt moves
-itself (record_receipt, schemas/0035: the slots' triggers stand aside for it), admin, unit key
+itself (record_receipts, schemas/0036: the slots' triggers stand aside for it), admin, unit key
 and member key alike, a repeat counted once."""
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from notifier.api.keys import DEPS
-from notifier.db.receipts import RECORD
+from notifier.db.receipts import RECORD_MANY
 from tests.api.conftest import Org
 from tests.api.test_scoping import _active, _notice_by
 from tests.helpers import get, post
@@ -127,10 +127,10 @@ async def test_a_lesson_read_is_recorded_in_its_own_transaction_once(
         first = await post(client, url, {"member_id": "m1a", "type": "read"}, status=200)
     assert first["recorded"] is True and first["read_at"] is not None
     # the one statement, then in one transaction the read and its points (the gate: no rule, no more)
-    assert [q if q == RECORD else q.split()[0] for q in sent] == [
-        RECORD,
+    assert [q if q == RECORD_MANY else q.split()[0] for q in sent] == [
+        RECORD_MANY,
         "BEGIN;",
-        RECORD,
+        RECORD_MANY,
         "SELECT",
         "COMMIT;",
     ], sent

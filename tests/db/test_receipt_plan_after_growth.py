@@ -81,7 +81,7 @@ def _nested_plans(messages: list[str]) -> list[dict[str, Any]]:
 async def test_the_single_receipts_moot_deliveries_are_found_by_index_after_the_table_grew(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    """The single receipt (record_receipt, schemas/0035) cancels what its read makes moot in
+    """The single receipt (record_receipts, schemas/0036) cancels what its read makes moot in
     cancel_moot_deliveries (schemas/0031), whose plans a session makes once and keeps: made while
     ``deliveries`` was empty, they still reach a member's rows by index once it holds 20,000."""
     nid = str(uuid.uuid4())
@@ -130,7 +130,7 @@ async def test_cancel_moot_deliveries_holds_the_rule_of_moot_after_read(db: asyn
 async def test_the_single_receipts_statements_are_planned_once_and_by_index_after_the_tables_grew(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
-    """The single receipt's statements (RECORD: record_receipt, schemas/0035) are planned once per
+    """The single receipt's statements (RECORD: record_receipts, schemas/0036) are planned once per
     session (generic plans: the parameters are not in them) and kept; made while every table it
     reads was nearly empty, they still reach rows by index once ``recipients``, ``deliveries``,
     ``members`` and ``member_units`` hold 20,000 rows each (no ANALYZE since)."""
@@ -202,6 +202,6 @@ async def test_the_single_receipts_statements_are_planned_once_and_by_index_afte
     assert {r for p in plans for r in _relations(p)} >= {"recipients", "deliveries", "member_units", "units"}
 
 
-async def test_record_receipt_walks_the_tree_as_units_py_does(db: asyncpg.Connection) -> None:
-    source = await db.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'record_receipt'")
+async def test_record_receipts_walks_the_tree_as_units_py_does(db: asyncpg.Connection) -> None:
+    source = await db.fetchval("SELECT prosrc FROM pg_proc WHERE proname = 'record_receipts'")
     assert [source.count(walk) for walk in RECORD_WALKS] == [1, 1]

@@ -1,4 +1,4 @@
-"""The worker processes' event loop (``worker_event_loop``): uvloop by default, asyncio's on request."""
+"""The event loops (``worker_event_loop``, ``api_event_loop``): uvloop by default, asyncio's on request."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import uvloop
 
 from notifier.settings import Settings
-from notifier.workers.processes import loop_factory, run_on_worker_loop
+from notifier.workers.processes import loop_factory, run_on_api_loop, run_on_worker_loop
 
 
 async def _loop_type() -> type[asyncio.AbstractEventLoop]:
@@ -20,3 +20,10 @@ def test_workers_run_on_uvloop_unless_told_otherwise(settings: Settings) -> None
     plain = settings.model_copy(update={"worker_event_loop": "asyncio"})
     assert loop_factory(plain) is None
     assert not issubclass(run_on_worker_loop(plain, _loop_type()), uvloop.Loop)
+
+
+def test_the_api_runs_on_uvloop_unless_told_otherwise(settings: Settings) -> None:
+    """``notifier serve`` and ``notifier dev`` run the API on ``api_event_loop``."""
+    assert run_on_api_loop(settings, _loop_type()) is uvloop.Loop
+    plain = settings.model_copy(update={"api_event_loop": "asyncio"})
+    assert not issubclass(run_on_api_loop(plain, _loop_type()), uvloop.Loop)

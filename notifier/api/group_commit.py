@@ -1,0 +1,108 @@
+"""Group commit: requests of one API process that want the same statement at the same time are
+answered by one execution of it (one pool acquire, one round trip, one commit), each caller still
+getting its own answer. Used by the single read receipts (api/receipts_group.py) and the API keys'
+lookups (api/auth.py).
+
+A flush takes whatever is queued when it starts; while flushes are in flight (at most
+``flushes``, each on a connection of its own) new items queue for the next one. So a lone item
+goes at once (no added delay at low load), and under load each flush carries the items that
+arrived during the previous one. An error fails only the items it belongs to: after a failure
+the flush runs its items not yet answered one by one (not when the database is unavailable or
+timed out: that fails them all at once, as it would each). A flush is a task of its own: a caller
+that is cancelled cancels nothing of the others; its item, once taken into a flush, is carried
+out with it, else never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Generic, TypeVar
+
+from notifier.db.pool import Connection, Pool, unavailable
+
+log = logging.getLogger(__name__)
+
+# Items per flush at most.
+FLUSH_MAX = 256
+
+Item = TypeVar("Item", bound="Queued[Any]")
+R = TypeVar("R")
+
+
+class Queued(Generic[R]):
+    """An item waiting for its answer ``done``."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+
+    def settle(self, answer: R) -> None:
+        if not self.done.done():  # a cancelled caller's future: nobody waits for its answer
+            self.done.set_result(answer)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+class GroupCommit(Generic[Item]):
+    """Queues items and flushes them together; ``run`` carries out a group and settles each item."""
+
+    name = "items"
+
+    def __init__(self, pool: Pool, *, flushes: int) -> None:
+        self.pool, self.flushes = pool, flushes
+        self._queue: list[Item] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+
+    async def run(self, conn: Connection, items: list[Item]) -> None:
+        raise NotImplementedError
+
+    def submit(self, item: Item) -> None:
+        """Queue ``item`` (its caller awaits ``item.done``)."""
+        self._queue.append(item)
+        if len(self._flushing) < self.flushes:
+            task = asyncio.ensure_future(self._flush_while_queued())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+
+    async def close(self) -> None:
+        """Wait for the flushes in flight (they take what is still queued)."""
+        while self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
+
+    async def _flush_while_queued(self) -> None:
+        while self._queue:
+            batch = [item for item in self._queue[:FLUSH_MAX] if not item.done.done()]
+            del self._queue[:FLUSH_MAX]
+            if not batch:
+                continue
+            try:
+                async with self.pool.acquire() as conn:
+                    await self._flush(conn, batch)
+            except Exception as exc:  # no connection: the items not answered yet fail with it
+                for item in batch:
+                    item.fail(exc)
+            except BaseException:  # this task cancelled (shutdown): so are its callers' waits
+                for item in batch:
+                    item.done.cancel()
+                raise
+
+    async def _flush(self, conn: Connection, batch: list[Item]) -> None:
+        try:
+            await self.run(conn, batch)
+        except Exception as exc:
+            if len(batch) == 1 or unavailable(exc):  # the database is away (or slow): so for each
+                raise
+            log.warning(
+                "a group of %d %s failed; running them one by one", len(batch), self.name, exc_info=True
+            )
+            for item in batch:
+                if item.done.done():  # answered before the failure (or its caller is gone)
+                    continue
+                try:
+                    await self.run(conn, [item])
+                except Exception as exc:
+                    item.fail(exc)
