@@ -74,6 +74,16 @@ class GroupCommit(Generic[Item]):
             await asyncio.gather(*self._flushing, return_exceptions=True)
 
     async def _flush_while_queued(self) -> None:
+        try:
+            await self._flush_queued()
+        finally:
+            # At once, not by the task's done callback (a later loop turn): an item submitted
+            # after the last look at the queue must find this flush's slot free and start one.
+            task = asyncio.current_task()
+            if task is not None:
+                self._flushing.discard(task)
+
+    async def _flush_queued(self) -> None:
         while self._queue:
             batch = [item for item in self._queue[:FLUSH_MAX] if not item.done.done()]
             del self._queue[:FLUSH_MAX]
