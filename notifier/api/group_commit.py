@@ -110,8 +110,8 @@ class GroupCommit(Generic[Item]):
                 "a group of %d %s failed; running them one by one", len(batch), self.name, exc_info=True
             )
             for item in batch:
-                if item.done.done():  # answered before the failure (or its caller is gone)
-                    continue
+                if item.done.done() and not item.done.cancelled():  # answered before the failure
+                    continue  # (a caller gone since the flush took its item: carried out all the same)
                 try:
                     await self.run(conn, [item])
                 except Exception as exc:
