@@ -384,3 +384,37 @@ async def test_a_chunks_counting_takes_the_units_counts_before_the_notices(
         await db.execute(REAL)
         await batch.close()
     assert await violations(db) == []
+
+
+@pytest.mark.parametrize("in_part", [False, True], ids=["first-chunk", "part"])
+async def test_a_chunk_over_rows_that_exist_skips_them_and_counts_only_the_new(
+    parts_env: WorkerDeps, db: asyncpg.Connection, in_part: bool
+) -> None:
+    """The chunk statement inserts without ON CONFLICT (a per-row probe of the unique index, a
+    tenth of its CPU) when its range holds no rows of the notice yet; a range fanned out in part
+    already -- here: some of its members, then all of it again -- takes the variant that skips
+    what exists: no error, each member once, the counters equal to the rows."""
+    nid = await new_notice(db)
+    ch = (["inapp", "scripted"], [False, False], [True, False])
+
+    async def chunk(upper: str | None) -> int:
+        async with db.transaction():
+            got = await fanout_db.fanout_chunk(
+                db,
+                nid,
+                ["u"],
+                [],
+                "" if in_part else None,
+                MEMBERS if upper is None else 200,
+                *ch,
+                in_part=in_part,
+                upper=upper,
+            )
+        return int(got["recipients"])
+
+    assert await chunk("m00199") == 200
+    assert await rows_per_member(db, nid) == (200, 200, 400)
+    assert await chunk(None) == MEMBERS - 200
+    assert await chunk(None) == 0
+    assert await rows_per_member(db, nid) == (MEMBERS, MEMBERS, 2 * MEMBERS)
+    assert await violations(db) == []
