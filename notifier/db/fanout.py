@@ -329,17 +329,17 @@ SELECT count(*) FROM fanout_parts WHERE notice_id = $1 AND part <> $2 AND NOT do
 
 # Where a part's next chunk ends: the member id `$2` membership rows above the cursor, or the
 # part's own end `$3` when that comes first -- or when less than a quarter chunk would be left
-# after it (`$4` rows: no small last chunk of its own); `last`: this chunk finishes the part. A
-# walk of the primary key's index, so each chunk resolves only the audience within its own
-# range, never all of it above the cursor again (which made a big notice's cost grow with its
-# square).
+# after it (`$4` rows: no small last chunk of its own); `last`: this chunk finishes the part. One
+# walk of the primary key's index, from the cursor to the quarter chunk beyond or the part's end,
+# so each chunk resolves only the audience within its own range, never all of it above the
+# cursor again (which made a big notice's cost grow with its square).
 PART_BOUND = """
 SELECT CASE WHEN b.last THEN $3 ELSE b.at END AS upper, b.last
-FROM (SELECT x.at, x.beyond IS NULL OR ($3::text IS NOT NULL AND x.beyond >= $3) AS last
-      FROM (SELECT (SELECT member_id FROM member_units WHERE member_id > $1 ORDER BY member_id
-                    OFFSET $2 LIMIT 1) AS at,
-                   (SELECT member_id FROM member_units WHERE member_id > $1 ORDER BY member_id
-                    OFFSET $4 LIMIT 1) AS beyond) x) b"""
+FROM (SELECT w.at, w.beyond IS NULL OR ($3::text IS NOT NULL AND w.beyond >= $3) AS last
+      FROM (SELECT min(member_id) AS at, CASE WHEN count(*) = $4 - $2 + 1 THEN max(member_id) END AS beyond
+            FROM (SELECT member_id FROM member_units
+                  WHERE member_id > $1 AND ($3::text IS NULL OR member_id <= $3)
+                  ORDER BY member_id OFFSET $2 LIMIT $4 - $2 + 1) s) w) b"""
 
 
 async def part_bound(conn: Connection, cursor: str, rows: int, end: str | None) -> tuple[str | None, bool]:

@@ -418,3 +418,29 @@ async def test_a_chunk_over_rows_that_exist_skips_them_and_counts_only_the_new(
     assert await chunk(None) == 0
     assert await rows_per_member(db, nid) == (MEMBERS, MEMBERS, 2 * MEMBERS)
     assert await violations(db) == []
+
+
+async def test_a_parts_chunk_ends_where_its_rows_say(parts_env: WorkerDeps, db: asyncpg.Connection) -> None:
+    """part_bound (one walk of member_units from the cursor, bounded by the part's end) against
+    its definition over the membership rows: the chunk ends `rows` rows above the cursor, or at
+    the part's end when that comes first or when less than a quarter chunk would follow."""
+    ids = [r["member_id"] for r in await db.fetch("SELECT member_id FROM member_units ORDER BY member_id")]
+
+    def want(cursor: str, rows: int, end: str | None) -> tuple[str | None, bool]:
+        above = [m for m in ids if m > cursor]
+        at = above[rows - 1] if len(above) >= rows else None
+        beyond_i = rows + rows // 4 - 1
+        beyond = above[beyond_i] if len(above) > beyond_i else None
+        last = beyond is None or (end is not None and beyond >= end)
+        return (end if last else at), last
+
+    for cursor in ["", "m00099", "m00300", "m00500", "m00639"]:
+        for rows in [100, 120, 200]:
+            for end in [None, "m00250", "m00420", "m00460", "m00639"]:
+                if end is not None and end <= cursor:
+                    continue
+                assert await fanout_db.part_bound(db, cursor, rows, end) == want(cursor, rows, end), (
+                    cursor,
+                    rows,
+                    end,
+                )
