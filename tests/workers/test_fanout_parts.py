@@ -444,3 +444,32 @@ async def test_a_parts_chunk_ends_where_its_rows_say(parts_env: WorkerDeps, db: 
                     rows,
                     end,
                 )
+
+
+async def test_a_first_fan_out_of_a_range_probes_no_unique_index_per_row(
+    parts_env: WorkerDeps, db: asyncpg.Connection
+) -> None:
+    """What makes the chunk cheaper: ON CONFLICT would look each new row up in the unique
+    indexes before inserting it (an index scan per row); a range with no rows of the notice yet
+    is checked once, then inserted without it."""
+    nid = await new_notice(db)
+    async with db.transaction():
+        await fanout_db.fanout_chunk(
+            db,
+            nid,
+            ["u"],
+            [],
+            "",
+            MEMBERS,
+            ["inapp", "scripted"],
+            [False, False],
+            [True, False],
+            in_part=True,
+            upper=None,
+        )
+        scans = await db.fetchval(
+            "SELECT pg_stat_get_xact_numscans('recipients_pkey'::regclass) "
+            "+ pg_stat_get_xact_numscans('deliveries_notice_id_member_id_channel_step_key'::regclass)"
+        )
+    assert await rows_per_member(db, nid) == (MEMBERS, MEMBERS, 2 * MEMBERS)
+    assert scans <= 4, scans  # the range check's, not one per recipient and delivery
