@@ -253,6 +253,9 @@ async def _split(
     await escalations.continue_step(conn, notice_id, "", progress.saved(), reserve)
     await escalations.postpone(conn, notice_id, deps.settings.reconcile_stall_seconds)
     wake.parts = (notice_id, code, parts)
+    log.info(
+        "escalation step %s of notice %s: %d unread in %d parts", code, notice_id, progress.unread, parts
+    )
     return True
 
 
