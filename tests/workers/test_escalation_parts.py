@@ -266,3 +266,23 @@ async def test_a_worker_runs_a_step_in_parts(env: Env, db: asyncpg.Connection) -
     assert await reminded(db, nid) == {"inapp": [f"m{i:05d}" for i in range(MEMBERS)]}
     assert await fired(db, nid) == [{"round": 0, "step": 0, "unread": 20, "reminded": {"inapp": 20}}]
     assert await violations(db) == []
+
+
+async def test_a_step_in_parts_that_also_notifies_sends_one_summary(env: Env, db: asyncpg.Connection) -> None:
+    """The part that fires the step notifies its roles, as the serial last chunk would: one
+    summary, counted in the ceiling once the reservation is counted back."""
+    deps = in_parts(env[0])
+    await make_members(db, MEMBERS)
+    await db.execute("INSERT INTO unit_secretaries VALUES ('u', 'm00000')")
+    policy = {"steps": [{"after": 60, "remind": ["inapp"], "notify": ["secretary"], "channels": ["inapp"]}]}
+    nid = await make_notice(deps, db, ["inapp"], escalation=policy)
+    await advance_clock(db, 61)
+    assert await advance_escalations(deps) == 0
+    await asyncio.gather(remind_parts(deps, nid), remind_parts(deps, nid))
+    (detail,) = await fired(db, nid)
+    summaries = await db.fetch("SELECT id FROM notices WHERE parent_notice_id = $1", nid)
+    assert len(summaries) == 1
+    assert detail["reminded"] == {"inapp": MEMBERS}
+    assert detail["notified"] == {"secretary": ["m00000"], "summary": str(summaries[0]["id"])}
+    assert (await timer(db, nid))["sends"] == MEMBERS + 1
+    assert await violations(db) == []
