@@ -1,7 +1,8 @@
 """A step's parts (schemas/0037): jobs that remind a step's unread at once, range by range.
 
 The tick splits a step over more than one chunk of unread into ``escalation_parts`` ranges of
-member ids (workers/escalate.py) and wakes as many of these jobs. Each claims a part nobody
+member ids (workers/escalate.py), wakes one of these jobs per part but one, and reminds that one
+itself at once. Each runner claims a part nobody
 holds, reminds its next chunk (in member order, within the part, one transaction: a read waits
 for one chunk at most) and records it on the part's row, until no part is left to claim. The
 part that finds every other part done fires the step -- notify, ``step_fired``, the next step --

@@ -188,13 +188,14 @@ async def enqueue_deliveries(
     return slots
 
 
-async def enqueue_escalation_parts(queue: ArqRedis, notice_id: str, step: int, parts: int, tag: str) -> int:
-    """Wake a job per part of an escalation step (schemas/0037); returns how many were woken."""
-    for k in range(parts):
+async def enqueue_escalation_parts(queue: ArqRedis, notice_id: str, step: int, jobs: int, tag: str) -> int:
+    """Wake ``jobs`` jobs for the parts of an escalation step (schemas/0037), each reminding
+    whichever part nobody holds; returns how many were woken."""
+    for k in range(jobs):
         job_id = f"{ESCALATION_PART}:{notice_id}:{step}.{k}:{tag}"
         if not await _wake(queue, ESCALATION_PART, notice_id, _job_id=job_id):
             return k  # the tick wakes them when the timer comes due again
-    return parts
+    return jobs
 
 
 async def wake_tick_in(queue: ArqRedis, seconds: float) -> bool:

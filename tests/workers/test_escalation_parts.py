@@ -20,6 +20,7 @@ from notifier.db import escalation_parts as parts_db
 from notifier.db import recall as recall_db
 from notifier.db import receipts
 from notifier.db.pool import Connection, Record
+from notifier.workers import escalation_parts
 from notifier.workers.context import WorkerDeps
 from notifier.workers.escalate import advance_escalations
 from notifier.workers.escalation_parts import remind_parts
@@ -72,11 +73,24 @@ async def part_jobs(deps: WorkerDeps) -> int:
     return sum(1 for j in await deps.queue.queued_jobs() if j.function == ESCALATION_PART)
 
 
-async def split_step(deps: WorkerDeps, db: asyncpg.Connection, members: int = MEMBERS) -> str:
-    await make_members(db, members)
-    nid = await make_notice(deps, db, ["inapp"], escalation=POLICY)
+async def split_step(
+    deps: WorkerDeps,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: dict[str, Any] = POLICY,
+) -> str:
+    """A notice whose step the tick has split, and no part reminded yet (the tick's own runner
+    held back: the test runs the parts)."""
+    await make_members(db, MEMBERS)
+    nid = await make_notice(deps, db, ["inapp"], escalation=policy)
     await advance_clock(db, 61)
-    assert await advance_escalations(deps) == 0  # split, not yet a step
+
+    async def held_back(deps: WorkerDeps, notice_id: str) -> int:
+        return 0
+
+    with monkeypatch.context() as patched:
+        patched.setattr(escalation_parts, "remind_parts", held_back)
+        assert await advance_escalations(deps) == 0  # split, not yet a step
     return nid
 
 
@@ -111,10 +125,10 @@ def hook_advance(monkeypatch: pytest.MonkeyPatch, hook: Hook, *, after: bool = F
 
 
 async def test_a_step_in_parts_reminds_each_unread_once_and_fires_once(
-    env: Env, db: asyncpg.Connection
+    env: Env, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deps = in_parts(env[0])
-    nid = await split_step(deps, db)
+    nid = await split_step(deps, db, monkeypatch)
     parts = await db.fetch(
         "SELECT part, cursor, upper, done FROM escalation_parts WHERE notice_id = $1 ORDER BY part", nid
     )
@@ -122,7 +136,7 @@ async def test_a_step_in_parts_reminds_each_unread_once_and_fires_once(
     row = await timer(db, nid)
     # the ceiling holds every unread on both channels while the parts run (a remind-now sees it)
     assert (row["state"], row["step_cursor"], row["sends"], row["later"]) == ("active", "", 40, True)
-    assert await part_jobs(deps) == 2
+    assert await part_jobs(deps) == 1  # and one runner in the tick
     assert await fired(db, nid) == []
     assert await advance_escalations(deps) == 0  # postponed: the tick leaves the parts alone
     async with deps.pool.acquire() as conn, conn.transaction():  # a read before its chunk
@@ -147,7 +161,7 @@ async def test_two_parts_finishing_at_once_fire_the_step_once(
     not committed; the other's last chunk then waits for it before counting, so it finds none
     left and fires the step: once, not never (nor twice)."""
     deps = in_parts(env[0], size=11)  # one chunk per part: m00000-m00010, m00011-m00019
-    nid = await split_step(deps, db)
+    nid = await split_step(deps, db, monkeypatch)
     second: list[asyncio.Task[int]] = []
 
     async def hook(call: int, done: bool) -> None:
@@ -175,7 +189,7 @@ async def test_a_part_that_crashes_mid_way_is_woken_again_and_resumes(
     env: Env, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deps = in_parts(env[0])
-    nid = await split_step(deps, db)
+    nid = await split_step(deps, db, monkeypatch)
 
     async def hook(call: int, done: bool) -> None:
         if call == 3:
@@ -208,7 +222,7 @@ async def test_a_recall_while_parts_remind_stops_the_step(
     """The recall waits for the chunk under way (it holds the timer FOR KEY SHARE), then cancels
     its queued reminders too; no part goes on, the step never fires, the parts are removed."""
     deps = in_parts(env[0])
-    nid = await split_step(deps, db)
+    nid = await split_step(deps, db, monkeypatch)
     recall: list[asyncio.Task[list[str]]] = []
 
     async def recall_now() -> list[str]:
@@ -268,21 +282,40 @@ async def test_a_worker_runs_a_step_in_parts(env: Env, db: asyncpg.Connection) -
     assert await violations(db) == []
 
 
-async def test_a_step_in_parts_that_also_notifies_sends_one_summary(env: Env, db: asyncpg.Connection) -> None:
+async def test_a_step_in_parts_that_also_notifies_sends_one_summary(
+    env: Env, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The part that fires the step notifies its roles, as the serial last chunk would: one
     summary, counted in the ceiling once the reservation is counted back."""
     deps = in_parts(env[0])
-    await make_members(db, MEMBERS)
-    await db.execute("INSERT INTO unit_secretaries VALUES ('u', 'm00000')")
     policy = {"steps": [{"after": 60, "remind": ["inapp"], "notify": ["secretary"], "channels": ["inapp"]}]}
-    nid = await make_notice(deps, db, ["inapp"], escalation=policy)
-    await advance_clock(db, 61)
-    assert await advance_escalations(deps) == 0
+    nid = await split_step(deps, db, monkeypatch, policy)
+    await db.execute("INSERT INTO members (id, name) VALUES ('sec', 'S')")  # not a recipient
+    await db.execute("INSERT INTO unit_secretaries VALUES ('u', 'sec')")
     await asyncio.gather(remind_parts(deps, nid), remind_parts(deps, nid))
     (detail,) = await fired(db, nid)
     summaries = await db.fetch("SELECT id FROM notices WHERE parent_notice_id = $1", nid)
     assert len(summaries) == 1
     assert detail["reminded"] == {"inapp": MEMBERS}
-    assert detail["notified"] == {"secretary": ["m00000"], "summary": str(summaries[0]["id"])}
+    assert detail["notified"] == {"secretary": ["sec"], "summary": str(summaries[0]["id"])}
     assert (await timer(db, nid))["sends"] == MEMBERS + 1
+    assert await violations(db) == []
+
+
+async def test_the_tick_that_splits_a_step_reminds_a_part_itself_at_once(
+    env: Env, db: asyncpg.Connection
+) -> None:
+    """No trip through Redis before the first reminders: the tick runs a part itself (here all
+    of them, as no job runs), and the job woken for the other part finds nothing left to do."""
+    deps = in_parts(env[0])
+    await make_members(db, MEMBERS)
+    nid = await make_notice(deps, db, ["inapp"], escalation=POLICY)
+    await advance_clock(db, 61)
+    await advance_escalations(deps)
+    everyone = [f"m{i:05d}" for i in range(MEMBERS)]
+    assert await reminded(db, nid) == {"inapp": everyone, "scripted": everyone}
+    assert len(await fired(db, nid)) == 1
+    assert await part_jobs(deps) == 1
+    assert await remind_parts(deps, nid) == 0
+    assert (await timer(db, nid))["state"] == "done"
     assert await violations(db) == []
