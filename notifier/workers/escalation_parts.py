@@ -45,7 +45,10 @@ async def remind_parts(deps: WorkerDeps, notice_id: str) -> int:
             budget = Budget(saved.reserved)
             progress = Progress(saved.unread, saved.recipients, dict(part["reached"]))
             cursor, upper = str(part["cursor"]), part["upper"]
-            upto = await escalations.chunk_end(conn, notice_id, cursor, deps.settings.escalation_chunk_size)
+            # The parts' chunks together hold at most one chunk's rows locked, each committing
+            # in about the time a chunk did alone (they share the cores): a read waits as long.
+            size = max(1, deps.settings.escalation_chunk_size // saved.parts)
+            upto = await escalations.chunk_end(conn, notice_id, cursor, size)
             last = upto is None or (upper is not None and upto >= upper)
             if last:
                 upto = upper

@@ -34,7 +34,8 @@ POLICY = {"steps": [{"after": 60, "remind": ["scripted", "inapp"]}], "repeat": 0
 MEMBERS = 20
 
 
-def in_parts(deps: WorkerDeps, size: int = 3, parts: int = 2, **more: object) -> WorkerDeps:
+def in_parts(deps: WorkerDeps, size: int = 6, parts: int = 2, **more: object) -> WorkerDeps:
+    """Steps over more than ``size`` unread in ``parts`` parts, each in chunks of size / parts."""
     update = {"escalation_chunk_size": size, "escalation_parts": parts, **more}
     return dataclasses.replace(deps, settings=deps.settings.model_copy(update=update))
 
@@ -160,13 +161,12 @@ async def test_two_parts_finishing_at_once_fire_the_step_once(
     """The first part to finish has counted the parts left (the other one, still reminding) and
     not committed; the other's last chunk then waits for it before counting, so it finds none
     left and fires the step: once, not never (nor twice)."""
-    deps = in_parts(env[0], size=11)  # one chunk per part: m00000-m00010, m00011-m00019
+    deps = in_parts(env[0])
     nid = await split_step(deps, db, monkeypatch)
     second: list[asyncio.Task[int]] = []
 
     async def hook(call: int, done: bool) -> None:
-        if call == 1:
-            assert done
+        if done and not second:  # the first job's part (m00000-m00010) is done: start the other
             second.append(asyncio.create_task(remind_parts(deps, nid)))
             for _ in range(500):
                 if await db.fetchval(
@@ -178,8 +178,8 @@ async def test_two_parts_finishing_at_once_fire_the_step_once(
             raise AssertionError("the second part did not wait for the first to commit")
 
     hook_advance(monkeypatch, hook, after=True)
-    assert await remind_parts(deps, nid) == 1
-    assert await second[0] == 1
+    assert await remind_parts(deps, nid) == 4  # chunks of 3
+    assert await second[0] == 4  # m00011-m00019 in 3, and an empty last (as serial chunks do)
     assert len(await fired(db, nid)) == 1
     assert (await timer(db, nid))["state"] == "done"
     assert await violations(db) == []
