@@ -147,7 +147,10 @@ async def advance_escalations(deps: WorkerDeps) -> int:
             # go on meanwhile. The parts' module builds on this one, hence the late import.
             from notifier.workers.escalation_parts import remind_parts
 
-            await remind_parts(deps, wake.remind_here)
+            try:
+                await remind_parts(deps, wake.remind_here)
+            except Exception:  # its part jobs, or the tick when the timer comes due again, go on
+                log.exception("a part of the escalation step of notice %s failed", wake.remind_here)
     return done
 
 
