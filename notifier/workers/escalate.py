@@ -19,9 +19,9 @@ the move to the next step come with the last chunk. Recall or expiry between chu
 With ``settings.escalation_parts`` > 1, a step whose unread exceed one chunk is split instead
 into that many ranges of member ids, reminded at once, chunk by chunk, by the tick that split it
 and by part jobs woken for the others (workers/escalation_parts.py, schemas/0037); the last part
-to finish fires the step. Meanwhile
-the timer is postponed by ``reconcile_stall_seconds``: if it comes due again with its parts
-unfinished (a lost job, a killed worker), the tick wakes part jobs again.
+to finish fires the step. Meanwhile the timer is postponed by ``reconcile_stall_seconds``: if it
+comes due again with its parts unfinished (a lost job, a killed worker), the tick wakes part jobs
+again.
 """
 
 from __future__ import annotations
