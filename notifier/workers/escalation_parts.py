@@ -2,9 +2,9 @@
 
 The tick splits a step over more than one chunk of unread into ``escalation_parts`` ranges of
 member ids (workers/escalate.py), wakes one of these jobs per part but one, and reminds that one
-itself at once. Each runner claims a part nobody
-holds, reminds its next chunk (in member order, within the part, one transaction: a read waits
-for one chunk at most) and records it on the part's row, until no part is left to claim. The
+itself at once. Each runner claims a part nobody holds, reminds its next chunk (in member order,
+within the part, one transaction: a read waits for one chunk at most) and records it on the
+part's row, until no part is left to claim. The
 part that finds every other part done fires the step -- notify, ``step_fired``, the next step --
 in the transaction of its last chunk, exactly once. A crash loses at most the uncommitted chunk;
 the reminders' unique key keeps every member reminded once, and the tick wakes the jobs again
@@ -98,7 +98,6 @@ async def _fire(
         "unread": progress.unread,
         "reminded": progress.reached,
     }
-    wake.tag = f"esc{row['round']}"
     return await fire_step(deps, conn, row, rules, progress, budget, detail, wake)
 
 
