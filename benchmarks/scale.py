@@ -51,6 +51,7 @@ import aiohttp
 from pydantic import SecretStr
 
 from benchmarks.fanout.org import create_org
+from benchmarks.harness.cpu import _tree_cpu, find_server_pids, machine_busy
 from benchmarks.harness.receiver import Receiver
 from benchmarks.harness.servers import BenchError, code_version, connected, servers, stop_on_sigterm
 from benchmarks.makerun import Dev, send_ding, wait_ready
@@ -67,6 +68,28 @@ SECRET = "whsec_" + "QkVOQ0hNQVJLU0VDUkVUU0VDUkVUU0VDUkVU"
 
 def load() -> str:
     return f"load {os.getloadavg()[0]:.2f}"
+
+
+class Cpu:
+    """CPU-seconds of PostgreSQL (server and backends), of notifier dev (API and workers) and
+    of the whole machine, over a window: figures per item that other load skews less than wall
+    times, and how busy the rest of the machine was (the other engineers' work)."""
+
+    def __init__(self, dev: Dev, postmaster: int | None) -> None:
+        self.dev, self.postmaster = dev, postmaster
+
+    def snapshot(self) -> tuple[float, float, float, float]:
+        workers, api = self.dev.cpu()
+        pg = _tree_cpu(self.postmaster) if self.postmaster is not None else 0.0
+        return time.perf_counter(), pg, workers + api + sum(os.times()[:2]), machine_busy()
+
+    @staticmethod
+    def delta(
+        before: tuple[float, float, float, float], after: tuple[float, float, float, float]
+    ) -> tuple[float, float, float]:
+        """(seconds, PostgreSQL CPU-s, cores busy with other work)."""
+        wall, pg, ours, machine = (a - b for a, b in zip(after, before, strict=True))
+        return wall, pg, max(0.0, machine - pg - ours) / max(wall, 1e-9)
 
 
 def ms(values: list[float]) -> str:
@@ -258,7 +281,9 @@ async def status_under_load(
     return lines, notice_id
 
 
-async def escalation_step(dev: Dev, http: aiohttp.ClientSession, pool: Pool, notice_id: str) -> list[str]:
+async def escalation_step(
+    dev: Dev, http: aiohttp.ClientSession, pool: Pool, notice_id: str, cpu: Cpu
+) -> list[str]:
     auth = {"Authorization": f"Bearer {dev.token}"}
     unread = await pool.fetchval(
         "SELECT count(*) FROM recipients WHERE notice_id = $1 AND read_at IS NULL", notice_id
@@ -289,7 +314,9 @@ async def escalation_step(dev: Dev, http: aiohttp.ClientSession, pool: Pool, not
     quiet_gets: list[float] = []
     quiet_posts: list[float] = []
     t_end = time.perf_counter() + 3
+    quiet = cpu.snapshot()
     await probe(lambda: time.perf_counter() > t_end, quiet_gets, quiet_posts)
+    quiet_wall, quiet_pg, _ = Cpu.delta(quiet, cpu.snapshot())
     fired: list[float] = []
     gets: list[float] = []
     posts: list[float] = []
@@ -310,8 +337,20 @@ async def escalation_step(dev: Dev, http: aiohttp.ClientSession, pool: Pool, not
     await jump_clock(pool, float(await pool.fetchval(due_in, notice_id)) - STEP_LEAD_SECONDS)
     t_due = time.perf_counter() + float(await pool.fetchval(due_in, notice_id))
     watcher = asyncio.create_task(watch(t_due))
-    await probe(lambda: bool(fired) and time.perf_counter() > t_due + fired[0] + 0.5, gets, posts)
+    before = cpu.snapshot()
+    at_fired: list[tuple[float, float, float, float]] = []
+
+    def step_over() -> bool:
+        if fired and not at_fired:
+            at_fired.append(cpu.snapshot())
+        return bool(fired) and time.perf_counter() > t_due + fired[0] + 0.5
+
+    await probe(step_over, gets, posts)
     await watcher
+    # From the jump (1.5 s before the step) to its event: the probes' own PostgreSQL CPU rate,
+    # measured before the jump, taken off.
+    wall, pg, others = Cpu.delta(before, at_fired[0])
+    step_pg = max(0.0, pg - quiet_pg / max(quiet_wall, 1e-9) * wall)
     reminded = await pool.fetchval(
         "SELECT count(*) FROM deliveries WHERE notice_id = $1 AND step > 0", notice_id
     )
@@ -325,6 +364,8 @@ async def escalation_step(dev: Dev, http: aiohttp.ClientSession, pool: Pool, not
         f"target 7, escalation step over {unread:,} unread: committed {fired[0]:.2f}s after its due time "
         f"(its first transaction began {float(began):.3f}s after it), {reminded:,} reminded; {load()}"
         "   target <= 2 s",
+        f"  PostgreSQL {step_pg:.2f} CPU-s for the step, {step_pg / max(reminded, 1) * 1e6:.1f} us per "
+        f"reminder (less the probes' rate before the jump); other work on the machine {others:.2f} cores",
         f"  during the step: status {ms(gets)}; single receipt {ms(posts)}   target max <= 100 ms",
         f"  baseline, before the jump: status {ms(quiet_gets)}; single receipt {ms(quiet_posts)}",
     ]
@@ -339,7 +380,9 @@ async def jump_clock(pool: Pool, seconds: float) -> None:
     )
 
 
-async def daily_lesson(dev: Dev, http: aiohttp.ClientSession, pool: Pool, members: int) -> list[str]:
+async def daily_lesson(
+    dev: Dev, http: aiohttp.ClientSession, pool: Pool, members: int, cpu: Cpu
+) -> list[str]:
     """The root unit's lesson (its subtree: every member, 200 units) at its lesson time: the clock
     jumps to just before that time and runs in real time; the time from the lesson time until every
     recipient is in and the notice active is taken."""
@@ -357,6 +400,8 @@ async def daily_lesson(dev: Dev, http: aiohttp.ClientSession, pool: Pool, member
         await pool.fetchval("SELECT extract(epoch FROM $1::timestamptz - notifier_now())", at)
     )
     sent = final = None
+    notice_id = ""
+    before = cpu.snapshot()
     while time.perf_counter() < t_due + 60:
         row = await pool.fetchrow(
             "SELECT n.id, n.state, (SELECT coalesce(sum(recipients), 0) FROM notice_counts k "
@@ -365,7 +410,7 @@ async def daily_lesson(dev: Dev, http: aiohttp.ClientSession, pool: Pool, member
             at.date(),
         )
         if row is not None and sent is None:
-            sent = time.perf_counter() - t_due
+            sent, notice_id = time.perf_counter() - t_due, str(row["id"])
         if row is not None and row["state"] == "active" and row["recipients"] == members:
             final = time.perf_counter() - t_due
             break
@@ -373,10 +418,25 @@ async def daily_lesson(dev: Dev, http: aiohttp.ClientSession, pool: Pool, member
         await asyncio.sleep(0.01)
     if final is None:
         raise BenchError("the lesson did not fan out within 60 s of its time")
+    _, pg, others = Cpu.delta(before, cpu.snapshot())  # from the jump: the engine idle until its time
+    # Where the time went, in engine time from the lesson time: a recipient's created_at is its
+    # chunk's transaction start, so the first and last chunk's starts bound the fan-out statements.
+    began, last_began = tuple(
+        await pool.fetchrow(
+            "SELECT extract(epoch FROM min(created_at) - $2::timestamptz), "
+            "extract(epoch FROM max(created_at) - $2::timestamptz) FROM recipients WHERE notice_id = $1",
+            notice_id,
+            at,
+        )
+        or (0, 0)
+    )
     return [
         f"target 7, daily lesson to {members:,} members in 200 units: notice {sent:.2f}s and every recipient "
         f"in, active, {final:.2f}s after its time (the engine woken at its time); {load()}"
         "   target <= 2 s",
+        f"  its fan-out's chunks began {float(began):.2f}s to {float(last_began):.2f}s after its time (the "
+        f"split and the jobs' pickup before); PostgreSQL {pg:.2f} CPU-s, {pg / members * 1e6:.1f} us per "
+        f"recipient; other work on the machine {others:.2f} cores",
     ]
 
 
@@ -389,7 +449,8 @@ async def benchmark(opts: argparse.Namespace, settings: Settings, tmp: Path) -> 
     ]
     receiver = Receiver(SECRET).start()
     try:
-        async with connected(settings) as (pool, _queue):
+        async with connected(settings) as (pool, queue):
+            postmaster, _ = await find_server_pids(pool, queue)
             await seed(pool, opts.members)
             dev = Dev(settings, opts.processes, tmp / "dev.log")
             try:
@@ -401,8 +462,9 @@ async def benchmark(opts: argparse.Namespace, settings: Settings, tmp: Path) -> 
                         more, notice_id = await status_under_load(dev, http, pool, opts.members)
                         lines += more if "6" in targets else []
                         if "7" in targets:
-                            lines += await escalation_step(dev, http, pool, notice_id)
-                            lines += await daily_lesson(dev, http, pool, opts.members)
+                            cpu = Cpu(dev, postmaster)
+                            lines += await escalation_step(dev, http, pool, notice_id, cpu)
+                            lines += await daily_lesson(dev, http, pool, opts.members, cpu)
             except BaseException:
                 print(dev.log.read_text(errors="replace")[-3000:], file=sys.stderr)
                 raise

@@ -210,6 +210,11 @@ class Settings(BaseSettings):
     # A step reminds at most this many unread per transaction (the rows it locks are held until
     # its commit, so a read of one of them waits at most one chunk); the rest follow at once.
     escalation_chunk_size: int = Field(default=5_000, ge=1)
+    # A step with more unread than one chunk reminds them in this many parts at once (ranges of
+    # member ids, each its own job and PostgreSQL backend: workers/escalation_parts.py), each in
+    # chunks of escalation_chunk_size / escalation_parts (a read still waits for one chunk's rows
+    # at most); 1: serially.
+    escalation_parts: int = Field(default=2, ge=1, le=64)
 
     # Live streams (GET /v1/notices/{id}/stream): the API process polls the counters of watched
     # notices this often (a worker's hint polls one early), never one notice more often than

@@ -35,6 +35,7 @@ TABLES = ", ".join(
     [
         "idempotency_keys",
         "fanout_parts",
+        "escalation_parts",
         "notice_counts",
         "notice_unit_counts",
         "unit_report_slots",

@@ -15,18 +15,26 @@ so a read of one of them waits for one chunk, not the whole step. Between chunks
 due with the step's cursor and progress; the same tick goes straight on with the next chunk, and
 a crash resumes after the last committed one. The step's summary, its ``step_fired`` event and
 the move to the next step come with the last chunk. Recall or expiry between chunks stops it.
+
+With ``settings.escalation_parts`` > 1, a step whose unread exceed one chunk is split instead
+into that many ranges of member ids, reminded at once, chunk by chunk, by the tick that split it
+and by part jobs woken for the others (workers/escalation_parts.py, schemas/0037); the last part
+to finish fires the step. Meanwhile the timer is postponed by ``reconcile_stall_seconds``: if it
+comes due again with its parts unfinished (a lost job, a killed worker), the tick wakes part jobs
+again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from notifier import metrics
-from notifier.db import duty, escalations, timeline, units
+from notifier.db import duty, escalation_parts, escalations, timeline, units
 from notifier.db import members as members_db
 from notifier.db.pool import Connection, Record
 from notifier.domain.escalation import (
@@ -39,7 +47,7 @@ from notifier.domain.escalation import (
 )
 from notifier.links import unread_list_link
 from notifier.workers.context import WorkerDeps
-from notifier.workers.queue import enqueue_deliveries, enqueue_fanout
+from notifier.workers.queue import enqueue_deliveries, enqueue_escalation_parts, enqueue_fanout
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,8 @@ class Wakeups:
     deliveries: list[tuple[str, str, int]] = field(default_factory=list)  # notice, channel, count
     fanouts: list[str] = field(default_factory=list)
     tag: str = ""  # the delivery jobs' tag: one per chunk of a step
+    parts: tuple[str, int, int] | None = None  # notice, step, jobs: wake that many part jobs
+    remind_here: str = ""  # a step just split: this tick reminds a part of it too, at once
 
 
 @dataclass(slots=True)
@@ -64,19 +74,33 @@ class Progress:
     recipients: int
     reached: dict[str, int] = field(default_factory=dict)
     chunks: int = 0
+    # A step in parts (escalation_parts.py): how many, the step's code, and the sends it reserved
+    # of the ceiling when it split (every unread on every channel; counted back when it fires).
+    parts: int = 0
+    step: int = 0
+    reserved: int = 0
 
     def saved(self) -> dict[str, Any]:
-        return {
+        saved: dict[str, Any] = {
             "unread": self.unread,
             "recipients": self.recipients,
             "reached": self.reached,
             "chunks": self.chunks,
         }
+        if self.parts:
+            saved |= {"parts": self.parts, "step": self.step, "reserved": self.reserved}
+        return saved
 
     @classmethod
     def load(cls, saved: dict[str, Any]) -> Progress:
         return cls(
-            int(saved["unread"]), int(saved["recipients"]), dict(saved["reached"]), int(saved["chunks"])
+            int(saved["unread"]),
+            int(saved["recipients"]),
+            dict(saved["reached"]),
+            int(saved["chunks"]),
+            int(saved.get("parts", 0)),
+            int(saved.get("step", 0)),
+            int(saved.get("reserved", 0)),
         )
 
 
@@ -116,11 +140,29 @@ async def advance_escalations(deps: WorkerDeps) -> int:
         if outcome != CHUNK:
             metrics.ESCALATION_STEPS.labels(outcome).inc()  # committed
             done += 1
-        for notice_id, channel, n in wake.deliveries:
-            await enqueue_deliveries(deps.queue, deps.settings, notice_id, channel, n, tag=wake.tag)
-        for notice_id in wake.fanouts:
-            await enqueue_fanout(deps.queue, notice_id, tag="summary")
+        await wake_up(deps, wake)
+        if wake.remind_here:
+            # One part starts here at once rather than after a job's trip through Redis (up to
+            # 0.2 s on a busy machine); the serial chunks took this tick as long, and other ticks
+            # go on meanwhile. The parts' module builds on this one, hence the late import.
+            from notifier.workers.escalation_parts import remind_parts
+
+            try:
+                await remind_parts(deps, wake.remind_here)
+            except Exception:  # its part jobs, or the tick when the timer comes due again, go on
+                log.exception("a part of the escalation step of notice %s failed", wake.remind_here)
     return done
+
+
+async def wake_up(deps: WorkerDeps, wake: Wakeups) -> None:
+    """Hand a committed step's (or chunk's) work to the queue."""
+    for notice_id, channel, n in wake.deliveries:
+        await enqueue_deliveries(deps.queue, deps.settings, notice_id, channel, n, tag=wake.tag)
+    for notice_id in wake.fanouts:
+        await enqueue_fanout(deps.queue, notice_id, tag="summary")
+    if wake.parts is not None:
+        notice_id, step, jobs = wake.parts
+        await enqueue_escalation_parts(deps.queue, notice_id, step, jobs, tag=wake.tag)
 
 
 async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wakeups) -> str:
@@ -143,11 +185,16 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
         progress = Progress.load(row["step_progress"])
     else:
         progress = Progress(*await escalations.counts(conn, notice_id))
+    if progress.parts:  # due again with parts unfinished (none is reminding right now): wake them
+        stall = deps.settings.reconcile_stall_seconds
+        await escalations.postpone(conn, notice_id, stall)
+        wake.parts, wake.tag = (notice_id, progress.step, progress.parts), f"r{int(time.time() // stall)}"
+        return CHUNK
     if not progress.unread:
         await escalations.finish(conn, notice_id, "done")
         await timeline.record(conn, notice_id, "everyone_read", {"round": round_, "step": index})
         return "done"
-    unread, recipients = progress.unread, progress.recipients
+    unread = progress.unread
     if cursor is None and following is not None and due_offset(rules, *following) <= float(row["elapsed"]):
         # The engine was down past this step's successor too: catching up must not fire every
         # missed step at once (six calls to one phone in a second). Skip it, on the record.
@@ -165,18 +212,86 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
     if step.remind:
         size = deps.settings.escalation_chunk_size
         one_chunk = cursor is None and unread <= size  # counted just now: no need to look
+        if (
+            cursor is None
+            and not one_chunk
+            and await _split(deps, conn, notice_id, step, code, progress, budget, wake)
+        ):
+            return CHUNK
         upto = None if one_chunk else await escalations.chunk_end(conn, notice_id, cursor or "", size)
-        await _remind(deps, conn, notice_id, step, code, budget, wake, progress, (cursor, upto))
+        await remind_chunk(
+            deps,
+            conn,
+            notice_id,
+            step,
+            code,
+            budget,
+            wake,
+            progress,
+            (cursor or "", upto),
+            first=cursor is None,
+            last=upto is None,
+        )
         if upto is not None and not budget.reached:  # more unread after this chunk
             progress.chunks += 1
             await escalations.continue_step(conn, notice_id, upto, progress.saved(), budget.used)
             return CHUNK
         detail["reminded"] = progress.reached
+    return await fire_step(deps, conn, row, rules, progress, budget, detail, wake)
+
+
+async def _split(
+    deps: WorkerDeps,
+    conn: Connection,
+    notice_id: str,
+    step: Step,
+    code: int,
+    progress: Progress,
+    budget: Budget,
+    wake: Wakeups,
+) -> bool:
+    """Split the step's unread into ``escalation_parts`` parts, when it has more than one and
+    every unread on every channel fits in what is left of the ceiling (the parts run at once,
+    so they cannot share a remainder: the ceiling stops a step serially, chunk by chunk)."""
+    parts = deps.settings.escalation_parts
+    channels = [c for c in step.remind if c in deps.channels]
+    reserve = progress.unread * len(channels)
+    if parts < 2 or not channels or reserve > budget.left:
+        return False
+    if not await escalation_parts.split(conn, notice_id, code, parts, progress.unread):
+        return False
+    await _unavailable(deps, conn, notice_id, step, code)
+    progress.parts, progress.step, progress.reserved = parts, code, reserve
+    await escalations.continue_step(conn, notice_id, "", progress.saved(), reserve)
+    await escalations.postpone(conn, notice_id, deps.settings.reconcile_stall_seconds)
+    wake.parts, wake.remind_here = (notice_id, code, parts - 1), notice_id
+    log.info(
+        "escalation step %s of notice %s: %d unread in %d parts", code, notice_id, progress.unread, parts
+    )
+    return True
+
+
+async def fire_step(
+    deps: WorkerDeps,
+    conn: Connection,
+    row: Record,
+    rules: PolicyRules,
+    progress: Progress,
+    budget: Budget,
+    detail: dict[str, Any],
+    wake: Wakeups,
+) -> str:
+    """The step's reminders are made: notify its roles, record it and move its timer on."""
+    notice_id = str(row["notice_id"])
+    round_, index = row["round"], row["next_step"]
+    following = next_position(rules, round_, index)
+    step = rules.steps[index]
+    code = step_code(round_, index)
     if step.notify:
         detail["notified"] = await _notify(
-            deps, conn, row, step, code, index, (unread, recipients), budget, wake
+            deps, conn, row, step, code, index, (progress.unread, progress.recipients), budget, wake
         )
-    await escalations.add_sends(conn, notice_id, budget.used)
+    await escalations.add_sends(conn, notice_id, budget.used - progress.reserved)
     await timeline.record(conn, notice_id, "step_fired", detail)
     if budget.reached:
         await escalations.finish(conn, notice_id, "stopped")
@@ -186,7 +301,7 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
             CEILING_EVENT,
             {
                 "limit": deps.settings.escalation_max_sends,
-                "sends": int(row["sends"]) + budget.used,
+                "sends": int(row["sends"]) + budget.used - progress.reserved,
                 "round": round_,
                 "step": index,
             },
@@ -200,7 +315,16 @@ async def _advance_one(deps: WorkerDeps, conn: Connection, row: Record, wake: Wa
     return "fired"
 
 
-async def _remind(
+async def _unavailable(deps: WorkerDeps, conn: Connection, notice_id: str, step: Step, code: int) -> None:
+    """A step's first chunk (or its split) says which of its channels this deployment lacks."""
+    for channel_id in step.remind:
+        if channel_id not in deps.channels:
+            await timeline.record(
+                conn, notice_id, "channel_unavailable", {"channel": channel_id, "step": code}
+            )
+
+
+async def remind_chunk(
     deps: WorkerDeps,
     conn: Connection,
     notice_id: str,
@@ -209,19 +333,21 @@ async def _remind(
     budget: Budget,
     wake: Wakeups,
     progress: Progress,
-    chunk: tuple[str | None, str | None],
+    chunk: tuple[str, str | None],
+    *,
+    first: bool,
+    last: bool,
 ) -> None:
-    """Remind one chunk of the unread (after member ``chunk[0]``, None: the step's first chunk, up
-    to ``chunk[1]``, None: the last) on each channel; adds who was reached to ``progress``."""
+    """Remind one chunk of the unread (after member ``chunk[0]``, '': from the first, up to
+    ``chunk[1]``, None: the last) on each channel; adds who was reached to ``progress``. The
+    step's ``first`` chunk says which channels are missing, its ``last`` which reached nobody
+    (a step in parts says both apart: its split and the part that fires it)."""
     after, upto = chunk
-    last = upto is None
     reached = progress.reached
+    if first:
+        await _unavailable(deps, conn, notice_id, step, code)
     for channel_id in step.remind:
         if channel_id not in deps.channels:
-            if after is None:
-                await timeline.record(
-                    conn, notice_id, "channel_unavailable", {"channel": channel_id, "step": code}
-                )
             reached[channel_id] = 0
             continue
         caps = deps.channels.get(channel_id).capabilities
@@ -234,7 +360,7 @@ async def _remind(
             needs_contact=caps.needs_contact,
             delivers_on_insert=caps.delivers_on_insert,
             budget=allowed,
-            after=after or "",
+            after=after,
             upto=upto,
         )
         n = int(result["reached"])

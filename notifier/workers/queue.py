@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 FANOUT = "fanout"
 DELIVER = "deliver"
 TICK_NOW = "tick_now"
+ESCALATION_PART = "escalation_part"
 
 # No read timeout (socket_timeout): redis-py wraps every read in asyncio.timeout then, and on
 # Python 3.11 that sometimes swallows a cancellation, so a worker asked to stop polled on forever.
@@ -185,6 +186,16 @@ async def enqueue_deliveries(
         if not await _wake(queue, DELIVER, notice_id, channel, _job_id=job_id):
             return slot
     return slots
+
+
+async def enqueue_escalation_parts(queue: ArqRedis, notice_id: str, step: int, jobs: int, tag: str) -> int:
+    """Wake ``jobs`` jobs for the parts of an escalation step (schemas/0037), each reminding
+    whichever part nobody holds; returns how many were woken."""
+    for k in range(jobs):
+        job_id = f"{ESCALATION_PART}:{notice_id}:{step}.{k}:{tag}"
+        if not await _wake(queue, ESCALATION_PART, notice_id, _job_id=job_id):
+            return k  # the tick wakes them when the timer comes due again
+    return jobs
 
 
 async def wake_tick_in(queue: ArqRedis, seconds: float) -> bool:

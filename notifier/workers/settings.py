@@ -32,10 +32,12 @@ from notifier.metrics import POOLS, start_worker_metrics
 from notifier.settings import Settings
 from notifier.workers.context import WorkerDeps
 from notifier.workers.deliver import deliver
+from notifier.workers.escalation_parts import escalation_part
 from notifier.workers.fanout import fanout
 from notifier.workers.priority import backend_priority_init
 from notifier.workers.queue import (
     DELIVER,
+    ESCALATION_PART,
     FANOUT,
     REDIS_UNAVAILABLE,
     TICK_NOW,
@@ -106,6 +108,13 @@ def worker_settings(settings: Settings, *, with_cron: bool = True) -> dict[str, 
             func(traced(fanout, FANOUT), name=FANOUT, timeout=3600, keep_result=0, max_tries=1000),
             func(traced(deliver, DELIVER), name=DELIVER, timeout=3600, keep_result=0, max_tries=1000),
             func(tick, name=TICK_NOW, timeout=60, keep_result=0, max_tries=3),
+            func(
+                traced(escalation_part, ESCALATION_PART),
+                name=ESCALATION_PART,
+                timeout=3600,
+                keep_result=0,
+                max_tries=1000,
+            ),
         ],
         "cron_jobs": cron_jobs,
         "on_startup": on_startup,

@@ -26,9 +26,9 @@ POLICY = {"steps": [{"after": 60, "remind": ["scripted", "inapp"]}], "repeat": 0
 
 
 def chunked(deps: WorkerDeps, size: int, **more: object) -> WorkerDeps:
-    return dataclasses.replace(
-        deps, settings=deps.settings.model_copy(update={"escalation_chunk_size": size, **more})
-    )
+    """Chunks of ``size``, one after another in the tick (no parts: test_escalation_parts.py)."""
+    update = {"escalation_chunk_size": size, "escalation_parts": 1, **more}
+    return dataclasses.replace(deps, settings=deps.settings.model_copy(update=update))
 
 
 async def reminded(db: asyncpg.Connection, nid: str) -> dict[str, list[str]]:
