@@ -85,7 +85,10 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
             if row is None:
                 return total
             try:
-                channels = [deps.channels.get(c) for c in row["channels"]]
+                # Each channel once: a plan holding a (member, channel) twice would fail the
+                # chunk's insert, which skips no duplicate (an escalation summary's channels come
+                # from a policy step, which may repeat one).
+                channels = [deps.channels.get(c) for c in dict.fromkeys(row["channels"])]
                 # A unit-level channel posts once per unit (unit_posts, started when the notice
                 # goes out), not once per member.
                 channels = [c for c in channels if not c.capabilities.unit_level]
