@@ -252,6 +252,7 @@ async def test_a_recall_while_parts_remind_stops_the_step(
     assert queued == 0
     assert await fired(db, nid) == []
     assert (await timer(db, nid))["state"] == "stopped"
+    assert (await timer(db, nid))["sends"] == 6  # the reservation not sent is counted back
     assert await db.fetchval("SELECT count(*) FROM escalation_parts") == 0
     assert await violations(db) == []
 
