@@ -71,8 +71,16 @@ ORDER BY member_id OFFSET $3 - 1 LIMIT 1"""
 POSTPONE = """
 UPDATE escalations SET due_at = (SELECT notifier_now()) + make_interval(secs => $2), updated_at = (SELECT notifier_now())
 WHERE notice_id = $1"""
-FINISH = """
-UPDATE escalations SET state = $2, step_cursor = NULL, step_progress = NULL, updated_at = (SELECT notifier_now())
+# A step in parts reserved the ceiling for every unread at its split (workers/escalate.py) and
+# counts it back when it fires (its parts' rows gone by then); stopped before (a recall, expiry,
+# a remind-now at the ceiling), what its parts have not sent goes back here. Exact when the
+# stopper holds the timer row FOR UPDATE: no part's chunk is under way then.
+UNSPENT_RESERVATION = """coalesce((
+    SELECT (e.step_progress ->> 'reserved')::int - sum(p.sends) FROM escalation_parts p
+    WHERE p.notice_id = e.notice_id AND p.step = (e.step_progress ->> 'step')::int HAVING count(*) > 0), 0)"""
+FINISH = f"""
+UPDATE escalations e SET state = $2, sends = e.sends - {UNSPENT_RESERVATION},
+    step_cursor = NULL, step_progress = NULL, updated_at = (SELECT notifier_now())
 WHERE notice_id = $1 AND state = 'active'"""
 ADD_SENDS = "UPDATE escalations SET sends = sends + $2 WHERE notice_id = $1"
 # A remind-now counts in the same ceiling: lock the notice's timer row (made, already finished,
@@ -235,7 +243,10 @@ async def finish(conn: Connection, notice_id: str, state: str) -> None:
 
 
 async def lock_sends(conn: Connection, notice_id: str) -> int:
-    """Sends made so far by the notice's escalation, its timer row locked until commit."""
+    """Sends made so far by the notice's escalation, its timer row locked until commit (FOR
+    UPDATE first: a step's part reminding right now holds it FOR KEY SHARE, which the upsert's
+    lock would not wait for, and its sends must be counted before a stop counts them back)."""
+    await conn.execute("SELECT 1 FROM escalations WHERE notice_id = $1 FOR UPDATE", notice_id)
     return int(await conn.fetchval(LOCK_SENDS, notice_id))
 
 

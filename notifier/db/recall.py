@@ -5,6 +5,7 @@ late read receipts are still recorded."""
 from __future__ import annotations
 
 from notifier.db import dingtalk, timeline
+from notifier.db.escalations import UNSPENT_RESERVATION
 from notifier.db.pool import Connection
 
 # Wait for an escalation step that is running right now, so the statements after it see the
@@ -18,8 +19,9 @@ CANCEL_PENDING = """
 UPDATE deliveries SET state = 'cancelled', error = 'recalled', lease_until = NULL, wait_reason = NULL,
     updated_at = (SELECT notifier_now())
 WHERE notice_id = ANY($1::uuid[]) AND state = 'queued'"""
-STOP_TIMERS = """
-UPDATE escalations SET state = 'stopped', updated_at = (SELECT notifier_now())
+STOP_TIMERS = f"""
+UPDATE escalations e SET state = 'stopped', sends = e.sends - {UNSPENT_RESERVATION},
+    updated_at = (SELECT notifier_now())
 WHERE notice_id = ANY($1::uuid[]) AND state = 'active'"""
 
 
