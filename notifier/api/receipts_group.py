@@ -47,7 +47,7 @@ class ReceiptGroup(GroupCommit[_Item]):
     async def record(
         self, notice_id: str, member_id: str, *, root: str | None, member_key: bool
     ) -> Record | None:
-        """The answer of ``receipts.record`` for this receipt (None: not the caller's notice)."""
+        """The answer of ``receipts.record_many`` for this receipt (None: not the caller's notice)."""
         item = _Item(notice_id, member_id, root, member_key)
         self.submit(item)
         return await item.done

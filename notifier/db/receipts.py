@@ -113,11 +113,6 @@ FROM p JOIN recipients t ON t.notice_id = p.notice_id AND t.member_id = p.member
 # slots itself (the slots' triggers stand aside for it: tests/api/test_receipt_counts.py). Its
 # unit walks are units.ancestors / units.subtree written out (a test compares).
 RECORD_MANY = "SELECT * FROM record_receipts($1::uuid[], $2::text[], $3, $4::text[], $5::boolean[], $6)"
-# One receipt: $1 notice, $2 member, $3 via, $4 root, $5 member key, $6 lessons; no row: not found.
-RECORD = (
-    "SELECT * FROM record_receipts(ARRAY[$1::uuid], ARRAY[$2::text], $3, ARRAY[$4::text], ARRAY[$5::boolean], $6)"
-    " WHERE id IS NOT NULL"
-)
 # record_receipts' walks, as units.py writes them (over its variables): the notice's scope unit
 # and its ancestors, the caller's unit and its subtree.
 RECORD_WALKS = (
@@ -145,23 +140,6 @@ async def mark_read_many(
     if recorded:
         metrics.RECEIPTS.labels(via).inc(len(recorded))
     return recorded
-
-
-async def record(
-    conn: Connection,
-    notice_id: str,
-    member_id: str,
-    via: str,
-    *,
-    root: str | None,
-    member_key: bool,
-    lessons: bool,
-) -> Record | None:
-    """One read receipt as ``RECORD``: ``record_many`` of one item."""
-    got = await record_many(
-        conn, [notice_id], [member_id], via, roots=[root], member_keys=[member_key], lessons=lessons
-    )
-    return got[0]
 
 
 async def record_many(
@@ -197,7 +175,7 @@ async def mark_read_answer(
 ) -> dict[tuple[str, str], bool]:
     """As ``mark_read_many``, one statement that also answers: for each pair whose member received
     the notice, whether this call recorded its read (False: it had been read). Run again after a
-    deadlock outside a transaction, as ``record``."""
+    deadlock outside a transaction, as ``record_many``."""
     rows = await again_after_deadlock(
         conn, lambda: conn.fetch(MARK_READ_ANSWER, notice_ids, member_ids, via, at)
     )

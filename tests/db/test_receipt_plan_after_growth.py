@@ -16,8 +16,15 @@ from aiohttp.test_utils import TestClient
 from notifier.api.keys import DEPS
 from notifier.db.deliveries import MOOT_AFTER_READ
 from notifier.db.pool import API_SESSION
-from notifier.db.receipts import MARK_READ, MARK_READ_ANSWER, RECORD, RECORD_WALKS
+from notifier.db.receipts import MARK_READ, MARK_READ_ANSWER, RECORD_WALKS
 from notifier.settings import Settings
+
+# One receipt through record_receipts (db/receipts.py RECORD_MANY, as the group commit's flush of one):
+# $1 notice, $2 member, $3 via, $4 root, $5 member key, $6 lessons; no row: not found.
+RECORD = (
+    "SELECT * FROM record_receipts(ARRAY[$1::uuid], ARRAY[$2::text], $3, ARRAY[$4::text],"
+    " ARRAY[$5::boolean], $6) WHERE id IS NOT NULL"
+)
 
 
 def _seq_scans(node: dict[str, Any]) -> list[str]:
