@@ -48,10 +48,9 @@ from notifier.api import (
     units,
     webpush,
 )
-from notifier.api.auth import KEY_LOOKUPS, KeyLookups, auth_middleware
+from notifier.api.auth import KEY_LOOKUPS, KeyLookups
 from notifier.api.keys import DEPS, SETTINGS, AppDeps
-from notifier.api.middleware import add_headers, observe_middleware
-from notifier.api.problems import problem_middleware
+from notifier.api.middleware import add_headers, api_middleware
 from notifier.api.receipts_group import RECEIPTS_GROUP, ReceiptGroup
 from notifier.api.routing import Operation, openapi_document
 from notifier.api.watch import WatchHub
@@ -181,7 +180,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> web.Application:
     """The API. ``channels`` defaults to the registry the settings configure (tests pass their own)."""
     app = web.Application(
-        middlewares=[observe_middleware, problem_middleware, auth_middleware],
+        middlewares=[api_middleware],
         client_max_size=settings.http_max_body_bytes,
     )
     app[SETTINGS] = settings

@@ -11,7 +11,6 @@ since revoked) is 401. Each key's requests are rate-limited by the same lookup (
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -73,12 +72,14 @@ def unauthorized(detail: str) -> Problem:
     )
 
 
-@web.middleware
-async def auth_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
-        return await handler(request)
+def is_public(path: str) -> bool:
+    """Whether a request to ``path`` needs no bearer token (it is public, or authenticated otherwise)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+async def authenticate(request: web.Request) -> None:
+    """The caller of a non-public request, as ``request[PRINCIPAL]`` (run by the API's middleware,
+    api/middleware.py): 401 without a known token, 429 when its key's bucket is empty."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -103,7 +104,6 @@ async def auth_middleware(
             str(row["id"]), row["role"], row["unit_id"], row["member_id"], row["expires_at"]
         )
     request[PRINCIPAL] = principal
-    return await handler(request)
 
 
 async def unit_visible(conn: Connection, p: Principal, unit_id: str) -> bool:

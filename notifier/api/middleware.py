@@ -1,4 +1,5 @@
-"""API-wide HTTP concerns: the request id, request metrics, CORS and security headers.
+"""API-wide HTTP concerns: the request id, request metrics, CORS and security headers, in one
+middleware (``api_middleware``, which also answers errors as problem+json and authenticates).
 
 - ``X-Request-ID``: the caller's, when it is a safe token (printable, no spaces, at most 128
   characters: notifier/logs.py), else a new one; set for the request's task (every log record of
@@ -19,12 +20,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from notifier import metrics
+from notifier.api.auth import authenticate, is_public
 from notifier.api.keys import SETTINGS
-from notifier.api.problems import Problem, response
+from notifier.api.problems import Problem, problem_answer, response
 from notifier.logs import REQUEST_ID, accept_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -53,9 +56,23 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# Histogram children by (method, route, status), looked up once each: ``labels()`` per request
+# takes a lock and builds its key every time.
+_OBSERVERS: dict[tuple[str, str, int], Any] = {}
+
+
+def _observe(method: str, route: str, status: int, took: float) -> None:
+    child = _OBSERVERS.get((method, route, status))
+    if child is None:
+        child = _OBSERVERS[(method, route, status)] = metrics.HTTP_REQUESTS.labels(method, route, str(status))
+    child.observe(took)
+
+
 @web.middleware
-async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost: the request id for the whole request, its metric, and CORS preflights."""
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The API's one middleware (one layer per request, not one per concern), outermost to inner:
+    the request id for the whole request, its metric and access line, and CORS preflights; every
+    error as problem+json (api/problems.py); the caller (api/auth.py), unless the path is public."""
     request_id = accept_request_id(request.headers.get(REQUEST_ID_HEADER))
     request[REQUEST_ID_KEY] = request_id
     token = REQUEST_ID.set(request_id)
@@ -65,7 +82,16 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
             resp: web.StreamResponse = _preflight(request)
         else:
-            resp = await handler(request)
+            try:
+                if not is_public(request.path):
+                    await authenticate(request)
+                resp = await handler(request)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                resp = problem_answer(request, exc)
+            except Exception as exc:
+                resp = problem_answer(request, exc)
         status = resp.status
         return resp
     except web.HTTPException as exc:
@@ -74,7 +100,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         took = time.perf_counter() - started
         route = _route(request)
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).observe(took)
+        _observe(request.method, route, status, took)
         if request.app[SETTINGS].log_requests:
             # The route template, never the path: paths hold ids and signed read-link tokens.
             access.info(

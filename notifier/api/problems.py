@@ -175,17 +175,12 @@ def _safe_path(request: web.Request) -> str:
     return "/r/<token>" if path.startswith("/r/") else path
 
 
-@web.middleware
-async def problem_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except Problem as problem:
-        return response(problem, request.path)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+def problem_answer(request: web.Request, exc: Exception) -> web.Response:
+    """The problem+json answer to ``exc`` raised while serving ``request`` (an ``HTTPException``
+    below 400 is not an error: the caller re-raises it)."""
+    if isinstance(exc, Problem):
+        return response(exc, request.path)
+    if isinstance(exc, web.HTTPException):
         title = _HTTP_TITLES.get(exc.status, exc.reason)
         detail = "request body too large" if exc.status == 413 else None
         return response(
@@ -197,7 +192,7 @@ async def problem_middleware(
             ),
             request.path,
         )
-    except (OverflowError, asyncpg.DataError) as exc:
+    if isinstance(exc, OverflowError | asyncpg.DataError):
         # A value the database cannot hold (a year 9999 datetime, an out-of-range number): the
         # request was wrong, not the server. The value itself is not logged.
         log.info(
@@ -215,13 +210,28 @@ async def problem_middleware(
             ),
             request.path,
         )
+    if unavailable(exc):
+        # The database is down or restarting: the request was fine and will work again shortly
+        # (a repeat is safe: writes are idempotent or keyed by Idempotency-Key).
+        log.warning(
+            "database unavailable on %s %s: %s", request.method, _safe_path(request), type(exc).__name__
+        )
+        return response(database_unavailable(), request.path)
+    log.exception("unhandled error on %s %s", request.method, _safe_path(request))
+    return response(Problem(500, "Internal Server Error", "an unexpected error occurred"), request.path)
+
+
+@web.middleware
+async def problem_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error as problem+json (``problem_answer``); the API's own middleware
+    (api/middleware.py) does the same inline."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_answer(request, exc)
     except Exception as exc:
-        if unavailable(exc):
-            # The database is down or restarting: the request was fine and will work again shortly
-            # (a repeat is safe: writes are idempotent or keyed by Idempotency-Key).
-            log.warning(
-                "database unavailable on %s %s: %s", request.method, _safe_path(request), type(exc).__name__
-            )
-            return response(database_unavailable(), request.path)
-        log.exception("unhandled error on %s %s", request.method, _safe_path(request))
-        return response(Problem(500, "Internal Server Error", "an unexpected error occurred"), request.path)
+        return problem_answer(request, exc)

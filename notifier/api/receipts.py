@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+import pydantic_core
 from aiohttp import web
 from pydantic import BaseModel, Field
 
@@ -145,12 +146,16 @@ async def post_receipt(request: web.Request, call: Call) -> web.Response:
                 headers={"Retry-After": "1"},
             )
         raise not_found("recipient")
-    notice_id, recorded = str(row["id"]), bool(row["recorded"])
-    return json_response(
-        ReceiptOut(
-            notice_id=notice_id, member_id=member_id, type="read", read_at=row["read_at"], recorded=recorded
-        ).model_dump(mode="json")
-    )
+    # ReceiptOut's fields, serialised as pydantic serialises the model (read_at "...Z"), without
+    # building one per receipt.
+    out = {
+        "notice_id": str(row["id"]),
+        "member_id": member_id,
+        "type": "read",
+        "read_at": row["read_at"],
+        "recorded": bool(row["recorded"]),
+    }
+    return web.Response(body=pydantic_core.to_json(out), content_type="application/json")
 
 
 @routes.route(

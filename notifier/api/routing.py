@@ -196,9 +196,14 @@ def _finite(text: str) -> float:
     return value
 
 
+# Built once: ``json.loads`` with hooks builds a decoder (and its scanner) on every call.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
 def parse_json(raw: bytes) -> Any:
-    """Strict JSON: no NaN/Infinity, no numbers that overflow to infinity."""
-    return json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    """Strict JSON: no NaN/Infinity, no numbers that overflow to infinity. The bytes are decoded
+    as ``json.loads`` decodes them (UTF-8, -16 or -32, a BOM allowed)."""
+    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
 
 
 def _reject_nul(data: Any, prefix: str = "") -> None:
@@ -229,8 +234,11 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
         _reject_nul(dict(request.match_info))
         body = None
         if op.body is not None:
-            async with body_deadline(request):
+            if request.content.is_eof():  # the whole body is here: reading it cannot wait
                 raw = await request.read()
+            else:
+                async with body_deadline(request):
+                    raw = await request.read()
             try:
                 data = parse_json(raw) if raw else None
             except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser allows
