@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from notifier.api import group_commit
 from notifier.api.receipts_group import RECEIPTS_GROUP, ReceiptGroup
 from notifier.db import receipts as receipts_db
 from tests.api.conftest import Org, problem
@@ -37,6 +38,21 @@ def flushes(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> li
 
     monkeypatch.setattr(receipts_db, "record_many", counted)
     monkeypatch.setattr(client.app[RECEIPTS_GROUP], "flushes", 1)
+    return sizes
+
+
+@pytest.fixture
+def statements(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each statement the group sends, with the app's own number of flushes (2)."""
+    sizes: list[int] = []
+    record_many = receipts_db.record_many
+
+    async def counted(conn: Any, notice_ids: list[str], *args: Any, **kwargs: Any) -> Any:
+        sizes.append(len(notice_ids))
+        return await record_many(conn, notice_ids, *args, **kwargs)
+
+    monkeypatch.setattr(receipts_db, "record_many", counted)
+    assert client.app[RECEIPTS_GROUP].flushes == 2
     return sizes
 
 
@@ -182,10 +198,16 @@ async def test_a_failing_or_cancelled_receipt_costs_the_others_nothing(
 
 
 async def test_many_concurrent_receipts_and_a_batch_deadlock_never_and_count_right(
-    client: TestClient[Any, Any], db: asyncpg.Connection, worker: None, org: Org
+    client: TestClient[Any, Any],
+    db: asyncpg.Connection,
+    worker: None,
+    org: Org,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Receipts of two notices from several callers at once, two flushes in flight, and a batch
-    of the same reads meanwhile: every answer 200, each read recorded once, counters = rows."""
+    """Receipts of two notices from several callers at once, two flushes in flight (groups of
+    four are full ones here), and a batch of the same reads meanwhile: every answer 200, each
+    read recorded once, counters = rows."""
+    monkeypatch.setattr(group_commit, "FLUSH_MAX", 4)
     nid = await _notice_by(client, None, {"units": ["c"]})
     nb1 = await _notice_by(client, org.b1_service, {"units": ["b1"]})
     await _active(client, nid)
@@ -201,4 +223,66 @@ async def test_many_concurrent_receipts_and_a_batch_deadlock_never_and_count_rig
     firsts = {(a["notice_id"], a["member_id"]) for a in answers if a["recorded"]}
     assert len([a for a in answers if a["recorded"]]) == len(firsts)  # each pair recorded at most once
     assert await db.fetchval("SELECT count(*) FROM recipients WHERE read_at IS NOT NULL") == 6
+    assert await violations(db) == []
+
+
+async def test_receipts_arriving_while_a_flush_is_in_flight_wait_for_it_not_a_second_flush(
+    client: TestClient[Any, Any],
+    db: asyncpg.Connection,
+    worker: None,
+    org: Org,
+    server_urls: tuple[str, str],
+    statements: list[int],
+) -> None:
+    """Two flushes may run at once, but the second only for a full group: the receipts that come
+    one by one while a flush is in flight go together in the next statement (one round trip, one
+    commit), not each in an eager flush of its own."""
+    nid = await _notice_by(client, None, {"units": ["c"]})
+    await _active(client, nid)
+    group: ReceiptGroup = client.app[RECEIPTS_GROUP]
+
+    def receipt(member_id: str) -> Awaitable[Any]:
+        return group.record(nid, member_id, root=None, member_key=False)
+
+    async with held(server_urls[0], nid, "m1a", lambda: receipt("m1a")) as blocker:
+        await wait_until(lambda: _waits(db), within=10)
+        tasks = []
+        for member_id in ("m1b", "m2a", "m2b"):  # one at a time, each given time to start a flush
+            tasks.append(asyncio.ensure_future(receipt(member_id)))
+            for _ in range(20):
+                await asyncio.sleep(0)
+        await wait_until(_queued(group, 3), within=5)
+        assert statements == [1] and not any(t.done() for t in tasks)
+    answers = await asyncio.gather(blocker, *tasks)
+    assert [a["recorded"] for a in answers] == [True] * 4
+    assert statements == [1, 3]
+    assert await violations(db) == []
+
+
+async def test_a_full_group_waiting_gets_a_second_flush_beside_the_one_in_flight(
+    client: TestClient[Any, Any],
+    db: asyncpg.Connection,
+    worker: None,
+    org: Org,
+    server_urls: tuple[str, str],
+    statements: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(group_commit, "FLUSH_MAX", 3)
+    nid = await _notice_by(client, None, {"units": ["c"]})
+    await _active(client, nid)
+    group: ReceiptGroup = client.app[RECEIPTS_GROUP]
+
+    def receipt(member_id: str) -> Awaitable[Any]:
+        return group.record(nid, member_id, root=None, member_key=False)
+
+    async with held(server_urls[0], nid, "m1a", lambda: receipt("m1a")) as blocker:
+        await wait_until(lambda: _waits(db), within=10)
+        tasks = [asyncio.ensure_future(receipt(m)) for m in ("m1b", "m2a", "m2b")]
+        # answered while the first flush still waits for its row
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert not blocker.done()
+    assert [a["recorded"] for a in answers] == [True] * 3
+    assert (await blocker)["recorded"] is True
+    assert statements == [1, 3]
     assert await violations(db) == []
