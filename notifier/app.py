@@ -33,7 +33,6 @@ from notifier.api import (
     providers,
     quizzes,
     rankings,
-    ratelimit,
     recall,
     receipts,
     records,
@@ -198,7 +197,6 @@ def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> w
     app[SETTINGS] = settings
     app[CHANNELS] = channels if channels is not None else build_registry(settings)
     app[health.OPENAPI] = build_openapi()
-    app.on_response_prepare.append(ratelimit.add_headers)
     app[stream.WATCHERS] = WatchHub(settings)
     app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(_resources)

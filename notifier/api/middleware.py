@@ -28,6 +28,7 @@ from notifier import metrics
 from notifier.api.auth import authenticate, is_public
 from notifier.api.keys import SETTINGS
 from notifier.api.problems import Problem, problem_answer, response
+from notifier.api.ratelimit import RATE_STATE
 from notifier.logs import REQUEST_ID, accept_request_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -159,8 +160,12 @@ def _preflight(request: web.Request) -> web.StreamResponse:
 
 
 async def add_headers(request: web.Request, resp: web.StreamResponse) -> None:
-    """``on_response_prepare``: runs for every response, errors and streams included."""
+    """``on_response_prepare``: runs for every response, errors and streams included; the key's
+    rate bucket (api/ratelimit.py) on every answer to a key."""
     headers = resp.headers
+    rate = request.get(RATE_STATE)
+    if rate is not None:
+        headers.update(rate.headers())
     request_id = request.get(REQUEST_ID_KEY)
     if request_id is not None:
         headers[REQUEST_ID_HEADER] = request_id

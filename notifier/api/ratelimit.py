@@ -3,7 +3,8 @@ API process), taken from by the key lookup itself (db/api_keys.py ``AUTHENTICATE
 db/throttle.py ``API_BUCKET_TAKE``), so a request costs no extra round trip. Limits are per role
 (``Settings.rate_limits``). A request with no token left is ``429`` problem+json with
 ``Retry-After``; every answer to a key carries the IETF draft headers ``RateLimit-Limit`` (the
-burst), ``RateLimit-Remaining`` and ``RateLimit-Reset`` (seconds until the bucket is full again).
+burst), ``RateLimit-Remaining`` and ``RateLimit-Reset`` (seconds until the bucket is full again),
+set by api/middleware.py ``add_headers``.
 """
 
 from __future__ import annotations
@@ -54,10 +55,3 @@ def too_many_requests(rate: RateState) -> Problem:
         type_="rate-limited",
         headers={"Retry-After": str(rate.retry_after)},
     )
-
-
-async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: the key's bucket on every answer to it (errors included)."""
-    rate = request.get(RATE_STATE)
-    if rate is not None:
-        response.headers.update(rate.headers())
