@@ -180,8 +180,9 @@ async def post_receipts_batch(request: web.Request, call: Call) -> web.Response:
         for r in items
     ]
     times = [r.at for r in items]
-    # The checks only read; the writes (the reads, their points) are one transaction.
-    async with deps.pool.acquire() as conn:
+    # The checks only read; the writes (the reads, their points) are one transaction. On the pool
+    # for bulk work: its backend yields the CPU to status reads and single receipts.
+    async with deps.bulk_pool.acquire() as conn:
         if any(at is not None for at in times):
             now = await receipts.now(conn)
             late = [
