@@ -129,7 +129,7 @@ async def test_a_batch_runs_on_the_bulk_pool_whose_backends_yield_the_cpu(
     await _active(client, nid)
     out = await _batch(client, [{"notice_id": nid, "member_id": "m1a", "type": "read"}])
     assert out["recorded"] == 1
-    deps = client.server.app[DEPS]
+    deps = client.app[DEPS]
     base = os.getpriority(os.PRIO_PROCESS, 0)
     assert deps.bulk_pool.get_size() == 1  # the batch's, opened for it
     async with deps.bulk_pool.acquire() as conn:
