@@ -196,7 +196,7 @@ async def timed(call: Callable[[], Awaitable[int]], into: list[float]) -> int:
 
 
 async def status_under_load(
-    dev: Dev, http: aiohttp.ClientSession, pool: Pool, members: int
+    dev: Dev, http: aiohttp.ClientSession, pool: Pool, members: int, cpu: Cpu
 ) -> tuple[list[str], str]:
     auth = {"Authorization": f"Bearer {dev.token}"}
     policy = {"steps": [{"after": "PT1M", "remind": ["inapp"]}]}
@@ -233,6 +233,7 @@ async def status_under_load(
     base: list[float] = []
     fanned = None
     deadline = t_202 + 120
+    before = cpu.snapshot()
     try:
         while time.perf_counter() < deadline:
             if await timed(status, reads) != 200:
@@ -244,6 +245,7 @@ async def status_under_load(
                 break
             dev.check()
     finally:
+        _, _, others = Cpu.delta(before, cpu.snapshot())
         storm.stop.set()
         _, stuck = await asyncio.wait(tasks, timeout=10)
         waiting = []
@@ -271,6 +273,7 @@ async def status_under_load(
         f"single receipts {storm.status}): {len(reads)} reads, {ms(reads)}; {load()}   target p99 <= 10 ms",
         f"  baseline GET /healthz, interleaved: {ms(base)}",
         f"  single receipts of the storm (answered): {len(storm.singles)}, {ms(storm.singles)}",
+        f"  other work on the machine meanwhile: {others:.2f} cores (of {os.cpu_count()})",
     ]
     if stuck:
         lines.append(
@@ -459,10 +462,10 @@ async def benchmark(opts: argparse.Namespace, settings: Settings, tmp: Path) -> 
                     if "4" in targets:
                         lines += await first_push(dev, http, pool, receiver)
                     if targets & {"6", "7"}:
-                        more, notice_id = await status_under_load(dev, http, pool, opts.members)
+                        cpu = Cpu(dev, postmaster)
+                        more, notice_id = await status_under_load(dev, http, pool, opts.members, cpu)
                         lines += more if "6" in targets else []
                         if "7" in targets:
-                            cpu = Cpu(dev, postmaster)
                             lines += await escalation_step(dev, http, pool, notice_id, cpu)
                             lines += await daily_lesson(dev, http, pool, opts.members, cpu)
             except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import secrets
@@ -47,12 +48,23 @@ async def run_api(settings: Settings, stop: asyncio.Future[None] | None = None) 
 
     runner = web.AppRunner(create_app(settings), access_log=None, **server_options(settings))
     await runner.setup()
+    freeze_startup_objects()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     try:
         await (stop if stop is not None else _stop_on_signals())
     finally:
         await runner.cleanup()
+
+
+def freeze_startup_objects() -> None:
+    """Leave what the process holds once started (modules, models, routes, templates, pools: some
+    100,000 objects, all living as long as it does) out of the garbage collector's passes. A
+    full pass walks every tracked object; with them, one held the API's event loop for tens of
+    milliseconds, every few seconds under a read storm, and every request waited (a status read's
+    p99, benchmarks/scale.py target 6). Garbage first, so that none is kept for ever."""
+    gc.collect()
+    gc.freeze()
 
 
 async def run_worker(settings: Settings, stop: asyncio.Future[None] | None = None) -> None:

@@ -58,9 +58,12 @@ from notifier.channels.registry import ChannelRegistry, build_registry
 from notifier.db.pool import API_SESSION, create_pool
 from notifier.metrics import POOLS
 from notifier.settings import Settings
+from notifier.workers.priority import backend_priority_init
 from notifier.workers.queue import create_queue
 
 LINGER_SECONDS = 2.0
+# Connections of the API's pool for bulk work (AppDeps.bulk_pool): a batch call holds one.
+BULK_POOL_MAX = 2
 
 RESOURCE_MODULES = (
     health,
@@ -129,14 +132,23 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(settings, server_settings=API_SESSION)
     POOLS.track(pool, "api")
+    bulk_pool = await create_pool(
+        settings,
+        min_size=0,
+        max_size=BULK_POOL_MAX,
+        server_settings=API_SESSION,
+        on_connect=backend_priority_init(settings.database_url, settings.worker_nice),
+    )
+    POOLS.track(bulk_pool, "api_bulk")
     queue = await create_queue(settings)
     channels = app[CHANNELS]
-    app[DEPS] = AppDeps(settings, pool, queue, channels)
+    app[DEPS] = AppDeps(settings, pool, queue, channels, bulk_pool=bulk_pool)
     try:
         yield
     finally:
         await channels.close()
         await queue.aclose()
+        await bulk_pool.close()
         await pool.close()
 
 

@@ -19,6 +19,10 @@ class AppDeps:
     pool: Pool
     queue: ArqRedis
     channels: ChannelRegistry
+    # Bulk work of requests (a receipts batch of up to 10,000 reads): a small pool of its own whose
+    # backends run at the workers' lower priority on a local server, so that status reads and
+    # single receipts, on ``pool``, neither wait for a connection nor for the CPU behind it.
+    bulk_pool: Pool
 
 
 SETTINGS = web.AppKey("settings", Settings)

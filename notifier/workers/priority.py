@@ -62,10 +62,11 @@ def is_our_backend(pid: int, client: str) -> bool:
     return title.startswith("postgres: ") and client in title
 
 
-def lower_backend_priority(pid: int, client: str) -> bool:
+def lower_backend_priority(pid: int, client: str, nice: int | None = None) -> bool:
     """Give the local PostgreSQL backend ``pid`` (serving ``client``: ``is_our_backend``) this
-    process's niceness when that is lower priority than its own; True when it was changed."""
-    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    process's niceness (or ``nice``) when that is lower priority than its own; True when it was
+    changed."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0) if nice is None else nice
     if nice <= 0 or not is_our_backend(pid, client):
         return False
     with contextlib.suppress(OSError):  # gone, or not ours
@@ -75,14 +76,16 @@ def lower_backend_priority(pid: int, client: str) -> bool:
     return False
 
 
-def backend_priority_init(database_url: str) -> Any:
+def backend_priority_init(database_url: str, nice: int | None = None) -> Any:
     """An asyncpg pool ``init`` step for a worker's pool: its backends share the worker's
-    (lowered) priority when the server is local; None when there is nothing to do."""
-    if os.getpriority(os.PRIO_PROCESS, 0) <= 0 or not database_is_local(database_url):
+    (lowered) priority when the server is local; None when there is nothing to do. With ``nice``,
+    that niceness instead (the API's pool for bulk work: its requests' backends keep theirs)."""
+    wanted = os.getpriority(os.PRIO_PROCESS, 0) if nice is None else nice
+    if wanted <= 0 or not database_is_local(database_url):
         return None
 
     async def init(conn: Any) -> None:
         port = await conn.fetchval("SELECT inet_client_port()")  # NULL on a Unix socket
-        lower_backend_priority(conn.get_server_pid(), "[local]" if port is None else f"({port})")
+        lower_backend_priority(conn.get_server_pid(), "[local]" if port is None else f"({port})", wanted)
 
     return init

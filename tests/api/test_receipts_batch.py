@@ -3,12 +3,14 @@ item (scope, recipient), idempotent; a bad item is a 422 naming it by its index,
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestClient
 
+from notifier.api.keys import DEPS
 from tests.api.conftest import Org, problem, snapshot
 from tests.api.test_scoping import _active, _notice_by
 from tests.conftest import auth
@@ -115,3 +117,23 @@ async def test_a_bad_item_is_named_by_its_index_and_nothing_is_stored(
         body = await problem(resp, 422)
         assert [e["field"] for e in body["errors"]] == want, body
     assert await snapshot(db) == before
+
+
+async def test_a_batch_runs_on_the_bulk_pool_whose_backends_yield_the_cpu(
+    client: TestClient[Any, Any], worker: None, org: Org
+) -> None:
+    """A batch's statement runs in a backend of the API's pool for bulk work, niced as the
+    workers' are (the server is local): status reads and single receipts, on the request pool
+    at the API's own priority, go first."""
+    nid = await _notice_by(client, None, {"units": ["c"]})
+    await _active(client, nid)
+    out = await _batch(client, [{"notice_id": nid, "member_id": "m1a", "type": "read"}])
+    assert out["recorded"] == 1
+    deps = client.app[DEPS]
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert deps.bulk_pool.get_size() == 1  # the batch's, opened for it
+    async with deps.bulk_pool.acquire() as conn:
+        assert os.getpriority(os.PRIO_PROCESS, conn.get_server_pid()) == max(base, deps.settings.worker_nice)
+    await get(client, f"/v1/notices/{nid}")
+    async with deps.pool.acquire() as conn:
+        assert os.getpriority(os.PRIO_PROCESS, conn.get_server_pid()) == base

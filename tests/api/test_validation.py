@@ -4,6 +4,7 @@ stored: every test compares a snapshot of every table before and after the rejec
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from notifier.api.routing import MAX_JSON_DEPTH
 from tests.api.conftest import count, fields, issue_key, problem, snapshot
 from tests.conftest import auth, wait_until
 from tests.helpers import get, post, put
@@ -129,6 +131,46 @@ async def test_nul_characters_are_422_naming_the_field(
     for method, path, payload, field in cases:
         resp = await client.request(method, path, json=payload, headers=auth())
         await problem(resp, 422, [{"field": field, "message": NUL}])
+    assert await snapshot(db) == before
+
+
+async def test_a_nul_in_a_utf16_body_is_named_too(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    """The NUL walk is skipped only when the raw body cannot hold one (routing.may_hold_nul): a
+    UTF-16 body, which the parser accepts, writes its escape with NUL bytes in between."""
+    await _tree(client)
+    before = await snapshot(db)
+    body = json.dumps({"name": "Com\u0000mittee"}).encode("utf-16-le")
+    assert b"\\u0000" not in body
+    resp = await client.put("/v1/units/c", data=body, headers={**auth(), "Content-Type": "application/json"})
+    await problem(resp, 422, [{"field": "name", "message": NUL}])
+    assert await snapshot(db) == before
+
+
+async def test_a_body_nesting_deeper_than_the_limit_is_400_and_at_it_is_validated(
+    client: TestClient[Any, Any], db: asyncpg.Connection
+) -> None:
+    """MAX_JSON_DEPTH levels (the body one, each member one more) are parsed and validated; one
+    more is refused before validation (routing._too_deep, walked level by level)."""
+    before = await snapshot(db)
+
+    def nested(levels: int, leaf: Any) -> dict[str, Any]:
+        value: Any = leaf
+        for _ in range(levels - 1):
+            value = [value]
+        return {"name": "Committee", "extra": value}
+
+    leaves: list[Any] = [1, [], {}]  # at MAX_JSON_DEPTH: validated, the unknown field named
+    for leaf in leaves:
+        resp = await client.put("/v1/units/c", json=nested(MAX_JSON_DEPTH - 1, leaf), headers=auth())
+        body = await problem(resp, 422)
+        assert [e["field"] for e in body["errors"]][0].startswith("extra"), body
+    leaves = [1, [1], {"a": 1}]  # one level more
+    for leaf in leaves:
+        resp = await client.put("/v1/units/c", json=nested(MAX_JSON_DEPTH, leaf), headers=auth())
+        body = await problem(resp, 400)
+        assert body["detail"] == f"request body nests deeper than {MAX_JSON_DEPTH} levels", body
     assert await snapshot(db) == before
 
 
