@@ -8,7 +8,10 @@ the next one, which the flush in flight runs when it is done. So a lone item goe
 added delay at low load), and under load each flush carries the items that arrived during the
 previous one: the fewer the flushes, the fewer the round trips, statements and commits (the
 API's and PostgreSQL's CPU per item). Another flush starts beside it (at most ``flushes`` in all,
-each on a connection of its own) only when a full group (``FLUSH_MAX``) is waiting.
+each on a connection of its own) when a full group (``FLUSH_MAX``) is waiting, or when items have
+waited ``SECOND_FLUSH_AFTER`` behind a flush still in flight (one stuck on a row lock, say, behind
+a long batch): eager second flushes would split the load into small groups, but none at all would
+let one slow statement hold up every receipt and key lookup of the process.
 
 An error fails only the items it belongs to: after a failure the flush runs its items not yet
 answered one by one (not when the database is unavailable or timed out: that fails them all at
@@ -28,6 +31,9 @@ log = logging.getLogger(__name__)
 
 # Items per flush at most.
 FLUSH_MAX = 256
+# Seconds items wait behind a flush in flight before another flush (if ``flushes`` allows) takes
+# them: far above a flush's usual few milliseconds, well below a request's patience.
+SECOND_FLUSH_AFTER = 0.05
 
 Item = TypeVar("Item", bound="Queued[Any]")
 R = TypeVar("R")
@@ -59,6 +65,7 @@ class GroupCommit(Generic[Item]):
         self.pool, self.flushes = pool, flushes
         self._queue: list[Item] = []
         self._flushing: set[asyncio.Task[None]] = set()
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     async def run(self, conn: Connection, items: list[Item]) -> None:
         raise NotImplementedError
@@ -67,12 +74,28 @@ class GroupCommit(Generic[Item]):
         """Queue ``item`` (its caller awaits ``item.done``)."""
         self._queue.append(item)
         if not self._flushing or (len(self._flushing) < self.flushes and len(self._queue) >= FLUSH_MAX):
-            task = asyncio.ensure_future(self._flush_while_queued())
-            self._flushing.add(task)
-            task.add_done_callback(self._flushing.discard)
+            self._start_flush()
+        elif len(self._flushing) < self.flushes and self._stall_timer is None:
+            loop = asyncio.get_running_loop()
+            self._stall_timer = loop.call_later(SECOND_FLUSH_AFTER, self._flush_if_stalled)
+
+    def _start_flush(self) -> None:
+        task = asyncio.ensure_future(self._flush_while_queued())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    def _flush_if_stalled(self) -> None:
+        """Items still queued ``SECOND_FLUSH_AFTER`` after one came behind a flush in flight: another
+        flush takes them now (if ``flushes`` allows) instead of after the one in flight."""
+        self._stall_timer = None
+        if self._queue and len(self._flushing) < self.flushes:
+            self._start_flush()
 
     async def close(self) -> None:
         """Wait for the flushes in flight (they take what is still queued)."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         while self._flushing:
             await asyncio.gather(*self._flushing, return_exceptions=True)
 

@@ -233,10 +233,12 @@ async def test_receipts_arriving_while_a_flush_is_in_flight_wait_for_it_not_a_se
     org: Org,
     server_urls: tuple[str, str],
     statements: list[int],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Two flushes may run at once, but the second only for a full group: the receipts that come
-    one by one while a flush is in flight go together in the next statement (one round trip, one
-    commit), not each in an eager flush of its own."""
+    """Two flushes may run at once, but the second only for a full group (or items stalled, not
+    here): the receipts that come one by one while a flush is in flight go together in the next
+    statement (one round trip, one commit), not each in an eager flush of its own."""
+    monkeypatch.setattr(group_commit, "SECOND_FLUSH_AFTER", 600.0)
     nid = await _notice_by(client, None, {"units": ["c"]})
     await _active(client, nid)
     group: ReceiptGroup = client.app[RECEIPTS_GROUP]
@@ -285,4 +287,35 @@ async def test_a_full_group_waiting_gets_a_second_flush_beside_the_one_in_flight
     assert [a["recorded"] for a in answers] == [True] * 3
     assert (await blocker)["recorded"] is True
     assert statements == [1, 3]
+    assert await violations(db) == []
+
+
+async def test_receipts_stalled_behind_a_stuck_flush_get_a_second_flush(
+    client: TestClient[Any, Any],
+    db: asyncpg.Connection,
+    worker: None,
+    org: Org,
+    server_urls: tuple[str, str],
+    statements: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flush stuck on a locked recipient row does not hold up the process's other receipts for
+    as long as the lock lasts: what waited ``SECOND_FLUSH_AFTER`` behind it goes in a second flush."""
+    monkeypatch.setattr(group_commit, "SECOND_FLUSH_AFTER", 0.05)
+    nid = await _notice_by(client, None, {"units": ["c"]})
+    await _active(client, nid)
+    group: ReceiptGroup = client.app[RECEIPTS_GROUP]
+
+    def receipt(member_id: str) -> Awaitable[Any]:
+        return group.record(nid, member_id, root=None, member_key=False)
+
+    async with held(server_urls[0], nid, "m1a", lambda: receipt("m1a")) as blocker:
+        await wait_until(lambda: _waits(db), within=10)
+        tasks = [asyncio.ensure_future(receipt(m)) for m in ("m1b", "m2a")]
+        # answered while the first flush still waits for its row (not a full group: FLUSH_MAX 256)
+        answers = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert not blocker.done()
+    assert [a["recorded"] for a in answers] == [True] * 2
+    assert (await blocker)["recorded"] is True
+    assert statements == [1, 2]
     assert await violations(db) == []
