@@ -189,7 +189,7 @@ class Settings(BaseSettings):
     api_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Single read receipts, and API keys' lookups, arriving together are made by one statement
     # (api/group_commit.py): at most this many such flushes of each at once per API process, each
-    # on a connection of its own (one more only while a full group waits for it).
+    # on a connection of its own (one more only while a full group waits, or items waited 50 ms).
     group_commit_flushes: int = Field(default=2, ge=1, le=16)
     # Worker processes run at this niceness, and so do their backends of a PostgreSQL on this
     # host: a big fan-out does not make read receipts and status reads wait (workers/priority.py).
