@@ -23,7 +23,6 @@ import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from schemathesis.transport.requests import ManagedCookiesSession
 
 from notifier.app import all_operations, build_openapi, create_app
 from notifier.db import api_keys
@@ -167,16 +166,6 @@ def secretary(live: LiveServer) -> None:
     assert httpx.get(live.url + "/v1/units", headers=auth(SECRETARY_TOKEN), timeout=10).status_code == 200
 
 
-@pytest.fixture(scope="module")
-def http() -> Iterator[ManagedCookiesSession]:
-    """One HTTP session for every call: keep-alive connections instead of a new TCP connection (and
-    a proxy lookup in the environment) per request. Cookies are dropped after each call (what
-    schemathesis' own runner does), so every request still stands alone."""
-    with ManagedCookiesSession() as session:
-        session.trust_env = False  # the server is on loopback
-        yield session
-
-
 FUZZ_SETTINGS = hypothesis.settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -189,22 +178,20 @@ FUZZ_SETTINGS = hypothesis.settings(
 @schema.parametrize()
 @hypothesis.seed(SEED)
 @FUZZ_SETTINGS
-def test_every_operation_keeps_its_contract(
-    case: Case, live: LiveServer, http: ManagedCookiesSession
-) -> None:
-    case.call_and_validate(base_url=live.url, session=http, **CHECKS)
+def test_every_operation_keeps_its_contract(case: Case, live: LiveServer) -> None:
+    case.call_and_validate(base_url=live.url, **CHECKS)
 
 
 @secretary_schema.parametrize()
 @hypothesis.seed(SEED)
 @FUZZ_SETTINGS
 def test_every_operation_keeps_its_contract_for_a_secretary(
-    case: Case, live: LiveServer, secretary: None, http: ManagedCookiesSession
+    case: Case, live: LiveServer, secretary: None
 ) -> None:
-    case.call_and_validate(base_url=live.url, session=http, **CHECKS)
+    case.call_and_validate(base_url=live.url, **CHECKS)
 
 
-def test_linked_calls_keep_the_contract(live: LiveServer, http: ManagedCookiesSession) -> None:
+def test_linked_calls_keep_the_contract(live: LiveServer) -> None:
     live.run(live.reset())
     seed_branch(live)
     answered: Counter[tuple[str, str, int]] = Counter()
@@ -216,7 +203,7 @@ def test_linked_calls_keep_the_contract(live: LiveServer, http: ManagedCookiesSe
 
     class Workflow(notices_only.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:
-            return {"base_url": live.url, "session": http}
+            return {"base_url": live.url}
 
         def before_call(self, case: Case) -> None:
             # A notice to the seeded branch, on the channel every deployment has: the sequences
