@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
@@ -125,6 +126,14 @@ def build_openapi() -> dict[str, Any]:
     return openapi_document(all_operations(), __version__)
 
 
+@functools.cache
+def _served_openapi() -> dict[str, Any]:
+    """The document ``GET /openapi.json`` serves, built once per process: it is a function of the
+    routes alone, and building it (pydantic's JSON schemas) costs ~0.1 s of CPU -- paid by every
+    app a process creates (the test suite creates one per test). Served as is, never changed."""
+    return build_openapi()
+
+
 CHANNELS = web.AppKey("channels", ChannelRegistry)
 
 
@@ -208,7 +217,7 @@ def create_app(settings: Settings, channels: ChannelRegistry | None = None) -> w
     )
     app[SETTINGS] = settings
     app[CHANNELS] = channels if channels is not None else build_registry(settings)
-    app[health.OPENAPI] = build_openapi()
+    app[health.OPENAPI] = _served_openapi()
     app[stream.WATCHERS] = WatchHub(settings)
     app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(_resources)
