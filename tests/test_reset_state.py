@@ -44,3 +44,25 @@ async def test_a_reset_leaves_a_small_table_as_truncate_does_for_the_planner(
         (0, -1.0),
         truncated[1],
     ), f"after TRUNCATE: {tuple(truncated[0])}, estimate {truncated[1]}"
+
+
+SEQUENCES = """
+SELECT q.seqrelid::regclass::text AS name, pg_sequence_last_value(q.seqrelid) AS last
+FROM pg_sequence q ORDER BY 1"""
+
+
+async def test_a_reset_restarts_every_sequence_truncate_restarts(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    names = [r["name"] for r in await db.fetch(SEQUENCES)]
+    for name in names:
+        await db.execute(f"SELECT nextval('{name}')")
+    await reset_state(settings, db)
+    after_reset = {r["name"]: r["last"] for r in await db.fetch(SEQUENCES)}
+    for name in names:
+        await db.execute(f"SELECT nextval('{name}')")
+    from tests.conftest import TABLES
+
+    await db.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    after_truncate = {r["name"]: r["last"] for r in await db.fetch(SEQUENCES)}
+    assert after_reset == after_truncate
