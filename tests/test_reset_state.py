@@ -14,6 +14,12 @@ from tests.conftest import reset_state
 GROW = "INSERT INTO units (id, name) SELECT 'u' || g, 'U' FROM generate_series(1, $1::int) g"
 
 
+async def _stats(db: asyncpg.Connection) -> tuple[int, float]:
+    row = await db.fetchrow("SELECT relpages, reltuples FROM pg_class WHERE oid = 'units'::regclass")
+    assert row is not None
+    return int(row["relpages"]), float(row["reltuples"])
+
+
 async def _estimate(db: asyncpg.Connection) -> int:
     plan = json.loads(await db.fetchval("EXPLAIN (FORMAT JSON) SELECT * FROM units"))
     return int(plan[0]["Plan"]["Plan Rows"])
@@ -28,7 +34,7 @@ async def test_a_reset_leaves_a_small_table_as_truncate_does_for_the_planner(
     await db.execute("TRUNCATE units RESTART IDENTITY CASCADE")
     await db.execute(GROW, 5000)  # the next test grows the table (no ANALYZE in between)
     truncated = (
-        await db.fetchrow("SELECT relpages, reltuples FROM pg_class WHERE oid = 'units'::regclass"),
+        await _stats(db),
         await _estimate(db),
     )
     await reset_state(settings, db)
@@ -36,14 +42,14 @@ async def test_a_reset_leaves_a_small_table_as_truncate_does_for_the_planner(
     await db.execute(GROW, 3)
     await db.execute("ANALYZE units")
     await reset_state(settings, db)
-    stats = await db.fetchrow("SELECT relpages, reltuples FROM pg_class WHERE oid = 'units'::regclass")
+    stats = await _stats(db)
     await db.execute(GROW, 5000)
     assert await db.fetchval("SELECT count(*) FROM units") == 5000
     # TRUNCATE: never analysed (reltuples -1), the estimate follows the table's growth
-    assert (tuple(stats), await _estimate(db)) == (
+    assert (stats, await _estimate(db)) == (
         (0, -1.0),
         truncated[1],
-    ), f"after TRUNCATE: {tuple(truncated[0])}, estimate {truncated[1]}"
+    ), f"after TRUNCATE: {truncated[0]}, estimate {truncated[1]}"
 
 
 SEQUENCES = """
