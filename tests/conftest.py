@@ -122,10 +122,12 @@ WITH RECURSIVE reach(rel) AS (
 )
 SELECT rel::text AS name FROM reach
 """
-# Those written since they were last emptied (their heap has a page), with its size.
+# Those written since they were last emptied (their heap has a page), with its size and whether
+# it has planner statistics (analysed or vacuumed since: a TRUNCATE leaves none, reltuples -1).
 WRITTEN_TABLES = """
-SELECT rel::text AS name, pg_relation_size(rel) AS bytes
-FROM unnest($1::regclass[]) rel WHERE pg_relation_size(rel) > 0
+SELECT rel::text AS name, pg_relation_size(rel) AS bytes, c.reltuples <> -1 AS analysed
+FROM unnest($1::regclass[]) rel JOIN pg_class c ON c.oid = rel
+WHERE pg_relation_size(rel) > 0 OR c.reltuples <> -1
 """
 # Their sequences, back to where RESTART IDENTITY would put them.
 RESTART_SEQUENCES = """
@@ -134,8 +136,10 @@ FROM pg_sequence q JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.ob
 WHERE d.refobjid = ANY($1::regclass[]) AND pg_sequence_last_value(q.seqrelid) IS NOT NULL
 """
 # A table up to this size is emptied by DELETE, a larger one by TRUNCATE (so big tables' dead rows
-# do not linger): TRUNCATE costs a few ms per table -- new files for the table, its indexes and
-# sequences -- and took ~0.1 s of every test's setup for ~50 tables, most empty or nearly.
+# do not linger), and so is one with planner statistics (a DELETE would keep them: the next test's
+# plans would depend on the test before, not start from a fresh deployment's). TRUNCATE costs a few
+# ms per table -- new files for the table, its indexes and sequences -- and took ~0.1 s of every
+# test's setup for ~50 tables, most empty or nearly.
 DELETE_UP_TO_BYTES = 8 * 8192
 
 
@@ -151,8 +155,8 @@ async def reset_state(settings: Settings, conn: asyncpg.Connection) -> None:
             # stopped may have sent one) and holds off new ones until the tables are empty.
             await conn.execute(f"LOCK TABLE {', '.join(tables)} IN SHARE MODE")
             written = await conn.fetch(WRITTEN_TABLES, tables)
-            large = [r["name"] for r in written if r["bytes"] > DELETE_UP_TO_BYTES]
-            small = [r["name"] for r in written if r["bytes"] <= DELETE_UP_TO_BYTES]
+            large = [r["name"] for r in written if r["bytes"] > DELETE_UP_TO_BYTES or r["analysed"]]
+            small = [r["name"] for r in written if r["bytes"] <= DELETE_UP_TO_BYTES and not r["analysed"]]
             if large:
                 await conn.execute(f"TRUNCATE {', '.join(large)} RESTART IDENTITY CASCADE")
             if small:

@@ -113,6 +113,9 @@ class GroupCommit(Generic[Item]):
         while self._queue:
             batch = [item for item in self._queue[:FLUSH_MAX] if not item.done.done()]
             del self._queue[:FLUSH_MAX]
+            if not self._queue and self._stall_timer is not None:  # nothing waits any more: the
+                self._stall_timer.cancel()  # next item behind a flush waits its own full time
+                self._stall_timer = None
             if not batch:
                 continue
             try:
