@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 from types import ModuleType
@@ -139,26 +140,26 @@ CHANNELS = web.AppKey("channels", ChannelRegistry)
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool = await create_pool(settings, server_settings=API_SESSION)
-    POOLS.track(pool, "api")
-    bulk_pool = await create_pool(
-        settings,
-        min_size=0,
-        max_size=BULK_POOL_MAX,
-        server_settings=API_SESSION,
-        on_connect=backend_priority_init(settings.database_url, settings.worker_nice),
-    )
-    POOLS.track(bulk_pool, "api_bulk")
-    queue = await create_queue(settings)
-    channels = app[CHANNELS]
-    app[DEPS] = AppDeps(settings, pool, queue, channels, bulk_pool=bulk_pool)
-    try:
+    # Each closed when a later one fails to open, as when the app stops (last opened, first closed).
+    async with contextlib.AsyncExitStack() as opened:
+        pool = await create_pool(settings, server_settings=API_SESSION)
+        opened.push_async_callback(pool.close)
+        POOLS.track(pool, "api")
+        bulk_pool = await create_pool(
+            settings,
+            min_size=0,
+            max_size=BULK_POOL_MAX,
+            server_settings=API_SESSION,
+            on_connect=backend_priority_init(settings.database_url, settings.worker_nice),
+        )
+        opened.push_async_callback(bulk_pool.close)
+        POOLS.track(bulk_pool, "api_bulk")
+        queue = await create_queue(settings)
+        opened.push_async_callback(queue.aclose)
+        channels = app[CHANNELS]
+        opened.push_async_callback(channels.close)
+        app[DEPS] = AppDeps(settings, pool, queue, channels, bulk_pool=bulk_pool)
         yield
-    finally:
-        await channels.close()
-        await queue.aclose()
-        await bulk_pool.close()
-        await pool.close()
 
 
 async def _watchers(app: web.Application) -> AsyncIterator[None]:
