@@ -26,9 +26,8 @@ from tests.helpers import post
 from tests.workers.test_counters import violations
 
 
-@pytest.fixture
-def flushes(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The size of each statement the group sends; one flush at a time."""
+def _statement_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each statement the receipts' group sends, from now on."""
     sizes: list[int] = []
     record_many = receipts_db.record_many
 
@@ -37,23 +36,21 @@ def flushes(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> li
         return await record_many(conn, notice_ids, *args, **kwargs)
 
     monkeypatch.setattr(receipts_db, "record_many", counted)
-    monkeypatch.setattr(client.app[RECEIPTS_GROUP], "flushes", 1)
     return sizes
+
+
+@pytest.fixture
+def flushes(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each statement the group sends; one flush at a time."""
+    monkeypatch.setattr(client.app[RECEIPTS_GROUP], "flushes", 1)
+    return _statement_sizes(monkeypatch)
 
 
 @pytest.fixture
 def statements(client: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The size of each statement the group sends, with the app's own number of flushes (2)."""
-    sizes: list[int] = []
-    record_many = receipts_db.record_many
-
-    async def counted(conn: Any, notice_ids: list[str], *args: Any, **kwargs: Any) -> Any:
-        sizes.append(len(notice_ids))
-        return await record_many(conn, notice_ids, *args, **kwargs)
-
-    monkeypatch.setattr(receipts_db, "record_many", counted)
     assert client.app[RECEIPTS_GROUP].flushes == 2
-    return sizes
+    return _statement_sizes(monkeypatch)
 
 
 @contextlib.asynccontextmanager
