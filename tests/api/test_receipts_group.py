@@ -166,13 +166,7 @@ async def test_a_failing_or_cancelled_receipt_costs_the_others_nothing(
     """An item the statement cannot take fails alone (the flush runs its items one by one); a
     caller cancelled while queued sends nothing; one cancelled while its flush runs is recorded
     once, and counted."""
-    nid = await _notice_by(client, None, {"units": ["c"]})
-    await _active(client, nid)
-    group: ReceiptGroup = client.app[RECEIPTS_GROUP]
-
-    def receipt(member_id: str) -> Awaitable[Any]:
-        return group.record(nid, member_id, root=None, member_key=False)
-
+    nid, group, receipt = await _admins_receipts(client)
     async with held(server_urls[0], nid, "m1a", lambda: receipt("m1a")) as blocker:
         await wait_until(lambda: _waits(db), within=10)
         good, bad, gone, last = (asyncio.ensure_future(receipt(m)) for m in ("m2a", "m\x00", "m1b", "m2b"))
@@ -223,6 +217,20 @@ async def test_many_concurrent_receipts_and_a_batch_deadlock_never_and_count_rig
     assert await violations(db) == []
 
 
+async def _admins_receipts(
+    client: TestClient[Any, Any],
+) -> tuple[str, ReceiptGroup, Callable[[str], Awaitable[Any]]]:
+    """A notice to unit c, fanned out; the app's receipts group; an admin's receipt of it by member."""
+    nid = await _notice_by(client, None, {"units": ["c"]})
+    await _active(client, nid)
+    group: ReceiptGroup = client.app[RECEIPTS_GROUP]
+
+    def receipt(member_id: str) -> Awaitable[Any]:
+        return group.record(nid, member_id, root=None, member_key=False)
+
+    return nid, group, receipt
+
+
 async def test_receipts_arriving_while_a_flush_is_in_flight_wait_for_it_not_a_second_flush(
     client: TestClient[Any, Any],
     db: asyncpg.Connection,
@@ -236,13 +244,7 @@ async def test_receipts_arriving_while_a_flush_is_in_flight_wait_for_it_not_a_se
     here): the receipts that come one by one while a flush is in flight go together in the next
     statement (one round trip, one commit), not each in an eager flush of its own."""
     monkeypatch.setattr(group_commit, "SECOND_FLUSH_AFTER", 600.0)
-    nid = await _notice_by(client, None, {"units": ["c"]})
-    await _active(client, nid)
-    group: ReceiptGroup = client.app[RECEIPTS_GROUP]
-
-    def receipt(member_id: str) -> Awaitable[Any]:
-        return group.record(nid, member_id, root=None, member_key=False)
-
+    nid, group, receipt = await _admins_receipts(client)
     async with held(server_urls[0], nid, "m1a", lambda: receipt("m1a")) as blocker:
         await wait_until(lambda: _waits(db), within=10)
         tasks = []
@@ -268,13 +270,7 @@ async def test_a_full_group_waiting_gets_a_second_flush_beside_the_one_in_flight
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(group_commit, "FLUSH_MAX", 3)
-    nid = await _notice_by(client, None, {"units": ["c"]})
-    await _active(client, nid)
-    group: ReceiptGroup = client.app[RECEIPTS_GROUP]
-
-    def receipt(member_id: str) -> Awaitable[Any]:
-        return group.record(nid, member_id, root=None, member_key=False)
-
+    nid, group, receipt = await _admins_receipts(client)
     async with held(server_urls[0], nid, "m1a", lambda: receipt("m1a")) as blocker:
         await wait_until(lambda: _waits(db), within=10)
         tasks = [asyncio.ensure_future(receipt(m)) for m in ("m1b", "m2a", "m2b")]
@@ -299,13 +295,7 @@ async def test_receipts_stalled_behind_a_stuck_flush_get_a_second_flush(
     """A flush stuck on a locked recipient row does not hold up the process's other receipts for
     as long as the lock lasts: what waited ``SECOND_FLUSH_AFTER`` behind it goes in a second flush."""
     monkeypatch.setattr(group_commit, "SECOND_FLUSH_AFTER", 0.05)
-    nid = await _notice_by(client, None, {"units": ["c"]})
-    await _active(client, nid)
-    group: ReceiptGroup = client.app[RECEIPTS_GROUP]
-
-    def receipt(member_id: str) -> Awaitable[Any]:
-        return group.record(nid, member_id, root=None, member_key=False)
-
+    nid, group, receipt = await _admins_receipts(client)
     async with held(server_urls[0], nid, "m1a", lambda: receipt("m1a")) as blocker:
         await wait_until(lambda: _waits(db), within=10)
         tasks = [asyncio.ensure_future(receipt(m)) for m in ("m1b", "m2a")]

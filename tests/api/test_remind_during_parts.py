@@ -6,22 +6,16 @@ sends stay inflated by it for good: later presses are refused for sends never ma
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
 import pytest
 
-from notifier.workers import escalation_parts
-from notifier.workers.escalate import advance_escalations
 from notifier.workers.escalation_parts import remind_parts
 from tests.api.test_remind import press
 from tests.api.viewsenv import Views, view_settings, views
-from tests.conftest import advance_clock
-from tests.workers.test_delivery_layer import make_members, make_notice
+from tests.workers.test_escalation_parts import split_step
 
 __all__ = ["view_settings", "views"]  # fixtures
 
-POLICY = {"steps": [{"after": 60, "remind": ["scripted", "inapp"]}], "repeat": 0}
 IN_PARTS = {"escalation_chunk_size": 6, "escalation_parts": 2, "escalation_max_sends": 50}
 
 
@@ -30,16 +24,7 @@ async def test_a_step_in_parts_stopped_by_a_remind_now_counts_back_its_reservati
     views: Views, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deps, _, client = views
-    await make_members(db, 20)
-    nid = await make_notice(deps, db, ["inapp"], escalation=POLICY)
-    await advance_clock(db, 61)
-
-    async def held_back(deps: Any, notice_id: str) -> int:
-        return 0
-
-    with monkeypatch.context() as patched:
-        patched.setattr(escalation_parts, "remind_parts", held_back)
-        assert await advance_escalations(deps) == 0  # split: 20 unread x 2 channels reserved
+    nid = await split_step(deps, db, monkeypatch)  # 20 unread x 2 channels reserved
     assert await db.fetchval("SELECT sends FROM escalations WHERE notice_id = $1", nid) == 40
     # a press that wants 20 reminders finds 10 left of the ceiling: it stops the escalation
     resp = await press(client, nid, {"channels": ["scripted"]})
