@@ -137,3 +137,48 @@ async def test_member_without_contact_is_failed_on_that_channel_and_visible(
     assert [i["member_id"] for i in failed["items"]] == ["m00001", "m00002", "m00003"]
     assert failed["items"][0]["deliveries"][0]["error"] == "no working contact for this channel"
     assert receiver.per_member() == {"m00000": 1}
+
+
+async def test_an_optional_channel_reaches_who_it_can_and_fails_nobody(
+    client: TestClient[Any, Any], worker: None, receiver: WebhookReceiver, db: asyncpg.Connection
+) -> None:
+    await build_org(client, groups=3, members=4)
+    await post(client, "/v1/members/m00000/contacts", {"channel": "webhook", "target": receiver.url})
+    body = {"kind": "notice", "title": "t", "body": "b", "audience": {"units": ["c"]}}
+    # An optional channel is one of the notice's, and one that reaches members stays required.
+    problem = await post(
+        client,
+        "/v1/notices",
+        {**body, "channels": ["inapp", "webhook"], "optional_channels": ["webhook", "sms"]},
+        status=422,
+    )
+    assert [e["field"] for e in problem["errors"]] == ["optional_channels[1]"]
+    problem = await post(
+        client, "/v1/notices", {**body, "channels": ["webhook"], "optional_channels": ["webhook"]}, status=422
+    )
+    assert [e["field"] for e in problem["errors"]] == ["optional_channels"]
+    assert await db.fetchval("SELECT count(*) FROM notices") == 0
+
+    notice = await post(
+        client,
+        "/v1/notices",
+        {**body, "channels": ["inapp", "webhook"], "optional_channels": ["webhook"]},
+        status=202,
+    )
+    assert notice["optional_channels"] == ["webhook"]
+    await wait_until(lambda: _all_final(client, db, notice["id"], 4))
+    status = await get(client, f"/v1/notices/{notice['id']}")
+    assert status["optional_channels"] == ["webhook"]
+    assert (status["counts"]["delivered"], status["counts"]["failed"]) == (4, 0)
+    rows = await db.fetch(
+        "SELECT member_id, channel, state FROM deliveries WHERE notice_id = $1 ORDER BY member_id, channel",
+        notice["id"],
+    )
+    assert [(r["member_id"], r["channel"], r["state"]) for r in rows] == [
+        ("m00000", "inapp", "delivered"),
+        ("m00000", "webhook", "delivered"),
+        ("m00001", "inapp", "delivered"),
+        ("m00002", "inapp", "delivered"),
+        ("m00003", "inapp", "delivered"),
+    ]
+    assert receiver.per_member() == {"m00000": 1}

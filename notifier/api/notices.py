@@ -44,6 +44,12 @@ class NoticeIn(Strict):
     body: str = Field(min_length=1, max_length=20_000)
     audience: Audience
     channels: Channels = Field(default_factory=lambda: ["inapp"], min_length=1, max_length=16)
+    optional_channels: Channels = Field(
+        default_factory=list,
+        max_length=16,
+        description="channels of `channels` used only for the members with a working contact there: the "
+        "others get no failed delivery on them. At least one member channel stays required",
+    )
     fallback: bool = Field(
         default=False,
         description="channels in order of preference: each member gets the first one they can be reached on",
@@ -87,6 +93,7 @@ class NoticeOut(BaseModel):
     body: str
     audience: Audience
     channels: list[str]
+    optional_channels: list[str] = Field(description="used only where the member has a working contact")
     fallback: bool
     state: NoticeState
     send_at: datetime | None = None
@@ -261,6 +268,7 @@ async def insert_notice(
         body=body.body,
         audience=body.audience.model_dump(),
         channels=body.channels,
+        optional_channels=body.optional_channels,
         fallback=body.fallback,
         scope_unit_id=p.scope_root,
         created_by=p.key_id,
@@ -290,8 +298,9 @@ async def insert_notice(
     headers={IDEMPOTENCY_HEADER: "Replays the first response for the same key and body (24 h)"},
     responses={
         409: "a request with this Idempotency-Key is still being processed",
-        422: "a channel is not one this deployment configures; the audience names units or members "
-        "that are unknown or outside your reach; the escalation policy is unknown; the "
+        422: "a channel is not one this deployment configures; an optional channel is not one of "
+        "`channels`, or no channel that reaches members is left required; the audience names units "
+        "or members that are unknown or outside your reach; the escalation policy is unknown; the "
         "Idempotency-Key was used with a different body",
     },
     links={
@@ -306,7 +315,7 @@ async def create_notice(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service", "secretary")
     body = call.body_as(NoticeIn)
     deps = request.app[DEPS]
-    require_channels(deps, body.channels)
+    require_channels(deps, body.channels, body.optional_channels)
     key = idempotency_key(request)
     async with deps.pool.acquire() as conn, conn.transaction():
         data, replayed = await create_once(
@@ -341,11 +350,19 @@ async def wake_fanout(deps: AppDeps, data: dict[str, Any], send_at: datetime | N
         log.warning("could not enqueue fan-out for notice %s; the reconciler will", data["id"], exc_info=True)
 
 
-def require_channels(deps: AppDeps, channels: list[str]) -> None:
-    """Every channel named is one this deployment configures (422 naming the first that is not)."""
+def require_channels(deps: AppDeps, channels: list[str], optional: list[str] | None = None) -> None:
+    """Every channel named is one this deployment configures (422 naming the first that is not);
+    the ``optional`` ones are among them, and a channel that reaches members stays required."""
     for i, channel in enumerate(channels):
         if channel not in deps.channels:
             raise invalid(f"channels[{i}]", f"unknown channel; one of {', '.join(deps.channels.ids())}")
+    for i, channel in enumerate(optional or []):
+        if channel not in channels:
+            raise invalid(f"optional_channels[{i}]", "not one of this notice's channels")
+    if optional and all(
+        channel in optional or deps.channels.get(channel).capabilities.unit_level for channel in channels
+    ):
+        raise invalid("optional_channels", "at least one channel that reaches members must stay required")
 
 
 def idempotency_key(request: web.Request) -> str | None:

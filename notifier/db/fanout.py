@@ -30,7 +30,7 @@ from notifier.db.units import ancestors, audience_members, subtree
 # FANOUT_CHUNK, a notice's first chunks: the next `limit` audience members above the cursor,
 # found through the audience's units (a small audience in a big organisation reads only its own).
 #   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 limit
-#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback
+#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback  $10 optional
 _FIRST = f"""
 aud AS (
     SELECT member_id FROM {audience_members("$3")} a
@@ -48,7 +48,7 @@ direct AS (
 # audience those with one in the audience's subtree or named -- and the named members of that
 # range who belong to no unit. No sort of the audience, no second look-up of memberships.
 #   $1 notice  $2 audience units  $3 audience members  $4 cursor  $5 upper bound or NULL
-#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback
+#   $6 channels  $7 needs_contact  $8 delivers_on_insert  $9 fallback  $10 optional
 _PART = f"""
 mu_range AS (
     SELECT mu.member_id, mu.unit_id, mu.unit_id IN (SELECT id FROM sub) AS in_aud FROM member_units mu
@@ -104,8 +104,11 @@ def _tail(rerun: bool) -> str:
     skip_d = "ON CONFLICT (notice_id, member_id, channel, step) DO NOTHING" if rerun else ""
     skip_r = "ON CONFLICT DO NOTHING" if rerun else ""
     return f"""ch AS (
-    SELECT * FROM unnest($6::text[], $7::bool[], $8::bool[]) WITH ORDINALITY AS c(channel, needs_contact, on_insert, ord)
+    SELECT * FROM unnest($6::text[], $7::bool[], $8::bool[], $10::bool[])
+        WITH ORDINALITY AS c(channel, needs_contact, on_insert, optional, ord)
 ),
+-- An optional channel (schemas/0038) plans nothing for a member it cannot reach; the notice
+-- keeps a required one, so every member of the audience has a row here.
 plan_all AS (
     SELECT a.member_id, ch.channel, ch.ord, k.id AS contact_id,
            CASE WHEN ch.on_insert THEN 'delivered'
@@ -113,6 +116,7 @@ plan_all AS (
                 ELSE 'queued' END AS state
     FROM aud a CROSS JOIN ch
     LEFT JOIN LATERAL ({newest_working("a.member_id", "ch.channel", when="ch.needs_contact")}) k ON true
+    WHERE NOT (ch.optional AND ch.needs_contact AND k.id IS NULL)
 ),
 -- Without fallback every listed channel is used; with it, each member gets the first channel
 -- (in the notice's order) they can be reached on, or a failed first channel when none works.
@@ -239,13 +243,17 @@ async def fanout_chunk(
     on_insert: list[bool],
     fallback: bool = False,
     *,
+    optional: list[bool] | None = None,
     in_part: bool = False,
     upper: str | None = None,
 ) -> Record:
     """One chunk, counted; call inside a transaction: the next ``limit`` audience members above
-    ``cursor`` or, ``in_part``, all of them in (``cursor``, ``upper``]. The row:
-    ``n``, ``last_member``, ``queued_channels``."""
+    ``cursor`` or, ``in_part``, all of them in (``cursor``, ``upper``]; ``optional``: per channel,
+    whether it is used only where it reaches (none by default; at least one must be False). The
+    row: ``n``, ``last_member``, ``queued_channels``."""
     row: Record | None
+    optional = optional or [False] * len(channels)
+    assert len(optional) == len(channels) and not all(optional), "a required channel keeps every member"
     rerun = bool(await conn.fetchval(RANGE_HAS_ROWS, notice_id, cursor, upper if in_part else None))
     if in_part:
         assert cursor is not None
@@ -260,6 +268,7 @@ async def fanout_chunk(
             needs_contact,
             on_insert,
             fallback,
+            optional,
         )
     else:
         row = await conn.fetchrow(
@@ -273,6 +282,7 @@ async def fanout_chunk(
             needs_contact,
             on_insert,
             fallback,
+            optional,
         )
     assert row is not None
     if in_part:  # a notice's first chunk runs alone (its row locked); its parts run together

@@ -76,7 +76,7 @@ FOR SHARE OF l SKIP LOCKED"""
 # subtree, carries the lesson's text, and is stamped with the lesson time as send_at (so a late
 # send keeps the evening reminder at its local time). The foreign key from the run to its notice
 # is checked at the end of the statement, when both exist.
-#   $1 [{unit_id, day, due_at, escalation}]  $2 channels
+#   $1 [{unit_id, day, due_at, escalation}]  $2 channels  $3 the optional ones among them
 SEND = """
 WITH due AS (
     SELECT * FROM jsonb_to_recordset($1::jsonb) AS d(unit_id text, day date, due_at timestamptz, escalation jsonb)
@@ -88,10 +88,11 @@ run AS (
     RETURNING unit_id, day, notice_id
 ),
 ins AS (
-    INSERT INTO notices (id, kind, title, body, audience, channels, scope_unit_id, escalation, send_at, state)
+    INSERT INTO notices (id, kind, title, body, audience, channels, optional_channels, scope_unit_id, escalation,
+                         send_at, state)
     SELECT run.notice_id, 'lesson', l.title, l.body,
            jsonb_build_object('units', jsonb_build_array(run.unit_id), 'members', '[]'::jsonb),
-           $2::text[], run.unit_id, d.escalation, d.due_at, 'queued'
+           $2::text[], $3::text[], run.unit_id, d.escalation, d.due_at, 'queued'
     FROM run JOIN due d USING (unit_id, day) JOIN lessons l USING (unit_id, day)
     RETURNING id, scope_unit_id
 ),
@@ -168,11 +169,14 @@ async def seconds_to_next_due(conn: Connection) -> float | None:
     return None if seconds is None else float(seconds)
 
 
-async def send(conn: Connection, due: list[dict[str, Any]], channels: list[str]) -> list[Record]:
-    """Insert runs and notices for ``due`` rows; returns the notices this call created."""
+async def send(
+    conn: Connection, due: list[dict[str, Any]], channels: list[str], optional: list[str] | None = None
+) -> list[Record]:
+    """Insert runs and notices for ``due`` rows (on ``channels``, the ``optional`` ones used only
+    where they reach); returns the notices this call created."""
     if not due:
         return []
-    return list(await conn.fetch(SEND, due, channels))
+    return list(await conn.fetch(SEND, due, channels, optional or []))
 
 
 async def upsert(

@@ -7,15 +7,15 @@ from typing import Any
 
 from notifier.db.pool import Connection, Pool, Record
 
-NOTICE_COLUMNS = """id, kind, title, body, audience, channels, fallback, scope_unit_id, state, created_at,
+NOTICE_COLUMNS = """id, kind, title, body, audience, channels, optional_channels, fallback, scope_unit_id, state, created_at,
     updated_at, fanned_out_at, send_at, expires_at, recalled_at, escalation"""
 
 # A notice whose send_at lies ahead waits as 'scheduled' (the row is the timer); else it is
 # queued for fan-out at once.
 INSERT = f"""
 INSERT INTO notices (kind, title, body, audience, channels, scope_unit_id, created_by, fallback, escalation,
-                     send_at, expires_at, state)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                     send_at, expires_at, optional_channels, state)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
         CASE WHEN $10::timestamptz > (SELECT notifier_now()) THEN 'scheduled' ELSE 'queued' END)
 RETURNING {NOTICE_COLUMNS}"""
 
@@ -42,7 +42,7 @@ FROM notice_unit_counts WHERE notice_id = $1 AND unit_id = $2 AND NOT direct"""
 # into parts (schemas/0032) the parts are claimed instead: a split committed before this
 # statement is in its snapshot, one under way holds the row (skipped).
 CLAIM_FANOUT = """
-SELECT id, audience, channels, fallback, fanout_cursor, state, escalation,
+SELECT id, audience, channels, optional_channels, fallback, fanout_cursor, state, escalation,
        coalesce(send_at, created_at) AS went_out_at
 FROM notices
 WHERE id = $1 AND state IN ('queued', 'fanning_out')
@@ -53,7 +53,7 @@ FOR UPDATE SKIP LOCKED"""
 # chunk runs: the parts run together, and a recall (which UPDATEs the row) waits for the chunks
 # under way and cancels their deliveries too; a part claimed after it sees the notice recalled.
 SHARE_FANOUT = """
-SELECT id, audience, channels, fallback, fanout_cursor, state, escalation,
+SELECT id, audience, channels, optional_channels, fallback, fanout_cursor, state, escalation,
        coalesce(send_at, created_at) AS went_out_at
 FROM notices
 WHERE id = $1 AND state IN ('queued', 'fanning_out') FOR SHARE"""
@@ -102,6 +102,7 @@ async def insert(
     escalation: dict[str, Any] | None = None,
     send_at: datetime | None = None,
     expires_at: datetime | None = None,
+    optional_channels: list[str] | None = None,
 ) -> Record:
     row = await conn.fetchrow(
         INSERT,
@@ -116,6 +117,7 @@ async def insert(
         escalation,
         send_at,
         expires_at,
+        optional_channels or [],
     )
     assert row is not None
     return row
@@ -158,6 +160,7 @@ def as_dict(row: Record, counts: dict[str, int] | None = None) -> dict[str, Any]
         "body": row["body"],
         "audience": row["audience"],
         "channels": list(row["channels"]),
+        "optional_channels": list(row["optional_channels"]),
         "fallback": row["fallback"],
         "state": row["state"],
         "created_at": row["created_at"].isoformat(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from notifier.channels.base import Channel
 from notifier.channels.registry import UnknownChannel
 from notifier.db import fanout as fanout_db
 from notifier.db import notices, timeline
@@ -37,6 +38,21 @@ async def _claim(conn: Connection, notice_id: str) -> tuple[Record | None, Recor
     if part is None:
         return None, None
     return await conn.fetchrow(notices.SHARE_FANOUT, notice_id), part  # None: recalled meanwhile
+
+
+def _member_channels(deps: WorkerDeps, row: Record) -> tuple[list[Channel], list[bool]]:
+    """The channels a chunk plans a delivery on for each member, and whether each is optional."""
+    # Each channel once: a plan holding a (member, channel) twice would fail the chunk's insert,
+    # which skips no duplicate (an escalation summary's channels come from a policy step, which
+    # may repeat one).
+    channels = [deps.channels.get(c) for c in dict.fromkeys(row["channels"])]
+    # A unit-level channel posts once per unit (unit_posts, started when the notice goes out),
+    # not once per member.
+    channels = [c for c in channels if not c.capabilities.unit_level]
+    # Used only where they reach (schemas/0038). The API and the constraint keep a required one;
+    # were none of the member channels required, all of them would be.
+    optional = [c.id in row["optional_channels"] for c in channels]
+    return channels, optional if not all(optional) else [False] * len(channels)
 
 
 async def _split_at_once(
@@ -85,13 +101,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
             if row is None:
                 return total
             try:
-                # Each channel once: a plan holding a (member, channel) twice would fail the
-                # chunk's insert, which skips no duplicate (an escalation summary's channels come
-                # from a policy step, which may repeat one).
-                channels = [deps.channels.get(c) for c in dict.fromkeys(row["channels"])]
-                # A unit-level channel posts once per unit (unit_posts, started when the notice
-                # goes out), not once per member.
-                channels = [c for c in channels if not c.capabilities.unit_level]
+                channels, optional = _member_channels(deps, row)
             except UnknownChannel as exc:
                 # Configured when the notice was accepted, gone from this deployment now: say so
                 # on the notice instead of retrying forever.
@@ -119,6 +129,7 @@ async def fanout_notice(deps: WorkerDeps, notice_id: str) -> int:
                     needs_contact=[c.capabilities.needs_contact for c in channels],
                     on_insert=[c.capabilities.delivers_on_insert for c in channels],
                     fallback=row["fallback"],
+                    optional=optional,
                     in_part=part is not None,
                     upper=upper,
                 )

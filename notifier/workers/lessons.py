@@ -9,7 +9,9 @@ back -- on the same local day. A lesson for a day that is over is never sent lat
 recorded for it (the lessons API shows it as ``missed``).
 
 The notice reaches the unit's whole subtree in the inbox and on every push channel this
-deployment has; quiet hours hold the pushes until the member's morning (the delivery gate). With
+deployment has, each used only for the members with a working contact there (optional channels,
+schemas/0038: a member without an APNs token gets no failed APNs delivery every day); quiet hours
+hold the pushes until the member's morning (the delivery gate). With
 a reminder time later than the lesson time, the notice carries a one-step escalation snapshot
 that reminds the unread on the same push channels at that local time; the escalation engine
 skips those who have read it.
@@ -63,6 +65,7 @@ async def send_due_lessons(deps: WorkerDeps) -> int:
                 for r in due
             ],
             channels,
+            push,
         )
     metrics.LESSON_RUNS.inc(len(sent))
     for row in sent:

@@ -204,6 +204,39 @@ async def test_scheduler_down_across_the_lesson_time_sends_late_once(env: Env) -
     assert await env.db.fetchval("SELECT count(*) FROM recipients WHERE notice_id = $1", rows[0]["id"]) == 5
 
 
+async def test_a_member_without_a_push_token_has_the_lesson_in_the_inbox_and_no_failed_push(env: Env) -> None:
+    await unit(env, "u")
+    await members(env, "u", ["with", "without"])
+    await env.db.execute("DELETE FROM contacts WHERE member_id = 'without'")
+    at_0800 = await next_local(env.db, SHANGHAI, 8, 0)
+    await lesson(env, "u", at_0800.date())
+    await go_to(env.db, at_0800)
+    [nid] = await send_and_deliver(env)
+    assert env.pushes() == Counter({("with", nid): 1})
+    row = await env.db.fetchrow("SELECT channels, optional_channels FROM notices WHERE id = $1", nid)
+    assert row is not None
+    assert (list(row["channels"]), list(row["optional_channels"])) == (["inapp", "fcm"], ["fcm"])
+    per_member = await env.db.fetch(
+        "SELECT member_id, channel, state FROM deliveries WHERE notice_id = $1 ORDER BY member_id, channel",
+        nid,
+    )
+    assert [tuple(r) for r in per_member] == [
+        ("with", "fcm", "sent"),
+        ("with", "inapp", "delivered"),
+        ("without", "inapp", "delivered"),
+    ]
+    counts = await env.db.fetchrow(
+        "SELECT sum(recipients) AS recipients, sum(delivered) AS delivered, sum(failed) AS failed "
+        "FROM notice_counts WHERE notice_id = $1",
+        nid,
+    )
+    assert counts is not None and tuple(counts) == (2, 2, 0)
+    statuses = await env.db.fetch(
+        "SELECT member_id, dstatus FROM recipients WHERE notice_id = $1 ORDER BY member_id", nid
+    )
+    assert [tuple(r) for r in statuses] == [("with", "delivered"), ("without", "delivered")]
+
+
 async def test_two_schedulers_at_once_send_each_lesson_once(env: Env) -> None:
     units = [f"u{i:02d}" for i in range(30)]
     at_0800 = await next_local(env.db, SHANGHAI, 8, 0)
