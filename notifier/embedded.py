@@ -237,6 +237,8 @@ class EmbeddedPostgres:
             "-c",
             "shared_buffers=256MB",
             "-c",
+            "wal_buffers=64MB",
+            "-c",
             "log_min_messages=warning",
         ]
         if self.fast:
