@@ -104,11 +104,18 @@ WHERE n.id = d.notice_id AND {which}
       SELECT 1 FROM recipients r WHERE r.notice_id = d.notice_id AND r.member_id = d.member_id AND r.read_at IS NOT NULL)))
 RETURNING d.id, d.notice_id, d.member_id"""
 # The sweep looks only where such rows can be: queued rows of recalled notices, queued reminders
-# and held rows (found through partial indexes, so a large first send costs it nothing).
+# and held rows, each place through its partial index (deliveries_due_idx, _queued_reminders_idx,
+# _queued_held_idx), so a large first send costs it nothing; the rows found are then taken by
+# primary key. In one OR the three could use no index: every sweep read every queued row (a
+# sequential scan of all of ``deliveries``).
 CANCEL_MOOT_QUEUED = _MOOT.format(
-    which="d.state = 'queued' AND (d.step > 0 OR d.wait_reason IN "
-    + HELD
-    + " OR d.notice_id IN (SELECT id FROM notices WHERE state = 'recalled'))",
+    which=f"""d.state = 'queued' AND d.id = ANY(ARRAY(
+        SELECT id FROM deliveries WHERE state = 'queued' AND step > 0
+        UNION ALL
+        SELECT id FROM deliveries WHERE state = 'queued' AND wait_reason IN {HELD}
+        UNION ALL
+        SELECT id FROM deliveries
+        WHERE state = 'queued' AND notice_id IN (SELECT id FROM notices WHERE state = 'recalled')))""",
     moot=MOOT_AFTER_READ.format(d="d"),
 )
 # Just claimed: the claim cleared wait_reason, so the caller names the rows a read makes moot

@@ -10,6 +10,7 @@ of ``recipients``. Both are properties of the plan and of the table, checked as 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,5 +141,81 @@ async def test_a_write_back_moves_its_recipients_without_touching_their_indexes(
             )
             assert counts is not None
             assert (counts["delivered"], counts["queued"]) == (written, MEMBERS - written)
+    finally:
+        await pool.close()
+
+
+async def test_the_reconcilers_sweep_reads_only_where_moot_rows_can_be(
+    db: asyncpg.Connection, settings: Settings
+) -> None:
+    """While a large first send is queued (every row step 0, none held), the reconciler's sweep
+    for moot rows (CANCEL_MOOT_QUEUED) reads none of its rows: it looks through the partial
+    indexes of queued reminders and held rows, and at the queued rows of recalled notices. With
+    the three places in one OR no index could serve it: it read every queued row (a sequential
+    scan of all of ``deliveries`` on a large table), every sweep. The planner is told that a
+    sequential scan is dear, as it is on a table of millions of rows. Reminders and held rows of a
+    member who has read, and the rows of a recalled notice, are still cancelled."""
+    pool = await create_pool(settings, min_size=1, max_size=2, server_settings=WORKER_SESSION)
+    try:
+        root = await create_org(pool, "sw", MEMBERS, "http://127.0.0.1:9/hook")
+        async with pool.acquire() as conn:
+            big = await _notice(conn, root)
+            members = [f"sw-m{i:07d}" for i in range(5)]
+            row = await notices.insert(
+                conn,
+                kind="ding",
+                title="t",
+                body="b",
+                audience={"members": members},
+                channels=["webhook"],
+                scope_unit_id=None,
+                created_by=None,
+            )
+            recalled = str(row["id"])
+            async with conn.transaction():
+                await fanout_db.fanout_chunk(
+                    conn, recalled, [], members, None, 100, ["webhook"], [True], [False]
+                )
+            # A held row and a reminder of members who have read; a recalled notice.
+            await conn.execute(
+                "UPDATE deliveries SET wait_reason = 'quiet_hours' WHERE notice_id = $1 AND member_id = $2",
+                big,
+                members[0],
+            )
+            await conn.execute(
+                "INSERT INTO deliveries (notice_id, member_id, channel, step, state) "
+                "VALUES ($1, $2, 'webhook', 1, 'queued')",
+                big,
+                members[1],
+            )
+            await conn.execute(
+                "UPDATE recipients SET read_at = notifier_now() WHERE notice_id = $1 AND member_id = ANY($2)",
+                big,
+                members[:2],
+            )
+            await conn.execute("UPDATE notices SET state = 'recalled' WHERE id = $1", recalled)
+            await conn.execute("VACUUM (ANALYZE) deliveries, recipients, notices")
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await conn.execute("SET LOCAL enable_seqscan = off")
+                plan = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + deliveries.CANCEL_MOOT_QUEUED)
+            finally:
+                await tx.rollback()
+            read = sum(  # the rows each scan of deliveries returned and the rows it filtered out
+                (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"]
+                for n in _nodes(plan[0]["Plan"])
+                if n.get("Relation Name") == "deliveries" and "Scan" in n["Node Type"]
+            )
+            # The moot rows (2 + 5), each found in its place and once more by key.
+            assert read <= 2 * (2 + len(members)), json.dumps(plan)
+            cancelled = await deliveries.cancel_moot(conn)
+            assert Counter(str(r["notice_id"]) for r in cancelled) == {big: 2, recalled: len(members)}
+            assert (
+                await conn.fetchval(
+                    "SELECT count(*) FROM deliveries WHERE notice_id = $1 AND state = 'queued'", big
+                )
+                == MEMBERS - 1
+            )
     finally:
         await pool.close()
