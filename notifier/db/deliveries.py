@@ -44,9 +44,18 @@ FROM c WHERE d.ctid = c.rid
 RETURNING d.id, d.member_id, d.attempts, d.contact_id, c.wait_reason AS prior_wait, d.step,
     (SELECT CASE WHEN k.disabled_at IS NULL THEN k.target END FROM contacts k WHERE k.id = d.contact_id) AS target"""
 
+# The rows a write-back, a renewal or a release names are found by primary key, one probe per
+# row: compared with 'sending' as written, the planner took the partial index of leased rows
+# (whose statistics rarely see any) and hashed every row in flight, of every batch of every
+# worker, and their dead entries, per statement (10,000 in flight: 9 us per row written back,
+# benchmarks/makerun.py). ``= ANY`` of the ids makes the primary key the cheap path; the state is
+# compared with a value the planner cannot see, so that the leased index's predicate is not
+# implied and cannot be chosen.
+IN_FLIGHT = "(SELECT 'sending')"
+
 # Write a batch of outcomes. A row is only written by the attempt that claimed it and only while
 # it is still 'sending': a late writer from an expired lease changes nothing.
-RECORD = """
+RECORD = f"""
 WITH r AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::text[], $4::text[], $5::float8[], $6::text[])
         AS r(id, attempt, state, error, retry_in, provider_ref)
@@ -63,25 +72,25 @@ UPDATE deliveries d SET
     lease_until = NULL,
     updated_at = (SELECT notifier_now())
 FROM r
-WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'
+WHERE d.id = ANY($1::bigint[]) AND d.id = r.id AND d.attempts = r.attempt AND d.state = {IN_FLIGHT}
 RETURNING d.id, d.notice_id, d.member_id, d.state, d.provider_ref"""
 
 # Extend the lease of claimed rows still in flight (fenced like RECORD). Rows another statement
 # holds (their write-back is committing) are skipped: they are about to leave 'sending'.
-RENEW = """
+RENEW = f"""
 UPDATE deliveries d SET lease_until = (SELECT notifier_now()) + make_interval(secs => $3)
 WHERE d.id IN (
     SELECT x.id FROM deliveries x JOIN unnest($1::bigint[], $2::int[]) AS r(id, attempt)
         ON x.id = r.id AND x.attempts = r.attempt
-    WHERE x.state = 'sending'
+    WHERE x.id = ANY($1::bigint[]) AND x.state = {IN_FLIGHT}
     FOR UPDATE OF x SKIP LOCKED)"""
 
 # Put claimed rows back without spending an attempt: a limit or an open breaker said "not yet".
-RELEASE = """
+RELEASE = f"""
 UPDATE deliveries d SET state = 'queued', attempts = d.attempts - 1, lease_until = NULL, wait_reason = r.reason,
     next_attempt_at = (SELECT notifier_now()) + make_interval(secs => r.wait), updated_at = (SELECT notifier_now())
 FROM unnest($1::bigint[], $2::int[], $3::text[], $4::float8[]) AS r(id, attempt, reason, wait)
-WHERE d.id = r.id AND d.attempts = r.attempt AND d.state = 'sending'"""
+WHERE d.id = ANY($1::bigint[]) AND d.id = r.id AND d.attempts = r.attempt AND d.state = {IN_FLIGHT}"""
 
 # Work that must not go out any more: the notice was recalled, or the member read it before a
 # reminder (or a held row: MOOT_AFTER_READ) left. The sweep catches rows put back in the queue after the recall or the
@@ -95,18 +104,25 @@ WHERE n.id = d.notice_id AND {which}
       SELECT 1 FROM recipients r WHERE r.notice_id = d.notice_id AND r.member_id = d.member_id AND r.read_at IS NOT NULL)))
 RETURNING d.id, d.notice_id, d.member_id"""
 # The sweep looks only where such rows can be: queued rows of recalled notices, queued reminders
-# and held rows (found through partial indexes, so a large first send costs it nothing).
+# and held rows, each place through its partial index (deliveries_due_idx, _queued_reminders_idx,
+# _queued_held_idx), so a large first send costs it nothing; the rows found are then taken by
+# primary key. In one OR the three could use no index: every sweep read every queued row (a
+# sequential scan of all of ``deliveries``).
 CANCEL_MOOT_QUEUED = _MOOT.format(
-    which="d.state = 'queued' AND (d.step > 0 OR d.wait_reason IN "
-    + HELD
-    + " OR d.notice_id IN (SELECT id FROM notices WHERE state = 'recalled'))",
+    which=f"""d.state = 'queued' AND d.id = ANY(ARRAY(
+        SELECT id FROM deliveries WHERE state = 'queued' AND step > 0
+        UNION ALL
+        SELECT id FROM deliveries WHERE state = 'queued' AND wait_reason IN {HELD}
+        UNION ALL
+        SELECT id FROM deliveries
+        WHERE state = 'queued' AND notice_id IN (SELECT id FROM notices WHERE state = 'recalled')))""",
     moot=MOOT_AFTER_READ.format(d="d"),
 )
 # Just claimed: the claim cleared wait_reason, so the caller names the rows a read makes moot
 # (reminders, and rows the claim found held: Claimed.prior_wait). The claim checked the read
 # already, but a read committing while the claim ran is seen only here -- and from 'sending' the
 # read itself cannot cancel the row.
-CANCEL_MOOT_CLAIMED = _MOOT.format(which="d.id = ANY($1::bigint[]) AND d.state = 'sending'", moot="true")
+CANCEL_MOOT_CLAIMED = _MOOT.format(which=f"d.id = ANY($1::bigint[]) AND d.state = {IN_FLIGHT}", moot="true")
 
 # What the claim skipped because the member has read: a reminder made by a step whose snapshot
 # predated a read (the read's own cancel could not see the uncommitted reminder) is cancelled
@@ -127,7 +143,7 @@ WHERE d.id IN (
 
 # Passing the gate is handing over: from here a lost worker means "maybe sent" (SMS, voice),
 # and the per-contact cap counts the message.
-HANDED_OVER = "UPDATE deliveries SET sent_at = (SELECT notifier_now()) WHERE id = ANY($1::bigint[]) AND state = 'sending'"
+HANDED_OVER = f"UPDATE deliveries SET sent_at = (SELECT notifier_now()) WHERE id = ANY($1::bigint[]) AND state = {IN_FLIGHT}"
 LOCK_CONTACTS = "SELECT 1 FROM contacts WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"
 
 # How long until the next row of this (notice, channel) comes due, if any is waiting.
