@@ -8,18 +8,13 @@
 --    release, a retry written back, an expired lease handed back -- now returns after two scans
 --    of its transition tables. Every other statement goes the way of schemas/0039, unchanged.
 --
--- 2. A write-back moves each recipient's dstatus (no index holds it). At fillfactor 80
---    (schemas/0020) a page of ~30 recipients (~210 bytes each) has room for ~7 new row
---    versions, so three updates in four were not HOT and inserted into all four indexes of
---    recipients (pkey, member, unread). At 45 every row of a freshly filled page has room for
---    its next version on the same page (new pages only: the fan-out writes each notice's
---    recipients afresh).
---
--- 3. The write-back's per-unit counting unnested every recipient's unit path (4 rows per
+-- 2. The write-back's per-unit counting unnested every recipient's unit path (4 rows per
 --    recipient in benchmarks/fanout's tree) before grouping by unit; recipients of one path
 --    moved alike are now counted once and the count spread over the path (the same sums).
-
-ALTER TABLE recipients SET (fillfactor = 45);
+--
+-- Recipients stay at fillfactor 80 (schemas/0020): at 45 every write-back's recipient update was
+-- HOT, but the fan-out wrote 1.8x the pages -- +12% PostgreSQL CPU per in-app recipient
+-- (benchmarks/fanout/scale.py) for no difference in makerun's per-delivery figure.
 
 CREATE OR REPLACE FUNCTION recipients_follow_updated_deliveries() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
