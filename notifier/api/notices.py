@@ -93,7 +93,9 @@ class NoticeOut(BaseModel):
     body: str
     audience: Audience
     channels: list[str]
-    optional_channels: list[str] = Field(description="used only where the member has a working contact")
+    optional_channels: list[str] = Field(
+        default_factory=list, description="used only where the member has a working contact"
+    )
     fallback: bool
     state: NoticeState
     send_at: datetime | None = None
@@ -210,9 +212,18 @@ notices are created by their own endpoints (with what they carry besides the not
 CreateFn = Callable[[], Awaitable[dict[str, Any]]]
 
 
+# Fields a body gained after keys were in use, left out of the hash while they hold their
+# default: a retry across the upgrade (keys live 24 h) still replays its first answer.
+_ADDED_LATER: dict[str, Any] = {"optional_channels": []}
+
+
 def request_digest(body: BaseModel, *extra: str) -> bytes:
     """The hash an Idempotency-Key is bound to: the body as canonical JSON (and any ``extra``)."""
-    value: Any = [body.model_dump(mode="json"), *extra] if extra else body.model_dump(mode="json")
+    data = body.model_dump(mode="json")
+    for name, default in _ADDED_LATER.items():
+        if name in data and data[name] == default:
+            del data[name]
+    value: Any = [data, *extra] if extra else data
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).digest()
 

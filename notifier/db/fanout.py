@@ -253,7 +253,8 @@ async def fanout_chunk(
     row: ``n``, ``last_member``, ``queued_channels``."""
     row: Record | None
     optional = optional or [False] * len(channels)
-    assert len(optional) == len(channels) and not all(optional), "a required channel keeps every member"
+    assert len(optional) == len(channels), "one flag per channel"
+    assert not (channels and all(optional)), "a required channel keeps every member"
     rerun = bool(await conn.fetchval(RANGE_HAS_ROWS, notice_id, cursor, upper if in_part else None))
     if in_part:
         assert cursor is not None

@@ -4,12 +4,15 @@ the first response for the same body, 422 for a different body, 409 while the fi
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from typing import Any
 
 import asyncpg
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from notifier.api.notices import NoticeIn, request_digest
 from tests.api.conftest import count, issue_key, problem, snapshot
 from tests.conftest import auth
 from tests.helpers import put
@@ -178,3 +181,17 @@ async def test_bad_idempotency_key_and_failed_request_store_nothing(
     assert resp.status == 202
     assert "Idempotent-Replayed" not in resp.headers
     assert await count(db, "notices") == 1
+
+
+def test_a_body_that_names_no_optional_channels_keeps_the_digest_it_had_before_they_existed() -> None:
+    """A key's hash is what it was before ``optional_channels`` existed: a retry across the
+    upgrade (keys live 24 h) replays instead of answering "used with a different body"."""
+    body = NoticeIn.model_validate(
+        {"kind": "notice", "title": "t", "body": "b", "audience": {"units": ["c"]}, "channels": ["inapp"]}
+    )
+    before = body.model_dump(mode="json")
+    before.pop("optional_channels")
+    canonical = json.dumps(before, sort_keys=True, separators=(",", ":"))
+    assert request_digest(body) == hashlib.sha256(canonical.encode()).digest()
+    named = body.model_copy(update={"optional_channels": ["inapp"], "channels": ["inapp", "sms"]})
+    assert request_digest(named) != request_digest(body.model_copy(update={"channels": ["inapp", "sms"]}))

@@ -27,7 +27,7 @@ MEMBERS = 3000
 BATCH = 200
 
 
-async def _notice(conn: Connection, root: str) -> str:
+async def notice_to_all(conn: Connection, root: str) -> str:
     row = await notices.insert(
         conn,
         kind="ding",
@@ -64,7 +64,7 @@ async def test_the_statements_naming_claimed_rows_read_only_their_batch(
     try:
         root = await create_org(pool, "if", MEMBERS, "http://127.0.0.1:9/hook")
         async with pool.acquire() as conn:
-            notice_id = await _notice(conn, root)
+            notice_id = await notice_to_all(conn, root)
             await conn.execute("VACUUM (ANALYZE) deliveries, recipients")
             batches = [
                 await conn.fetch(deliveries.CLAIM, notice_id, "webhook", BATCH, 60.0, 0) for _ in range(10)
@@ -116,7 +116,7 @@ async def test_a_write_back_updates_each_recipient_once_and_moves_the_counters(
     try:
         root = await create_org(pool, "ho", MEMBERS, "http://127.0.0.1:9/hook")
         async with pool.acquire() as conn:
-            notice_id = await _notice(conn, root)
+            notice_id = await notice_to_all(conn, root)
             written = 0
             async with conn.transaction():
                 for _ in range(3):
@@ -157,7 +157,7 @@ async def test_the_reconcilers_sweep_reads_only_where_moot_rows_can_be(
     try:
         root = await create_org(pool, "sw", MEMBERS, "http://127.0.0.1:9/hook")
         async with pool.acquire() as conn:
-            big = await _notice(conn, root)
+            big = await notice_to_all(conn, root)
             members = [f"sw-m{i:07d}" for i in range(5)]
             row = await notices.insert(
                 conn,
