@@ -448,14 +448,15 @@ async def get_notice(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service", "secretary")
     q = call.query_as(NoticeQuery)
     deps = request.app[DEPS]
-    async with deps.pool.acquire() as conn:
-        if q.unit is None:  # the status poll: the notice and its counts in one round trip
-            nid = notice_id_for(p, request.match_info["notice_id"])
+    if q.unit is None:  # the status poll: the notice and its counts in one round trip, planned once
+        nid = notice_id_for(p, request.match_info["notice_id"])
+        async with deps.status_pool.acquire() as conn:
             found = await visible_notice_with_counts(conn, nid, p.scope_root)
-            if found is None:
-                raise not_found("notice")
-            view, counts = found
-        else:
+        if found is None:
+            raise not_found("notice")
+        view, counts = found
+    else:
+        async with deps.pool.acquire() as conn:
             view = await load_visible_notice(conn, p, request.match_info["notice_id"])
             await require_unit(conn, p, q.unit)
             counts = await notices.counts(conn, view.id, q.unit)
