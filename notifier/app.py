@@ -58,6 +58,7 @@ from notifier.api.routing import Operation, openapi_document
 from notifier.api.watch import WatchHub
 from notifier.channels.registry import ChannelRegistry, build_registry
 from notifier.db.pool import API_SESSION, create_pool
+from notifier.db.visibility import STATUS_SESSION
 from notifier.metrics import POOLS
 from notifier.settings import Settings
 from notifier.workers.priority import backend_priority_init
@@ -66,6 +67,8 @@ from notifier.workers.queue import create_queue
 LINGER_SECONDS = 2.0
 # Connections of the API's pool for bulk work (AppDeps.bulk_pool): a batch call holds one.
 BULK_POOL_MAX = 2
+# Connections of the API's pool for status polls (AppDeps.status_pool): a poll holds one ~0.2 ms.
+STATUS_POOL_MAX = 4
 
 RESOURCE_MODULES = (
     health,
@@ -154,11 +157,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         )
         opened.push_async_callback(bulk_pool.close)
         POOLS.track(bulk_pool, "api_bulk")
+        status_pool = await create_pool(
+            settings, min_size=1, max_size=STATUS_POOL_MAX, server_settings=STATUS_SESSION
+        )
+        opened.push_async_callback(status_pool.close)
+        POOLS.track(status_pool, "api_status")
         queue = await create_queue(settings)
         opened.push_async_callback(queue.aclose)
         channels = app[CHANNELS]
         opened.push_async_callback(channels.close)
-        app[DEPS] = AppDeps(settings, pool, queue, channels, bulk_pool=bulk_pool)
+        app[DEPS] = AppDeps(settings, pool, queue, channels, bulk_pool=bulk_pool, status_pool=status_pool)
         yield
 
 

@@ -23,6 +23,9 @@ class AppDeps:
     # backends run at the workers' lower priority on a local server, so that status reads and
     # single receipts, on ``pool``, neither wait for a connection nor for the CPU behind it.
     bulk_pool: Pool
+    # Status polls (GET /v1/notices/{id}): a small pool whose sessions plan the poll's statement
+    # once (db/visibility.py STATUS_SESSION), not on every execution.
+    status_pool: Pool
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -7,8 +7,9 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+import pydantic_core
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
@@ -476,18 +477,64 @@ async def get_notice(request: web.Request, call: Call) -> web.Response:
     p.require("admin", "service", "secretary")
     q = call.query_as(NoticeQuery)
     deps = request.app[DEPS]
-    async with deps.pool.acquire() as conn:
-        if q.unit is None:  # the status poll: the notice and its counts in one round trip
-            nid = notice_id_for(p, request.match_info["notice_id"])
+    if q.unit is None:  # the status poll: the notice and its counts in one round trip, planned once
+        nid = notice_id_for(p, request.match_info["notice_id"])
+        async with deps.status_pool.acquire() as conn:
             found = await visible_notice_with_counts(conn, nid, p.scope_root)
-            if found is None:
-                raise not_found("notice")
-            view, counts = found
-        else:
+        if found is None:
+            raise not_found("notice")
+        view, counts = found
+    else:
+        async with deps.pool.acquire() as conn:
             view = await load_visible_notice(conn, p, request.match_info["notice_id"])
             await require_unit(conn, p, q.unit)
             counts = await notices.counts(conn, view.id, q.unit)
-    return json_response(NoticeOut.model_validate(notices.as_dict(view.row, counts)).model_dump(mode="json"))
+    return notice_answer(view.row, counts)
+
+
+def _floats_written_alike(value: Any) -> bool:
+    """Whether json.dumps and pydantic write every float in ``value`` (a policy snapshot's
+    durations) alike: they differ only below 1e-4 (``1.5e-05`` and ``0.000015``)."""
+    if isinstance(value, float):
+        return value == 0 or abs(value) >= 1e-4
+    if isinstance(value, dict):
+        return all(_floats_written_alike(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_floats_written_alike(v) for v in value)
+    return True
+
+
+_STATES = frozenset(get_args(NoticeState))
+_AUDIENCE_KEYS = frozenset(Audience.model_fields)
+
+
+def notice_answer(row: Record, counts: dict[str, int]) -> web.Response:
+    """A notice row and its counts answered as its NoticeOut, written without building the model
+    (the status poll's answer: validating and dumping it were a fifth of the poll's API CPU): the
+    same fields in the same order, times as pydantic writes them. A row the model would not take
+    as it is (an audience of another shape, a state it does not know) goes through the model."""
+    audience = row["audience"]
+    plain = isinstance(audience, dict) and audience.keys() <= _AUDIENCE_KEYS and row["state"] in _STATES
+    if not (plain and _floats_written_alike(row["escalation"])):
+        return json_response(NoticeOut.model_validate(notices.as_dict(row, counts)).model_dump(mode="json"))
+    out = {
+        "id": str(row["id"]),
+        "kind": row["kind"],
+        "title": row["title"],
+        "body": row["body"],
+        "audience": {"members": audience.get("members", []), "units": audience.get("units", [])},
+        "channels": list(row["channels"]),
+        "fallback": row["fallback"],
+        "state": row["state"],
+        "send_at": row["send_at"],
+        "expires_at": row["expires_at"],
+        "recalled_at": row["recalled_at"],
+        "escalation": row["escalation"],
+        "created_at": row["created_at"],
+        "fanned_out_at": row["fanned_out_at"],
+        "counts": {k: counts[k] for k in Counts.model_fields},
+    }
+    return web.Response(body=pydantic_core.to_json(out), content_type="application/json")
 
 
 def _recipient(row: Record, deliveries: list[Record], visible_units: set[str] | None) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 from uuid import UUID
 
 import pydantic_core
@@ -53,6 +53,9 @@ class BatchReceiptIn(Strict):
 
 
 class BatchIn(Strict):
+    # Validated a slice of items at a time, other requests served between (api/routing.py).
+    SLICED: ClassVar[str] = "receipts"
+
     receipts: list[BatchReceiptIn] = Field(min_length=1, max_length=BATCH_MAX)
 
 

@@ -51,6 +51,17 @@ VISIBLE_TO_ADMIN_WITH_COUNTS = (
 )
 
 
+# The session settings of the API's connections for status polls (AppDeps.status_pool): the two
+# statements above planned once per session, where the API's other statements are planned on
+# every execution (db/pool.py API_SESSION). Planning was most of a poll's database cost (~0.25 of
+# ~0.35 ms, the admin's, on a quiet server), paid on every poll of a notice while it fans out and
+# its reads pour in (benchmarks/scale.py target 6). Every row they read is found by key (the
+# notice, its reach, its counters' shards by primary key; the tree walk's units by id): with
+# sequential scans ruled out, a plan made while the tables were small still reaches rows by key
+# once they are large (as the receipts' functions of schemas/0035 do).
+STATUS_SESSION = {"plan_cache_mode": "force_generic_plan", "enable_seqscan": "off"}
+
+
 @dataclass(frozen=True, slots=True)
 class NoticeView:
     """A notice as one caller may see it."""

@@ -3,14 +3,20 @@ item (scope, recipient), idempotent; a bad item is a 422 naming it by its index,
 
 from __future__ import annotations
 
+import asyncio
 import os
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp.test_utils import TestClient
+from pydantic import ValidationError
 
 from notifier.api.keys import DEPS
+from notifier.api.receipts import BatchIn
+from notifier.api.routing import SLICE_ITEMS, validate_body
 from tests.api.conftest import Org, problem, snapshot
 from tests.api.test_scoping import _active, _notice_by
 from tests.conftest import auth
@@ -117,6 +123,88 @@ async def test_a_bad_item_is_named_by_its_index_and_nothing_is_stored(
         body = await problem(resp, 422)
         assert [e["field"] for e in body["errors"]] == want, body
     assert await snapshot(db) == before
+
+
+async def test_a_long_batch_names_its_bad_items_as_one_validation_does_and_stores_nothing(
+    client: TestClient[Any, Any], db: asyncpg.Connection, worker: None, org: Org
+) -> None:
+    """Validated a slice at a time (routing.validate_body), a long batch is still refused whole:
+    every bad item named by its index, in order, wherever its slice, and nothing recorded."""
+    nid = await _notice_by(client, None, {"units": ["c"]})
+    await _active(client, nid)
+    items: list[dict[str, Any]] = [{"notice_id": nid, "member_id": "m1a", "type": "read"}] * 2000
+    items[3] = {**items[3], "type": "delivered"}
+    items[1234] = {"notice_id": nid, "member_id": "a b", "type": "read"}
+    items[1999] = {"notice_id": "not-a-uuid", "member_id": "m2a", "type": "read", "extra": 1}
+    before = await snapshot(db)
+    resp = await client.post("/v1/receipts:batch", json={"receipts": items}, headers=auth())
+    body = await problem(resp, 422)
+    assert [e["field"] for e in body["errors"]] == [
+        "receipts[3].type",
+        "receipts[1234].member_id",
+        "receipts[1999].notice_id",
+        "receipts[1999].extra",
+    ]
+    assert await snapshot(db) == before
+    assert (await get(client, f"/v1/notices/{nid}"))["counts"]["read"] == 0
+
+
+def _receipts(n: int) -> list[dict[str, Any]]:
+    return [{"notice_id": str(uuid.UUID(int=i % 3)), "member_id": f"m{i}", "type": "read"} for i in range(n)]
+
+
+async def test_a_long_batch_is_validated_in_slices_other_tasks_running_between() -> None:
+    """What keeps a status read's wait short during a storm of batches: 2,000 items are validated
+    SLICE_ITEMS at a time, and the event loop runs other tasks between the slices (one call held
+    it for all of them)."""
+    turns = 0
+    stop = asyncio.Event()
+
+    async def other() -> None:
+        nonlocal turns
+        while not stop.is_set():
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    before = turns
+    body = await validate_body(BatchIn, {"receipts": _receipts(2000)})
+    during = turns - before
+    stop.set()
+    await task
+    assert during >= 2000 // SLICE_ITEMS
+    assert body == BatchIn.model_validate({"receipts": _receipts(2000)})
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {},
+        {5: {"type": "delivered"}, 700: {"member_id": ""}, 1999: {"at": "2026-01-01T00:00:00"}},
+        {260: {"notice_id": 7, "extra": True}},
+        {"outer": {"extra": 1}},
+        {"length": 10_001},
+    ],
+    ids=["valid", "bad-items", "bad-types", "extra-field", "too-many"],
+)
+async def test_sliced_validation_accepts_and_refuses_as_one_call_does(change: dict[Any, Any]) -> None:
+    valid = not change
+    items = _receipts(change.pop("length", 2000))
+    for i, fields in change.items():
+        if isinstance(i, int):
+            items[i] = {**items[i], **fields}
+    data = {"receipts": items, **change.get("outer", {})}
+    try:
+        one: Any = BatchIn.model_validate(data)
+    except ValidationError as exc:
+        one = exc.errors(include_url=False)
+    try:
+        sliced: Any = await validate_body(BatchIn, data)
+    except ValidationError as exc:
+        sliced = exc.errors(include_url=False)
+    assert sliced == one
+    assert isinstance(one, BatchIn) == valid
 
 
 async def test_a_batch_runs_on_the_bulk_pool_whose_backends_yield_the_cpu(
