@@ -524,6 +524,7 @@ def notice_answer(row: Record, counts: dict[str, int]) -> web.Response:
         "body": row["body"],
         "audience": {"members": audience.get("members", []), "units": audience.get("units", [])},
         "channels": list(row["channels"]),
+        "optional_channels": list(row["optional_channels"]),
         "fallback": row["fallback"],
         "state": row["state"],
         "send_at": row["send_at"],
