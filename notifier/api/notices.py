@@ -514,7 +514,12 @@ def notice_answer(row: Record, counts: dict[str, int]) -> web.Response:
     same fields in the same order, times as pydantic writes them. A row the model would not take
     as it is (an audience of another shape, a state it does not know) goes through the model."""
     audience = row["audience"]
-    plain = isinstance(audience, dict) and audience.keys() <= _AUDIENCE_KEYS and row["state"] in _STATES
+    plain = (
+        isinstance(audience, dict)
+        and audience.keys() <= _AUDIENCE_KEYS
+        and row["state"] in _STATES
+        and isinstance(row["escalation"], dict | None)
+    )
     if not (plain and _floats_written_alike(row["escalation"])):
         return json_response(NoticeOut.model_validate(notices.as_dict(row, counts)).model_dump(mode="json"))
     out = {

@@ -298,6 +298,13 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
 
 
 @functools.cache
+def _max_length(model: type[BaseModel], name: str) -> float:
+    """The most items ``model``'s list field ``name`` takes (its ``max_length``; none: no limit)."""
+    limits = [m.max_length for m in model.model_fields[name].metadata if getattr(m, "max_length", None)]
+    return min(limits, default=float("inf"))
+
+
+@functools.cache
 def _list_adapter(model: type[BaseModel], name: str) -> TypeAdapter[list[Any]]:
     """A validator of the items of ``model``'s list field ``name`` (without the field's own bounds)."""
     annotation: Any = model.model_fields[name].annotation  # list[Item]
@@ -309,10 +316,14 @@ async def validate_body(model: type[M], data: dict[str, Any]) -> M:
     the list ``model.SLICED`` names (when it names one). It accepts and refuses exactly what the one
     call does: the items are validated as that call validates them and the model is then built from
     them (instances pass as they are); a body refused anywhere is validated again in one call, whose
-    errors (every bad field, in order) are the answer."""
+    errors (every bad field, in order) are the answer. That second call holds the loop as every
+    body's one call did before the slicing: a refused batch costs what it always cost. A list
+    longer than the field allows goes to the one call at once (it stops at the limit)."""
     name: str | None = getattr(model, "SLICED", None)
     items = data.get(name) if name is not None else None
     if name is None or not isinstance(items, list) or len(items) <= SLICE_ITEMS:
+        return model.model_validate(data)
+    if len(items) > _max_length(model, name):
         return model.model_validate(data)
     adapter = _list_adapter(model, name)
     done: list[Any] = []
