@@ -99,7 +99,10 @@ async def test_the_write_back_never_scans_the_whole_tables(
         await pool.close()
 
 
-async def _notice(conn: Connection, root: str, channels: list[str], needs_contact: list[bool]) -> str:
+async def fanned_out_notice(
+    conn: Connection, root: str, channels: list[str], needs_contact: list[bool], members: int = MEMBERS
+) -> str:
+    """A DING to ``root``'s ``members`` members on ``channels``, fanned out in one chunk."""
     row = await notices.insert(
         conn,
         kind="ding",
@@ -114,9 +117,9 @@ async def _notice(conn: Connection, root: str, channels: list[str], needs_contac
     on_insert = [c == "inapp" for c in channels]
     async with conn.transaction():
         got = await fanout_db.fanout_chunk(
-            conn, notice_id, [root], [], None, MEMBERS, channels, needs_contact, on_insert
+            conn, notice_id, [root], [], None, members, channels, needs_contact, on_insert
         )
-    assert got["n"] == MEMBERS
+    assert got["n"] == members
     return notice_id
 
 
@@ -130,11 +133,11 @@ async def test_the_claim_finds_its_rows_by_key_among_many_finished_ones(
     try:
         root = await create_org(pool, "cl", MEMBERS, "http://127.0.0.1:9/hook")
         async with pool.acquire() as conn:
-            old = await _notice(conn, root, ["webhook"], [True])
+            old = await fanned_out_notice(conn, root, ["webhook"], [True])
             await conn.execute(
                 "UPDATE deliveries SET state = 'delivered', attempts = 1 WHERE notice_id = $1", old
             )
-            new = await _notice(conn, root, ["webhook"], [True])
+            new = await fanned_out_notice(conn, root, ["webhook"], [True])
             await conn.execute("VACUUM (ANALYZE) deliveries, recipients")
             plan = await conn.fetchval(
                 "EXPLAIN (FORMAT JSON) " + deliveries.CLAIM, new, "webhook", BATCH, 60.0, 0
@@ -235,7 +238,7 @@ async def test_a_fan_out_chunk_never_scans_the_stored_recipients(
     try:
         root = await create_org(pool, "fo", MEMBERS, "http://127.0.0.1:9/hook")
         async with pool.acquire() as conn:
-            await _notice(conn, root, ["inapp"], [False])  # stored recipients of an older notice
+            await fanned_out_notice(conn, root, ["inapp"], [False])  # stored recipients of an older notice
             await conn.execute("VACUUM (ANALYZE) deliveries, recipients")
             row = await notices.insert(
                 conn,

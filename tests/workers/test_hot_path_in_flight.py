@@ -22,29 +22,15 @@ from notifier.db import fanout as fanout_db
 from notifier.db.deliveries import Written
 from notifier.db.pool import WORKER_SESSION, Connection, create_pool
 from notifier.settings import Settings
+from tests.workers.test_hot_path import fanned_out_notice
 
 MEMBERS = 3000
 BATCH = 200
 
 
 async def notice_to_all(conn: Connection, root: str) -> str:
-    row = await notices.insert(
-        conn,
-        kind="ding",
-        title="t",
-        body="b",
-        audience={"units": [root]},
-        channels=["webhook"],
-        scope_unit_id=None,
-        created_by=None,
-    )
-    notice_id = str(row["id"])
-    async with conn.transaction():
-        got = await fanout_db.fanout_chunk(
-            conn, notice_id, [root], [], None, MEMBERS, ["webhook"], [True], [False]
-        )
-    assert got["n"] == MEMBERS
-    return notice_id
+    """A webhook DING to the organisation's MEMBERS members, fanned out."""
+    return await fanned_out_notice(conn, root, ["webhook"], [True], MEMBERS)
 
 
 def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
