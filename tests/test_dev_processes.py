@@ -149,10 +149,15 @@ async def test_dev_runs_worker_processes_and_ctrl_c_stops_them_all(
         # A worker killed from outside is replaced; N holds.
         victim = sorted(first)[0]
         os.kill(victim, signal.SIGKILL)
-        await wait_until(
-            _sync(lambda: len(_workers(dev.pid)) == 2 and victim not in _workers(dev.pid)), within=60
-        )
-        seen |= _workers(dev.pid)
+        now: set[int] = set()
+
+        def replaced() -> bool:  # one read of the workers: the one checked is the one kept
+            now.clear()
+            now.update(_workers(dev.pid))
+            return len(now) == 2 and victim not in now
+
+        await wait_until(_sync(replaced), within=60)
+        seen |= now
         assert dev.poll() is None, log.read_text()
     finally:
         if dev.poll() is None:
